@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a Debian bookworm machine: installs only what is missing and says what.
+# Facts behind each step: ../shared/TOOLCHAIN.md (Debian rustc-web 1.96 + rust-web-src for
+# -Z build-std=core, bpf-linker built against Debian's LLVM 22).
+set -euo pipefail
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (apt-get and BPF both need it): sudo $0"
+[ -r /etc/os-release ] || die "cannot read /etc/os-release; this script serves Debian 12 (bookworm) only"
+. /etc/os-release
+[ "${ID:-}" = debian ] && [ "${VERSION_CODENAME:-}" = bookworm ] ||
+  die "this script serves Debian 12 (bookworm); found ${PRETTY_NAME:-unknown}. Install by hand: rustc 1.96 with rust-src, bpf-linker (LLVM 22), iproute2, nftables"
+[ "$(uname -m)" = x86_64 ] || die "only x86_64 is supported for now (found $(uname -m))"
+
+export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
+export PATH="$CARGO_HOME/bin:$PATH"
+
+# Debian packages: eBPF compiler (rustc-web 1.96 + sources), LLVM 22 for bpf-linker, and the tools the
+# tests drive (iproute2 for netns/veth, nftables for the NAT router, procps for sysctl, kmod).
+APT_PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev g++ iproute2 nftables procps kmod curl ca-certificates)
+if [ "${TWTRACE_WITH_VM:-0}" = 1 ]; then APT_PKGS+=(qemu-system-x86 busybox-static cpio); fi
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "apt: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "apt: all packages present"
+fi
+[ -d /usr/lib/rustlib/src/rust/library ] || die "rust-web-src did not provide /usr/lib/rustlib/src/rust/library"
+/usr/bin/rustc --version | grep -q ' 1\.96' || die "expected Debian rustc 1.96 at /usr/bin/rustc, got: $(/usr/bin/rustc --version)"
+
+# bpf-linker 0.13.0 against the system LLVM 22 (same LLVM major as Debian's rustc).
+if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
+  say "cargo: installing bpf-linker 0.13.0 (LLVM 22, ~2 min)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked --no-default-features --features llvm-22 bpf-linker@0.13.0
+else
+  say "bpf-linker 0.13.0 present"
+fi
+
+# tracefs and securityfs: the kernel layer reads tracepoint formats and the lockdown mode from them.
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security 2>/dev/null || true
+say "ready"

@@ -1,0 +1,301 @@
+//! Types shared by twtrace's eBPF programs and its user space.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel side writes it into the ring buffer or
+//! reads it from globals that user space fills in before load. Nothing kernel-specific is a
+//! constant here: struct offsets, enum values and function addresses all arrive at load time in
+//! [`KernelLayout`], computed from the running kernel's BTF and kallsyms.
+#![no_std]
+
+/// What happened. The kernel side writes one of these into [`Event::kind`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A socket entered TIME-WAIT (a timewait sock was created and its timer armed).
+    TwEnter = 1,
+    /// A TIME-WAIT socket ended; [`Event::detail`] is an [`ExitCause`].
+    TwExit = 2,
+    /// A socket closed without TIME-WAIT because `tcp_max_tw_buckets` was full.
+    TwOverflow = 3,
+    /// `connect()` failed with EADDRNOTAVAIL (no free local port toward that destination).
+    ConnectAddrNotAvail = 4,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::TwEnter,
+            2 => Self::TwExit,
+            3 => Self::TwOverflow,
+            4 => Self::ConnectAddrNotAvail,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a TIME-WAIT socket ended. Derived in the kernel from the call chain that killed it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitCause {
+    /// The kernel gave no distinguishing context (documented, never guessed).
+    Unknown = 0,
+    /// The TIME-WAIT timer fired.
+    Expired = 1,
+    /// A new SYN to the same 4-tuple was accepted (server side, `tcp_v{4,6}_rcv` -> TCP_TW_SYN).
+    ReplacedBySyn = 2,
+    /// Killed by an incoming segment inside `tcp_timewait_state_process` (RST, rfc1337=0).
+    KilledByRst = 3,
+    /// A local connect() took the 4-tuple over (tcp_tw_reuse, or bind + SO_REUSEADDR).
+    Reused = 4,
+    /// The network namespace went away (`inet_twsk_purge`).
+    Purged = 5,
+}
+
+impl ExitCause {
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Expired,
+            2 => Self::ReplacedBySyn,
+            3 => Self::KilledByRst,
+            4 => Self::Reused,
+            5 => Self::Purged,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// Call-chain classes the kernel side recognises while walking a stack. A frame that falls in a
+/// [`CodeRange`] yields its class; the innermost recognised frame wins.
+pub mod frame_class {
+    /// `__mod_timer` & co: the TIME-WAIT timer is being re-armed, the socket lives on.
+    pub const REARM: u8 = 10;
+    /// The timer softirq is expiring the timer.
+    pub const EXPIRE: u8 = 11;
+    /// `tcp_v4_rcv` / `tcp_v6_rcv` killed it after TCP_TW_SYN.
+    pub const RCV: u8 = 12;
+    /// `tcp_timewait_state_process` killed it (RST).
+    pub const TW_PROCESS: u8 = 13;
+    /// connect() reusing the 4-tuple.
+    pub const CONNECT_REUSE: u8 = 14;
+    /// Namespace teardown.
+    pub const PURGE: u8 = 15;
+    /// `tcp_time_wait`: used to tell a refused TIME-WAIT (overflow) from other closes.
+    pub const TCP_TIME_WAIT: u8 = 16;
+}
+
+/// Which hook produced an event (reported in `doctor` and in debug output).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookFamily {
+    Fentry = 1,
+    Kprobe = 2,
+    Tracepoint = 3,
+}
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// TIME-WAIT substates as the kernel stores them in `tw_substate` (TCP state numbers are ABI).
+pub const TCP_FIN_WAIT2: u8 = 5;
+pub const TCP_TIME_WAIT: u8 = 6;
+
+/// One event, as written into the ring buffer. Fixed size so the reader never allocates.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when it happened.
+    pub ts_ns: u64,
+    /// Opaque identity of the TIME-WAIT object (pairs enter and exit), or pid_tgid for connect.
+    pub obj: u64,
+    /// Exit: how long the socket sat in TIME-WAIT, 0 if its entry was not seen.
+    pub lifetime_ns: u64,
+    /// Enter: armed timeout in jiffies (user space converts with the kernel's HZ).
+    pub timeout_jiffies: u64,
+    /// Network namespace inode number (what `ls -l /proc/PID/ns/net` shows).
+    pub netns: u32,
+    /// [`EventKind`].
+    pub kind: u8,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    /// Exit: [`ExitCause`]; enter: substate ([`TCP_TIME_WAIT`] or [`TCP_FIN_WAIT2`]).
+    pub detail: u8,
+    /// [`HookFamily`] of the program that emitted it.
+    pub hook: u8,
+    /// Local port, host order.
+    pub lport: u16,
+    /// Remote port, host order.
+    pub rport: u16,
+    /// Errno for connect failures, 0 otherwise.
+    pub errno: u32,
+    /// Local address: IPv4 in the first 4 bytes (network order), or IPv6.
+    pub laddr: [u8; 16],
+    /// Remote address, same encoding.
+    pub raddr: [u8; 16],
+}
+
+impl Event {
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            obj: 0,
+            lifetime_ns: 0,
+            timeout_jiffies: 0,
+            netns: 0,
+            kind: 0,
+            family: 0,
+            detail: 0,
+            hook: 0,
+            lport: 0,
+            rport: 0,
+            errno: 0,
+            laddr: [0; 16],
+            raddr: [0; 16],
+        }
+    }
+}
+
+/// A kernel text range and the [`frame_class`] it stands for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CodeRange {
+    pub start: u64,
+    pub end: u64,
+    pub class: u64,
+}
+
+/// How many [`CodeRange`]s the kernel side checks (unused slots have start == end == 0).
+pub const MAX_CODE_RANGES: usize = 16;
+/// How many frames the kernel side walks when classifying a call chain.
+pub const STACK_DEPTH: usize = 12;
+
+/// Ring-buffer slots per program counted as lost (index = [`LossSlot`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug)]
+pub enum LossSlot {
+    TwEnter = 0,
+    TwExit = 1,
+    TwOverflow = 2,
+    Connect = 3,
+    /// The in-kernel table of live TIME-WAIT sockets was full (their exits lose lifetime).
+    LiveTableFull = 4,
+}
+pub const LOSS_SLOTS: u32 = 5;
+
+/// Everything the eBPF programs need to know about the running kernel, computed in user space
+/// from BTF, kallsyms and tracefs, and injected before load with `override_global("LAYOUT")`.
+/// Offsets are in bytes from the start of the named struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KernelLayout {
+    // struct sock_common (at offset `tw_common` inside inet_timewait_sock, 0 in practice)
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_net: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    // struct inet_timewait_sock
+    pub tw_common: u32,
+    pub tw_substate: u32,
+    pub tw_timer: u32,
+    // struct timer_list
+    pub timer_function: u32,
+    // struct net -> ns_common.inum
+    pub net_ns_inum: u32,
+    // struct task_struct -> nsproxy -> net_ns
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    // tracepoint record offsets (from tracefs format files)
+    pub tp_timer_start_timer: u32,
+    pub tp_timer_start_function: u32,
+    pub tp_timer_start_expires: u32,
+    pub tp_timer_start_now: u32,
+    pub tp_timer_cancel_timer: u32,
+    pub tp_timer_expire_timer: u32,
+    pub tp_timer_expire_function: u32,
+    pub tp_set_state_skaddr: u32,
+    pub tp_set_state_oldstate: u32,
+    pub tp_set_state_newstate: u32,
+    pub tp_set_state_protocol: u32,
+    pub tp_connect_args: u32,
+    pub tp_connect_ret: u32,
+    pub _pad: u32,
+    /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
+    pub tw_timer_handler: u64,
+    /// Call-chain classifier table.
+    pub ranges: [CodeRange; MAX_CODE_RANGES],
+}
+
+impl KernelLayout {
+    pub const fn zeroed() -> Self {
+        Self {
+            skc_daddr: 0,
+            skc_rcv_saddr: 0,
+            skc_dport: 0,
+            skc_num: 0,
+            skc_family: 0,
+            skc_net: 0,
+            skc_v6_daddr: 0,
+            skc_v6_rcv_saddr: 0,
+            tw_common: 0,
+            tw_substate: 0,
+            tw_timer: 0,
+            timer_function: 0,
+            net_ns_inum: 0,
+            task_nsproxy: 0,
+            nsproxy_net_ns: 0,
+            tp_timer_start_timer: 0,
+            tp_timer_start_function: 0,
+            tp_timer_start_expires: 0,
+            tp_timer_start_now: 0,
+            tp_timer_cancel_timer: 0,
+            tp_timer_expire_timer: 0,
+            tp_timer_expire_function: 0,
+            tp_set_state_skaddr: 0,
+            tp_set_state_oldstate: 0,
+            tp_set_state_newstate: 0,
+            tp_set_state_protocol: 0,
+            tp_connect_args: 0,
+            tp_connect_ret: 0,
+            _pad: 0,
+            tw_timer_handler: 0,
+            ranges: [CodeRange {
+                start: 0,
+                end: 0,
+                class: 0,
+            }; MAX_CODE_RANGES],
+        }
+    }
+}
+
+/// Run-time settings for the kernel side, injected with `override_global("SETTINGS")`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Wake the reader once this many bytes are waiting in the ring (events are submitted with
+    /// BPF_RB_NO_WAKEUP; user space also polls on a short timer).
+    pub wakeup_bytes: u64,
+    /// Only report this network namespace (0 = all).
+    pub netns_filter: u32,
+    pub _pad: u32,
+}
+
+impl Settings {
+    pub const fn default_const() -> Self {
+        Self {
+            wakeup_bytes: 64 * 1024,
+            netns_filter: 0,
+            _pad: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data with no padding-dependent invariants.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::CodeRange {}
+}

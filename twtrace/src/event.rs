@@ -1,0 +1,112 @@
+//! The decoded, kernel-independent event model. Decoders (one per signal, in `signals/`) turn
+//! raw ring-buffer records into these; the aggregation core and every sink consume only these.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// Why a TIME-WAIT socket ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExitCause {
+    Expired,
+    ReplacedBySyn,
+    KilledByRst,
+    Reused,
+    Purged,
+    /// The kernel gave no context that tells the cause apart. Never a guess.
+    Unknown,
+}
+
+impl ExitCause {
+    pub const ALL: [ExitCause; 6] = [
+        ExitCause::Expired,
+        ExitCause::ReplacedBySyn,
+        ExitCause::KilledByRst,
+        ExitCause::Reused,
+        ExitCause::Purged,
+        ExitCause::Unknown,
+    ];
+
+    /// The name used in JSON, CSV and table headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitCause::Expired => "expired",
+            ExitCause::ReplacedBySyn => "replaced_by_syn",
+            ExitCause::KilledByRst => "killed_by_rst",
+            ExitCause::Reused => "reused",
+            ExitCause::Purged => "purged",
+            ExitCause::Unknown => "unknown",
+        }
+    }
+}
+
+/// TIME-WAIT substate (a timewait socket stands in for FIN_WAIT2 or TIME_WAIT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Substate {
+    FinWait2,
+    TimeWait,
+}
+
+impl Substate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Substate::FinWait2 => "FIN_WAIT2",
+            Substate::TimeWait => "TIME_WAIT",
+        }
+    }
+}
+
+/// What happened, with the fields specific to each kind.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum What {
+    /// A socket entered TIME-WAIT (or its FIN_WAIT2 stand-in).
+    TwEnter { substate: Substate, timeout_ms: u64 },
+    /// A TIME-WAIT socket ended. `lifetime_ns` is None when its entry was not observed
+    /// (it predates twtrace, or the in-kernel live table was full).
+    TwExit {
+        cause: ExitCause,
+        lifetime_ns: Option<u64>,
+    },
+    /// Closed without TIME-WAIT because `net.ipv4.tcp_max_tw_buckets` was full.
+    TwOverflow,
+    /// connect() failed with EADDRNOTAVAIL toward `remote`.
+    ConnectAddrNotAvail { pid: u32 },
+    /// The kernel could not hand `count` events to user space (ring buffer full).
+    Lost { program: &'static str, count: u64 },
+}
+
+/// One decoded event.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Record {
+    /// CLOCK_MONOTONIC nanoseconds (the kernel's `bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    /// Network namespace inode number; 0 when unknown (e.g. `Lost`).
+    pub netns: u32,
+    /// Local endpoint. For `ConnectAddrNotAvail` the port is 0 (none could be bound).
+    pub local: SocketAddr,
+    /// Remote endpoint.
+    pub remote: SocketAddr,
+    pub what: What,
+}
+
+impl Record {
+    pub fn family(&self) -> &'static str {
+        match self.remote.ip() {
+            IpAddr::V4(_) => "ipv4",
+            IpAddr::V6(_) => "ipv6",
+        }
+    }
+
+    /// The JSON `type` of this record.
+    pub fn type_name(&self) -> &'static str {
+        match self.what {
+            What::TwEnter { .. } => "tw_enter",
+            What::TwExit {
+                cause: ExitCause::Reused,
+                ..
+            } => "tw_reuse",
+            What::TwExit { .. } => "tw_exit",
+            What::TwOverflow => "tw_overflow",
+            What::ConnectAddrNotAvail { .. } => "connect_eaddrnotavail",
+            What::Lost { .. } => "lost",
+        }
+    }
+}
