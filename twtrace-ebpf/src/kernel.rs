@@ -1,0 +1,102 @@
+//! The running kernel's layout, injected by user space before load (computed from BTF,
+//! kallsyms and tracefs), and typed readers built on it. No offset is a constant here.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use twtrace_common::{AF_INET6, CodeRange, KernelLayout, MAX_CODE_RANGES, Settings};
+
+#[unsafe(no_mangle)]
+pub static LAYOUT: KernelLayout = KernelLayout::zeroed();
+
+#[unsafe(no_mangle)]
+pub static RANGES: [CodeRange; MAX_CODE_RANGES] = [CodeRange {
+    start: 0,
+    end: 0,
+    class: 0,
+}; MAX_CODE_RANGES];
+
+#[unsafe(no_mangle)]
+pub static SETTINGS: Settings = Settings::default_const();
+
+/// Reads one field of a global without letting the compiler fold the compiled-in default.
+#[macro_export]
+macro_rules! layout {
+    ($field:ident) => {
+        {
+            #[allow(unused_unsafe)]
+            // SAFETY: reading a plain static; volatile so the loader's value is used.
+            let v = unsafe { core::ptr::read_volatile(&$crate::kernel::LAYOUT.$field) };
+            v
+        }
+    };
+}
+
+#[inline(always)]
+pub fn settings() -> Settings {
+    unsafe { core::ptr::read_volatile(&SETTINGS) }
+}
+
+#[inline(always)]
+pub fn range(i: usize) -> CodeRange {
+    unsafe { core::ptr::read_volatile(&RANGES[i]) }
+}
+
+#[inline(always)]
+pub unsafe fn read<T>(base: u64, off: u32) -> Option<T> {
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// Addresses and ports of a `sock_common` (a full socket or a timewait socket).
+pub struct Flow {
+    pub family: u8,
+    pub lport: u16,
+    pub rport: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub netns: u32,
+}
+
+/// Reads the flow of the `sock_common` at `skc`. Ports come back in host order.
+#[inline(always)]
+pub unsafe fn read_flow(skc: u64) -> Option<Flow> {
+    let family: u16 = unsafe { read(skc, layout!(skc_family))? };
+    let mut flow = Flow {
+        family: family as u8,
+        lport: unsafe { read::<u16>(skc, layout!(skc_num))? },
+        rport: u16::from_be(unsafe { read::<u16>(skc, layout!(skc_dport))? }),
+        laddr: [0; 16],
+        raddr: [0; 16],
+        netns: 0,
+    };
+    if flow.family == AF_INET6 {
+        flow.laddr = unsafe { read(skc, layout!(skc_v6_rcv_saddr))? };
+        flow.raddr = unsafe { read(skc, layout!(skc_v6_daddr))? };
+    } else {
+        let l: [u8; 4] = unsafe { read(skc, layout!(skc_rcv_saddr))? };
+        let r: [u8; 4] = unsafe { read(skc, layout!(skc_daddr))? };
+        flow.laddr[..4].copy_from_slice(&l);
+        flow.raddr[..4].copy_from_slice(&r);
+    }
+    let net: u64 = unsafe { read(skc, layout!(skc_net))? };
+    flow.netns = unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0);
+    Some(flow)
+}
+
+/// Network namespace of the current task (for syscall-context signals).
+#[inline(always)]
+pub unsafe fn current_netns() -> u32 {
+    let task = unsafe { bpf_get_current_task() };
+    let Some(nsproxy) = (unsafe { read::<u64>(task, layout!(task_nsproxy)) }) else {
+        return 0;
+    };
+    let Some(net) = (unsafe { read::<u64>(nsproxy, layout!(nsproxy_net_ns)) }) else {
+        return 0;
+    };
+    unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0)
+}
+
+/// True when the namespace filter (if any) lets this namespace through.
+#[inline(always)]
+pub fn netns_wanted(netns: u32) -> bool {
+    let want = settings().netns_filter;
+    want == 0 || want == netns
+}

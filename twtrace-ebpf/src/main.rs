@@ -1,0 +1,25 @@
+//! twtrace's kernel programs. One module per signal; each holds every hook that can deliver it
+//! (fentry, kprobe, tracepoint). User space decides per kernel which ones to load and attach.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod kernel;
+mod maps;
+mod stack;
+
+mod port_exhaustion;
+mod tw_enter;
+mod tw_exit;
+mod tw_overflow;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,46 @@
+//! Maps shared by every program.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use twtrace_common::LOSS_SLOTS;
+
+/// The one transport to user space. Size is overridden at load time (`--ring-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Per-CPU counts of events that found no room in [`EVENTS`] (index: `LossSlot`).
+#[map]
+pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+
+/// What the kernel side remembers about a live TIME-WAIT socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LiveTw {
+    pub enter_ts: u64,
+}
+
+/// Live TIME-WAIT sockets keyed by the timewait sock's address. A plain hash (not LRU): an
+/// evicted entry would make its next timer re-arm look like a new TIME-WAIT. When it is full the
+/// enter is still reported and the loss is counted (`LossSlot::LiveTableFull`). Resized at load
+/// time (`--max-live-tw`).
+#[map]
+pub static LIVE: HashMap<u64, LiveTw> = HashMap::with_max_entries(262_144, 0);
+
+/// The last TIME-WAIT created on this CPU, so a following FIN_WAIT2/CLOSING -> CLOSE transition
+/// of the same flow can be told apart from one whose TIME-WAIT was refused (overflow).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastEnter {
+    pub ts_ns: u64,
+    pub rport: u16,
+    pub _pad: [u8; 6],
+}
+
+#[map]
+pub static LAST_ENTER: PerCpuArray<LastEnter> = PerCpuArray::with_max_entries(1, 0);
+
+/// connect() destinations between syscall entry and exit, keyed by pid_tgid.
+#[map]
+pub static CONNECTS: LruHashMap<u64, [u8; 28]> = LruHashMap::with_max_entries(16_384, 0);

@@ -1,0 +1,77 @@
+//! Client port exhaustion: connect() failing with EADDRNOTAVAIL, per destination.
+//!
+//! Route: the connect syscall tracepoints (stable on every kernel): remember the destination at
+//! entry, report it at exit when the result is -EADDRNOTAVAIL.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use twtrace_common::{AF_INET, AF_INET6, EventKind, HookFamily, LossSlot};
+
+use crate::{
+    emit::emit,
+    kernel::{current_netns, netns_wanted},
+    layout,
+    maps::CONNECTS,
+};
+
+const EADDRNOTAVAIL: i64 = 99;
+
+#[tracepoint]
+pub fn connect_enter(ctx: TracePointContext) -> u32 {
+    let Ok(uaddr) = (unsafe { ctx.read_at::<u64>(layout!(tp_connect_args) as usize) }) else {
+        return 0;
+    };
+    let mut sa = [0u8; 28];
+    // sockaddr_in is 16 bytes; only read the 28 of sockaddr_in6 when the family says so, so a
+    // short buffer at the end of a page never makes the read fail.
+    if unsafe { bpf_probe_read_user_buf(uaddr as *const u8, &mut sa[..16]) }.is_err() {
+        return 0;
+    }
+    let family = u16::from_ne_bytes([sa[0], sa[1]]) as u8;
+    if family == AF_INET6 {
+        if unsafe { bpf_probe_read_user_buf(uaddr as *const u8, &mut sa) }.is_err() {
+            return 0;
+        }
+    } else if family != AF_INET {
+        return 0;
+    }
+    let _ = CONNECTS.insert(&bpf_get_current_pid_tgid(), &sa, 0);
+    0
+}
+
+#[tracepoint]
+pub fn connect_exit(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(sa) = (unsafe { CONNECTS.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = CONNECTS.remove(&id);
+    let ret: i64 = unsafe { ctx.read_at(layout!(tp_connect_ret) as usize) }.unwrap_or(0);
+    if ret != -EADDRNOTAVAIL {
+        return 0;
+    }
+    let netns = unsafe { current_netns() };
+    if !netns_wanted(netns) {
+        return 0;
+    }
+    let family = u16::from_ne_bytes([sa[0], sa[1]]) as u8;
+    emit(LossSlot::Connect, |ev| {
+        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.obj = id;
+        ev.netns = netns;
+        ev.kind = EventKind::ConnectAddrNotAvail as u8;
+        ev.family = family;
+        ev.hook = HookFamily::Tracepoint as u8;
+        ev.errno = EADDRNOTAVAIL as u32;
+        ev.rport = u16::from_be_bytes([sa[2], sa[3]]);
+        if family == AF_INET6 {
+            ev.raddr.copy_from_slice(&sa[8..24]);
+        } else {
+            ev.raddr[..4].copy_from_slice(&sa[4..8]);
+        }
+    });
+    0
+}
