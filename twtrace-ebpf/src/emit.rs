@@ -7,7 +7,10 @@
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use twtrace_common::{Event, LossSlot};
 
-use crate::{kernel::settings, maps::{EVENTS, LOSSES}};
+use crate::{
+    kernel::settings,
+    maps::{EVENTS, LOSSES},
+};
 
 /// Reserves an event slot, lets `fill` write it, and submits it. Counts a loss if the ring is full.
 #[inline(always)]

@@ -20,14 +20,12 @@ pub static SETTINGS: Settings = Settings::default_const();
 /// Reads one field of a global without letting the compiler fold the compiled-in default.
 #[macro_export]
 macro_rules! layout {
-    ($field:ident) => {
-        {
-            #[allow(unused_unsafe)]
-            // SAFETY: reading a plain static; volatile so the loader's value is used.
-            let v = unsafe { core::ptr::read_volatile(&$crate::kernel::LAYOUT.$field) };
-            v
-        }
-    };
+    ($field:ident) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: reading a plain static; volatile so the loader's value is used.
+        let v = unsafe { core::ptr::read_volatile(&$crate::kernel::LAYOUT.$field) };
+        v
+    }};
 }
 
 #[inline(always)]

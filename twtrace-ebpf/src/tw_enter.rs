@@ -5,9 +5,7 @@
 //! socket is `timer - offsetof(inet_timewait_sock, tw_timer)`. A TIME-WAIT timer is also re-armed
 //! (PAWS reject, retransmitted FIN); the first arm is the one reached from `tcp_time_wait`.
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use twtrace_common::{EventKind, HookFamily, LossSlot, frame_class};
 
 use crate::{
@@ -40,7 +38,8 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
     if classify(&ctx, wanted) == frame_class::TW_PROCESS {
         return 0;
     }
-    let expires: u64 = unsafe { ctx.read_at(layout!(tp_timer_start_expires) as usize) }.unwrap_or(0);
+    let expires: u64 =
+        unsafe { ctx.read_at(layout!(tp_timer_start_expires) as usize) }.unwrap_or(0);
     let now: u64 = unsafe { ctx.read_at(layout!(tp_timer_start_now) as usize) }.unwrap_or(0);
     enter(tw, expires.wrapping_sub(now), HookFamily::Tracepoint)
 }

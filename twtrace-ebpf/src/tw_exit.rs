@@ -4,9 +4,7 @@
 //! TIME-WAIT (expiry detaches the timer first; every kill goes through timer_shutdown_sync) and
 //! also on re-arms. The call chain tells them apart and names the cause (see `stack.rs`).
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use twtrace_common::{EventKind, ExitCause, HookFamily, LossSlot, frame_class as fc};
 
 use crate::{
@@ -42,7 +40,11 @@ pub fn tw_exit_timer_cancel(ctx: TracePointContext) -> u32 {
         fc::PURGE => ExitCause::Purged,
         _ => ExitCause::Unknown,
     };
-    exit(timer - layout!(tw_timer) as u64, cause, HookFamily::Tracepoint)
+    exit(
+        timer - layout!(tw_timer) as u64,
+        cause,
+        HookFamily::Tracepoint,
+    )
 }
 
 /// Reports the end of TIME-WAIT socket `tw` (shared by every hook of this signal).

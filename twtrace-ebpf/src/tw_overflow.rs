@@ -7,9 +7,7 @@
 //! from `tcp_time_wait` is an overflow (an RST in FIN_WAIT2 closes the same way, elsewhere).
 //! The local port is already released at this point and reads 0.
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use twtrace_common::{EventKind, HookFamily, LossSlot, frame_class};
 
 use crate::{
@@ -29,11 +27,13 @@ const SAME_CALL_NS: u64 = 1_000_000;
 
 #[tracepoint]
 pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
-    let newstate: i32 = unsafe { ctx.read_at(layout!(tp_set_state_newstate) as usize) }.unwrap_or(0);
+    let newstate: i32 =
+        unsafe { ctx.read_at(layout!(tp_set_state_newstate) as usize) }.unwrap_or(0);
     if newstate != TCP_CLOSE {
         return 0;
     }
-    let oldstate: i32 = unsafe { ctx.read_at(layout!(tp_set_state_oldstate) as usize) }.unwrap_or(0);
+    let oldstate: i32 =
+        unsafe { ctx.read_at(layout!(tp_set_state_oldstate) as usize) }.unwrap_or(0);
     if oldstate != TCP_FIN_WAIT2 && oldstate != TCP_CLOSING {
         return 0;
     }

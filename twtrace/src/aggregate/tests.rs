@@ -1,0 +1,311 @@
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use super::*;
+use crate::event::{ExitCause, Substate};
+
+const MS: u64 = 1_000_000;
+
+fn rec(remote: &str, lport: u16, what: What) -> Record {
+    Record {
+        ts_ns: 1,
+        netns: 4026531840,
+        local: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), lport),
+        remote: remote.parse().unwrap(),
+        what,
+    }
+}
+
+fn enter(remote: &str, lport: u16) -> Record {
+    let what = What::TwEnter {
+        substate: Substate::TimeWait,
+        timeout_ms: 60_000,
+    };
+    rec(remote, lport, what)
+}
+
+fn exit(remote: &str, lport: u16, cause: ExitCause, lifetime_ns: Option<u64>) -> Record {
+    rec(remote, lport, What::TwExit { cause, lifetime_ns })
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn row_for_ip(agg: &Aggregate, s: &str) -> Counters {
+    let rows = agg.top_by_ip(usize::MAX, Order::TwCreated);
+    rows.into_iter().find(|r| r.key == ip(s)).unwrap().counters
+}
+
+#[test]
+fn enter_exit_pairing() {
+    let mut agg = Aggregate::new(16);
+    agg.apply(&enter("192.0.2.1:443", 40000));
+    agg.apply(&enter("192.0.2.1:443", 40001));
+    agg.apply(&exit(
+        "192.0.2.1:443",
+        40000,
+        ExitCause::Expired,
+        Some(60_000 * MS),
+    ));
+
+    let c = row_for_ip(&agg, "192.0.2.1");
+    assert_eq!((c.tw_created, c.live, c.exits_total()), (2, 1, 1));
+    assert_eq!(c.exits(ExitCause::Expired), 1);
+    assert_eq!(c.lifetime.count, 1);
+    assert_eq!(c.lifetime.max_ms(), Some(60_000.0));
+
+    let ports = agg.top_by_port(10, Order::Live);
+    assert_eq!(ports.len(), 2);
+    assert_eq!((ports[0].key, ports[0].counters.live), (40001, 1));
+    assert_eq!((ports[1].key, ports[1].counters.live), (40000, 0));
+
+    let dest = agg.top_by_dest(10, Order::Live);
+    assert_eq!(dest.len(), 1);
+    assert_eq!(dest[0].key, "192.0.2.1:443".parse::<SocketAddr>().unwrap());
+    assert_eq!(dest[0].counters.live, 1);
+    assert_eq!(agg.totals().live, 1);
+}
+
+#[test]
+fn exits_without_seen_entry_do_not_underflow_or_cancel_new_entries() {
+    let mut agg = Aggregate::new(16);
+    // Sockets already in TIME-WAIT when tracing started: the kernel has no lifetime for them.
+    for _ in 0..3 {
+        agg.apply(&exit("192.0.2.1:443", 40000, ExitCause::Expired, None));
+    }
+    agg.apply(&enter("192.0.2.1:443", 40001));
+    agg.apply(&exit("192.0.2.1:443", 40002, ExitCause::Unknown, None));
+
+    let c = row_for_ip(&agg, "192.0.2.1");
+    assert_eq!(c.live, 1, "unseen exits must not cancel a traced entry");
+    assert_eq!(c.exits_unseen_entry, 4);
+    assert_eq!(c.exits_total(), 4);
+    assert_eq!(c.lifetime.count, 0);
+    assert_eq!(c.lifetime.avg_ms(), None);
+    assert_eq!(agg.totals().live, 1);
+    assert_eq!(agg.totals().exits_unseen_entry, 4);
+}
+
+#[test]
+fn seen_exit_after_eviction_saturates_at_zero() {
+    let mut agg = Aggregate::new(1);
+    agg.apply(&enter("192.0.2.1:443", 40000));
+    agg.apply(&enter("192.0.2.2:443", 40000)); // evicts 192.0.2.1
+    agg.apply(&exit("192.0.2.1:443", 40000, ExitCause::Expired, Some(MS)));
+    let c = row_for_ip(&agg, "192.0.2.1");
+    assert_eq!((c.live, c.tw_created, c.exits_total()), (0, 0, 1));
+    // The totals saw both enters and the exit.
+    assert_eq!(agg.totals().live, 1);
+}
+
+#[test]
+fn eviction_counts_with_tiny_capacity() {
+    let mut agg = Aggregate::new(2);
+    for i in 1..=5u8 {
+        agg.apply(&enter(&format!("192.0.2.{i}:80"), 1000 + u16::from(i)));
+    }
+    // Updating an existing key does not evict.
+    agg.apply(&enter("192.0.2.5:80", 1005));
+    let ev = agg.evictions();
+    assert_eq!(
+        ev,
+        Evictions {
+            remote_ip: 3,
+            local_port: 3,
+            destination: 3
+        }
+    );
+    assert_eq!(ev.total(), 9);
+    let keys: Vec<_> = agg
+        .top_by_ip(10, Order::TwCreated)
+        .iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, [ip("192.0.2.5"), ip("192.0.2.4")]);
+}
+
+#[test]
+fn eviction_is_least_recently_updated() {
+    let mut agg = Aggregate::new(2);
+    agg.apply(&enter("192.0.2.1:80", 1));
+    agg.apply(&enter("192.0.2.2:80", 2));
+    agg.apply(&enter("192.0.2.1:80", 1)); // .1 is now the most recently updated
+    agg.apply(&enter("192.0.2.3:80", 3)); // so .2 goes
+    let mut keys: Vec<_> = agg
+        .top_by_ip(10, Order::Live)
+        .iter()
+        .map(|r| r.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, [ip("192.0.2.1"), ip("192.0.2.3")]);
+}
+
+#[test]
+fn zero_capacity_is_one() {
+    let mut agg = Aggregate::new(0);
+    assert_eq!(agg.capacity(), 1);
+    agg.apply(&enter("192.0.2.1:80", 1));
+    assert_eq!(agg.top_by_ip(10, Order::Live).len(), 1);
+}
+
+#[test]
+fn cause_accounting() {
+    let mut agg = Aggregate::new(16);
+    for (n, cause) in ExitCause::ALL.iter().enumerate() {
+        for _ in 0..=n {
+            agg.apply(&enter("192.0.2.9:443", 5000));
+            agg.apply(&exit("192.0.2.9:443", 5000, *cause, Some(MS)));
+        }
+    }
+    let c = row_for_ip(&agg, "192.0.2.9");
+    for (n, cause) in ExitCause::ALL.iter().enumerate() {
+        assert_eq!(c.exits(*cause), n as u64 + 1, "{cause:?}");
+    }
+    assert_eq!(c.exits_total(), 21);
+    assert_eq!((c.tw_created, c.live), (21, 0));
+    assert_eq!(agg.totals(), c);
+}
+
+#[test]
+fn overflow_eaddrnotavail_and_lost() {
+    let mut agg = Aggregate::new(16);
+    agg.apply(&rec("192.0.2.1:80", 40000, What::TwOverflow));
+    agg.apply(&enter("198.51.100.7:5432", 41000));
+    for _ in 0..2 {
+        agg.apply(&rec(
+            "198.51.100.7:5432",
+            0,
+            What::ConnectAddrNotAvail { pid: 42 },
+        ));
+    }
+    let lost = |program, count| rec("0.0.0.0:0", 0, What::Lost { program, count });
+    agg.apply(&lost("tw_exit", 3));
+    agg.apply(&lost("tw_enter", 1));
+    agg.apply(&lost("tw_exit", 4));
+
+    let t = agg.totals();
+    assert_eq!((t.overflow, t.eaddrnotavail, t.tw_created), (1, 2, 1));
+    assert_eq!(row_for_ip(&agg, "192.0.2.1").overflow, 1);
+    assert_eq!(row_for_ip(&agg, "198.51.100.7").eaddrnotavail, 2);
+
+    let dest = agg.top_by_dest(1, Order::EaddrNotAvail);
+    assert_eq!(
+        dest[0].key,
+        "198.51.100.7:5432".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        (dest[0].counters.eaddrnotavail, dest[0].counters.live),
+        (2, 1)
+    );
+
+    // No port table entry for the unbound port 0, none for the lost records either.
+    let ports: Vec<_> = agg
+        .top_by_port(10, Order::TwCreated)
+        .iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(ports, [41000, 40000]);
+    assert!(
+        agg.top_by_ip(10, Order::Live)
+            .iter()
+            .all(|r| !r.key.is_unspecified())
+    );
+
+    assert_eq!(
+        agg.lost(),
+        [
+            LostRow {
+                program: "tw_enter",
+                count: 1
+            },
+            LostRow {
+                program: "tw_exit",
+                count: 7
+            }
+        ]
+    );
+    assert_eq!(agg.lost_total(), 8);
+}
+
+#[test]
+fn totals_stay_exact_after_eviction() {
+    let mut agg = Aggregate::new(2);
+    for i in 0..100u16 {
+        let remote = format!("192.0.2.{}:80", i % 50);
+        agg.apply(&enter(&remote, 30000 + i));
+    }
+    for i in 0..40u16 {
+        let remote = format!("192.0.2.{}:80", i % 50);
+        agg.apply(&exit(&remote, 30000 + i, ExitCause::Expired, Some(2 * MS)));
+    }
+    agg.apply(&rec("192.0.2.1:80", 1, What::TwOverflow));
+    let t = agg.totals();
+    assert_eq!((t.tw_created, t.live, t.exits_total()), (100, 60, 40));
+    assert_eq!(t.overflow, 1);
+    assert_eq!(t.lifetime.count, 40);
+    assert_eq!(t.lifetime.sum_ms(), 80.0);
+    assert!(agg.evictions().remote_ip > 0);
+    let table_created: u64 = agg
+        .top_by_ip(10, Order::TwCreated)
+        .iter()
+        .map(|r| r.counters.tw_created)
+        .sum();
+    assert!(table_created < t.tw_created);
+}
+
+#[test]
+fn ordering_by_each_key_with_stable_ties() {
+    let mut agg = Aggregate::new(16);
+    // .1: 3 created, 3 live. .2: 2 created, 0 live, 2 reused. .3: 1 created, 1 live, 4 overflow.
+    for _ in 0..3 {
+        agg.apply(&enter("192.0.2.1:80", 1));
+    }
+    for _ in 0..2 {
+        agg.apply(&enter("192.0.2.2:80", 2));
+        agg.apply(&exit("192.0.2.2:80", 2, ExitCause::Reused, Some(MS)));
+    }
+    agg.apply(&enter("192.0.2.3:80", 3));
+    for _ in 0..4 {
+        agg.apply(&rec("192.0.2.3:80", 3, What::TwOverflow));
+    }
+    let order_of =
+        |o: Order| -> Vec<IpAddr> { agg.top_by_ip(10, o).iter().map(|r| r.key).collect() };
+    let (a, b, c) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3"));
+    assert_eq!(order_of(Order::TwCreated), [a, b, c]);
+    assert_eq!(order_of(Order::Live), [a, c, b]);
+    assert_eq!(order_of(Order::Exits(ExitCause::Reused)), [b, a, c]); // a, c tie at 0: by key
+    assert_eq!(order_of(Order::Overflow), [c, a, b]);
+    assert_eq!(order_of(Order::EaddrNotAvail), [a, b, c]); // all 0: by key
+
+    // Top-N selection picks the same rows as a full sort would.
+    let top2: Vec<_> = agg
+        .top_by_ip(2, Order::Live)
+        .iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(top2, [a, c]);
+    assert!(agg.top_by_ip(0, Order::Live).is_empty());
+}
+
+#[test]
+fn rows_serialize_flat() {
+    let mut agg = Aggregate::new(4);
+    agg.apply(&enter("[2001:db8::1]:443", 40000));
+    agg.apply(&exit(
+        "[2001:db8::1]:443",
+        40000,
+        ExitCause::KilledByRst,
+        Some(1_500_000),
+    ));
+    let v = serde_json::to_value(agg.top_by_ip(1, Order::TwCreated)).unwrap();
+    let row = &v[0];
+    assert_eq!(row["remote_ip"], "2001:db8::1");
+    assert_eq!(row["exits_killed_by_rst"], 1);
+    assert_eq!(row["lifetime_avg_ms"], 1.5);
+    let v = serde_json::to_value(agg.top_by_dest(1, Order::TwCreated)).unwrap();
+    assert_eq!(v[0]["destination"], "[2001:db8::1]:443");
+    let v = serde_json::to_value(agg.top_by_port(1, Order::TwCreated)).unwrap();
+    assert_eq!(v[0]["local_port"], 40000);
+    let v = serde_json::to_value(agg.evictions()).unwrap();
+    assert_eq!(v["remote_ip"], 0);
+}

@@ -1,0 +1,164 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+use crate::{filter, signals::Family};
+
+const ABOUT: &str = "Live tracing of TCP TIME-WAIT sockets, per remote IP, with eBPF.";
+
+const LONG_ABOUT: &str = "\
+Live tracing of TCP TIME-WAIT sockets, per remote IP, with eBPF.
+
+Without a subcommand, twtrace prints a table every --interval: TIME-WAITs created, alive now,
+how they ended (expired, replaced_by_syn, killed_by_rst, reused, purged, unknown), overflows
+(tcp_max_tw_buckets full) and connect() EADDRNOTAVAIL failures, per remote IP, per local port
+and per destination. `twtrace events --json` streams every event as NDJSON instead.
+
+Examples:
+  sudo twtrace                             live table, all namespaces
+  sudo twtrace --port 443 --ip 10.0.0.0/8  only port 443 traffic with 10/8
+  sudo twtrace events --json > tw.ndjson   every event, one JSON object per line
+  sudo twtrace doctor                      what this kernel allows and which hooks twtrace uses";
+
+#[derive(Debug, Parser)]
+#[command(name = "twtrace", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub live: LiveOpts,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream every event (TIME-WAIT enter/exit, overflow, EADDRNOTAVAIL, losses).
+    Events(EventsOpts),
+    /// Show the kernel, BTF, lockdown and which hook serves each signal, and why.
+    Doctor,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Hook family: `auto` picks, per signal, the best that loads (fentry, then kprobe, then
+    /// tracepoint); naming a family forces it and fails if it cannot serve every signal.
+    #[arg(long, global = true, value_name = "FAMILY", default_value = "auto", value_parser = parse_hooks)]
+    pub hooks: HookChoice,
+
+    /// Only this network namespace: inode number (`readlink /proc/PID/ns/net`), a name under
+    /// /run/netns, or a path such as /proc/PID/ns/net. Filtered in the kernel.
+    #[arg(long, global = true, value_name = "NETNS")]
+    pub netns: Option<String>,
+
+    /// Only events with this local or remote port (repeatable).
+    #[arg(long = "port", global = true, value_name = "PORT")]
+    pub ports: Vec<u16>,
+
+    /// Only events with a local or remote address in this address or CIDR (repeatable).
+    #[arg(long = "ip", global = true, value_name = "ADDR|CIDR", value_parser = filter::parse_net)]
+    pub ips: Vec<IpNet>,
+
+    /// Most remote IPs / ports / destinations kept in the aggregate; least recent are evicted
+    /// (and counted) beyond this.
+    #[arg(long, global = true, default_value_t = 65_536, value_name = "N", value_parser = clap::value_parser!(u32).range(16..))]
+    pub capacity: u32,
+
+    /// Ring buffer size in KiB (a power of two, at least 64).
+    #[arg(long, global = true, default_value_t = 4096, value_name = "KIB", value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+
+    /// Most TIME-WAIT sockets tracked at once in the kernel (for lifetimes); more are still
+    /// reported, and counted as `live_table_full` losses.
+    #[arg(long, global = true, default_value_t = 262_144, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_live_tw: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct LiveOpts {
+    /// Seconds between table refreshes.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+    pub interval: f64,
+
+    /// Rows per table.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsOpts {
+    /// One JSON object per line (NDJSON; fields documented in the README). Without it, one
+    /// human-readable line per event.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write events here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookChoice {
+    Auto,
+    Only(Family),
+}
+
+fn parse_hooks(s: &str) -> Result<HookChoice, String> {
+    match s {
+        "auto" => Ok(HookChoice::Auto),
+        "fentry" => Ok(HookChoice::Only(Family::Fentry)),
+        "kprobe" => Ok(HookChoice::Only(Family::Kprobe)),
+        "tracepoint" => Ok(HookChoice::Only(Family::Tracepoint)),
+        _ => Err(format!(
+            "`{s}`: expected one of auto, fentry, kprobe, tracepoint"
+        )),
+    }
+}
+
+fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of KiB"))?;
+    if n < 64 || !n.is_power_of_two() || n > 1 << 20 {
+        return Err(format!(
+            "{n} KiB: the ring must be a power of two between 64 KiB and 1 GiB"
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(0.05..=3600.0).contains(&v) {
+        return Err(format!(
+            "{v}: the interval must be between 0.05 and 3600 seconds"
+        ));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["twtrace", "--hooks", "ebpf"]).is_err());
+        assert!(Cli::try_parse_from(["twtrace", "--ring-kib", "100"]).is_err());
+        assert!(Cli::try_parse_from(["twtrace", "--ip", "300.1.1.1"]).is_err());
+        assert!(Cli::try_parse_from(["twtrace", "--frobnicate"]).is_err());
+        let ok = Cli::try_parse_from(["twtrace", "events", "--json", "--hooks", "kprobe"]).unwrap();
+        assert_eq!(ok.common.hooks, HookChoice::Only(Family::Kprobe));
+    }
+}

@@ -1,0 +1,72 @@
+//! `twtrace doctor`: what this kernel offers and which hook serves each signal, and why.
+//! It really loads and attaches (then detaches) the programs: the only honest test.
+
+use anyhow::Result;
+
+use crate::{
+    cli::Common,
+    kernel::{self, btf::KernelBtf},
+    loader, run,
+};
+
+pub fn run(common: &Common) -> Result<()> {
+    kernel::preflight()?;
+    let loaded = loader::load(&run::load_options(common)?)?;
+    let f = &loaded.facts;
+    println!("kernel      {}", f.release);
+    println!("BTF         /sys/kernel/btf/vmlinux");
+    println!(
+        "lockdown    {}",
+        f.lockdown.as_deref().unwrap_or("(no lockdown LSM)")
+    );
+    println!("HZ          {}", f.hz);
+    println!(
+        "kprobes     {}",
+        f.caps
+            .kprobe_blocker()
+            .unwrap_or_else(|| "available".into())
+    );
+    println!(
+        "fentry      {}",
+        f.caps
+            .fentry_blocker()
+            .unwrap_or_else(|| "trampoline support present".into())
+    );
+    if f.missing_frames.is_empty() {
+        println!("call chains all exit-cause functions found in kallsyms");
+    } else {
+        println!(
+            "call chains missing {} (their exit causes read `unknown`)",
+            f.missing_frames.join(", ")
+        );
+    }
+    if let Ok(btf) = KernelBtf::from_sysfs() {
+        for r in [
+            "TCP_RFC7323_PAWS",
+            "TCP_RFC7323_TW_PAWS",
+            "TCP_RFC7323_TSECR",
+        ] {
+            let v = btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{r}"));
+            let shown = match v {
+                Ok(Some(v)) => v.to_string(),
+                Ok(None) => "absent".into(),
+                Err(e) => format!("{e:#}"),
+            };
+            println!("drop reason {r} = {shown}");
+        }
+    }
+    println!();
+    println!("signal plan (best family first: fentry, kprobe, tracepoint)");
+    for c in &loaded.choices {
+        let chosen = c.chosen.map_or("NONE", |f| f.as_str());
+        println!("  {:<22} {:<10} {}", c.signal, chosen, c.description);
+        for a in &c.attached {
+            println!("  {:<22}   attached: {a}", "");
+        }
+        for (fam, why) in &c.rejected {
+            let why = why.lines().next().unwrap_or("");
+            println!("  {:<22}   not {}: {why}", "", fam.as_str());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! User-side event filters (--port, --ip). The --netns filter runs in the kernel.
+
+use std::{net::IpAddr, os::unix::fs::MetadataExt as _, str::FromStr};
+
+use anyhow::{Context as _, Result, bail};
+use ipnet::IpNet;
+
+use crate::event::Record;
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub ports: Vec<u16>,
+    pub nets: Vec<IpNet>,
+}
+
+impl Filter {
+    /// True when the record concerns one of the ports (local or remote) and one of the networks
+    /// (local or remote address); an empty list matches everything.
+    pub fn matches(&self, r: &Record) -> bool {
+        let port_ok = self.ports.is_empty()
+            || self.ports.contains(&r.local.port())
+            || self.ports.contains(&r.remote.port());
+        let ip_ok = self.nets.is_empty()
+            || self
+                .nets
+                .iter()
+                .any(|n| n.contains(&r.local.ip()) || n.contains(&r.remote.ip()));
+        port_ok && ip_ok
+    }
+}
+
+/// `--ip` values: an address (10.0.0.1, fd00::1) or a CIDR (10.0.0.0/8).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = IpNet::from_str(s) {
+        return Ok(net);
+    }
+    IpAddr::from_str(s).map(IpNet::from).map_err(|_| {
+        format!("`{s}` is neither an IP address nor a CIDR (e.g. 10.0.0.1, 10.0.0.0/8, fd00::/64)")
+    })
+}
+
+/// `--netns` values: an inode number (as `ls -l /proc/PID/ns/net` shows), or a path to a
+/// namespace file (/run/netns/NAME, /proc/PID/ns/net).
+pub fn parse_netns(s: &str) -> Result<u32> {
+    if let Ok(n) = s.parse::<u32>() {
+        if n == 0 {
+            bail!("--netns 0 is not a namespace id");
+        }
+        return Ok(n);
+    }
+    let path = if s.contains('/') {
+        s.to_owned()
+    } else {
+        format!("/run/netns/{s}")
+    };
+    let meta = std::fs::metadata(&path)
+        .with_context(|| format!("--netns `{s}`: not an inode number and {path} cannot be read"))?;
+    u32::try_from(meta.ino()).context("namespace inode does not fit in 32 bits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::What;
+
+    fn rec(local: &str, remote: &str) -> Record {
+        Record {
+            ts_ns: 0,
+            netns: 1,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            what: What::TwOverflow,
+        }
+    }
+
+    #[test]
+    fn port_and_cidr() {
+        let f = Filter {
+            ports: vec![80],
+            nets: vec![parse_net("10.1.0.0/16").unwrap()],
+        };
+        assert!(f.matches(&rec("10.9.9.9:80", "10.1.2.3:5555")));
+        assert!(!f.matches(&rec("10.9.9.9:81", "10.1.2.3:5555")));
+        assert!(!f.matches(&rec("10.9.9.9:80", "10.2.2.3:5555")));
+        assert!(Filter::default().matches(&rec("[::1]:1", "[::2]:2")));
+    }
+
+    #[test]
+    fn bad_values_explain_themselves() {
+        assert!(parse_net("10.0.0.300").unwrap_err().contains("CIDR"));
+        assert_eq!(parse_net("fd00::1").unwrap().prefix_len(), 128);
+        assert!(parse_netns("0").is_err());
+        assert!(
+            parse_netns("no-such-ns-xyz")
+                .unwrap_err()
+                .to_string()
+                .contains("/run/netns/")
+        );
+        assert!(parse_netns("/proc/self/ns/net").unwrap() > 0);
+    }
+}

@@ -1,0 +1,94 @@
+//! Builds the [`KernelLayout`] the eBPF programs read: struct offsets from BTF, tracepoint record
+//! offsets from tracefs, function addresses and extents from kallsyms. Nothing is hard-coded.
+
+use anyhow::{Context as _, Result};
+use twtrace_common::{CodeRange, KernelLayout, MAX_CODE_RANGES, frame_class as fc};
+
+use super::{btf::KernelBtf, kallsyms::Kallsyms, tracefs::Format};
+
+/// Functions whose presence in a call chain names a TIME-WAIT event's context. A function
+/// missing on some kernel (renamed, inlined) only makes the matching cause `unknown`.
+pub const FRAME_FUNCTIONS: &[(u8, &str)] = &[
+    (fc::REARM, "__mod_timer"),
+    (fc::EXPIRE, "__run_timers"),
+    (fc::EXPIRE, "run_timer_softirq"),
+    (fc::RCV, "tcp_v4_rcv"),
+    (fc::RCV, "tcp_v6_rcv"),
+    (fc::TW_PROCESS, "tcp_timewait_state_process"),
+    (fc::CONNECT_REUSE, "__inet_check_established"),
+    (fc::CONNECT_REUSE, "__inet6_check_established"),
+    (fc::CONNECT_REUSE, "__inet_hash_connect"),
+    (fc::PURGE, "inet_twsk_purge"),
+    (fc::TCP_TIME_WAIT, "tcp_time_wait"),
+    (fc::TCP_TIME_WAIT, "inet_twsk_hashdance_schedule"),
+];
+
+/// The struct offsets every hook needs.
+pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> {
+    let sc = |m: &str| btf.member_offset("sock_common", m);
+    layout.skc_daddr = sc("skc_daddr")?;
+    layout.skc_rcv_saddr = sc("skc_rcv_saddr")?;
+    layout.skc_dport = sc("skc_dport")?;
+    layout.skc_num = sc("skc_num")?;
+    layout.skc_family = sc("skc_family")?;
+    layout.skc_net = sc("skc_net")?;
+    layout.skc_v6_daddr = sc("skc_v6_daddr")?;
+    layout.skc_v6_rcv_saddr = sc("skc_v6_rcv_saddr")?;
+    layout.tw_common = btf.member_offset("inet_timewait_sock", "__tw_common")?;
+    layout.tw_substate = btf.member_offset("inet_timewait_sock", "tw_substate")?;
+    layout.tw_timer = btf.member_offset("inet_timewait_sock", "tw_timer")?;
+    layout.timer_function = btf.member_offset("timer_list", "function")?;
+    layout.net_ns_inum = btf.member_offset("net", "ns.inum")?;
+    layout.task_nsproxy = btf.member_offset("task_struct", "nsproxy")?;
+    layout.nsproxy_net_ns = btf.member_offset("nsproxy", "net_ns")?;
+    Ok(())
+}
+
+/// Record offsets of the tracepoints the tracepoint route reads.
+pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Result<()> {
+    let start = Format::load("timer", "timer_start")?;
+    layout.tp_timer_start_timer = start.offset("timer")?;
+    layout.tp_timer_start_function = start.offset("function")?;
+    layout.tp_timer_start_expires = start.offset("expires")?;
+    layout.tp_timer_start_now = start.offset("now")?;
+    layout.tp_timer_cancel_timer = Format::load("timer", "timer_cancel")?.offset("timer")?;
+    let expire = Format::load("timer", "timer_expire_entry")?;
+    layout.tp_timer_expire_timer = expire.offset("timer")?;
+    layout.tp_timer_expire_function = expire.offset("function")?;
+    let st = Format::load("sock", "inet_sock_set_state")?;
+    layout.tp_set_state_skaddr = st.offset("skaddr")?;
+    layout.tp_set_state_oldstate = st.offset("oldstate")?;
+    layout.tp_set_state_newstate = st.offset("newstate")?;
+    layout.tp_set_state_protocol = st.offset("protocol")?;
+    layout.tp_connect_args = Format::load("syscalls", "sys_enter_connect")?.offset("uservaddr")?;
+    layout.tp_connect_ret = Format::load("syscalls", "sys_exit_connect")?.offset("ret")?;
+    Ok(())
+}
+
+/// Function addresses: the TIME-WAIT timer callback and the call-chain classifier table.
+/// Returns the table and the names that could not be found.
+pub fn code_ranges(
+    syms: &Kallsyms,
+    layout: &mut KernelLayout,
+) -> Result<([CodeRange; MAX_CODE_RANGES], Vec<&'static str>)> {
+    layout.tw_timer_handler = syms
+        .addr("tw_timer_handler")
+        .context("tw_timer_handler is not in /proc/kallsyms: cannot recognise TIME-WAIT timers")?;
+    let mut ranges = [CodeRange::default(); MAX_CODE_RANGES];
+    let mut missing = Vec::new();
+    let mut n = 0;
+    for &(class, name) in FRAME_FUNCTIONS {
+        match syms.range(name) {
+            Some(r) if n < MAX_CODE_RANGES => {
+                ranges[n] = CodeRange {
+                    start: r.start,
+                    end: r.end,
+                    class: class as u64,
+                };
+                n += 1;
+            }
+            _ => missing.push(name),
+        }
+    }
+    Ok((ranges, missing))
+}

@@ -1,0 +1,105 @@
+//! Loads the eBPF object for the running kernel: layout injection, map sizing, hook choice.
+
+use anyhow::{Context as _, Result};
+use aya::{Btf, Ebpf, EbpfLoader};
+use twtrace_common::{KernelLayout, Settings};
+
+use crate::{
+    kernel::{self, btf::KernelBtf, caps::Caps, kallsyms::Kallsyms, layout, sysinfo},
+    plan::{self, Choice, Facts},
+    signals::{DecodeCtx, Family},
+};
+
+/// The compiled eBPF object, built by build.rs (aya-build).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twtrace"));
+
+/// Sizing and filtering knobs that reach the kernel side.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub forced: Option<Family>,
+    pub netns: u32,
+    pub ring_bytes: u32,
+    pub max_live_tw: u32,
+}
+
+/// Everything a run needs about the kernel, gathered once.
+pub struct KernelFacts {
+    pub release: String,
+    pub lockdown: Option<String>,
+    pub hz: u64,
+    pub caps: Caps,
+    pub syms: Kallsyms,
+    pub layout: KernelLayout,
+    pub ranges: [twtrace_common::CodeRange; twtrace_common::MAX_CODE_RANGES],
+    /// Call-chain functions absent on this kernel (their causes read `unknown`).
+    pub missing_frames: Vec<&'static str>,
+}
+
+impl KernelFacts {
+    pub fn gather() -> Result<Self> {
+        let btf = KernelBtf::from_sysfs()?;
+        let syms = Kallsyms::load()?;
+        let mut layout = KernelLayout::zeroed();
+        layout::struct_offsets(&btf, &mut layout).context("reading struct offsets from BTF")?;
+        layout::tracepoint_offsets(&mut layout).context("reading tracepoint formats")?;
+        let (ranges, missing_frames) = layout::code_ranges(&syms, &mut layout)?;
+        Ok(Self {
+            release: sysinfo::release(),
+            lockdown: sysinfo::lockdown(),
+            hz: sysinfo::hz()?,
+            caps: Caps::probe(),
+            syms,
+            layout,
+            ranges,
+            missing_frames,
+        })
+    }
+
+    pub fn decode_ctx(&self) -> DecodeCtx {
+        DecodeCtx { hz: self.hz }
+    }
+}
+
+pub struct Loaded {
+    pub bpf: Ebpf,
+    pub choices: Vec<Choice>,
+    pub facts: KernelFacts,
+}
+
+pub fn load(opts: &LoadOptions) -> Result<Loaded> {
+    kernel::preflight()?;
+    let facts = KernelFacts::gather()?;
+    let btf = Btf::from_sys_fs().context("loading kernel BTF for the loader")?;
+    let settings = Settings {
+        netns_filter: opts.netns,
+        // Wake the reader at 1/8 of the ring: early enough never to fill it between polls.
+        wakeup_bytes: u64::from(opts.ring_bytes / 8),
+        ..Settings::default_const()
+    };
+    let mut bpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("LAYOUT", &facts.layout, true)
+        .override_global("RANGES", &facts.ranges, true)
+        .override_global("SETTINGS", &settings, true)
+        .map_max_entries("EVENTS", opts.ring_bytes)
+        .map_max_entries("LIVE", opts.max_live_tw)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    if let Err(e) = aya_log::EbpfLogger::init(&mut bpf) {
+        log::debug!("aya-log not initialised: {e}");
+    }
+    let choices = plan::attach_all(
+        &mut bpf,
+        &Facts {
+            btf: &btf,
+            syms: &facts.syms,
+            caps: &facts.caps,
+        },
+        opts.forced,
+    )?;
+    Ok(Loaded {
+        bpf,
+        choices,
+        facts,
+    })
+}

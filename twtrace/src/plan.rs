@@ -1,0 +1,213 @@
+//! Hook choice: for each signal, the best hook that actually loads and attaches on this kernel.
+//!
+//! Facts rule out some families up front (no kprobe PMU, functions absent from kallsyms/BTF);
+//! everything else is decided by trying: a hook is chosen only once all of its programs are
+//! loaded by the verifier and attached. Every rejection is kept with its reason for `doctor`.
+
+use anyhow::{Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf,
+    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
+};
+
+use crate::{
+    kernel::{caps::Caps, kallsyms::Kallsyms},
+    signals::{self, Attach, Family, Hook, Program, Signal},
+};
+
+/// What was decided for one signal.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub signal: &'static str,
+    pub description: &'static str,
+    /// The family now attached, if any.
+    pub chosen: Option<Family>,
+    /// Where its programs are attached.
+    pub attached: Vec<String>,
+    /// Families passed over, with why (in the order tried).
+    pub rejected: Vec<(Family, String)>,
+}
+
+pub struct Facts<'a> {
+    pub btf: &'a Btf,
+    pub syms: &'a Kallsyms,
+    pub caps: &'a Caps,
+}
+
+/// Attaches every signal. `forced` restricts the choice to one family and makes any signal that
+/// family cannot serve an error.
+pub fn attach_all(
+    bpf: &mut Ebpf,
+    facts: &Facts<'_>,
+    forced: Option<Family>,
+) -> Result<Vec<Choice>> {
+    let mut choices = Vec::new();
+    for signal in signals::ALL {
+        let choice = attach_signal(bpf, facts, signal, forced);
+        if choice.chosen.is_none() {
+            let why = choice
+                .rejected
+                .iter()
+                .map(|(f, r)| format!("{}: {r}", f.as_str()))
+                .collect::<Vec<_>>()
+                .join("; ");
+            match forced {
+                Some(f) => bail!(
+                    "--hooks {} cannot serve signal `{}` ({why}); try --hooks auto",
+                    f.as_str(),
+                    signal.name
+                ),
+                None => bail!(
+                    "no hook can serve signal `{}` on this kernel ({why})",
+                    signal.name
+                ),
+            }
+        }
+        choices.push(choice);
+    }
+    Ok(choices)
+}
+
+fn attach_signal(
+    bpf: &mut Ebpf,
+    facts: &Facts<'_>,
+    signal: &Signal,
+    forced: Option<Family>,
+) -> Choice {
+    let mut choice = Choice {
+        signal: signal.name,
+        description: signal.description,
+        chosen: None,
+        attached: Vec::new(),
+        rejected: Vec::new(),
+    };
+    let families = match forced {
+        Some(f) => vec![f],
+        None => Family::ALL.to_vec(),
+    };
+    for family in families {
+        if let Some(reason) = (signal.no_hook_reason)(family) {
+            choice.rejected.push((family, reason.to_owned()));
+            continue;
+        }
+        let Some(hook) = signal.hooks.iter().find(|h| h.family == family) else {
+            choice.rejected.push((
+                family,
+                "twtrace has no program of this family for this signal".into(),
+            ));
+            continue;
+        };
+        match try_hook(bpf, facts, hook) {
+            Ok(attached) => {
+                choice.chosen = Some(family);
+                choice.attached = attached;
+                break;
+            }
+            Err(e) => choice.rejected.push((family, format!("{e:#}"))),
+        }
+    }
+    choice
+}
+
+/// Loads and attaches all programs of a hook, or none of them.
+fn try_hook(bpf: &mut Ebpf, facts: &Facts<'_>, hook: &Hook) -> Result<Vec<String>> {
+    precheck(facts, hook)?;
+    let mut done = Vec::new();
+    for p in hook.programs {
+        if let Err(e) = load_attach(bpf, facts.btf, p) {
+            for q in hook.programs {
+                unload(bpf, q);
+            }
+            return Err(e.context(format!("{} ({})", p.attach.describe(), p.name)));
+        }
+        done.push(p.attach.describe());
+    }
+    Ok(done)
+}
+
+/// Refusals we can state without touching the kernel.
+fn precheck(facts: &Facts<'_>, hook: &Hook) -> Result<()> {
+    match hook.family {
+        Family::Kprobe => {
+            if let Some(b) = facts.caps.kprobe_blocker() {
+                bail!("{b}");
+            }
+        }
+        Family::Fentry => {
+            if let Some(b) = facts.caps.fentry_blocker() {
+                bail!("{b}");
+            }
+        }
+        Family::Tracepoint => {}
+    }
+    for p in hook.programs {
+        let function = match p.attach {
+            Attach::Kprobe { function }
+            | Attach::Kretprobe { function }
+            | Attach::Fentry { function }
+            | Attach::Fexit { function } => function,
+            Attach::Tracepoint { .. } => continue,
+        };
+        if !facts.syms.contains(function) {
+            bail!("{function} is not in /proc/kallsyms (inlined or renamed on this kernel)");
+        }
+    }
+    Ok(())
+}
+
+fn load_attach(bpf: &mut Ebpf, btf: &Btf, p: &Program) -> Result<()> {
+    let prog = bpf
+        .program_mut(p.name)
+        .ok_or_else(|| anyhow!("program {} is missing from the eBPF object", p.name))?;
+    let r: Result<(), ProgramError> = match p.attach {
+        Attach::Tracepoint { category, name } => {
+            let tp: &mut TracePoint = prog.try_into()?;
+            tp.load().and_then(|()| tp.attach(category, name).map(drop))
+        }
+        Attach::Kprobe { function } | Attach::Kretprobe { function } => {
+            let kp: &mut KProbe = prog.try_into()?;
+            kp.load().and_then(|()| kp.attach(function, 0).map(drop))
+        }
+        Attach::Fentry { function } => {
+            let f: &mut FEntry = prog.try_into()?;
+            f.load(function, btf).and_then(|()| f.attach().map(drop))
+        }
+        Attach::Fexit { function } => {
+            let f: &mut FExit = prog.try_into()?;
+            f.load(function, btf).and_then(|()| f.attach().map(drop))
+        }
+    };
+    r.map_err(explain)
+}
+
+/// Makes the kernel's refusals readable; an EPERM with an empty verifier log is a policy
+/// refusal (lockdown, LSM, sandbox), not a bug in the program.
+fn explain(e: ProgramError) -> anyhow::Error {
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &e
+    {
+        let log = verifier_log.to_string();
+        if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
+            return anyhow!("refused by kernel policy (EPERM with an empty verifier log)");
+        }
+        return anyhow!("verifier rejected it: {io_error}\n{log}");
+    }
+    anyhow!(e)
+}
+
+fn unload(bpf: &mut Ebpf, p: &Program) {
+    let Some(prog) = bpf.program_mut(p.name) else {
+        return;
+    };
+    // Unloading also detaches every link of the program.
+    let _ = match p.attach {
+        Attach::Tracepoint { .. } => <&mut TracePoint>::try_from(prog).map(|t| t.unload()),
+        Attach::Kprobe { .. } | Attach::Kretprobe { .. } => {
+            <&mut KProbe>::try_from(prog).map(|t| t.unload())
+        }
+        Attach::Fentry { .. } => <&mut FEntry>::try_from(prog).map(|t| t.unload()),
+        Attach::Fexit { .. } => <&mut FExit>::try_from(prog).map(|t| t.unload()),
+    };
+}

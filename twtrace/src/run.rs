@@ -1,0 +1,213 @@
+//! The two ways of running: the live table (default) and the event stream, plus `doctor`.
+//! Both load the programs, then loop: drain the ring, decode, filter, hand to the sink; they
+//! stop on SIGINT/SIGTERM, and dropping the loaded object detaches every program.
+
+use std::{
+    fs::File,
+    io::{self, BufWriter, IsTerminal as _, Write},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    aggregate::Aggregate,
+    cli::{Cli, Command, Common, EventsOpts, HookChoice, LiveOpts},
+    doctor,
+    event::{Record, What},
+    filter::{self, Filter},
+    loader::{self, LoadOptions, Loaded},
+    signals,
+    sinks::{ndjson, table},
+};
+
+/// How often the ring is drained when the kernel has not woken us (it wakes us only when the
+/// ring passes 1/8 full, to avoid a wake-up per event).
+const POLL: Duration = Duration::from_millis(100);
+
+pub async fn main(cli: Cli) -> Result<()> {
+    if let Some(Command::Doctor) = cli.command {
+        return doctor::run(&cli.common);
+    }
+    let loaded = loader::load(&load_options(&cli.common)?)?;
+    announce(&loaded);
+    let filter = Filter {
+        ports: cli.common.ports.clone(),
+        nets: cli.common.ips.clone(),
+    };
+    match cli.command {
+        Some(Command::Events(opts)) => events(loaded, &filter, &opts).await,
+        _ => live(loaded, &filter, &cli.common, &cli.live).await,
+    }
+}
+
+pub fn load_options(c: &Common) -> Result<LoadOptions> {
+    Ok(LoadOptions {
+        forced: match c.hooks {
+            HookChoice::Auto => None,
+            HookChoice::Only(f) => Some(f),
+        },
+        netns: c
+            .netns
+            .as_deref()
+            .map(filter::parse_netns)
+            .transpose()?
+            .unwrap_or(0),
+        ring_bytes: c.ring_kib * 1024,
+        max_live_tw: c.max_live_tw,
+    })
+}
+
+/// One line on stderr naming the hook behind each signal; tests wait for "twtrace: tracing".
+fn announce(l: &Loaded) {
+    let hooks: Vec<String> = l
+        .choices
+        .iter()
+        .map(|c| format!("{}={}", c.signal, c.chosen.map_or("none", |f| f.as_str())))
+        .collect();
+    eprintln!("twtrace: tracing ({})", hooks.join(" "));
+}
+
+/// Stops the loop on SIGINT or SIGTERM.
+struct Shutdown {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// Runs `on_record` for every record (and every loss) until shutdown; `on_tick` after each drain.
+async fn pump(
+    mut loaded: Loaded,
+    filter: &Filter,
+    mut on_record: impl FnMut(&Record) -> Result<()>,
+    mut on_tick: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let mut transport = crate::transport::Transport::new(&mut loaded.bpf)?;
+    let ctx = loaded.facts.decode_ctx();
+    let mut shutdown = Shutdown::new()?;
+    let mut failed = None;
+    loop {
+        let stop = tokio::select! {
+            _ = shutdown.wait() => true,
+            r = transport.drain(POLL, |ev| {
+                if failed.is_some() { return; }
+                if let Some(rec) = signals::decode(ev, &ctx)
+                    && filter.matches(&rec)
+                    && let Err(e) = on_record(&rec)
+                {
+                    failed = Some(e);
+                }
+            }) => { r?; false }
+        };
+        for (program, count) in transport.new_losses() {
+            let rec = Record {
+                ts_ns: 0,
+                netns: 0,
+                local: ([0, 0, 0, 0], 0).into(),
+                remote: ([0, 0, 0, 0], 0).into(),
+                what: What::Lost { program, count },
+            };
+            on_record(&rec)?;
+        }
+        if let Some(e) = failed.take() {
+            return Err(e);
+        }
+        on_tick()?;
+        if stop {
+            // Final drain so nothing already in the ring is lost on shutdown.
+            transport
+                .drain(Duration::ZERO, |ev| {
+                    if let Some(rec) = signals::decode(ev, &ctx)
+                        && filter.matches(&rec)
+                    {
+                        let _ = on_record(&rec);
+                    }
+                })
+                .await?;
+            on_tick()?;
+            break;
+        }
+    }
+    drop(loaded); // detaches and unloads every program and map
+    Ok(())
+}
+
+async fn events(loaded: Loaded, filter: &Filter, opts: &EventsOpts) -> Result<()> {
+    let sink: Box<dyn Write> = match &opts.output {
+        Some(path) => {
+            Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
+        }
+        None => Box::new(io::stdout().lock()),
+    };
+    let mut out = BufWriter::with_capacity(64 * 1024, sink);
+    let json = opts.json;
+    let result = pump(
+        loaded,
+        filter,
+        |rec| {
+            if json {
+                ndjson::write_record(&mut out, rec)?;
+            } else {
+                writeln!(out, "{}", crate::sinks::text_line(rec))?;
+            }
+            Ok(())
+        },
+        || Ok(()),
+    )
+    .await;
+    // A closed pipe (e.g. `| head`) is a normal way to stop reading.
+    match out.flush() {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        r => r?,
+    }
+    result
+}
+
+async fn live(loaded: Loaded, filter: &Filter, common: &Common, opts: &LiveOpts) -> Result<()> {
+    let agg = std::cell::RefCell::new(Aggregate::new(common.capacity as usize));
+    let tty = io::stdout().is_terminal();
+    let topts = table::TableOpts {
+        top: opts.top,
+        clear_screen: tty,
+        ..Default::default()
+    };
+    let every = Duration::from_secs_f64(opts.interval);
+    let mut next = Instant::now() + every;
+    let mut buf = String::new();
+    pump(
+        loaded,
+        filter,
+        |rec| {
+            agg.borrow_mut().apply(rec);
+            Ok(())
+        },
+        || {
+            if Instant::now() >= next {
+                next += every;
+                buf.clear();
+                table::render(&agg.borrow(), &topts, &mut buf);
+                let mut stdout = io::stdout().lock();
+                stdout.write_all(buf.as_bytes())?;
+                stdout.flush()?;
+            }
+            Ok(())
+        },
+    )
+    .await
+}

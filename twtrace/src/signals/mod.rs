@@ -1,0 +1,131 @@
+//! Signals and their hooks. A signal is something twtrace reports (a socket entered TIME-WAIT,
+//! ...); a hook is one way to observe it on some kernel. Each signal module holds its hook list,
+//! best first, and the decoder of its ring-buffer records; its eBPF side is the module of the
+//! same name in twtrace-ebpf.
+
+pub mod port_exhaustion;
+pub mod tw_enter;
+pub mod tw_exit;
+pub mod tw_overflow;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use twtrace_common::{AF_INET6, Event, EventKind};
+
+use crate::event::Record;
+
+/// Hook families, best first: fentry/fexit (BPF trampoline, cheapest, typed args), kprobes,
+/// then tracepoints (stable ABI, always allowed, but TIME-WAIT has none of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Family {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Family {
+    pub const ALL: [Family; 3] = [Family::Fentry, Family::Kprobe, Family::Tracepoint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Fentry => "fentry",
+            Family::Kprobe => "kprobe",
+            Family::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// Where one eBPF program attaches.
+#[derive(Clone, Copy, Debug)]
+pub enum Attach {
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    Kprobe {
+        function: &'static str,
+    },
+    Kretprobe {
+        function: &'static str,
+    },
+    Fentry {
+        function: &'static str,
+    },
+    Fexit {
+        function: &'static str,
+    },
+}
+
+impl Attach {
+    pub fn describe(&self) -> String {
+        match self {
+            Attach::Tracepoint { category, name } => format!("tracepoint {category}:{name}"),
+            Attach::Kprobe { function } => format!("kprobe {function}"),
+            Attach::Kretprobe { function } => format!("kretprobe {function}"),
+            Attach::Fentry { function } => format!("fentry {function}"),
+            Attach::Fexit { function } => format!("fexit {function}"),
+        }
+    }
+}
+
+/// One eBPF program (by its name in the object) and where it goes.
+#[derive(Clone, Copy, Debug)]
+pub struct Program {
+    pub name: &'static str,
+    pub attach: Attach,
+}
+
+/// One way to observe a signal: all of its programs must load and attach.
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    pub family: Family,
+    pub programs: &'static [Program],
+}
+
+/// Something twtrace reports, and the hooks that can deliver it, best first.
+#[derive(Debug)]
+pub struct Signal {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub hooks: &'static [Hook],
+    /// Why a family has no hook for this signal (shown by `doctor`).
+    pub no_hook_reason: fn(Family) -> Option<&'static str>,
+}
+
+pub const ALL: [&Signal; 4] = [
+    &tw_enter::SIGNAL,
+    &tw_exit::SIGNAL,
+    &tw_overflow::SIGNAL,
+    &port_exhaustion::SIGNAL,
+];
+
+/// Kernel facts decoders need.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeCtx {
+    pub hz: u64,
+}
+
+/// Turns one ring-buffer record into a [`Record`]; None for a record of unknown kind.
+pub fn decode(ev: &Event, ctx: &DecodeCtx) -> Option<Record> {
+    match EventKind::from_u8(ev.kind)? {
+        EventKind::TwEnter => Some(tw_enter::decode(ev, ctx)),
+        EventKind::TwExit => Some(tw_exit::decode(ev)),
+        EventKind::TwOverflow => Some(tw_overflow::decode(ev)),
+        EventKind::ConnectAddrNotAvail => Some(port_exhaustion::decode(ev)),
+    }
+}
+
+/// The local and remote endpoints of an event (addresses are in network byte order).
+pub fn endpoints(ev: &Event) -> (SocketAddr, SocketAddr) {
+    let ip = |b: &[u8; 16]| -> IpAddr {
+        if ev.family == AF_INET6 {
+            Ipv6Addr::from(*b).into()
+        } else {
+            Ipv4Addr::new(b[0], b[1], b[2], b[3]).into()
+        }
+    };
+    (
+        SocketAddr::new(ip(&ev.laddr), ev.lport),
+        SocketAddr::new(ip(&ev.raddr), ev.rport),
+    )
+}

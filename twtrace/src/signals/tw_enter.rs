@@ -1,0 +1,41 @@
+//! TW enter: hooks and decoder. Kernel side: twtrace-ebpf/src/tw_enter.rs.
+
+use twtrace_common::{Event, TCP_FIN_WAIT2};
+
+use super::{Attach, DecodeCtx, Family, Hook, Program, Signal, endpoints};
+use crate::event::{Record, Substate, What};
+
+pub static SIGNAL: Signal = Signal {
+    name: "tw_enter",
+    description: "a socket entered TIME-WAIT",
+    hooks: &[Hook {
+        family: Family::Tracepoint,
+        programs: &[Program {
+            name: "tw_enter_timer_start",
+            attach: Attach::Tracepoint {
+                category: "timer",
+                name: "timer_start",
+            },
+        }],
+    }],
+    no_hook_reason: |_| None,
+};
+
+pub fn decode(ev: &Event, ctx: &DecodeCtx) -> Record {
+    let (local, remote) = endpoints(ev);
+    let substate = if ev.detail == TCP_FIN_WAIT2 {
+        Substate::FinWait2
+    } else {
+        Substate::TimeWait
+    };
+    Record {
+        ts_ns: ev.ts_ns,
+        netns: ev.netns,
+        local,
+        remote,
+        what: What::TwEnter {
+            substate,
+            timeout_ms: ev.timeout_jiffies.saturating_mul(1000) / ctx.hz.max(1),
+        },
+    }
+}

@@ -1,0 +1,47 @@
+//! TW exit and its cause: hooks and decoder. Kernel side: twtrace-ebpf/src/tw_exit.rs.
+
+use twtrace_common::{Event, ExitCause as RawCause};
+
+use super::{Attach, Family, Hook, Program, Signal, endpoints};
+use crate::event::{ExitCause, Record, What};
+
+pub static SIGNAL: Signal = Signal {
+    name: "tw_exit",
+    description: "a TIME-WAIT socket ended, with its cause and lifetime",
+    hooks: &[Hook {
+        family: Family::Tracepoint,
+        programs: &[Program {
+            name: "tw_exit_timer_cancel",
+            attach: Attach::Tracepoint {
+                category: "timer",
+                name: "timer_cancel",
+            },
+        }],
+    }],
+    no_hook_reason: |_| None,
+};
+
+pub fn cause(raw: u8) -> ExitCause {
+    match RawCause::from_u8(raw) {
+        RawCause::Expired => ExitCause::Expired,
+        RawCause::ReplacedBySyn => ExitCause::ReplacedBySyn,
+        RawCause::KilledByRst => ExitCause::KilledByRst,
+        RawCause::Reused => ExitCause::Reused,
+        RawCause::Purged => ExitCause::Purged,
+        RawCause::Unknown => ExitCause::Unknown,
+    }
+}
+
+pub fn decode(ev: &Event) -> Record {
+    let (local, remote) = endpoints(ev);
+    Record {
+        ts_ns: ev.ts_ns,
+        netns: ev.netns,
+        local,
+        remote,
+        what: What::TwExit {
+            cause: cause(ev.detail),
+            lifetime_ns: (ev.lifetime_ns != 0).then_some(ev.lifetime_ns),
+        },
+    }
+}

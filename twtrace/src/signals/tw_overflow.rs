@@ -1,0 +1,33 @@
+//! TW overflow: hooks and decoder. Kernel side: twtrace-ebpf/src/tw_overflow.rs.
+
+use twtrace_common::Event;
+
+use super::{Attach, Family, Hook, Program, Signal, endpoints};
+use crate::event::{Record, What};
+
+pub static SIGNAL: Signal = Signal {
+    name: "tw_overflow",
+    description: "a flow closed without TIME-WAIT because tcp_max_tw_buckets was full",
+    hooks: &[Hook {
+        family: Family::Tracepoint,
+        programs: &[Program {
+            name: "tw_overflow_set_state",
+            attach: Attach::Tracepoint {
+                category: "sock",
+                name: "inet_sock_set_state",
+            },
+        }],
+    }],
+    no_hook_reason: |_| None,
+};
+
+pub fn decode(ev: &Event) -> Record {
+    let (local, remote) = endpoints(ev);
+    Record {
+        ts_ns: ev.ts_ns,
+        netns: ev.netns,
+        local,
+        remote,
+        what: What::TwOverflow,
+    }
+}

@@ -1,0 +1,377 @@
+//! Event streaming as NDJSON: one JSON object per line, one line per record.
+//!
+//! Every line has these fields, in this order:
+//!
+//! | field    | JSON type | meaning                                                        |
+//! |----------|-----------|----------------------------------------------------------------|
+//! | `type`   | string    | `tw_enter`, `tw_exit`, `tw_reuse`, `tw_overflow`, `connect_eaddrnotavail` or `lost` |
+//! | `ts_ns`  | integer   | CLOCK_MONOTONIC nanoseconds when it happened (kernel `bpf_ktime_get_ns`) |
+//! | `netns`  | integer   | network namespace inode number (`ls -l /proc/PID/ns/net`); 0 if unknown |
+//! | `family` | string    | `ipv4` or `ipv6`                                               |
+//! | `local`  | string    | local `ip:port` (IPv6 as `[addr]:port`)                        |
+//! | `remote` | string    | remote `ip:port` (IPv6 as `[addr]:port`)                       |
+//!
+//! Then, by `type`:
+//!
+//! | `type`                  | fields                                                            |
+//! |-------------------------|-------------------------------------------------------------------|
+//! | `tw_enter`              | `substate`: `TIME_WAIT` or `FIN_WAIT2`; `timeout_ms`: integer, the armed timeout |
+//! | `tw_exit`, `tw_reuse`   | `cause`: `expired`, `replaced_by_syn`, `killed_by_rst`, `reused` (always, for `tw_reuse`), `purged` or `unknown`; `lifetime_ms`: milliseconds spent in TIME-WAIT with 3 decimals, or `null` when the entry was not seen (the socket predates twtrace, or the in-kernel live table was full) |
+//! | `tw_overflow`           | none (the close skipped TIME-WAIT: `tcp_max_tw_buckets` was full) |
+//! | `connect_eaddrnotavail` | `pid`: integer, the process whose connect() failed; `local` has port 0 (none could be bound) |
+//! | `lost`                  | `program`: string, the kernel program or slot; `count`: integer, events it could not deliver; `netns` is 0 and `local`/`remote` are `0.0.0.0:0` |
+//!
+//! Example:
+//!
+//! ```text
+//! {"type":"tw_exit","ts_ns":81234567890,"netns":4026531840,"family":"ipv4","local":"10.0.0.1:43210","remote":"192.0.2.7:443","cause":"expired","lifetime_ms":60000.412}
+//! ```
+
+use std::io::{self, Cursor, Write};
+
+use crate::event::{Record, What};
+
+/// Large enough for any record with an ordinary program name (the longest, an IPv6 record
+/// with scope ids, is about 250 bytes).
+const LINE_BUF: usize = 512;
+
+/// Writes `rec` as one JSON object and a newline. Does not allocate: the line is formatted
+/// on the stack and handed to `w` in one `write_all`, so even an unbuffered `w` gets one
+/// write per record, never a partial line from an error halfway through formatting.
+pub fn write_record(w: &mut impl Write, rec: &Record) -> io::Result<()> {
+    let mut buf = [0u8; LINE_BUF];
+    let mut cur = Cursor::new(&mut buf[..]);
+    match write_fields(&mut cur, rec) {
+        Ok(()) => {
+            let len = cur.position() as usize;
+            w.write_all(&buf[..len])
+        }
+        // Too long for the stack buffer (only a very long program name can do that): nothing
+        // has reached `w` yet, so write it again straight through.
+        Err(_) => write_fields(w, rec),
+    }
+}
+
+fn write_fields(w: &mut impl Write, rec: &Record) -> io::Result<()> {
+    // The string values written bare are fixed identifiers and socket addresses, none of which
+    // contain characters JSON needs escaped.
+    write!(
+        w,
+        r#"{{"type":"{}","ts_ns":{},"netns":{},"family":"{}","local":"{}","remote":"{}""#,
+        rec.type_name(),
+        rec.ts_ns,
+        rec.netns,
+        rec.family(),
+        rec.local,
+        rec.remote,
+    )?;
+    match rec.what {
+        What::TwEnter {
+            substate,
+            timeout_ms,
+        } => write!(
+            w,
+            r#","substate":"{}","timeout_ms":{}"#,
+            substate.as_str(),
+            timeout_ms
+        )?,
+        What::TwExit { cause, lifetime_ns } => {
+            write!(w, r#","cause":"{}","lifetime_ms":"#, cause.as_str())?;
+            match lifetime_ns {
+                // Integer arithmetic rounded to the microsecond: exact, no float formatting.
+                Some(ns) => {
+                    let us = ns.saturating_add(500) / 1000;
+                    write!(w, "{}.{:03}", us / 1000, us % 1000)?;
+                }
+                None => w.write_all(b"null")?,
+            }
+        }
+        What::TwOverflow => {}
+        What::ConnectAddrNotAvail { pid } => write!(w, r#","pid":{pid}"#)?,
+        What::Lost { program, count } => {
+            w.write_all(br#","program":"#)?;
+            write_json_str(w, program)?;
+            write!(w, r#","count":{count}"#)?;
+        }
+    }
+    w.write_all(b"}\n")
+}
+
+/// Writes `s` as a JSON string. Program names are identifiers in practice; escaping keeps the
+/// line valid whatever they become.
+fn write_json_str(w: &mut impl Write, s: &str) -> io::Result<()> {
+    w.write_all(b"\"")?;
+    let mut start = 0;
+    for (i, ch) in s.char_indices() {
+        if ch == '"' || ch == '\\' || ch < ' ' {
+            w.write_all(&s.as_bytes()[start..i])?;
+            match ch {
+                '"' => w.write_all(b"\\\"")?,
+                '\\' => w.write_all(b"\\\\")?,
+                c => write!(w, "\\u{:04x}", c as u32)?,
+            }
+            start = i + ch.len_utf8();
+        }
+    }
+    w.write_all(&s.as_bytes()[start..])?;
+    w.write_all(b"\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::net::SocketAddr;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::event::{ExitCause, Substate};
+
+    /// Counts this thread's allocations, to check the steady state allocates nothing. Per
+    /// thread because the test harness runs tests in parallel.
+    struct Counting;
+
+    thread_local! {
+        static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    // SAFETY: forwards to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCS.with(|n| n.set(n.get() + 1));
+            // SAFETY: same contract as the caller's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    fn rec(local: &str, remote: &str, what: What) -> Record {
+        Record {
+            ts_ns: 81_234_567_890,
+            netns: 4026531840,
+            local: local.parse::<SocketAddr>().unwrap(),
+            remote: remote.parse::<SocketAddr>().unwrap(),
+            what,
+        }
+    }
+
+    /// Writes one record, checks it is exactly one line, and parses it back.
+    fn line(rec: &Record) -> Value {
+        let mut out = Vec::new();
+        write_record(&mut out, rec).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with('\n'));
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["ts_ns"], rec.ts_ns);
+        assert_eq!(v["netns"], rec.netns);
+        assert_eq!(v["type"], rec.type_name());
+        v
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object().unwrap().keys().map(String::as_str).collect()
+    }
+
+    const COMMON: [&str; 6] = ["type", "ts_ns", "netns", "family", "local", "remote"];
+
+    fn fields(extra: &[&'static str]) -> Vec<&'static str> {
+        let mut f: Vec<_> = COMMON.into_iter().chain(extra.iter().copied()).collect();
+        f.sort_unstable(); // serde_json's map is sorted by key
+        f
+    }
+
+    #[test]
+    fn tw_enter() {
+        let what = What::TwEnter {
+            substate: Substate::FinWait2,
+            timeout_ms: 60_000,
+        };
+        let v = line(&rec("10.0.0.1:43210", "192.0.2.7:443", what));
+        assert_eq!(keys(&v), fields(&["substate", "timeout_ms"]));
+        assert_eq!(v["type"], "tw_enter");
+        assert_eq!(v["family"], "ipv4");
+        assert_eq!(v["local"], "10.0.0.1:43210");
+        assert_eq!(v["remote"], "192.0.2.7:443");
+        assert_eq!(v["substate"], "FIN_WAIT2");
+        assert_eq!(v["timeout_ms"], 60_000);
+    }
+
+    #[test]
+    fn tw_exit_with_lifetime_ipv6() {
+        let what = What::TwExit {
+            cause: ExitCause::KilledByRst,
+            lifetime_ns: Some(60_000_412_499),
+        };
+        let v = line(&rec("[2001:db8::1]:80", "[2001:db8::2]:51000", what));
+        assert_eq!(keys(&v), fields(&["cause", "lifetime_ms"]));
+        assert_eq!(v["type"], "tw_exit");
+        assert_eq!(v["family"], "ipv6");
+        assert_eq!(v["local"], "[2001:db8::1]:80");
+        assert_eq!(v["remote"], "[2001:db8::2]:51000");
+        assert_eq!(v["cause"], "killed_by_rst");
+        assert_eq!(v["lifetime_ms"].as_f64(), Some(60_000.412));
+    }
+
+    #[test]
+    fn lifetime_has_three_decimals_and_rounds() {
+        let text = |ns| {
+            let what = What::TwExit {
+                cause: ExitCause::Expired,
+                lifetime_ns: Some(ns),
+            };
+            let mut out = Vec::new();
+            write_record(&mut out, &rec("10.0.0.1:1", "10.0.0.2:2", what)).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(text(0).contains(r#""lifetime_ms":0.000}"#));
+        assert!(text(1_500).contains(r#""lifetime_ms":0.002}"#));
+        assert!(text(1_000_000).contains(r#""lifetime_ms":1.000}"#));
+        assert!(text(59_999_999_600).contains(r#""lifetime_ms":60000.000}"#));
+        assert!(text(u64::MAX).contains(r#""lifetime_ms":18446744073709.551}"#));
+    }
+
+    #[test]
+    fn tw_reuse_without_lifetime() {
+        let what = What::TwExit {
+            cause: ExitCause::Reused,
+            lifetime_ns: None,
+        };
+        let v = line(&rec("10.0.0.1:43210", "192.0.2.7:443", what));
+        assert_eq!(keys(&v), fields(&["cause", "lifetime_ms"]));
+        assert_eq!(v["type"], "tw_reuse");
+        assert_eq!(v["cause"], "reused");
+        assert!(v["lifetime_ms"].is_null());
+    }
+
+    #[test]
+    fn tw_overflow() {
+        let v = line(&rec("10.0.0.1:80", "192.0.2.7:5555", What::TwOverflow));
+        assert_eq!(keys(&v), fields(&[]));
+        assert_eq!(v["type"], "tw_overflow");
+    }
+
+    #[test]
+    fn connect_eaddrnotavail() {
+        let what = What::ConnectAddrNotAvail { pid: 4242 };
+        let v = line(&rec("10.0.0.1:0", "192.0.2.7:443", what));
+        assert_eq!(keys(&v), fields(&["pid"]));
+        assert_eq!(v["type"], "connect_eaddrnotavail");
+        assert_eq!(v["pid"], 4242);
+        assert_eq!(v["local"], "10.0.0.1:0");
+    }
+
+    #[test]
+    fn lost() {
+        let what = What::Lost {
+            program: "tw_exit",
+            count: 17,
+        };
+        let mut r = rec("0.0.0.0:0", "0.0.0.0:0", what);
+        r.netns = 0;
+        let v = line(&r);
+        assert_eq!(keys(&v), fields(&["program", "count"]));
+        assert_eq!(v["type"], "lost");
+        assert_eq!(v["program"], "tw_exit");
+        assert_eq!(v["count"], 17);
+        assert_eq!(v["family"], "ipv4");
+        assert_eq!(v["local"], "0.0.0.0:0");
+        assert_eq!(v["remote"], "0.0.0.0:0");
+    }
+
+    #[test]
+    fn odd_and_long_program_names_stay_valid() {
+        const LONG: &str = concat!(
+            "a-very-long-program-name-that-does-not-fit-the-stack-buffer-",
+            "a-very-long-program-name-that-does-not-fit-the-stack-buffer-",
+            "a-very-long-program-name-that-does-not-fit-the-stack-buffer-",
+            "a-very-long-program-name-that-does-not-fit-the-stack-buffer-",
+            "a-very-long-program-name-that-does-not-fit-the-stack-buffer-",
+            "a-very-long-program-name-that-does-not-fit-the-stack-buffer-",
+            "a-very-long-program-name-that-does-not-fit-the-stack-buffer-",
+            "a-very-long-program-name-that-does-not-fit-the-stack-buffer-",
+            "a-very-long-program-name-that-does-not-fit-the-stack-buffer-",
+            "a-very-long-program-name-that-does-not-fit-the-stack-buffer-\"\\\u{1}é"
+        );
+        assert!(LONG.len() > LINE_BUF);
+        let what = What::Lost {
+            program: LONG,
+            count: 1,
+        };
+        let v = line(&rec("0.0.0.0:0", "0.0.0.0:0", what));
+        assert_eq!(v["program"], LONG);
+    }
+
+    #[test]
+    fn longest_address_record_fits_the_stack_buffer() {
+        let addr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535";
+        let what = What::TwExit {
+            cause: ExitCause::ReplacedBySyn,
+            lifetime_ns: Some(u64::MAX),
+        };
+        let mut r = rec(addr, addr, what);
+        (r.ts_ns, r.netns) = (u64::MAX, u32::MAX);
+        let mut buf = [0u8; LINE_BUF];
+        let mut cur = Cursor::new(&mut buf[..]);
+        write_fields(&mut cur, &r).unwrap();
+        assert!(cur.position() < 300, "{}", cur.position());
+        line(&r);
+    }
+
+    #[test]
+    fn steady_state_does_not_allocate() {
+        let records = [
+            rec(
+                "10.0.0.1:43210",
+                "192.0.2.7:443",
+                What::TwEnter {
+                    substate: Substate::TimeWait,
+                    timeout_ms: 60_000,
+                },
+            ),
+            rec(
+                "[2001:db8::1]:80",
+                "[2001:db8::2]:51000",
+                What::TwExit {
+                    cause: ExitCause::Expired,
+                    lifetime_ns: Some(60_000_000_000),
+                },
+            ),
+            rec(
+                "10.0.0.1:0",
+                "192.0.2.7:443",
+                What::ConnectAddrNotAvail { pid: 1 },
+            ),
+            rec("10.0.0.1:80", "192.0.2.7:5555", What::TwOverflow),
+            rec(
+                "0.0.0.0:0",
+                "0.0.0.0:0",
+                What::Lost {
+                    program: "tw_enter",
+                    count: 3,
+                },
+            ),
+        ];
+        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let before = ALLOCS.with(Cell::get);
+        for _ in 0..100 {
+            out.clear();
+            for r in &records {
+                write_record(&mut out, r).unwrap();
+            }
+        }
+        let after = ALLOCS.with(Cell::get);
+        assert!(
+            out.len() < out.capacity(),
+            "the sink itself must not have grown"
+        );
+        assert_eq!(after - before, 0, "write_record allocated");
+    }
+}

@@ -1,0 +1,543 @@
+//! The live text table: totals, then the top remote IPs, the top local ports, and the
+//! destinations where connect() hit EADDRNOTAVAIL.
+//!
+//! ```text
+//! twtrace 2025-11-22T03:50:01Z
+//! tw_created 4  live 2  overflow 1  eaddrnotavail 2  lost 3  evictions 0
+//! exits 3: expired 1  replaced_by_syn 0  killed_by_rst 0  reused 1  purged 0  unknown 1  (entry unseen 1)  lifetime avg 30500.0 ms  min 1000.0 ms  max 60000.0 ms
+//! lost: tw_exit 3
+//!
+//! REMOTE_IP            CREATED  LIVE  EXPIRED  SYN  RST  REUSED  PURGED  UNKNOWN  OVERFLOW  EADDRNOTAVAIL   AVG_MS
+//! 192.0.2.7                  3     1        1    0    0       1       0        0         0              2  30500.0
+//! 2001:db8::1234:5678        1     1        0    0    0       0       0        0         0              0        -
+//!
+//! LOCAL_PORT  CREATED  LIVE  EXPIRED  SYN  RST  REUSED  PURGED  UNKNOWN  OVERFLOW   AVG_MS
+//! 80                1     1        0    0    0       0       0        1         1        -
+//! 40000             1     0        1    0    0       0       0        0         0  60000.0
+//!
+//! DESTINATION    EADDRNOTAVAIL  LIVE  CREATED   AVG_MS
+//! 192.0.2.7:443              2     1        3  30500.0
+//! ```
+//!
+//! Columns: CREATED = TIME-WAIT entries; LIVE = current TIME-WAIT population seen by twtrace;
+//! EXPIRED/SYN/RST/REUSED/PURGED/UNKNOWN = exits by cause (SYN = replaced_by_syn, RST =
+//! killed_by_rst); AVG_MS = mean TIME-WAIT lifetime of the exits whose entry was seen ("-" if
+//! none). All counts are since start.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::aggregate::{Aggregate, Counters, DestRow, Order, Row, RowKey};
+use crate::event::ExitCause;
+
+/// ANSI: cursor home, then clear the screen, so each refresh redraws in place.
+const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
+
+#[derive(Clone, Copy, Debug)]
+pub struct TableOpts {
+    /// Rows per section.
+    pub top: usize,
+    /// Prefix ANSI clear/home (set when stdout is a terminal). Otherwise each rendering ends
+    /// with a blank line, so successive ones in a log stay apart.
+    pub clear_screen: bool,
+    /// Sort key of the remote IP and local port sections.
+    pub order: Order,
+}
+
+impl Default for TableOpts {
+    fn default() -> Self {
+        TableOpts {
+            top: 10,
+            clear_screen: false,
+            order: Order::TwCreated,
+        }
+    }
+}
+
+/// Appends one rendering of `agg` to `out` (the caller clears and reuses it).
+pub fn render(agg: &Aggregate, opts: &TableOpts, out: &mut String) {
+    render_at(agg, opts, SystemTime::now(), out);
+}
+
+fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut String) {
+    if opts.clear_screen {
+        out.push_str(CLEAR_SCREEN);
+    }
+    // Writing into a String cannot fail; the results of writeln! are ignored below.
+    let _ = writeln!(out, "twtrace {}", Utc(now));
+    header(agg, out);
+
+    out.push('\n');
+    let ips = agg.top_by_ip(opts.top, opts.order);
+    key_section(&ips, "REMOTE_IP", true, out);
+
+    out.push('\n');
+    // Ports never carry EADDRNOTAVAIL (no port was bound), so that column is left out.
+    let ports = agg.top_by_port(opts.top, opts.order);
+    key_section(&ports, "LOCAL_PORT", false, out);
+
+    let dests: Vec<_> = agg
+        .top_by_dest(opts.top, Order::EaddrNotAvail)
+        .into_iter()
+        .filter(|r| r.counters.eaddrnotavail > 0)
+        .collect();
+    if !dests.is_empty() {
+        out.push('\n');
+        dest_section(&dests, out);
+    }
+
+    if !opts.clear_screen {
+        out.push('\n');
+    }
+}
+
+fn header(agg: &Aggregate, out: &mut String) {
+    let t = agg.totals();
+    let _ = writeln!(
+        out,
+        "tw_created {}  live {}  overflow {}  eaddrnotavail {}  lost {}  evictions {}",
+        t.tw_created,
+        t.live,
+        t.overflow,
+        t.eaddrnotavail,
+        agg.lost_total(),
+        agg.evictions().total()
+    );
+
+    let _ = write!(out, "exits {}:", t.exits_total());
+    for (i, cause) in ExitCause::ALL.into_iter().enumerate() {
+        let sep = if i == 0 { " " } else { "  " };
+        let _ = write!(out, "{sep}{} {}", cause.as_str(), t.exits(cause));
+    }
+    let _ = write!(out, "  (entry unseen {})", t.exits_unseen_entry);
+    let lt = &t.lifetime;
+    if let (Some(avg), Some(min), Some(max)) = (lt.avg_ms(), lt.min_ms(), lt.max_ms()) {
+        let _ = write!(
+            out,
+            "  lifetime avg {avg:.1} ms  min {min:.1} ms  max {max:.1} ms"
+        );
+    }
+    out.push('\n');
+
+    // Detail lines only when there is something to say, to keep the common case short.
+    let lost = agg.lost();
+    if !lost.is_empty() {
+        out.push_str("lost:");
+        for (i, l) in lost.iter().enumerate() {
+            let sep = if i == 0 { " " } else { "  " };
+            let _ = write!(out, "{sep}{} {}", l.program, l.count);
+        }
+        out.push('\n');
+    }
+    let ev = agg.evictions();
+    if ev.total() > 0 {
+        let _ = writeln!(
+            out,
+            "evictions: remote_ip {}  local_port {}  destination {}  (table capacity {}; per-key counts are partial, totals stay exact)",
+            ev.remote_ip,
+            ev.local_port,
+            ev.destination,
+            agg.capacity()
+        );
+    }
+}
+
+/// Short column names for the exit causes, in `ExitCause::ALL` order.
+const CAUSE_COLUMNS: [&str; 6] = ["EXPIRED", "SYN", "RST", "REUSED", "PURGED", "UNKNOWN"];
+
+fn key_section<K: RowKey + std::fmt::Display>(
+    rows: &[Row<K>],
+    key_name: &str,
+    with_eaddrnotavail: bool,
+    out: &mut String,
+) {
+    let mut head = vec![key_name, "CREATED", "LIVE"];
+    head.extend(CAUSE_COLUMNS);
+    head.push("OVERFLOW");
+    if with_eaddrnotavail {
+        head.push("EADDRNOTAVAIL");
+    }
+    head.push("AVG_MS");
+
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let c: &Counters = &r.counters;
+            let mut row = vec![
+                r.key.to_string(),
+                c.tw_created.to_string(),
+                c.live.to_string(),
+            ];
+            row.extend(ExitCause::ALL.map(|cause| c.exits(cause).to_string()));
+            row.push(c.overflow.to_string());
+            if with_eaddrnotavail {
+                row.push(c.eaddrnotavail.to_string());
+            }
+            row.push(avg_ms(c));
+            row
+        })
+        .collect();
+    grid(&head, &cells, out);
+}
+
+fn dest_section(rows: &[DestRow], out: &mut String) {
+    let head = ["DESTINATION", "EADDRNOTAVAIL", "LIVE", "CREATED", "AVG_MS"];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let c = &r.counters;
+            vec![
+                r.key.to_string(),
+                c.eaddrnotavail.to_string(),
+                c.live.to_string(),
+                c.tw_created.to_string(),
+                avg_ms(c),
+            ]
+        })
+        .collect();
+    grid(&head, &cells, out);
+}
+
+fn avg_ms(c: &Counters) -> String {
+    match c.lifetime.avg_ms() {
+        Some(ms) => format!("{ms:.1}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// Writes `head` and `rows` in columns as wide as their widest cell, two spaces apart; the
+/// first column (the key) left-aligned, the numbers right-aligned.
+fn grid<S: AsRef<str>>(head: &[S], rows: &[Vec<String>], out: &mut String) {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.as_ref().len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>, out: &mut String| {
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i == 0 {
+                let _ = write!(out, "{cell:<w$}");
+            } else {
+                let _ = write!(out, "  {cell:>w$}");
+            }
+        }
+        out.push('\n');
+    };
+    line(&mut head.iter().map(|h| h.as_ref()), out);
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    for row in rows {
+        line(&mut row.iter().map(String::as_str), out);
+    }
+}
+
+/// A wall-clock time printed as RFC 3339 UTC to the second (no time-zone database needed).
+struct Utc(SystemTime);
+
+impl std::fmt::Display for Utc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`, restricted to dates after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::event::{Record, Substate, What};
+
+    const NOW: u64 = 1_763_783_401; // 2025-11-22T03:50:01Z
+
+    fn rec(local: &str, remote: &str, what: What) -> Record {
+        Record {
+            ts_ns: 1,
+            netns: 1,
+            local: local.parse::<SocketAddr>().unwrap(),
+            remote: remote.parse::<SocketAddr>().unwrap(),
+            what,
+        }
+    }
+
+    fn enter(local: &str, remote: &str) -> Record {
+        let what = What::TwEnter {
+            substate: Substate::TimeWait,
+            timeout_ms: 60_000,
+        };
+        rec(local, remote, what)
+    }
+
+    fn exit(local: &str, remote: &str, cause: ExitCause, ms: Option<u64>) -> Record {
+        let what = What::TwExit {
+            cause,
+            lifetime_ns: ms.map(|ms| ms * 1_000_000),
+        };
+        rec(local, remote, what)
+    }
+
+    fn sample() -> Aggregate {
+        let mut agg = Aggregate::new(64);
+        for i in 0..3 {
+            agg.apply(&enter(&format!("10.0.0.1:{}", 40000 + i), "192.0.2.7:443"));
+        }
+        agg.apply(&exit(
+            "10.0.0.1:40000",
+            "192.0.2.7:443",
+            ExitCause::Expired,
+            Some(60_000),
+        ));
+        agg.apply(&exit(
+            "10.0.0.1:40001",
+            "192.0.2.7:443",
+            ExitCause::Reused,
+            Some(1_000),
+        ));
+        agg.apply(&enter("10.0.0.1:80", "[2001:db8::1234:5678]:51000"));
+        agg.apply(&exit(
+            "10.0.0.1:80",
+            "[2001:db8::99]:1",
+            ExitCause::Unknown,
+            None,
+        ));
+        agg.apply(&rec("10.0.0.1:80", "192.0.2.8:5000", What::TwOverflow));
+        for _ in 0..2 {
+            let what = What::ConnectAddrNotAvail { pid: 7 };
+            agg.apply(&rec("10.0.0.1:0", "192.0.2.7:443", what));
+        }
+        agg
+    }
+
+    fn render_str(agg: &Aggregate, opts: &TableOpts) -> String {
+        let mut out = String::new();
+        render_at(agg, opts, UNIX_EPOCH + Duration::from_secs(NOW), &mut out);
+        out
+    }
+
+    /// The lines of the section whose column header starts with `head`.
+    fn section<'a>(text: &'a str, head: &str) -> Vec<&'a str> {
+        text.split("\n\n")
+            .find(|s| s.starts_with(head))
+            .unwrap_or_else(|| panic!("no {head} section in:\n{text}"))
+            .lines()
+            .collect()
+    }
+
+    fn cols(line: &str) -> Vec<&str> {
+        line.split_whitespace().collect()
+    }
+
+    #[test]
+    fn utc_timestamps() {
+        let at = |s| Utc(UNIX_EPOCH + Duration::from_secs(s)).to_string();
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00Z");
+        assert_eq!(at(NOW), "2025-11-22T03:50:01Z");
+    }
+
+    #[test]
+    fn cause_columns_follow_cause_order() {
+        let short = |c: ExitCause| match c {
+            ExitCause::ReplacedBySyn => "SYN".to_owned(),
+            ExitCause::KilledByRst => "RST".to_owned(),
+            c => c.as_str().to_uppercase(),
+        };
+        assert_eq!(CAUSE_COLUMNS.to_vec(), ExitCause::ALL.map(short).to_vec());
+    }
+
+    #[test]
+    fn header_has_totals() {
+        let text = render_str(&sample(), &TableOpts::default());
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines[0], "twtrace 2025-11-22T03:50:01Z");
+        assert_eq!(
+            lines[1],
+            "tw_created 4  live 2  overflow 1  eaddrnotavail 2  lost 0  evictions 0"
+        );
+        assert_eq!(
+            lines[2],
+            "exits 3: expired 1  replaced_by_syn 0  killed_by_rst 0  reused 1  purged 0  \
+             unknown 1  (entry unseen 1)  lifetime avg 30500.0 ms  min 1000.0 ms  max 60000.0 ms"
+        );
+        // No lost or eviction detail lines while there is nothing to report.
+        assert_eq!(lines[3], "");
+    }
+
+    #[test]
+    fn ip_section_sorted_and_aligned() {
+        let text = render_str(&sample(), &TableOpts::default());
+        let s = section(&text, "REMOTE_IP");
+        let head = [
+            "REMOTE_IP",
+            "CREATED",
+            "LIVE",
+            "EXPIRED",
+            "SYN",
+            "RST",
+            "REUSED",
+            "PURGED",
+            "UNKNOWN",
+            "OVERFLOW",
+            "EADDRNOTAVAIL",
+            "AVG_MS",
+        ];
+        assert_eq!(cols(s[0]), head);
+        let ip4 = [
+            "192.0.2.7",
+            "3",
+            "1",
+            "1",
+            "0",
+            "0",
+            "1",
+            "0",
+            "0",
+            "0",
+            "2",
+            "30500.0",
+        ];
+        assert_eq!(cols(s[1]), ip4);
+        assert_eq!(cols(s[2])[..3], ["2001:db8::1234:5678", "1", "1"]);
+        // Ties (0 created) by key: IPv4 before IPv6.
+        let keys: Vec<_> = s[1..].iter().map(|l| cols(l)[0]).collect();
+        assert_eq!(
+            keys,
+            [
+                "192.0.2.7",
+                "2001:db8::1234:5678",
+                "192.0.2.8",
+                "2001:db8::99"
+            ]
+        );
+        // Every line as wide as the header; the key column as wide as the longest key.
+        assert!(s.iter().all(|l| l.len() == s[0].len()), "{s:#?}");
+        assert!(s[0].starts_with("REMOTE_IP            CREATED"));
+        // Numbers right-aligned: each ends where its header ends.
+        let end = s[0].find("CREATED").unwrap() + "CREATED".len();
+        assert_eq!(&s[1][end - 1..end], "3");
+        assert_eq!(s[1].as_bytes()[end - 2], b' ');
+    }
+
+    #[test]
+    fn port_section_has_no_eaddrnotavail_column() {
+        let text = render_str(&sample(), &TableOpts::default());
+        let s = section(&text, "LOCAL_PORT");
+        assert!(!s[0].contains("EADDRNOTAVAIL"));
+        assert_eq!(cols(s[0]).len(), 11);
+        // 80: 1 enter + 1 unseen exit + 1 overflow (3 events) but 1 created; 4000x: 1 each.
+        assert_eq!(cols(s[1])[..3], ["80", "1", "1"]);
+        assert!(
+            s.iter().all(|l| !l.starts_with("0 ")),
+            "no port 0 row: {s:?}"
+        );
+    }
+
+    #[test]
+    fn destinations_only_with_eaddrnotavail() {
+        let text = render_str(&sample(), &TableOpts::default());
+        let s = section(&text, "DESTINATION");
+        assert_eq!(
+            cols(s[0]),
+            ["DESTINATION", "EADDRNOTAVAIL", "LIVE", "CREATED", "AVG_MS"]
+        );
+        assert_eq!(cols(s[1]), ["192.0.2.7:443", "2", "1", "3", "30500.0"]);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn top_limits_rows_and_order_is_honoured() {
+        let opts = TableOpts {
+            top: 1,
+            order: Order::Overflow,
+            ..TableOpts::default()
+        };
+        let text = render_str(&sample(), &opts);
+        let s = section(&text, "REMOTE_IP");
+        assert_eq!(s.len(), 2);
+        assert_eq!(cols(s[1])[0], "192.0.2.8");
+    }
+
+    #[test]
+    fn empty_aggregate() {
+        let text = render_str(&Aggregate::new(8), &TableOpts::default());
+        assert_eq!(section(&text, "REMOTE_IP")[1], "(none)");
+        assert_eq!(section(&text, "LOCAL_PORT")[1], "(none)");
+        assert!(!text.contains("DESTINATION"));
+        assert!(text.contains("exits 0:"));
+        assert!(!text.contains("lifetime avg"));
+    }
+
+    #[test]
+    fn terminal_vs_plain_framing() {
+        let agg = sample();
+        let plain = render_str(&agg, &TableOpts::default());
+        assert!(plain.starts_with("twtrace 2025-11-22T03:50:01Z\n"));
+        assert!(plain.ends_with("\n\n"), "blank line between renderings");
+        assert!(!plain.contains('\x1b'));
+
+        let tty = TableOpts {
+            clear_screen: true,
+            ..TableOpts::default()
+        };
+        let term = render_str(&agg, &tty);
+        assert_eq!(
+            term.strip_prefix(CLEAR_SCREEN).unwrap().trim_end(),
+            plain.trim_end()
+        );
+        assert!(!term.ends_with("\n\n"));
+    }
+
+    #[test]
+    fn lost_and_eviction_lines_when_nonzero() {
+        let mut agg = Aggregate::new(1);
+        agg.apply(&enter("10.0.0.1:1", "192.0.2.1:80"));
+        agg.apply(&enter("10.0.0.1:2", "192.0.2.2:80"));
+        for (program, count) in [("tw_exit", 5), ("tw_enter", 2)] {
+            agg.apply(&rec(
+                "0.0.0.0:0",
+                "0.0.0.0:0",
+                What::Lost { program, count },
+            ));
+        }
+        let text = render_str(&agg, &TableOpts::default());
+        let lines: Vec<_> = text.lines().collect();
+        assert!(lines[1].ends_with("lost 7  evictions 3"), "{}", lines[1]);
+        assert_eq!(lines[3], "lost: tw_enter 2  tw_exit 5");
+        assert!(lines[4].starts_with("evictions: remote_ip 1  local_port 1  destination 1"));
+        assert!(lines[4].contains("capacity 1"));
+        // The lost records did not create a 0.0.0.0 row.
+        assert!(
+            !section(&text, "REMOTE_IP")
+                .iter()
+                .any(|l| l.starts_with("0.0.0.0"))
+        );
+    }
+}

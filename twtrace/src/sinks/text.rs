@@ -1,0 +1,26 @@
+//! One human-readable line per event (`twtrace events` without --json).
+
+use crate::event::{Record, What};
+
+pub fn text_line(r: &Record) -> String {
+    let what = match r.what {
+        What::TwEnter {
+            substate,
+            timeout_ms,
+        } => format!("enter  {} timeout={timeout_ms}ms", substate.as_str()),
+        What::TwExit { cause, lifetime_ns } => match lifetime_ns {
+            Some(ns) => format!("exit   {} after {:.3}s", cause.as_str(), ns as f64 / 1e9),
+            None => format!("exit   {} (entry not seen)", cause.as_str()),
+        },
+        What::TwOverflow => "overflow (tcp_max_tw_buckets full: no TIME-WAIT)".to_owned(),
+        What::ConnectAddrNotAvail { pid } => format!("connect EADDRNOTAVAIL pid={pid}"),
+        What::Lost { program, count } => return format!("LOST {count} events from {program}"),
+    };
+    format!(
+        "{:>14.6} netns={} {} -> {} {what}",
+        r.ts_ns as f64 / 1e9,
+        r.netns,
+        r.local,
+        r.remote
+    )
+}

@@ -1,0 +1,77 @@
+//! Kernel to user: the ring buffer, read through tokio, and the per-CPU loss counters.
+//!
+//! The kernel side does not wake us per event (BPF_RB_NO_WAKEUP), only when the ring passes a
+//! fill threshold, so we also drain on a short timer. Records are decoded in place: nothing is
+//! allocated per event.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use tokio::io::unix::AsyncFd;
+use twtrace_common::{Event, LOSS_SLOTS};
+
+/// Names of the loss slots (index = twtrace_common::LossSlot).
+pub const LOSS_NAMES: [&str; LOSS_SLOTS as usize] = [
+    "tw_enter",
+    "tw_exit",
+    "tw_overflow",
+    "connect",
+    "live_table_full",
+];
+
+pub struct Transport {
+    ring: AsyncFd<RingBuf<MapData>>,
+    losses: PerCpuArray<MapData, u64>,
+    seen_losses: [u64; LOSS_SLOTS as usize],
+}
+
+impl Transport {
+    pub fn new(bpf: &mut Ebpf) -> Result<Self> {
+        let ring = RingBuf::try_from(bpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        let losses = PerCpuArray::try_from(bpf.take_map("LOSSES").context("LOSSES map missing")?)?;
+        Ok(Self {
+            ring: AsyncFd::new(ring).context("registering the ring buffer with tokio")?,
+            losses,
+            seen_losses: [0; LOSS_SLOTS as usize],
+        })
+    }
+
+    /// Waits until the kernel signals data or `poll` elapses, then hands every waiting record to
+    /// `f`. Returns how many were handled.
+    pub async fn drain(&mut self, poll: Duration, mut f: impl FnMut(&Event)) -> Result<usize> {
+        if let Ok(guard) = tokio::time::timeout(poll, self.ring.readable_mut()).await {
+            guard?.clear_ready();
+        }
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<Event>() {
+                // SAFETY: the kernel wrote a whole Event; read_unaligned copes with any alignment.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+                f(&ev);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Losses counted by the kernel since the last call, as (slot name, count) for non-zero ones.
+    pub fn new_losses(&mut self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        for (i, seen) in self.seen_losses.iter_mut().enumerate() {
+            let Ok(per_cpu) = self.losses.get(&(i as u32), 0) else {
+                continue;
+            };
+            let total: u64 = per_cpu.iter().sum();
+            if total > *seen {
+                out.push((LOSS_NAMES[i], total - *seen));
+                *seen = total;
+            }
+        }
+        out
+    }
+}
