@@ -220,6 +220,9 @@ pub struct KernelLayout {
     pub tp_set_state_protocol: u32,
     pub tp_connect_args: u32,
     pub tp_connect_ret: u32,
+    // struct timer_list -> entry.pprev (non-NULL while the timer is pending)
+    pub timer_entry_pprev: u32,
+    /// Keeps the struct free of implicit padding (it is copied as bytes).
     pub _pad: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
     pub tw_timer_handler: u64,
@@ -258,6 +261,7 @@ impl KernelLayout {
             tp_set_state_protocol: 0,
             tp_connect_args: 0,
             tp_connect_ret: 0,
+            timer_entry_pprev: 0,
             _pad: 0,
             tw_timer_handler: 0,
             ranges: [CodeRange {

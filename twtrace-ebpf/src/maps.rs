@@ -44,3 +44,8 @@ pub static LAST_ENTER: PerCpuArray<LastEnter> = PerCpuArray::with_max_entries(1,
 /// connect() destinations between syscall entry and exit, keyed by pid_tgid.
 #[map]
 pub static CONNECTS: LruHashMap<u64, [u8; 28]> = LruHashMap::with_max_entries(16_384, 0);
+
+/// kprobe route of TW overflow: the socket passed to `inet_twsk_alloc`, until it returns.
+/// Safe per CPU: inet_twsk_alloc does not sleep.
+#[map]
+pub static OVERFLOW_SK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

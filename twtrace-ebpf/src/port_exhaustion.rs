@@ -1,12 +1,13 @@
 //! Client port exhaustion: connect() failing with EADDRNOTAVAIL, per destination.
 //!
 //! Route: the connect syscall tracepoints (stable on every kernel): remember the destination at
-//! entry, report it at exit when the result is -EADDRNOTAVAIL.
+//! entry, report it at exit when the result is -EADDRNOTAVAIL. Function probes on
+//! `__sys_connect(fd, uservaddr, addrlen)` do the same where a family is forced.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{fexit, kprobe, kretprobe, tracepoint},
+    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use twtrace_common::{AF_INET, AF_INET6, EventKind, HookFamily, LossSlot};
 
@@ -24,6 +25,38 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
     let Ok(uaddr) = (unsafe { ctx.read_at::<u64>(layout!(tp_connect_args) as usize) }) else {
         return 0;
     };
+    remember(uaddr)
+}
+
+#[tracepoint]
+pub fn connect_exit(ctx: TracePointContext) -> u32 {
+    let ret: i64 = unsafe { ctx.read_at(layout!(tp_connect_ret) as usize) }.unwrap_or(0);
+    finish(ret, HookFamily::Tracepoint)
+}
+
+#[fexit(function = "__sys_connect")]
+pub fn connect_fexit(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<i64>().unwrap_or(0) as i32 as i64;
+    if ret != -EADDRNOTAVAIL {
+        return 0;
+    }
+    remember(ctx.arg(1));
+    finish(ret, HookFamily::Fentry)
+}
+
+#[kprobe]
+pub fn connect_kprobe(ctx: ProbeContext) -> u32 {
+    ctx.arg::<u64>(1).map_or(0, remember)
+}
+
+#[kretprobe]
+pub fn connect_kretprobe(ctx: RetProbeContext) -> u32 {
+    finish(ctx.ret::<i64>() as i32 as i64, HookFamily::Kprobe)
+}
+
+/// Remembers the destination of this thread's connect() until it returns.
+#[inline(always)]
+fn remember(uaddr: u64) -> u32 {
     let mut sa = [0u8; 28];
     // sockaddr_in is 16 bytes; only read the 28 of sockaddr_in6 when the family says so, so a
     // short buffer at the end of a page never makes the read fail.
@@ -42,14 +75,14 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn connect_exit(ctx: TracePointContext) -> u32 {
+/// Reports this thread's connect() if it failed with EADDRNOTAVAIL.
+#[inline(always)]
+fn finish(ret: i64, hook: HookFamily) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(sa) = (unsafe { CONNECTS.get(&id) }).copied() else {
         return 0;
     };
     let _ = CONNECTS.remove(&id);
-    let ret: i64 = unsafe { ctx.read_at(layout!(tp_connect_ret) as usize) }.unwrap_or(0);
     if ret != -EADDRNOTAVAIL {
         return 0;
     }
@@ -64,7 +97,7 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
         ev.netns = netns;
         ev.kind = EventKind::ConnectAddrNotAvail as u8;
         ev.family = family;
-        ev.hook = HookFamily::Tracepoint as u8;
+        ev.hook = hook as u8;
         ev.errno = EADDRNOTAVAIL as u32;
         ev.rport = u16::from_be_bytes([sa[2], sa[3]]);
         if family == AF_INET6 {

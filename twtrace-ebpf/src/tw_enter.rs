@@ -4,8 +4,16 @@
 //! `function == tw_timer_handler`. The timer is embedded in the inet_timewait_sock, so the
 //! socket is `timer - offsetof(inet_timewait_sock, tw_timer)`. A TIME-WAIT timer is also re-armed
 //! (PAWS reject, retransmitted FIN); the first arm is the one reached from `tcp_time_wait`.
+//!
+//! Function-probe route: `__inet_twsk_schedule(tw, timeo, rearm)` with `rearm == false` is the
+//! first arm, called by `tcp_time_wait` right after the socket was created. It hands us the
+//! timewait socket itself, which `tcp_time_wait(sk, ...)` does not.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
+};
 use twtrace_common::{EventKind, HookFamily, LossSlot, frame_class};
 
 use crate::{
@@ -42,6 +50,30 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
         unsafe { ctx.read_at(layout!(tp_timer_start_expires) as usize) }.unwrap_or(0);
     let now: u64 = unsafe { ctx.read_at(layout!(tp_timer_start_now) as usize) }.unwrap_or(0);
     enter(tw, expires.wrapping_sub(now), HookFamily::Tracepoint)
+}
+
+#[fentry(function = "__inet_twsk_schedule")]
+pub fn tw_enter_fentry(ctx: FEntryContext) -> u32 {
+    let tw: u64 = ctx.arg(0);
+    let timeo: u64 = ctx.arg(1);
+    let rearm: u64 = ctx.arg(2);
+    if rearm & 0xff != 0 {
+        return 0;
+    }
+    enter(tw, timeo & 0xffff_ffff, HookFamily::Fentry)
+}
+
+#[kprobe]
+pub fn tw_enter_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(tw), Some(timeo), Some(rearm)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    else {
+        return 0;
+    };
+    if rearm & 0xff != 0 {
+        return 0;
+    }
+    enter(tw, timeo & 0xffff_ffff, HookFamily::Kprobe)
 }
 
 /// Records and reports a new TIME-WAIT socket `tw` (shared by every hook of this signal).

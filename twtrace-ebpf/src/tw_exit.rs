@@ -3,8 +3,19 @@
 //! Tracepoint route: `timer:timer_cancel` on a TIME-WAIT timer. It fires on every end of a
 //! TIME-WAIT (expiry detaches the timer first; every kill goes through timer_shutdown_sync) and
 //! also on re-arms. The call chain tells them apart and names the cause (see `stack.rs`).
+//!
+//! Function-probe route: `inet_twsk_kill(tw)` runs exactly once per TIME-WAIT socket, from the
+//! timer (expiry) or from `inet_twsk_deschedule_put` (every early kill); the same call-chain
+//! classification names the cause. Where `inet_twsk_kill` is inlined, `tw_timer_handler` plus
+//! `inet_twsk_deschedule_put` (only when the timer is still pending, i.e. the kill will happen
+//! there) stand in for it.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_ktime_get_ns,
+    macros::{fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
+};
 use twtrace_common::{EventKind, ExitCause, HookFamily, LossSlot, frame_class as fc};
 
 use crate::{
@@ -31,20 +42,93 @@ pub fn tw_exit_timer_cancel(ctx: TracePointContext) -> u32 {
     if func != layout!(tw_timer_handler) {
         return 0;
     }
-    let cause = match classify(&ctx, WANTED) {
-        fc::REARM => return 0,
-        fc::EXPIRE => ExitCause::Expired,
-        fc::RCV => ExitCause::ReplacedBySyn,
-        fc::TW_PROCESS => ExitCause::KilledByRst,
-        fc::CONNECT_REUSE => ExitCause::Reused,
-        fc::PURGE => ExitCause::Purged,
-        _ => ExitCause::Unknown,
+    let Some(cause) = cause_from_chain(&ctx) else {
+        return 0; // re-arm
     };
     exit(
         timer - layout!(tw_timer) as u64,
         cause,
         HookFamily::Tracepoint,
     )
+}
+
+#[fentry(function = "inet_twsk_kill")]
+pub fn tw_exit_fentry(ctx: FEntryContext) -> u32 {
+    let tw: u64 = ctx.arg(0);
+    let cause = cause_from_chain(&ctx).unwrap_or(ExitCause::Unknown);
+    exit(tw, cause, HookFamily::Fentry)
+}
+
+#[kprobe]
+pub fn tw_exit_kprobe(ctx: ProbeContext) -> u32 {
+    let Some(tw) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let cause = cause_from_chain(&ctx).unwrap_or(ExitCause::Unknown);
+    exit(tw, cause, HookFamily::Kprobe)
+}
+
+#[fentry(function = "tw_timer_handler")]
+pub fn tw_exit_timer_fentry(ctx: FEntryContext) -> u32 {
+    let timer: u64 = ctx.arg(0);
+    exit(
+        timer - layout!(tw_timer) as u64,
+        ExitCause::Expired,
+        HookFamily::Fentry,
+    )
+}
+
+#[kprobe]
+pub fn tw_exit_timer_kprobe(ctx: ProbeContext) -> u32 {
+    let Some(timer) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    exit(
+        timer - layout!(tw_timer) as u64,
+        ExitCause::Expired,
+        HookFamily::Kprobe,
+    )
+}
+
+#[fentry(function = "inet_twsk_deschedule_put")]
+pub fn tw_exit_deschedule_fentry(ctx: FEntryContext) -> u32 {
+    let tw: u64 = ctx.arg(0);
+    deschedule(&ctx, tw, HookFamily::Fentry)
+}
+
+#[kprobe]
+pub fn tw_exit_deschedule_kprobe(ctx: ProbeContext) -> u32 {
+    let Some(tw) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    deschedule(&ctx, tw, HookFamily::Kprobe)
+}
+
+/// `inet_twsk_deschedule_put` kills only if it can still cancel the timer; a timer no longer
+/// pending is expiring on another CPU and `tw_timer_handler` reports it.
+#[inline(always)]
+fn deschedule<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily) -> u32 {
+    let timer = tw + layout!(tw_timer) as u64;
+    let pprev: u64 = unsafe { read(timer, layout!(timer_entry_pprev)) }.unwrap_or(0);
+    if pprev == 0 {
+        return 0;
+    }
+    let cause = cause_from_chain(ctx).unwrap_or(ExitCause::Unknown);
+    exit(tw, cause, hook)
+}
+
+/// Names the cause from the call chain; None for a timer re-arm (the socket lives on).
+#[inline(always)]
+fn cause_from_chain<C: EbpfContext>(ctx: &C) -> Option<ExitCause> {
+    Some(match classify(ctx, WANTED) {
+        fc::REARM => return None,
+        fc::EXPIRE => ExitCause::Expired,
+        fc::RCV => ExitCause::ReplacedBySyn,
+        fc::TW_PROCESS => ExitCause::KilledByRst,
+        fc::CONNECT_REUSE => ExitCause::Reused,
+        fc::PURGE => ExitCause::Purged,
+        _ => ExitCause::Unknown,
+    })
 }
 
 /// Reports the end of TIME-WAIT socket `tw` (shared by every hook of this signal).

@@ -6,15 +6,22 @@
 //! `LAST_ENTER` records. Any other such close is checked against the call chain: only one coming
 //! from `tcp_time_wait` is an overflow (an RST in FIN_WAIT2 closes the same way, elsewhere).
 //! The local port is already released at this point and reads 0.
+//!
+//! Function-probe route: `inet_twsk_alloc(sk, ...)` returning NULL is the overflow itself
+//! (tcp_time_wait counts TCPTimeWaitOverflow right after), and the socket still has its port.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{fexit, kprobe, kretprobe, tracepoint},
+    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+};
 use twtrace_common::{EventKind, HookFamily, LossSlot, frame_class};
 
 use crate::{
     emit::emit,
-    kernel::{netns_wanted, read_flow},
+    kernel::{Flow, netns_wanted, read_flow},
     layout,
-    maps::LAST_ENTER,
+    maps::{LAST_ENTER, OVERFLOW_SK},
     stack::{bit, classify},
 };
 
@@ -61,13 +68,59 @@ pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
     if classify(&ctx, bit(frame_class::TCP_TIME_WAIT)) != frame_class::TCP_TIME_WAIT {
         return 0;
     }
+    report(sk, &flow, ts, HookFamily::Tracepoint)
+}
+
+#[fexit(function = "inet_twsk_alloc")]
+pub fn tw_overflow_fexit(ctx: FExitContext) -> u32 {
+    if ctx.ret::<u64>().unwrap_or(1) != 0 {
+        return 0;
+    }
+    overflowed(ctx.arg(0), HookFamily::Fentry)
+}
+
+/// kprobe half: remember which socket asked for a timewait socket on this CPU.
+#[kprobe]
+pub fn tw_overflow_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(slot)) = (ctx.arg::<u64>(0), OVERFLOW_SK.get_ptr_mut(0)) {
+        unsafe { *slot = sk };
+    }
+    0
+}
+
+/// kretprobe half: NULL means no TIME-WAIT for that socket.
+#[kretprobe]
+pub fn tw_overflow_kretprobe(ctx: RetProbeContext) -> u32 {
+    let Some(slot) = OVERFLOW_SK.get_ptr_mut(0) else {
+        return 0;
+    };
+    let sk = unsafe { core::mem::replace(&mut *slot, 0) };
+    if sk == 0 || ctx.ret::<u64>() != 0 {
+        return 0;
+    }
+    overflowed(sk, HookFamily::Kprobe)
+}
+
+#[inline(always)]
+fn overflowed(sk: u64, hook: HookFamily) -> u32 {
+    let Some(flow) = (unsafe { read_flow(sk) }) else {
+        return 0;
+    };
+    if !netns_wanted(flow.netns) {
+        return 0;
+    }
+    report(sk, &flow, unsafe { bpf_ktime_get_ns() }, hook)
+}
+
+#[inline(always)]
+fn report(sk: u64, flow: &Flow, ts: u64, hook: HookFamily) -> u32 {
     emit(LossSlot::TwOverflow, |ev| {
         ev.ts_ns = ts;
         ev.obj = sk;
         ev.netns = flow.netns;
         ev.kind = EventKind::TwOverflow as u8;
         ev.family = flow.family;
-        ev.hook = HookFamily::Tracepoint as u8;
+        ev.hook = hook as u8;
         ev.lport = flow.lport;
         ev.rport = flow.rport;
         ev.laddr = flow.laddr;

@@ -36,11 +36,10 @@ pub struct KernelFacts {
 }
 
 impl KernelFacts {
-    pub fn gather() -> Result<Self> {
-        let btf = KernelBtf::from_sysfs()?;
+    pub fn gather(btf: &KernelBtf) -> Result<Self> {
         let syms = Kallsyms::load()?;
         let mut layout = KernelLayout::zeroed();
-        layout::struct_offsets(&btf, &mut layout).context("reading struct offsets from BTF")?;
+        layout::struct_offsets(btf, &mut layout).context("reading struct offsets from BTF")?;
         layout::tracepoint_offsets(&mut layout).context("reading tracepoint formats")?;
         let (ranges, missing_frames) = layout::code_ranges(&syms, &mut layout)?;
         Ok(Self {
@@ -68,7 +67,8 @@ pub struct Loaded {
 
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     kernel::preflight()?;
-    let facts = KernelFacts::gather()?;
+    let kbtf = KernelBtf::from_sysfs()?;
+    let facts = KernelFacts::gather(&kbtf)?;
     let btf = Btf::from_sys_fs().context("loading kernel BTF for the loader")?;
     let settings = Settings {
         netns_filter: opts.netns,
@@ -92,6 +92,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         &mut bpf,
         &Facts {
             btf: &btf,
+            kbtf: &kbtf,
             syms: &facts.syms,
             caps: &facts.caps,
         },

@@ -11,7 +11,7 @@ use aya::{
 };
 
 use crate::{
-    kernel::{caps::Caps, kallsyms::Kallsyms},
+    kernel::{btf::KernelBtf, caps::Caps, kallsyms::Kallsyms},
     signals::{self, Attach, Family, Hook, Program, Signal},
 };
 
@@ -30,6 +30,7 @@ pub struct Choice {
 
 pub struct Facts<'a> {
     pub btf: &'a Btf,
+    pub kbtf: &'a KernelBtf,
     pub syms: &'a Kallsyms,
     pub caps: &'a Caps,
 }
@@ -86,24 +87,16 @@ fn attach_signal(
         None => Family::ALL.to_vec(),
     };
     for family in families {
-        if let Some(reason) = (signal.no_hook_reason)(family) {
-            choice.rejected.push((family, reason.to_owned()));
-            continue;
-        }
-        let Some(hook) = signal.hooks.iter().find(|h| h.family == family) else {
-            choice.rejected.push((
-                family,
-                "twtrace has no program of this family for this signal".into(),
-            ));
-            continue;
-        };
-        match try_hook(bpf, facts, hook) {
-            Ok(attached) => {
-                choice.chosen = Some(family);
-                choice.attached = attached;
-                break;
+        // A family may offer several hooks (one function, or two where it is inlined).
+        for hook in signal.hooks.iter().filter(|h| h.family == family) {
+            match try_hook(bpf, facts, hook) {
+                Ok(attached) => {
+                    choice.chosen = Some(family);
+                    choice.attached = attached;
+                    return choice;
+                }
+                Err(e) => choice.rejected.push((family, format!("{e:#}"))),
             }
-            Err(e) => choice.rejected.push((family, format!("{e:#}"))),
         }
     }
     choice
@@ -150,6 +143,10 @@ fn precheck(facts: &Facts<'_>, hook: &Hook) -> Result<()> {
         };
         if !facts.syms.contains(function) {
             bail!("{function} is not in /proc/kallsyms (inlined or renamed on this kernel)");
+        }
+        let is_trampoline = matches!(p.attach, Attach::Fentry { .. } | Attach::Fexit { .. });
+        if is_trampoline && !facts.kbtf.has_func(function) {
+            bail!("{function} has no BTF FUNC entry (fentry/fexit need one)");
         }
     }
     Ok(())

@@ -34,7 +34,10 @@ impl Transport {
         let ring = RingBuf::try_from(bpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let losses = PerCpuArray::try_from(bpf.take_map("LOSSES").context("LOSSES map missing")?)?;
         Ok(Self {
-            ring: AsyncFd::new(ring).context("registering the ring buffer with tokio")?,
+            // SAFETY: the RingBuf owns its map fd and AsyncFd owns the RingBuf, so the fd stays
+            // open for as long as it is registered.
+            ring: unsafe { AsyncFd::register(ring) }
+                .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?,
             losses,
             seen_losses: [0; LOSS_SLOTS as usize],
         })

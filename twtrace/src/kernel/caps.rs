@@ -13,7 +13,6 @@ pub struct Caps {
     pub kprobe_pmu: bool,
     /// CONFIG_FUNCTION_TRACER / DYNAMIC_FTRACE_WITH_DIRECT_CALLS (fentry needs a trampoline).
     pub ftrace_direct: Option<bool>,
-    pub lockdown: Option<String>,
 }
 
 impl Caps {
@@ -27,7 +26,6 @@ impl Caps {
             kprobes_config: cfg("CONFIG_KPROBES"),
             kprobe_pmu: Path::new("/sys/bus/event_source/devices/kprobe").exists(),
             ftrace_direct: cfg("CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS"),
-            lockdown: sysinfo::lockdown(),
         }
     }
 

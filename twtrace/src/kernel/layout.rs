@@ -38,9 +38,26 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.tw_substate = btf.member_offset("inet_timewait_sock", "tw_substate")?;
     layout.tw_timer = btf.member_offset("inet_timewait_sock", "tw_timer")?;
     layout.timer_function = btf.member_offset("timer_list", "function")?;
+    layout.timer_entry_pprev = btf.member_offset("timer_list", "entry.pprev")?;
     layout.net_ns_inum = btf.member_offset("net", "ns.inum")?;
     layout.task_nsproxy = btf.member_offset("task_struct", "nsproxy")?;
     layout.nsproxy_net_ns = btf.member_offset("nsproxy", "net_ns")?;
+    // The eBPF side reads these with fixed widths: refuse a kernel where they changed.
+    for (s, m, size) in [
+        ("sock_common", "skc_family", 2),
+        ("sock_common", "skc_num", 2),
+        ("sock_common", "skc_dport", 2),
+        ("sock_common", "skc_daddr", 4),
+        ("sock_common", "skc_v6_daddr", 16),
+        ("inet_timewait_sock", "tw_substate", 1),
+        ("ns_common", "inum", 4),
+    ] {
+        let got = btf.member_size(s, m)?;
+        anyhow::ensure!(
+            got == size,
+            "{s}.{m} is {got} bytes on this kernel, twtrace reads {size}"
+        );
+    }
     Ok(())
 }
 

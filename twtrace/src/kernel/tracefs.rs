@@ -92,6 +92,7 @@ impl Format {
             .ok_or_else(|| anyhow!("tracepoint {} has no field `{field}`", self.event))
     }
 
+    #[cfg(test)]
     pub fn has(&self, field: &str) -> bool {
         self.fields.contains_key(field)
     }

@@ -88,8 +88,6 @@ pub struct Signal {
     pub name: &'static str,
     pub description: &'static str,
     pub hooks: &'static [Hook],
-    /// Why a family has no hook for this signal (shown by `doctor`).
-    pub no_hook_reason: fn(Family) -> Option<&'static str>,
 }
 
 pub const ALL: [&Signal; 4] = [

@@ -9,33 +9,53 @@ use crate::event::{Record, What};
 pub static SIGNAL: Signal = Signal {
     name: "connect_eaddrnotavail",
     description: "connect() failed with EADDRNOTAVAIL (no free local port toward a destination)",
-    hooks: &[Hook {
-        family: Family::Tracepoint,
-        programs: &[
-            Program {
-                name: "connect_enter",
-                attach: Attach::Tracepoint {
-                    category: "syscalls",
-                    name: "sys_enter_connect",
+    hooks: &[
+        Hook {
+            family: Family::Fentry,
+            programs: &[Program {
+                name: "connect_fexit",
+                attach: Attach::Fexit {
+                    function: "__sys_connect",
                 },
-            },
-            Program {
-                name: "connect_exit",
-                attach: Attach::Tracepoint {
-                    category: "syscalls",
-                    name: "sys_exit_connect",
+            }],
+        },
+        Hook {
+            family: Family::Kprobe,
+            programs: &[
+                Program {
+                    name: "connect_kprobe",
+                    attach: Attach::Kprobe {
+                        function: "__sys_connect",
+                    },
                 },
-            },
-        ],
-    }],
-    // The syscall's return value *is* the signal; a function probe would see the same thing
-    // later and only on some kernels, so the stable syscall tracepoints are the best hook.
-    no_hook_reason: |f| match f {
-        Family::Fentry | Family::Kprobe => {
-            Some("the connect(2) exit tracepoint is the signal itself on every kernel")
-        }
-        Family::Tracepoint => None,
-    },
+                Program {
+                    name: "connect_kretprobe",
+                    attach: Attach::Kretprobe {
+                        function: "__sys_connect",
+                    },
+                },
+            ],
+        },
+        Hook {
+            family: Family::Tracepoint,
+            programs: &[
+                Program {
+                    name: "connect_enter",
+                    attach: Attach::Tracepoint {
+                        category: "syscalls",
+                        name: "sys_enter_connect",
+                    },
+                },
+                Program {
+                    name: "connect_exit",
+                    attach: Attach::Tracepoint {
+                        category: "syscalls",
+                        name: "sys_exit_connect",
+                    },
+                },
+            ],
+        },
+    ],
 };
 
 pub fn decode(ev: &Event) -> Record {

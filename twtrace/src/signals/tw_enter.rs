@@ -8,17 +8,36 @@ use crate::event::{Record, Substate, What};
 pub static SIGNAL: Signal = Signal {
     name: "tw_enter",
     description: "a socket entered TIME-WAIT",
-    hooks: &[Hook {
-        family: Family::Tracepoint,
-        programs: &[Program {
-            name: "tw_enter_timer_start",
-            attach: Attach::Tracepoint {
-                category: "timer",
-                name: "timer_start",
-            },
-        }],
-    }],
-    no_hook_reason: |_| None,
+    hooks: &[
+        Hook {
+            family: Family::Fentry,
+            programs: &[Program {
+                name: "tw_enter_fentry",
+                attach: Attach::Fentry {
+                    function: "__inet_twsk_schedule",
+                },
+            }],
+        },
+        Hook {
+            family: Family::Kprobe,
+            programs: &[Program {
+                name: "tw_enter_kprobe",
+                attach: Attach::Kprobe {
+                    function: "__inet_twsk_schedule",
+                },
+            }],
+        },
+        Hook {
+            family: Family::Tracepoint,
+            programs: &[Program {
+                name: "tw_enter_timer_start",
+                attach: Attach::Tracepoint {
+                    category: "timer",
+                    name: "timer_start",
+                },
+            }],
+        },
+    ],
 };
 
 pub fn decode(ev: &Event, ctx: &DecodeCtx) -> Record {

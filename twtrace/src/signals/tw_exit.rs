@@ -8,17 +8,70 @@ use crate::event::{ExitCause, Record, What};
 pub static SIGNAL: Signal = Signal {
     name: "tw_exit",
     description: "a TIME-WAIT socket ended, with its cause and lifetime",
-    hooks: &[Hook {
-        family: Family::Tracepoint,
-        programs: &[Program {
-            name: "tw_exit_timer_cancel",
-            attach: Attach::Tracepoint {
-                category: "timer",
-                name: "timer_cancel",
-            },
-        }],
-    }],
-    no_hook_reason: |_| None,
+    hooks: &[
+        Hook {
+            family: Family::Fentry,
+            programs: &[Program {
+                name: "tw_exit_fentry",
+                attach: Attach::Fentry {
+                    function: "inet_twsk_kill",
+                },
+            }],
+        },
+        Hook {
+            family: Family::Fentry,
+            programs: &[
+                Program {
+                    name: "tw_exit_timer_fentry",
+                    attach: Attach::Fentry {
+                        function: "tw_timer_handler",
+                    },
+                },
+                Program {
+                    name: "tw_exit_deschedule_fentry",
+                    attach: Attach::Fentry {
+                        function: "inet_twsk_deschedule_put",
+                    },
+                },
+            ],
+        },
+        Hook {
+            family: Family::Kprobe,
+            programs: &[Program {
+                name: "tw_exit_kprobe",
+                attach: Attach::Kprobe {
+                    function: "inet_twsk_kill",
+                },
+            }],
+        },
+        Hook {
+            family: Family::Kprobe,
+            programs: &[
+                Program {
+                    name: "tw_exit_timer_kprobe",
+                    attach: Attach::Kprobe {
+                        function: "tw_timer_handler",
+                    },
+                },
+                Program {
+                    name: "tw_exit_deschedule_kprobe",
+                    attach: Attach::Kprobe {
+                        function: "inet_twsk_deschedule_put",
+                    },
+                },
+            ],
+        },
+        Hook {
+            family: Family::Tracepoint,
+            programs: &[Program {
+                name: "tw_exit_timer_cancel",
+                attach: Attach::Tracepoint {
+                    category: "timer",
+                    name: "timer_cancel",
+                },
+            }],
+        },
+    ],
 };
 
 pub fn cause(raw: u8) -> ExitCause {

@@ -8,17 +8,44 @@ use crate::event::{Record, What};
 pub static SIGNAL: Signal = Signal {
     name: "tw_overflow",
     description: "a flow closed without TIME-WAIT because tcp_max_tw_buckets was full",
-    hooks: &[Hook {
-        family: Family::Tracepoint,
-        programs: &[Program {
-            name: "tw_overflow_set_state",
-            attach: Attach::Tracepoint {
-                category: "sock",
-                name: "inet_sock_set_state",
-            },
-        }],
-    }],
-    no_hook_reason: |_| None,
+    hooks: &[
+        Hook {
+            family: Family::Fentry,
+            programs: &[Program {
+                name: "tw_overflow_fexit",
+                attach: Attach::Fexit {
+                    function: "inet_twsk_alloc",
+                },
+            }],
+        },
+        Hook {
+            family: Family::Kprobe,
+            programs: &[
+                Program {
+                    name: "tw_overflow_kprobe",
+                    attach: Attach::Kprobe {
+                        function: "inet_twsk_alloc",
+                    },
+                },
+                Program {
+                    name: "tw_overflow_kretprobe",
+                    attach: Attach::Kretprobe {
+                        function: "inet_twsk_alloc",
+                    },
+                },
+            ],
+        },
+        Hook {
+            family: Family::Tracepoint,
+            programs: &[Program {
+                name: "tw_overflow_set_state",
+                attach: Attach::Tracepoint {
+                    category: "sock",
+                    name: "inet_sock_set_state",
+                },
+            }],
+        },
+    ],
 };
 
 pub fn decode(ev: &Event) -> Record {
