@@ -1,0 +1,499 @@
+//! End-to-end tests: the real eBPF programs in the real kernel, real TCP traffic between
+//! network namespaces each test creates, and twtrace's counts compared exactly with the
+//! kernel's own counters of that namespace (/proc/net/netstat).
+//!
+//! Needs root. Nothing is skipped: if BPF cannot load, the tests fail.
+//! Run one: `sudo cargo test -p twtrace --test e2e server_close_first_v4`.
+//! `TWTRACE_HOOKS=kprobe` (or fentry, tracepoint) forces a hook family; `TWTRACE_BIN` picks
+//! the binary (the VM runs use both).
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, ensure};
+use serde_json::Value;
+use support::{
+    CloseFirst, NetnsPair, Server, Tracer, connect_many, delta, free_port, netstat, sysctl,
+};
+
+/// The tracer drains the ring at least every 100 ms; wait a few periods before stopping.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Program load + attach takes a few seconds under emulation (VM tests).
+const READY: Duration = Duration::from_secs(180);
+
+#[derive(Clone, Copy, Debug)]
+enum Family {
+    V4,
+    V6,
+}
+
+fn server_ip(p: &NetnsPair, f: Family) -> IpAddr {
+    match f {
+        Family::V4 => p.server_v4(),
+        Family::V6 => p.server_v6(),
+    }
+}
+
+fn client_ip(p: &NetnsPair, f: Family) -> IpAddr {
+    match f {
+        Family::V4 => p.client_v4(),
+        Family::V6 => p.client_v6(),
+    }
+}
+
+/// Starts `twtrace events --json` restricted (in the kernel) to one namespace.
+fn trace_netns(inode: u32) -> Result<Tracer> {
+    let ns = inode.to_string();
+    let mut t = Tracer::spawn_default(&["events", "--json", "--netns", &ns])?;
+    t.wait_ready(READY)?;
+    Ok(t)
+}
+
+fn stop(t: Tracer) -> Result<Vec<Value>> {
+    thread::sleep(SETTLE);
+    let events = t.stop()?;
+    let lost: Vec<&Value> = events.iter().filter(|e| e["type"] == "lost").collect();
+    ensure!(lost.is_empty(), "the tracer lost events: {lost:?}");
+    Ok(events)
+}
+
+fn addr(v: &Value, field: &str) -> SocketAddr {
+    v[field]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("event without a valid `{field}`: {v}"))
+}
+
+/// Events of one type in one namespace.
+fn of<'a>(events: &'a [Value], ty: &str, netns: u32) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == ty && e["netns"] == netns)
+        .collect()
+}
+
+/// Exits (tw_exit and tw_reuse) by cause, in one namespace.
+fn exits_by_cause(events: &[Value], netns: u32) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for e in events {
+        if (e["type"] == "tw_exit" || e["type"] == "tw_reuse") && e["netns"] == netns {
+            *m.entry(e["cause"].as_str().unwrap_or("?").to_owned())
+                .or_default() += 1;
+        }
+    }
+    m
+}
+
+/// TIME-WAIT sockets created in a namespace, per the kernel: the initial timer arm counts
+/// TcpExtTW, or TcpExtTWKilled when the timeout is short (<= 4 s).
+fn tw_created(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> u64 {
+    delta(before, after, "TcpExtTW") + delta(before, after, "TcpExtTWKilled")
+}
+
+fn all_ok(outcomes: &[support::ConnOutcome]) -> Result<()> {
+    let bad: Vec<_> = outcomes.iter().filter(|o| !o.is_ok()).collect();
+    ensure!(bad.is_empty(), "connections failed: {bad:?}");
+    Ok(())
+}
+
+/// N connections where one side closes first; that side's namespace must show exactly the
+/// kernel's count of TIME-WAITs, each with the right addresses.
+fn timewait_side(tag: &str, f: Family, policy: CloseFirst) -> Result<()> {
+    const N: usize = 40;
+    let pair = NetnsPair::new(tag)?;
+    let srv = SocketAddr::new(
+        server_ip(&pair, f),
+        free_port(pair.server_ns(), server_ip(&pair, f))?,
+    );
+    let server = Server::start(pair.server_ns(), srv)?;
+    let (ns, inode) = match policy {
+        CloseFirst::Server => (pair.server_ns(), pair.server_inode()),
+        CloseFirst::Client => (pair.client_ns(), pair.client_inode()),
+    };
+    let tracer = trace_netns(inode)?;
+    let before = netstat(ns)?;
+    let other_before = netstat(if policy == CloseFirst::Server {
+        pair.client_ns()
+    } else {
+        pair.server_ns()
+    })?;
+    all_ok(&connect_many(pair.client_ns(), srv, N, policy, None)?)?;
+    let after = netstat(ns)?;
+    let other_after = netstat(if policy == CloseFirst::Server {
+        pair.client_ns()
+    } else {
+        pair.server_ns()
+    })?;
+    let events = stop(tracer)?;
+    drop(server);
+
+    let enters = of(&events, "tw_enter", inode);
+    let kernel = tw_created(&before, &after);
+    assert_eq!(
+        kernel, N as u64,
+        "sanity: the kernel created one TIME-WAIT per connection"
+    );
+    assert_eq!(
+        tw_created(&other_before, &other_after),
+        0,
+        "sanity: the other side has none"
+    );
+    assert_eq!(
+        enters.len() as u64,
+        kernel,
+        "tw_enter events vs TcpExtTW(+TWKilled) delta"
+    );
+    for e in &enters {
+        let (local, remote) = (addr(e, "local"), addr(e, "remote"));
+        match policy {
+            CloseFirst::Server => {
+                assert_eq!(local, srv, "{e}");
+                assert_eq!(remote.ip(), client_ip(&pair, f), "{e}");
+            }
+            CloseFirst::Client => {
+                assert_eq!(local.ip(), client_ip(&pair, f), "{e}");
+                assert_eq!(remote, srv, "{e}");
+            }
+        }
+        assert_eq!(
+            e["family"],
+            if matches!(f, Family::V4) {
+                "ipv4"
+            } else {
+                "ipv6"
+            }
+        );
+        assert!(e["timeout_ms"].as_u64().unwrap_or(0) > 0, "{e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn server_close_first_v4() -> Result<()> {
+    timewait_side("scf4", Family::V4, CloseFirst::Server)
+}
+
+#[test]
+fn server_close_first_v6() -> Result<()> {
+    timewait_side("scf6", Family::V6, CloseFirst::Server)
+}
+
+#[test]
+fn client_close_first_v4() -> Result<()> {
+    timewait_side("ccf4", Family::V4, CloseFirst::Client)
+}
+
+#[test]
+fn client_close_first_v6() -> Result<()> {
+    timewait_side("ccf6", Family::V6, CloseFirst::Client)
+}
+
+/// Reconnecting from the same client ports while the server still holds their TIME-WAITs: the
+/// new SYN replaces each one (the kernel has no counter for this; the test knows how many
+/// 4-tuples it reused, and the TIME-WAITs created still match TcpExtTW exactly).
+fn reconnect(tag: &str, f: Family) -> Result<()> {
+    const PORTS: usize = 12;
+    let pair = NetnsPair::new(tag)?;
+    let srv = SocketAddr::new(
+        server_ip(&pair, f),
+        free_port(pair.server_ns(), server_ip(&pair, f))?,
+    );
+    let server = Server::start(pair.server_ns(), srv)?;
+    let ports: Vec<u16> = (0..PORTS as u16).map(|i| 41_000 + i * 2).collect();
+    let tracer = trace_netns(pair.server_inode())?;
+    let before = netstat(pair.server_ns())?;
+    all_ok(&connect_many(
+        pair.client_ns(),
+        srv,
+        PORTS,
+        CloseFirst::Server,
+        Some(&ports),
+    )?)?;
+    all_ok(&connect_many(
+        pair.client_ns(),
+        srv,
+        PORTS,
+        CloseFirst::Server,
+        Some(&ports),
+    )?)?;
+    let after = netstat(pair.server_ns())?;
+    let events = stop(tracer)?;
+    drop(server);
+
+    let inode = pair.server_inode();
+    assert_eq!(
+        of(&events, "tw_enter", inode).len() as u64,
+        tw_created(&before, &after)
+    );
+    let replaced: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["type"] == "tw_exit" && e["netns"] == inode && e["cause"] == "replaced_by_syn"
+        })
+        .collect();
+    assert_eq!(
+        replaced.len(),
+        PORTS,
+        "exits by cause: {:?}",
+        exits_by_cause(&events, inode)
+    );
+    for e in &replaced {
+        assert!(ports.contains(&addr(e, "remote").port()), "{e}");
+        assert!(
+            e["lifetime_ms"].as_f64().is_some(),
+            "entry was seen, lifetime known: {e}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn reconnect_replaces_server_timewait_v4() -> Result<()> {
+    reconnect("rcn4", Family::V4)
+}
+
+#[test]
+fn reconnect_replaces_server_timewait_v6() -> Result<()> {
+    reconnect("rcn6", Family::V6)
+}
+
+/// A tiny tcp_max_tw_buckets: every refused TIME-WAIT is an overflow event, exactly as many as
+/// TcpExtTCPTimeWaitOverflow counts.
+#[test]
+fn overflow_matches_kernel_counter() -> Result<()> {
+    const N: usize = 24;
+    let pair = NetnsPair::new("ovf")?;
+    sysctl(pair.server_ns(), "net.ipv4.tcp_max_tw_buckets", "5")?;
+    let srv = SocketAddr::new(
+        pair.server_v4(),
+        free_port(pair.server_ns(), pair.server_v4())?,
+    );
+    let server = Server::start(pair.server_ns(), srv)?;
+    let inode = pair.server_inode();
+    let tracer = trace_netns(inode)?;
+    let before = netstat(pair.server_ns())?;
+    all_ok(&connect_many(
+        pair.client_ns(),
+        srv,
+        N,
+        CloseFirst::Server,
+        None,
+    )?)?;
+    let after = netstat(pair.server_ns())?;
+    let events = stop(tracer)?;
+    drop(server);
+
+    let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
+    assert!(kernel > 0, "sanity: the bucket limit was hit");
+    let overflows = of(&events, "tw_overflow", inode);
+    assert_eq!(
+        overflows.len() as u64,
+        kernel,
+        "tw_overflow vs TcpExtTCPTimeWaitOverflow"
+    );
+    assert_eq!(
+        of(&events, "tw_enter", inode).len() as u64,
+        tw_created(&before, &after)
+    );
+    for e in &overflows {
+        assert_eq!(addr(e, "remote").ip(), pair.client_v4(), "{e}");
+    }
+    Ok(())
+}
+
+/// A narrow ephemeral range on the client: once its ports sit in TIME-WAIT, connect() fails
+/// with EADDRNOTAVAIL; twtrace reports each failure, with its destination.
+fn port_exhaustion(tag: &str, f: Family) -> Result<()> {
+    let pair = NetnsPair::new(tag)?;
+    sysctl(
+        pair.client_ns(),
+        "net.ipv4.ip_local_port_range",
+        "40000 40003",
+    )?;
+    sysctl(pair.client_ns(), "net.ipv4.tcp_tw_reuse", "0")?;
+    let srv = SocketAddr::new(
+        server_ip(&pair, f),
+        free_port(pair.server_ns(), server_ip(&pair, f))?,
+    );
+    let server = Server::start(pair.server_ns(), srv)?;
+    let inode = pair.client_inode();
+    let tracer = trace_netns(inode)?;
+    let outcomes = connect_many(pair.client_ns(), srv, 10, CloseFirst::Client, None)?;
+    let events = stop(tracer)?;
+    drop(server);
+
+    let failures = outcomes
+        .iter()
+        .filter(|o| o.errno() == Some(libc::EADDRNOTAVAIL))
+        .count();
+    assert!(failures > 0, "sanity: the port range ran out: {outcomes:?}");
+    let reported = of(&events, "connect_eaddrnotavail", inode);
+    assert_eq!(
+        reported.len(),
+        failures,
+        "connect_eaddrnotavail vs failures the client saw"
+    );
+    for e in &reported {
+        assert_eq!(addr(e, "remote"), srv, "{e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn eaddrnotavail_v4() -> Result<()> {
+    port_exhaustion("pex4", Family::V4)
+}
+
+#[test]
+fn eaddrnotavail_v6() -> Result<()> {
+    port_exhaustion("pex6", Family::V6)
+}
+
+/// With tcp_tw_reuse=1 a client connect() takes over its own TIME-WAIT 4-tuples: one tw_reuse
+/// per TcpExtTWRecycled.
+#[test]
+fn tw_reuse_matches_twrecycled() -> Result<()> {
+    const PORTS: usize = 4;
+    let pair = NetnsPair::new("reuse")?;
+    sysctl(
+        pair.client_ns(),
+        "net.ipv4.ip_local_port_range",
+        "40000 40003",
+    )?;
+    sysctl(pair.client_ns(), "net.ipv4.tcp_tw_reuse", "1")?;
+    // 6.14+: reuse is allowed after tcp_tw_reuse_delay ms (default 1 s); older kernels: 1 s.
+    let _ = sysctl(pair.client_ns(), "net.ipv4.tcp_tw_reuse_delay", "1");
+    let srv = SocketAddr::new(
+        pair.server_v4(),
+        free_port(pair.server_ns(), pair.server_v4())?,
+    );
+    let server = Server::start(pair.server_ns(), srv)?;
+    let inode = pair.client_inode();
+    let tracer = trace_netns(inode)?;
+    let before = netstat(pair.client_ns())?;
+    all_ok(&connect_many(
+        pair.client_ns(),
+        srv,
+        PORTS,
+        CloseFirst::Client,
+        None,
+    )?)?;
+    thread::sleep(Duration::from_millis(1100));
+    all_ok(&connect_many(
+        pair.client_ns(),
+        srv,
+        PORTS,
+        CloseFirst::Client,
+        None,
+    )?)?;
+    let after = netstat(pair.client_ns())?;
+    let events = stop(tracer)?;
+    drop(server);
+
+    let kernel = delta(&before, &after, "TcpExtTWRecycled");
+    assert!(kernel > 0, "sanity: the kernel reused TIME-WAIT ports");
+    let reuses = of(&events, "tw_reuse", inode);
+    assert_eq!(reuses.len() as u64, kernel, "tw_reuse vs TcpExtTWRecycled");
+    for e in &reuses {
+        assert_eq!(e["cause"], "reused");
+        assert_eq!(addr(e, "remote"), srv, "{e}");
+    }
+    Ok(())
+}
+
+/// Waits out a real TIME-WAIT (60 s): every socket exits `expired`, after about 60 s.
+#[test]
+fn real_expiry_after_sixty_seconds() -> Result<()> {
+    const N: usize = 6;
+    let pair = NetnsPair::new("exp")?;
+    let srv = SocketAddr::new(
+        pair.server_v4(),
+        free_port(pair.server_ns(), pair.server_v4())?,
+    );
+    let server = Server::start(pair.server_ns(), srv)?;
+    let inode = pair.server_inode();
+    let mut tracer = trace_netns(inode)?;
+    let before = netstat(pair.server_ns())?;
+    all_ok(&connect_many(
+        pair.client_ns(),
+        srv,
+        N,
+        CloseFirst::Server,
+        None,
+    )?)?;
+    let created = tw_created(&before, &netstat(pair.server_ns())?);
+    drop(server);
+    // Bounded wait: 60 s TIME-WAIT plus timer slack.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while support::tw_count(pair.server_ns())? > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(500));
+    }
+    tracer.wait_for_event(|e| e["type"] == "tw_exit", Duration::from_secs(5))?;
+    let events = stop(tracer)?;
+
+    let expired: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "tw_exit" && e["netns"] == inode && e["cause"] == "expired")
+        .collect();
+    assert_eq!(
+        expired.len() as u64,
+        created,
+        "exits: {:?}",
+        exits_by_cause(&events, inode)
+    );
+    for e in &expired {
+        let ms = e["lifetime_ms"].as_f64().expect("lifetime known");
+        assert!((59_000.0..=65_000.0).contains(&ms), "lifetime {ms} ms: {e}");
+    }
+    Ok(())
+}
+
+/// Deleting a namespace purges its TIME-WAIT sockets: each exits `purged`.
+#[test]
+fn namespace_teardown_purges() -> Result<()> {
+    const N: usize = 8;
+    let pair = NetnsPair::new("purge")?;
+    let srv = SocketAddr::new(
+        pair.server_v4(),
+        free_port(pair.server_ns(), pair.server_v4())?,
+    );
+    let server = Server::start(pair.server_ns(), srv)?;
+    let inode = pair.server_inode();
+    let mut tracer = trace_netns(inode)?;
+    let before = netstat(pair.server_ns())?;
+    all_ok(&connect_many(
+        pair.client_ns(),
+        srv,
+        N,
+        CloseFirst::Server,
+        None,
+    )?)?;
+    let created = tw_created(&before, &netstat(pair.server_ns())?);
+    drop(server);
+    drop(pair); // deletes both namespaces; the kernel purges their TIME-WAITs asynchronously
+    tracer.wait_for_event(|e| e["cause"] == "purged", Duration::from_secs(30))?;
+    // Give the cleanup worker time to finish the rest, then compare.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (exits_by_cause(&tracer.events(), inode)
+        .get("purged")
+        .copied()
+        .unwrap_or(0))
+        < created
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let events = stop(tracer)?;
+    assert_eq!(of(&events, "tw_enter", inode).len() as u64, created);
+    assert_eq!(
+        exits_by_cause(&events, inode),
+        BTreeMap::from([("purged".to_owned(), created)]),
+    );
+    Ok(())
+}

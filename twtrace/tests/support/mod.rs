@@ -1,0 +1,37 @@
+//! End-to-end test harness for twtrace, shared by the integration tests with `mod support;`.
+//!
+//! Everything here is synchronous (std threads) and needs root: it creates network namespaces
+//! with iproute2, moves threads into them with setns(2), and drives real TCP traffic between
+//! them so that TIME-WAIT sockets appear exactly where a test expects them.
+//!
+//! Traffic rule (shared/KERNEL.md): all traffic stays between the two namespaces a
+//! [`NetnsPair`] creates; nothing here ever talks to an address outside them.
+//!
+//! Map of the modules:
+//! - [`netns`]: [`NetnsPair`], [`in_netns`], [`netns_inode`], stale-namespace cleanup.
+//! - [`sys`]: the few libc socket calls std lacks (SO_REUSEADDR before bind, SO_LINGER, ...).
+//! - [`proc`]: per-netns sysctls, `/proc/net/{netstat,snmp}` counters, `/proc/net/tcp*` sockets.
+//! - [`traffic`]: [`Server`], [`connect_many`] and the TIME-WAIT wait helpers.
+//! - [`tracer`]: [`Tracer`], a child-process wrapper for the twtrace binary.
+
+// Each integration test binary compiles this module on its own and uses only part of it;
+// without this every test would warn (and `clippy -D warnings` fail) about the rest.
+#![allow(dead_code, unused_imports)]
+
+pub mod netns;
+pub mod proc;
+pub mod sys;
+pub mod tracer;
+pub mod traffic;
+
+pub use netns::{
+    NetnsPair, cleanup_stale, cleanup_stale_all, in_netns, netns_exists, netns_inode, try_in_netns,
+};
+pub use proc::{
+    TcpEntry, TcpState, delta, netstat, sysctl, sysctl_get, tcp_sockets, try_delta, tw_count,
+};
+pub use tracer::{READY_MARKER, STOP_TIMEOUT, Tracer, tracer_bin};
+pub use traffic::{
+    CloseFirst, ConnOutcome, ConnectOptions, IO_TIMEOUT, Server, ServerStats, connect_many,
+    connect_many_opts, free_port, wait_tw_count, wait_tw_settled,
+};

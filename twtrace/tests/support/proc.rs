@@ -1,0 +1,207 @@
+//! Per-namespace kernel state read or written through /proc from a thread inside the namespace:
+//! sysctls, the MIB counters (the ground truth tests compare twtrace with) and the TCP socket
+//! tables.
+//!
+//! Why `/proc/thread-self/net` and not `/proc/net`: `/proc/net` is a symlink to
+//! `/proc/self/net`, and `/proc/self` is the thread-group leader, i.e. the test's main thread in
+//! the root namespace. A worker thread that did setns() must look at its own task instead.
+//! `/proc/sys/net` needs no such care: it resolves against the calling thread's namespace.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::netns::try_in_netns;
+
+const THREAD_NET: &str = "/proc/thread-self/net";
+
+fn sysctl_path(key: &str) -> String {
+    format!("/proc/sys/{}", key.replace('.', "/"))
+}
+
+/// Writes sysctl `key` (dotted, e.g. `net.ipv4.tcp_max_tw_buckets`) inside namespace `ns`.
+/// Meant for the per-namespace net.* sysctls; a global one written this way changes the host.
+pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    let path = sysctl_path(key);
+    try_in_netns(ns, || std::fs::write(&path, value))?
+        .with_context(|| format!("writing {value:?} to {path} in netns {ns}"))
+}
+
+/// Reads sysctl `key` inside namespace `ns`, trimmed (multi-value ones are tab-separated, e.g.
+/// ip_local_port_range reads back as "40000\t40003").
+pub fn sysctl_get(ns: &str, key: &str) -> Result<String> {
+    let path = sysctl_path(key);
+    let s = try_in_netns(ns, || std::fs::read_to_string(&path))?
+        .with_context(|| format!("reading {path} in netns {ns}"))?;
+    Ok(s.trim().to_owned())
+}
+
+/// Parses the header/value line pairs of /proc/net/netstat and /proc/net/snmp into
+/// `<Prefix><Name>` keys ("TcpExtTW", "TcpActiveOpens", ...), the names nstat prints.
+/// Negative values (snmp's Tcp MaxConn is -1) are not counters and are skipped.
+fn parse_mib(text: &str, out: &mut BTreeMap<String, u64>) -> Result<()> {
+    let mut lines = text.lines();
+    while let Some(header) = lines.next() {
+        let values = lines
+            .next()
+            .ok_or_else(|| anyhow!("MIB header without values: {header}"))?;
+        let mut h = header.split_whitespace();
+        let mut v = values.split_whitespace();
+        let (Some(hp), Some(vp)) = (h.next(), v.next()) else {
+            continue;
+        };
+        if hp != vp {
+            bail!("MIB lines out of step: {hp} vs {vp}");
+        }
+        let prefix = hp.trim_end_matches(':');
+        for (name, val) in h.zip(v) {
+            if let Ok(n) = val.parse::<u64>() {
+                out.insert(format!("{prefix}{name}"), n);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// All counters of /proc/net/netstat and /proc/net/snmp in namespace `ns`. The TcpExt ones
+/// count IPv4 and IPv6 together. A counter this kernel does not have is simply absent.
+pub fn netstat(ns: &str) -> Result<BTreeMap<String, u64>> {
+    let (netstat, snmp) = try_in_netns(ns, || {
+        (
+            std::fs::read_to_string(format!("{THREAD_NET}/netstat")),
+            std::fs::read_to_string(format!("{THREAD_NET}/snmp")),
+        )
+    })?;
+    let mut out = BTreeMap::new();
+    parse_mib(&netstat.context("reading netstat")?, &mut out)?;
+    parse_mib(&snmp.context("reading snmp")?, &mut out)?;
+    Ok(out)
+}
+
+/// `after[key] - before[key]`, or None if the kernel lacks the counter.
+pub fn try_delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    key: &str,
+) -> Option<u64> {
+    Some(after.get(key)?.saturating_sub(*before.get(key)?))
+}
+
+/// `after[key] - before[key]`. Panics if the counter is absent: callers that deal with older
+/// kernels check `map.contains_key(key)` (or use [`try_delta`]) first, so a typo in a key is
+/// never silently read as zero.
+pub fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, key: &str) -> u64 {
+    try_delta(before, after, key)
+        .unwrap_or_else(|| panic!("counter {key} not present on this kernel (or misspelled)"))
+}
+
+/// TCP states as /proc/net/tcp numbers them (include/net/tcp_states.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    Other(u8),
+}
+
+impl TcpState {
+    fn from_code(c: u8) -> TcpState {
+        use TcpState::*;
+        match c {
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait1,
+            5 => FinWait2,
+            6 => TimeWait,
+            7 => Close,
+            8 => CloseWait,
+            9 => LastAck,
+            10 => Listen,
+            11 => Closing,
+            12 => NewSynRecv,
+            n => Other(n),
+        }
+    }
+}
+
+/// One line of /proc/net/tcp or tcp6. For a TIME-WAIT socket `state` is its tw_substate: an
+/// orphaned FIN_WAIT2 socket that the kernel already turned into a timewait sock shows as
+/// FinWait2 until the peer's FIN arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpEntry {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+}
+
+/// The kernel prints addresses as the in-memory bytes of the big-endian address, grouped in
+/// native-endian 32-bit words; undo that.
+fn parse_addr(s: &str) -> Result<SocketAddr> {
+    let (a, p) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow!("bad address {s}"))?;
+    let port = u16::from_str_radix(p, 16)?;
+    let mut bytes = Vec::with_capacity(16);
+    for chunk in a.as_bytes().chunks(8) {
+        let word = u32::from_str_radix(std::str::from_utf8(chunk)?, 16)?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        16 => {
+            let arr: [u8; 16] = bytes.try_into().expect("16 bytes");
+            IpAddr::V6(Ipv6Addr::from(arr))
+        }
+        n => bail!("address of {n} bytes: {s}"),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn parse_tcp_table(text: &str, out: &mut Vec<TcpEntry>) -> Result<()> {
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        out.push(TcpEntry {
+            local: parse_addr(f[1])?,
+            remote: parse_addr(f[2])?,
+            state: TcpState::from_code(u8::from_str_radix(f[3], 16)?),
+        });
+    }
+    Ok(())
+}
+
+/// Every TCP socket (IPv4 and IPv6, listeners and timewait socks included) in namespace `ns`.
+pub fn tcp_sockets(ns: &str) -> Result<Vec<TcpEntry>> {
+    let (v4, v6) = try_in_netns(ns, || {
+        (
+            std::fs::read_to_string(format!("{THREAD_NET}/tcp")),
+            // tcp6 is absent when IPv6 is disabled; that is just "no IPv6 sockets".
+            std::fs::read_to_string(format!("{THREAD_NET}/tcp6")).unwrap_or_default(),
+        )
+    })?;
+    let mut out = Vec::new();
+    parse_tcp_table(&v4.context("reading tcp")?, &mut out)?;
+    parse_tcp_table(&v6, &mut out)?;
+    Ok(out)
+}
+
+/// Number of sockets in state TIME_WAIT (06) in namespace `ns`, both families.
+pub fn tw_count(ns: &str) -> Result<usize> {
+    Ok(tcp_sockets(ns)?
+        .iter()
+        .filter(|e| e.state == TcpState::TimeWait)
+        .count())
+}

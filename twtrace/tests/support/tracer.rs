@@ -1,0 +1,299 @@
+//! The twtrace binary as a child process: NDJSON events from stdout, diagnostics from stderr,
+//! readiness from the "twtrace: tracing" line, and a clean SIGINT shutdown that must exit 0.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+/// The line twtrace prints on stderr once its programs are attached.
+pub const READY_MARKER: &str = "twtrace: tracing";
+/// How long [`Tracer::stop`] waits after SIGINT before it SIGKILLs and fails.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Path of the tracer under test: `$TWTRACE_BIN` if set (e.g. a release build or a binary
+/// copied into a VM), else the binary Cargo built for this package's integration tests.
+pub fn tracer_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TWTRACE_BIN") {
+        return PathBuf::from(p);
+    }
+    // option_env! rather than env!: the harness then also compiles in a crate without the bin
+    // (the error appears when a test actually needs the tracer).
+    match option_env!("CARGO_BIN_EXE_twtrace") {
+        Some(p) => PathBuf::from(p),
+        None => panic!("set TWTRACE_BIN: this crate has no twtrace binary target"),
+    }
+}
+
+/// Lines collected by a reader thread plus a condition variable to wait for new ones.
+#[derive(Default)]
+struct Shared<T> {
+    items: Mutex<Vec<T>>,
+    changed: Condvar,
+}
+
+impl<T: Clone> Shared<T> {
+    fn push(&self, item: T) {
+        self.items.lock().unwrap().push(item);
+        self.changed.notify_all();
+    }
+    fn snapshot(&self) -> Vec<T> {
+        self.items.lock().unwrap().clone()
+    }
+}
+
+/// A running tracer. Dropping it without [`Tracer::stop`] SIGKILLs the process (so a failing
+/// test never leaves a tracer with attached BPF programs behind).
+pub struct Tracer {
+    child: Option<Child>,
+    /// Command line, for error messages.
+    cmdline: String,
+    events: Arc<Shared<Value>>,
+    /// stdout lines that were not JSON: the output contract is one JSON value per line, so
+    /// stop() fails if there are any.
+    bad_stdout: Arc<Shared<String>>,
+    stderr: Arc<Shared<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Tracer {
+    /// Spawns `bin args...` (plus `--hooks $TWTRACE_HOOKS` when that variable is set, so the
+    /// VM runs can force kprobes) with stdout and stderr captured by reader threads.
+    pub fn spawn(bin: &Path, args: &[&str]) -> Result<Tracer> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        if let Some(h) = std::env::var_os("TWTRACE_HOOKS") {
+            cmd.arg("--hooks").arg(h);
+        }
+        let cmdline = format!("{cmd:?}");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("spawning {cmdline}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let events = Arc::new(Shared::<Value>::default());
+        let bad_stdout = Arc::new(Shared::<String>::default());
+        let err_lines = Arc::new(Shared::<String>::default());
+        let mut readers = Vec::new();
+        {
+            let (events, bad) = (events.clone(), bad_stdout.clone());
+            readers.push(
+                thread::Builder::new()
+                    .name("tracer-stdout".into())
+                    .spawn(move || {
+                        for line in BufReader::new(stdout).lines() {
+                            let Ok(line) = line else { break };
+                            if line.trim().is_empty() {
+                                continue;
+                            }
+                            match serde_json::from_str::<Value>(&line) {
+                                Ok(v) => events.push(v),
+                                Err(_) => bad.push(line),
+                            }
+                        }
+                        // Wake waiters so they notice EOF (the process is gone).
+                        events.changed.notify_all();
+                    })?,
+            );
+        }
+        {
+            let err_lines = err_lines.clone();
+            readers.push(
+                thread::Builder::new()
+                    .name("tracer-stderr".into())
+                    .spawn(move || {
+                        for line in BufReader::new(stderr).lines() {
+                            let Ok(line) = line else { break };
+                            err_lines.push(line);
+                        }
+                        err_lines.changed.notify_all();
+                    })?,
+            );
+        }
+        Ok(Tracer {
+            child: Some(child),
+            cmdline,
+            events,
+            bad_stdout,
+            stderr: err_lines,
+            readers,
+        })
+    }
+
+    /// Spawns [`tracer_bin`] with `args`.
+    pub fn spawn_default(args: &[&str]) -> Result<Tracer> {
+        Tracer::spawn(&tracer_bin(), args)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Everything written to stderr so far, one line each.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.snapshot().join("\n")
+    }
+
+    /// Events received so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.snapshot()
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child present until stop")
+    }
+
+    /// Exit status if the process has exited.
+    fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.child_mut().try_wait()?)
+    }
+
+    /// Waits for the readiness line on stderr. Fails with the captured stderr if the process
+    /// exits first or the line does not come within `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .stderr
+                .snapshot()
+                .iter()
+                .any(|l| l.contains(READY_MARKER))
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.exited()? {
+                // Let the reader drain the pipe so the message is complete.
+                self.join_readers();
+                bail!(
+                    "{} exited with {status} before {READY_MARKER:?}; stderr:\n{}",
+                    self.cmdline,
+                    self.stderr_text()
+                );
+            }
+            let now = Instant::now();
+            if now > deadline {
+                bail!(
+                    "{} not ready within {timeout:?}; stderr so far:\n{}",
+                    self.cmdline,
+                    self.stderr_text()
+                );
+            }
+            // Wake on new stderr lines, but re-check the process at least every 50 ms.
+            let guard = self.stderr.items.lock().unwrap();
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            let _ = self.stderr.changed.wait_timeout(guard, wait).unwrap();
+        }
+    }
+
+    /// Waits until an event matching `pred` has arrived and returns it.
+    pub fn wait_for_event(
+        &mut self,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.events.snapshot().into_iter().find(|v| pred(v)) {
+                return Ok(v);
+            }
+            if let Some(status) = self.exited()? {
+                bail!(
+                    "{} exited with {status} while waiting for an event; stderr:\n{}",
+                    self.cmdline,
+                    self.stderr_text()
+                );
+            }
+            let now = Instant::now();
+            if now > deadline {
+                bail!(
+                    "no matching event within {timeout:?}; {} events so far; stderr:\n{}",
+                    self.events.snapshot().len(),
+                    self.stderr_text()
+                );
+            }
+            let guard = self.events.items.lock().unwrap();
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            let _ = self.events.changed.wait_timeout(guard, wait).unwrap();
+        }
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet (so
+            // the pid cannot have been reused by another process).
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
+    /// Sends SIGINT, waits up to 10 s (then SIGKILLs and fails), requires exit status 0 and
+    /// well-formed NDJSON on stdout, and returns every event.
+    pub fn stop(mut self) -> Result<Vec<Value>> {
+        let status = match self.exited()? {
+            Some(s) => s,
+            None => {
+                self.signal(libc::SIGINT);
+                let deadline = Instant::now() + STOP_TIMEOUT;
+                loop {
+                    if let Some(s) = self.exited()? {
+                        break s;
+                    }
+                    if Instant::now() > deadline {
+                        self.signal(libc::SIGKILL);
+                        let _ = self.child_mut().wait();
+                        self.join_readers();
+                        bail!(
+                            "{} ignored SIGINT for {STOP_TIMEOUT:?} and was killed; stderr:\n{}",
+                            self.cmdline,
+                            self.stderr_text()
+                        );
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        self.child = None;
+        self.join_readers();
+        if !status.success() {
+            bail!(
+                "{} exited with {status}; stderr:\n{}",
+                self.cmdline,
+                self.stderr_text()
+            );
+        }
+        let bad = self.bad_stdout.snapshot();
+        if !bad.is_empty() {
+            return Err(anyhow!(
+                "{} printed {} non-JSON stdout line(s), first: {:?}",
+                self.cmdline,
+                bad.len(),
+                bad[0]
+            ));
+        }
+        Ok(self.events.snapshot())
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if matches!(c.try_wait(), Ok(None)) {
+                // SAFETY: as in signal(): our unreaped child.
+                unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGKILL) };
+            }
+            let _ = c.wait();
+        }
+        self.join_readers();
+    }
+}
