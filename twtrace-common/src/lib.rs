@@ -78,7 +78,8 @@ pub mod frame_class {
     pub const CONNECT_REUSE: u8 = 14;
     /// Namespace teardown.
     pub const PURGE: u8 = 15;
-    /// `tcp_time_wait`: used to tell a refused TIME-WAIT (overflow) from other closes.
+    /// `tcp_time_wait`: the first arm of a TIME-WAIT timer (a re-arm comes from
+    /// `tcp_timewait_state_process`).
     pub const TCP_TIME_WAIT: u8 = 16;
 }
 
@@ -222,8 +223,10 @@ pub struct KernelLayout {
     pub tp_connect_ret: u32,
     // struct timer_list -> entry.pprev (non-NULL while the timer is pending)
     pub timer_entry_pprev: u32,
+    pub tp_receive_reset_skaddr: u32,
+    pub tp_send_reset_skaddr: u32,
     /// Keeps the struct free of implicit padding (it is copied as bytes).
-    pub _pad: u32,
+    pub _pad: [u32; 3],
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
     pub tw_timer_handler: u64,
     /// Call-chain classifier table.
@@ -262,7 +265,9 @@ impl KernelLayout {
             tp_connect_args: 0,
             tp_connect_ret: 0,
             timer_entry_pprev: 0,
-            _pad: 0,
+            tp_receive_reset_skaddr: 0,
+            tp_send_reset_skaddr: 0,
+            _pad: [0; 3],
             tw_timer_handler: 0,
             ranges: [CodeRange {
                 start: 0,

@@ -49,3 +49,14 @@ pub static CONNECTS: LruHashMap<u64, [u8; 28]> = LruHashMap::with_max_entries(16
 /// Safe per CPU: inet_twsk_alloc does not sleep.
 #[map]
 pub static OVERFLOW_SK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The last socket a reset was received or sent for, on this CPU (see tw_overflow.rs).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastReset {
+    pub sk: u64,
+    pub ts_ns: u64,
+}
+
+#[map]
+pub static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(1, 0);

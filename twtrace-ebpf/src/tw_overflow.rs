@@ -3,9 +3,10 @@
 //!
 //! Tracepoint route: `sock:inet_sock_set_state` FIN_WAIT2/CLOSING -> CLOSE. When a TIME-WAIT was
 //! created, its timer was armed on this CPU just before (tcp_time_wait runs with BH off), which
-//! `LAST_ENTER` records. Any other such close is checked against the call chain: only one coming
-//! from `tcp_time_wait` is an overflow (an RST in FIN_WAIT2 closes the same way, elsewhere).
-//! The local port is already released at this point and reads 0.
+//! `LAST_ENTER` records. The other ways out of FIN_WAIT2/CLOSING are resets, received or sent
+//! (`tcp:tcp_receive_reset`, `tcp:tcp_send_reset`, recorded in `LAST_RESET`), so a close that
+//! follows neither is a refused TIME-WAIT. (The call chain cannot tell: tcp_time_wait tail-calls
+//! tcp_done, so its frame is gone.) The local port is already released here and reads 0.
 //!
 //! Function-probe route: `inet_twsk_alloc(sk, ...)` returning NULL is the overflow itself
 //! (tcp_time_wait counts TCPTimeWaitOverflow right after), and the socket still has its port.
@@ -15,14 +16,13 @@ use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe, tracepoint},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use twtrace_common::{EventKind, HookFamily, LossSlot, frame_class};
+use twtrace_common::{EventKind, HookFamily, LossSlot};
 
 use crate::{
     emit::emit,
     kernel::{Flow, netns_wanted, read_flow},
     layout,
-    maps::{LAST_ENTER, OVERFLOW_SK},
-    stack::{bit, classify},
+    maps::{LAST_ENTER, LAST_RESET, LastReset, OVERFLOW_SK},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -65,10 +65,42 @@ pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
             return 0;
         }
     }
-    if classify(&ctx, bit(frame_class::TCP_TIME_WAIT)) != frame_class::TCP_TIME_WAIT {
-        return 0;
+    if let Some(rst) = LAST_RESET.get_ptr_mut(0) {
+        let rst = unsafe { &mut *rst };
+        if rst.sk == sk && ts.saturating_sub(rst.ts_ns) < SAME_CALL_NS {
+            rst.sk = 0;
+            return 0;
+        }
     }
     report(sk, &flow, ts, HookFamily::Tracepoint)
+}
+
+/// A reset about to close `sk` (received): remembered so the close is not taken for an overflow.
+#[tracepoint]
+pub fn tw_overflow_rst_rx(ctx: TracePointContext) -> u32 {
+    remember_reset(&ctx, layout!(tp_receive_reset_skaddr))
+}
+
+/// Same for a reset we send (FIN_WAIT2 timeout, abort).
+#[tracepoint]
+pub fn tw_overflow_rst_tx(ctx: TracePointContext) -> u32 {
+    remember_reset(&ctx, layout!(tp_send_reset_skaddr))
+}
+
+#[inline(always)]
+fn remember_reset(ctx: &TracePointContext, off: u32) -> u32 {
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(off as usize) }) else {
+        return 0;
+    };
+    if let Some(slot) = LAST_RESET.get_ptr_mut(0) {
+        unsafe {
+            *slot = LastReset {
+                sk,
+                ts_ns: bpf_ktime_get_ns(),
+            }
+        };
+    }
+    0
 }
 
 #[fexit(function = "inet_twsk_alloc")]

@@ -61,6 +61,9 @@ impl KernelFacts {
 
 pub struct Loaded {
     pub bpf: Ebpf,
+    /// The programs' own diagnostics (aya-log), drained on every poll; kept alive because its
+    /// map must outlive the programs that write to it.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub choices: Vec<Choice>,
     pub facts: KernelFacts,
 }
@@ -85,9 +88,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .map_max_entries("LIVE", opts.max_live_tw)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
-    if let Err(e) = aya_log::EbpfLogger::init(&mut bpf) {
-        log::debug!("aya-log not initialised: {e}");
-    }
+    let logger = aya_log::EbpfLogger::init(&mut bpf)
+        .map_err(|e| log::warn!("eBPF diagnostics unavailable (aya-log): {e}"))
+        .ok();
     let choices = plan::attach_all(
         &mut bpf,
         &Facts {
@@ -100,6 +103,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     )?;
     Ok(Loaded {
         bpf,
+        logger,
         choices,
         facts,
     })

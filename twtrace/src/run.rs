@@ -128,6 +128,9 @@ async fn pump(
         if let Some(e) = failed.take() {
             return Err(e);
         }
+        if let Some(logger) = loaded.logger.as_mut() {
+            logger.flush();
+        }
         on_tick()?;
         if stop {
             // Final drain so nothing already in the ring is lost on shutdown.
@@ -155,24 +158,30 @@ async fn events(loaded: Loaded, filter: &Filter, opts: &EventsOpts) -> Result<()
         }
         None => Box::new(io::stdout().lock()),
     };
-    let mut out = BufWriter::with_capacity(64 * 1024, sink);
+    let out = std::cell::RefCell::new(BufWriter::with_capacity(64 * 1024, sink));
     let json = opts.json;
     let result = pump(
         loaded,
         filter,
         |rec| {
+            let mut out = out.borrow_mut();
             if json {
-                ndjson::write_record(&mut out, rec)?;
+                ndjson::write_record(&mut *out, rec)?;
             } else {
                 writeln!(out, "{}", crate::sinks::text_line(rec))?;
             }
             Ok(())
         },
-        || Ok(()),
+        // Flush once per drained batch: consumers see events within one poll period, and the
+        // cost stays one write per batch, not per event.
+        || match out.borrow_mut().flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            r => r.map_err(Into::into),
+        },
     )
     .await;
     // A closed pipe (e.g. `| head`) is a normal way to stop reading.
-    match out.flush() {
+    match out.into_inner().flush() {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
         r => r?,
     }

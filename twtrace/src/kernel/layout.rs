@@ -77,6 +77,8 @@ pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Result<()> {
     layout.tp_set_state_oldstate = st.offset("oldstate")?;
     layout.tp_set_state_newstate = st.offset("newstate")?;
     layout.tp_set_state_protocol = st.offset("protocol")?;
+    layout.tp_receive_reset_skaddr = Format::load("tcp", "tcp_receive_reset")?.offset("skaddr")?;
+    layout.tp_send_reset_skaddr = Format::load("tcp", "tcp_send_reset")?.offset("skaddr")?;
     layout.tp_connect_args = Format::load("syscalls", "sys_enter_connect")?.offset("uservaddr")?;
     layout.tp_connect_ret = Format::load("syscalls", "sys_exit_connect")?.offset("ret")?;
     Ok(())

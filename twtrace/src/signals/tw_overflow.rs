@@ -37,13 +37,29 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Tracepoint,
-            programs: &[Program {
-                name: "tw_overflow_set_state",
-                attach: Attach::Tracepoint {
-                    category: "sock",
-                    name: "inet_sock_set_state",
+            programs: &[
+                Program {
+                    name: "tw_overflow_rst_rx",
+                    attach: Attach::Tracepoint {
+                        category: "tcp",
+                        name: "tcp_receive_reset",
+                    },
                 },
-            }],
+                Program {
+                    name: "tw_overflow_rst_tx",
+                    attach: Attach::Tracepoint {
+                        category: "tcp",
+                        name: "tcp_send_reset",
+                    },
+                },
+                Program {
+                    name: "tw_overflow_set_state",
+                    attach: Attach::Tracepoint {
+                        category: "sock",
+                        name: "inet_sock_set_state",
+                    },
+                },
+            ],
         },
     ],
 };
