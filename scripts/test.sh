@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# README command (2), and what CI runs (.ci/run): install what is missing, then the whole suite:
+# format and lint checks, unit tests, end-to-end tests on this kernel (real eBPF, real netns
+# traffic, compared with the kernel's counters), and the same end-to-end suite inside stock
+# Debian 6.1 and 6.12 kernels under QEMU, once with automatic hook choice and once with kprobes.
+# Nothing is skipped: a failure anywhere fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TWTRACE_WITH_VM=1 ./scripts/setup.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+step() { printf '\n[test] === %s (%s) ===\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
+
+step "build"
+cargo build --locked --workspace --exclude twtrace-ebpf --all-targets
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --exclude twtrace-ebpf --all-targets -- -D warnings
+
+step "unit and end-to-end tests on $(uname -r)"
+cargo test --locked --workspace --exclude twtrace-ebpf
+
+step "end-to-end tests in stock kernels under QEMU"
+cargo xtask vm-test --kernel all --hooks auto
+cargo xtask vm-test --kernel all --hooks kprobe
+
+step "all green"
