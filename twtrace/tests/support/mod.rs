@@ -9,7 +9,7 @@
 //!
 //! Map of the modules:
 //! - [`netns`]: [`NetnsPair`], [`in_netns`], [`netns_inode`], stale-namespace cleanup.
-//! - [`sys`]: the few libc socket calls std lacks (SO_REUSEADDR before bind, SO_LINGER, ...).
+//! - [`sys`]: the few libc socket calls std lacks (SO_REUSEADDR before bind, TCP_INFO, ...).
 //! - [`proc`]: per-netns sysctls, `/proc/net/{netstat,snmp}` counters, `/proc/net/tcp*` sockets.
 //! - [`traffic`]: [`Server`], [`connect_many`] and the TIME-WAIT wait helpers.
 //! - [`tracer`]: [`Tracer`], a child-process wrapper for the twtrace binary.
