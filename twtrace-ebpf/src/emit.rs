@@ -30,14 +30,22 @@ pub fn emit(slot: LossSlot, fill: impl FnOnce(&mut Event)) {
             };
             entry.submit(flags as u64);
         }
-        None => count_loss(slot),
+        None => {
+            count_loss(slot);
+        }
     }
 }
 
+/// Counts a loss. Returns the new per-CPU count, so callers can log at powers of two (a
+/// diagnostic that never turns into a per-event cost).
 #[inline(always)]
-pub fn count_loss(slot: LossSlot) {
-    if let Some(n) = LOSSES.get_ptr_mut(slot as u32) {
+pub fn count_loss(slot: LossSlot) -> u64 {
+    match LOSSES.get_ptr_mut(slot as u32) {
         // Per-CPU slot: no other writer, a plain increment is exact.
-        unsafe { *n += 1 };
+        Some(n) => unsafe {
+            *n += 1;
+            *n
+        },
+        None => 0,
     }
 }

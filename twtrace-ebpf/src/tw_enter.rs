@@ -10,10 +10,12 @@
 //! timewait socket itself, which `tcp_time_wait(sk, ...)` does not.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::bpf_ktime_get_ns,
     macros::{fentry, kprobe, tracepoint},
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 use twtrace_common::{EventKind, HookFamily, LossSlot, frame_class};
 
 use crate::{
@@ -49,7 +51,7 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
     let expires: u64 =
         unsafe { ctx.read_at(layout!(tp_timer_start_expires) as usize) }.unwrap_or(0);
     let now: u64 = unsafe { ctx.read_at(layout!(tp_timer_start_now) as usize) }.unwrap_or(0);
-    enter(tw, expires.wrapping_sub(now), HookFamily::Tracepoint)
+    enter(&ctx, tw, expires.wrapping_sub(now), HookFamily::Tracepoint)
 }
 
 #[fentry(function = "__inet_twsk_schedule")]
@@ -60,7 +62,7 @@ pub fn tw_enter_fentry(ctx: FEntryContext) -> u32 {
     if rearm & 0xff != 0 {
         return 0;
     }
-    enter(tw, timeo & 0xffff_ffff, HookFamily::Fentry)
+    enter(&ctx, tw, timeo & 0xffff_ffff, HookFamily::Fentry)
 }
 
 #[kprobe]
@@ -73,12 +75,12 @@ pub fn tw_enter_kprobe(ctx: ProbeContext) -> u32 {
     if rearm & 0xff != 0 {
         return 0;
     }
-    enter(tw, timeo & 0xffff_ffff, HookFamily::Kprobe)
+    enter(&ctx, tw, timeo & 0xffff_ffff, HookFamily::Kprobe)
 }
 
 /// Records and reports a new TIME-WAIT socket `tw` (shared by every hook of this signal).
 #[inline(always)]
-fn enter(tw: u64, timeout_jiffies: u64, hook: HookFamily) -> u32 {
+fn enter<C: EbpfContext>(ctx: &C, tw: u64, timeout_jiffies: u64, hook: HookFamily) -> u32 {
     let skc = tw + layout!(tw_common) as u64;
     let Some(flow) = (unsafe { read_flow(skc) }) else {
         return 0;
@@ -88,7 +90,14 @@ fn enter(tw: u64, timeout_jiffies: u64, hook: HookFamily) -> u32 {
     }
     let ts = unsafe { bpf_ktime_get_ns() };
     if LIVE.insert(&tw, &LiveTw { enter_ts: ts }, 0).is_err() {
-        count_loss(LossSlot::LiveTableFull);
+        let n = count_loss(LossSlot::LiveTableFull);
+        if n.is_power_of_two() {
+            warn!(
+                ctx,
+                "live TIME-WAIT table full ({} times on this CPU): lifetimes unknown; raise --max-live-tw",
+                n
+            );
+        }
     }
     if let Some(last) = LAST_ENTER.get_ptr_mut(0) {
         unsafe {

@@ -30,6 +30,9 @@ pub async fn main(cli: Cli) -> Result<()> {
     if let Some(Command::Doctor) = cli.command {
         return doctor::run(&cli.common);
     }
+    // Before loading: a SIGTERM that arrives while programs attach must still end in a clean
+    // detach and exit 0, not in the default action.
+    let shutdown = Shutdown::new()?;
     let loaded = loader::load(&load_options(&cli.common)?)?;
     announce(&loaded);
     let filter = Filter {
@@ -37,8 +40,8 @@ pub async fn main(cli: Cli) -> Result<()> {
         nets: cli.common.ips.clone(),
     };
     match cli.command {
-        Some(Command::Events(opts)) => events(loaded, &filter, &opts).await,
-        _ => live(loaded, &filter, &cli.common, &cli.live).await,
+        Some(Command::Events(opts)) => events(loaded, shutdown, &filter, &opts).await,
+        _ => live(loaded, shutdown, &filter, &cli.common, &cli.live).await,
     }
 }
 
@@ -94,13 +97,13 @@ impl Shutdown {
 /// Runs `on_record` for every record (and every loss) until shutdown; `on_tick` after each drain.
 async fn pump(
     mut loaded: Loaded,
+    mut shutdown: Shutdown,
     filter: &Filter,
     mut on_record: impl FnMut(&Record) -> Result<()>,
     mut on_tick: impl FnMut() -> Result<()>,
 ) -> Result<()> {
     let mut transport = crate::transport::Transport::new(&mut loaded.bpf)?;
     let ctx = loaded.facts.decode_ctx();
-    let mut shutdown = Shutdown::new()?;
     let mut failed = None;
     loop {
         let stop = tokio::select! {
@@ -151,7 +154,12 @@ async fn pump(
     Ok(())
 }
 
-async fn events(loaded: Loaded, filter: &Filter, opts: &EventsOpts) -> Result<()> {
+async fn events(
+    loaded: Loaded,
+    shutdown: Shutdown,
+    filter: &Filter,
+    opts: &EventsOpts,
+) -> Result<()> {
     let sink: Box<dyn Write> = match &opts.output {
         Some(path) => {
             Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
@@ -162,6 +170,7 @@ async fn events(loaded: Loaded, filter: &Filter, opts: &EventsOpts) -> Result<()
     let json = opts.json;
     let result = pump(
         loaded,
+        shutdown,
         filter,
         |rec| {
             let mut out = out.borrow_mut();
@@ -188,7 +197,13 @@ async fn events(loaded: Loaded, filter: &Filter, opts: &EventsOpts) -> Result<()
     result
 }
 
-async fn live(loaded: Loaded, filter: &Filter, common: &Common, opts: &LiveOpts) -> Result<()> {
+async fn live(
+    loaded: Loaded,
+    shutdown: Shutdown,
+    filter: &Filter,
+    common: &Common,
+    opts: &LiveOpts,
+) -> Result<()> {
     let agg = std::cell::RefCell::new(Aggregate::new(common.capacity as usize));
     let tty = io::stdout().is_terminal();
     let topts = table::TableOpts {
@@ -201,6 +216,7 @@ async fn live(loaded: Loaded, filter: &Filter, common: &Common, opts: &LiveOpts)
     let mut buf = String::new();
     pump(
         loaded,
+        shutdown,
         filter,
         |rec| {
             agg.borrow_mut().apply(rec);

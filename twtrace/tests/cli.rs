@@ -1,0 +1,210 @@
+//! The binary's contract with its user: clear errors with the right exit codes, `doctor`, and
+//! a clean shutdown that leaves no program behind in the (shared) kernel.
+
+mod support;
+
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use support::{Tracer, tracer_bin};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(tracer_bin())
+        .args(args)
+        .output()
+        .expect("running twtrace")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn not_root_is_refused_with_one_clear_line() {
+    let o = Command::new(tracer_bin())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("running twtrace as nobody");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+}
+
+#[test]
+fn unknown_flags_and_bad_values_are_usage_errors() {
+    for (args, needle) in [
+        (&["--frobnicate"][..], "unexpected argument"),
+        (&["--ip", "300.1.1.1"], "neither an IP address nor a CIDR"),
+        (
+            &["--hooks", "uprobe"],
+            "expected one of auto, fentry, kprobe, tracepoint",
+        ),
+        (&["--ring-kib", "100"], "power of two"),
+        (&["--interval", "0"], "between 0.05 and 3600"),
+        (&["events", "--port", "70000"], "70000"),
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn unknown_namespace_is_refused() {
+    let o = run(&["events", "--netns", "no-such-namespace-here"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/run/netns/no-such-namespace-here"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn help_teaches() {
+    let o = run(&["--help"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "Examples:",
+        "--hooks",
+        "--netns",
+        "--port",
+        "--ip",
+        "events",
+        "doctor",
+    ] {
+        assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
+    }
+}
+
+/// `--hooks kprobe` on a kernel without kprobes must fail naming a signal; where kprobes exist
+/// it must attach every signal with kprobes.
+#[test]
+fn forced_family_serves_everything_or_fails_clearly() {
+    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    let o = run(&["doctor", "--hooks", "kprobe"]);
+    if kprobes {
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        for signal in [
+            "tw_enter",
+            "tw_exit",
+            "tw_overflow",
+            "connect_eaddrnotavail",
+        ] {
+            let line = out
+                .lines()
+                .find(|l| l.trim_start().starts_with(signal))
+                .unwrap();
+            assert!(line.contains("kprobe"), "{line}");
+        }
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--hooks kprobe cannot serve signal"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn doctor_names_the_hook_of_every_signal() {
+    let o = run(&["doctor"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in ["kernel", "lockdown", "HZ", "signal plan"] {
+        assert!(out.contains(needle), "{out}");
+    }
+    for signal in [
+        "tw_enter",
+        "tw_exit",
+        "tw_overflow",
+        "connect_eaddrnotavail",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(signal))
+            .unwrap_or_else(|| panic!("no line for {signal}:\n{out}"));
+        assert!(
+            ["fentry", "kprobe", "tracepoint"]
+                .iter()
+                .any(|f| line.contains(f)),
+            "{line}"
+        );
+    }
+}
+
+/// BPF program ids held open by a process (from /proc/PID/fdinfo).
+fn prog_ids(pid: u32) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for fd in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let text = fs::read_to_string(fd?.path()).unwrap_or_default();
+        if let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+fn loaded_prog_ids() -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
+/// SIGTERM (as systemd sends) and SIGINT both stop cleanly: exit 0, and every program the
+/// tracer loaded is gone from the kernel.
+#[test]
+fn signals_detach_everything() -> Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut t = Tracer::spawn_default(&["events", "--json"])?;
+        t.wait_ready(Duration::from_secs(180))?;
+        let pid = t.pid();
+        let ours = prog_ids(pid)?;
+        ensure!(
+            ours.len() >= 4,
+            "expected the tracer to hold its programs, got {ours:?}"
+        );
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid as libc::pid_t, sig) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}/fdinfo")).exists()
+            && fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t.stop().context("the tracer must exit 0 on the signal")?;
+        // Programs are freed once their last fd closes; give the kernel a moment (RCU).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let loaded = loaded_prog_ids();
+            let left: Vec<_> = ours.iter().filter(|id| loaded.contains(id)).collect();
+            if left.is_empty() {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "programs left in the kernel after signal {sig}: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
