@@ -18,6 +18,13 @@ pub enum EventKind {
     TwOverflow = 3,
     /// `connect()` failed with EADDRNOTAVAIL (no free local port toward that destination).
     ConnectAddrNotAvail = 4,
+    /// A segment was dropped by a PAWS (RFC 7323 timestamp) check; [`Event::detail`] is a
+    /// [`PawsPath`].
+    PawsReject = 5,
+    /// A SYN reached a listener (a request socket was created); carries its TSval.
+    Syn = 6,
+    /// A SYN to a TIME-WAIT socket was refused for a reason other than PAWS.
+    TwSynRejected = 7,
 }
 
 impl EventKind {
@@ -27,6 +34,9 @@ impl EventKind {
             2 => Self::TwExit,
             3 => Self::TwOverflow,
             4 => Self::ConnectAddrNotAvail,
+            5 => Self::PawsReject,
+            6 => Self::Syn,
+            7 => Self::TwSynRejected,
             _ => return None,
         })
     }
@@ -61,6 +71,38 @@ impl ExitCause {
             _ => Self::Unknown,
         }
     }
+}
+
+/// Where a PAWS reject happened.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PawsPath {
+    Timewait = 1,
+    Established = 2,
+    SynRecv = 3,
+    SynSent = 4,
+}
+
+impl PawsPath {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Timewait,
+            2 => Self::Established,
+            3 => Self::SynRecv,
+            4 => Self::SynSent,
+            _ => return None,
+        })
+    }
+}
+
+/// [`Event::ts_flags`] bits.
+pub mod ts_flags {
+    /// The segment carried a TCP timestamp option (TSval is valid).
+    pub const HAS_TSVAL: u8 = 1;
+    /// The socket's stored ts_recent was readable (ts_recent is valid).
+    pub const HAS_TS_RECENT: u8 = 2;
+    /// `rcv_nxt` of the TIME-WAIT socket is valid (tw_exit).
+    pub const HAS_RCV_NXT: u8 = 4;
 }
 
 /// Call-chain classes the kernel side recognises while walking a stack. A frame that falls in a
@@ -131,6 +173,17 @@ pub struct Event {
     pub laddr: [u8; 16],
     /// Remote address, same encoding.
     pub raddr: [u8; 16],
+    /// The segment's TSval (PAWS, SYN), if [`ts_flags::HAS_TSVAL`].
+    pub tsval: u32,
+    /// The socket's ts_recent (PAWS reject; tw_exit), if [`ts_flags::HAS_TS_RECENT`].
+    pub ts_recent: u32,
+    /// The segment's sequence number (SYN: the ISN); tw_exit: the TIME-WAIT's rcv_nxt.
+    pub seq: u32,
+    /// TCP flags byte of the segment (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10 ...).
+    pub tcp_flags: u8,
+    /// [`ts_flags`] bits.
+    pub ts_flags: u8,
+    pub _pad: [u8; 2],
 }
 
 impl Event {
@@ -150,6 +203,12 @@ impl Event {
             errno: 0,
             laddr: [0; 16],
             raddr: [0; 16],
+            tsval: 0,
+            ts_recent: 0,
+            seq: 0,
+            tcp_flags: 0,
+            ts_flags: 0,
+            _pad: [0; 2],
         }
     }
 }
@@ -178,8 +237,10 @@ pub enum LossSlot {
     Connect = 3,
     /// The in-kernel table of live TIME-WAIT sockets was full (their exits lose lifetime).
     LiveTableFull = 4,
+    Paws = 5,
+    Syn = 6,
 }
-pub const LOSS_SLOTS: u32 = 5;
+pub const LOSS_SLOTS: u32 = 7;
 
 /// Everything the eBPF programs need to know about the running kernel, computed in user space
 /// from BTF, kallsyms and tracefs, and injected before load with `override_global("LAYOUT")`.
@@ -225,10 +286,38 @@ pub struct KernelLayout {
     pub timer_entry_pprev: u32,
     pub tp_receive_reset_skaddr: u32,
     pub tp_send_reset_skaddr: u32,
+    // PAWS and SYN timestamps
+    pub skc_state: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub tw_ts_recent: u32,
+    pub tw_rcv_nxt: u32,
+    pub tcp_ts_recent: u32,
+    pub req_timer: u32,
+    pub req_ts_recent: u32,
+    pub req_rcv_isn: u32,
+    /// Bit offset of inet_request_sock.tstamp_ok (a one-bit bitfield).
+    pub ireq_tstamp_ok_bit: u32,
+    pub tp_kfree_skb_skbaddr: u32,
+    pub tp_kfree_skb_protocol: u32,
+    pub tp_kfree_skb_reason: u32,
+    /// u32::MAX when this kernel's kfree_skb has no rx_sk field (before 6.11).
+    pub tp_kfree_skb_rx_sk: u32,
+    /// Drop reason values (enum skb_drop_reason); u32::MAX when absent on this kernel.
+    pub reason_not_specified: u32,
+    pub reason_paws: u32,
+    pub reason_paws_ack: u32,
+    pub reason_tw_paws: u32,
+    pub reason_tsecr: u32,
+    /// enum tcp_tw_status TCP_TW_SYN (the SYN was accepted by the TIME-WAIT socket).
+    pub tw_status_syn: u32,
     /// Keeps the struct free of implicit padding (it is copied as bytes).
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
     pub tw_timer_handler: u64,
+    /// Address of `reqsk_timer_handler`: the filter for request-socket (SYN) timers.
+    pub reqsk_timer_handler: u64,
     /// Call-chain classifier table.
     pub ranges: [CodeRange; MAX_CODE_RANGES],
 }
@@ -267,8 +356,30 @@ impl KernelLayout {
             timer_entry_pprev: 0,
             tp_receive_reset_skaddr: 0,
             tp_send_reset_skaddr: 0,
-            _pad: [0; 3],
+            skc_state: 0,
+            skb_head: 0,
+            skb_network_header: 0,
+            skb_transport_header: 0,
+            tw_ts_recent: 0,
+            tw_rcv_nxt: 0,
+            tcp_ts_recent: 0,
+            req_timer: 0,
+            req_ts_recent: 0,
+            req_rcv_isn: 0,
+            ireq_tstamp_ok_bit: 0,
+            tp_kfree_skb_skbaddr: 0,
+            tp_kfree_skb_protocol: 0,
+            tp_kfree_skb_reason: 0,
+            tp_kfree_skb_rx_sk: 0,
+            reason_not_specified: 0,
+            reason_paws: 0,
+            reason_paws_ack: 0,
+            reason_tw_paws: 0,
+            reason_tsecr: 0,
+            tw_status_syn: 0,
+            _pad: [0; 2],
             tw_timer_handler: 0,
+            reqsk_timer_handler: 0,
             ranges: [CodeRange {
                 start: 0,
                 end: 0,
@@ -277,6 +388,10 @@ impl KernelLayout {
         }
     }
 }
+
+// Both structs are copied as raw bytes between kernel and user space: no implicit padding.
+const _: () = assert!(core::mem::size_of::<Event>() == 96);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() % 8 == 0);
 
 /// Run-time settings for the kernel side, injected with `override_global("SETTINGS")`.
 #[repr(C)]

@@ -8,7 +8,10 @@ mod kernel;
 mod maps;
 mod stack;
 
+mod paws;
 mod port_exhaustion;
+mod segment;
+mod syn;
 mod tw_enter;
 mod tw_exit;
 mod tw_overflow;

@@ -60,3 +60,7 @@ pub struct LastReset {
 
 #[map]
 pub static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(1, 0);
+
+/// kprobe route of PAWS: (tw, th) passed to `tcp_timewait_state_process`, until it returns.
+#[map]
+pub static TW_PROCESS_ARGS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);

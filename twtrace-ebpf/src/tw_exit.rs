@@ -16,7 +16,7 @@ use aya_ebpf::{
     macros::{fentry, kprobe, tracepoint},
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
-use twtrace_common::{EventKind, ExitCause, HookFamily, LossSlot, frame_class as fc};
+use twtrace_common::{EventKind, ExitCause, HookFamily, LossSlot, frame_class as fc, ts_flags};
 
 use crate::{
     emit::emit,
@@ -147,7 +147,24 @@ fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
         None => 0,
     };
     let _ = LIVE.remove(&tw);
+    // What a replacing SYN was judged against: user space pairs it with that SYN's TSval and
+    // ISN to tell "accepted by timestamp" from "accepted by sequence".
+    let (ts_recent, rcv_nxt) = if cause == ExitCause::ReplacedBySyn {
+        (unsafe { read::<u32>(tw, layout!(tw_ts_recent)) }, unsafe {
+            read::<u32>(tw, layout!(tw_rcv_nxt))
+        })
+    } else {
+        (None, None)
+    };
     emit(LossSlot::TwExit, |ev| {
+        if let Some(r) = ts_recent {
+            ev.ts_recent = r;
+            ev.ts_flags |= ts_flags::HAS_TS_RECENT;
+        }
+        if let Some(n) = rcv_nxt {
+            ev.seq = n;
+            ev.ts_flags |= ts_flags::HAS_RCV_NXT;
+        }
         ev.ts_ns = ts;
         ev.obj = tw;
         ev.lifetime_ns = lifetime;

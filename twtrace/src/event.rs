@@ -54,6 +54,70 @@ impl Substate {
     }
 }
 
+/// Where a PAWS reject happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PawsPath {
+    Timewait,
+    Established,
+    SynRecv,
+    SynSent,
+}
+
+impl PawsPath {
+    pub const ALL: [PawsPath; 4] = [
+        PawsPath::Timewait,
+        PawsPath::Established,
+        PawsPath::SynRecv,
+        PawsPath::SynSent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PawsPath::Timewait => "timewait",
+            PawsPath::Established => "established",
+            PawsPath::SynRecv => "syn_recv",
+            PawsPath::SynSent => "syn_sent",
+        }
+    }
+}
+
+/// What a TIME-WAIT socket did with a SYN for its 4-tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TwSynVerdict {
+    /// Accepted because its TSval is newer than the socket's ts_recent.
+    AcceptedByTimestamp,
+    /// Accepted because its sequence number is after the socket's rcv_nxt.
+    AcceptedBySequence,
+    /// Refused by PAWS (also reported as a `paws_reject` with path `timewait`).
+    RejectedPaws,
+    /// Refused for another reason (no newer TSval, sequence not after rcv_nxt).
+    RejectedOther,
+}
+
+impl TwSynVerdict {
+    pub const ALL: [TwSynVerdict; 4] = [
+        TwSynVerdict::AcceptedByTimestamp,
+        TwSynVerdict::AcceptedBySequence,
+        TwSynVerdict::RejectedPaws,
+        TwSynVerdict::RejectedOther,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TwSynVerdict::AcceptedByTimestamp => "accepted_by_timestamp",
+            TwSynVerdict::AcceptedBySequence => "accepted_by_sequence",
+            TwSynVerdict::RejectedPaws => "rejected_paws",
+            TwSynVerdict::RejectedOther => "rejected_other",
+        }
+    }
+}
+
+/// `ts_recent - tsval` as the kernel compares them (32-bit wrapping, signed): positive means
+/// the segment's clock is behind the socket's, by that many timestamp ticks.
+pub fn regression(ts_recent: u32, tsval: u32) -> i64 {
+    i64::from(ts_recent.wrapping_sub(tsval) as i32)
+}
+
 /// What happened, with the fields specific to each kind.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum What {
@@ -71,6 +135,21 @@ pub enum What {
     ConnectAddrNotAvail { pid: u32 },
     /// The kernel could not hand `count` events to user space (ring buffer full).
     Lost { program: &'static str, count: u64 },
+    /// A segment dropped by a PAWS check. `local` is the receiver.
+    PawsReject {
+        path: PawsPath,
+        tsval: Option<u32>,
+        ts_recent: Option<u32>,
+        tcp_flags: u8,
+    },
+    /// A SYN reached a listener; `tsval` is None when it carried no timestamp.
+    Syn { tsval: Option<u32> },
+    /// A SYN reached a TIME-WAIT socket, and this is what the socket did with it.
+    TwSyn {
+        verdict: TwSynVerdict,
+        tsval: Option<u32>,
+        ts_recent: Option<u32>,
+    },
 }
 
 /// One decoded event.
@@ -107,6 +186,9 @@ impl Record {
             What::TwOverflow => "tw_overflow",
             What::ConnectAddrNotAvail { .. } => "connect_eaddrnotavail",
             What::Lost { .. } => "lost",
+            What::PawsReject { .. } => "paws_reject",
+            What::Syn { .. } => "syn",
+            What::TwSyn { .. } => "tw_syn",
         }
     }
 }

@@ -11,8 +11,8 @@ use aya::{
 };
 
 use crate::{
-    kernel::{btf::KernelBtf, caps::Caps, kallsyms::Kallsyms},
-    signals::{self, Attach, Family, Hook, Program, Signal},
+    kernel::{btf::KernelBtf, caps::Caps, kallsyms::Kallsyms, tracefs::Format},
+    signals::{self, Attach, Family, Hook, Need, Program, Signal},
 };
 
 /// What was decided for one signal.
@@ -132,6 +132,26 @@ fn precheck(facts: &Facts<'_>, hook: &Hook) -> Result<()> {
             }
         }
         Family::Tracepoint => {}
+    }
+    for need in hook.needs {
+        match *need {
+            Need::Symbol(name) => {
+                if !facts.syms.contains(name) {
+                    bail!("{name} is not in /proc/kallsyms");
+                }
+            }
+            Need::TracepointField {
+                category,
+                name,
+                field,
+                why,
+            } => {
+                let has = Format::load(category, name).is_ok_and(|f| f.offset(field).is_ok());
+                if !has {
+                    bail!("tracepoint {category}:{name} has no `{field}` field: {why}");
+                }
+            }
+        }
     }
     for p in hook.programs {
         let function = match p.attach {

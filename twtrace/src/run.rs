@@ -104,17 +104,18 @@ async fn pump(
 ) -> Result<()> {
     let mut transport = crate::transport::Transport::new(&mut loaded.bpf)?;
     let ctx = loaded.facts.decode_ctx();
+    let mut tw_syn = signals::tw_syn::TwSynClassifier::default();
     let mut failed = None;
     loop {
         let stop = tokio::select! {
             _ = shutdown.wait() => true,
             r = transport.drain(POLL, |ev| {
                 if failed.is_some() { return; }
-                if let Some(rec) = signals::decode(ev, &ctx)
-                    && filter.matches(&rec)
-                    && let Err(e) = on_record(&rec)
-                {
-                    failed = Some(e);
+                let derived = tw_syn.on_event(ev);
+                for rec in signals::decode(ev, &ctx).into_iter().chain(derived) {
+                    if filter.matches(&rec) && let Err(e) = on_record(&rec) {
+                        failed = Some(e);
+                    }
                 }
             }) => { r?; false }
         };

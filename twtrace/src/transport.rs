@@ -21,6 +21,8 @@ pub const LOSS_NAMES: [&str; LOSS_SLOTS as usize] = [
     "tw_overflow",
     "connect",
     "live_table_full",
+    "paws",
+    "syn",
 ];
 
 pub struct Transport {

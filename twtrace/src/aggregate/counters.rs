@@ -121,7 +121,9 @@ impl Counters {
             }
             What::TwOverflow => self.overflow += 1,
             What::ConnectAddrNotAvail { .. } => self.eaddrnotavail += 1,
-            What::Lost { .. } => {}
+            // PAWS and SYN records are aggregated per source IP in `aggregate::paws`.
+            What::Lost { .. } | What::PawsReject { .. } | What::Syn { .. } | What::TwSyn { .. } => {
+            }
         }
     }
 

@@ -78,6 +78,16 @@ impl KernelBtf {
         Ok(found.bit_offset / 8)
     }
 
+    /// Bit offset of a one-bit flag inside a struct (e.g. `inet_request_sock.tstamp_ok`), for
+    /// the eBPF side to read the containing byte and mask it.
+    pub fn flag_bit_offset(&self, strukt: &str, path: &str) -> Result<u32> {
+        let found = self.find_member(strukt, path)?;
+        if found.bitfield_bits != Some(1) {
+            bail!("member {strukt}.{path} is not a one-bit bitfield");
+        }
+        Ok(found.bit_offset)
+    }
+
     /// Size in bytes of a member's type (arrays: element size * length; pointers: 8).
     pub fn member_size(&self, strukt: &str, path: &str) -> Result<u32> {
         let found = self.find_member(strukt, path)?;

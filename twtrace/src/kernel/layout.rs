@@ -42,6 +42,30 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.net_ns_inum = btf.member_offset("net", "ns.inum")?;
     layout.task_nsproxy = btf.member_offset("task_struct", "nsproxy")?;
     layout.nsproxy_net_ns = btf.member_offset("nsproxy", "net_ns")?;
+    layout.skc_state = sc("skc_state")?;
+    layout.skb_head = btf.member_offset("sk_buff", "head")?;
+    layout.skb_network_header = btf.member_offset("sk_buff", "network_header")?;
+    layout.skb_transport_header = btf.member_offset("sk_buff", "transport_header")?;
+    layout.tw_ts_recent = btf.member_offset("tcp_timewait_sock", "tw_ts_recent")?;
+    // `tw_rcv_nxt` is a macro for a field of the embedded sock_common.
+    layout.tw_rcv_nxt = btf.member_offset("inet_timewait_sock", "__tw_common.skc_tw_rcv_nxt")?;
+    layout.tcp_ts_recent = btf.member_offset("tcp_sock", "rx_opt.ts_recent")?;
+    layout.req_timer = btf.member_offset("request_sock", "rsk_timer")?;
+    layout.req_ts_recent = btf.member_offset("request_sock", "ts_recent")?;
+    layout.req_rcv_isn = btf.member_offset("tcp_request_sock", "rcv_isn")?;
+    layout.ireq_tstamp_ok_bit = btf.flag_bit_offset("inet_request_sock", "tstamp_ok")?;
+    let reason = |name: &str| -> Result<u32> {
+        let v = btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{name}"))?;
+        Ok(v.map_or(u32::MAX, |v| v as u32))
+    };
+    layout.reason_not_specified = reason("NOT_SPECIFIED")?;
+    layout.reason_paws = reason("TCP_RFC7323_PAWS")?;
+    layout.reason_paws_ack = reason("TCP_RFC7323_PAWS_ACK")?;
+    layout.reason_tw_paws = reason("TCP_RFC7323_TW_PAWS")?;
+    layout.reason_tsecr = reason("TCP_RFC7323_TSECR")?;
+    layout.tw_status_syn = btf
+        .enum_value("tcp_tw_status", "TCP_TW_SYN")?
+        .context("enum tcp_tw_status has no TCP_TW_SYN")? as u32;
     // The eBPF side reads these with fixed widths: refuse a kernel where they changed.
     for (s, m, size) in [
         ("sock_common", "skc_family", 2),
@@ -51,6 +75,14 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
         ("sock_common", "skc_v6_daddr", 16),
         ("inet_timewait_sock", "tw_substate", 1),
         ("ns_common", "inum", 4),
+        ("sock_common", "skc_state", 1),
+        ("sk_buff", "network_header", 2),
+        ("sk_buff", "transport_header", 2),
+        ("tcp_timewait_sock", "tw_ts_recent", 4),
+        ("sock_common", "skc_tw_rcv_nxt", 4),
+        ("tcp_sock", "rx_opt.ts_recent", 4),
+        ("request_sock", "ts_recent", 4),
+        ("tcp_request_sock", "rcv_isn", 4),
     ] {
         let got = btf.member_size(s, m)?;
         anyhow::ensure!(
@@ -79,6 +111,13 @@ pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Result<()> {
     layout.tp_set_state_protocol = st.offset("protocol")?;
     layout.tp_receive_reset_skaddr = Format::load("tcp", "tcp_receive_reset")?.offset("skaddr")?;
     layout.tp_send_reset_skaddr = Format::load("tcp", "tcp_send_reset")?.offset("skaddr")?;
+    let kfree = Format::load("skb", "kfree_skb")?;
+    layout.tp_kfree_skb_skbaddr = kfree.offset("skbaddr")?;
+    layout.tp_kfree_skb_protocol = kfree.offset("protocol")?;
+    layout.tp_kfree_skb_reason = kfree.offset("reason")?;
+    // rx_sk (6.11+) names the socket that dropped the segment; without it a TIME-WAIT
+    // socket's ts_recent is out of reach from this tracepoint.
+    layout.tp_kfree_skb_rx_sk = kfree.offset("rx_sk").unwrap_or(u32::MAX);
     layout.tp_connect_args = Format::load("syscalls", "sys_enter_connect")?.offset("uservaddr")?;
     layout.tp_connect_ret = Format::load("syscalls", "sys_exit_connect")?.offset("ret")?;
     Ok(())
@@ -93,6 +132,8 @@ pub fn code_ranges(
     layout.tw_timer_handler = syms
         .addr("tw_timer_handler")
         .context("tw_timer_handler is not in /proc/kallsyms: cannot recognise TIME-WAIT timers")?;
+    // Absent only on kernels without request-socket timers; the SYN hook then refuses itself.
+    layout.reqsk_timer_handler = syms.addr("reqsk_timer_handler").unwrap_or(0);
     let mut ranges = [CodeRange::default(); MAX_CODE_RANGES];
     let mut missing = Vec::new();
     let mut n = 0;

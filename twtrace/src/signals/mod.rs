@@ -3,10 +3,13 @@
 //! best first, and the decoder of its ring-buffer records; its eBPF side is the module of the
 //! same name in twtrace-ebpf.
 
+pub mod paws;
 pub mod port_exhaustion;
+pub mod syn;
 pub mod tw_enter;
 pub mod tw_exit;
 pub mod tw_overflow;
+pub mod tw_syn;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -75,10 +78,25 @@ pub struct Program {
     pub attach: Attach,
 }
 
+/// A kernel fact a hook depends on beyond its attach points.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// A text symbol (e.g. a timer callback the program filters on).
+    Symbol(&'static str),
+    /// A field of a tracepoint record (e.g. kfree_skb's rx_sk, 6.11+).
+    TracepointField {
+        category: &'static str,
+        name: &'static str,
+        field: &'static str,
+        why: &'static str,
+    },
+}
+
 /// One way to observe a signal: all of its programs must load and attach.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {
     pub family: Family,
+    pub needs: &'static [Need],
     pub programs: &'static [Program],
 }
 
@@ -90,11 +108,13 @@ pub struct Signal {
     pub hooks: &'static [Hook],
 }
 
-pub const ALL: [&Signal; 4] = [
+pub const ALL: [&Signal; 6] = [
     &tw_enter::SIGNAL,
     &tw_exit::SIGNAL,
     &tw_overflow::SIGNAL,
     &port_exhaustion::SIGNAL,
+    &paws::SIGNAL,
+    &syn::SIGNAL,
 ];
 
 /// Kernel facts decoders need.
@@ -110,6 +130,9 @@ pub fn decode(ev: &Event, ctx: &DecodeCtx) -> Option<Record> {
         EventKind::TwExit => Some(tw_exit::decode(ev)),
         EventKind::TwOverflow => Some(tw_overflow::decode(ev)),
         EventKind::ConnectAddrNotAvail => Some(port_exhaustion::decode(ev)),
+        EventKind::PawsReject => paws::decode(ev),
+        EventKind::TwSynRejected => Some(paws::decode_tw_syn_rejected(ev)),
+        EventKind::Syn => Some(syn::decode(ev)),
     }
 }
 
@@ -126,4 +149,9 @@ pub fn endpoints(ev: &Event) -> (SocketAddr, SocketAddr) {
         SocketAddr::new(ip(&ev.laddr), ev.lport),
         SocketAddr::new(ip(&ev.raddr), ev.rport),
     )
+}
+
+/// An optional field of a record, by its flag bit.
+pub fn flagged(ev: &Event, bit: u8, value: u32) -> Option<u32> {
+    (ev.ts_flags & bit != 0).then_some(value)
 }

@@ -12,6 +12,7 @@ pub static SIGNAL: Signal = Signal {
     hooks: &[
         Hook {
             family: Family::Fentry,
+            needs: &[],
             programs: &[Program {
                 name: "connect_fexit",
                 attach: Attach::Fexit {
@@ -21,6 +22,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Kprobe,
+            needs: &[],
             programs: &[
                 Program {
                     name: "connect_kprobe",
@@ -38,6 +40,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Tracepoint,
+            needs: &[],
             programs: &[
                 Program {
                     name: "connect_enter",

@@ -11,6 +11,7 @@ pub static SIGNAL: Signal = Signal {
     hooks: &[
         Hook {
             family: Family::Fentry,
+            needs: &[],
             programs: &[Program {
                 name: "tw_enter_fentry",
                 attach: Attach::Fentry {
@@ -20,6 +21,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Kprobe,
+            needs: &[],
             programs: &[Program {
                 name: "tw_enter_kprobe",
                 attach: Attach::Kprobe {
@@ -29,6 +31,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Tracepoint,
+            needs: &[],
             programs: &[Program {
                 name: "tw_enter_timer_start",
                 attach: Attach::Tracepoint {

@@ -11,6 +11,7 @@ pub static SIGNAL: Signal = Signal {
     hooks: &[
         Hook {
             family: Family::Fentry,
+            needs: &[],
             programs: &[Program {
                 name: "tw_exit_fentry",
                 attach: Attach::Fentry {
@@ -20,6 +21,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Fentry,
+            needs: &[],
             programs: &[
                 Program {
                     name: "tw_exit_timer_fentry",
@@ -37,6 +39,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Kprobe,
+            needs: &[],
             programs: &[Program {
                 name: "tw_exit_kprobe",
                 attach: Attach::Kprobe {
@@ -46,6 +49,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Kprobe,
+            needs: &[],
             programs: &[
                 Program {
                     name: "tw_exit_timer_kprobe",
@@ -63,6 +67,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Tracepoint,
+            needs: &[],
             programs: &[Program {
                 name: "tw_exit_timer_cancel",
                 attach: Attach::Tracepoint {

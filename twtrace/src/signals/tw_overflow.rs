@@ -11,6 +11,7 @@ pub static SIGNAL: Signal = Signal {
     hooks: &[
         Hook {
             family: Family::Fentry,
+            needs: &[],
             programs: &[Program {
                 name: "tw_overflow_fexit",
                 attach: Attach::Fexit {
@@ -20,6 +21,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Kprobe,
+            needs: &[],
             programs: &[
                 Program {
                     name: "tw_overflow_kprobe",
@@ -37,6 +39,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Tracepoint,
+            needs: &[],
             programs: &[
                 Program {
                     name: "tw_overflow_rst_rx",

@@ -19,6 +19,9 @@
 //! | `tw_exit`, `tw_reuse`   | `cause`: `expired`, `replaced_by_syn`, `killed_by_rst`, `reused` (always, for `tw_reuse`), `purged` or `unknown`; `lifetime_ms`: milliseconds spent in TIME-WAIT with 3 decimals, or `null` when the entry was not seen (the socket predates twtrace, or the in-kernel live table was full) |
 //! | `tw_overflow`           | none (the close skipped TIME-WAIT: `tcp_max_tw_buckets` was full) |
 //! | `connect_eaddrnotavail` | `pid`: integer, the process whose connect() failed; `local` has port 0 (none could be bound) |
+//! | `paws_reject`           | `path`: `timewait`, `established`, `syn_recv` or `syn_sent`; `tsval`: the segment's TSval; `ts_recent`: the socket's stored value (null where the kernel does not expose it); `regression`: ts_recent − tsval, signed, in timestamp ticks (null if either is unknown); `flags`: TCP flags, e.g. `SYN` or `ACK|PSH` |
+//! | `syn`                   | a SYN reached a listener: `tsval` (null: the SYN had no timestamp option), `ts_recent` null, `regression` null |
+//! | `tw_syn`                | a SYN reached a TIME-WAIT socket: `verdict`: `accepted_by_timestamp`, `accepted_by_sequence`, `rejected_paws` or `rejected_other`; `tsval`, `ts_recent`, `regression` |
 //! | `lost`                  | `program`: string, the kernel program or slot; `count`: integer, events it could not deliver; `netns` is 0 and `local`/`remote` are `0.0.0.0:0` |
 //!
 //! Example:
@@ -93,8 +96,63 @@ fn write_fields(w: &mut impl Write, rec: &Record) -> io::Result<()> {
             write_json_str(w, program)?;
             write!(w, r#","count":{count}"#)?;
         }
+        What::PawsReject {
+            path,
+            tsval,
+            ts_recent,
+            tcp_flags,
+        } => {
+            write!(w, r#","path":"{}""#, path.as_str())?;
+            write_timestamps(w, tsval, ts_recent)?;
+            w.write_all(br#","flags":""#)?;
+            write_tcp_flags(w, tcp_flags)?;
+            w.write_all(b"\"")?;
+        }
+        What::Syn { tsval } => write_timestamps(w, tsval, None)?,
+        What::TwSyn {
+            verdict,
+            tsval,
+            ts_recent,
+        } => {
+            write!(w, r#","verdict":"{}""#, verdict.as_str())?;
+            write_timestamps(w, tsval, ts_recent)?;
+        }
     }
     w.write_all(b"}\n")
+}
+
+/// `tsval`, `ts_recent` and `regression` (ts_recent - tsval, signed ticks), null when unknown.
+fn write_timestamps(
+    w: &mut impl Write,
+    tsval: Option<u32>,
+    ts_recent: Option<u32>,
+) -> io::Result<()> {
+    let opt = |w: &mut dyn Write, key: &str, v: Option<i64>| match v {
+        Some(v) => write!(w, r#","{key}":{v}"#),
+        None => write!(w, r#","{key}":null"#),
+    };
+    opt(w, "tsval", tsval.map(i64::from))?;
+    opt(w, "ts_recent", ts_recent.map(i64::from))?;
+    let reg = tsval
+        .zip(ts_recent)
+        .map(|(t, r)| crate::event::regression(r, t));
+    opt(w, "regression", reg)
+}
+
+/// TCP flags as `SYN|ACK` (empty string for none).
+pub fn write_tcp_flags(w: &mut impl Write, flags: u8) -> io::Result<()> {
+    const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+    let mut first = true;
+    for (bit, name) in NAMES.iter().enumerate() {
+        if flags & (1 << bit) != 0 {
+            if !first {
+                w.write_all(b"|")?;
+            }
+            w.write_all(name.as_bytes())?;
+            first = false;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `s` as a JSON string. Program names are identifiers in practice; escaping keeps the

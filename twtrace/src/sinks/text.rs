@@ -15,6 +15,22 @@ pub fn text_line(r: &Record) -> String {
         What::TwOverflow => "overflow (tcp_max_tw_buckets full: no TIME-WAIT)".to_owned(),
         What::ConnectAddrNotAvail { pid } => format!("connect EADDRNOTAVAIL pid={pid}"),
         What::Lost { program, count } => return format!("LOST {count} events from {program}"),
+        What::PawsReject {
+            path,
+            tsval,
+            ts_recent,
+            ..
+        } => match (tsval, ts_recent) {
+            (Some(t), Some(r)) => format!(
+                "PAWS reject ({}) tsval={t} ts_recent={r} regression={}",
+                path.as_str(),
+                crate::event::regression(r, t)
+            ),
+            _ => format!("PAWS reject ({})", path.as_str()),
+        },
+        What::Syn { tsval: Some(t) } => format!("SYN tsval={t}"),
+        What::Syn { tsval: None } => "SYN without timestamp".to_owned(),
+        What::TwSyn { verdict, .. } => format!("SYN at TIME-WAIT: {}", verdict.as_str()),
     };
     format!(
         "{:>14.6} netns={} {} -> {} {what}",

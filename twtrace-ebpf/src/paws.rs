@@ -1,0 +1,254 @@
+//! PAWS rejects (RFC 7323): segments dropped because their TSval is older than the socket's
+//! ts_recent, on every path (TIME-WAIT, established, SYN-RECV, SYN-SENT).
+//!
+//! Tracepoint route: `skb:kfree_skb`. Drop reasons name the PAWS drops (their numbers come
+//! from BTF): TCP_RFC7323_PAWS, _PAWS_ACK, _TSECR, and since 6.16 _TW_PAWS for TIME-WAIT.
+//! Before 6.16 a TIME-WAIT PAWS drop is NOT_SPECIFIED; where the tracepoint has `rx_sk`
+//! (6.11+) it is the TIME-WAIT socket itself, so the kernel's test is redone here with its
+//! own ts_recent. A SYN such a socket refuses without PAWS is reported as well.
+//!
+//! Function-probe route for TIME-WAIT: `tcp_timewait_state_process(tw, skb, th, ...)` on
+//! exit, with its verdict; kfree_skb then serves only the other paths.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{fexit, kprobe, kretprobe, tracepoint},
+    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+};
+use twtrace_common::{EventKind, HookFamily, LossSlot, PawsPath, TCP_TIME_WAIT, ts_flags};
+
+use crate::{
+    emit::emit,
+    kernel::{netns_wanted, read, read_flow},
+    layout,
+    maps::TW_PROCESS_ARGS,
+    segment::{self, Segment},
+};
+
+const TCP_SYN_SENT: u8 = 2;
+const TCP_SYN_RECV: u8 = 3;
+const TCP_LISTEN: u8 = 10;
+const TCP_NEW_SYN_RECV: u8 = 12;
+const TH_SYN: u8 = 0x02;
+const TH_RST: u8 = 0x04;
+const TH_ACK: u8 = 0x10;
+
+/// Tracepoint route: every path, TIME-WAIT included.
+#[tracepoint]
+pub fn paws_kfree_skb(ctx: TracePointContext) -> u32 {
+    on_drop(&ctx, true)
+}
+
+/// With a function probe on tcp_timewait_state_process: every path but TIME-WAIT.
+#[tracepoint]
+pub fn paws_kfree_skb_nontw(ctx: TracePointContext) -> u32 {
+    on_drop(&ctx, false)
+}
+
+#[inline(always)]
+fn on_drop(ctx: &TracePointContext, timewait: bool) -> u32 {
+    let reason: u32 = unsafe { ctx.read_at(layout!(tp_kfree_skb_reason) as usize) }.unwrap_or(0);
+    let tw_reason = reason == layout!(reason_tw_paws);
+    let paws_reason = reason == layout!(reason_paws)
+        || reason == layout!(reason_paws_ack)
+        || reason == layout!(reason_tsecr);
+    let unspecified = timewait && reason == layout!(reason_not_specified);
+    if !(paws_reason || (timewait && tw_reason) || unspecified) {
+        return 0;
+    }
+    let rx_off = layout!(tp_kfree_skb_rx_sk);
+    let rx_sk: u64 = if rx_off == u32::MAX {
+        0
+    } else {
+        unsafe { ctx.read_at(rx_off as usize) }.unwrap_or(0)
+    };
+    let state: u8 = if rx_sk == 0 {
+        0
+    } else {
+        unsafe { read(rx_sk, layout!(skc_state)) }.unwrap_or(0)
+    };
+    if unspecified && state != TCP_TIME_WAIT {
+        return 0; // an ordinary drop, not at a TIME-WAIT socket
+    }
+    let Ok(skb) = (unsafe { ctx.read_at::<u64>(layout!(tp_kfree_skb_skbaddr) as usize) }) else {
+        return 0;
+    };
+    let Some(seg) = (unsafe { segment::from_skb(skb) }) else {
+        return 0;
+    };
+    let netns = if rx_sk == 0 {
+        0
+    } else {
+        unsafe { read_flow(rx_sk) }.map_or(0, |f| f.netns)
+    };
+    if !netns_wanted(netns) {
+        return 0;
+    }
+    if tw_reason || state == TCP_TIME_WAIT {
+        let ts_recent: Option<u32> = if rx_sk == 0 {
+            None
+        } else {
+            unsafe { read(rx_sk, layout!(tw_ts_recent)) }
+        };
+        if tw_reason {
+            return report(
+                &seg,
+                netns,
+                PawsPath::Timewait,
+                ts_recent,
+                HookFamily::Tracepoint,
+            );
+        }
+        // Before 6.16: NOT_SPECIFIED at a TIME-WAIT socket. Redo the kernel's PAWS test.
+        return timewait_verdict(
+            &seg,
+            netns,
+            ts_recent.unwrap_or(0),
+            None,
+            HookFamily::Tracepoint,
+        );
+    }
+    let (path, ts_recent) = match state {
+        TCP_SYN_SENT => (PawsPath::SynSent, unsafe {
+            read(rx_sk, layout!(tcp_ts_recent))
+        }),
+        TCP_NEW_SYN_RECV => (PawsPath::SynRecv, unsafe {
+            read(rx_sk, layout!(req_ts_recent))
+        }),
+        TCP_SYN_RECV | TCP_LISTEN => (PawsPath::SynRecv, unsafe {
+            read(rx_sk, layout!(tcp_ts_recent))
+        }),
+        0 => (PawsPath::Established, None),
+        _ => (PawsPath::Established, unsafe {
+            read(rx_sk, layout!(tcp_ts_recent))
+        }),
+    };
+    report(&seg, netns, path, ts_recent, HookFamily::Tracepoint)
+}
+
+/// TIME-WAIT verdict from the segment and the socket's ts_recent, as tcp_timewait_state_process
+/// decides it: a PAWS reject when TSval is older than ts_recent; otherwise a SYN that was not
+/// accepted (`syn_accepted == Some(false)`, or unknown and no TSval news) is refused for
+/// another reason (sequence not after rcv_nxt).
+#[inline(always)]
+fn timewait_verdict(
+    seg: &Segment,
+    netns: u32,
+    ts_recent: u32,
+    syn_accepted: Option<bool>,
+    hook: HookFamily,
+) -> u32 {
+    let paws = match seg.tsval {
+        Some(tsval) => ts_recent != 0 && (ts_recent.wrapping_sub(tsval) as i32) > 0,
+        None => false,
+    };
+    // An RST with an old TSval is not PAWS-rejected once ts_recent is older than 60 s; the
+    // kernel keeps that stamp, we do not, so RSTs are left to the counters.
+    if paws && seg.flags & TH_RST == 0 {
+        return report(seg, netns, PawsPath::Timewait, Some(ts_recent), hook);
+    }
+    let pure_syn = seg.flags & (TH_SYN | TH_RST | TH_ACK) == TH_SYN;
+    if pure_syn && syn_accepted != Some(true) {
+        emit(LossSlot::Paws, |ev| {
+            fill(ev, seg, netns, Some(ts_recent), hook);
+            ev.kind = EventKind::TwSynRejected as u8;
+        });
+    }
+    0
+}
+
+#[inline(always)]
+fn report(
+    seg: &Segment,
+    netns: u32,
+    path: PawsPath,
+    ts_recent: Option<u32>,
+    hook: HookFamily,
+) -> u32 {
+    emit(LossSlot::Paws, |ev| {
+        fill(ev, seg, netns, ts_recent, hook);
+        ev.kind = EventKind::PawsReject as u8;
+        ev.detail = path as u8;
+    });
+    0
+}
+
+/// The receiving side is local: the segment's destination is our address.
+#[inline(always)]
+fn fill(
+    ev: &mut twtrace_common::Event,
+    seg: &Segment,
+    netns: u32,
+    ts_recent: Option<u32>,
+    hook: HookFamily,
+) {
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.netns = netns;
+    ev.family = seg.family;
+    ev.hook = hook as u8;
+    ev.laddr = seg.daddr;
+    ev.raddr = seg.saddr;
+    ev.lport = seg.dport;
+    ev.rport = seg.sport;
+    ev.seq = seg.seq;
+    ev.tcp_flags = seg.flags;
+    if let Some(t) = seg.tsval {
+        ev.tsval = t;
+        ev.ts_flags |= ts_flags::HAS_TSVAL;
+    }
+    if let Some(r) = ts_recent {
+        ev.ts_recent = r;
+        ev.ts_flags |= ts_flags::HAS_TS_RECENT;
+    }
+}
+
+/// Function-probe route: the kernel's own verdict for a segment reaching a TIME-WAIT socket.
+#[fexit(function = "tcp_timewait_state_process")]
+pub fn paws_tw_fexit(ctx: FExitContext) -> u32 {
+    let status: u64 = ctx.ret::<u64>().unwrap_or(u64::MAX);
+    tw_processed(ctx.arg(0), ctx.arg(2), status as u32, HookFamily::Fentry)
+}
+
+/// kprobe half: remember the arguments until the function returns (no sleeping inside).
+#[kprobe]
+pub fn paws_tw_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(tw), Some(th), Some(slot)) = (
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(2),
+        TW_PROCESS_ARGS.get_ptr_mut(0),
+    ) {
+        unsafe { *slot = [tw, th] };
+    }
+    0
+}
+
+#[kretprobe]
+pub fn paws_tw_kretprobe(ctx: RetProbeContext) -> u32 {
+    let Some(slot) = TW_PROCESS_ARGS.get_ptr_mut(0) else {
+        return 0;
+    };
+    let [tw, th] = unsafe { core::mem::replace(&mut *slot, [0, 0]) };
+    if tw == 0 {
+        return 0;
+    }
+    tw_processed(tw, th, ctx.ret::<u64>() as u32, HookFamily::Kprobe)
+}
+
+#[inline(always)]
+fn tw_processed(tw: u64, th: u64, status: u32, hook: HookFamily) -> u32 {
+    let Some(flow) = (unsafe { read_flow(tw + layout!(tw_common) as u64) }) else {
+        return 0;
+    };
+    if !netns_wanted(flow.netns) {
+        return 0;
+    }
+    let Some(mut seg) = (unsafe { segment::tcp_header(th) }) else {
+        return 0;
+    };
+    seg.family = flow.family;
+    seg.saddr = flow.raddr;
+    seg.daddr = flow.laddr;
+    let ts_recent: u32 = unsafe { read(tw, layout!(tw_ts_recent)) }.unwrap_or(0);
+    let accepted = status == layout!(tw_status_syn);
+    timewait_verdict(&seg, flow.netns, ts_recent, Some(accepted), hook)
+}

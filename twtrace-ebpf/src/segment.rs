@@ -1,0 +1,111 @@
+//! Reading a TCP segment (addresses, ports, flags, TSval) from an `sk_buff` or a TCP header
+//! pointer, with offsets from BTF. Used where the kernel hands us a segment it dropped.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
+use twtrace_common::{AF_INET, AF_INET6};
+
+use crate::{kernel::read, layout};
+
+/// TCP header plus the longest option space.
+const TCP_MAX_HDR: usize = 60;
+/// Copy buffer: a power of two above TCP_MAX_HDR, so indices can be masked into it.
+const BUF: usize = 64;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_TIMESTAMP: u8 = 8;
+const TCPOLEN_TIMESTAMP: u8 = 10;
+
+pub struct Segment {
+    pub family: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub flags: u8,
+    pub tsval: Option<u32>,
+}
+
+/// Parses the IP and TCP headers of `skb` (network and transport headers must be set, as they
+/// are anywhere past IP receive).
+#[inline(always)]
+pub unsafe fn from_skb(skb: u64) -> Option<Segment> {
+    let head: u64 = unsafe { read(skb, layout!(skb_head))? };
+    let nh: u16 = unsafe { read(skb, layout!(skb_network_header))? };
+    let th: u16 = unsafe { read(skb, layout!(skb_transport_header))? };
+    let ip = head + nh as u64;
+    let version: u8 = unsafe { read::<u8>(ip, 0)? } >> 4;
+    let mut seg = unsafe { tcp_header(head + th as u64)? };
+    if version == 6 {
+        seg.family = AF_INET6;
+        seg.saddr = unsafe { read(ip, 8)? };
+        seg.daddr = unsafe { read(ip, 24)? };
+    } else if version == 4 {
+        seg.family = AF_INET;
+        let s: [u8; 4] = unsafe { read(ip, 12)? };
+        let d: [u8; 4] = unsafe { read(ip, 16)? };
+        seg.saddr[..4].copy_from_slice(&s);
+        seg.daddr[..4].copy_from_slice(&d);
+    } else {
+        return None;
+    }
+    Some(seg)
+}
+
+/// Parses a TCP header at `th` (ports, seq, flags, TSval); addresses are left zero.
+#[inline(always)]
+pub unsafe fn tcp_header(th: u64) -> Option<Segment> {
+    let mut buf = [0u8; BUF];
+    // The option space may run past the segment's end; that read can only fail at the end
+    // of a page, in which case the fixed header alone is read.
+    let mut avail = TCP_MAX_HDR;
+    if unsafe { bpf_probe_read_kernel_buf(th as *const u8, &mut buf[..TCP_MAX_HDR]) }.is_err() {
+        unsafe { bpf_probe_read_kernel_buf(th as *const u8, &mut buf[..20]) }.ok()?;
+        avail = 20;
+    }
+    let doff = ((buf[12] >> 4) as usize * 4).min(avail);
+    Some(Segment {
+        family: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: u16::from_be_bytes([buf[0], buf[1]]),
+        dport: u16::from_be_bytes([buf[2], buf[3]]),
+        seq: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        flags: buf[13],
+        tsval: tsval(&buf, doff, th),
+    })
+}
+
+/// Finds the timestamp option between byte 20 and `end` of the TCP header at `th` (copied in
+/// `buf`). Indices are masked to the buffer so the verifier sees every access in bounds; the
+/// 4 value bytes are read again from the kernel at a computed address for the same reason.
+#[inline(always)]
+fn tsval(buf: &[u8; BUF], end: usize, th: u64) -> Option<u32> {
+    let mut i = 20usize;
+    // At most 40 option bytes, each step consumes at least one.
+    for _ in 0..40 {
+        if i >= end {
+            return None;
+        }
+        let kind = buf[i & (BUF - 1)];
+        match kind {
+            TCPOPT_EOL => return None,
+            TCPOPT_NOP => i += 1,
+            _ => {
+                let len = buf[(i + 1) & (BUF - 1)] as usize;
+                if kind == TCPOPT_TIMESTAMP && len == TCPOLEN_TIMESTAMP as usize {
+                    if i + len > end {
+                        return None;
+                    }
+                    let raw: u32 = unsafe { read(th, (i + 2) as u32)? };
+                    return Some(u32::from_be(raw));
+                }
+                if len < 2 {
+                    return None;
+                }
+                i += len;
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,84 @@
+//! SYN timestamps: every SYN that made a listener create a request socket, with its TSval
+//! (or the fact that it had none) and its source port, for the per-IP clock estimate.
+//!
+//! Tracepoint route: the request socket's retransmit timer is armed right after the SYN was
+//! accepted into the queue: `timer:timer_start` with `function == reqsk_timer_handler`; the
+//! timer is embedded in the request_sock, which holds the SYN's TSval (`ts_recent`), whether
+//! it carried timestamps (`tstamp_ok`) and its ISN (`rcv_isn`). This costs no extra hook on
+//! the receive path. SYN cookies and TCP Fast Open create no request socket and are not seen.
+//!
+//! Function-probe route: `inet_csk_reqsk_queue_hash_add(sk, req, timeout)`, the same socket.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
+};
+use twtrace_common::{EventKind, HookFamily, LossSlot, ts_flags};
+
+use crate::{
+    emit::emit,
+    kernel::{netns_wanted, read, read_flow},
+    layout,
+};
+
+#[tracepoint]
+pub fn syn_timer_start(ctx: TracePointContext) -> u32 {
+    let Ok(func) = (unsafe { ctx.read_at::<u64>(layout!(tp_timer_start_function) as usize) })
+    else {
+        return 0;
+    };
+    if func != layout!(reqsk_timer_handler) || func == 0 {
+        return 0;
+    }
+    let Ok(timer) = (unsafe { ctx.read_at::<u64>(layout!(tp_timer_start_timer) as usize) }) else {
+        return 0;
+    };
+    report(timer - layout!(req_timer) as u64, HookFamily::Tracepoint)
+}
+
+#[fentry(function = "inet_csk_reqsk_queue_hash_add")]
+pub fn syn_fentry(ctx: FEntryContext) -> u32 {
+    report(ctx.arg(1), HookFamily::Fentry)
+}
+
+#[kprobe]
+pub fn syn_kprobe(ctx: ProbeContext) -> u32 {
+    ctx.arg::<u64>(1)
+        .map_or(0, |req| report(req, HookFamily::Kprobe))
+}
+
+#[inline(always)]
+fn report(req: u64, hook: HookFamily) -> u32 {
+    // A request_sock starts with its sock_common (addresses, ports, netns).
+    let Some(flow) = (unsafe { read_flow(req) }) else {
+        return 0;
+    };
+    if !netns_wanted(flow.netns) {
+        return 0;
+    }
+    let bit = layout!(ireq_tstamp_ok_bit);
+    let byte: u8 = unsafe { read(req, bit / 8) }.unwrap_or(0);
+    let has_ts = byte & (1 << (bit % 8)) != 0;
+    let tsval: u32 = unsafe { read(req, layout!(req_ts_recent)) }.unwrap_or(0);
+    let isn: u32 = unsafe { read(req, layout!(req_rcv_isn)) }.unwrap_or(0);
+    emit(LossSlot::Syn, |ev| {
+        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.obj = req;
+        ev.netns = flow.netns;
+        ev.kind = EventKind::Syn as u8;
+        ev.family = flow.family;
+        ev.hook = hook as u8;
+        ev.lport = flow.lport;
+        ev.rport = flow.rport;
+        ev.laddr = flow.laddr;
+        ev.raddr = flow.raddr;
+        ev.seq = isn;
+        ev.tcp_flags = 0x02;
+        if has_ts {
+            ev.tsval = tsval;
+            ev.ts_flags = ts_flags::HAS_TSVAL;
+        }
+    });
+    0
+}

@@ -1,0 +1,107 @@
+//! PAWS rejects on every path: hooks and decoder. Kernel side: twtrace-ebpf/src/paws.rs.
+
+use twtrace_common::{Event, PawsPath as RawPath, ts_flags};
+
+use super::{Attach, Family, Hook, Need, Program, Signal, endpoints, flagged};
+use crate::event::{PawsPath, Record, TwSynVerdict, What};
+
+const KFREE_SKB_NON_TW: Program = Program {
+    name: "paws_kfree_skb_nontw",
+    attach: Attach::Tracepoint {
+        category: "skb",
+        name: "kfree_skb",
+    },
+};
+
+pub static SIGNAL: Signal = Signal {
+    name: "paws_reject",
+    description: "segments dropped by PAWS (timewait, established, syn_recv, syn_sent)",
+    hooks: &[
+        // The TIME-WAIT path from the kernel's own verdict; the other paths from drop reasons.
+        Hook {
+            family: Family::Fentry,
+            needs: &[],
+            programs: &[
+                Program {
+                    name: "paws_tw_fexit",
+                    attach: Attach::Fexit {
+                        function: "tcp_timewait_state_process",
+                    },
+                },
+                KFREE_SKB_NON_TW,
+            ],
+        },
+        Hook {
+            family: Family::Kprobe,
+            needs: &[],
+            programs: &[
+                Program {
+                    name: "paws_tw_kprobe",
+                    attach: Attach::Kprobe {
+                        function: "tcp_timewait_state_process",
+                    },
+                },
+                Program {
+                    name: "paws_tw_kretprobe",
+                    attach: Attach::Kretprobe {
+                        function: "tcp_timewait_state_process",
+                    },
+                },
+                KFREE_SKB_NON_TW,
+            ],
+        },
+        Hook {
+            family: Family::Tracepoint,
+            needs: &[Need::TracepointField {
+                category: "skb",
+                name: "kfree_skb",
+                field: "rx_sk",
+                why: "TIME-WAIT rejects are recognised by the dropping socket (kernel 6.11+)",
+            }],
+            programs: &[Program {
+                name: "paws_kfree_skb",
+                attach: Attach::Tracepoint {
+                    category: "skb",
+                    name: "kfree_skb",
+                },
+            }],
+        },
+    ],
+};
+
+pub fn decode(ev: &Event) -> Option<Record> {
+    let path = match RawPath::from_u8(ev.detail)? {
+        RawPath::Timewait => PawsPath::Timewait,
+        RawPath::Established => PawsPath::Established,
+        RawPath::SynRecv => PawsPath::SynRecv,
+        RawPath::SynSent => PawsPath::SynSent,
+    };
+    let (local, remote) = endpoints(ev);
+    Some(Record {
+        ts_ns: ev.ts_ns,
+        netns: ev.netns,
+        local,
+        remote,
+        what: What::PawsReject {
+            path,
+            tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
+            ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
+            tcp_flags: ev.tcp_flags,
+        },
+    })
+}
+
+pub fn decode_tw_syn_rejected(ev: &Event) -> Record {
+    let (local, remote) = endpoints(ev);
+    Record {
+        ts_ns: ev.ts_ns,
+        netns: ev.netns,
+        local,
+        remote,
+        what: What::TwSyn {
+            verdict: TwSynVerdict::RejectedOther,
+            tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
+            ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
+        },
+    }
+}

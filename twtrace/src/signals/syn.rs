@@ -1,0 +1,57 @@
+//! SYN timestamps per source IP: hooks and decoder. Kernel side: twtrace-ebpf/src/syn.rs.
+
+use twtrace_common::{Event, ts_flags};
+
+use super::{Attach, Family, Hook, Need, Program, Signal, endpoints, flagged};
+use crate::event::{Record, What};
+
+pub static SIGNAL: Signal = Signal {
+    name: "syn",
+    description: "SYNs reaching a listener, with their TSval (clock estimate per source IP)",
+    hooks: &[
+        Hook {
+            family: Family::Fentry,
+            needs: &[],
+            programs: &[Program {
+                name: "syn_fentry",
+                attach: Attach::Fentry {
+                    function: "inet_csk_reqsk_queue_hash_add",
+                },
+            }],
+        },
+        Hook {
+            family: Family::Kprobe,
+            needs: &[],
+            programs: &[Program {
+                name: "syn_kprobe",
+                attach: Attach::Kprobe {
+                    function: "inet_csk_reqsk_queue_hash_add",
+                },
+            }],
+        },
+        Hook {
+            family: Family::Tracepoint,
+            needs: &[Need::Symbol("reqsk_timer_handler")],
+            programs: &[Program {
+                name: "syn_timer_start",
+                attach: Attach::Tracepoint {
+                    category: "timer",
+                    name: "timer_start",
+                },
+            }],
+        },
+    ],
+};
+
+pub fn decode(ev: &Event) -> Record {
+    let (local, remote) = endpoints(ev);
+    Record {
+        ts_ns: ev.ts_ns,
+        netns: ev.netns,
+        local,
+        remote,
+        what: What::Syn {
+            tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
+        },
+    }
+}

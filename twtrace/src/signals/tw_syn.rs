@@ -1,0 +1,197 @@
+//! SYNs that reach a TIME-WAIT socket, classified: accepted by timestamp, accepted by
+//! sequence, rejected by PAWS, rejected otherwise.
+//!
+//! No hook of its own: the verdict is assembled from other signals' records. A TIME-WAIT
+//! replaced by a SYN exits (cause `replaced_by_syn`, carrying the ts_recent and rcv_nxt it
+//! judged with) and, right after on the same CPU, that SYN creates a request socket (`syn`,
+//! carrying its TSval): the kernel accepted it because its TSval was newer than ts_recent
+//! (by timestamp), or else because its sequence was after rcv_nxt (by sequence) — the test
+//! in tcp_timewait_state_process. Rejections come from the `paws` signal (a PAWS reject of a
+//! SYN, or a SYN refused otherwise).
+
+use std::{net::SocketAddr, num::NonZeroUsize};
+
+use lru::LruCache;
+use twtrace_common::{Event, EventKind, ExitCause, PawsPath, ts_flags};
+
+use super::{endpoints, flagged};
+use crate::event::{Record, TwSynVerdict, What};
+
+/// A replacing SYN follows its TIME-WAIT's exit within microseconds; anything older is stale.
+const PAIRING_WINDOW_NS: u64 = 1_000_000_000;
+/// Pending exits kept at most (each waits for one SYN); a bound, not a tuning knob.
+const PENDING: usize = 4096;
+const TH_SYN: u8 = 0x02;
+const TH_RST: u8 = 0x04;
+const TH_ACK: u8 = 0x10;
+
+type Key = (u32, SocketAddr, SocketAddr);
+
+struct Pending {
+    ts_ns: u64,
+    ts_recent: Option<u32>,
+}
+
+pub struct TwSynClassifier {
+    pending: LruCache<Key, Pending>,
+}
+
+impl Default for TwSynClassifier {
+    fn default() -> Self {
+        Self {
+            pending: LruCache::new(NonZeroUsize::new(PENDING).expect("non-zero")),
+        }
+    }
+}
+
+impl TwSynClassifier {
+    /// Looks at one raw record; returns the `tw_syn` record it completes, if any.
+    pub fn on_event(&mut self, ev: &Event) -> Option<Record> {
+        let kind = EventKind::from_u8(ev.kind)?;
+        let (local, remote) = endpoints(ev);
+        let key = (ev.netns, local, remote);
+        let pure_syn = ev.tcp_flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN;
+        let verdict_of = |verdict, tsval, ts_recent| Record {
+            ts_ns: ev.ts_ns,
+            netns: ev.netns,
+            local,
+            remote,
+            what: What::TwSyn {
+                verdict,
+                tsval,
+                ts_recent,
+            },
+        };
+        match kind {
+            EventKind::TwExit if ExitCause::from_u8(ev.detail) == ExitCause::ReplacedBySyn => {
+                self.pending.put(
+                    key,
+                    Pending {
+                        ts_ns: ev.ts_ns,
+                        ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
+                    },
+                );
+                None
+            }
+            EventKind::Syn => {
+                let p = self.pending.pop(&key)?;
+                if ev.ts_ns.saturating_sub(p.ts_ns) > PAIRING_WINDOW_NS {
+                    return None;
+                }
+                let tsval = flagged(ev, ts_flags::HAS_TSVAL, ev.tsval);
+                let newer = matches!((tsval, p.ts_recent), (Some(t), Some(r)) if (r.wrapping_sub(t) as i32) < 0);
+                let verdict = if newer {
+                    TwSynVerdict::AcceptedByTimestamp
+                } else {
+                    TwSynVerdict::AcceptedBySequence
+                };
+                Some(verdict_of(verdict, tsval, p.ts_recent))
+            }
+            EventKind::PawsReject if ev.detail == PawsPath::Timewait as u8 && pure_syn => {
+                Some(verdict_of(
+                    TwSynVerdict::RejectedPaws,
+                    flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
+                    flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, ts_ns: u64) -> Event {
+        let mut e = Event::zeroed();
+        e.kind = kind as u8;
+        e.ts_ns = ts_ns;
+        e.family = twtrace_common::AF_INET;
+        e.netns = 7;
+        e.laddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        e.raddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        e.lport = 80;
+        e.rport = 40000;
+        e
+    }
+
+    fn exit(ts_recent: u32) -> Event {
+        let mut e = ev(EventKind::TwExit, 1_000);
+        e.detail = ExitCause::ReplacedBySyn as u8;
+        e.ts_recent = ts_recent;
+        e.ts_flags = ts_flags::HAS_TS_RECENT | ts_flags::HAS_RCV_NXT;
+        e
+    }
+
+    fn syn(tsval: Option<u32>, ts_ns: u64) -> Event {
+        let mut e = ev(EventKind::Syn, ts_ns);
+        e.tcp_flags = TH_SYN;
+        if let Some(t) = tsval {
+            e.tsval = t;
+            e.ts_flags = ts_flags::HAS_TSVAL;
+        }
+        e
+    }
+
+    fn verdict(r: Option<Record>) -> Option<TwSynVerdict> {
+        match r?.what {
+            What::TwSyn { verdict, .. } => Some(verdict),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn newer_tsval_is_accepted_by_timestamp() {
+        let mut c = TwSynClassifier::default();
+        assert_eq!(c.on_event(&exit(1000)), None);
+        assert_eq!(
+            verdict(c.on_event(&syn(Some(1001), 2_000))),
+            Some(TwSynVerdict::AcceptedByTimestamp)
+        );
+        // Paired once only.
+        assert_eq!(c.on_event(&syn(Some(1001), 3_000)), None);
+    }
+
+    #[test]
+    fn older_or_missing_tsval_means_accepted_by_sequence() {
+        let mut c = TwSynClassifier::default();
+        c.on_event(&exit(1000));
+        assert_eq!(
+            verdict(c.on_event(&syn(Some(999), 2_000))),
+            Some(TwSynVerdict::AcceptedBySequence)
+        );
+        c.on_event(&exit(1000));
+        assert_eq!(
+            verdict(c.on_event(&syn(None, 2_000))),
+            Some(TwSynVerdict::AcceptedBySequence)
+        );
+        // Wrap-around: 5 is newer than u32::MAX - 5.
+        c.on_event(&exit(u32::MAX - 5));
+        assert_eq!(
+            verdict(c.on_event(&syn(Some(5), 2_000))),
+            Some(TwSynVerdict::AcceptedByTimestamp)
+        );
+    }
+
+    #[test]
+    fn unrelated_or_late_syns_are_not_paired() {
+        let mut c = TwSynClassifier::default();
+        c.on_event(&exit(1000));
+        let mut other = syn(Some(2000), 2_000);
+        other.rport = 40001;
+        assert_eq!(c.on_event(&other), None);
+        assert_eq!(c.on_event(&syn(Some(2000), 5_000_000_000)), None);
+    }
+
+    #[test]
+    fn paws_rejected_syn_is_classified() {
+        let mut c = TwSynClassifier::default();
+        let mut e = ev(EventKind::PawsReject, 1);
+        e.detail = PawsPath::Timewait as u8;
+        e.tcp_flags = TH_SYN;
+        assert_eq!(verdict(c.on_event(&e)), Some(TwSynVerdict::RejectedPaws));
+        e.tcp_flags = TH_ACK;
+        assert_eq!(c.on_event(&e), None, "only SYNs get a SYN verdict");
+    }
+}
