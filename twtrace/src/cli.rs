@@ -15,12 +15,15 @@ Live tracing of TCP TIME-WAIT sockets, per remote IP, with eBPF.
 Without a subcommand, twtrace prints a table every --interval: TIME-WAITs created, alive now,
 how they ended (expired, replaced_by_syn, killed_by_rst, reused, purged, unknown), overflows
 (tcp_max_tw_buckets full) and connect() EADDRNOTAVAIL failures, per remote IP, per local port
-and per destination. `twtrace events --json` streams every event as NDJSON instead.
+and per destination; then PAWS (RFC 7323 timestamp) rejects per source IP, with how many
+timestamp clocks sit behind each IP (NAT) and the reject rate they predict.
+`twtrace events --json` streams every event as NDJSON instead.
 
 Examples:
   sudo twtrace                             live table, all namespaces
   sudo twtrace --port 443 --ip 10.0.0.0/8  only port 443 traffic with 10/8
   sudo twtrace events --json > tw.ndjson   every event, one JSON object per line
+  sudo twtrace --summary-json paws.json    also keep a per-source-IP PAWS summary file
   sudo twtrace doctor                      what this kernel allows and which hooks twtrace uses";
 
 #[derive(Debug, Parser)]
@@ -75,14 +78,28 @@ pub struct Common {
     /// reported, and counted as `live_table_full` losses.
     #[arg(long, global = true, default_value_t = 262_144, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_live_tw: u32,
+
+    /// Seconds between table refreshes, summary rewrites and alert checks.
+    #[arg(long, global = true, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+    pub interval: f64,
+
+    /// Keep FILE up to date with the per-source-IP PAWS aggregate (a JSON list, rewritten
+    /// atomically every --interval and on exit; fields in the README).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+
+    /// Alert (one line on stderr) when a source IP reaches this many PAWS rejects at
+    /// TIME-WAIT; 0 turns alerts off.
+    #[arg(long, global = true, default_value_t = 5, value_name = "N")]
+    pub alert_rejects: u64,
+
+    /// Least seconds between two alerts about the same source IP.
+    #[arg(long, global = true, default_value_t = 60.0, value_name = "SECS", value_parser = parse_interval)]
+    pub alert_every: f64,
 }
 
 #[derive(Debug, Args)]
 pub struct LiveOpts {
-    /// Seconds between table refreshes.
-    #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
-    pub interval: f64,
-
     /// Rows per table.
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub top: usize,

@@ -19,7 +19,11 @@ use crate::{
     filter::{self, Filter},
     loader::{self, LoadOptions, Loaded},
     signals,
-    sinks::{ndjson, table},
+    sinks::{
+        self,
+        alerts::{AlertRules, Alerter},
+        ndjson, table,
+    },
 };
 
 /// How often the ring is drained when the kernel has not woken us (it wakes us only when the
@@ -40,7 +44,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         nets: cli.common.ips.clone(),
     };
     match cli.command {
-        Some(Command::Events(opts)) => events(loaded, shutdown, &filter, &opts).await,
+        Some(Command::Events(opts)) => events(loaded, shutdown, &filter, &cli.common, &opts).await,
         _ => live(loaded, shutdown, &filter, &cli.common, &cli.live).await,
     }
 }
@@ -100,7 +104,7 @@ async fn pump(
     mut shutdown: Shutdown,
     filter: &Filter,
     mut on_record: impl FnMut(&Record) -> Result<()>,
-    mut on_tick: impl FnMut() -> Result<()>,
+    mut on_tick: impl FnMut(bool) -> Result<()>,
 ) -> Result<()> {
     let mut transport = crate::transport::Transport::new(&mut loaded.bpf)?;
     let ctx = loaded.facts.decode_ctx();
@@ -135,7 +139,7 @@ async fn pump(
         if let Some(logger) = loaded.logger.as_mut() {
             logger.flush();
         }
-        on_tick()?;
+        on_tick(false)?;
         if stop {
             // Final drain so nothing already in the ring is lost on shutdown.
             transport
@@ -147,7 +151,7 @@ async fn pump(
                     }
                 })
                 .await?;
-            on_tick()?;
+            on_tick(true)?;
             break;
         }
     }
@@ -155,10 +159,84 @@ async fn pump(
     Ok(())
 }
 
+/// What both modes keep between ticks: the aggregate (for the table, the summary file and
+/// alerts) and when to act next.
+struct Reporter {
+    agg: Aggregate,
+    every: Duration,
+    next: Instant,
+    alerter: Option<Alerter>,
+    summary: Option<std::path::PathBuf>,
+    table: Option<table::TableOpts>,
+    top: usize,
+    buf: String,
+}
+
+impl Reporter {
+    fn new(common: &Common, table: Option<table::TableOpts>, top: usize) -> Self {
+        let every = Duration::from_secs_f64(common.interval);
+        Self {
+            agg: Aggregate::new(common.capacity as usize),
+            every,
+            next: Instant::now() + every,
+            alerter: (common.alert_rejects > 0).then(|| {
+                Alerter::new(AlertRules {
+                    min_rejects: common.alert_rejects,
+                    every: Duration::from_secs_f64(common.alert_every),
+                })
+            }),
+            summary: common.summary_json.clone(),
+            table,
+            top,
+            buf: String::new(),
+        }
+    }
+
+    /// Acts once per interval, or now when `last` (shutdown).
+    fn tick(&mut self, last: bool) -> Result<()> {
+        let now = Instant::now();
+        if !last && now < self.next {
+            return Ok(());
+        }
+        self.next = now + self.every;
+        let mono = monotonic_ns();
+        let rows = self.agg.paws.rows(mono);
+        if let Some(alerter) = &mut self.alerter {
+            for line in alerter.check(&rows, now) {
+                eprintln!("{line}");
+            }
+        }
+        if let Some(path) = &self.summary {
+            sinks::summary::write_atomic(path, &rows)?;
+        }
+        if let Some(opts) = &self.table {
+            self.buf.clear();
+            table::render(&self.agg, opts, &mut self.buf);
+            sinks::paws_table::render(&rows, self.top, self.agg.paws.evictions, &mut self.buf);
+            let mut stdout = io::stdout().lock();
+            stdout.write_all(self.buf.as_bytes())?;
+            stdout.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock of the kernel's event timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 async fn events(
     loaded: Loaded,
     shutdown: Shutdown,
     filter: &Filter,
+    common: &Common,
     opts: &EventsOpts,
 ) -> Result<()> {
     let sink: Box<dyn Write> = match &opts.output {
@@ -169,11 +247,19 @@ async fn events(
     };
     let out = std::cell::RefCell::new(BufWriter::with_capacity(64 * 1024, sink));
     let json = opts.json;
+    // The aggregate is only needed for the summary file and alerts.
+    let reporter = std::cell::RefCell::new(
+        (common.summary_json.is_some() || common.alert_rejects > 0)
+            .then(|| Reporter::new(common, None, 0)),
+    );
     let result = pump(
         loaded,
         shutdown,
         filter,
         |rec| {
+            if let Some(r) = reporter.borrow_mut().as_mut() {
+                r.agg.apply(rec);
+            }
             let mut out = out.borrow_mut();
             if json {
                 ndjson::write_record(&mut *out, rec)?;
@@ -184,9 +270,14 @@ async fn events(
         },
         // Flush once per drained batch: consumers see events within one poll period, and the
         // cost stays one write per batch, not per event.
-        || match out.borrow_mut().flush() {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            r => r.map_err(Into::into),
+        |last| {
+            if let Some(r) = reporter.borrow_mut().as_mut() {
+                r.tick(last)?;
+            }
+            match out.borrow_mut().flush() {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+                r => r.map_err(Into::into),
+            }
         },
     )
     .await;
@@ -205,35 +296,21 @@ async fn live(
     common: &Common,
     opts: &LiveOpts,
 ) -> Result<()> {
-    let agg = std::cell::RefCell::new(Aggregate::new(common.capacity as usize));
-    let tty = io::stdout().is_terminal();
     let topts = table::TableOpts {
         top: opts.top,
-        clear_screen: tty,
+        clear_screen: io::stdout().is_terminal(),
         ..Default::default()
     };
-    let every = Duration::from_secs_f64(opts.interval);
-    let mut next = Instant::now() + every;
-    let mut buf = String::new();
+    let reporter = std::cell::RefCell::new(Reporter::new(common, Some(topts), opts.top));
     pump(
         loaded,
         shutdown,
         filter,
         |rec| {
-            agg.borrow_mut().apply(rec);
+            reporter.borrow_mut().agg.apply(rec);
             Ok(())
         },
-        || {
-            if Instant::now() >= next {
-                next += every;
-                buf.clear();
-                table::render(&agg.borrow(), &topts, &mut buf);
-                let mut stdout = io::stdout().lock();
-                stdout.write_all(buf.as_bytes())?;
-                stdout.flush()?;
-            }
-            Ok(())
-        },
+        |last| reporter.borrow_mut().tick(last),
     )
     .await
 }

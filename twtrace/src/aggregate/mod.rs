@@ -9,8 +9,10 @@
 //! from zero (and its `live` then never goes below 0). The global [`Aggregate::totals`] are
 //! kept apart from the tables, so they stay exact whatever is evicted.
 
+pub mod clocks;
 pub mod counters;
 pub mod order;
+pub mod paws;
 mod rows;
 #[cfg(test)]
 mod tests;
@@ -87,6 +89,8 @@ pub struct Aggregate {
     by_port: Table<u16>,
     by_dest: Table<SocketAddr>,
     totals: Counters,
+    /// PAWS rejects, SYN timestamps and clocks per source IP.
+    pub paws: paws::PawsTable,
     // Program names are a small fixed set of static strings; a BTreeMap keeps them sorted.
     lost: BTreeMap<&'static str, u64>,
 }
@@ -101,6 +105,7 @@ impl Aggregate {
             by_dest: Table::new(cap),
             totals: Counters::default(),
             lost: BTreeMap::new(),
+            paws: paws::PawsTable::new(cap.get(), clocks::ClockConfig::default()),
         }
     }
 
@@ -109,9 +114,16 @@ impl Aggregate {
     /// port was bound, the record says 0). `Lost` only adds to the lost counts.
     pub fn apply(&mut self, rec: &Record) {
         let what = &rec.what;
-        if let What::Lost { program, count } = *what {
-            *self.lost.entry(program).or_default() += count;
-            return;
+        match *what {
+            What::Lost { program, count } => {
+                *self.lost.entry(program).or_default() += count;
+                return;
+            }
+            What::PawsReject { .. } | What::Syn { .. } | What::TwSyn { .. } => {
+                self.paws.apply(rec);
+                return;
+            }
+            _ => {}
         }
         self.totals.apply(what);
         self.by_ip.apply(rec.remote.ip(), what);

@@ -1,0 +1,407 @@
+//! Per source IP: PAWS rejects by path, how far behind the rejected clocks were, SYNs and their
+//! timestamps, what TIME-WAIT sockets did with SYNs, how many clocks sit behind the IP, and
+//! the reject rate those clocks predict next to the one observed.
+//!
+//! Knows nothing of the kernel: it reads [`Record`]s. Bounded: an LRU of source IPs.
+
+use std::{net::IpAddr, num::NonZeroUsize};
+
+use lru::LruCache;
+use serde::Serialize;
+
+use super::clocks::{ClockConfig, ClockEstimate, ClockEstimator};
+use crate::event::{PawsPath, Record, TwSynVerdict, What, regression};
+
+/// "Would the old per-host rule (tcp_tw_recycle, removed in 4.12) have rejected this SYN?" It
+/// compared a SYN's TSval with the highest one seen from that host in the last 60 s.
+const PER_HOST_WINDOW_NS: u64 = 60_000_000_000;
+/// Time constant of the rate estimates (exponentially decaying counts).
+const RATE_TAU_S: f64 = 10.0;
+
+/// An exponentially decaying event count: `value / tau` is a rate that follows changes within
+/// a few tau and needs no per-second buckets.
+#[derive(Clone, Copy, Debug, Default)]
+struct DecayingRate {
+    value: f64,
+    at_ns: u64,
+}
+
+impl DecayingRate {
+    fn decayed(&self, now_ns: u64) -> f64 {
+        let dt = now_ns.saturating_sub(self.at_ns) as f64 / 1e9;
+        self.value * (-dt / RATE_TAU_S).exp()
+    }
+
+    fn add(&mut self, now_ns: u64) {
+        self.value = self.decayed(now_ns) + 1.0;
+        self.at_ns = self.at_ns.max(now_ns);
+    }
+
+    fn per_second(&self, now_ns: u64) -> f64 {
+        self.decayed(now_ns) / RATE_TAU_S
+    }
+}
+
+/// Signed regression statistics (ts_recent − TSval, timestamp ticks) of rejected segments.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct RegressionStats {
+    pub count: u64,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    pub mean: Option<f64>,
+    /// Counts of |regression| by order of magnitude: <10, <100, <1e3, ..., >=1e9 ticks.
+    pub log10_buckets: [u64; 10],
+    #[serde(skip)]
+    sum: i128,
+}
+
+impl RegressionStats {
+    fn record(&mut self, r: i64) {
+        self.count += 1;
+        self.sum += i128::from(r);
+        self.min = Some(self.min.map_or(r, |m| m.min(r)));
+        self.max = Some(self.max.map_or(r, |m| m.max(r)));
+        self.mean = Some(self.sum as f64 / self.count as f64);
+        let mag = r.unsigned_abs().max(1).ilog10() as usize;
+        self.log10_buckets[mag.min(9)] += 1;
+    }
+}
+
+/// Everything known about one source IP.
+struct Source {
+    rejects: [u64; 4],
+    regression: RegressionStats,
+    syns: u64,
+    syns_without_ts: u64,
+    backward_syns: u64,
+    /// Highest TSval seen from this IP and when (for the per-host rule).
+    highest: Option<(u32, u64)>,
+    tw_syn: [u64; 4],
+    clocks: ClockEstimator,
+    observed: DecayingRate,
+    tw_syn_rate: DecayingRate,
+    last_ns: u64,
+}
+
+impl Source {
+    fn new(cfg: &ClockConfig) -> Self {
+        Self {
+            rejects: [0; 4],
+            regression: RegressionStats::default(),
+            syns: 0,
+            syns_without_ts: 0,
+            backward_syns: 0,
+            highest: None,
+            tw_syn: [0; 4],
+            clocks: ClockEstimator::new(cfg.clone()),
+            observed: DecayingRate::default(),
+            tw_syn_rate: DecayingRate::default(),
+            last_ns: 0,
+        }
+    }
+
+    fn syn(&mut self, t_ns: u64, tsval: Option<u32>, sport: u16) {
+        self.syns += 1;
+        let Some(tsval) = tsval else {
+            // No timestamp option: PAWS cannot check it, and it tells nothing of clocks.
+            self.syns_without_ts += 1;
+            return;
+        };
+        match self.highest {
+            Some((high, at)) if t_ns.saturating_sub(at) <= PER_HOST_WINDOW_NS => {
+                if (high.wrapping_sub(tsval) as i32) > 0 {
+                    self.backward_syns += 1;
+                } else {
+                    self.highest = Some((tsval, t_ns));
+                }
+            }
+            _ => self.highest = Some((tsval, t_ns)),
+        }
+        self.clocks.observe(t_ns, tsval, sport);
+    }
+}
+
+/// One source IP, as sinks and exports see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceRow {
+    pub ip: IpAddr,
+    pub rejects: RejectsByPath,
+    pub rejects_total: u64,
+    pub regression: RegressionStats,
+    pub syns: u64,
+    pub syns_without_ts: u64,
+    pub backward_syns: u64,
+    pub tw_syns: TwSynCounts,
+    pub clocks: u32,
+    pub clocks_low: u32,
+    pub clocks_high: u32,
+    pub clock_confidence: f64,
+    pub clock_mode: &'static str,
+    pub clock_rate_hz: Option<u32>,
+    pub nat_suspected: bool,
+    pub predicted_rejects_per_s: f64,
+    pub observed_rejects_per_s: f64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct RejectsByPath {
+    pub timewait: u64,
+    pub established: u64,
+    pub syn_recv: u64,
+    pub syn_sent: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TwSynCounts {
+    pub accepted_by_timestamp: u64,
+    pub accepted_by_sequence: u64,
+    pub rejected_paws: u64,
+    pub rejected_other: u64,
+}
+
+/// Chance that a SYN hitting a TIME-WAIT 4-tuple is PAWS-rejected when `k` unrelated clocks
+/// share the IP: the SYN comes from another clock than the one that left the TIME-WAIT with
+/// probability 1 − 1/k, and that clock is behind half of the time.
+pub fn reject_probability(k: u32) -> f64 {
+    if k <= 1 {
+        0.0
+    } else {
+        (1.0 - 1.0 / f64::from(k)) / 2.0
+    }
+}
+
+pub struct PawsTable {
+    by_ip: LruCache<IpAddr, Source>,
+    cfg: ClockConfig,
+    pub evictions: u64,
+}
+
+impl PawsTable {
+    pub fn new(capacity: usize, cfg: ClockConfig) -> Self {
+        Self {
+            by_ip: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
+            cfg,
+            evictions: 0,
+        }
+    }
+
+    fn source(&mut self, ip: IpAddr) -> &mut Source {
+        if !self.by_ip.contains(&ip) {
+            let cfg = self.cfg.clone();
+            if self.by_ip.push(ip, Source::new(&cfg)).is_some() {
+                self.evictions += 1;
+            }
+        }
+        self.by_ip.get_mut(&ip).expect("just inserted")
+    }
+
+    /// Counts one record (others than PAWS, SYN and TIME-WAIT SYN verdicts are ignored).
+    pub fn apply(&mut self, rec: &Record) {
+        let t = rec.ts_ns;
+        let ip = rec.remote.ip();
+        match rec.what {
+            What::PawsReject {
+                path,
+                tsval,
+                ts_recent,
+                ..
+            } => {
+                let s = self.source(ip);
+                s.last_ns = t;
+                s.rejects[path_index(path)] += 1;
+                if let (Some(tv), Some(tr)) = (tsval, ts_recent) {
+                    s.regression.record(regression(tr, tv));
+                }
+                if path == PawsPath::Timewait {
+                    s.observed.add(t);
+                }
+            }
+            What::Syn { tsval } => {
+                let s = self.source(ip);
+                s.last_ns = t;
+                s.syn(t, tsval, rec.remote.port());
+            }
+            What::TwSyn { verdict, .. } => {
+                let s = self.source(ip);
+                s.last_ns = t;
+                s.tw_syn[verdict_index(verdict)] += 1;
+                s.tw_syn_rate.add(t);
+            }
+            _ => {}
+        }
+    }
+
+    /// Every tracked source IP, most rejects first.
+    pub fn rows(&self, now_ns: u64) -> Vec<SourceRow> {
+        let mut rows: Vec<SourceRow> = self
+            .by_ip
+            .iter()
+            .map(|(ip, s)| row(*ip, s, now_ns))
+            .collect();
+        rows.sort_by(|a, b| {
+            b.rejects_total
+                .cmp(&a.rejects_total)
+                .then(b.syns.cmp(&a.syns))
+                .then(a.ip.cmp(&b.ip))
+        });
+        rows
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_ip.len()
+    }
+}
+
+fn row(ip: IpAddr, s: &Source, now_ns: u64) -> SourceRow {
+    let est: ClockEstimate = s.clocks.estimate();
+    let k = est.clocks;
+    SourceRow {
+        ip,
+        rejects: RejectsByPath {
+            timewait: s.rejects[0],
+            established: s.rejects[1],
+            syn_recv: s.rejects[2],
+            syn_sent: s.rejects[3],
+        },
+        rejects_total: s.rejects.iter().sum(),
+        regression: s.regression,
+        syns: s.syns,
+        syns_without_ts: s.syns_without_ts,
+        backward_syns: s.backward_syns,
+        tw_syns: TwSynCounts {
+            accepted_by_timestamp: s.tw_syn[0],
+            accepted_by_sequence: s.tw_syn[1],
+            rejected_paws: s.tw_syn[2],
+            rejected_other: s.tw_syn[3],
+        },
+        clocks: k,
+        clocks_low: est.clocks_low,
+        clocks_high: est.clocks_high,
+        clock_confidence: est.confidence,
+        clock_mode: est.mode.as_str(),
+        clock_rate_hz: est.rate_hz,
+        nat_suspected: k >= 2,
+        predicted_rejects_per_s: s.tw_syn_rate.per_second(now_ns) * reject_probability(k),
+        observed_rejects_per_s: s.observed.per_second(now_ns),
+    }
+}
+
+fn path_index(p: PawsPath) -> usize {
+    PawsPath::ALL.iter().position(|x| *x == p).unwrap_or(0)
+}
+
+fn verdict_index(v: TwSynVerdict) -> usize {
+    TwSynVerdict::ALL.iter().position(|x| *x == v).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(ip: &str, port: u16, t_s: f64, what: What) -> Record {
+        Record {
+            ts_ns: (t_s * 1e9) as u64,
+            netns: 1,
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: std::net::SocketAddr::new(ip.parse().unwrap(), port),
+            what,
+        }
+    }
+
+    fn table() -> PawsTable {
+        PawsTable::new(8, ClockConfig::default())
+    }
+
+    #[test]
+    fn rejects_by_path_and_regression() {
+        let mut t = table();
+        for (path, tsval, ts_recent) in [
+            (PawsPath::Timewait, 900u32, 1000u32),
+            (PawsPath::Timewait, 500, 1000),
+            (PawsPath::Established, u32::MAX - 9, 10),
+        ] {
+            t.apply(&rec(
+                "192.0.2.1",
+                4000,
+                1.0,
+                What::PawsReject {
+                    path,
+                    tsval: Some(tsval),
+                    ts_recent: Some(ts_recent),
+                    tcp_flags: 0x02,
+                },
+            ));
+        }
+        let r = &t.rows(1_000_000_000)[0];
+        assert_eq!(r.rejects.timewait, 2);
+        assert_eq!(r.rejects.established, 1);
+        assert_eq!(r.rejects_total, 3);
+        assert_eq!(r.regression.count, 3);
+        assert_eq!(
+            r.regression.min,
+            Some(20),
+            "wrapping: 10 - (2^32 - 10) = 20"
+        );
+        assert_eq!(r.regression.max, Some(500));
+        assert!(r.observed_rejects_per_s > 0.0);
+    }
+
+    #[test]
+    fn syns_without_timestamps_and_backward_syns() {
+        let mut t = table();
+        let syn = |tsval| What::Syn { tsval };
+        t.apply(&rec("192.0.2.2", 1, 0.0, syn(Some(1000))));
+        t.apply(&rec("192.0.2.2", 2, 1.0, syn(Some(2000))));
+        t.apply(&rec("192.0.2.2", 3, 2.0, syn(Some(1500)))); // behind the highest: backward
+        t.apply(&rec("192.0.2.2", 4, 3.0, syn(None)));
+        // 61 s after the highest was seen, the per-host rule has forgotten it.
+        t.apply(&rec("192.0.2.2", 5, 62.0, syn(Some(10))));
+        let r = &t.rows(62_000_000_000)[0];
+        assert_eq!((r.syns, r.syns_without_ts, r.backward_syns), (5, 1, 1));
+    }
+
+    #[test]
+    fn verdicts_and_prediction() {
+        let mut t = table();
+        for v in [
+            TwSynVerdict::AcceptedByTimestamp,
+            TwSynVerdict::RejectedPaws,
+            TwSynVerdict::RejectedPaws,
+            TwSynVerdict::RejectedOther,
+        ] {
+            t.apply(&rec(
+                "192.0.2.3",
+                1,
+                5.0,
+                What::TwSyn {
+                    verdict: v,
+                    tsval: None,
+                    ts_recent: None,
+                },
+            ));
+        }
+        let r = &t.rows(5_000_000_000)[0];
+        assert_eq!(r.tw_syns.rejected_paws, 2);
+        assert_eq!(r.tw_syns.accepted_by_timestamp, 1);
+        assert_eq!(r.tw_syns.rejected_other, 1);
+        assert_eq!(reject_probability(1), 0.0);
+        assert_eq!(reject_probability(2), 0.25);
+        assert!((reject_probability(20) - 0.475).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bounded_with_evictions() {
+        let mut t = PawsTable::new(2, ClockConfig::default());
+        for i in 1..=5u8 {
+            t.apply(&rec(
+                &format!("192.0.2.{i}"),
+                1,
+                0.0,
+                What::Syn { tsval: None },
+            ));
+        }
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.evictions, 3);
+    }
+}

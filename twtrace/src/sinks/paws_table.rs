@@ -1,0 +1,83 @@
+//! The PAWS section of the live table: top source IPs by rejects, with their clocks, how far
+//! behind the rejected clocks were, NAT suspicion, and predicted versus observed reject rates.
+
+use std::fmt::Write as _;
+
+use crate::aggregate::paws::SourceRow;
+
+const HEADER: [&str; 13] = [
+    "SOURCE_IP",
+    "REJECTS",
+    "TW",
+    "EST",
+    "SYN_RECV",
+    "SYN_SENT",
+    "REGR_MAX",
+    "SYNS",
+    "NO_TS",
+    "CLOCKS",
+    "NAT",
+    "OBS/s",
+    "PRED/s",
+];
+
+/// Appends the section (nothing when no source IP was seen).
+pub fn render(rows: &[SourceRow], top: usize, evictions: u64, out: &mut String) {
+    if rows.is_empty() {
+        return;
+    }
+    let total: u64 = rows.iter().map(|r| r.rejects_total).sum();
+    let _ = writeln!(
+        out,
+        "PAWS: {} source IPs, {} rejects, {} evicted",
+        rows.len(),
+        total,
+        evictions
+    );
+    let cells: Vec<[String; 13]> = rows.iter().take(top).map(cells).collect();
+    let mut widths = HEADER.map(str::len);
+    for c in &cells {
+        for (w, s) in widths.iter_mut().zip(c) {
+            *w = (*w).max(s.len());
+        }
+    }
+    let line = |out: &mut String, c: &[&str]| {
+        for (i, (s, w)) in c.iter().zip(widths).enumerate() {
+            let sep = if i == 0 { "" } else { "  " };
+            if i == 0 {
+                let _ = write!(out, "{sep}{s:<w$}");
+            } else {
+                let _ = write!(out, "{sep}{s:>w$}");
+            }
+        }
+        out.push('\n');
+    };
+    line(out, &HEADER);
+    for c in &cells {
+        line(out, &c.each_ref().map(String::as_str));
+    }
+    out.push('\n');
+}
+
+fn cells(r: &SourceRow) -> [String; 13] {
+    let clocks = if r.clocks_low == r.clocks_high {
+        r.clocks.to_string()
+    } else {
+        format!("{} ({}-{})", r.clocks, r.clocks_low, r.clocks_high)
+    };
+    [
+        r.ip.to_string(),
+        r.rejects_total.to_string(),
+        r.rejects.timewait.to_string(),
+        r.rejects.established.to_string(),
+        r.rejects.syn_recv.to_string(),
+        r.rejects.syn_sent.to_string(),
+        r.regression.max.map_or("-".into(), |m| m.to_string()),
+        r.syns.to_string(),
+        r.syns_without_ts.to_string(),
+        clocks,
+        if r.nat_suspected { "yes" } else { "no" }.to_owned(),
+        format!("{:.2}", r.observed_rejects_per_s),
+        format!("{:.2}", r.predicted_rejects_per_s),
+    ]
+}
