@@ -400,6 +400,10 @@ pub struct Settings {
     /// Wake the reader once this many bytes are waiting in the ring (events are submitted with
     /// BPF_RB_NO_WAKEUP; user space also polls on a short timer).
     pub wakeup_bytes: u64,
+    /// Until then (bpf_ktime_get_ns), a TIME-WAIT timer armed for a socket twtrace does not
+    /// know may be a re-arm of one that existed before it started, and the call chain is
+    /// checked; afterwards every unknown one is new.
+    pub prestart_tw_until_ns: u64,
     /// Only report this network namespace (0 = all).
     pub netns_filter: u32,
     pub _pad: u32,
@@ -409,6 +413,7 @@ impl Settings {
     pub const fn default_const() -> Self {
         Self {
             wakeup_bytes: 64 * 1024,
+            prestart_tw_until_ns: u64::MAX,
             netns_filter: 0,
             _pad: 0,
         }

@@ -19,7 +19,19 @@ pub const fn bit(class: u8) -> u64 {
 /// Returns the class of the innermost frame whose class is in `wanted`, or 0 when none is.
 #[inline(always)]
 pub fn classify<C: EbpfContext>(ctx: &C, wanted: u64) -> u8 {
-    let mut frames = [0u64; STACK_DEPTH];
+    classify_n::<C, STACK_DEPTH>(ctx, wanted)
+}
+
+/// [`classify`] looking at the innermost frame only: unwinding stops there, so it is cheap.
+/// Enough where the immediate caller decides (a timer expiring or being re-armed).
+#[inline(always)]
+pub fn classify_first<C: EbpfContext>(ctx: &C, wanted: u64) -> u8 {
+    classify_n::<C, 1>(ctx, wanted)
+}
+
+#[inline(always)]
+fn classify_n<C: EbpfContext, const N: usize>(ctx: &C, wanted: u64) -> u8 {
+    let mut frames = [0u64; N];
     let n = unsafe {
         bpf_get_stack(
             ctx.as_ptr(),

@@ -20,7 +20,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, frame_class};
 
 use crate::{
     emit::{count_loss, emit},
-    kernel::{netns_wanted, read, read_flow},
+    kernel::{netns_wanted, read, read_flow, settings},
     layout,
     maps::{LAST_ENTER, LIVE, LastEnter, LiveTw},
     stack::{bit, classify},
@@ -43,10 +43,14 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
     if unsafe { LIVE.get(&tw) }.is_some() {
         return 0; // re-arm of a TIME-WAIT we already know
     }
-    // Unknown socket: a new TIME-WAIT, or a re-arm of one that predates twtrace.
-    let wanted = bit(frame_class::TCP_TIME_WAIT) | bit(frame_class::TW_PROCESS);
-    if classify(&ctx, wanted) == frame_class::TW_PROCESS {
-        return 0;
+    // Unknown socket: a new TIME-WAIT, or a re-arm of one that predates twtrace. Those can
+    // only exist during the first minute or so (a TIME-WAIT lasts 60 s unless re-armed), so
+    // only then is the call chain worth walking.
+    if unsafe { bpf_ktime_get_ns() } < settings().prestart_tw_until_ns {
+        let wanted = bit(frame_class::TCP_TIME_WAIT) | bit(frame_class::TW_PROCESS);
+        if classify(&ctx, wanted) == frame_class::TW_PROCESS {
+            return 0;
+        }
     }
     let expires: u64 =
         unsafe { ctx.read_at(layout!(tp_timer_start_expires) as usize) }.unwrap_or(0);

@@ -23,7 +23,7 @@ use crate::{
     kernel::{netns_wanted, read, read_flow},
     layout,
     maps::LIVE,
-    stack::{bit, classify},
+    stack::{bit, classify, classify_first},
 };
 
 const WANTED: u64 = bit(fc::REARM)

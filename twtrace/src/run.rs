@@ -222,7 +222,7 @@ impl Reporter {
 }
 
 /// CLOCK_MONOTONIC, the clock of the kernel's event timestamps.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
