@@ -21,7 +21,7 @@ step "unit and end-to-end tests on $(uname -r)"
 cargo test --locked --workspace --exclude twtrace-ebpf
 
 step "end-to-end tests in stock kernels under QEMU"
-cargo xtask vm-test --kernel all --hooks auto
-cargo xtask vm-test --kernel all --hooks kprobe
+cargo xtask vm-test --release --kernel all --hooks auto
+cargo xtask vm-test --release --kernel all --hooks kprobe
 
 step "all green"

@@ -116,6 +116,44 @@ fn forced_family_serves_everything_or_fails_clearly() {
     }
 }
 
+/// The VM runs say which family twtrace must end up with (`auto` on stock kernels: fentry;
+/// forced: that family). Elsewhere, the choice must follow the order fentry, kprobe,
+/// tracepoint: the chosen family is the first one not rejected.
+#[test]
+fn hook_choice_follows_the_order_and_the_expectation() {
+    let o = run(&["doctor"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let expected = std::env::var("TWTRACE_EXPECT_FAMILY").ok();
+    let plan = out.split("signal plan").nth(1).expect("a plan section");
+    let mut signals = 0;
+    for block in plan
+        .split("\n  ")
+        .filter(|b| !b.starts_with(' ') && !b.trim().is_empty())
+    {
+        let mut words = block.split_whitespace();
+        let (Some(signal), Some(chosen)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if signal.starts_with("(best") {
+            continue;
+        }
+        signals += 1;
+        if let Some(e) = &expected {
+            assert_eq!(chosen, e, "signal {signal}:\n{out}");
+        }
+        let order = ["fentry", "kprobe", "tracepoint"];
+        let pos = order.iter().position(|f| *f == chosen).expect("a family");
+        for better in &order[..pos] {
+            assert!(
+                plan.contains(&format!("not {better}:")),
+                "{signal} chose {chosen} without a reason to pass over {better}:\n{out}"
+            );
+        }
+    }
+    assert_eq!(signals, 6, "every signal has a plan line:\n{out}");
+}
+
 #[test]
 fn doctor_names_the_hook_of_every_signal() {
     let o = run(&["doctor"]);

@@ -1,0 +1,554 @@
+//! A NAT topology that reproduces the classic PAWS failure deterministically (shared/KERNEL.md,
+//! "TCP timestamps and NAT"): K client namespaces on one private subnet behind a router
+//! namespace that SNATs them to ONE public address, with the source port forced per
+//! connection, so two clients can take turns on the same public 4-tuple while the server still
+//! holds the first one's TIME-WAIT.
+//!
+//! ```text
+//!  client i (veth0 192.168.0.(10+i)) ── lan i ┐
+//!                                             br0 192.168.0.1   router   veth0 10.X.Y.2 (public)
+//!  client j ...                      ── lan j ┘                              │
+//!                                                              server veth0 10.X.Y.1:SERVER_PORT
+//! ```
+//! The server/router link is a [`NetnsPair`] (server = its server side, router = its client
+//! side), so the public subnet is unique among the pairs of this process.
+//!
+//! Determinism, piece by piece:
+//! - Forced public port: an nftables map `(private ip . private port) -> public port` feeds
+//!   `snat to PUBLIC:port`; [`NatLab::connect_from`] sets the element before connecting.
+//! - Port reuse at the router: conntrack's TIME_WAIT/CLOSE timeouts are 1 s there, and the
+//!   scenario waits until the previous entry for the public port is gone from
+//!   /proc/net/nf_conntrack (listing it also reaps it), so the next client's SYN creates a fresh
+//!   entry on the same public port. The server's TIME-WAIT (60 s) is still there.
+//! - Timestamp order: TSval = ms clock + an offset hashed from the 4-tuple with a per-boot
+//!   secret (not per netns); the private 4-tuples differ, so the offsets are unrelated. Before a
+//!   connection, TCP_FASTOPEN_CONNECT + TCP_FASTOPEN_NO_COOKIE make connect() compute the offset
+//!   but defer the SYN, and getsockopt(TCP_TIMESTAMP) returns clock + offset without a packet
+//!   sent. The offset depends only on the 4-tuple, so a later plain connect() from the same port
+//!   uses it too: trying a few private ports for B picks one whose TSval is older (or newer)
+//!   than A's by a wide margin.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+
+use super::netns::{NetnsPair, VETH, cleanup_stale, ip, try_in_netns};
+use super::proc::{TcpState, netstat, sysctl, tcp_sockets, try_delta};
+use super::raw::{ACK, Capture, FIN, SYN, nft, regression, tw_paws_counter, tw_paws_delta};
+use super::sys;
+use super::traffic::{IO_TIMEOUT, Server};
+
+pub const MAX_CLIENTS: usize = 8;
+/// Where the lab's [`Server`] listens.
+pub const SERVER_PORT: u16 = 8080;
+/// Private source port of client A in the scenario; B's is picked from `B_PORTS`.
+const A_PORT: u16 = 40000;
+const B_PORTS: std::ops::Range<u16> = 40100..40164;
+/// How far apart A's and B's TSvals must be: far beyond any delay inside a scenario, far from
+/// the s32 wrap. Each candidate port passes with probability ~1/2 (random offsets), so 64
+/// candidates fail to find one with probability 2^-64.
+const TS_MARGIN: i32 = 60_000;
+const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+const CONNTRACK_TIMEOUT_S: &str = "1";
+
+const TCP_TIMESTAMP: libc::c_int = 24;
+const TCP_FASTOPEN_CONNECT: libc::c_int = 30;
+const TCP_FASTOPEN_NO_COOKIE: libc::c_int = 34;
+
+/// The lab. Dropping it stops the server and deletes every namespace, also during a panic.
+pub struct NatLab {
+    // Field order is drop order: the server first, the pair (server + router) last.
+    server: Option<Server>,
+    clients: Vec<String>,
+    pair: NetnsPair,
+    /// Installed map elements, so that a changed mapping is deleted before it is re-added.
+    mappings: Mutex<BTreeMap<(usize, u16), u16>>,
+    next_public_port: AtomicU16,
+}
+
+/// One connection through the NAT (the server closes first, so on success the server holds a
+/// TIME-WAIT for `public` when this is returned).
+#[derive(Clone, Debug)]
+pub struct NatConn {
+    pub client: usize,
+    pub private: SocketAddr,
+    /// The address the server sees: public IP and the forced port.
+    pub public: SocketAddr,
+    /// Ok, or the errno of the failing step (connect timeout: EINPROGRESS through SO_SNDTIMEO).
+    pub result: std::result::Result<(), i32>,
+    pub failed_at: Option<&'static str>,
+    /// Time connect() took (the PAWS reject + RST + fast SYN retransmit shows up here).
+    pub connect_time: Duration,
+    pub elapsed: Duration,
+}
+
+impl NatConn {
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
+fn client_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 0, 10 + i as u8)
+}
+
+impl NatLab {
+    /// Creates the server, router and `clients` client namespaces (`tw-<tag>-<pid>-srv`,
+    /// `-cli` for the router, `tw-<tag>.c<i>-<pid>-cli`) and starts a [`Server`] on
+    /// [`SERVER_PORT`]. Stale namespaces of crashed runs with this tag are removed first.
+    pub fn new(tag: &str, clients: usize) -> Result<NatLab> {
+        ensure!((1..=MAX_CLIENTS).contains(&clients), "1..={MAX_CLIENTS} clients");
+        for i in 0..MAX_CLIENTS {
+            cleanup_stale(&format!("{tag}.c{i}"))?;
+        }
+        let pair = NetnsPair::new(tag)?;
+        let mut lab = NatLab {
+            server: None,
+            clients: Vec::new(),
+            pair,
+            mappings: Mutex::new(BTreeMap::new()),
+            next_public_port: AtomicU16::new(50000),
+        };
+        let pid = std::process::id();
+        for i in 0..clients {
+            let ns = format!("tw-{tag}.c{i}-{pid}-cli");
+            ip(&["netns", "add", &ns])?;
+            lab.clients.push(ns);
+        }
+        lab.setup_router()?;
+        for i in 0..clients {
+            lab.setup_client(i)?;
+        }
+        lab.wait_links_up()?;
+        let addr = SocketAddr::new(lab.pair.server_v4(), SERVER_PORT);
+        lab.server = Some(Server::start(lab.server_ns(), addr)?);
+        Ok(lab)
+    }
+
+    fn setup_router(&self) -> Result<()> {
+        let r = self.router_ns();
+        ip(&["-n", r, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", r, "addr", "add", &format!("{ROUTER_LAN}/24"), "dev", "br0"])?;
+        ip(&["-n", r, "link", "set", "br0", "up"])?;
+        sysctl(r, "net.ipv4.ip_forward", "1")?;
+        let public = self.public_ip();
+        // The map miss falls through to plain masquerade, so unmapped traffic still works.
+        nft(
+            r,
+            &format!(
+                "table ip tw_nat {{
+                   map pubport {{ type ipv4_addr . inet_service : inet_service; }}
+                   chain post {{
+                     type nat hook postrouting priority srcnat; policy accept;
+                     oifname \"{VETH}\" ip saddr 192.168.0.0/24 meta l4proto tcp \
+                       snat ip to {public} : ip saddr . tcp sport map @pubport
+                     oifname \"{VETH}\" ip saddr 192.168.0.0/24 masquerade
+                   }}
+                 }}"
+            ),
+        )?;
+        // Per-netns conntrack sysctls (present once the nat table made conntrack active).
+        for state in ["time_wait", "close"] {
+            sysctl(r, &format!("net.netfilter.nf_conntrack_tcp_timeout_{state}"), CONNTRACK_TIMEOUT_S)?;
+        }
+        Ok(())
+    }
+
+    fn setup_client(&self, i: usize) -> Result<()> {
+        let (r, c) = (self.router_ns(), self.clients[i].as_str());
+        let lan = format!("lan{i}");
+        ip(&["-n", r, "link", "add", &lan, "type", "veth", "peer", "name", VETH, "netns", c])?;
+        ip(&["-n", r, "link", "set", &lan, "master", "br0"])?;
+        ip(&["-n", r, "link", "set", &lan, "up"])?;
+        ip(&["-n", c, "addr", "add", &format!("{}/24", client_ip(i)), "dev", VETH])?;
+        ip(&["-n", c, "link", "set", "lo", "up"])?;
+        ip(&["-n", c, "link", "set", VETH, "up"])?;
+        ip(&["-n", c, "route", "add", "default", "via", &ROUTER_LAN.to_string()])?;
+        Ok(())
+    }
+
+    /// Waits until every link reports UP (carrier state follows asynchronously, see NetnsPair).
+    fn wait_links_up(&self) -> Result<()> {
+        let mut links: Vec<(String, String)> = self.clients.iter().map(|c| (c.clone(), VETH.to_owned())).collect();
+        links.push((self.router_ns().to_owned(), "br0".to_owned()));
+        links.extend((0..self.clients.len()).map(|i| (self.router_ns().to_owned(), format!("lan{i}"))));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (ns, dev) in links {
+            loop {
+                let out = Command::new("ip").args(["-n", &ns, "-o", "link", "show", &dev]).output()?;
+                let s = String::from_utf8_lossy(&out.stdout);
+                if s.contains("state UP") && s.contains("LOWER_UP") {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "{dev} in {ns} did not come up: {}", s.trim());
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn server_ns(&self) -> &str {
+        self.pair.server_ns()
+    }
+    pub fn router_ns(&self) -> &str {
+        self.pair.client_ns()
+    }
+    pub fn client_ns(&self, i: usize) -> &str {
+        &self.clients[i]
+    }
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+    /// The router's address on the server side: every client appears as this address.
+    pub fn public_ip(&self) -> IpAddr {
+        self.pair.client_v4()
+    }
+    pub fn client_ip(&self, i: usize) -> IpAddr {
+        client_ip(i).into()
+    }
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server.as_ref().expect("server runs while the lab lives").addr()
+    }
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server runs while the lab lives")
+    }
+    /// A public port no earlier scenario of this lab used (so no TIME-WAIT of an earlier run
+    /// sits on it at the server).
+    pub fn fresh_public_port(&self) -> u16 {
+        self.next_public_port.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Makes the router translate `client`'s `private_port` to `public_port` for new
+    /// connections (conntrack keeps existing ones as they are).
+    pub fn set_mapping(&self, client: usize, private_port: u16, public_port: u16) -> Result<()> {
+        let mut m = self.mappings.lock().unwrap();
+        let key = format!("{} . {private_port}", client_ip(client));
+        match m.get(&(client, private_port)) {
+            Some(&p) if p == public_port => return Ok(()),
+            Some(_) => nft(self.router_ns(), &format!("delete element ip tw_nat pubport {{ {key} }}"))?,
+            None => {}
+        }
+        nft(self.router_ns(), &format!("add element ip tw_nat pubport {{ {key} : {public_port} }}"))?;
+        m.insert((client, private_port), public_port);
+        Ok(())
+    }
+
+    /// The TSval `client` would put into a SYN from `private_port` to the server right now,
+    /// read without sending anything (TCP_FASTOPEN_CONNECT defers the SYN; see module doc).
+    /// The kernel clears the low bit (ms-resolution sockets), so it is exact to 1 tick.
+    pub fn syn_tsval_now(&self, client: usize, private_port: u16) -> Result<u32> {
+        let (local, server) = (SocketAddr::new(self.client_ip(client), private_port), self.server_addr());
+        try_in_netns(self.client_ns(client), move || -> Result<u32> {
+            let fd = sys::tcp_socket(&server)?;
+            sys::set_reuseaddr(&fd)?;
+            sys::bind(&fd, &local).with_context(|| format!("bind {local}"))?;
+            for opt in [TCP_FASTOPEN_CONNECT, TCP_FASTOPEN_NO_COOKIE] {
+                setsockopt_int(&fd, opt, 1).with_context(|| format!("TCP option {opt} (net.ipv4.tcp_fastopen needs bit 1)"))?;
+            }
+            sys::connect(&fd, &server).context("deferred connect")?;
+            ensure!(sys::tcp_state(fd.as_raw_fd())? == 2, "connect() was not deferred (state is not SYN_SENT)");
+            let mut v: u32 = 0;
+            let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+            // SAFETY: v is writable for len bytes.
+            let r = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, TCP_TIMESTAMP, (&raw mut v).cast(), &mut len) };
+            ensure!(r == 0, "TCP_TIMESTAMP: {}", std::io::Error::last_os_error());
+            // Closing a socket whose SYN was deferred sends nothing.
+            Ok(v)
+        })?
+    }
+
+    /// One connection from `client`'s `private_port`, translated to `public_port`, with the
+    /// server closing first. Waits (bounded by IO_TIMEOUT) until the server's TIME-WAIT for the
+    /// public 4-tuple exists. `timeout` bounds connect() and each read.
+    pub fn connect_from(&self, client: usize, private_port: u16, public_port: u16, timeout: Duration) -> Result<NatConn> {
+        self.set_mapping(client, private_port, public_port)?;
+        let private = SocketAddr::new(self.client_ip(client), private_port);
+        let public = SocketAddr::new(self.public_ip(), public_port);
+        let server = self.server_addr();
+        let mut conn = try_in_netns(self.client_ns(client), move || one_connection(private, server, timeout))?;
+        (conn.client, conn.public) = (client, public);
+        if conn.is_ok() {
+            self.wait_server_tw(public)?;
+        }
+        Ok(conn)
+    }
+
+    fn wait_server_tw(&self, public: SocketAddr) -> Result<()> {
+        let (deadline, server) = (Instant::now() + IO_TIMEOUT, self.server_addr());
+        loop {
+            let tw = tcp_sockets(self.server_ns())?
+                .iter()
+                .any(|e| e.state == TcpState::TimeWait && e.local == server && e.remote == public);
+            if tw {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "no server TIME-WAIT for {public} within {IO_TIMEOUT:?}");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits until the router's conntrack table has no entry on `public_port` any more, so a
+    /// new SYN can be translated to that port again. Reading the table removes expired entries.
+    pub fn wait_conntrack_gone(&self, public_port: u16, timeout: Duration) -> Result<Duration> {
+        let (t0, srv) = (Instant::now(), self.server_addr());
+        let needle = format!("src={} dst={} sport={} dport={public_port} ", srv.ip(), self.public_ip(), srv.port());
+        loop {
+            let table = try_in_netns(self.router_ns(), || std::fs::read_to_string("/proc/thread-self/net/nf_conntrack"))??;
+            if !table.contains(&needle) {
+                return Ok(t0.elapsed());
+            }
+            ensure!(t0.elapsed() < timeout, "conntrack entry for public port {public_port} still there after {timeout:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        for ns in self.clients.drain(..).rev() {
+            if let Err(e) = ip(&["netns", "delete", &ns]) {
+                eprintln!("warning: could not delete netns {ns}: {e:#}");
+            }
+        }
+        // self.pair deletes the server and router namespaces after this.
+    }
+}
+
+fn setsockopt_int(fd: &std::os::fd::OwnedFd, opt: libc::c_int, val: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: val is a live c_int of the size passed.
+    let r = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, opt, (&raw const val).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+    };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Client side of the traffic module's protocol with policy `S` (server closes first): send
+/// `S`, read the echo and EOF, send our FIN and wait until it is acknowledged (CLOSE).
+fn one_connection(private: SocketAddr, server: SocketAddr, timeout: Duration) -> NatConn {
+    let start = Instant::now();
+    let mut connect_time = Duration::ZERO;
+    let (result, failed_at) = match connect_and_exchange(private, server, timeout, &mut connect_time) {
+        Ok(()) => (Ok(()), None),
+        Err((stage, e)) => (Err(e.raw_os_error().unwrap_or(libc::EIO)), Some(stage)),
+    };
+    NatConn { client: 0, private, public: private, result, failed_at, connect_time, elapsed: start.elapsed() }
+}
+
+fn connect_and_exchange(
+    private: SocketAddr,
+    server: SocketAddr,
+    timeout: Duration,
+    connect_time: &mut Duration,
+) -> std::result::Result<(), (&'static str, std::io::Error)> {
+    use std::io::{Read as _, Write as _};
+    let at = |stage| move |e| (stage, e);
+    let fd = sys::tcp_socket(&server).map_err(at("socket"))?;
+    sys::set_timeouts(&fd, timeout).map_err(at("socket"))?;
+    sys::set_reuseaddr(&fd).and_then(|_| sys::bind(&fd, &private)).map_err(at("bind"))?;
+    let t = Instant::now();
+    let r = sys::connect(&fd, &server);
+    *connect_time = t.elapsed();
+    r.map_err(at("connect"))?;
+    let mut s = sys::into_stream(fd);
+    let mut buf = [0u8; 64];
+    s.write_all(b"S").map_err(at("exchange"))?;
+    s.read_exact(&mut buf[..1]).map_err(at("exchange"))?;
+    while s.read(&mut buf).map_err(at("exchange"))? > 0 {}
+    s.shutdown(Shutdown::Write).map_err(at("close"))?;
+    let deadline = Instant::now() + timeout;
+    while sys::tcp_state(s.as_raw_fd()).map_err(at("close"))? != sys::TCP_CLOSE {
+        if Instant::now() > deadline {
+            return Err(("close", std::io::Error::from_raw_os_error(libc::ETIMEDOUT)));
+        }
+        thread::sleep(Duration::from_micros(50));
+    }
+    Ok(())
+}
+
+/// Which TSval client B's SYN carries relative to the server's ts_recent from A.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TsOrder {
+    /// B (client 1) is older than A by more than a minute: the server's TIME-WAIT rejects it.
+    BOlder,
+    /// B is newer than A by more than a minute: the TIME-WAIT accepts it (control).
+    BNewer,
+    /// "B" is A again from the same private port (one client only): newer, accepted (control).
+    SameClient,
+}
+
+/// The classic NAT scenario: A connects (server closes first: server TIME-WAIT on the public
+/// 4-tuple), A's conntrack entry expires, B connects to the same server port and is mapped to
+/// the same public port.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub order: TsOrder,
+    /// net.ipv4.tcp_rfc1337 in the server namespace. 0: the first SYN is rejected, the server's
+    /// ACK makes B answer RST, which passes the NAT and kills the TIME-WAIT; B's SYN goes out
+    /// again after TCP_TIMEOUT_MIN and connects (a few ms late): exactly 1 reject. 1: the RST
+    /// is ignored and every SYN is rejected until B's connect() times out.
+    pub rfc1337: bool,
+    /// connect() timeout for B. With rfc1337 it must lie in 0.2..0.9 s: B's SYN and its fast
+    /// retransmit get in, the next one (1 s later) does not: exactly 2 rejects.
+    pub b_timeout: Duration,
+    /// The forced public port; None takes [`NatLab::fresh_public_port`].
+    pub public_port: Option<u16>,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario { order: TsOrder::BOlder, rfc1337: false, b_timeout: IO_TIMEOUT, public_port: None }
+    }
+}
+
+/// What happened, with the exact values a tracer has to report.
+#[derive(Clone, Debug)]
+pub struct ScenarioReport {
+    pub scenario: Scenario,
+    /// The server's listening address and the public address both A and B appeared as.
+    pub server: SocketAddr,
+    pub public: SocketAddr,
+    pub a: NatConn,
+    pub b: NatConn,
+    /// The server TIME-WAIT's ts_recent: TSval of A's FIN as captured at the server.
+    pub ts_recent: u32,
+    /// TSvals of B's SYNs that reached the server, in order.
+    pub b_syn_tsvals: Vec<u32>,
+    /// ts_recent - first B SYN TSval (s32): > 0 means B is older.
+    pub regression: i32,
+    /// The server's answers to B's SYNs: bare ACKs before its first SYN-ACK (PAWS rejects,
+    /// minus those held back by the rate limit), and SYN-ACKs.
+    pub server_acks: usize,
+    pub server_synacks: usize,
+    /// B's private port and the regression (A - B) probed before anything was sent; the real
+    /// one is smaller by the time between A's FIN and B's SYN (~ the conntrack wait).
+    pub b_probe: Option<(u16, i32)>,
+    /// PAWS rejects the scenario predicts, and what the server namespace counted during B's
+    /// attempt (in `paws_counter`: TcpExtPAWSTimewait, or TcpExtPAWSEstab before 6.16).
+    pub expected_paws: u64,
+    pub paws_counter: &'static str,
+    pub paws: u64,
+    /// TcpExtTCPACKSkippedTimeWait during B's attempt (reject ACKs held back by
+    /// tcp_invalid_ratelimit, 500 ms per TIME-WAIT).
+    pub acks_skipped: u64,
+    /// How long the router took to forget A's mapping.
+    pub conntrack_wait: Duration,
+    pub elapsed: Duration,
+}
+
+impl NatLab {
+    /// Picks B's private port: the first candidate whose TSval differs from A's in the wanted
+    /// direction by at least TS_MARGIN. Returns the port and the probed regression (A - B).
+    fn pick_b_port(&self, order: TsOrder) -> Result<(u16, i32)> {
+        let a = self.syn_tsval_now(0, A_PORT)?;
+        for p in B_PORTS {
+            let r = regression(a, self.syn_tsval_now(1, p)?);
+            let want = if order == TsOrder::BOlder { r } else { r.saturating_neg() };
+            if (TS_MARGIN..=i32::MAX - TS_MARGIN).contains(&want) {
+                return Ok((p, r));
+            }
+        }
+        bail!("no private port in {B_PORTS:?} gives B a TSval {order:?} by {TS_MARGIN} ms")
+    }
+
+    /// Runs the scenario once. Errors are harness failures (the NAT did not map as forced, A
+    /// failed, ...); B's fate is reported, not judged.
+    pub fn run_scenario(&self, sc: &Scenario) -> Result<ScenarioReport> {
+        let t0 = Instant::now();
+        if sc.rfc1337 {
+            ensure!(
+                (Duration::from_millis(200)..=Duration::from_millis(900)).contains(&sc.b_timeout),
+                "with rfc1337 the B timeout must be 0.2..0.9 s for an exact prediction"
+            );
+        }
+        let (b_client, b_port, b_probe) = match sc.order {
+            TsOrder::SameClient => (0, A_PORT, None),
+            order => {
+                ensure!(self.clients() >= 2, "{order:?} needs two clients");
+                let (port, r) = self.pick_b_port(order)?;
+                (1, port, Some((port, r)))
+            }
+        };
+        sysctl(self.server_ns(), "net.ipv4.tcp_rfc1337", if sc.rfc1337 { "1" } else { "0" })?;
+        let port = sc.public_port.unwrap_or_else(|| self.fresh_public_port());
+        let (server, public) = (self.server_addr(), SocketAddr::new(self.public_ip(), port));
+        self.wait_conntrack_gone(port, Duration::from_secs(5))?;
+
+        let mut cap = Capture::start(self.server_ns(), VETH)?;
+        let a = self.connect_from(0, A_PORT, port, IO_TIMEOUT)?;
+        ensure!(a.is_ok(), "client A failed: {a:?}");
+        let segs = cap.segments()?;
+        let fin = segs
+            .iter()
+            .rev()
+            .find(|s| s.is_from_to(public, server) && s.has(FIN))
+            .ok_or_else(|| anyhow!("A's FIN not seen at the server from {public}: wrong NAT mapping? {segs:?}"))?;
+        let ts_recent = fin.tsval().ok_or_else(|| anyhow!("A's FIN has no timestamp"))?;
+
+        let conntrack_wait = self.wait_conntrack_gone(port, Duration::from_secs(5))?;
+        let mark = cap.mark()?;
+        let before = netstat(self.server_ns())?;
+        let b = self.connect_from(b_client, b_port, port, sc.b_timeout)?;
+        // B's SYNs are processed by the server as they arrive; let the last answer land.
+        self.settle(&mut cap)?;
+        let after = netstat(self.server_ns())?;
+
+        let segs = &cap.segments()?[mark..];
+        let syns: Vec<_> = segs.iter().filter(|s| s.dst == server && s.flags & (SYN | ACK) == SYN).collect();
+        ensure!(
+            !syns.is_empty() && syns.iter().all(|s| s.src == public),
+            "B's SYNs did not all arrive from the forced public address {public}: {syns:?}"
+        );
+        // The server's answers to B's SYNs: everything it sent to B up to its first SYN-ACK.
+        let answers: Vec<_> = segs.iter().filter(|s| s.is_from_to(server, public)).collect();
+        let first_synack = answers.iter().position(|s| s.has(SYN | ACK)).unwrap_or(answers.len());
+        let b_syn_tsvals: Vec<u32> = syns.iter().filter_map(|s| s.tsval()).collect();
+        let expected_paws = match (sc.order, sc.rfc1337) {
+            (TsOrder::BOlder, false) => 1,
+            (TsOrder::BOlder, true) => 2,
+            _ => 0,
+        };
+        Ok(ScenarioReport {
+            scenario: sc.clone(),
+            server,
+            public,
+            regression: regression(ts_recent, *b_syn_tsvals.first().ok_or_else(|| anyhow!("B's SYN without timestamp"))?),
+            server_acks: answers[..first_synack].iter().filter(|s| s.flags == ACK).count(),
+            server_synacks: answers.iter().filter(|s| s.has(SYN | ACK)).count(),
+            b_probe,
+            a,
+            b,
+            ts_recent,
+            b_syn_tsvals,
+            expected_paws,
+            paws_counter: tw_paws_counter(&after),
+            paws: tw_paws_delta(&before, &after),
+            acks_skipped: try_delta(&before, &after, "TcpExtTCPACKSkippedTimeWait").unwrap_or(0),
+            conntrack_wait,
+            elapsed: t0.elapsed(),
+        })
+    }
+
+    /// Waits until the server's veth has been quiet for 50 ms (bounded by 2 s).
+    fn settle(&self, cap: &mut Capture) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut n = cap.mark()?;
+        let mut since = Instant::now();
+        while since.elapsed() < Duration::from_millis(50) {
+            ensure!(Instant::now() < deadline, "server link never went quiet");
+            thread::sleep(Duration::from_millis(5));
+            let m = cap.mark()?;
+            if m != n {
+                (n, since) = (m, Instant::now());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! One run: one condition under wrk for the configured time, with every measurement taken
+//! around the load window (the tracer's start-up and teardown are outside it).
+
+use super::guard;
+use super::load::{Load, WrkResult};
+use super::netns::Pair;
+use super::procfs::{self, ProgStats};
+use super::tracer::{self, Condition, EventCounts, Setup, Tracer};
+use anyhow::{Result, bail};
+use std::time::Instant;
+
+/// Everything a run needs that stays the same across runs.
+pub struct Ctx<'a> {
+    pub net: &'a Pair,
+    pub load: Load,
+    pub seconds: u64,
+    pub setup: Setup,
+    /// A process inside the server namespace (nginx), to read its counters.
+    pub server_pid: u32,
+    pub server_netns: u64,
+    pub bpftrace_script: String,
+}
+
+#[derive(serde::Serialize)]
+pub struct RunRecord {
+    pub round: u32,
+    pub slot: usize,
+    pub condition: Condition,
+    pub wrk: WrkResult,
+    /// Seconds between the counter reads around wrk.
+    pub window_s: f64,
+    /// TcpExtTW delta in the server namespace over the window (TIME-WAITs entered).
+    pub tw: u64,
+    pub tw_per_s: f64,
+    pub tw_overflow: u64,
+    /// Whole-machine CPU use over the window, % of all CPUs (other load shows up here).
+    pub host_busy_pct: f64,
+    pub tracer: Option<TracerRecord>,
+}
+
+#[derive(serde::Serialize)]
+pub struct TracerRecord {
+    pub cpu_s: f64,
+    /// % of one CPU over the window.
+    pub cpu_pct: f64,
+    pub bpf: Option<BpfRecord>,
+    /// TcpExtTW delta from the tracer being attached to it having exited.
+    pub tw_while_attached: u64,
+    pub events: Option<EventCounts>,
+    pub killed: bool,
+    pub stderr: String,
+}
+
+#[derive(serde::Serialize)]
+pub struct BpfRecord {
+    pub programs: usize,
+    #[serde(flatten)]
+    pub total: ProgStats,
+    pub ns_per_run: f64,
+    pub ns_per_tw: f64,
+    /// % of one CPU over the window.
+    pub cpu_pct: f64,
+}
+
+fn tw_counters(pid: u32) -> Result<(u64, u64)> {
+    let c = procfs::tcp_ext(pid)?;
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    Ok((get("TW"), get("TCPTimeWaitOverflow")))
+}
+
+pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<RunRecord> {
+    let mut tracer = Tracer::start(cond, &ctx.setup, &ctx.bpftrace_script)?;
+    let (tw_attached, _) = tw_counters(ctx.server_pid)?;
+    let snap0 = tracer.as_ref().map(Tracer::snapshot).transpose()?;
+
+    let host0 = procfs::host_cpu()?;
+    let (tw0, ovf0) = tw_counters(ctx.server_pid)?;
+    let t0 = Instant::now();
+    let wrk = ctx.load.run(ctx.net, ctx.seconds)?;
+    let (tw1, ovf1) = tw_counters(ctx.server_pid)?;
+    let window_s = t0.elapsed().as_secs_f64();
+    let host1 = procfs::host_cpu()?;
+    let snap1 = tracer.as_ref().map(Tracer::snapshot).transpose()?;
+
+    let tw = tw1 - tw0;
+    let mut record = RunRecord {
+        round,
+        slot,
+        condition: cond,
+        wrk,
+        window_s,
+        tw,
+        tw_per_s: tw as f64 / window_s,
+        tw_overflow: ovf1 - ovf0,
+        host_busy_pct: 100.0 * (host1.0 - host0.0) as f64 / (host1.1 - host0.1).max(1) as f64,
+        tracer: None,
+    };
+    let (Some(mut t), Some(s0), Some(s1)) = (tracer.take(), snap0, snap1) else {
+        return Ok(record);
+    };
+    if !t.alive()? {
+        bail!(
+            "{} died during the run: {}",
+            cond.label(),
+            t.stderr().trim()
+        );
+    }
+    let ndjson = t.ndjson.take();
+    let stopped = t.stop()?;
+    let (tw_end, _) = tw_counters(ctx.server_pid)?;
+    if !stopped.status.success() && !stopped.killed {
+        bail!(
+            "{} failed on SIGINT ({}): {}",
+            cond.label(),
+            stopped.status,
+            stopped.stderr.trim()
+        );
+    }
+    let events = match &ndjson {
+        Some(path) => {
+            let counts = tracer::count_ndjson(path, ctx.server_netns)?;
+            // Hundreds of MB over a full bench otherwise.
+            let _ = std::fs::remove_file(path);
+            Some(counts)
+        }
+        None => None,
+    };
+    let d = procfs::bpf_delta(&s0.bpf, &s1.bpf);
+    let bpf = ctx.setup.bpf_stats.then(|| BpfRecord {
+        programs: s1.bpf.len(),
+        total: d,
+        ns_per_run: d.run_time_ns as f64 / d.run_cnt.max(1) as f64,
+        ns_per_tw: d.run_time_ns as f64 / tw.max(1) as f64,
+        cpu_pct: d.run_time_ns as f64 / (window_s * 1e7),
+    });
+    let cpu_s = s1.cpu_s - s0.cpu_s;
+    record.tracer = Some(TracerRecord {
+        cpu_s,
+        cpu_pct: 100.0 * cpu_s / window_s,
+        bpf,
+        tw_while_attached: tw_end - tw_attached,
+        events,
+        killed: stopped.killed,
+        stderr: tail(&stopped.stderr, 2000),
+    });
+    guard::check()?;
+    Ok(record)
+}
+
+fn tail(s: &str, max: usize) -> String {
+    let s = s.trim();
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
+}

@@ -1,0 +1,246 @@
+//! The four conditions and the tracer each one runs: start it, know when it is attached,
+//! snapshot its CPU and BPF statistics, stop it, and count what `twtrace events` wrote.
+
+use super::guard::{self, Proc};
+use super::procfs::{self, ProgStats};
+use anyhow::{Context as _, Result, bail};
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// No tracer.
+    Baseline,
+    /// `twtrace` (live table, stdout to /dev/null).
+    Table,
+    /// `twtrace events --json` (NDJSON to a file, counted afterwards).
+    Events,
+    /// A bpftrace one-liner printing one line per TIME-WAIT to /dev/null.
+    Bpftrace,
+}
+
+impl Condition {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Baseline => "no tracer",
+            Self::Table => "`twtrace` (live table > /dev/null)",
+            Self::Events => "`twtrace events --json > file`",
+            Self::Bpftrace => "bpftrace one-liner > /dev/null",
+        }
+    }
+}
+
+/// What every tracer start needs.
+pub struct Setup {
+    pub twtrace: PathBuf,
+    pub dir: PathBuf,
+    pub bpf_stats: bool,
+}
+
+/// bpftrace's closest equivalent of twtrace's TIME-WAIT entry signal on a tracepoint-only
+/// kernel: the TIME-WAIT timer being armed. The handler's address is a literal because
+/// bpftrace cannot resolve kernel symbols in a tracepoint filter.
+pub fn bpftrace_script() -> Result<String> {
+    let syms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    let addr = syms
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (a, _, name) = (f.next()?, f.next()?, f.next()?);
+            (name == "tw_timer_handler").then_some(a)
+        })
+        .context("tw_timer_handler is not in /proc/kallsyms")?;
+    if addr.bytes().all(|b| b == b'0') {
+        bail!("/proc/kallsyms hides addresses (kernel.kptr_restrict)");
+    }
+    Ok(format!(
+        "tracepoint:timer:timer_start /args->function == 0x{addr}/ \
+         {{ printf(\"%llu tw %p\\n\", nsecs, args->timer); }}"
+    ))
+}
+
+/// CPU time and BPF statistics of a tracer at one instant.
+pub struct Snapshot {
+    pub cpu_s: f64,
+    pub bpf: BTreeMap<u32, ProgStats>,
+}
+
+pub struct Tracer {
+    proc: Proc,
+    stderr: Arc<Mutex<String>>,
+    pub ndjson: Option<PathBuf>,
+}
+
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub killed: bool,
+    pub stderr: String,
+}
+
+impl Tracer {
+    /// Starts the tracer of `cond` (none for the baseline) and returns once it is attached.
+    pub fn start(cond: Condition, setup: &Setup, script: &str) -> Result<Option<Self>> {
+        let (mut cmd, ndjson) = match cond {
+            Condition::Baseline => return Ok(None),
+            Condition::Table => {
+                let mut c = Command::new(&setup.twtrace);
+                c.stdout(Stdio::null());
+                (c, None)
+            }
+            Condition::Events => {
+                let path = setup.dir.join("events.ndjson");
+                let file = std::fs::File::create(&path)?;
+                let mut c = Command::new(&setup.twtrace);
+                // As `> file` would: twtrace's stdout is the file.
+                c.args(["events", "--json"]).stdout(file);
+                (c, Some(path))
+            }
+            Condition::Bpftrace => {
+                let mut c = Command::new("bpftrace");
+                // -o: output (also its "Attaching 1 probe..." banner) to /dev/null.
+                c.args(["-o", "/dev/null", "-e", script])
+                    .stdout(Stdio::null());
+                (c, None)
+            }
+        };
+        cmd.stderr(Stdio::piped());
+        let mut proc = Proc::spawn(cond.label(), &mut cmd)?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = proc.child().stderr.take().context("no stderr pipe")?;
+        let sink = Arc::clone(&stderr);
+        // Drains stderr for the whole run so the tracer never blocks on it; ends at EOF.
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut tracer = Self {
+            proc,
+            stderr,
+            ndjson,
+        };
+        tracer.wait_attached(cond, setup.bpf_stats)?;
+        Ok(Some(tracer))
+    }
+
+    /// twtrace says "twtrace: tracing" once attached. bpftrace's banner went to /dev/null, so
+    /// for it: a program that has run (timer_start fires constantly) when run counts are on,
+    /// else a loaded program plus a second.
+    fn wait_attached(&mut self, cond: Condition, stats: bool) -> Result<()> {
+        let start = Instant::now();
+        let limit = Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.proc.exited()? {
+                // Let the reader thread collect the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                bail!(
+                    "{} exited ({status}): {}",
+                    self.proc.name,
+                    self.stderr().trim()
+                );
+            }
+            let ready = match cond {
+                Condition::Bpftrace => {
+                    let progs = procfs::bpf_progs(self.proc.pid()).unwrap_or_default();
+                    if stats {
+                        progs.values().any(|p| p.run_cnt > 0)
+                    } else {
+                        !progs.is_empty() && start.elapsed() > Duration::from_secs(1)
+                    }
+                }
+                _ => self.stderr().contains("twtrace: tracing"),
+            };
+            if ready {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "{} not attached after {limit:?}: {}",
+                    self.proc.name,
+                    self.stderr().trim()
+                );
+            }
+            guard::sleep(Duration::from_millis(20))?;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn alive(&mut self) -> Result<bool> {
+        Ok(self.proc.exited()?.is_none())
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot {
+            cpu_s: procfs::cpu_seconds(self.proc.pid())?,
+            bpf: procfs::bpf_progs(self.proc.pid())?,
+        })
+    }
+
+    /// SIGINT, as a user would; twtrace drains its ring and flushes before exiting.
+    pub fn stop(mut self) -> Result<Stopped> {
+        let (status, killed) = self.proc.stop(libc::SIGINT, Duration::from_secs(20))?;
+        std::thread::sleep(Duration::from_millis(100)); // last stderr lines
+        Ok(Stopped {
+            status,
+            killed,
+            stderr: self.stderr(),
+        })
+    }
+}
+
+/// What one `twtrace events --json` run wrote.
+#[derive(Default, serde::Serialize)]
+pub struct EventCounts {
+    pub lines: u64,
+    /// tw_enter lines in any namespace, then in the server namespace only.
+    pub tw_enter_all: u64,
+    pub tw_enter: u64,
+    pub tw_exit: u64,
+    pub tw_overflow: u64,
+    pub lost: u64,
+    pub lost_by_program: BTreeMap<String, u64>,
+}
+
+/// Counts by line prefix (the field order is fixed by twtrace's NDJSON sink), parsing JSON
+/// only for the rare `lost` lines: a run can write millions of lines.
+pub fn count_ndjson(path: &Path, server_netns: u64) -> Result<EventCounts> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let netns_field = format!(",\"netns\":{server_netns},");
+    let mut c = EventCounts::default();
+    for line in BufReader::with_capacity(1 << 20, file).lines() {
+        let line = line?;
+        c.lines += 1;
+        if line.starts_with(r#"{"type":"tw_enter""#) {
+            c.tw_enter_all += 1;
+            if line.contains(&netns_field) {
+                c.tw_enter += 1;
+            }
+        } else if line.starts_with(r#"{"type":"tw_exit""#)
+            || line.starts_with(r#"{"type":"tw_reuse""#)
+        {
+            c.tw_exit += 1;
+        } else if line.starts_with(r#"{"type":"tw_overflow""#) {
+            c.tw_overflow += 1;
+        } else if line.starts_with(r#"{"type":"lost""#) {
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            let n = v["count"].as_u64().unwrap_or(0);
+            c.lost += n;
+            let program = v["program"].as_str().unwrap_or("?").to_string();
+            *c.lost_by_program.entry(program).or_default() += n;
+        }
+    }
+    Ok(c)
+}

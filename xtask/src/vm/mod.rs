@@ -1,0 +1,183 @@
+//! `cargo xtask vm`: boots stock Debian cloud kernels (6.1, 6.12) under QEMU with a throw-away
+//! initramfs and runs one command in each, so the hook types this machine's kernel refuses
+//! (kprobes, fentry/fexit) get tested on real distribution kernels. Nothing is installed on the
+//! host: packages are downloaded and unpacked into .vm/cache.
+
+mod cpio;
+mod kernel;
+mod modules;
+mod qemu;
+mod rootfs;
+pub mod test;
+mod util;
+
+use anyhow::{Context as _, Result, bail};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options shared by `vm` and `vm-test`.
+#[derive(clap::Args, Clone)]
+pub struct GuestOpts {
+    /// Kernels: 6.1, 6.12 (newest of the series apt knows), an exact 6.1.0-56 or 6.12.117,
+    /// a comma list, or all.
+    #[arg(long, default_value = "all")]
+    kernel: String,
+    /// Copy a host file or directory into the guest (default GUEST_PATH: /root/<name>);
+    /// dynamically linked executables bring their shared libraries along.
+    #[arg(long = "add", value_name = "HOST_PATH[:GUEST_PATH]")]
+    add: Vec<String>,
+    /// Environment variable for the guest command.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Module to insmod at boot, with its dependencies (others load on demand via modprobe).
+    #[arg(long = "module", value_name = "NAME", default_values = ["veth"])]
+    modules: Vec<String>,
+    /// Kill a VM that runs longer than this (90s, 20m, 1h, or seconds).
+    #[arg(long, default_value = "20m", value_parser = util::parse_duration)]
+    timeout: Duration,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: qemu::Accel,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Guest memory in MiB (the initramfs lives in it).
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+    /// Keep each run's directory (initramfs.cpio) under .vm/run for inspection.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(clap::Args)]
+pub struct VmArgs {
+    #[command(flatten)]
+    guest: GuestOpts,
+    /// Command for the guest: the words are joined with spaces and run by /bin/sh (dash), as ssh
+    /// does. Its exit code becomes xtask's.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+pub fn run(args: &VmArgs) -> Result<i32> {
+    run_in_kernels(&args.guest, &[], &[], &args.command.join(" "))
+}
+
+/// Runs `script` in every selected kernel, in turn; returns 0 if it succeeded everywhere, else
+/// the first failing exit code (1 when a guest never reported one).
+pub(crate) fn run_in_kernels(
+    opts: &GuestOpts,
+    extra_adds: &[rootfs::Add],
+    extra_env: &[(String, String)],
+    script: &str,
+) -> Result<i32> {
+    let base = util::vm_dir();
+    let cache = base.join("cache");
+    let mut adds = opts
+        .add
+        .iter()
+        .map(|s| rootfs::Add::parse(s))
+        .collect::<Result<Vec<_>>>()?;
+    adds.extend_from_slice(extra_adds);
+    let mut env = extra_env.to_vec();
+    for kv in &opts.env {
+        let (k, v) = kv.split_once('=').context("--env wants KEY=VALUE")?;
+        if k.is_empty() || !k.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
+            bail!("bad environment variable name `{k}`");
+        }
+        env.push((k.to_string(), v.to_string()));
+    }
+
+    let packages = kernel::select(&opts.kernel, &cache)?;
+    let mut summary = Vec::new();
+    for package in &packages {
+        let result = run_one(opts, package, &cache, &base, &adds, &env, script);
+        let code = match &result {
+            Ok((Some(code), _)) => *code,
+            _ => 1,
+        };
+        let line = match result {
+            Ok((Some(c), t)) => format!("exit {c} after {:.1} s", t.as_secs_f64()),
+            Ok((None, t)) => format!("no exit code after {:.1} s (see log)", t.as_secs_f64()),
+            Err(e) => format!("error: {e:#}"),
+        };
+        eprintln!("[vm] {package}: {line}");
+        summary.push((package.clone(), code, line));
+    }
+    if summary.len() > 1 {
+        eprintln!("[vm] summary:");
+        for (p, _, line) in &summary {
+            eprintln!("[vm]   {p}: {line}");
+        }
+    }
+    Ok(summary.iter().map(|s| s.1).find(|&c| c != 0).unwrap_or(0))
+}
+
+fn run_one(
+    opts: &GuestOpts,
+    package: &str,
+    cache: &std::path::Path,
+    base: &std::path::Path,
+    adds: &[rootfs::Add],
+    env: &[(String, String)],
+    script: &str,
+) -> Result<(Option<i32>, Duration)> {
+    let prep = std::time::Instant::now();
+    let k = kernel::fetch(package, cache)?;
+    let mods = modules::stage(&k, cache)?;
+    let wanted: Vec<String> = opts
+        .modules
+        .iter()
+        .filter(|m| !mods.is_builtin(m))
+        .cloned()
+        .collect();
+    let guest = rootfs::Guest {
+        release: &k.release,
+        config: &k.config,
+        preload: mods.load_order(&wanted)?,
+        modules: &mods,
+        adds,
+        env,
+        script,
+    };
+    let archive = rootfs::build(&guest)?;
+    let run_dir: PathBuf = base
+        .join("run")
+        .join(format!("{package}-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir)?;
+    let initrd = run_dir.join("initramfs.cpio");
+    let bytes = archive.write(&initrd)?;
+    let logs = base.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = logs.join(format!("{package}.log"));
+    eprintln!(
+        "[vm] booting {} ({} MiB initramfs made in {:.1} s), console log {}",
+        k.release,
+        bytes >> 20,
+        prep.elapsed().as_secs_f64(),
+        log.display()
+    );
+    let outcome = qemu::boot(&qemu::Machine {
+        vmlinuz: &k.vmlinuz,
+        initrd: &initrd,
+        accel: opts.accel,
+        cpus: opts.cpus,
+        memory_mib: opts.memory,
+        timeout: opts.timeout,
+        log: &log,
+    });
+    if opts.keep {
+        eprintln!("[vm] kept {}", run_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    let outcome = outcome?;
+    if outcome.timed_out {
+        bail!(
+            "timed out after {:.0} s (raise --timeout); console log {}",
+            outcome.elapsed.as_secs_f64(),
+            log.display()
+        );
+    }
+    Ok((outcome.exit, outcome.elapsed))
+}

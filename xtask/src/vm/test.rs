@@ -1,0 +1,211 @@
+//! `cargo xtask vm-test`: builds the kernel-facing integration tests (e2e, cli, paws) and the
+//! twtrace binary statically (the guest has no Rust runtime libraries; there is no musl target
+//! here, so glibc +crt-static) and runs those suites inside each kernel.
+
+use super::GuestOpts;
+use super::rootfs::Add;
+use super::util;
+use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The integration tests that need a kernel, run in this order. `e2e` is required; the others
+/// run when the package has them.
+const SUITES: [&str; 3] = ["e2e", "cli", "paws"];
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Hooks {
+    /// Let twtrace pick the best hook per signal.
+    Auto,
+    /// Force kprobes (the fallback for kernels without fentry).
+    Kprobe,
+}
+
+#[derive(clap::Args)]
+pub struct VmTestArgs {
+    #[command(flatten)]
+    guest: GuestOpts,
+    /// Hook selection for twtrace, passed to the tests as TWTRACE_HOOKS.
+    #[arg(long, value_enum, default_value = "auto")]
+    hooks: Hooks,
+    /// Build with the release profile.
+    #[arg(long)]
+    release: bool,
+    /// Extra arguments for every test binary, e.g. a test name filter.
+    #[arg(last = true, value_name = "TEST_ARGS")]
+    test_args: Vec<String>,
+}
+
+pub fn run(args: &VmTestArgs) -> Result<i32> {
+    let (suites, twtrace) = build(args.release)?;
+    let hooks = args.hooks.to_possible_value().context("hooks")?;
+    // What the tests must see twtrace choose: these stock kernels allow fentry, so `auto` has
+    // to pick it; a forced family must be used for every signal.
+    let expect = match args.hooks {
+        Hooks::Auto => "fentry",
+        Hooks::Kprobe => "kprobe",
+    };
+    let pkg_dir = util::workspace_root().join("twtrace");
+    // Same paths as on the host, so env!("CARGO_BIN_EXE_twtrace") baked into the test binary is
+    // valid in the guest too; cwd and CARGO_MANIFEST_DIR as `cargo test` would set them.
+    let adds: Vec<Add> = suites
+        .iter()
+        .chain([&twtrace])
+        .map(|p| Add {
+            host: p.clone(),
+            guest: p.to_string_lossy().into_owned(),
+        })
+        .collect();
+    let env = [
+        ("TWTRACE_BIN", twtrace.to_string_lossy().into_owned()),
+        ("TWTRACE_HOOKS", hooks.get_name().to_string()),
+        ("TWTRACE_EXPECT_FAMILY", expect.to_string()),
+        ("CARGO_MANIFEST_DIR", pkg_dir.to_string_lossy().into_owned()),
+        ("RUST_BACKTRACE", "1".to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v));
+    let test_args: String = args
+        .test_args
+        .iter()
+        .map(|a| format!(" {}", util::shell_quote(a)))
+        .collect();
+    let runs: Vec<String> = suites
+        .iter()
+        .map(|bin| {
+            format!(
+                "{} --test-threads=1{test_args}",
+                util::shell_quote(&bin.to_string_lossy())
+            )
+        })
+        .collect();
+    let script = format!(
+        "mkdir -p {dir} && cd {dir} && {}",
+        runs.join(" && "),
+        dir = util::shell_quote(&pkg_dir.to_string_lossy()),
+    );
+    super::run_in_kernels(&args.guest, &adds, &env, &script)
+}
+
+/// Builds the test executables and the twtrace binary (which cargo builds for integration
+/// tests anyway) into target/vm, and returns their paths.
+fn build(release: bool) -> Result<(Vec<PathBuf>, PathBuf)> {
+    let root = util::workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let names = present_suites(&cargo, &root)?;
+
+    // Appending to RUSTFLAGS (not target.rustflags) because RUSTFLAGS would override those.
+    // With --target, RUSTFLAGS reaches neither build scripts nor proc macros, and aya-build sets
+    // CARGO_ENCODED_RUSTFLAGS (which wins) for the nested eBPF build.
+    let mut rustflags = std::env::var("RUSTFLAGS").unwrap_or_default();
+    rustflags.push_str(" -C target-feature=+crt-static");
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(&root)
+        .env("RUSTFLAGS", rustflags.trim())
+        .args(["test", "--no-run", "--package", "twtrace"])
+        .args(names.iter().flat_map(|n| ["--test", n]))
+        .args([
+            "--target",
+            TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
+        // A separate target dir: different RUSTFLAGS would otherwise invalidate the host build.
+        .arg("--target-dir")
+        .arg(root.join("target/vm"))
+        .stdout(Stdio::piped());
+    if release {
+        cmd.arg("--release");
+    }
+    eprintln!("[vm-test] building static test binaries into target/vm");
+    let out = cmd.output().context("cannot run cargo")?;
+    if !out.status.success() {
+        bail!("building the tests failed ({})", out.status);
+    }
+    let (mut found, mut twtrace) = (Vec::new(), None);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        let kinds = msg["target"]["kind"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let has = |k: &str| kinds.iter().any(|x| x == k);
+        match msg["target"]["name"].as_str() {
+            Some(n) if has("test") && names.contains(&n) => {
+                found.push((n.to_owned(), PathBuf::from(exe)))
+            }
+            Some("twtrace") if has("bin") => twtrace = Some(PathBuf::from(exe)),
+            _ => {}
+        }
+    }
+    // In SUITES order, whatever order cargo reported them in.
+    let mut suites = Vec::new();
+    for n in &names {
+        let (_, p) = found
+            .iter()
+            .find(|(f, _)| f == n)
+            .with_context(|| format!("no {n} test binary in cargo's output"))?;
+        suites.push(p.clone());
+    }
+    let twtrace = twtrace.context("cargo did not report the twtrace binary")?;
+    for bin in suites.iter().chain([&twtrace]) {
+        ensure_static(bin)?;
+    }
+    Ok((suites, twtrace))
+}
+
+/// The SUITES the twtrace package has; a clear message if it lacks the e2e suite.
+fn present_suites(cargo: &std::ffi::OsStr, root: &Path) -> Result<Vec<&'static str>> {
+    let meta = util::output(Command::new(cargo).current_dir(root).args([
+        "metadata",
+        "--no-deps",
+        "--format-version",
+        "1",
+    ]))?;
+    let meta: serde_json::Value = serde_json::from_str(&meta).context("cargo metadata")?;
+    let packages = meta["packages"].as_array().cloned().unwrap_or_default();
+    let twtrace = packages
+        .iter()
+        .find(|p| p["name"] == "twtrace")
+        .context("no twtrace package in the workspace")?;
+    let targets = twtrace["targets"].as_array().cloned().unwrap_or_default();
+    let is_test = |name: &str| {
+        targets.iter().any(|t| {
+            t["name"] == name
+                && t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|x| x == "test"))
+        })
+    };
+    if !is_test("e2e") {
+        bail!(
+            "no e2e test binary: the twtrace package has no `e2e` integration test (twtrace/tests/e2e.rs)"
+        );
+    }
+    Ok(SUITES.into_iter().filter(|n| is_test(n)).collect())
+}
+
+/// The guest has the host's glibc only for the iproute2 tools; a dynamically linked test binary
+/// would still work (xtask copies ldd's libraries) but would hide a broken static build.
+fn ensure_static(bin: &Path) -> Result<()> {
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .context("cannot run ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && !text.contains("statically linked") {
+        bail!(
+            "{} is dynamically linked despite +crt-static",
+            bin.display()
+        );
+    }
+    Ok(())
+}
