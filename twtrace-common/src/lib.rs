@@ -391,7 +391,7 @@ impl KernelLayout {
 
 // Both structs are copied as raw bytes between kernel and user space: no implicit padding.
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
-const _: () = assert!(core::mem::size_of::<KernelLayout>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<KernelLayout>().is_multiple_of(8));
 
 /// Run-time settings for the kernel side, injected with `override_global("SETTINGS")`.
 #[repr(C)]

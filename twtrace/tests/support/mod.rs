@@ -13,13 +13,18 @@
 //! - [`proc`]: per-netns sysctls, `/proc/net/{netstat,snmp}` counters, `/proc/net/tcp*` sockets.
 //! - [`traffic`]: [`Server`], [`connect_many`] and the TIME-WAIT wait helpers.
 //! - [`tracer`]: [`Tracer`], a child-process wrapper for the twtrace binary.
+//! - [`raw`]: crafted TCP segments from raw sockets and AF_PACKET captures, for the PAWS paths
+//!   (a server TIME-WAIT or an established connection whose ts_recent is known exactly).
+//! - [`nat`]: [`nat::NatLab`], clients behind one SNAT router: the classic NAT PAWS failure.
 
 // Each integration test binary compiles this module on its own and uses only part of it;
 // without this every test would warn (and `clippy -D warnings` fail) about the rest.
 #![allow(dead_code, unused_imports)]
 
+pub mod nat;
 pub mod netns;
 pub mod proc;
+pub mod raw;
 pub mod sys;
 pub mod tracer;
 pub mod traffic;

@@ -5,9 +5,9 @@
 //! holds the first one's TIME-WAIT.
 //!
 //! ```text
-//!  client i (veth0 192.168.0.(10+i)) ── lan i ┐
-//!                                             br0 192.168.0.1   router   veth0 10.X.Y.2 (public)
-//!  client j ...                      ── lan j ┘                              │
+//!  client i: veth0 192.168.(i+1).1..16/16 ── lan<i> ─┐
+//!                                                    br0 192.168.0.1/16  router  veth0 10.X.Y.2
+//!  client j: ...                           ── lan<j> ─┘                  (public)     │
 //!                                                              server veth0 10.X.Y.1:SERVER_PORT
 //! ```
 //! The server/router link is a [`NetnsPair`] (server = its server side, router = its client
@@ -20,13 +20,15 @@
 //!   scenario waits until the previous entry for the public port is gone from
 //!   /proc/net/nf_conntrack (listing it also reaps it), so the next client's SYN creates a fresh
 //!   entry on the same public port. The server's TIME-WAIT (60 s) is still there.
-//! - Timestamp order: TSval = ms clock + an offset hashed from the 4-tuple with a per-boot
-//!   secret (not per netns); the private 4-tuples differ, so the offsets are unrelated. Before a
-//!   connection, TCP_FASTOPEN_CONNECT + TCP_FASTOPEN_NO_COOKIE make connect() compute the offset
-//!   but defer the SYN, and getsockopt(TCP_TIMESTAMP) returns clock + offset without a packet
-//!   sent. The offset depends only on the 4-tuple, so a later plain connect() from the same port
-//!   uses it too: trying a few private ports for B picks one whose TSval is older (or newer)
-//!   than A's by a wide margin.
+//! - Timestamp order: TSval = ms clock + an offset hashed with a per-boot secret (not per
+//!   netns) from the 4-tuple (this kernel) or from the address pair (kernels 4.11 .. early 2026).
+//!   Before a connection, TCP_FASTOPEN_CONNECT + TCP_FASTOPEN_NO_COOKIE make connect() compute
+//!   the offset but defer the SYN, and getsockopt(TCP_TIMESTAMP) returns clock + offset without
+//!   a packet sent. The offset depends only on the addresses and ports, so a later plain
+//!   connect() from the same local address uses it too. Each client has 16 private addresses:
+//!   trying addresses (old kernels) and ports (new ones) for B picks a local address whose TSval
+//!   is older (or newer) than A's by a wide margin. The probe is read from B's own namespace
+//!   right before use, so it holds for this boot whatever the secret.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
@@ -48,12 +50,15 @@ use super::traffic::{IO_TIMEOUT, Server};
 pub const MAX_CLIENTS: usize = 8;
 /// Where the lab's [`Server`] listens.
 pub const SERVER_PORT: u16 = 8080;
-/// Private source port of client A in the scenario; B's is picked from `B_PORTS`.
+/// Private addresses per client (see `client_addr`).
+pub const ADDRS_PER_CLIENT: u8 = 16;
+/// Private source port of client A in the scenario; B's local address is picked among its
+/// addresses and `B_PORTS`.
 const A_PORT: u16 = 40000;
-const B_PORTS: std::ops::Range<u16> = 40100..40164;
+const B_PORTS: std::ops::Range<u16> = 40100..40104;
 /// How far apart A's and B's TSvals must be: far beyond any delay inside a scenario, far from
-/// the s32 wrap. Each candidate port passes with probability ~1/2 (random offsets), so 64
-/// candidates fail to find one with probability 2^-64.
+/// the s32 wrap. A candidate passes with probability ~1/2 (random offsets): 64 candidates here,
+/// 16 independent ones on kernels whose offset ignores ports; both practically never all fail.
 const TS_MARGIN: i32 = 60_000;
 const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
 const CONNTRACK_TIMEOUT_S: &str = "1";
@@ -69,7 +74,7 @@ pub struct NatLab {
     clients: Vec<String>,
     pair: NetnsPair,
     /// Installed map elements, so that a changed mapping is deleted before it is re-added.
-    mappings: Mutex<BTreeMap<(usize, u16), u16>>,
+    mappings: Mutex<BTreeMap<SocketAddr, u16>>,
     next_public_port: AtomicU16,
 }
 
@@ -95,8 +100,9 @@ impl NatConn {
     }
 }
 
-fn client_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(192, 168, 0, 10 + i as u8)
+/// Private address `k` (0 = primary) of client `i`: 192.168.(i+1).(k+1).
+fn client_addr(i: usize, k: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, i as u8 + 1, k + 1)
 }
 
 impl NatLab {
@@ -104,7 +110,10 @@ impl NatLab {
     /// `-cli` for the router, `tw-<tag>.c<i>-<pid>-cli`) and starts a [`Server`] on
     /// [`SERVER_PORT`]. Stale namespaces of crashed runs with this tag are removed first.
     pub fn new(tag: &str, clients: usize) -> Result<NatLab> {
-        ensure!((1..=MAX_CLIENTS).contains(&clients), "1..={MAX_CLIENTS} clients");
+        ensure!(
+            (1..=MAX_CLIENTS).contains(&clients),
+            "1..={MAX_CLIENTS} clients"
+        );
         for i in 0..MAX_CLIENTS {
             cleanup_stale(&format!("{tag}.c{i}"))?;
         }
@@ -135,7 +144,15 @@ impl NatLab {
     fn setup_router(&self) -> Result<()> {
         let r = self.router_ns();
         ip(&["-n", r, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", r, "addr", "add", &format!("{ROUTER_LAN}/24"), "dev", "br0"])?;
+        ip(&[
+            "-n",
+            r,
+            "addr",
+            "add",
+            &format!("{ROUTER_LAN}/16"),
+            "dev",
+            "br0",
+        ])?;
         ip(&["-n", r, "link", "set", "br0", "up"])?;
         sysctl(r, "net.ipv4.ip_forward", "1")?;
         let public = self.public_ip();
@@ -147,16 +164,20 @@ impl NatLab {
                    map pubport {{ type ipv4_addr . inet_service : inet_service; }}
                    chain post {{
                      type nat hook postrouting priority srcnat; policy accept;
-                     oifname \"{VETH}\" ip saddr 192.168.0.0/24 meta l4proto tcp \
+                     oifname \"{VETH}\" ip saddr 192.168.0.0/16 meta l4proto tcp \
                        snat ip to {public} : ip saddr . tcp sport map @pubport
-                     oifname \"{VETH}\" ip saddr 192.168.0.0/24 masquerade
+                     oifname \"{VETH}\" ip saddr 192.168.0.0/16 masquerade
                    }}
                  }}"
             ),
         )?;
         // Per-netns conntrack sysctls (present once the nat table made conntrack active).
         for state in ["time_wait", "close"] {
-            sysctl(r, &format!("net.netfilter.nf_conntrack_tcp_timeout_{state}"), CONNTRACK_TIMEOUT_S)?;
+            sysctl(
+                r,
+                &format!("net.netfilter.nf_conntrack_tcp_timeout_{state}"),
+                CONNTRACK_TIMEOUT_S,
+            )?;
         }
         Ok(())
     }
@@ -164,30 +185,49 @@ impl NatLab {
     fn setup_client(&self, i: usize) -> Result<()> {
         let (r, c) = (self.router_ns(), self.clients[i].as_str());
         let lan = format!("lan{i}");
-        ip(&["-n", r, "link", "add", &lan, "type", "veth", "peer", "name", VETH, "netns", c])?;
+        ip(&[
+            "-n", r, "link", "add", &lan, "type", "veth", "peer", "name", VETH, "netns", c,
+        ])?;
         ip(&["-n", r, "link", "set", &lan, "master", "br0"])?;
         ip(&["-n", r, "link", "set", &lan, "up"])?;
-        ip(&["-n", c, "addr", "add", &format!("{}/24", client_ip(i)), "dev", VETH])?;
-        ip(&["-n", c, "link", "set", "lo", "up"])?;
-        ip(&["-n", c, "link", "set", VETH, "up"])?;
-        ip(&["-n", c, "route", "add", "default", "via", &ROUTER_LAN.to_string()])?;
-        Ok(())
+        // One `ip -batch` for the 16 addresses and the rest: a process per line adds up.
+        let mut cmds: Vec<String> = (0..ADDRS_PER_CLIENT)
+            .map(|k| format!("addr add {}/16 dev {VETH}", client_addr(i, k)))
+            .collect();
+        cmds.extend([
+            "link set lo up".to_owned(),
+            format!("link set {VETH} up"),
+            format!("route add default via {ROUTER_LAN}"),
+        ]);
+        ip_batch(c, &cmds.join("\n"))
     }
 
     /// Waits until every link reports UP (carrier state follows asynchronously, see NetnsPair).
     fn wait_links_up(&self) -> Result<()> {
-        let mut links: Vec<(String, String)> = self.clients.iter().map(|c| (c.clone(), VETH.to_owned())).collect();
+        let mut links: Vec<(String, String)> = self
+            .clients
+            .iter()
+            .map(|c| (c.clone(), VETH.to_owned()))
+            .collect();
         links.push((self.router_ns().to_owned(), "br0".to_owned()));
-        links.extend((0..self.clients.len()).map(|i| (self.router_ns().to_owned(), format!("lan{i}"))));
+        links.extend(
+            (0..self.clients.len()).map(|i| (self.router_ns().to_owned(), format!("lan{i}"))),
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         for (ns, dev) in links {
             loop {
-                let out = Command::new("ip").args(["-n", &ns, "-o", "link", "show", &dev]).output()?;
+                let out = Command::new("ip")
+                    .args(["-n", &ns, "-o", "link", "show", &dev])
+                    .output()?;
                 let s = String::from_utf8_lossy(&out.stdout);
                 if s.contains("state UP") && s.contains("LOWER_UP") {
                     break;
                 }
-                ensure!(Instant::now() < deadline, "{dev} in {ns} did not come up: {}", s.trim());
+                ensure!(
+                    Instant::now() < deadline,
+                    "{dev} in {ns} did not come up: {}",
+                    s.trim()
+                );
                 thread::sleep(Duration::from_millis(5));
             }
         }
@@ -210,14 +250,32 @@ impl NatLab {
     pub fn public_ip(&self) -> IpAddr {
         self.pair.client_v4()
     }
+    /// Client `i`'s primary private address.
     pub fn client_ip(&self, i: usize) -> IpAddr {
-        client_ip(i).into()
+        client_addr(i, 0).into()
+    }
+    /// All of client `i`'s private addresses (the primary first).
+    pub fn client_addrs(&self, i: usize) -> Vec<IpAddr> {
+        (0..ADDRS_PER_CLIENT)
+            .map(|k| client_addr(i, k).into())
+            .collect()
+    }
+    /// The client that owns private address `ip`.
+    fn client_of(&self, ip: IpAddr) -> Result<usize> {
+        (0..self.clients())
+            .find(|&i| self.client_addrs(i).contains(&ip))
+            .ok_or_else(|| anyhow!("{ip} is no client address of this lab"))
     }
     pub fn server_addr(&self) -> SocketAddr {
-        self.server.as_ref().expect("server runs while the lab lives").addr()
+        self.server
+            .as_ref()
+            .expect("server runs while the lab lives")
+            .addr()
     }
     pub fn server(&self) -> &Server {
-        self.server.as_ref().expect("server runs while the lab lives")
+        self.server
+            .as_ref()
+            .expect("server runs while the lab lives")
     }
     /// A public port no earlier scenario of this lab used (so no TIME-WAIT of an earlier run
     /// sits on it at the server).
@@ -225,54 +283,100 @@ impl NatLab {
         self.next_public_port.fetch_add(1, Ordering::SeqCst)
     }
 
-    /// Makes the router translate `client`'s `private_port` to `public_port` for new
-    /// connections (conntrack keeps existing ones as they are).
-    pub fn set_mapping(&self, client: usize, private_port: u16, public_port: u16) -> Result<()> {
+    /// Makes the router translate connections from `private` (a client's address and port)
+    /// to `public_port` on the public address (conntrack keeps existing ones as they are).
+    pub fn set_mapping(&self, private: SocketAddr, public_port: u16) -> Result<()> {
         let mut m = self.mappings.lock().unwrap();
-        let key = format!("{} . {private_port}", client_ip(client));
-        match m.get(&(client, private_port)) {
+        let key = format!("{} . {}", private.ip(), private.port());
+        match m.get(&private) {
             Some(&p) if p == public_port => return Ok(()),
-            Some(_) => nft(self.router_ns(), &format!("delete element ip tw_nat pubport {{ {key} }}"))?,
+            Some(_) => nft(
+                self.router_ns(),
+                &format!("delete element ip tw_nat pubport {{ {key} }}"),
+            )?,
             None => {}
         }
-        nft(self.router_ns(), &format!("add element ip tw_nat pubport {{ {key} : {public_port} }}"))?;
-        m.insert((client, private_port), public_port);
+        nft(
+            self.router_ns(),
+            &format!("add element ip tw_nat pubport {{ {key} : {public_port} }}"),
+        )?;
+        m.insert(private, public_port);
         Ok(())
     }
 
-    /// The TSval `client` would put into a SYN from `private_port` to the server right now,
-    /// read without sending anything (TCP_FASTOPEN_CONNECT defers the SYN; see module doc).
-    /// The kernel clears the low bit (ms-resolution sockets), so it is exact to 1 tick.
-    pub fn syn_tsval_now(&self, client: usize, private_port: u16) -> Result<u32> {
-        let (local, server) = (SocketAddr::new(self.client_ip(client), private_port), self.server_addr());
-        try_in_netns(self.client_ns(client), move || -> Result<u32> {
+    /// The TSval a SYN from `local` (a client address and port) to the server would carry
+    /// right now, read without sending anything (TCP_FASTOPEN_CONNECT defers the SYN; see the
+    /// module doc). The kernel clears the low bit for ms-resolution sockets: exact to 1 tick.
+    pub fn syn_tsval_now(&self, local: SocketAddr) -> Result<u32> {
+        let (ns, server) = (
+            self.client_ns(self.client_of(local.ip())?),
+            self.server_addr(),
+        );
+        try_in_netns(ns, move || -> Result<u32> {
             let fd = sys::tcp_socket(&server)?;
             sys::set_reuseaddr(&fd)?;
             sys::bind(&fd, &local).with_context(|| format!("bind {local}"))?;
             for opt in [TCP_FASTOPEN_CONNECT, TCP_FASTOPEN_NO_COOKIE] {
-                setsockopt_int(&fd, opt, 1).with_context(|| format!("TCP option {opt} (net.ipv4.tcp_fastopen needs bit 1)"))?;
+                setsockopt_int(&fd, opt, 1).with_context(|| {
+                    format!("TCP option {opt} (net.ipv4.tcp_fastopen needs bit 1)")
+                })?;
             }
             sys::connect(&fd, &server).context("deferred connect")?;
-            ensure!(sys::tcp_state(fd.as_raw_fd())? == 2, "connect() was not deferred (state is not SYN_SENT)");
+            ensure!(
+                sys::tcp_state(fd.as_raw_fd())? == 2,
+                "connect() was not deferred (not SYN_SENT)"
+            );
             let mut v: u32 = 0;
             let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
             // SAFETY: v is writable for len bytes.
-            let r = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, TCP_TIMESTAMP, (&raw mut v).cast(), &mut len) };
+            let r = unsafe {
+                libc::getsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    TCP_TIMESTAMP,
+                    (&raw mut v).cast(),
+                    &mut len,
+                )
+            };
             ensure!(r == 0, "TCP_TIMESTAMP: {}", std::io::Error::last_os_error());
             // Closing a socket whose SYN was deferred sends nothing.
             Ok(v)
         })?
     }
 
-    /// One connection from `client`'s `private_port`, translated to `public_port`, with the
-    /// server closing first. Waits (bounded by IO_TIMEOUT) until the server's TIME-WAIT for the
-    /// public 4-tuple exists. `timeout` bounds connect() and each read.
-    pub fn connect_from(&self, client: usize, private_port: u16, public_port: u16, timeout: Duration) -> Result<NatConn> {
-        self.set_mapping(client, private_port, public_port)?;
-        let private = SocketAddr::new(self.client_ip(client), private_port);
+    /// One connection from client `client`'s primary address and `private_port`, translated
+    /// to `public_port`; see [`NatLab::connect_from_addr`].
+    pub fn connect_from(
+        &self,
+        client: usize,
+        private_port: u16,
+        public_port: u16,
+        timeout: Duration,
+    ) -> Result<NatConn> {
+        self.connect_from_addr(
+            SocketAddr::new(self.client_ip(client), private_port),
+            public_port,
+            timeout,
+        )
+    }
+
+    /// One connection from `private` (a client's address and port), translated to
+    /// `public_port`, the server closing first. On success waits (bounded by IO_TIMEOUT) until
+    /// the server's TIME-WAIT for the public 4-tuple exists. `timeout` bounds connect() and
+    /// each read.
+    pub fn connect_from_addr(
+        &self,
+        private: SocketAddr,
+        public_port: u16,
+        timeout: Duration,
+    ) -> Result<NatConn> {
+        let client = self.client_of(private.ip())?;
+        self.set_mapping(private, public_port)?;
         let public = SocketAddr::new(self.public_ip(), public_port);
         let server = self.server_addr();
-        let mut conn = try_in_netns(self.client_ns(client), move || one_connection(private, server, timeout))?;
+        let mut conn = try_in_netns(self.client_ns(client), move || {
+            one_connection(private, server, timeout)
+        })?;
         (conn.client, conn.public) = (client, public);
         if conn.is_ok() {
             self.wait_server_tw(public)?;
@@ -289,7 +393,10 @@ impl NatLab {
             if tw {
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "no server TIME-WAIT for {public} within {IO_TIMEOUT:?}");
+            ensure!(
+                Instant::now() < deadline,
+                "no server TIME-WAIT for {public} within {IO_TIMEOUT:?}"
+            );
             thread::sleep(Duration::from_millis(1));
         }
     }
@@ -298,13 +405,23 @@ impl NatLab {
     /// new SYN can be translated to that port again. Reading the table removes expired entries.
     pub fn wait_conntrack_gone(&self, public_port: u16, timeout: Duration) -> Result<Duration> {
         let (t0, srv) = (Instant::now(), self.server_addr());
-        let needle = format!("src={} dst={} sport={} dport={public_port} ", srv.ip(), self.public_ip(), srv.port());
+        let needle = format!(
+            "src={} dst={} sport={} dport={public_port} ",
+            srv.ip(),
+            self.public_ip(),
+            srv.port()
+        );
         loop {
-            let table = try_in_netns(self.router_ns(), || std::fs::read_to_string("/proc/thread-self/net/nf_conntrack"))??;
+            let table = try_in_netns(self.router_ns(), || {
+                std::fs::read_to_string("/proc/thread-self/net/nf_conntrack")
+            })??;
             if !table.contains(&needle) {
                 return Ok(t0.elapsed());
             }
-            ensure!(t0.elapsed() < timeout, "conntrack entry for public port {public_port} still there after {timeout:?}");
+            ensure!(
+                t0.elapsed() < timeout,
+                "conntrack entry for public port {public_port} still there after {timeout:?}"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -322,12 +439,49 @@ impl Drop for NatLab {
     }
 }
 
-fn setsockopt_int(fd: &std::os::fd::OwnedFd, opt: libc::c_int, val: libc::c_int) -> std::io::Result<()> {
+/// `ip -n <ns> -batch -` with one command per line.
+fn ip_batch(ns: &str, cmds: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning ip -batch")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(cmds.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "ip -n {ns} -batch failed: {}\n{cmds}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+fn setsockopt_int(
+    fd: &std::os::fd::OwnedFd,
+    opt: libc::c_int,
+    val: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: val is a live c_int of the size passed.
     let r = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, opt, (&raw const val).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            opt,
+            (&raw const val).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
-    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Client side of the traffic module's protocol with policy `S` (server closes first): send
@@ -335,11 +489,20 @@ fn setsockopt_int(fd: &std::os::fd::OwnedFd, opt: libc::c_int, val: libc::c_int)
 fn one_connection(private: SocketAddr, server: SocketAddr, timeout: Duration) -> NatConn {
     let start = Instant::now();
     let mut connect_time = Duration::ZERO;
-    let (result, failed_at) = match connect_and_exchange(private, server, timeout, &mut connect_time) {
-        Ok(()) => (Ok(()), None),
-        Err((stage, e)) => (Err(e.raw_os_error().unwrap_or(libc::EIO)), Some(stage)),
-    };
-    NatConn { client: 0, private, public: private, result, failed_at, connect_time, elapsed: start.elapsed() }
+    let (result, failed_at) =
+        match connect_and_exchange(private, server, timeout, &mut connect_time) {
+            Ok(()) => (Ok(()), None),
+            Err((stage, e)) => (Err(e.raw_os_error().unwrap_or(libc::EIO)), Some(stage)),
+        };
+    NatConn {
+        client: 0,
+        private,
+        public: private,
+        result,
+        failed_at,
+        connect_time,
+        elapsed: start.elapsed(),
+    }
 }
 
 fn connect_and_exchange(
@@ -352,7 +515,9 @@ fn connect_and_exchange(
     let at = |stage| move |e| (stage, e);
     let fd = sys::tcp_socket(&server).map_err(at("socket"))?;
     sys::set_timeouts(&fd, timeout).map_err(at("socket"))?;
-    sys::set_reuseaddr(&fd).and_then(|_| sys::bind(&fd, &private)).map_err(at("bind"))?;
+    sys::set_reuseaddr(&fd)
+        .and_then(|_| sys::bind(&fd, &private))
+        .map_err(at("bind"))?;
     let t = Instant::now();
     let r = sys::connect(&fd, &server);
     *connect_time = t.elapsed();
@@ -398,13 +563,19 @@ pub struct Scenario {
     /// connect() timeout for B. With rfc1337 it must lie in 0.2..0.9 s: B's SYN and its fast
     /// retransmit get in, the next one (1 s later) does not: exactly 2 rejects.
     pub b_timeout: Duration,
-    /// The forced public port; None takes [`NatLab::fresh_public_port`].
+    /// The forced public port; None takes [`NatLab::fresh_public_port`]. A port an earlier run
+    /// used still has the server's TIME-WAIT (60 s), which A's own SYN would then meet.
     pub public_port: Option<u16>,
 }
 
 impl Default for Scenario {
     fn default() -> Self {
-        Scenario { order: TsOrder::BOlder, rfc1337: false, b_timeout: IO_TIMEOUT, public_port: None }
+        Scenario {
+            order: TsOrder::BOlder,
+            rfc1337: false,
+            b_timeout: IO_TIMEOUT,
+            public_port: None,
+        }
     }
 }
 
@@ -427,9 +598,9 @@ pub struct ScenarioReport {
     /// minus those held back by the rate limit), and SYN-ACKs.
     pub server_acks: usize,
     pub server_synacks: usize,
-    /// B's private port and the regression (A - B) probed before anything was sent; the real
+    /// B's local address and the regression (A - B) probed before anything was sent; the real
     /// one is smaller by the time between A's FIN and B's SYN (~ the conntrack wait).
-    pub b_probe: Option<(u16, i32)>,
+    pub b_probe: Option<(SocketAddr, i32)>,
     /// PAWS rejects the scenario predicts, and what the server namespace counted during B's
     /// attempt (in `paws_counter`: TcpExtPAWSTimewait, or TcpExtPAWSEstab before 6.16).
     pub expected_paws: u64,
@@ -444,18 +615,26 @@ pub struct ScenarioReport {
 }
 
 impl NatLab {
-    /// Picks B's private port: the first candidate whose TSval differs from A's in the wanted
-    /// direction by at least TS_MARGIN. Returns the port and the probed regression (A - B).
-    fn pick_b_port(&self, order: TsOrder) -> Result<(u16, i32)> {
-        let a = self.syn_tsval_now(0, A_PORT)?;
-        for p in B_PORTS {
-            let r = regression(a, self.syn_tsval_now(1, p)?);
-            let want = if order == TsOrder::BOlder { r } else { r.saturating_neg() };
-            if (TS_MARGIN..=i32::MAX - TS_MARGIN).contains(&want) {
-                return Ok((p, r));
+    /// Picks B's local address: the first candidate (address fastest-varying, then port)
+    /// whose TSval differs from A's in the wanted direction by at least TS_MARGIN. Returns it
+    /// with the probed regression (A - B).
+    fn pick_b_addr(&self, a: SocketAddr, order: TsOrder) -> Result<(SocketAddr, i32)> {
+        let ts_a = self.syn_tsval_now(a)?;
+        for port in B_PORTS {
+            for ip in self.client_addrs(1) {
+                let b = SocketAddr::new(ip, port);
+                let r = regression(ts_a, self.syn_tsval_now(b)?);
+                let want = if order == TsOrder::BOlder {
+                    r
+                } else {
+                    r.saturating_neg()
+                };
+                if (TS_MARGIN..=i32::MAX - TS_MARGIN).contains(&want) {
+                    return Ok((b, r));
+                }
             }
         }
-        bail!("no private port in {B_PORTS:?} gives B a TSval {order:?} by {TS_MARGIN} ms")
+        bail!("no local address of client 1 gives B a TSval {order:?} by {TS_MARGIN} ms")
     }
 
     /// Runs the scenario once. Errors are harness failures (the NAT did not map as forced, A
@@ -468,47 +647,65 @@ impl NatLab {
                 "with rfc1337 the B timeout must be 0.2..0.9 s for an exact prediction"
             );
         }
-        let (b_client, b_port, b_probe) = match sc.order {
-            TsOrder::SameClient => (0, A_PORT, None),
+        let a_addr = SocketAddr::new(self.client_ip(0), A_PORT);
+        let b_probe = match sc.order {
+            TsOrder::SameClient => None,
             order => {
                 ensure!(self.clients() >= 2, "{order:?} needs two clients");
-                let (port, r) = self.pick_b_port(order)?;
-                (1, port, Some((port, r)))
+                Some(self.pick_b_addr(a_addr, order)?)
             }
         };
-        sysctl(self.server_ns(), "net.ipv4.tcp_rfc1337", if sc.rfc1337 { "1" } else { "0" })?;
+        let b_addr = b_probe.map_or(a_addr, |(b, _)| b);
+        sysctl(
+            self.server_ns(),
+            "net.ipv4.tcp_rfc1337",
+            if sc.rfc1337 { "1" } else { "0" },
+        )?;
         let port = sc.public_port.unwrap_or_else(|| self.fresh_public_port());
         let (server, public) = (self.server_addr(), SocketAddr::new(self.public_ip(), port));
         self.wait_conntrack_gone(port, Duration::from_secs(5))?;
 
         let mut cap = Capture::start(self.server_ns(), VETH)?;
-        let a = self.connect_from(0, A_PORT, port, IO_TIMEOUT)?;
+        let a = self.connect_from_addr(a_addr, port, IO_TIMEOUT)?;
         ensure!(a.is_ok(), "client A failed: {a:?}");
         let segs = cap.segments()?;
         let fin = segs
             .iter()
             .rev()
             .find(|s| s.is_from_to(public, server) && s.has(FIN))
-            .ok_or_else(|| anyhow!("A's FIN not seen at the server from {public}: wrong NAT mapping? {segs:?}"))?;
-        let ts_recent = fin.tsval().ok_or_else(|| anyhow!("A's FIN has no timestamp"))?;
+            .ok_or_else(|| {
+                anyhow!("A's FIN not seen at the server from {public}: wrong NAT mapping? {segs:?}")
+            })?;
+        let ts_recent = fin
+            .tsval()
+            .ok_or_else(|| anyhow!("A's FIN has no timestamp"))?;
 
         let conntrack_wait = self.wait_conntrack_gone(port, Duration::from_secs(5))?;
         let mark = cap.mark()?;
         let before = netstat(self.server_ns())?;
-        let b = self.connect_from(b_client, b_port, port, sc.b_timeout)?;
+        let b = self.connect_from_addr(b_addr, port, sc.b_timeout)?;
         // B's SYNs are processed by the server as they arrive; let the last answer land.
         self.settle(&mut cap)?;
         let after = netstat(self.server_ns())?;
 
         let segs = &cap.segments()?[mark..];
-        let syns: Vec<_> = segs.iter().filter(|s| s.dst == server && s.flags & (SYN | ACK) == SYN).collect();
+        let syns: Vec<_> = segs
+            .iter()
+            .filter(|s| s.dst == server && s.flags & (SYN | ACK) == SYN)
+            .collect();
         ensure!(
             !syns.is_empty() && syns.iter().all(|s| s.src == public),
             "B's SYNs did not all arrive from the forced public address {public}: {syns:?}"
         );
         // The server's answers to B's SYNs: everything it sent to B up to its first SYN-ACK.
-        let answers: Vec<_> = segs.iter().filter(|s| s.is_from_to(server, public)).collect();
-        let first_synack = answers.iter().position(|s| s.has(SYN | ACK)).unwrap_or(answers.len());
+        let answers: Vec<_> = segs
+            .iter()
+            .filter(|s| s.is_from_to(server, public))
+            .collect();
+        let first_synack = answers
+            .iter()
+            .position(|s| s.has(SYN | ACK))
+            .unwrap_or(answers.len());
         let b_syn_tsvals: Vec<u32> = syns.iter().filter_map(|s| s.tsval()).collect();
         let expected_paws = match (sc.order, sc.rfc1337) {
             (TsOrder::BOlder, false) => 1,
@@ -519,8 +716,16 @@ impl NatLab {
             scenario: sc.clone(),
             server,
             public,
-            regression: regression(ts_recent, *b_syn_tsvals.first().ok_or_else(|| anyhow!("B's SYN without timestamp"))?),
-            server_acks: answers[..first_synack].iter().filter(|s| s.flags == ACK).count(),
+            regression: regression(
+                ts_recent,
+                *b_syn_tsvals
+                    .first()
+                    .ok_or_else(|| anyhow!("B's SYN without timestamp"))?,
+            ),
+            server_acks: answers[..first_synack]
+                .iter()
+                .filter(|s| s.flags == ACK)
+                .count(),
             server_synacks: answers.iter().filter(|s| s.has(SYN | ACK)).count(),
             b_probe,
             a,

@@ -109,7 +109,8 @@ impl Segment {
         if self.has(SYN) {
             opts.extend([TcpOptionElement::Noop, TcpOptionElement::WindowScale(7)]);
         }
-        h.set_options(&opts).map_err(|e| anyhow!("tcp options: {e}"))?;
+        h.set_options(&opts)
+            .map_err(|e| anyhow!("tcp options: {e}"))?;
         h.checksum = match (self.src.ip(), self.dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 h.calc_checksum_ipv4_raw(s.octets(), d.octets(), &self.payload)?
@@ -129,8 +130,14 @@ impl Segment {
     pub fn parse(packet: &[u8]) -> Option<Segment> {
         let p = SlicedPacket::from_ip(packet).ok()?;
         let (s, d): (IpAddr, IpAddr) = match p.net? {
-            NetSlice::Ipv4(ip) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
-            NetSlice::Ipv6(ip) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
+            NetSlice::Ipv4(ip) => (
+                ip.header().source_addr().into(),
+                ip.header().destination_addr().into(),
+            ),
+            NetSlice::Ipv6(ip) => (
+                ip.header().source_addr().into(),
+                ip.header().destination_addr().into(),
+            ),
             NetSlice::Arp(_) => return None,
         };
         let Some(TransportSlice::Tcp(t)) = p.transport else {
@@ -140,10 +147,16 @@ impl Segment {
             Ok(TcpOptionElement::Timestamp(v, e)) => Some((v, e)),
             _ => None,
         });
-        let flags = [(t.fin(), FIN), (t.syn(), SYN), (t.rst(), RST), (t.psh(), PSH), (t.ack(), ACK)]
-            .iter()
-            .filter(|(set, _)| *set)
-            .fold(0, |acc, (_, f)| acc | f);
+        let flags = [
+            (t.fin(), FIN),
+            (t.syn(), SYN),
+            (t.rst(), RST),
+            (t.psh(), PSH),
+            (t.ack(), ACK),
+        ]
+        .iter()
+        .filter(|(set, _)| *set)
+        .fold(0, |acc, (_, f)| acc | f);
         Some(Segment {
             src: SocketAddr::new(s, t.source_port()),
             dst: SocketAddr::new(d, t.destination_port()),
@@ -158,7 +171,11 @@ impl Segment {
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// Sends `seg` from a raw socket in namespace `ns`, bound to `seg.src`'s address (the address
@@ -168,34 +185,64 @@ pub fn send_segment(ns: &str, seg: &Segment) -> Result<()> {
     let bytes = seg.encode()?;
     let seg = seg.clone();
     try_in_netns(ns, move || -> Result<()> {
-        let domain = if seg.src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let domain = if seg.src.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         // SAFETY: plain syscall; the fd is owned by the OwnedFd right below.
-        let fd = cvt(unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_TCP) })
-            .context("socket(SOCK_RAW, IPPROTO_TCP)")?;
+        let fd = cvt(unsafe {
+            libc::socket(
+                domain,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_TCP,
+            )
+        })
+        .context("socket(SOCK_RAW, IPPROTO_TCP)")?;
         // SAFETY: fd was just returned by socket() and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Port 0 in both addresses: raw sockets have no ports; a non-zero sin6_port would even
         // be read as a protocol number.
-        sys::bind(&fd, &SocketAddr::new(seg.src.ip(), 0)).with_context(|| format!("bind raw socket to {}", seg.src.ip()))?;
+        sys::bind(&fd, &SocketAddr::new(seg.src.ip(), 0))
+            .with_context(|| format!("bind raw socket to {}", seg.src.ip()))?;
         let (sa, len) = sys::sockaddr(&SocketAddr::new(seg.dst.ip(), 0));
         // SAFETY: bytes and sa are valid for the lengths passed.
         let n = cvt(unsafe {
-            libc::sendto(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0, (&raw const sa).cast(), len) as libc::c_int
+            libc::sendto(
+                fd.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                (&raw const sa).cast(),
+                len,
+            ) as libc::c_int
         })
         .with_context(|| format!("sendto {}", seg.dst))?;
-        ensure!(n as usize == bytes.len(), "short raw send: {n} of {}", bytes.len());
+        ensure!(
+            n as usize == bytes.len(),
+            "short raw send: {n} of {}",
+            bytes.len()
+        );
         Ok(())
     })?
 }
 
 /// A SYN from `src` to `dst` sent from namespace `ns` (see [`Segment::syn`]).
-pub fn send_syn(ns: &str, src: SocketAddr, dst: SocketAddr, seq: u32, tsval: Option<u32>, tsecr: u32) -> Result<()> {
+pub fn send_syn(
+    ns: &str,
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    tsval: Option<u32>,
+    tsecr: u32,
+) -> Result<()> {
     send_segment(ns, &Segment::syn(src, dst, seq, tsval, tsecr))
 }
 
 /// Every TCP segment seen on one interface of one namespace (both directions) since
 /// [`Capture::start`], in order. The kernel queues packets on the socket until read (a few
-/// hundred small segments fit the default buffer), so a capture may be read after the fact.
+/// hundred small segments fit the default buffer; beyond that it drops), so a capture may be
+/// read after the fact as long as the traffic is small.
 pub struct Capture {
     fd: OwnedFd,
     log: Vec<Segment>,
@@ -213,7 +260,11 @@ impl Capture {
             // this one interface.
             // SAFETY: plain syscall; the fd is owned by the OwnedFd below.
             let fd = cvt(unsafe {
-                libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0)
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                    0,
+                )
             })
             .context("socket(AF_PACKET)")?;
             // SAFETY: fd was just returned by socket() and is owned by nobody else.
@@ -225,12 +276,19 @@ impl Capture {
             sll.sll_ifindex = ifindex as i32;
             // SAFETY: sll is a valid sockaddr_ll of the size passed.
             cvt(unsafe {
-                libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), mem::size_of::<libc::sockaddr_ll>() as u32)
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&raw const sll).cast(),
+                    mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
             })
             .context("bind(AF_PACKET)")?;
             Ok(fd)
         })??;
-        Ok(Capture { fd, log: Vec::new() })
+        Ok(Capture {
+            fd,
+            log: Vec::new(),
+        })
     }
 
     /// Moves everything the kernel queued into the log.
@@ -238,7 +296,14 @@ impl Capture {
         let mut buf = vec![0u8; 65536];
         loop {
             // SAFETY: buf is writable for its length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.kind() {
@@ -295,7 +360,11 @@ pub fn nft(ns: &str, script: &str) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("spawning nft (apt package nftables)")?;
-    child.stdin.take().expect("piped").write_all(script.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())?;
     let out = child.wait_with_output()?;
     ensure!(
         out.status.success(),
@@ -344,12 +413,20 @@ impl Drop for RstBlock {
 /// The counter a PAWS reject by a TIME-WAIT socket increments on this kernel:
 /// TcpExtPAWSTimewait (6.16+), before that TcpExtPAWSEstab (shared/KERNEL.md).
 pub fn tw_paws_counter(counters: &std::collections::BTreeMap<String, u64>) -> &'static str {
-    if counters.contains_key("TcpExtPAWSTimewait") { "TcpExtPAWSTimewait" } else { "TcpExtPAWSEstab" }
+    if counters.contains_key("TcpExtPAWSTimewait") {
+        "TcpExtPAWSTimewait"
+    } else {
+        "TcpExtPAWSEstab"
+    }
 }
 
 /// Delta of [`tw_paws_counter`] between two snapshots.
-pub fn tw_paws_delta(before: &std::collections::BTreeMap<String, u64>, after: &std::collections::BTreeMap<String, u64>) -> u64 {
-    try_delta(before, after, tw_paws_counter(after)).expect("PAWS counter present in both snapshots")
+pub fn tw_paws_delta(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> u64 {
+    try_delta(before, after, tw_paws_counter(after))
+        .expect("PAWS counter present in both snapshots")
 }
 
 /// `ts_recent - tsval` as the kernel compares them (s32): positive = `tsval` is older.
@@ -380,18 +457,37 @@ pub struct ServerTimeWait {
 }
 
 impl ServerTimeWait {
-    /// Connects from `pair`'s client namespace, local port `client_port`, to `server` (a
-    /// [`Server`] in `pair`'s server namespace on `server_ip`), the server closing first, and
-    /// reads the TIME-WAIT's values from a capture of that connection. Use a port per fixture:
-    /// a port that already has a TIME-WAIT on the server would be reopened through it.
+    /// Connects from `pair`'s client namespace (its address of `server`'s family, local port
+    /// `client_port`) to `server`, a [`Server`] in `pair`'s server namespace, the server
+    /// closing first, and reads the TIME-WAIT's values from a capture of that connection. Use
+    /// a port per fixture: a port that already has a TIME-WAIT on the server would be reopened
+    /// through it.
     pub fn create(pair: &NetnsPair, server: &Server, client_port: u16) -> Result<ServerTimeWait> {
         let srv = server.addr();
-        let client_ip = if srv.is_ipv4() { pair.client_v4() } else { pair.client_v6() };
+        let client_ip = if srv.is_ipv4() {
+            pair.client_v4()
+        } else {
+            pair.client_v6()
+        };
         let client = SocketAddr::new(client_ip, client_port);
         let mut cap = Capture::start(pair.client_ns(), VETH)?;
-        let opts = ConnectOptions { local_ip: Some(client_ip), ..ConnectOptions::default() };
-        let out = connect_many_opts(pair.client_ns(), srv, 1, CloseFirst::Server, Some(&[client_port]), &opts)?;
-        ensure!(out[0].is_ok(), "connection for the TIME-WAIT failed: {:?}", out[0]);
+        let opts = ConnectOptions {
+            local_ip: Some(client_ip),
+            ..ConnectOptions::default()
+        };
+        let out = connect_many_opts(
+            pair.client_ns(),
+            srv,
+            1,
+            CloseFirst::Server,
+            Some(&[client_port]),
+            &opts,
+        )?;
+        ensure!(
+            out[0].is_ok(),
+            "connection for the TIME-WAIT failed: {:?}",
+            out[0]
+        );
         // connect_many returned after our FIN was acknowledged: the capture holds it all.
         let segs = cap.segments()?;
         let fin = segs
@@ -406,24 +502,32 @@ impl ServerTimeWait {
             .find(|s| s.is_from_to(srv, client))
             .ok_or_else(|| anyhow!("no server segment captured"))?;
         let rcv_nxt = fin.seq.wrapping_add(fin.seq_len());
-        ensure!(last_srv.ack == rcv_nxt && !last_srv.has(FIN), "server did not ACK our FIN last: {last_srv:?}");
+        ensure!(
+            last_srv.ack == rcv_nxt && !last_srv.has(FIN),
+            "server did not ACK our FIN last: {last_srv:?}"
+        );
         let tw = ServerTimeWait {
             client,
             server: srv,
-            ts_recent: fin.tsval().ok_or_else(|| anyhow!("FIN without timestamps"))?,
+            ts_recent: fin
+                .tsval()
+                .ok_or_else(|| anyhow!("FIN without timestamps"))?,
             rcv_nxt,
             snd_nxt: last_srv.seq,
             server_tsval: last_srv.tsval().unwrap_or(0),
         };
-        ensure!(tw.exists(pair.server_ns())?, "no TIME-WAIT for {client} on the server");
+        ensure!(
+            tw.exists(pair.server_ns())?,
+            "no TIME-WAIT for {client} on the server"
+        );
         Ok(tw)
     }
 
     /// Whether the server namespace still holds this TIME-WAIT socket.
     pub fn exists(&self, server_ns: &str) -> Result<bool> {
-        Ok(tcp_sockets(server_ns)?
-            .iter()
-            .any(|e| e.state == TcpState::TimeWait && e.local == self.server && e.remote == self.client))
+        Ok(tcp_sockets(server_ns)?.iter().any(|e| {
+            e.state == TcpState::TimeWait && e.local == self.server && e.remote == self.client
+        }))
     }
 
     /// A sequence number the TIME-WAIT sees as after rcv_nxt (a SYN that is acceptable by
@@ -446,7 +550,12 @@ impl ServerTimeWait {
 /// Sends `seg` from `ns` and waits for the first segment back on the same 4-tuple, seen by
 /// `cap` (a capture in `ns`). None when the peer sent nothing within `timeout` (e.g. an ACK
 /// suppressed by tcp_invalid_ratelimit).
-pub fn probe(ns: &str, cap: &mut Capture, seg: &Segment, timeout: Duration) -> Result<Option<Segment>> {
+pub fn probe(
+    ns: &str,
+    cap: &mut Capture,
+    seg: &Segment,
+    timeout: Duration,
+) -> Result<Option<Segment>> {
     let mark = cap.mark()?;
     send_segment(ns, seg)?;
     let (src, dst) = (seg.src, seg.dst);
@@ -479,7 +588,9 @@ impl Established {
         let listener = try_in_netns(pair.server_ns(), || TcpListener::bind(server))??;
         let server = listener.local_addr()?;
         let mut cap = Capture::start(pair.client_ns(), VETH)?;
-        let client_stream = try_in_netns(pair.client_ns(), || TcpStream::connect_timeout(&server, REPLY_TIMEOUT))??;
+        let client_stream = try_in_netns(pair.client_ns(), || {
+            TcpStream::connect_timeout(&server, REPLY_TIMEOUT)
+        })??;
         let client = client_stream.local_addr()?;
         let (server_stream, _) = listener.accept()?;
         for s in [&client_stream, &server_stream] {
@@ -494,14 +605,26 @@ impl Established {
         // The server's byte is acknowledged at once (quick-ack mode at connection start) or
         // after the delayed-ACK timer (<= 200 ms); wait for it either way.
         let srv_data = cap
-            .wait_for(0, REPLY_TIMEOUT, |s| s.is_from_to(server, client) && !s.payload.is_empty())?
+            .wait_for(0, REPLY_TIMEOUT, |s| {
+                s.is_from_to(server, client) && !s.payload.is_empty()
+            })?
             .ok_or_else(|| anyhow!("server byte not captured"))?;
         let acked = srv_data.seq.wrapping_add(1);
-        cap.wait_for(0, REPLY_TIMEOUT, |s| s.is_from_to(client, server) && s.ack == acked)?
-            .ok_or_else(|| anyhow!("client never acknowledged the server's byte"))?;
+        cap.wait_for(0, REPLY_TIMEOUT, |s| {
+            s.is_from_to(client, server) && s.ack == acked
+        })?
+        .ok_or_else(|| anyhow!("client never acknowledged the server's byte"))?;
         let segs = cap.segments()?;
-        let last_cli = segs.iter().rev().find(|s| s.is_from_to(client, server)).expect("seen above");
-        let last_srv = segs.iter().rev().find(|s| s.is_from_to(server, client)).expect("seen above");
+        let last_cli = segs
+            .iter()
+            .rev()
+            .find(|s| s.is_from_to(client, server))
+            .expect("seen above");
+        let last_srv = segs
+            .iter()
+            .rev()
+            .find(|s| s.is_from_to(server, client))
+            .expect("seen above");
         Ok(Established {
             snd_nxt: last_cli.seq.wrapping_add(last_cli.seq_len()),
             rcv_nxt: acked,
@@ -526,7 +649,10 @@ impl Established {
             seq: self.snd_nxt,
             ack: self.rcv_nxt,
             window: self.window,
-            ts: Some((tsval_with_regression(self.ts_recent, regression), self.server_tsval)),
+            ts: Some((
+                tsval_with_regression(self.ts_recent, regression),
+                self.server_tsval,
+            )),
             payload: payload.to_vec(),
         }
     }
