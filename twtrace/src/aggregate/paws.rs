@@ -204,10 +204,17 @@ impl PawsTable {
                 path,
                 tsval,
                 ts_recent,
-                ..
+                tcp_flags,
             } => {
                 let s = self.source(ip);
                 s.last_ns = t;
+                // A rejected SYN never reaches a listener, but its clock is as real as any:
+                // behind a NAT it is often the only sample of the clock that is behind.
+                if let Some(tv) = tsval
+                    && tcp_flags & 0x12 == 0x02
+                {
+                    s.clocks.observe(t, tv, rec.remote.port());
+                }
                 s.rejects[path_index(path)] += 1;
                 if let (Some(tv), Some(tr)) = (tsval, ts_recent) {
                     s.regression.record(regression(tr, tv));

@@ -1,0 +1,277 @@
+//! PAWS end to end: crafted segments and a real NAT, with the real eBPF programs in the real
+//! kernel. Every count twtrace reports for the sender IP is compared exactly with the
+//! receiving namespace's own counter delta (TcpExtPAWSTimewait from 6.16, PAWSEstab before
+//! for TIME-WAIT rejects; TcpExtPAWSEstab for established ones), and every regression with the
+//! value the harness captured on the wire.
+//!
+//! Needs root. `TWTRACE_HOOKS` forces a hook family (the VM runs use it).
+
+mod support;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use support::{
+    NetnsPair, Server, Tracer, delta,
+    nat::{NatLab, Scenario, TsOrder},
+    netns::VETH,
+    netstat,
+    raw::{Capture, Established, REPLY_TIMEOUT, RstBlock, ServerTimeWait, probe, tw_paws_delta},
+};
+
+const SETTLE: Duration = Duration::from_millis(500);
+const READY: Duration = Duration::from_secs(180);
+
+fn trace(inode: u32, extra: &[&str]) -> Result<Tracer> {
+    let ns = inode.to_string();
+    let mut args = vec!["events", "--json", "--netns", &ns];
+    args.extend_from_slice(extra);
+    let mut t = Tracer::spawn_default(&args)?;
+    t.wait_ready(READY)?;
+    Ok(t)
+}
+
+fn stop(t: Tracer) -> Result<Vec<Value>> {
+    thread::sleep(SETTLE);
+    let events = t.stop()?;
+    ensure!(
+        !events.iter().any(|e| e["type"] == "lost"),
+        "the tracer lost events"
+    );
+    Ok(events)
+}
+
+fn from<'a>(events: &'a [Value], ty: &str, ip: IpAddr) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| {
+            e["type"] == ty
+                && e["remote"]
+                    .as_str()
+                    .and_then(|s| s.parse::<SocketAddr>().ok())
+                    .is_some_and(|a| a.ip() == ip)
+        })
+        .collect()
+}
+
+fn verdicts(events: &[Value], ip: IpAddr, verdict: &str) -> usize {
+    from(events, "tw_syn", ip)
+        .iter()
+        .filter(|e| e["verdict"] == verdict)
+        .count()
+}
+
+fn server_ip(pair: &NetnsPair, v6: bool) -> IpAddr {
+    if v6 {
+        pair.server_v6()
+    } else {
+        pair.server_v4()
+    }
+}
+
+/// A SYN older than the TIME-WAIT's ts_recent (by `REGRESSION` ticks) is one `timewait`
+/// reject with that exact regression; the kernel counts one too.
+fn timewait_old_syn(tag: &str, v6: bool) -> Result<()> {
+    const REGRESSION: i32 = 1000;
+    let pair = NetnsPair::new(tag)?;
+    let (srv, cli) = (pair.server_ns(), pair.client_ns());
+    let server = Server::start(srv, SocketAddr::new(server_ip(&pair, v6), 5000))?;
+    let tw = ServerTimeWait::create(&pair, &server, 41001)?;
+    // The client kernel would answer the server's ACK with a RST that kills the TIME-WAIT.
+    let _block = RstBlock::install(cli)?;
+    let mut cap = Capture::start(cli, VETH)?;
+    let tracer = trace(pair.server_inode(), &[])?;
+    let before = netstat(srv)?;
+    let syn = tw.syn(tw.seq_after(), Some(REGRESSION));
+    probe(cli, &mut cap, &syn, REPLY_TIMEOUT)?.context("the server answers a PAWS reject")?;
+    let after = netstat(srv)?;
+    let events = stop(tracer)?;
+
+    let kernel = tw_paws_delta(&before, &after);
+    assert_eq!(kernel, 1, "sanity: the kernel rejected it");
+    let rejects = from(&events, "paws_reject", tw.client.ip());
+    assert_eq!(
+        rejects.len() as u64,
+        kernel,
+        "paws_reject vs the kernel's counter"
+    );
+    let r = rejects[0];
+    assert_eq!(r["path"], "timewait", "{r}");
+    assert_eq!(r["regression"], REGRESSION, "{r}");
+    assert_eq!(r["ts_recent"], tw.ts_recent, "{r}");
+    assert_eq!(r["flags"], "SYN", "{r}");
+    assert_eq!(
+        r["remote"].as_str(),
+        Some(tw.client.to_string().as_str()),
+        "{r}"
+    );
+    assert_eq!(verdicts(&events, tw.client.ip(), "rejected_paws"), 1);
+    Ok(())
+}
+
+#[test]
+fn timewait_old_syn_is_one_reject_v4() -> Result<()> {
+    timewait_old_syn("pwold4", false)
+}
+
+#[test]
+fn timewait_old_syn_is_one_reject_v6() -> Result<()> {
+    timewait_old_syn("pwold6", true)
+}
+
+/// The same SYN with a newer TSval is accepted by timestamp: no reject anywhere. Without a
+/// timestamp but with a sequence after rcv_nxt it is accepted by sequence.
+fn timewait_accepted_syn(tag: &str, v6: bool) -> Result<()> {
+    let pair = NetnsPair::new(tag)?;
+    let (srv, cli) = (pair.server_ns(), pair.client_ns());
+    let server = Server::start(srv, SocketAddr::new(server_ip(&pair, v6), 5000))?;
+    let by_ts = ServerTimeWait::create(&pair, &server, 41001)?;
+    let by_seq = ServerTimeWait::create(&pair, &server, 41003)?;
+    let _block = RstBlock::install(cli)?;
+    let mut cap = Capture::start(cli, VETH)?;
+    let tracer = trace(pair.server_inode(), &[])?;
+    let before = netstat(srv)?;
+    // Newer by one tick, sequence *before* rcv_nxt: only the timestamp can let it in.
+    let syn = by_ts.syn(by_ts.seq_before(), Some(-1));
+    probe(cli, &mut cap, &syn, REPLY_TIMEOUT)?.context("SYN-ACK")?;
+    let syn = by_seq.syn(by_seq.seq_after(), None);
+    probe(cli, &mut cap, &syn, REPLY_TIMEOUT)?.context("SYN-ACK")?;
+    let after = netstat(srv)?;
+    let events = stop(tracer)?;
+
+    let ip = by_ts.client.ip();
+    assert_eq!(tw_paws_delta(&before, &after), 0, "sanity: no PAWS reject");
+    assert_eq!(from(&events, "paws_reject", ip).len(), 0);
+    assert_eq!(
+        verdicts(&events, ip, "accepted_by_timestamp"),
+        1,
+        "{events:#?}"
+    );
+    assert_eq!(
+        verdicts(&events, ip, "accepted_by_sequence"),
+        1,
+        "{events:#?}"
+    );
+    assert_eq!(verdicts(&events, ip, "rejected_paws"), 0);
+    // Both SYNs reached the listener; the one without a timestamp says so.
+    let syns = from(&events, "syn", ip);
+    assert_eq!(syns.len(), 2, "{syns:?}");
+    assert_eq!(syns.iter().filter(|s| s["tsval"].is_null()).count(), 1);
+    Ok(())
+}
+
+#[test]
+fn timewait_newer_syn_is_accepted_v4() -> Result<()> {
+    timewait_accepted_syn("pwnew4", false)
+}
+
+#[test]
+fn timewait_newer_syn_is_accepted_v6() -> Result<()> {
+    timewait_accepted_syn("pwnew6", true)
+}
+
+/// In-window data with an old TSval on an established connection: one `established` reject
+/// per segment, as TcpExtPAWSEstab counts, with the exact regression.
+#[test]
+fn established_old_data_is_rejected() -> Result<()> {
+    let pair = NetnsPair::new("pwest")?;
+    let (srv, cli) = (pair.server_ns(), pair.client_ns());
+    let est = Established::open(&pair, SocketAddr::new(pair.server_v4(), 0))?;
+    let mut cap = Capture::start(cli, VETH)?;
+    let tracer = trace(pair.server_inode(), &[])?;
+    let before = netstat(srv)?;
+    for regression in [1000, 2] {
+        let seg = est.data_segment(regression, b"x");
+        probe(cli, &mut cap, &seg, REPLY_TIMEOUT)?.context("dupack")?;
+    }
+    let after = netstat(srv)?;
+    let events = stop(tracer)?;
+
+    let kernel = delta(&before, &after, "TcpExtPAWSEstab");
+    assert_eq!(kernel, 2, "sanity");
+    let rejects = from(&events, "paws_reject", pair.client_v4());
+    assert_eq!(rejects.len() as u64, kernel);
+    let regs: Vec<i64> = rejects
+        .iter()
+        .filter_map(|r| r["regression"].as_i64())
+        .collect();
+    assert_eq!(regs, [1000, 2]);
+    assert!(rejects.iter().all(|r| r["path"] == "established"));
+    Ok(())
+}
+
+fn summary_row(path: &PathBuf, ip: IpAddr) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let rows: Vec<Value> = serde_json::from_str(&text)?;
+    rows.into_iter()
+        .find(|r| r["ip"] == ip.to_string())
+        .with_context(|| format!("no summary row for {ip}: {text}"))
+}
+
+/// Two clients behind one NAT IP, the second with an older clock, reuse the same public
+/// 4-tuple: the server rejects the second one's SYN. twtrace reports exactly the rejects the
+/// server namespace counted, for the NAT IP, and sees at least two clocks behind it. The
+/// controls give no reject: B newer (still two clocks behind the IP, and twtrace says so),
+/// and one client only (one clock).
+#[test]
+fn nat_clients_with_disagreeing_clocks() -> Result<()> {
+    let lab = NatLab::new("pwnat", 2)?;
+    let dir = std::env::temp_dir().join(format!("twtrace-paws-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for (order, expect_rejects, two_clocks) in [
+        (TsOrder::BOlder, true, true),
+        (TsOrder::BNewer, false, true),
+        (TsOrder::SameClient, false, false),
+    ] {
+        let summary = dir.join(format!("{order:?}.json"));
+        let inode = support::netns_inode(lab.server_ns())?;
+        let summary_arg = summary.to_string_lossy().into_owned();
+        let tracer = trace(
+            inode,
+            &["--summary-json", &summary_arg, "--alert-rejects", "1"],
+        )?;
+        let report = lab.run_scenario(&Scenario {
+            order,
+            ..Scenario::default()
+        })?;
+        let events = stop(tracer)?;
+
+        let ip = lab.public_ip();
+        assert_eq!(report.paws, report.expected_paws, "sanity: {report:#?}");
+        assert_eq!(report.paws > 0, expect_rejects, "sanity: {report:#?}");
+        let rejects = from(&events, "paws_reject", ip);
+        assert_eq!(
+            rejects.len() as u64,
+            report.paws,
+            "{order:?}: paws_reject vs the counter"
+        );
+        for r in &rejects {
+            assert_eq!(r["path"], "timewait");
+            assert_eq!(r["ts_recent"], report.ts_recent, "{r}");
+        }
+        if let Some(first) = rejects.first() {
+            assert_eq!(first["regression"], report.regression, "{first}");
+        }
+        let row = summary_row(&summary, ip)?;
+        assert_eq!(row["rejects"]["timewait"], report.paws, "{order:?}: {row}");
+        let clocks = row["clocks"].as_u64().unwrap_or(0);
+        if two_clocks {
+            assert!(
+                clocks >= 2,
+                "{order:?}: at least two clocks behind the NAT: {row}"
+            );
+            assert_eq!(row["nat_suspected"], true, "{row}");
+        } else {
+            assert_eq!(clocks, 1, "{order:?}: one clock: {row}");
+            assert_eq!(row["nat_suspected"], false, "{row}");
+        }
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
