@@ -78,6 +78,8 @@ struct Source {
     highest: Option<(u32, u64)>,
     tw_syn: [u64; 4],
     clocks: ClockEstimator,
+    /// The last estimate; recomputed only after new SYNs (it costs up to tens of µs).
+    estimate: Option<ClockEstimate>,
     observed: DecayingRate,
     tw_syn_rate: DecayingRate,
     last_ns: u64,
@@ -94,13 +96,19 @@ impl Source {
             highest: None,
             tw_syn: [0; 4],
             clocks: ClockEstimator::new(cfg.clone()),
+            estimate: None,
             observed: DecayingRate::default(),
             tw_syn_rate: DecayingRate::default(),
             last_ns: 0,
         }
     }
 
-    fn syn(&mut self, t_ns: u64, tsval: Option<u32>, sport: u16) {
+    fn clock_sample(&mut self, t_ns: u64, tsval: u32, sport: u16, dport: u16) {
+        self.clocks.observe_flow(t_ns, tsval, sport, dport);
+        self.estimate = None;
+    }
+
+    fn syn(&mut self, t_ns: u64, tsval: Option<u32>, sport: u16, dport: u16) {
         self.syns += 1;
         let Some(tsval) = tsval else {
             // No timestamp option: PAWS cannot check it, and it tells nothing of clocks.
@@ -117,7 +125,7 @@ impl Source {
             }
             _ => self.highest = Some((tsval, t_ns)),
         }
-        self.clocks.observe(t_ns, tsval, sport);
+        self.clock_sample(t_ns, tsval, sport, dport);
     }
 }
 
@@ -138,6 +146,8 @@ pub struct SourceRow {
     pub clock_confidence: f64,
     pub clock_mode: &'static str,
     pub clock_rate_hz: Option<u32>,
+    /// Source ports (4-tuples) seen with two or more clocks: the reuse that trips PAWS.
+    pub shared_ports: u32,
     pub nat_suspected: bool,
     pub predicted_rejects_per_s: f64,
     pub observed_rejects_per_s: f64,
@@ -213,7 +223,7 @@ impl PawsTable {
                 if let Some(tv) = tsval
                     && tcp_flags & 0x12 == 0x02
                 {
-                    s.clocks.observe(t, tv, rec.remote.port());
+                    s.clock_sample(t, tv, rec.remote.port(), rec.local.port());
                 }
                 s.rejects[path_index(path)] += 1;
                 if let (Some(tv), Some(tr)) = (tsval, ts_recent) {
@@ -226,7 +236,7 @@ impl PawsTable {
             What::Syn { tsval } => {
                 let s = self.source(ip);
                 s.last_ns = t;
-                s.syn(t, tsval, rec.remote.port());
+                s.syn(t, tsval, rec.remote.port(), rec.local.port());
             }
             What::TwSyn { verdict, .. } => {
                 let s = self.source(ip);
@@ -239,11 +249,14 @@ impl PawsTable {
     }
 
     /// Every tracked source IP, most rejects first.
-    pub fn rows(&self, now_ns: u64) -> Vec<SourceRow> {
+    pub fn rows(&mut self, now_ns: u64) -> Vec<SourceRow> {
         let mut rows: Vec<SourceRow> = self
             .by_ip
-            .iter()
-            .map(|(ip, s)| row(*ip, s, now_ns))
+            .iter_mut()
+            .map(|(ip, s)| {
+                let est = *s.estimate.get_or_insert_with(|| s.clocks.estimate());
+                row(*ip, s, &est, now_ns)
+            })
             .collect();
         rows.sort_by(|a, b| {
             b.rejects_total
@@ -260,8 +273,7 @@ impl PawsTable {
     }
 }
 
-fn row(ip: IpAddr, s: &Source, now_ns: u64) -> SourceRow {
-    let est: ClockEstimate = s.clocks.estimate();
+fn row(ip: IpAddr, s: &Source, est: &ClockEstimate, now_ns: u64) -> SourceRow {
     let k = est.clocks;
     SourceRow {
         ip,
@@ -288,6 +300,7 @@ fn row(ip: IpAddr, s: &Source, now_ns: u64) -> SourceRow {
         clock_confidence: est.confidence,
         clock_mode: est.mode.as_str(),
         clock_rate_hz: est.rate_hz,
+        shared_ports: est.shared_ports,
         nat_suspected: k >= 2,
         predicted_rejects_per_s: s.tw_syn_rate.per_second(now_ns) * reject_probability(k),
         observed_rejects_per_s: s.observed.per_second(now_ns),

@@ -62,6 +62,9 @@ pub fn render(rows: &[SourceRow], top: usize, evictions: u64, out: &mut String) 
 fn cells(r: &SourceRow) -> [String; 13] {
     let clocks = if r.clocks_low == r.clocks_high {
         r.clocks.to_string()
+    } else if r.clocks_high == u32::MAX {
+        // No useful upper bound: more lines were forgotten than the estimator keeps.
+        format!("{} ({}+)", r.clocks, r.clocks_low)
     } else {
         format!("{} ({}-{})", r.clocks, r.clocks_low, r.clocks_high)
     };
