@@ -312,8 +312,9 @@ pub struct KernelLayout {
     pub reason_tsecr: u32,
     /// enum tcp_tw_status TCP_TW_SYN (the SYN was accepted by the TIME-WAIT socket).
     pub tw_status_syn: u32,
-    /// Keeps the struct free of implicit padding (it is copied as bytes).
-    pub _pad: [u32; 2],
+    /// sk_buff.dev and net_device.nd_net: a dropped segment's namespace when no socket is named.
+    pub skb_dev: u32,
+    pub dev_nd_net: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
     pub tw_timer_handler: u64,
     /// Address of `reqsk_timer_handler`: the filter for request-socket (SYN) timers.
@@ -377,7 +378,8 @@ impl KernelLayout {
             reason_tw_paws: 0,
             reason_tsecr: 0,
             tw_status_syn: 0,
-            _pad: [0; 2],
+            skb_dev: 0,
+            dev_nd_net: 0,
             tw_timer_handler: 0,
             reqsk_timer_handler: 0,
             ranges: [CodeRange {
@@ -391,7 +393,11 @@ impl KernelLayout {
 
 // Both structs are copied as raw bytes between kernel and user space: no implicit padding.
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
-const _: () = assert!(core::mem::size_of::<KernelLayout>().is_multiple_of(8));
+const _: () = assert!(
+    core::mem::offset_of!(KernelLayout, tw_timer_handler)
+        == core::mem::offset_of!(KernelLayout, dev_nd_net) + 4,
+    "an even number of u32 fields must precede the u64 ones (add or drop a _pad)"
+);
 
 /// Run-time settings for the kernel side, injected with `override_global("SETTINGS")`.
 #[repr(C)]

@@ -77,7 +77,8 @@ fn on_drop(ctx: &TracePointContext, timewait: bool) -> u32 {
         return 0;
     };
     let netns = if rx_sk == 0 {
-        0
+        // Kernels before 6.11 do not name the socket: the receiving device's namespace.
+        unsafe { skb_netns(skb) }
     } else {
         unsafe { read_flow(rx_sk) }.map_or(0, |f| f.netns)
     };
@@ -124,6 +125,17 @@ fn on_drop(ctx: &TracePointContext, timewait: bool) -> u32 {
         }),
     };
     report(&seg, netns, path, ts_recent, HookFamily::Tracepoint)
+}
+
+#[inline(always)]
+unsafe fn skb_netns(skb: u64) -> u32 {
+    let Some(dev) = (unsafe { read::<u64>(skb, layout!(skb_dev)) }) else {
+        return 0;
+    };
+    let Some(net) = (unsafe { read::<u64>(dev, layout!(dev_nd_net)) }) else {
+        return 0;
+    };
+    unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0)
 }
 
 /// TIME-WAIT verdict from the segment and the socket's ts_recent, as tcp_timewait_state_process

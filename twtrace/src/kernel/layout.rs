@@ -53,6 +53,8 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.req_timer = btf.member_offset("request_sock", "rsk_timer")?;
     layout.req_ts_recent = btf.member_offset("request_sock", "ts_recent")?;
     layout.req_rcv_isn = btf.member_offset("tcp_request_sock", "rcv_isn")?;
+    layout.skb_dev = btf.member_offset("sk_buff", "dev")?;
+    layout.dev_nd_net = btf.member_offset("net_device", "nd_net")?;
     layout.ireq_tstamp_ok_bit = btf.flag_bit_offset("inet_request_sock", "tstamp_ok")?;
     let reason = |name: &str| -> Result<u32> {
         let v = btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{name}"))?;
