@@ -42,7 +42,7 @@ pub enum Command {
     /// Stream every event (TIME-WAIT enter/exit, overflow, EADDRNOTAVAIL, losses).
     Events(EventsOpts),
     /// Show the kernel, BTF, lockdown and which hook serves each signal, and why.
-    Doctor,
+    Doctor(DoctorOpts),
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +115,13 @@ pub struct EventsOpts {
     /// Write events here instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorOpts {
+    /// Print every rejection in full (verifier logs included), not just its first line.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

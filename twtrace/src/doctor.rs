@@ -9,7 +9,7 @@ use crate::{
     loader, run,
 };
 
-pub fn run(common: &Common) -> Result<()> {
+pub fn run(common: &Common, verbose: bool) -> Result<()> {
     kernel::preflight()?;
     let loaded = loader::load(&run::load_options(common)?)?;
     let f = &loaded.facts;
@@ -64,8 +64,12 @@ pub fn run(common: &Common) -> Result<()> {
             println!("  {:<22}   attached: {a}", "");
         }
         for (fam, why) in &c.rejected {
-            let why = why.lines().next().unwrap_or("");
-            println!("  {:<22}   not {}: {why}", "", fam.as_str());
+            let shown = if verbose {
+                why.as_str()
+            } else {
+                why.lines().next().unwrap_or("")
+            };
+            println!("  {:<22}   not {}: {shown}", "", fam.as_str());
         }
     }
     Ok(())

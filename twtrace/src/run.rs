@@ -31,8 +31,8 @@ use crate::{
 const POLL: Duration = Duration::from_millis(100);
 
 pub async fn main(cli: Cli) -> Result<()> {
-    if let Some(Command::Doctor) = cli.command {
-        return doctor::run(&cli.common);
+    if let Some(Command::Doctor(opts)) = &cli.command {
+        return doctor::run(&cli.common, opts.verbose);
     }
     // Before loading: a SIGTERM that arrives while programs attach must still end in a clean
     // detach and exit 0, not in the default action.
