@@ -120,9 +120,6 @@ pub mod frame_class {
     pub const CONNECT_REUSE: u8 = 14;
     /// Namespace teardown.
     pub const PURGE: u8 = 15;
-    /// `tcp_time_wait`: the first arm of a TIME-WAIT timer (a re-arm comes from
-    /// `tcp_timewait_state_process`).
-    pub const TCP_TIME_WAIT: u8 = 16;
 }
 
 /// Which hook produced an event (reported in `doctor` and in debug output).
@@ -406,10 +403,6 @@ pub struct Settings {
     /// Wake the reader once this many bytes are waiting in the ring (events are submitted with
     /// BPF_RB_NO_WAKEUP; user space also polls on a short timer).
     pub wakeup_bytes: u64,
-    /// Until then (bpf_ktime_get_ns), a TIME-WAIT timer armed for a socket twtrace does not
-    /// know may be a re-arm of one that existed before it started, and the call chain is
-    /// checked; afterwards every unknown one is new.
-    pub prestart_tw_until_ns: u64,
     /// Only report this network namespace (0 = all).
     pub netns_filter: u32,
     pub _pad: u32,
@@ -419,7 +412,6 @@ impl Settings {
     pub const fn default_const() -> Self {
         Self {
             wakeup_bytes: 64 * 1024,
-            prestart_tw_until_ns: u64::MAX,
             netns_filter: 0,
             _pad: 0,
         }

@@ -98,3 +98,12 @@ pub fn netns_wanted(netns: u32) -> bool {
     let want = settings().netns_filter;
     want == 0 || want == netns
 }
+
+/// Argument `n` of an fentry/fexit program as a plain number. Read directly, a pointer
+/// argument is a typed kernel pointer to the verifier, which then tracks every derived address
+/// separately (no state pruning in option-parsing loops: programs that load as kprobes blow the
+/// complexity limit as fexit on 6.1). Every access goes through bpf_probe_read anyway.
+#[inline(always)]
+pub fn scalar_arg<C: aya_ebpf::EbpfContext>(ctx: &C, n: usize) -> u64 {
+    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).add(n)) }.unwrap_or(0)
+}

@@ -64,3 +64,14 @@ pub static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(1,
 /// kprobe route of PAWS: (tw, th) passed to `tcp_timewait_state_process`, until it returns.
 #[map]
 pub static TW_PROCESS_ARGS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The TIME-WAIT timer this CPU is re-arming (seen cancelled, restart imminent).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Rearming {
+    pub timer: u64,
+    pub ts_ns: u64,
+}
+
+#[map]
+pub static REARMING: PerCpuArray<Rearming> = PerCpuArray::with_max_entries(1, 0);

@@ -19,7 +19,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, PawsPath, TCP_TIME_WAIT, t
 
 use crate::{
     emit::emit,
-    kernel::{netns_wanted, read, read_flow},
+    kernel::{netns_wanted, read, read_flow, scalar_arg},
     layout,
     maps::TW_PROCESS_ARGS,
     segment::{self, Segment},
@@ -218,7 +218,12 @@ fn fill(
 #[fexit(function = "tcp_timewait_state_process")]
 pub fn paws_tw_fexit(ctx: FExitContext) -> u32 {
     let status: u64 = ctx.ret::<u64>().unwrap_or(u64::MAX);
-    tw_processed(ctx.arg(0), ctx.arg(2), status as u32, HookFamily::Fentry)
+    tw_processed(
+        scalar_arg(&ctx, 0),
+        scalar_arg(&ctx, 2),
+        status as u32,
+        HookFamily::Fentry,
+    )
 }
 
 /// kprobe half: remember the arguments until the function returns (no sleeping inside).

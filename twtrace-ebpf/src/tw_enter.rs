@@ -3,7 +3,11 @@
 //! Tracepoint route (works where fentry/kprobes are refused): `timer:timer_start` filtered on
 //! `function == tw_timer_handler`. The timer is embedded in the inet_timewait_sock, so the
 //! socket is `timer - offsetof(inet_timewait_sock, tw_timer)`. A TIME-WAIT timer is also re-armed
-//! (PAWS reject, retransmitted FIN); the first arm is the one reached from `tcp_time_wait`.
+//! (PAWS reject, retransmitted FIN); a re-arm is announced by tw_exit's timer_cancel program
+//! (it sees the cancel that precedes the restart), so only sockets it does not know and that
+//! are not being re-armed are new. This route needs tw_exit on its tracepoint route too, as it
+//! is wherever function probes are refused; otherwise a re-arm of a TIME-WAIT older than
+//! twtrace would count as new.
 //!
 //! Function-probe route: `__inet_twsk_schedule(tw, timeo, rearm)` with `rearm == false` is the
 //! first arm, called by `tcp_time_wait` right after the socket was created. It hands us the
@@ -16,15 +20,17 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
-use twtrace_common::{EventKind, HookFamily, LossSlot, frame_class};
+use twtrace_common::{EventKind, HookFamily, LossSlot};
 
 use crate::{
     emit::{count_loss, emit},
-    kernel::{netns_wanted, read, read_flow, settings},
+    kernel::{netns_wanted, read, read_flow},
     layout,
-    maps::{LAST_ENTER, LIVE, LastEnter, LiveTw},
-    stack::{bit, classify},
+    maps::{LAST_ENTER, LIVE, LastEnter, LiveTw, REARMING},
 };
+
+/// Cancel and restart of a re-arm happen back to back under the timer base lock.
+const SAME_CALL_NS: u64 = 100_000;
 
 #[tracepoint]
 pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
@@ -43,12 +49,14 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
     if unsafe { LIVE.get(&tw) }.is_some() {
         return 0; // re-arm of a TIME-WAIT we already know
     }
-    // Unknown socket: a new TIME-WAIT, or a re-arm of one that predates twtrace. Those can
-    // only exist during the first minute or so (a TIME-WAIT lasts 60 s unless re-armed), so
-    // only then is the call chain worth walking.
-    if unsafe { bpf_ktime_get_ns() } < settings().prestart_tw_until_ns {
-        let wanted = bit(frame_class::TCP_TIME_WAIT) | bit(frame_class::TW_PROCESS);
-        if classify(&ctx, wanted) == frame_class::TW_PROCESS {
+    // Unknown socket: a new TIME-WAIT, or a re-arm of one from before twtrace started. A
+    // re-arm cancels the pending timer first, on this CPU, which tw_exit's timer_cancel
+    // program notes in REARMING; a first arm has nothing to cancel.
+    if let Some(r) = REARMING.get_ptr_mut(0) {
+        let r = unsafe { &mut *r };
+        if r.timer == timer && unsafe { bpf_ktime_get_ns() }.saturating_sub(r.ts_ns) < SAME_CALL_NS
+        {
+            r.timer = 0;
             return 0;
         }
     }

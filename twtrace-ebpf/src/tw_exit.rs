@@ -22,7 +22,7 @@ use crate::{
     emit::emit,
     kernel::{netns_wanted, read, read_flow},
     layout,
-    maps::LIVE,
+    maps::{LIVE, REARMING, Rearming},
     stack::{bit, classify, classify_first},
 };
 
@@ -42,14 +42,36 @@ pub fn tw_exit_timer_cancel(ctx: TracePointContext) -> u32 {
     if func != layout!(tw_timer_handler) {
         return 0;
     }
-    let Some(cause) = cause_from_chain(&ctx) else {
-        return 0; // re-arm
+    // Most cancels are expiries or re-arms, named by the immediate caller (__run_timers,
+    // __mod_timer): unwinding one frame is enough for them; only kills need the full chain.
+    let cause = match classify_first(&ctx, bit(fc::REARM) | bit(fc::EXPIRE)) {
+        fc::EXPIRE => ExitCause::Expired,
+        fc::REARM => return rearming(timer),
+        _ => match cause_from_chain(&ctx) {
+            Some(c) => c,
+            None => return rearming(timer),
+        },
     };
     exit(
         timer - layout!(tw_timer) as u64,
         cause,
         HookFamily::Tracepoint,
     )
+}
+
+/// A re-arm cancels then restarts the timer on this CPU: tell tw_enter's timer_start that
+/// the start it is about to see is not a new TIME-WAIT (it may be one from before twtrace).
+#[inline(always)]
+fn rearming(timer: u64) -> u32 {
+    if let Some(slot) = REARMING.get_ptr_mut(0) {
+        unsafe {
+            *slot = Rearming {
+                timer,
+                ts_ns: bpf_ktime_get_ns(),
+            }
+        };
+    }
+    0
 }
 
 #[fentry(function = "inet_twsk_kill")]

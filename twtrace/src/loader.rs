@@ -77,8 +77,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         netns_filter: opts.netns,
         // Wake the reader at 1/8 of the ring: early enough never to fill it between polls.
         wakeup_bytes: u64::from(opts.ring_bytes / 8),
-        // TIME-WAITs from before start live at most 60 s unless re-armed; 5 minutes is ample.
-        prestart_tw_until_ns: crate::run::monotonic_ns() + 300_000_000_000,
         ..Settings::default_const()
     };
     let mut bpf = EbpfLoader::new()

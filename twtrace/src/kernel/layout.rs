@@ -19,8 +19,6 @@ pub const FRAME_FUNCTIONS: &[(u8, &str)] = &[
     (fc::CONNECT_REUSE, "__inet6_check_established"),
     (fc::CONNECT_REUSE, "__inet_hash_connect"),
     (fc::PURGE, "inet_twsk_purge"),
-    (fc::TCP_TIME_WAIT, "tcp_time_wait"),
-    (fc::TCP_TIME_WAIT, "inet_twsk_hashdance_schedule"),
 ];
 
 /// The struct offsets every hook needs.
