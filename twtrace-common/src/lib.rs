@@ -221,8 +221,10 @@ pub struct CodeRange {
 
 /// How many [`CodeRange`]s the kernel side checks (unused slots have start == end == 0).
 pub const MAX_CODE_RANGES: usize = 16;
-/// How many frames the kernel side walks when classifying a call chain.
-pub const STACK_DEPTH: usize = 12;
+/// How many frames the kernel side walks when classifying a call chain: every known chain
+/// names its cause within 4 (e.g. timer delete, inet_twsk_deschedule_put,
+/// tcp_timewait_state_process, tcp_v4_rcv); unwinding costs per frame.
+pub const STACK_DEPTH: usize = 6;
 
 /// Ring-buffer slots per program counted as lost (index = [`LossSlot`]).
 #[repr(u32)]
