@@ -55,11 +55,20 @@ pub unsafe fn from_skb(skb: u64) -> Option<Segment> {
 /// Parses a TCP header at `th` (ports, seq, flags, TSval); addresses are left zero.
 #[inline(always)]
 pub unsafe fn tcp_header(th: u64) -> Option<Segment> {
-    let mut buf = [0u8; BUF];
-    // The option space may run past the segment's end; that read can only fail at the end
-    // of a page, in which case the fixed header alone is read.
+    // Filled by the helper, not zeroed first: a zeroing loop costs the verifier dearly in
+    // the programs that also run the option loop below.
+    let mut buf = core::mem::MaybeUninit::<[u8; BUF]>::uninit();
+    // SAFETY: bpf_probe_read_kernel writes every byte of the destination (zeros on failure).
+    let buf = unsafe {
+        let p = buf.as_mut_ptr() as *mut core::ffi::c_void;
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(p, BUF as u32, th as *const _);
+        buf.assume_init()
+    };
+    // The option space may run past the segment's end; the read then fails as a whole (the
+    // helper zeroes the buffer) and the fixed header is read alone.
     let mut avail = TCP_MAX_HDR;
-    if unsafe { bpf_probe_read_kernel_buf(th as *const u8, &mut buf[..TCP_MAX_HDR]) }.is_err() {
+    let mut buf = buf;
+    if buf[12] == 0 {
         unsafe { bpf_probe_read_kernel_buf(th as *const u8, &mut buf[..20]) }.ok()?;
         avail = 20;
     }
@@ -82,8 +91,9 @@ pub unsafe fn tcp_header(th: u64) -> Option<Segment> {
 #[inline(always)]
 fn tsval(buf: &[u8; BUF], end: usize, th: u64) -> Option<u32> {
     let mut i = 20usize;
-    // At most 40 option bytes, each step consumes at least one.
-    for _ in 0..40 {
+    // Real option lists are short (a SYN carries 5, with NOPs 6); 12 steps cover any sane
+    // segment and keep the verifier's work bounded.
+    for _ in 0..12 {
         if i >= end {
             return None;
         }
