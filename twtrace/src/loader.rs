@@ -69,10 +69,14 @@ pub struct Loaded {
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
+    let t0 = std::time::Instant::now();
     kernel::preflight()?;
     let kbtf = KernelBtf::from_sysfs()?;
+    log::info!("kernel BTF parsed in {:?}", t0.elapsed());
     let facts = KernelFacts::gather(&kbtf)?;
+    log::info!("kernel facts gathered at {:?}", t0.elapsed());
     let btf = Btf::from_sys_fs().context("loading kernel BTF for the loader")?;
+    log::info!("loader BTF parsed at {:?}", t0.elapsed());
     let settings = Settings {
         netns_filter: opts.netns,
         // Wake the reader at 1/8 of the ring: early enough never to fill it between polls.
@@ -91,6 +95,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let logger = aya_log::EbpfLogger::init(&mut bpf)
         .map_err(|e| log::warn!("eBPF diagnostics unavailable (aya-log): {e}"))
         .ok();
+    log::info!("object loaded at {:?}", t0.elapsed());
     let choices = plan::attach_all(
         &mut bpf,
         &Facts {
@@ -101,6 +106,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         },
         opts.forced,
     )?;
+    log::info!("programs attached at {:?}", t0.elapsed());
     Ok(Loaded {
         bpf,
         logger,

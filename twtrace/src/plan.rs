@@ -107,12 +107,18 @@ fn try_hook(bpf: &mut Ebpf, facts: &Facts<'_>, hook: &Hook) -> Result<Vec<String
     precheck(facts, hook)?;
     let mut done = Vec::new();
     for p in hook.programs {
+        let t = std::time::Instant::now();
         if let Err(e) = load_attach(bpf, facts.btf, p) {
             for q in hook.programs {
                 unload(bpf, q);
             }
             return Err(e.context(format!("{} ({})", p.attach.describe(), p.name)));
         }
+        log::info!(
+            "{} loaded and attached in {:?}",
+            p.attach.describe(),
+            t.elapsed()
+        );
         done.push(p.attach.describe());
     }
     Ok(done)

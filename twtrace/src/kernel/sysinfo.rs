@@ -49,19 +49,28 @@ pub fn hz() -> Result<u64> {
     )
 }
 
-/// Reads a CONFIG_ value from /proc/config.gz or /boot/config-<release>.
-pub fn config_value(key: &str) -> Result<Option<String>> {
+/// The kernel config text from /proc/config.gz or /boot/config-<release>, read once.
+fn config_text() -> Result<Option<&'static str>> {
+    static TEXT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if let Some(t) = TEXT.get() {
+        return Ok(t.as_deref());
+    }
     let text = if let Ok(gz) = fs::File::open("/proc/config.gz") {
         let mut s = String::new();
         flate2::read::GzDecoder::new(gz)
             .read_to_string(&mut s)
             .context("decompressing /proc/config.gz")?;
-        s
+        Some(s)
     } else {
-        match fs::read_to_string(format!("/boot/config-{}", release())) {
-            Ok(s) => s,
-            Err(_) => return Ok(None),
-        }
+        fs::read_to_string(format!("/boot/config-{}", release())).ok()
+    };
+    Ok(TEXT.get_or_init(|| text).as_deref())
+}
+
+/// Reads a CONFIG_ value from /proc/config.gz or /boot/config-<release>.
+pub fn config_value(key: &str) -> Result<Option<String>> {
+    let Some(text) = config_text()? else {
+        return Ok(None);
     };
     let prefix = format!("{key}=");
     Ok(text
