@@ -12,6 +12,8 @@ const TCP_MAX_HDR: usize = 60;
 const BUF: usize = 64;
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
+const TCPOPT_MSS: u8 = 2;
+const TCPOPT_SACK_PERM: u8 = 4;
 const TCPOPT_TIMESTAMP: u8 = 8;
 const TCPOLEN_TIMESTAMP: u8 = 10;
 
@@ -86,36 +88,50 @@ pub unsafe fn tcp_header(th: u64) -> Option<Segment> {
 }
 
 /// Finds the timestamp option between byte 20 and `end` of the TCP header at `th` (copied in
-/// `buf`). Indices are masked to the buffer so the verifier sees every access in bounds; the
-/// 4 value bytes are read again from the kernel at a computed address for the same reason.
+/// `buf`). The two layouts Linux sends (SYN: MSS, SACK-permitted, TS; others: NOP, NOP, TS)
+/// are checked at fixed offsets; anything else is walked with reads from the kernel at computed
+/// addresses, never at a variable offset into the stack copy (older verifiers refuse that).
 #[inline(always)]
 fn tsval(buf: &[u8; BUF], end: usize, th: u64) -> Option<u32> {
-    let mut i = 20usize;
+    let be = |o: usize| u32::from_be_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
+    if end >= 32 && buf[20] == TCPOPT_NOP && buf[21] == TCPOPT_NOP && is_ts(buf[22], buf[23]) {
+        return Some(be(24));
+    }
+    if end >= 36 && buf[20] == TCPOPT_MSS && buf[24] == TCPOPT_SACK_PERM && is_ts(buf[26], buf[27])
+    {
+        return Some(be(28));
+    }
+    let mut i = 20u32;
     // Real option lists are short (a SYN carries 5, with NOPs 6); 12 steps cover any sane
     // segment and keep the verifier's work bounded.
     for _ in 0..12 {
-        if i >= end {
+        if i as usize >= end {
             return None;
         }
-        let kind = buf[i & (BUF - 1)];
+        let kind: u8 = unsafe { read(th, i)? };
         match kind {
             TCPOPT_EOL => return None,
             TCPOPT_NOP => i += 1,
             _ => {
-                let len = buf[(i + 1) & (BUF - 1)] as usize;
-                if kind == TCPOPT_TIMESTAMP && len == TCPOLEN_TIMESTAMP as usize {
-                    if i + len > end {
+                let len: u8 = unsafe { read(th, i + 1)? };
+                if is_ts(kind, len) {
+                    if i as usize + TCPOLEN_TIMESTAMP as usize > end {
                         return None;
                     }
-                    let raw: u32 = unsafe { read(th, (i + 2) as u32)? };
+                    let raw: u32 = unsafe { read(th, i + 2)? };
                     return Some(u32::from_be(raw));
                 }
                 if len < 2 {
                     return None;
                 }
-                i += len;
+                i += u32::from(len);
             }
         }
     }
     None
+}
+
+#[inline(always)]
+fn is_ts(kind: u8, len: u8) -> bool {
+    kind == TCPOPT_TIMESTAMP && len == TCPOLEN_TIMESTAMP
 }
