@@ -82,7 +82,9 @@ fn on_drop(ctx: &TracePointContext, timewait: bool) -> u32 {
     } else {
         unsafe { read_flow(rx_sk) }.map_or(0, |f| f.netns)
     };
-    if !netns_wanted(netns) {
+    // netns 0: neither a socket nor a device names the namespace (older kernels, some
+    // paths). Such drops are kept, with netns 0, rather than silently filtered out.
+    if netns != 0 && !netns_wanted(netns) {
         return 0;
     }
     if tw_reason || state == TCP_TIME_WAIT {
