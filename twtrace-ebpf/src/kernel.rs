@@ -79,6 +79,19 @@ pub unsafe fn read_flow(skc: u64) -> Option<Flow> {
     Some(flow)
 }
 
+impl Flow {
+    /// Writes the flow's namespace, family, ports and addresses into an event.
+    #[inline(always)]
+    pub fn fill(&self, ev: &mut twtrace_common::Event) {
+        ev.netns = self.netns;
+        ev.family = self.family;
+        ev.lport = self.lport;
+        ev.rport = self.rport;
+        ev.laddr = self.laddr;
+        ev.raddr = self.raddr;
+    }
+}
+
 /// Network namespace of the current task (for syscall-context signals).
 #[inline(always)]
 pub unsafe fn current_netns() -> u32 {

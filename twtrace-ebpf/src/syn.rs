@@ -65,14 +65,9 @@ fn report(req: u64, hook: HookFamily) -> u32 {
     emit(LossSlot::Syn, |ev| {
         ev.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.obj = req;
-        ev.netns = flow.netns;
+        flow.fill(ev);
         ev.kind = EventKind::Syn as u8;
-        ev.family = flow.family;
         ev.hook = hook as u8;
-        ev.lport = flow.lport;
-        ev.rport = flow.rport;
-        ev.laddr = flow.laddr;
-        ev.raddr = flow.raddr;
         ev.seq = isn;
         ev.tcp_flags = 0x02;
         if has_ts {

@@ -125,15 +125,10 @@ fn enter<C: EbpfContext>(ctx: &C, tw: u64, timeout_jiffies: u64, hook: HookFamil
         ev.ts_ns = ts;
         ev.obj = tw;
         ev.timeout_jiffies = timeout_jiffies;
-        ev.netns = flow.netns;
+        flow.fill(ev);
         ev.kind = EventKind::TwEnter as u8;
-        ev.family = flow.family;
         ev.detail = substate;
         ev.hook = hook as u8;
-        ev.lport = flow.lport;
-        ev.rport = flow.rport;
-        ev.laddr = flow.laddr;
-        ev.raddr = flow.raddr;
     });
     0
 }

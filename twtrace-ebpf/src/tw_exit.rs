@@ -190,15 +190,10 @@ fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
         ev.ts_ns = ts;
         ev.obj = tw;
         ev.lifetime_ns = lifetime;
-        ev.netns = flow.netns;
+        flow.fill(ev);
         ev.kind = EventKind::TwExit as u8;
-        ev.family = flow.family;
         ev.detail = cause as u8;
         ev.hook = hook as u8;
-        ev.lport = flow.lport;
-        ev.rport = flow.rport;
-        ev.laddr = flow.laddr;
-        ev.raddr = flow.raddr;
     });
     0
 }

@@ -149,14 +149,9 @@ fn report(sk: u64, flow: &Flow, ts: u64, hook: HookFamily) -> u32 {
     emit(LossSlot::TwOverflow, |ev| {
         ev.ts_ns = ts;
         ev.obj = sk;
-        ev.netns = flow.netns;
+        flow.fill(ev);
         ev.kind = EventKind::TwOverflow as u8;
-        ev.family = flow.family;
         ev.hook = hook as u8;
-        ev.lport = flow.lport;
-        ev.rport = flow.rport;
-        ev.laddr = flow.laddr;
-        ev.raddr = flow.raddr;
     });
     0
 }

@@ -151,6 +151,18 @@ pub fn endpoints(ev: &Event) -> (SocketAddr, SocketAddr) {
     )
 }
 
+/// A [`Record`] with the common fields of `ev` and the given specifics.
+pub fn record(ev: &Event, what: crate::event::What) -> Record {
+    let (local, remote) = endpoints(ev);
+    Record {
+        ts_ns: ev.ts_ns,
+        netns: ev.netns,
+        local,
+        remote,
+        what,
+    }
+}
+
 /// An optional field of a record, by its flag bit.
 pub fn flagged(ev: &Event, bit: u8, value: u32) -> Option<u32> {
     (ev.ts_flags & bit != 0).then_some(value)

@@ -2,7 +2,7 @@
 
 use twtrace_common::{Event, PawsPath as RawPath, ts_flags};
 
-use super::{Attach, Family, Hook, Need, Program, Signal, endpoints, flagged};
+use super::{Attach, Family, Hook, Need, Program, Signal, flagged, record};
 use crate::event::{PawsPath, Record, TwSynVerdict, What};
 
 const KFREE_SKB_NON_TW: Program = Program {
@@ -76,32 +76,24 @@ pub fn decode(ev: &Event) -> Option<Record> {
         RawPath::SynRecv => PawsPath::SynRecv,
         RawPath::SynSent => PawsPath::SynSent,
     };
-    let (local, remote) = endpoints(ev);
-    Some(Record {
-        ts_ns: ev.ts_ns,
-        netns: ev.netns,
-        local,
-        remote,
-        what: What::PawsReject {
+    Some(record(
+        ev,
+        What::PawsReject {
             path,
             tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
             ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
             tcp_flags: ev.tcp_flags,
         },
-    })
+    ))
 }
 
 pub fn decode_tw_syn_rejected(ev: &Event) -> Record {
-    let (local, remote) = endpoints(ev);
-    Record {
-        ts_ns: ev.ts_ns,
-        netns: ev.netns,
-        local,
-        remote,
-        what: What::TwSyn {
+    record(
+        ev,
+        What::TwSyn {
             verdict: TwSynVerdict::RejectedOther,
             tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
             ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
         },
-    }
+    )
 }

@@ -2,7 +2,7 @@
 
 use twtrace_common::{Event, ts_flags};
 
-use super::{Attach, Family, Hook, Need, Program, Signal, endpoints, flagged};
+use super::{Attach, Family, Hook, Need, Program, Signal, flagged, record};
 use crate::event::{Record, What};
 
 pub static SIGNAL: Signal = Signal {
@@ -44,14 +44,10 @@ pub static SIGNAL: Signal = Signal {
 };
 
 pub fn decode(ev: &Event) -> Record {
-    let (local, remote) = endpoints(ev);
-    Record {
-        ts_ns: ev.ts_ns,
-        netns: ev.netns,
-        local,
-        remote,
-        what: What::Syn {
+    record(
+        ev,
+        What::Syn {
             tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
         },
-    }
+    )
 }

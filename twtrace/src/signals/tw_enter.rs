@@ -2,7 +2,7 @@
 
 use twtrace_common::{Event, TCP_FIN_WAIT2};
 
-use super::{Attach, DecodeCtx, Family, Hook, Program, Signal, endpoints};
+use super::{Attach, DecodeCtx, Family, Hook, Program, Signal, record};
 use crate::event::{Record, Substate, What};
 
 pub static SIGNAL: Signal = Signal {
@@ -44,20 +44,16 @@ pub static SIGNAL: Signal = Signal {
 };
 
 pub fn decode(ev: &Event, ctx: &DecodeCtx) -> Record {
-    let (local, remote) = endpoints(ev);
     let substate = if ev.detail == TCP_FIN_WAIT2 {
         Substate::FinWait2
     } else {
         Substate::TimeWait
     };
-    Record {
-        ts_ns: ev.ts_ns,
-        netns: ev.netns,
-        local,
-        remote,
-        what: What::TwEnter {
+    record(
+        ev,
+        What::TwEnter {
             substate,
             timeout_ms: ev.timeout_jiffies.saturating_mul(1000) / ctx.hz.max(1),
         },
-    }
+    )
 }

@@ -2,7 +2,7 @@
 
 use twtrace_common::{Event, ExitCause as RawCause};
 
-use super::{Attach, Family, Hook, Program, Signal, endpoints};
+use super::{Attach, Family, Hook, Program, Signal, record};
 use crate::event::{ExitCause, Record, What};
 
 pub static SIGNAL: Signal = Signal {
@@ -91,15 +91,11 @@ pub fn cause(raw: u8) -> ExitCause {
 }
 
 pub fn decode(ev: &Event) -> Record {
-    let (local, remote) = endpoints(ev);
-    Record {
-        ts_ns: ev.ts_ns,
-        netns: ev.netns,
-        local,
-        remote,
-        what: What::TwExit {
+    record(
+        ev,
+        What::TwExit {
             cause: cause(ev.detail),
             lifetime_ns: (ev.lifetime_ns != 0).then_some(ev.lifetime_ns),
         },
-    }
+    )
 }

@@ -2,7 +2,7 @@
 
 use twtrace_common::Event;
 
-use super::{Attach, Family, Hook, Program, Signal, endpoints};
+use super::{Attach, Family, Hook, Program, Signal, record};
 use crate::event::{Record, What};
 
 pub static SIGNAL: Signal = Signal {
@@ -68,12 +68,5 @@ pub static SIGNAL: Signal = Signal {
 };
 
 pub fn decode(ev: &Event) -> Record {
-    let (local, remote) = endpoints(ev);
-    Record {
-        ts_ns: ev.ts_ns,
-        netns: ev.netns,
-        local,
-        remote,
-        what: What::TwOverflow,
-    }
+    record(ev, What::TwOverflow)
 }
