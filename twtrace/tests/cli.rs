@@ -121,7 +121,9 @@ fn forced_family_serves_everything_or_fails_clearly() {
 /// tracepoint: the chosen family is the first one not rejected.
 #[test]
 fn hook_choice_follows_the_order_and_the_expectation() {
-    let o = run(&["doctor"]);
+    // The VM runs force a family through TWTRACE_HOOKS, as the Tracer helper does.
+    let hooks = std::env::var("TWTRACE_HOOKS").unwrap_or_else(|_| "auto".into());
+    let o = run(&["doctor", "--hooks", &hooks]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let expected = std::env::var("TWTRACE_EXPECT_FAMILY").ok();
