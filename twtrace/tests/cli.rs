@@ -144,6 +144,10 @@ fn hook_choice_follows_the_order_and_the_expectation() {
         if let Some(e) = &expected {
             assert_eq!(chosen, e, "signal {signal}:\n{out}");
         }
+        if hooks != "auto" {
+            assert_eq!(chosen, hooks, "forced family used for {signal}:\n{out}");
+            continue; // nothing else was tried
+        }
         let order = ["fentry", "kprobe", "tracepoint"];
         let pos = order.iter().position(|f| *f == chosen).expect("a family");
         for better in &order[..pos] {
