@@ -63,16 +63,23 @@ pub fn bpf_progs(pid: u32) -> Result<BTreeMap<u32, ProgStats>> {
     Ok(progs)
 }
 
-/// Sum over programs of what ran between two snapshots (programs present in both).
-pub fn bpf_delta(a: &BTreeMap<u32, ProgStats>, b: &BTreeMap<u32, ProgStats>) -> ProgStats {
-    let mut d = ProgStats::default();
-    for (id, end) in b {
-        if let Some(start) = a.get(id) {
-            d.run_time_ns += end.run_time_ns.saturating_sub(start.run_time_ns);
-            d.run_cnt += end.run_cnt.saturating_sub(start.run_cnt);
-        }
-    }
-    d
+/// What each program ran between two snapshots (programs present in both), by id.
+pub fn bpf_delta(
+    a: &BTreeMap<u32, ProgStats>,
+    b: &BTreeMap<u32, ProgStats>,
+) -> BTreeMap<u32, ProgStats> {
+    b.iter()
+        .filter_map(|(id, end)| {
+            let start = a.get(id)?;
+            Some((
+                *id,
+                ProgStats {
+                    run_time_ns: end.run_time_ns.saturating_sub(start.run_time_ns),
+                    run_cnt: end.run_cnt.saturating_sub(start.run_cnt),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// TcpExt counters of the network namespace `pid` lives in (/proc/PID/net is per namespace).
@@ -99,8 +106,8 @@ pub fn netns_inode(pid: u32) -> Result<u64> {
     Ok(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
 }
 
-/// Machine-wide (busy, total) CPU time in ticks, from the first line of /proc/stat.
-pub fn host_cpu() -> Result<(u64, u64)> {
+/// Machine-wide CPU time in ticks from the first line of /proc/stat: (busy, softirq, total).
+pub fn host_cpu() -> Result<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let cpu = stat.lines().next().context("empty /proc/stat")?;
     let v: Vec<u64> = cpu
@@ -108,8 +115,152 @@ pub fn host_cpu() -> Result<(u64, u64)> {
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal (guest time is already in user).
     let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Ok((total - idle, total))
+    Ok((total - at(3) - at(4), at(6), total))
+}
+
+/// Names of the BPF programs `pid` holds, by program id. fdinfo has no name, so each fd is
+/// duplicated with pidfd_getfd and asked with BPF_OBJ_GET_INFO_BY_FD. Best effort: any
+/// failure leaves a program unnamed (the report then shows its id).
+pub fn bpf_prog_names(pid: u32) -> BTreeMap<u32, String> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let mut names = BTreeMap::new();
+    // SAFETY: plain syscalls on integers; a returned fd is owned by the OwnedFd made from it.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if pidfd < 0 {
+        return names;
+    }
+    // SAFETY: pidfd_open returned a new fd we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return names;
+    };
+    for fd in dir.flatten() {
+        let is_prog = std::fs::read_link(fd.path())
+            .is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-prog");
+        let Some(target) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if !is_prog {
+            continue;
+        }
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: as above.
+        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+        if dup < 0 {
+            continue;
+        }
+        // SAFETY: pidfd_getfd returned a new fd we own.
+        let dup = unsafe { OwnedFd::from_raw_fd(dup as i32) };
+        if let Some((id, name)) = prog_info(dup.as_raw_fd()) {
+            names.insert(id, name);
+        }
+    }
+    names
+}
+
+/// (id, name) of a BPF program fd: struct bpf_prog_info has the id at byte 4 and the
+/// 16-byte name at byte 64 (stable uapi layout).
+fn prog_info(fd: i32) -> Option<(u32, String)> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut info = [0u8; 128];
+    // union bpf_attr's info member: bpf_fd u32, info_len u32, info u64.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let attr = InfoAttr {
+        bpf_fd: fd as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the kernel writes at most info_len bytes into `info`, which outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let id = u32::from_ne_bytes(info[4..8].try_into().ok()?);
+    let name = &info[64..80];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some((id, String::from_utf8_lossy(&name[..end]).into_owned()))
+}
+
+/// Machine-wide CPU use over `d` outside softirqs, % of all CPUs. Measured while none of our
+/// processes run, it is other load that would disturb the next run; softirq time is left out
+/// because it is our own earlier TIME-WAITs expiring (for 60 s after each run).
+pub fn background_over(d: std::time::Duration) -> Result<f64> {
+    let a = host_cpu()?;
+    super::guard::sleep(d)?;
+    let b = host_cpu()?;
+    let busy = (b.0 - b.1) as f64 - (a.0 - a.1) as f64;
+    Ok(100.0 * busy / (b.2 - a.2).max(1) as f64)
+}
+
+/// CPU ticks of every user process that is neither ours (a descendant of this process) nor a
+/// kernel thread (those do our network work: ksoftirqd, kworkers), by pid.
+pub fn others_ticks() -> BTreeMap<u32, u64> {
+    let me = std::process::id();
+    let mut parent = BTreeMap::new();
+    let mut ticks = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return ticks;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue; // gone
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let ppid = num(1) as u32;
+        if pid == 2 || ppid == 2 {
+            continue;
+        }
+        parent.insert(pid, ppid);
+        ticks.insert(pid, num(11) + num(12));
+    }
+    // Bounded walk up the parent chain (pid 1 or an unknown parent ends it).
+    let ours = |mut p: u32| {
+        for _ in 0..64 {
+            if p == me {
+                return true;
+            }
+            match parent.get(&p) {
+                Some(&pp) if pp > 1 => p = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    ticks.retain(|&pid, _| !ours(pid));
+    ticks
+}
+
+/// CPU used by other processes between two [`others_ticks`] readings over `secs`, % of all
+/// CPUs. Processes that started and ended in between are missed (short compiler runs).
+pub fn others_pct(a: &BTreeMap<u32, u64>, b: &BTreeMap<u32, u64>, secs: f64) -> f64 {
+    let delta: u64 = b
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(a.get(pid).copied().unwrap_or(0)))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    100.0 * delta as f64 / hz / secs.max(1e-3) / cpus
 }

@@ -41,6 +41,10 @@ pub struct Summary {
     pub tw_per_s: Option<Spread>,
     /// conn/s of this condition / conn/s of the baseline, same round.
     pub ratio: Option<Spread>,
+    /// The same over rounds where neither run had other load above --max-background.
+    pub ratio_undisturbed: Option<Spread>,
+    pub undisturbed_runs: usize,
+    pub others_pct: Option<Spread>,
     pub tracer_cpu_pct: Option<Spread>,
     pub bpf_ns_per_run: Option<Spread>,
     pub bpf_ns_per_tw: Option<Spread>,
@@ -50,6 +54,7 @@ pub struct Summary {
     /// tw_enter lines (server namespace) / TcpExtTW while attached.
     pub events_per_tw: Option<Spread>,
     pub host_busy_pct: Option<Spread>,
+    pub background_busy_pct: Option<Spread>,
     pub unavailable: Option<String>,
 }
 
@@ -57,12 +62,21 @@ pub fn summarize(
     conds: &[Condition],
     runs: &[RunRecord],
     unavailable: &BTreeMap<Condition, String>,
+    max_other: f64,
 ) -> Vec<Summary> {
-    let baseline: BTreeMap<u32, f64> = runs
+    let baseline: BTreeMap<u32, &RunRecord> = runs
         .iter()
         .filter(|r| r.condition == Condition::Baseline)
-        .map(|r| (r.round, r.wrk.rps))
+        .map(|r| (r.round, r))
         .collect();
+    let ratio = |r: &RunRecord| Some(r.wrk.rps / baseline.get(&r.round)?.wrk.rps);
+    // Neither this run nor its baseline shared the machine with other work.
+    let undisturbed = |r: &RunRecord| {
+        r.others_pct <= max_other
+            && baseline
+                .get(&r.round)
+                .is_some_and(|b| b.others_pct <= max_other)
+    };
     conds
         .iter()
         .map(|&c| {
@@ -82,9 +96,12 @@ pub fn summarize(
                 runs: mine.len(),
                 conn_per_s: pick(&|r| Some(r.wrk.rps)),
                 tw_per_s: pick(&|r| Some(r.tw_per_s)),
-                ratio: (c != Condition::Baseline)
-                    .then(|| pick(&|r| Some(r.wrk.rps / baseline.get(&r.round)?)))
+                ratio: (c != Condition::Baseline).then(|| pick(&ratio)).flatten(),
+                ratio_undisturbed: (c != Condition::Baseline)
+                    .then(|| pick(&|r| if undisturbed(r) { ratio(r) } else { None }))
                     .flatten(),
+                undisturbed_runs: mine.iter().filter(|r| undisturbed(r)).count(),
+                others_pct: pick(&|r| Some(r.others_pct)),
                 tracer_cpu_pct: pick(&|r| r.tracer.as_ref().map(|t| t.cpu_pct)),
                 bpf_ns_per_run: bpf(&|b| b.ns_per_run),
                 bpf_ns_per_tw: bpf(&|b| b.ns_per_tw),
@@ -95,10 +112,57 @@ pub fn summarize(
                     Some(t.events.as_ref()?.tw_enter as f64 / t.tw_while_attached.max(1) as f64)
                 }),
                 host_busy_pct: pick(&|r| Some(r.host_busy_pct)),
+                background_busy_pct: pick(&|r| r.background_busy_pct),
                 unavailable: unavailable.get(&c).cloned(),
             }
         })
         .collect()
+}
+
+/// Per-program cost of one condition over all its runs, by program name (15 characters,
+/// the kernel's limit): runs per TIME-WAIT, ns per run, ns per TIME-WAIT.
+pub fn program_breakdown(cond: Condition, runs: &[RunRecord]) -> Option<String> {
+    let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut tw = 0;
+    for r in runs.iter().filter(|r| r.condition == cond) {
+        let Some(bpf) = r.tracer.as_ref().and_then(|t| t.bpf.as_ref()) else {
+            continue;
+        };
+        tw += r.tw;
+        for p in &bpf.programs {
+            let name = if p.name.is_empty() {
+                format!("prog {}", p.id)
+            } else {
+                p.name.clone()
+            };
+            let e = by_name.entry(name).or_default();
+            e.0 += p.ran.run_time_ns;
+            e.1 += p.ran.run_cnt;
+        }
+    }
+    if by_name.is_empty() || tw == 0 {
+        return None;
+    }
+    let mut parts: Vec<(u64, String)> = by_name
+        .into_iter()
+        .filter(|(_, (_, cnt))| *cnt > 0)
+        .map(|(name, (ns, cnt))| {
+            let text = format!(
+                "`{name}` {:.1} runs/TW × {:.0} ns = {:.0} ns/TW",
+                cnt as f64 / tw as f64,
+                ns as f64 / cnt as f64,
+                ns as f64 / tw as f64
+            );
+            (ns, text)
+        })
+        .collect();
+    parts.sort_by_key(|p| std::cmp::Reverse(p.0));
+    let list: Vec<String> = parts.into_iter().map(|(_, t)| t).collect();
+    Some(format!(
+        "{} BPF programs, all runs: {}.",
+        cond.label(),
+        list.join("; ")
+    ))
 }
 
 fn opt(s: Option<Spread>, f: impl Fn(f64) -> String) -> String {
@@ -111,33 +175,41 @@ pub fn markdown(header: &str, summaries: &[Summary], notes: &[String]) -> String
     let _ = writeln!(md, "{header}\n");
     md.push_str(
         "| condition | conn/s (median) | TIME-WAITs/s | conn/s vs no tracer: median [min, max] \
-         | tracer CPU | BPF ns/run | BPF ns/TIME-WAIT | BPF CPU | lost events |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         | same, undisturbed rounds only (n) | tracer CPU | BPF ns/run | BPF ns/TIME-WAIT \
+         | BPF CPU | lost events |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for s in summaries {
         if let Some(why) = &s.unavailable {
             let why = why.lines().next().unwrap_or("").replace('|', "\\|");
             let _ = writeln!(
                 md,
-                "| {} | unavailable: {why} | | | | | | | |",
+                "| {} | unavailable: {why} | | | | | | | | |",
                 s.condition.label()
             );
             continue;
         }
-        let ratio = match s.ratio {
-            Some(r) => format!(
+        let fmt_ratio = |r: Spread| {
+            format!(
                 "{:.3} [{:.3}, {:.3}] ({:+.1} %)",
                 r.median,
                 r.min,
                 r.max,
                 (r.median - 1.0) * 100.0
+            )
+        };
+        let (ratio, clean) = match (s.ratio, s.ratio_undisturbed) {
+            (Some(r), Some(u)) => (
+                fmt_ratio(r),
+                format!("{} ({})", fmt_ratio(u), s.undisturbed_runs),
             ),
-            None => "1 (reference)".into(),
+            (Some(r), None) => (fmt_ratio(r), "– (0)".into()),
+            _ => ("1 (reference)".into(), format!("({})", s.undisturbed_runs)),
         };
         let pct = |v: f64| format!("{v:.1} %");
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {ratio} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {ratio} | {clean} | {} | {} | {} | {} | {} |",
             s.condition.label(),
             opt(s.conn_per_s, |v| format!("{v:.0}")),
             opt(s.tw_per_s, |v| format!("{v:.0}")),

@@ -35,6 +35,13 @@ pub struct RunRecord {
     pub tw_overflow: u64,
     /// Whole-machine CPU use over the window, % of all CPUs (other load shows up here).
     pub host_busy_pct: f64,
+    /// Other load just before the run (see `procfs::background_over`), % of all CPUs.
+    pub background_busy_pct: Option<f64>,
+    /// CPU used by other processes during the window, % of all CPUs: above --max-background
+    /// the run counts as disturbed.
+    pub others_pct: f64,
+    /// Seconds spent waiting for that load to drop under --max-background.
+    pub waited_s: f64,
     pub tracer: Option<TracerRecord>,
 }
 
@@ -53,13 +60,22 @@ pub struct TracerRecord {
 
 #[derive(serde::Serialize)]
 pub struct BpfRecord {
-    pub programs: usize,
+    pub programs: Vec<ProgRecord>,
     #[serde(flatten)]
     pub total: ProgStats,
     pub ns_per_run: f64,
     pub ns_per_tw: f64,
     /// % of one CPU over the window.
     pub cpu_pct: f64,
+}
+
+/// One program's share, to see which hook costs what.
+#[derive(serde::Serialize)]
+pub struct ProgRecord {
+    pub id: u32,
+    pub name: String,
+    #[serde(flatten)]
+    pub ran: ProgStats,
 }
 
 fn tw_counters(pid: u32) -> Result<(u64, u64)> {
@@ -73,6 +89,7 @@ pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<Ru
     let (tw_attached, _) = tw_counters(ctx.server_pid)?;
     let snap0 = tracer.as_ref().map(Tracer::snapshot).transpose()?;
 
+    let others0 = procfs::others_ticks();
     let host0 = procfs::host_cpu()?;
     let (tw0, ovf0) = tw_counters(ctx.server_pid)?;
     let t0 = Instant::now();
@@ -80,7 +97,12 @@ pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<Ru
     let (tw1, ovf1) = tw_counters(ctx.server_pid)?;
     let window_s = t0.elapsed().as_secs_f64();
     let host1 = procfs::host_cpu()?;
+    let others1 = procfs::others_ticks();
     let snap1 = tracer.as_ref().map(Tracer::snapshot).transpose()?;
+    let names = tracer
+        .as_ref()
+        .map(|t| procfs::bpf_prog_names(t.pid()))
+        .unwrap_or_default();
 
     let tw = tw1 - tw0;
     let mut record = RunRecord {
@@ -92,7 +114,10 @@ pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<Ru
         tw,
         tw_per_s: tw as f64 / window_s,
         tw_overflow: ovf1 - ovf0,
-        host_busy_pct: 100.0 * (host1.0 - host0.0) as f64 / (host1.1 - host0.1).max(1) as f64,
+        host_busy_pct: 100.0 * (host1.0 - host0.0) as f64 / (host1.2 - host0.2).max(1) as f64,
+        background_busy_pct: None,
+        others_pct: procfs::others_pct(&others0, &others1, window_s),
+        waited_s: 0.0,
         tracer: None,
     };
     let (Some(mut t), Some(s0), Some(s1)) = (tracer.take(), snap0, snap1) else {
@@ -125,9 +150,22 @@ pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<Ru
         }
         None => None,
     };
-    let d = procfs::bpf_delta(&s0.bpf, &s1.bpf);
+    let per_prog = procfs::bpf_delta(&s0.bpf, &s1.bpf);
+    let d = per_prog
+        .values()
+        .fold(ProgStats::default(), |a, p| ProgStats {
+            run_time_ns: a.run_time_ns + p.run_time_ns,
+            run_cnt: a.run_cnt + p.run_cnt,
+        });
     let bpf = ctx.setup.bpf_stats.then(|| BpfRecord {
-        programs: s1.bpf.len(),
+        programs: per_prog
+            .iter()
+            .map(|(id, ran)| ProgRecord {
+                id: *id,
+                name: names.get(id).cloned().unwrap_or_default(),
+                ran: *ran,
+            })
+            .collect(),
         total: d,
         ns_per_run: d.run_time_ns as f64 / d.run_cnt.max(1) as f64,
         ns_per_tw: d.run_time_ns as f64 / tw.max(1) as f64,

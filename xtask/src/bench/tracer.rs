@@ -171,6 +171,10 @@ impl Tracer {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr
             .lock()
@@ -209,6 +213,9 @@ pub struct EventCounts {
     pub tw_enter_all: u64,
     pub tw_enter: u64,
     pub tw_exit: u64,
+    /// tw_exit/tw_reuse lines by `cause` (in this workload ports wrap every few seconds, so
+    /// most server TIME-WAITs end replaced_by_syn rather than expired).
+    pub exit_causes: BTreeMap<String, u64>,
     pub tw_overflow: u64,
     pub lost: u64,
     pub lost_by_program: BTreeMap<String, u64>,
@@ -232,6 +239,11 @@ pub fn count_ndjson(path: &Path, server_netns: u64) -> Result<EventCounts> {
             || line.starts_with(r#"{"type":"tw_reuse""#)
         {
             c.tw_exit += 1;
+            let cause = line
+                .split_once(r#""cause":""#)
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map_or("?", |(cause, _)| cause);
+            *c.exit_causes.entry(cause.to_string()).or_default() += 1;
         } else if line.starts_with(r#"{"type":"tw_overflow""#) {
             c.tw_overflow += 1;
         } else if line.starts_with(r#"{"type":"lost""#) {
