@@ -20,10 +20,9 @@ mod server;
 mod text;
 mod tracer;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 use tracer::Condition;
 
@@ -108,6 +107,8 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     let measured = tmp.path().join("twtrace");
     std::fs::copy(&twtrace, &measured).with_context(|| format!("copying {}", twtrace.display()))?;
     let binary = binary::binary_facts(&twtrace)?;
+    // Now, not at the end: others may commit while the bench runs.
+    let git = binary::git_revision();
     let _stats = if args.no_bpf_stats {
         None
     } else {
@@ -167,7 +168,6 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     }
 
     let summaries = report::summarize(&conds, &runs, &unavailable, args.max_background);
-    let git = binary::git_revision();
     let header = text::header(args, &machine, &ctx, &format!("{binary}, tree {git}"));
     let notes = text::notes(args, &summaries, &runs, &script);
     let md = report::markdown(&header, &summaries, &notes);
