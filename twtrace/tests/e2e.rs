@@ -407,27 +407,31 @@ fn tw_reuse_matches_twrecycled() -> Result<()> {
     Ok(())
 }
 
-/// Waits out a real TIME-WAIT (60 s): every socket exits `expired`, after about 60 s.
-#[test]
-fn real_expiry_after_sixty_seconds() -> Result<()> {
-    const N: usize = 6;
-    let pair = NetnsPair::new("exp")?;
-    let srv = SocketAddr::new(
-        pair.server_v4(),
-        free_port(pair.server_ns(), pair.server_v4())?,
-    );
+/// A pair with `n` server-side TIME-WAITs made while a tracer watches the server namespace;
+/// returns them with how many the kernel created.
+fn server_timewaits(tag: &str, n: usize) -> Result<(NetnsPair, Server, Tracer, u64)> {
+    let pair = NetnsPair::new(tag)?;
+    let ip = pair.server_v4();
+    let srv = SocketAddr::new(ip, free_port(pair.server_ns(), ip)?);
     let server = Server::start(pair.server_ns(), srv)?;
-    let inode = pair.server_inode();
-    let mut tracer = trace_netns(inode)?;
+    let tracer = trace_netns(pair.server_inode())?;
     let before = netstat(pair.server_ns())?;
     all_ok(&connect_many(
         pair.client_ns(),
         srv,
-        N,
+        n,
         CloseFirst::Server,
         None,
     )?)?;
     let created = tw_created(&before, &netstat(pair.server_ns())?);
+    Ok((pair, server, tracer, created))
+}
+
+/// Waits out a real TIME-WAIT (60 s): every socket exits `expired`, after about 60 s.
+#[test]
+fn real_expiry_after_sixty_seconds() -> Result<()> {
+    let (pair, server, mut tracer, created) = server_timewaits("exp", 6)?;
+    let inode = pair.server_inode();
     drop(server);
     // Bounded wait: 60 s TIME-WAIT plus timer slack.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -457,24 +461,8 @@ fn real_expiry_after_sixty_seconds() -> Result<()> {
 /// Deleting a namespace purges its TIME-WAIT sockets: each exits `purged`.
 #[test]
 fn namespace_teardown_purges() -> Result<()> {
-    const N: usize = 8;
-    let pair = NetnsPair::new("purge")?;
-    let srv = SocketAddr::new(
-        pair.server_v4(),
-        free_port(pair.server_ns(), pair.server_v4())?,
-    );
-    let server = Server::start(pair.server_ns(), srv)?;
+    let (pair, server, mut tracer, created) = server_timewaits("purge", 8)?;
     let inode = pair.server_inode();
-    let mut tracer = trace_netns(inode)?;
-    let before = netstat(pair.server_ns())?;
-    all_ok(&connect_many(
-        pair.client_ns(),
-        srv,
-        N,
-        CloseFirst::Server,
-        None,
-    )?)?;
-    let created = tw_created(&before, &netstat(pair.server_ns())?);
     drop(server);
     drop(pair); // deletes both namespaces; the kernel purges their TIME-WAITs asynchronously
     tracer.wait_for_event(|e| e["cause"] == "purged", Duration::from_secs(30))?;
