@@ -34,6 +34,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
   say "apt: all packages present"
 fi
+# The VM tests fetch stock kernels with `apt-get download`: they need current package lists,
+# including bookworm-security (the 6.12 kernels live there), even when nothing was missing.
+if [ "${TWTRACE_WITH_VM:-0}" = 1 ] && ! ls /var/lib/apt/lists/*security*Packages* >/dev/null 2>&1; then
+  say "apt: updating package lists for the VM kernels"
+  apt-get update -qq
+fi
 [ -d /usr/lib/rustlib/src/rust/library ] || die "rust-web-src did not provide /usr/lib/rustlib/src/rust/library"
 /usr/bin/rustc --version | grep -q ' 1\.96' || die "expected Debian rustc 1.96 at /usr/bin/rustc, got: $(/usr/bin/rustc --version)"
 
