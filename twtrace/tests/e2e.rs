@@ -47,6 +47,13 @@ fn client_ip(p: &NetnsPair, f: Family) -> IpAddr {
     }
 }
 
+/// A harness server on a free port of the pair's server address of family `f`.
+fn serve(pair: &NetnsPair, f: Family) -> Result<(SocketAddr, Server)> {
+    let ip = server_ip(pair, f);
+    let srv = SocketAddr::new(ip, free_port(pair.server_ns(), ip)?);
+    Ok((srv, Server::start(pair.server_ns(), srv)?))
+}
+
 /// Starts `twtrace events --json` restricted (in the kernel) to one namespace.
 fn trace_netns(inode: u32) -> Result<Tracer> {
     let ns = inode.to_string();
@@ -107,11 +114,7 @@ fn all_ok(outcomes: &[support::ConnOutcome]) -> Result<()> {
 fn timewait_side(tag: &str, f: Family, policy: CloseFirst) -> Result<()> {
     const N: usize = 40;
     let pair = NetnsPair::new(tag)?;
-    let srv = SocketAddr::new(
-        server_ip(&pair, f),
-        free_port(pair.server_ns(), server_ip(&pair, f))?,
-    );
-    let server = Server::start(pair.server_ns(), srv)?;
+    let (srv, server) = serve(&pair, f)?;
     let (ns, inode) = match policy {
         CloseFirst::Server => (pair.server_ns(), pair.server_inode()),
         CloseFirst::Client => (pair.client_ns(), pair.client_inode()),
@@ -200,11 +203,7 @@ fn client_close_first_v6() -> Result<()> {
 fn reconnect(tag: &str, f: Family) -> Result<()> {
     const PORTS: usize = 12;
     let pair = NetnsPair::new(tag)?;
-    let srv = SocketAddr::new(
-        server_ip(&pair, f),
-        free_port(pair.server_ns(), server_ip(&pair, f))?,
-    );
-    let server = Server::start(pair.server_ns(), srv)?;
+    let (srv, server) = serve(&pair, f)?;
     let ports: Vec<u16> = (0..PORTS as u16).map(|i| 41_000 + i * 2).collect();
     let tracer = trace_netns(pair.server_inode())?;
     let before = netstat(pair.server_ns())?;
@@ -270,11 +269,7 @@ fn overflow_matches_kernel_counter() -> Result<()> {
     const N: usize = 24;
     let pair = NetnsPair::new("ovf")?;
     sysctl(pair.server_ns(), "net.ipv4.tcp_max_tw_buckets", "5")?;
-    let srv = SocketAddr::new(
-        pair.server_v4(),
-        free_port(pair.server_ns(), pair.server_v4())?,
-    );
-    let server = Server::start(pair.server_ns(), srv)?;
+    let (srv, server) = serve(&pair, Family::V4)?;
     let inode = pair.server_inode();
     let tracer = trace_netns(inode)?;
     let before = netstat(pair.server_ns())?;
@@ -317,11 +312,7 @@ fn port_exhaustion(tag: &str, f: Family) -> Result<()> {
         "40000 40003",
     )?;
     sysctl(pair.client_ns(), "net.ipv4.tcp_tw_reuse", "0")?;
-    let srv = SocketAddr::new(
-        server_ip(&pair, f),
-        free_port(pair.server_ns(), server_ip(&pair, f))?,
-    );
-    let server = Server::start(pair.server_ns(), srv)?;
+    let (srv, server) = serve(&pair, f)?;
     let inode = pair.client_inode();
     let tracer = trace_netns(inode)?;
     let outcomes = connect_many(pair.client_ns(), srv, 10, CloseFirst::Client, None)?;
@@ -369,11 +360,7 @@ fn tw_reuse_matches_twrecycled() -> Result<()> {
     sysctl(pair.client_ns(), "net.ipv4.tcp_tw_reuse", "1")?;
     // 6.14+: reuse is allowed after tcp_tw_reuse_delay ms (default 1 s); older kernels: 1 s.
     let _ = sysctl(pair.client_ns(), "net.ipv4.tcp_tw_reuse_delay", "1");
-    let srv = SocketAddr::new(
-        pair.server_v4(),
-        free_port(pair.server_ns(), pair.server_v4())?,
-    );
-    let server = Server::start(pair.server_ns(), srv)?;
+    let (srv, server) = serve(&pair, Family::V4)?;
     let inode = pair.client_inode();
     let tracer = trace_netns(inode)?;
     let before = netstat(pair.client_ns())?;
@@ -411,9 +398,7 @@ fn tw_reuse_matches_twrecycled() -> Result<()> {
 /// returns them with how many the kernel created.
 fn server_timewaits(tag: &str, n: usize) -> Result<(NetnsPair, Server, Tracer, u64)> {
     let pair = NetnsPair::new(tag)?;
-    let ip = pair.server_v4();
-    let srv = SocketAddr::new(ip, free_port(pair.server_ns(), ip)?);
-    let server = Server::start(pair.server_ns(), srv)?;
+    let (srv, server) = serve(&pair, Family::V4)?;
     let tracer = trace_netns(pair.server_inode())?;
     let before = netstat(pair.server_ns())?;
     all_ok(&connect_many(
