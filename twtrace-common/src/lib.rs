@@ -129,6 +129,8 @@ pub enum HookFamily {
     Fentry = 1,
     Kprobe = 2,
     Tracepoint = 3,
+    /// BTF-typed raw tracepoints (tp_btf): tracepoint sites without the perf record.
+    TpBtf = 4,
 }
 
 pub const AF_INET: u8 = 2;
@@ -312,6 +314,17 @@ pub struct KernelLayout {
     /// enum tcp_tw_status TCP_TW_SYN (the SYN was accepted by the TIME-WAIT socket).
     pub tw_status_syn: u32,
     /// sk_buff.dev and net_device.nd_net: a dropped segment's namespace when no socket is named.
+    // tp_btf argument positions (from the btf_trace_* prototypes; u32::MAX = absent)
+    pub btf_kfree_skb_reason_arg: u32,
+    pub btf_kfree_skb_rx_sk_arg: u32,
+    // struct timer_list -> expires
+    pub timer_expires: u32,
+    // struct sock -> sk_protocol
+    pub sk_protocol: u32,
+    // struct sock_common -> skc_nulls_node.pprev (NULL once unhashed from the established table)
+    pub skc_nulls_pprev: u32,
+    // struct net -> its reference count (0 while the namespace is being dismantled)
+    pub net_refcount: u32,
     pub skb_dev: u32,
     pub dev_nd_net: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
@@ -377,6 +390,12 @@ impl KernelLayout {
             reason_tw_paws: 0,
             reason_tsecr: 0,
             tw_status_syn: 0,
+            btf_kfree_skb_reason_arg: 0,
+            btf_kfree_skb_rx_sk_arg: 0,
+            timer_expires: 0,
+            sk_protocol: 0,
+            skc_nulls_pprev: 0,
+            net_refcount: 0,
             skb_dev: 0,
             dev_nd_net: 0,
             tw_timer_handler: 0,
@@ -397,6 +416,28 @@ const _: () = assert!(
         == core::mem::offset_of!(KernelLayout, dev_nd_net) + 4,
     "an even number of u32 fields must precede the u64 ones (add or drop a _pad)"
 );
+
+/// Which signals the shared tp_btf dispatchers serve (bits of the `ROUTES` map, written by user
+/// space once each signal's hook is chosen: a dispatcher may be attached for one signal while
+/// another signal on the same tracepoint uses a function probe).
+pub mod route {
+    pub const TW_ENTER: u32 = 1;
+    pub const TW_EXIT: u32 = 2;
+    pub const TW_OVERFLOW: u32 = 4;
+    pub const PORT_EXHAUSTION: u32 = 8;
+    pub const PAWS: u32 = 16;
+    pub const SYN: u32 = 32;
+}
+
+/// tp_btf route of TW exit: a TIME-WAIT timer cancelled on this CPU whose meaning (expiry,
+/// re-arm, kill by SYN or RST) is told by what the kernel does next on the same CPU. `ev` is the
+/// exit event, filled while the socket was still intact; `timer == 0` means the slot is free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingExit {
+    pub timer: u64,
+    pub ev: Event,
+}
 
 /// Run-time settings for the kernel side, injected with `override_global("SETTINGS")`.
 #[repr(C)]
@@ -427,4 +468,5 @@ mod pod {
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::CodeRange {}
+    unsafe impl aya::Pod for super::PendingExit {}
 }

@@ -120,3 +120,22 @@ pub fn netns_wanted(netns: u32) -> bool {
 pub fn scalar_arg<C: aya_ebpf::EbpfContext>(ctx: &C, n: usize) -> u64 {
     unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).add(n)) }.unwrap_or(0)
 }
+
+impl Flow {
+    /// Same addresses, ports and namespace as an event filled from another socket.
+    #[inline(always)]
+    pub fn same_as(&self, ev: &twtrace_common::Event) -> bool {
+        self.lport == ev.lport
+            && self.rport == ev.rport
+            && self.netns == ev.netns
+            && self.family == ev.family
+            && self.raddr == ev.raddr
+            && self.laddr == ev.laddr
+    }
+}
+
+/// Signals the shared tp_btf dispatchers serve (`twtrace_common::route`).
+#[inline(always)]
+pub fn routes() -> u32 {
+    crate::maps::ROUTES.get(0).copied().unwrap_or(0)
+}

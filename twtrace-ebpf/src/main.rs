@@ -8,6 +8,8 @@ mod kernel;
 mod maps;
 mod stack;
 
+mod dispatch;
+
 mod paws;
 mod port_exhaustion;
 mod segment;

@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use twtrace_common::LOSS_SLOTS;
+use twtrace_common::{LOSS_SLOTS, PendingExit};
 
 /// The one transport to user space. Size is overridden at load time (`--ring-size`).
 #[map]
@@ -75,3 +75,13 @@ pub struct Rearming {
 
 #[map]
 pub static REARMING: PerCpuArray<Rearming> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which signals the shared tp_btf dispatchers serve (`twtrace_common::route` bits), written by
+/// user space after the hook choice.
+#[map]
+pub static ROUTES: Array<u32> = Array::with_max_entries(1, 0);
+
+/// tp_btf route of TW exit: the TIME-WAIT timer cancel on this CPU still waiting for what the
+/// kernel does next (see tw_exit.rs).
+#[map]
+pub static PENDING: PerCpuArray<PendingExit> = PerCpuArray::with_max_entries(1, 0);

@@ -36,24 +36,19 @@ const TH_ACK: u8 = 0x10;
 /// Tracepoint route: every path, TIME-WAIT included.
 #[tracepoint]
 pub fn paws_kfree_skb(ctx: TracePointContext) -> u32 {
-    on_drop(&ctx, true)
+    on_drop_tp(&ctx, true)
 }
 
 /// With a function probe on tcp_timewait_state_process: every path but TIME-WAIT.
 #[tracepoint]
 pub fn paws_kfree_skb_nontw(ctx: TracePointContext) -> u32 {
-    on_drop(&ctx, false)
+    on_drop_tp(&ctx, false)
 }
 
 #[inline(always)]
-fn on_drop(ctx: &TracePointContext, timewait: bool) -> u32 {
+fn on_drop_tp(ctx: &TracePointContext, timewait: bool) -> u32 {
     let reason: u32 = unsafe { ctx.read_at(layout!(tp_kfree_skb_reason) as usize) }.unwrap_or(0);
-    let tw_reason = reason == layout!(reason_tw_paws);
-    let paws_reason = reason == layout!(reason_paws)
-        || reason == layout!(reason_paws_ack)
-        || reason == layout!(reason_tsecr);
-    let unspecified = timewait && reason == layout!(reason_not_specified);
-    if !(paws_reason || (timewait && tw_reason) || unspecified) {
+    if !wanted_reason(reason, timewait) {
         return 0;
     }
     let rx_off = layout!(tp_kfree_skb_rx_sk);
@@ -62,6 +57,28 @@ fn on_drop(ctx: &TracePointContext, timewait: bool) -> u32 {
     } else {
         unsafe { ctx.read_at(rx_off as usize) }.unwrap_or(0)
     };
+    let Ok(skb) = (unsafe { ctx.read_at::<u64>(layout!(tp_kfree_skb_skbaddr) as usize) }) else {
+        return 0;
+    };
+    on_drop(skb, reason, rx_sk, timewait, HookFamily::Tracepoint)
+}
+
+/// Cheap first filter on the drop reason (kfree_skb fires for every dropped packet).
+#[inline(always)]
+pub fn wanted_reason(reason: u32, timewait: bool) -> bool {
+    reason == layout!(reason_paws)
+        || reason == layout!(reason_paws_ack)
+        || reason == layout!(reason_tsecr)
+        || (timewait
+            && (reason == layout!(reason_tw_paws) || reason == layout!(reason_not_specified)))
+}
+
+/// A dropped segment whose reason passed [`wanted_reason`]; `rx_sk` is the socket that
+/// dropped it where the kernel says (0 otherwise).
+#[inline(always)]
+pub fn on_drop(skb: u64, reason: u32, rx_sk: u64, timewait: bool, hook: HookFamily) -> u32 {
+    let tw_reason = reason == layout!(reason_tw_paws);
+    let unspecified = timewait && reason == layout!(reason_not_specified);
     let state: u8 = if rx_sk == 0 {
         0
     } else {
@@ -70,9 +87,6 @@ fn on_drop(ctx: &TracePointContext, timewait: bool) -> u32 {
     if unspecified && state != TCP_TIME_WAIT {
         return 0; // an ordinary drop, not at a TIME-WAIT socket
     }
-    let Ok(skb) = (unsafe { ctx.read_at::<u64>(layout!(tp_kfree_skb_skbaddr) as usize) }) else {
-        return 0;
-    };
     let Some(seg) = (unsafe { segment::from_skb(skb) }) else {
         return 0;
     };
@@ -94,22 +108,10 @@ fn on_drop(ctx: &TracePointContext, timewait: bool) -> u32 {
             unsafe { read(rx_sk, layout!(tw_ts_recent)) }
         };
         if tw_reason {
-            return report(
-                &seg,
-                netns,
-                PawsPath::Timewait,
-                ts_recent,
-                HookFamily::Tracepoint,
-            );
+            return report(&seg, netns, PawsPath::Timewait, ts_recent, hook);
         }
         // Before 6.16: NOT_SPECIFIED at a TIME-WAIT socket. Redo the kernel's PAWS test.
-        return timewait_verdict(
-            &seg,
-            netns,
-            ts_recent.unwrap_or(0),
-            None,
-            HookFamily::Tracepoint,
-        );
+        return timewait_verdict(&seg, netns, ts_recent.unwrap_or(0), None, hook);
     }
     let (path, ts_recent) = match state {
         TCP_SYN_SENT => (PawsPath::SynSent, unsafe {
@@ -126,7 +128,7 @@ fn on_drop(ctx: &TracePointContext, timewait: bool) -> u32 {
             read(rx_sk, layout!(tcp_ts_recent))
         }),
     };
-    report(&seg, netns, path, ts_recent, HookFamily::Tracepoint)
+    report(&seg, netns, path, ts_recent, hook)
 }
 
 #[inline(always)]

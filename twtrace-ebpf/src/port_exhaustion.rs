@@ -1,6 +1,13 @@
 //! Client port exhaustion: connect() failing with EADDRNOTAVAIL, per destination.
 //!
-//! Route: the connect syscall tracepoints (stable on every kernel): remember the destination at
+//! tp_btf route (no syscall tracepoint: enabling one sends every syscall of every task through
+//! the slow path): `sock:inet_sock_set_state` SYN_SENT -> CLOSE of a socket that is not in the
+//! established table. tcp_v4/v6_connect moves the socket to SYN_SENT, then
+//! `inet_hash_connect` either hashes it with a free 4-tuple or fails with EADDRNOTAVAIL and the
+//! socket is closed unhashed; every later failure (route, timeout, reset) closes a hashed
+//! socket. The destination is still set at that moment (connect clears it right after).
+//!
+//! Syscall route: the connect syscall tracepoints (stable on every kernel): remember the destination at
 //! entry, report it at exit when the result is -EADDRNOTAVAIL. Function probes on
 //! `__sys_connect(fd, uservaddr, addrlen)` do the same where a family is forced.
 
@@ -13,7 +20,7 @@ use twtrace_common::{AF_INET, AF_INET6, EventKind, HookFamily, LossSlot};
 
 use crate::{
     emit::emit,
-    kernel::{current_netns, netns_wanted},
+    kernel::{current_netns, netns_wanted, read, read_flow},
     layout,
     maps::CONNECTS,
 };
@@ -52,6 +59,30 @@ pub fn connect_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn connect_kretprobe(ctx: RetProbeContext) -> u32 {
     finish(ctx.ret::<i64>() as i32 as i64, HookFamily::Kprobe)
+}
+
+/// tp_btf route: a TCP socket went SYN_SENT -> CLOSE.
+#[inline(always)]
+pub fn syn_sent_closed(sk: u64) -> u32 {
+    let pprev: u64 = unsafe { read(sk, layout!(skc_nulls_pprev)) }.unwrap_or(1);
+    if pprev != 0 {
+        return 0; // it got its 4-tuple: a later failure, not EADDRNOTAVAIL
+    }
+    let Some(flow) = (unsafe { read_flow(sk) }) else {
+        return 0;
+    };
+    if !netns_wanted(flow.netns) {
+        return 0;
+    }
+    emit(LossSlot::Connect, |ev| {
+        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.obj = sk;
+        flow.fill(ev);
+        ev.kind = EventKind::ConnectAddrNotAvail as u8;
+        ev.hook = HookFamily::TpBtf as u8;
+        ev.errno = EADDRNOTAVAIL as u32;
+    });
+    0
 }
 
 /// Remembers the destination of this thread's connect() until it returns.

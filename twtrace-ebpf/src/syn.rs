@@ -7,6 +7,8 @@
 //! it carried timestamps (`tstamp_ok`) and its ISN (`rcv_isn`). This costs no extra hook on
 //! the receive path. SYN cookies and TCP Fast Open create no request socket and are not seen.
 //!
+//! tp_btf route: the same timer, from the shared `timer_start` dispatcher.
+//!
 //! Function-probe route: `inet_csk_reqsk_queue_hash_add(sk, req, timeout)`, the same socket.
 
 use aya_ebpf::{
@@ -18,7 +20,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, ts_flags};
 
 use crate::{
     emit::emit,
-    kernel::{netns_wanted, read, read_flow},
+    kernel::{Flow, netns_wanted, read, read_flow},
     layout,
 };
 
@@ -54,6 +56,12 @@ fn report(req: u64, hook: HookFamily) -> u32 {
     let Some(flow) = (unsafe { read_flow(req) }) else {
         return 0;
     };
+    report_flow(req, &flow, hook)
+}
+
+/// Reports the SYN behind request socket `req`, whose flow the caller has read.
+#[inline(always)]
+pub fn report_flow(req: u64, flow: &Flow, hook: HookFamily) -> u32 {
     if !netns_wanted(flow.netns) {
         return 0;
     }

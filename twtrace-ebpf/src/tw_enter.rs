@@ -9,13 +9,17 @@
 //! is wherever function probes are refused; otherwise a re-arm of a TIME-WAIT older than
 //! twtrace would count as new.
 //!
+//! tp_btf route: the same timer, from the shared `timer_start` dispatcher. A re-arm is
+//! recognised by the cancel parked on this CPU just before (see tw_exit.rs), so no lookup is
+//! needed here.
+//!
 //! Function-probe route: `__inet_twsk_schedule(tw, timeo, rearm)` with `rearm == false` is the
 //! first arm, called by `tcp_time_wait` right after the socket was created. It hands us the
 //! timewait socket itself, which `tcp_time_wait(sk, ...)` does not.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::{fentry, kprobe, tracepoint},
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
@@ -64,6 +68,19 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
         unsafe { ctx.read_at(layout!(tp_timer_start_expires) as usize) }.unwrap_or(0);
     let now: u64 = unsafe { ctx.read_at(layout!(tp_timer_start_now) as usize) }.unwrap_or(0);
     enter(&ctx, tw, expires.wrapping_sub(now), HookFamily::Tracepoint)
+}
+
+/// tp_btf route: a TIME-WAIT timer was started and it is not a re-arm (the dispatcher checked).
+#[inline(always)]
+pub fn started<C: EbpfContext>(ctx: &C, timer: u64) {
+    let expires: u64 = unsafe { read(timer, layout!(timer_expires)) }.unwrap_or(0);
+    let now = unsafe { bpf_jiffies64() };
+    enter(
+        ctx,
+        timer - layout!(tw_timer) as u64,
+        expires.wrapping_sub(now),
+        HookFamily::TpBtf,
+    );
 }
 
 #[fentry(function = "__inet_twsk_schedule")]

@@ -4,6 +4,23 @@
 //! TIME-WAIT (expiry detaches the timer first; every kill goes through timer_shutdown_sync) and
 //! also on re-arms. The call chain tells them apart and names the cause (see `stack.rs`).
 //!
+//! tp_btf route (no call chains: unwinding costs microseconds per TIME-WAIT): the cancel
+//! itself names two causes, because of what the kernel did just before it:
+//! - reused: connect() has already put its socket in the TIME-WAIT's place in the established
+//!   table (`__inet_check_established`, `inet_ehash_insert`), so the TIME-WAIT is unhashed;
+//! - purged: only a namespace being dismantled (reference count 0) has its TIME-WAITs purged.
+//! Every other cancel (expiry, re-arm, kill while a segment is processed) is parked in
+//! `PENDING` for this CPU and told apart by what the kernel does next on the same CPU, with
+//! nothing of ours able to run in between (timer base lock held, interrupts off, or softirq):
+//! - `timer_expire_entry` of the same timer: expired;
+//! - `timer_start` of the same timer: a re-arm, not an exit;
+//! - `timer_start` of a request socket with the same addresses and ports: replaced by SYN;
+//! - `kfree_skb` naming the TIME-WAIT socket as the one that dropped the segment (6.12+): a
+//!   reset received, or a reset sent for a segment it refused (FIN_WAIT2).
+//! Positive evidence only: an interrupt's unrelated timer never settles a parked cancel. One
+//! still unexplained when the next one is parked is reported with cause `unknown` (a SYN
+//! answered by a SYN cookie creates no request socket; RST kills before 6.12 name no socket).
+//!
 //! Function-probe route: `inet_twsk_kill(tw)` runs exactly once per TIME-WAIT socket, from the
 //! timer (expiry) or from `inet_twsk_deschedule_put` (every early kill); the same call-chain
 //! classification names the cause. Where `inet_twsk_kill` is inlined, `tw_timer_handler` plus
@@ -16,13 +33,16 @@ use aya_ebpf::{
     macros::{fentry, kprobe, tracepoint},
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
-use twtrace_common::{EventKind, ExitCause, HookFamily, LossSlot, frame_class as fc, ts_flags};
+use twtrace_common::{
+    Event, EventKind, ExitCause, HookFamily, LossSlot, PendingExit, frame_class as fc, route,
+    ts_flags,
+};
 
 use crate::{
     emit::emit,
-    kernel::{netns_wanted, read, read_flow},
+    kernel::{Flow, netns_wanted, read, read_flow},
     layout,
-    maps::{LIVE, REARMING, Rearming},
+    maps::{LIVE, PENDING, REARMING, Rearming},
     stack::{bit, classify, classify_first},
 };
 
@@ -156,44 +176,154 @@ fn cause_from_chain<C: EbpfContext>(ctx: &C) -> Option<ExitCause> {
 /// Reports the end of TIME-WAIT socket `tw` (shared by every hook of this signal).
 #[inline(always)]
 fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
-    let skc = tw + layout!(tw_common) as u64;
-    let Some(flow) = (unsafe { read_flow(skc) }) else {
-        return 0;
-    };
-    if !netns_wanted(flow.netns) {
+    let mut ev = Event::zeroed();
+    if !prepare(tw, hook, &mut ev) {
         return 0;
     }
+    report(&ev, cause);
+    0
+}
+
+/// Fills the exit event of `tw` while the socket is intact; false if it is not wanted.
+#[inline(always)]
+fn prepare(tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
+    let skc = tw + layout!(tw_common) as u64;
+    let Some(flow) = (unsafe { read_flow(skc) }) else {
+        return false;
+    };
+    if !netns_wanted(flow.netns) {
+        return false;
+    }
     let ts = unsafe { bpf_ktime_get_ns() };
-    let lifetime = match unsafe { LIVE.get(&tw) } {
+    ev.lifetime_ns = match unsafe { LIVE.get(&tw) } {
         Some(live) => ts.saturating_sub(live.enter_ts),
         None => 0,
     };
-    let _ = LIVE.remove(&tw);
     // What a replacing SYN was judged against: user space pairs it with that SYN's TSval and
-    // ISN to tell "accepted by timestamp" from "accepted by sequence".
-    let (ts_recent, rcv_nxt) = if cause == ExitCause::ReplacedBySyn {
-        (unsafe { read::<u32>(tw, layout!(tw_ts_recent)) }, unsafe {
-            read::<u32>(tw, layout!(tw_rcv_nxt))
-        })
-    } else {
-        (None, None)
-    };
+    // ISN to tell "accepted by timestamp" from "accepted by sequence". Kept only for that cause.
+    if let Some(r) = unsafe { read::<u32>(tw, layout!(tw_ts_recent)) } {
+        ev.ts_recent = r;
+        ev.ts_flags |= ts_flags::HAS_TS_RECENT;
+    }
+    if let Some(n) = unsafe { read::<u32>(tw, layout!(tw_rcv_nxt)) } {
+        ev.seq = n;
+        ev.ts_flags |= ts_flags::HAS_RCV_NXT;
+    }
+    ev.ts_ns = ts;
+    ev.obj = tw;
+    flow.fill(ev);
+    ev.kind = EventKind::TwExit as u8;
+    ev.hook = hook as u8;
+    true
+}
+
+#[inline(always)]
+fn report(prepared: &Event, cause: ExitCause) {
+    let _ = LIVE.remove(&prepared.obj);
     emit(LossSlot::TwExit, |ev| {
-        if let Some(r) = ts_recent {
-            ev.ts_recent = r;
-            ev.ts_flags |= ts_flags::HAS_TS_RECENT;
-        }
-        if let Some(n) = rcv_nxt {
-            ev.seq = n;
-            ev.ts_flags |= ts_flags::HAS_RCV_NXT;
-        }
-        ev.ts_ns = ts;
-        ev.obj = tw;
-        ev.lifetime_ns = lifetime;
-        flow.fill(ev);
-        ev.kind = EventKind::TwExit as u8;
+        *ev = *prepared;
         ev.detail = cause as u8;
-        ev.hook = hook as u8;
+        if cause != ExitCause::ReplacedBySyn {
+            ev.ts_flags = 0;
+            ev.ts_recent = 0;
+            ev.seq = 0;
+        }
     });
-    0
+}
+
+/// tp_btf route: a TIME-WAIT timer is being cancelled (see the module comment).
+#[inline(always)]
+pub fn on_cancel(timer: u64, routes: u32) {
+    let tw = timer - layout!(tw_timer) as u64;
+    let skc = tw + layout!(tw_common) as u64;
+    let reporting = routes & route::TW_EXIT != 0;
+    let pprev: u64 = unsafe { read(skc, layout!(skc_nulls_pprev)) }.unwrap_or(1);
+    if pprev == 0 {
+        if reporting {
+            exit(tw, ExitCause::Reused, HookFamily::TpBtf);
+        }
+        return;
+    }
+    let net: u64 = unsafe { read(skc, layout!(skc_net)) }.unwrap_or(0);
+    let refs: u32 = unsafe { read(net, layout!(net_refcount)) }.unwrap_or(1);
+    if refs == 0 {
+        if reporting {
+            exit(tw, ExitCause::Purged, HookFamily::TpBtf);
+        }
+        return;
+    }
+    let Some(slot) = PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    let slot = unsafe { &mut *slot };
+    if slot.timer != 0 {
+        settle(slot, ExitCause::Unknown);
+    }
+    slot.timer = timer;
+    slot.ev.kind = 0;
+    // With only tw_enter on this route the slot just marks a re-arm in progress.
+    if reporting {
+        let _ = prepare(tw, HookFamily::TpBtf, &mut slot.ev);
+    }
+}
+
+/// Reports the parked exit (if it was wanted) and frees the slot.
+#[inline(always)]
+fn settle(slot: &mut PendingExit, cause: ExitCause) {
+    if slot.ev.kind != 0 {
+        report(&slot.ev, cause);
+    }
+    slot.timer = 0;
+    slot.ev.kind = 0;
+}
+
+#[inline(always)]
+fn parked() -> Option<&'static mut PendingExit> {
+    let slot = unsafe { &mut *PENDING.get_ptr_mut(0)? };
+    if slot.timer == 0 { None } else { Some(slot) }
+}
+
+/// `timer_start` of a TIME-WAIT timer: true if it re-arms the parked one (no exit, no enter).
+#[inline(always)]
+pub fn rearmed(timer: u64) -> bool {
+    match parked() {
+        Some(slot) if slot.timer == timer => {
+            slot.timer = 0;
+            slot.ev.kind = 0;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `timer_expire_entry` of a TIME-WAIT timer.
+#[inline(always)]
+pub fn expiring(timer: u64) {
+    if let Some(slot) = parked()
+        && slot.timer == timer
+    {
+        settle(slot, ExitCause::Expired);
+    }
+}
+
+/// A request socket was queued for `req` (a SYN accepted by a listener).
+#[inline(always)]
+pub fn request_queued(req: &Flow) {
+    if let Some(slot) = parked()
+        && slot.ev.kind != 0
+        && req.same_as(&slot.ev)
+    {
+        settle(slot, ExitCause::ReplacedBySyn);
+    }
+}
+
+/// `kfree_skb` naming `rx_sk` as the socket that dropped the segment.
+#[inline(always)]
+pub fn segment_dropped_by(rx_sk: u64) {
+    if let Some(slot) = parked()
+        && slot.ev.kind != 0
+        && slot.ev.obj == rx_sk
+    {
+        settle(slot, ExitCause::KilledByRst);
+    }
 }

@@ -20,14 +20,14 @@ use twtrace_common::{EventKind, HookFamily, LossSlot};
 
 use crate::{
     emit::emit,
-    kernel::{Flow, netns_wanted, read_flow},
+    kernel::{Flow, netns_wanted, read, read_flow},
     layout,
     maps::{LAST_ENTER, LAST_RESET, LastReset, OVERFLOW_SK},
 };
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_FIN_WAIT2: i32 = 5;
-const TCP_CLOSE: i32 = 7;
+pub const TCP_CLOSE: i32 = 7;
 const TCP_CLOSING: i32 = 11;
 /// tcp_time_wait arms the timer and closes the socket within microseconds on one CPU.
 const SAME_CALL_NS: u64 = 1_000_000;
@@ -41,7 +41,7 @@ pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
     }
     let oldstate: i32 =
         unsafe { ctx.read_at(layout!(tp_set_state_oldstate) as usize) }.unwrap_or(0);
-    if oldstate != TCP_FIN_WAIT2 && oldstate != TCP_CLOSING {
+    if !leaves_fin_wait(oldstate) {
         return 0;
     }
     let proto: u16 = unsafe { ctx.read_at(layout!(tp_set_state_protocol) as usize) }.unwrap_or(0);
@@ -51,16 +51,24 @@ pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(layout!(tp_set_state_skaddr) as usize) }) else {
         return 0;
     };
-    let Some(flow) = (unsafe { read_flow(sk) }) else {
-        return 0;
-    };
-    if !netns_wanted(flow.netns) {
-        return 0;
-    }
+    closed(sk, HookFamily::Tracepoint)
+}
+
+/// The transitions a TIME-WAIT (or its refusal) ends a full socket with.
+#[inline(always)]
+pub fn leaves_fin_wait(oldstate: i32) -> bool {
+    oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING
+}
+
+/// A TCP socket went FIN_WAIT2/CLOSING -> CLOSE: an overflow unless a TIME-WAIT or a reset
+/// explains it. The cheap checks (one port read) come before the flow is read.
+#[inline(always)]
+pub fn closed(sk: u64, hook: HookFamily) -> u32 {
     let ts = unsafe { bpf_ktime_get_ns() };
+    let rport = u16::from_be(unsafe { read::<u16>(sk, layout!(skc_dport)) }.unwrap_or(0));
     if let Some(last) = LAST_ENTER.get_ptr_mut(0) {
         let last = unsafe { &mut *last };
-        if last.rport == flow.rport && ts.saturating_sub(last.ts_ns) < SAME_CALL_NS {
+        if last.rport == rport && ts.saturating_sub(last.ts_ns) < SAME_CALL_NS {
             last.ts_ns = 0; // consumed: this close got its TIME-WAIT
             return 0;
         }
@@ -72,7 +80,13 @@ pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
             return 0;
         }
     }
-    report(sk, &flow, ts, HookFamily::Tracepoint)
+    let Some(flow) = (unsafe { read_flow(sk) }) else {
+        return 0;
+    };
+    if !netns_wanted(flow.netns) {
+        return 0;
+    }
+    report(sk, &flow, ts, hook)
 }
 
 /// A reset about to close `sk` (received): remembered so the close is not taken for an overflow.
@@ -92,6 +106,12 @@ fn remember_reset(ctx: &TracePointContext, off: u32) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(off as usize) }) else {
         return 0;
     };
+    reset_for(sk)
+}
+
+/// A reset was received or sent for `sk`: its coming close is not an overflow.
+#[inline(always)]
+pub fn reset_for(sk: u64) -> u32 {
     if let Some(slot) = LAST_RESET.get_ptr_mut(0) {
         unsafe {
             *slot = LastReset {

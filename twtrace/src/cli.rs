@@ -48,7 +48,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct Common {
     /// Hook family: `auto` picks, per signal, the best that loads (fentry, then kprobe, then
-    /// tracepoint); naming a family forces it and fails if it cannot serve every signal.
+    /// tp_btf, then tracepoint); naming a family (auto, fentry, kprobe, tp_btf, tracepoint)
+    /// forces it and fails if it cannot serve every signal. `twtrace doctor` shows the choice.
     #[arg(long, global = true, value_name = "FAMILY", default_value = "auto", value_parser = parse_hooks)]
     pub hooks: HookChoice,
 
@@ -135,9 +136,10 @@ fn parse_hooks(s: &str) -> Result<HookChoice, String> {
         "auto" => Ok(HookChoice::Auto),
         "fentry" => Ok(HookChoice::Only(Family::Fentry)),
         "kprobe" => Ok(HookChoice::Only(Family::Kprobe)),
+        "tp_btf" | "tp-btf" => Ok(HookChoice::Only(Family::TpBtf)),
         "tracepoint" => Ok(HookChoice::Only(Family::Tracepoint)),
         _ => Err(format!(
-            "`{s}`: expected one of auto, fentry, kprobe, tracepoint"
+            "`{s}`: expected one of auto, fentry, kprobe, tp_btf, tracepoint"
         )),
     }
 }

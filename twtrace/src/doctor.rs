@@ -7,6 +7,7 @@ use crate::{
     cli::Common,
     kernel::{self, btf::KernelBtf},
     loader, run,
+    signals::Family,
 };
 
 pub fn run(common: &Common, verbose: bool) -> Result<()> {
@@ -56,7 +57,8 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
         }
     }
     println!();
-    println!("signal plan (best family first: fentry, kprobe, tracepoint)");
+    let order: Vec<&str> = Family::ALL.iter().map(|f| f.as_str()).collect();
+    println!("signal plan (best family first: {})", order.join(", "));
     for c in &loaded.choices {
         let chosen = c.chosen.map_or("NONE", |f| f.as_str());
         println!("  {:<22} {:<10} {}", c.signal, chosen, c.description);

@@ -7,8 +7,10 @@
 use anyhow::{Result, anyhow, bail};
 use aya::{
     Btf, Ebpf,
-    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
+    maps::Array,
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint},
 };
+use std::collections::HashSet;
 
 use crate::{
     kernel::{btf::KernelBtf, caps::Caps, kallsyms::Kallsyms, tracefs::Format},
@@ -43,8 +45,9 @@ pub fn attach_all(
     forced: Option<Family>,
 ) -> Result<Vec<Choice>> {
     let mut choices = Vec::new();
+    let mut shared = Shared::default();
     for signal in signals::ALL {
-        let choice = attach_signal(bpf, facts, signal, forced);
+        let choice = attach_signal(bpf, facts, signal, forced, &mut shared);
         if choice.chosen.is_none() {
             let why = choice
                 .rejected
@@ -66,7 +69,21 @@ pub fn attach_all(
         }
         choices.push(choice);
     }
+    // The tp_btf programs are already running; until now they served no signal.
+    let mut routes: Array<_, u32> = bpf
+        .map_mut("ROUTES")
+        .ok_or_else(|| anyhow!("map ROUTES is missing from the eBPF object"))?
+        .try_into()?;
+    routes.set(0, shared.routes, 0)?;
     Ok(choices)
+}
+
+/// Programs shared between signals (the tp_btf dispatchers): attached once, by the first
+/// signal that chooses them, and told which signals they serve through `ROUTES`.
+#[derive(Default)]
+struct Shared {
+    attached: HashSet<&'static str>,
+    routes: u32,
 }
 
 fn attach_signal(
@@ -74,6 +91,7 @@ fn attach_signal(
     facts: &Facts<'_>,
     signal: &Signal,
     forced: Option<Family>,
+    shared: &mut Shared,
 ) -> Choice {
     let mut choice = Choice {
         signal: signal.name,
@@ -89,8 +107,11 @@ fn attach_signal(
     for family in families {
         // A family may offer several hooks (one function, or two where it is inlined).
         for hook in signal.hooks.iter().filter(|h| h.family == family) {
-            match try_hook(bpf, facts, hook) {
+            match try_hook(bpf, facts, hook, &mut shared.attached) {
                 Ok(attached) => {
+                    if family == Family::TpBtf {
+                        shared.routes |= signal.route;
+                    }
                     choice.chosen = Some(family);
                     choice.attached = attached;
                     return choice;
@@ -102,18 +123,30 @@ fn attach_signal(
     choice
 }
 
-/// Loads and attaches all programs of a hook, or none of them.
-fn try_hook(bpf: &mut Ebpf, facts: &Facts<'_>, hook: &Hook) -> Result<Vec<String>> {
+/// Loads and attaches all programs of a hook, or none of them (programs another signal
+/// already attached are reused and left alone).
+fn try_hook(
+    bpf: &mut Ebpf,
+    facts: &Facts<'_>,
+    hook: &Hook,
+    attached: &mut HashSet<&'static str>,
+) -> Result<Vec<String>> {
     precheck(facts, hook)?;
     let mut done = Vec::new();
+    let mut mine = Vec::new();
     for p in hook.programs {
+        if attached.contains(p.name) {
+            done.push(p.attach.describe());
+            continue;
+        }
         let t = std::time::Instant::now();
         if let Err(e) = load_attach(bpf, facts.btf, p) {
-            for q in hook.programs {
+            for q in mine.iter().chain(std::iter::once(&p)) {
                 unload(bpf, q);
             }
             return Err(e.context(format!("{} ({})", p.attach.describe(), p.name)));
         }
+        mine.push(p);
         log::info!(
             "{} loaded and attached in {:?}",
             p.attach.describe(),
@@ -121,6 +154,7 @@ fn try_hook(bpf: &mut Ebpf, facts: &Facts<'_>, hook: &Hook) -> Result<Vec<String
         );
         done.push(p.attach.describe());
     }
+    attached.extend(mine.iter().map(|p| p.name));
     Ok(done)
 }
 
@@ -137,7 +171,7 @@ fn precheck(facts: &Facts<'_>, hook: &Hook) -> Result<()> {
                 bail!("{b}");
             }
         }
-        Family::Tracepoint => {}
+        Family::TpBtf | Family::Tracepoint => {}
     }
     for need in hook.needs {
         match *need {
@@ -165,7 +199,7 @@ fn precheck(facts: &Facts<'_>, hook: &Hook) -> Result<()> {
             | Attach::Kretprobe { function }
             | Attach::Fentry { function }
             | Attach::Fexit { function } => function,
-            Attach::Tracepoint { .. } => continue,
+            Attach::Tracepoint { .. } | Attach::BtfTracepoint { .. } => continue,
         };
         if !facts.syms.contains(function) {
             bail!("{function} is not in /proc/kallsyms (inlined or renamed on this kernel)");
@@ -198,6 +232,10 @@ fn load_attach(bpf: &mut Ebpf, btf: &Btf, p: &Program) -> Result<()> {
         Attach::Fexit { function } => {
             let f: &mut FExit = prog.try_into()?;
             f.load(function, btf).and_then(|()| f.attach().map(drop))
+        }
+        Attach::BtfTracepoint { name } => {
+            let t: &mut BtfTracePoint = prog.try_into()?;
+            t.load(name, btf).and_then(|()| t.attach().map(drop))
         }
     };
     r.map_err(explain)
@@ -232,5 +270,6 @@ fn unload(bpf: &mut Ebpf, p: &Program) {
         }
         Attach::Fentry { .. } => <&mut FEntry>::try_from(prog).map(|t| t.unload()),
         Attach::Fexit { .. } => <&mut FExit>::try_from(prog).map(|t| t.unload()),
+        Attach::BtfTracepoint { .. } => <&mut BtfTracePoint>::try_from(prog).map(|t| t.unload()),
     };
 }

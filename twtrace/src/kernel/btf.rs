@@ -192,6 +192,52 @@ impl KernelBtf {
             .collect()
     }
 
+    /// The argument types of a tracepoint as a tp_btf program sees them (from the kernel's
+    /// `btf_trace_<name>` prototype, whose first parameter, the probe's data, is dropped), e.g.
+    /// `["struct sk_buff *", "void *", "enum skb_drop_reason", "struct sock *"]`.
+    pub fn tracepoint_args(&self, name: &str) -> Result<Vec<String>> {
+        let typedef = format!("btf_trace_{name}");
+        let td = self
+            .btf
+            .resolve_types_by_name(&typedef)
+            .ok()
+            .and_then(|v| v.into_iter().find(|t| matches!(t, Type::Typedef(_))))
+            .ok_or_else(|| anyhow!("no {typedef} in kernel BTF (no such tracepoint)"))?;
+        let Type::Ptr(ptr) = self.strip_modifiers(td)? else {
+            bail!("{typedef} is not a function pointer");
+        };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr)? else {
+            bail!("{typedef} does not point to a prototype");
+        };
+        proto
+            .parameters
+            .iter()
+            .skip(1)
+            .map(|p| self.describe(self.btf.resolve_chained_type(p)?, 0))
+            .collect()
+    }
+
+    /// A C-like spelling of a type, qualifiers dropped.
+    fn describe(&self, ty: Type, depth: usize) -> Result<String> {
+        if depth > MAX_DEPTH {
+            bail!("pointer chain deeper than {MAX_DEPTH}: corrupt BTF?");
+        }
+        let named = |t: &dyn btf_rs::BtfType| self.btf.resolve_name(t).unwrap_or_default();
+        Ok(match self.strip_modifiers(ty)? {
+            Type::Ptr(p) => match self.btf.resolve_chained_type(&p) {
+                Ok(t) => format!("{} *", self.describe(t, depth + 1)?),
+                Err(_) => "void *".to_string(),
+            },
+            Type::Struct(s) => format!("struct {}", named(&s)),
+            Type::Union(u) => format!("union {}", named(&u)),
+            Type::Enum(e) => format!("enum {}", named(&e)),
+            Type::Enum64(e) => format!("enum {}", named(&e)),
+            Type::Int(i) => named(&i),
+            Type::Void => "void".to_string(),
+            other => format!("{other:?}").chars().take(20).collect(),
+        })
+    }
+
     fn find_func(&self, name: &str) -> Option<btf_rs::Func> {
         self.btf
             .resolve_types_by_name(name)

@@ -54,6 +54,16 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.skb_dev = btf.member_offset("sk_buff", "dev")?;
     layout.dev_nd_net = btf.member_offset("net_device", "nd_net")?;
     layout.ireq_tstamp_ok_bit = btf.flag_bit_offset("inet_request_sock", "tstamp_ok")?;
+    layout.timer_expires = btf.member_offset("timer_list", "expires")?;
+    layout.sk_protocol = btf.member_offset("sock", "sk_protocol")?;
+    layout.skc_nulls_pprev = sc("skc_nulls_node.pprev")?;
+    // The namespace's own reference count moved: net.count (< 5.17), net.ns.count, and
+    // net.ns.__ns_ref (6.18+).
+    layout.net_refcount = ["ns.__ns_ref", "ns.count", "count"]
+        .iter()
+        .find_map(|m| btf.member_offset("net", m).ok())
+        .context("struct net has no reference count twtrace knows (ns.__ns_ref, ns.count, count)")?;
+    tp_btf_args(btf, layout)?;
     let reason = |name: &str| -> Result<u32> {
         let v = btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{name}"))?;
         Ok(v.map_or(u32::MAX, |v| v as u32))
@@ -83,6 +93,7 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
         ("tcp_sock", "rx_opt.ts_recent", 4),
         ("request_sock", "ts_recent", 4),
         ("tcp_request_sock", "rcv_isn", 4),
+        ("sock", "sk_protocol", 2),
     ] {
         let got = btf.member_size(s, m)?;
         anyhow::ensure!(
@@ -90,6 +101,18 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
             "{s}.{m} is {got} bytes on this kernel, twtrace reads {size}"
         );
     }
+    Ok(())
+}
+
+/// Argument positions the tp_btf programs cannot take for granted: kfree_skb gained its reason
+/// (5.17) and the dropping socket (6.12) over time. The rest (timer, socket, states) have kept
+/// their first places since tp_btf exists; a kernel where they moved fails the verifier.
+fn tp_btf_args(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> {
+    let args = btf.tracepoint_args("kfree_skb")?;
+    let find = |want: &str| args.iter().position(|a| a == want).map(|i| i as u32);
+    layout.btf_kfree_skb_reason_arg = find("enum skb_drop_reason")
+        .with_context(|| format!("kfree_skb has no drop reason argument ({args:?})"))?;
+    layout.btf_kfree_skb_rx_sk_arg = find("struct sock *").unwrap_or(u32::MAX);
     Ok(())
 }
 

@@ -15,6 +15,7 @@ const KFREE_SKB_NON_TW: Program = Program {
 
 pub static SIGNAL: Signal = Signal {
     name: "paws_reject",
+    route: twtrace_common::route::PAWS,
     description: "segments dropped by PAWS (timewait, established, syn_recv, syn_sent)",
     hooks: &[
         // The TIME-WAIT path from the kernel's own verdict; the other paths from drop reasons.
@@ -48,6 +49,21 @@ pub static SIGNAL: Signal = Signal {
                     },
                 },
                 KFREE_SKB_NON_TW,
+            ],
+        },
+        Hook {
+            family: Family::TpBtf,
+            needs: &[Need::TracepointField {
+                category: "skb",
+                name: "kfree_skb",
+                field: "rx_sk",
+                why: "TIME-WAIT rejects are recognised by the dropping socket (kernel 6.11+)",
+            }],
+            programs: &[
+                Program {
+                    name: "tp_kfree_skb",
+                    attach: Attach::BtfTracepoint { name: "kfree_skb" },
+                },
             ],
         },
         Hook {

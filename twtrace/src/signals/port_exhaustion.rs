@@ -8,6 +8,7 @@ use crate::event::{Record, What};
 
 pub static SIGNAL: Signal = Signal {
     name: "connect_eaddrnotavail",
+    route: twtrace_common::route::PORT_EXHAUSTION,
     description: "connect() failed with EADDRNOTAVAIL (no free local port toward a destination)",
     hooks: &[
         Hook {
@@ -35,6 +36,16 @@ pub static SIGNAL: Signal = Signal {
                     attach: Attach::Kretprobe {
                         function: "__sys_connect",
                     },
+                },
+            ],
+        },
+        Hook {
+            family: Family::TpBtf,
+            needs: &[],
+            programs: &[
+                Program {
+                    name: "tp_set_state",
+                    attach: Attach::BtfTracepoint { name: "inet_sock_set_state" },
                 },
             ],
         },

@@ -7,6 +7,7 @@ use crate::event::{Record, What};
 
 pub static SIGNAL: Signal = Signal {
     name: "syn",
+    route: twtrace_common::route::SYN,
     description: "SYNs reaching a listener, with their TSval (clock estimate per source IP)",
     hooks: &[
         Hook {
@@ -28,6 +29,16 @@ pub static SIGNAL: Signal = Signal {
                     function: "inet_csk_reqsk_queue_hash_add",
                 },
             }],
+        },
+        Hook {
+            family: Family::TpBtf,
+            needs: &[],
+            programs: &[
+                Program {
+                    name: "tp_timer_start",
+                    attach: Attach::BtfTracepoint { name: "timer_start" },
+                },
+            ],
         },
         Hook {
             family: Family::Tracepoint,

@@ -7,6 +7,7 @@ use crate::event::{Record, Substate, What};
 
 pub static SIGNAL: Signal = Signal {
     name: "tw_enter",
+    route: twtrace_common::route::TW_ENTER,
     description: "a socket entered TIME-WAIT",
     hooks: &[
         Hook {
@@ -28,6 +29,20 @@ pub static SIGNAL: Signal = Signal {
                     function: "__inet_twsk_schedule",
                 },
             }],
+        },
+        Hook {
+            family: Family::TpBtf,
+            needs: &[],
+            programs: &[
+                Program {
+                    name: "tp_timer_start",
+                    attach: Attach::BtfTracepoint { name: "timer_start" },
+                },
+                Program {
+                    name: "tp_timer_cancel",
+                    attach: Attach::BtfTracepoint { name: "timer_cancel" },
+                },
+            ],
         },
         Hook {
             family: Family::Tracepoint,

@@ -7,6 +7,7 @@ use crate::event::{ExitCause, Record, What};
 
 pub static SIGNAL: Signal = Signal {
     name: "tw_exit",
+    route: twtrace_common::route::TW_EXIT,
     description: "a TIME-WAIT socket ended, with its cause and lifetime",
     hooks: &[
         Hook {
@@ -62,6 +63,28 @@ pub static SIGNAL: Signal = Signal {
                     attach: Attach::Kprobe {
                         function: "inet_twsk_deschedule_put",
                     },
+                },
+            ],
+        },
+        Hook {
+            family: Family::TpBtf,
+            needs: &[],
+            programs: &[
+                Program {
+                    name: "tp_timer_cancel",
+                    attach: Attach::BtfTracepoint { name: "timer_cancel" },
+                },
+                Program {
+                    name: "tp_timer_start",
+                    attach: Attach::BtfTracepoint { name: "timer_start" },
+                },
+                Program {
+                    name: "tp_timer_expire",
+                    attach: Attach::BtfTracepoint { name: "timer_expire_entry" },
+                },
+                Program {
+                    name: "tp_kfree_skb",
+                    attach: Attach::BtfTracepoint { name: "kfree_skb" },
                 },
             ],
         },

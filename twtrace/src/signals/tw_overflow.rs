@@ -7,6 +7,7 @@ use crate::event::{Record, What};
 
 pub static SIGNAL: Signal = Signal {
     name: "tw_overflow",
+    route: twtrace_common::route::TW_OVERFLOW,
     description: "a flow closed without TIME-WAIT because tcp_max_tw_buckets was full",
     hooks: &[
         Hook {
@@ -34,6 +35,24 @@ pub static SIGNAL: Signal = Signal {
                     attach: Attach::Kretprobe {
                         function: "inet_twsk_alloc",
                     },
+                },
+            ],
+        },
+        Hook {
+            family: Family::TpBtf,
+            needs: &[],
+            programs: &[
+                Program {
+                    name: "tp_set_state",
+                    attach: Attach::BtfTracepoint { name: "inet_sock_set_state" },
+                },
+                Program {
+                    name: "tp_rst_rx",
+                    attach: Attach::BtfTracepoint { name: "tcp_receive_reset" },
+                },
+                Program {
+                    name: "tp_rst_tx",
+                    attach: Attach::BtfTracepoint { name: "tcp_send_reset" },
                 },
             ],
         },

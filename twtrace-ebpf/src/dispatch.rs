@@ -1,0 +1,134 @@
+//! The tp_btf route: one program per tracepoint, shared by every signal that reads it.
+//!
+//! BTF-typed raw tracepoints run the program straight from the tracepoint site with the raw
+//! arguments: no perf record is filled, which is most of a classic tracepoint's cost (timer
+//! tracepoints fire ~9 times per connection). One program per site, not one per signal, so a
+//! site is paid for once. `ROUTES` (written by user space after the hook choice) says which
+//! signals each program serves; it is read only past the cheap first filter.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use twtrace_common::{HookFamily, route};
+
+use crate::{
+    kernel::{read, read_flow, routes, scalar_arg},
+    layout, paws, port_exhaustion, syn, tw_enter, tw_exit, tw_overflow,
+};
+
+const IPPROTO_TCP: u16 = 6;
+const TCP_SYN_SENT: i32 = 2;
+
+#[inline(always)]
+fn timer_function(timer: u64) -> u64 {
+    unsafe { read(timer, layout!(timer_function)) }.unwrap_or(0)
+}
+
+#[btf_tracepoint(function = "timer_start")]
+pub fn tp_timer_start(ctx: BtfTracePointContext) -> u32 {
+    let timer = scalar_arg(&ctx, 0);
+    let func = timer_function(timer);
+    if func == 0 {
+        return 0;
+    }
+    if func == layout!(tw_timer_handler) {
+        if !tw_exit::rearmed(timer) && routes() & route::TW_ENTER != 0 {
+            tw_enter::started(&ctx, timer);
+        }
+    } else if func == layout!(reqsk_timer_handler) {
+        let routes = routes();
+        if routes & (route::TW_EXIT | route::SYN) == 0 {
+            return 0;
+        }
+        let req = timer - layout!(req_timer) as u64;
+        // A request_sock starts with its sock_common (addresses, ports, netns).
+        let Some(flow) = (unsafe { read_flow(req) }) else {
+            return 0;
+        };
+        if routes & route::TW_EXIT != 0 {
+            tw_exit::request_queued(&flow);
+        }
+        if routes & route::SYN != 0 {
+            syn::report_flow(req, &flow, HookFamily::TpBtf);
+        }
+    }
+    0
+}
+
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn tp_timer_cancel(ctx: BtfTracePointContext) -> u32 {
+    let timer = scalar_arg(&ctx, 0);
+    if timer_function(timer) != layout!(tw_timer_handler) {
+        return 0;
+    }
+    let routes = routes();
+    if routes & (route::TW_EXIT | route::TW_ENTER) != 0 {
+        tw_exit::on_cancel(timer, routes);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn tp_timer_expire(ctx: BtfTracePointContext) -> u32 {
+    let timer = scalar_arg(&ctx, 0);
+    if timer_function(timer) == layout!(tw_timer_handler) {
+        tw_exit::expiring(timer);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
+    let reason = scalar_arg(&ctx, layout!(btf_kfree_skb_reason_arg) as usize) as u32;
+    let rx_arg = layout!(btf_kfree_skb_rx_sk_arg);
+    let rx_sk = if rx_arg == u32::MAX {
+        0
+    } else {
+        scalar_arg(&ctx, rx_arg as usize)
+    };
+    let routes = routes();
+    if rx_sk != 0 && routes & route::TW_EXIT != 0 {
+        tw_exit::segment_dropped_by(rx_sk);
+    }
+    if routes & route::PAWS != 0 && paws::wanted_reason(reason, true) {
+        paws::on_drop(scalar_arg(&ctx, 0), reason, rx_sk, true, HookFamily::TpBtf);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tp_set_state(ctx: BtfTracePointContext) -> u32 {
+    let newstate: i32 = ctx.arg(2);
+    if newstate != tw_overflow::TCP_CLOSE {
+        return 0;
+    }
+    let oldstate: i32 = ctx.arg(1);
+    let wanted = if tw_overflow::leaves_fin_wait(oldstate) {
+        route::TW_OVERFLOW
+    } else if oldstate == TCP_SYN_SENT {
+        route::PORT_EXHAUSTION
+    } else {
+        return 0;
+    };
+    if routes() & wanted == 0 {
+        return 0;
+    }
+    let sk = scalar_arg(&ctx, 0);
+    let proto: u16 = unsafe { read(sk, layout!(sk_protocol)) }.unwrap_or(0);
+    if proto != IPPROTO_TCP {
+        return 0;
+    }
+    if wanted == route::TW_OVERFLOW {
+        tw_overflow::closed(sk, HookFamily::TpBtf)
+    } else {
+        port_exhaustion::syn_sent_closed(sk)
+    }
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tp_rst_rx(ctx: BtfTracePointContext) -> u32 {
+    tw_overflow::reset_for(scalar_arg(&ctx, 0))
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tp_rst_tx(ctx: BtfTracePointContext) -> u32 {
+    tw_overflow::reset_for(scalar_arg(&ctx, 0))
+}
