@@ -22,8 +22,12 @@ else
   echo "[test] WARNING: cargo fmt/clippy not installed (no rustup toolchain): lint step not run" >&2
 fi
 
-step "unit and end-to-end tests on $(uname -r)"
-cargo test --locked --workspace --exclude twtrace-ebpf
+step "unit and end-to-end tests on $(uname -r) (automatic hook choice: tp_btf here)"
+TWTRACE_EXPECT_FAMILY="${TWTRACE_HOST_FAMILY:-tp_btf}" cargo test --locked --workspace --exclude twtrace-ebpf
+
+step "end-to-end tests on $(uname -r) with classic tracepoints forced"
+TWTRACE_HOOKS=tracepoint TWTRACE_EXPECT_FAMILY=tracepoint \
+  cargo test --locked -p twtrace --test e2e --test paws --test cli
 
 step "end-to-end tests in stock kernels under QEMU"
 cargo xtask vm-test --release --kernel all --hooks auto

@@ -78,6 +78,16 @@ pub fn attach_all(
     Ok(choices)
 }
 
+/// Stops the tp_btf programs from serving any signal (first step of shutdown, so that what
+/// they left parked can be read without racing them).
+pub fn silence(bpf: &mut Ebpf) -> Result<()> {
+    if let Some(map) = bpf.map_mut("ROUTES") {
+        let mut routes: Array<_, u32> = map.try_into()?;
+        routes.set(0, 0, 0)?;
+    }
+    Ok(())
+}
+
 /// Programs shared between signals (the tp_btf dispatchers): attached once, by the first
 /// signal that chooses them, and told which signals they serve through `ROUTES`.
 #[derive(Default)]

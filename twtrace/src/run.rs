@@ -141,16 +141,19 @@ async fn pump(
         }
         on_tick(false)?;
         if stop {
-            // Final drain so nothing already in the ring is lost on shutdown.
-            transport
-                .drain(Duration::ZERO, |ev| {
-                    if let Some(rec) = signals::decode(ev, &ctx)
-                        && filter.matches(&rec)
-                    {
+            // Final drain so nothing already in the ring, or parked in the kernel, is lost.
+            crate::plan::silence(&mut loaded.bpf)?;
+            let parked = signals::tw_exit::unexplained(&mut loaded.bpf)?;
+            let mut last = |ev: &twtrace_common::Event| {
+                let derived = tw_syn.on_event(ev);
+                for rec in signals::decode(ev, &ctx).into_iter().chain(derived) {
+                    if filter.matches(&rec) {
                         let _ = on_record(&rec);
                     }
-                })
-                .await?;
+                }
+            };
+            transport.drain(Duration::ZERO, &mut last).await?;
+            parked.iter().for_each(last);
             on_tick(true)?;
             break;
         }

@@ -44,7 +44,7 @@ fn unknown_flags_and_bad_values_are_usage_errors() {
         (&["--ip", "300.1.1.1"], "neither an IP address nor a CIDR"),
         (
             &["--hooks", "uprobe"],
-            "expected one of auto, fentry, kprobe, tracepoint",
+            "expected one of auto, fentry, kprobe, tp_btf, tracepoint",
         ),
         (&["--ring-kib", "100"], "power of two"),
         (&["--interval", "0"], "between 0.05 and 3600"),
@@ -148,7 +148,7 @@ fn hook_choice_follows_the_order_and_the_expectation() {
             assert_eq!(chosen, hooks, "forced family used for {signal}:\n{out}");
             continue; // nothing else was tried
         }
-        let order = ["fentry", "kprobe", "tracepoint"];
+        let order = ["fentry", "kprobe", "tp_btf", "tracepoint"];
         let pos = order.iter().position(|f| *f == chosen).expect("a family");
         for better in &order[..pos] {
             assert!(
@@ -179,7 +179,7 @@ fn doctor_names_the_hook_of_every_signal() {
             .find(|l| l.trim_start().starts_with(signal))
             .unwrap_or_else(|| panic!("no line for {signal}:\n{out}"));
         assert!(
-            ["fentry", "kprobe", "tracepoint"]
+            ["fentry", "kprobe", "tp_btf", "tracepoint"]
                 .iter()
                 .any(|f| line.contains(f)),
             "{line}"

@@ -62,7 +62,9 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.net_refcount = ["ns.__ns_ref", "ns.count", "count"]
         .iter()
         .find_map(|m| btf.member_offset("net", m).ok())
-        .context("struct net has no reference count twtrace knows (ns.__ns_ref, ns.count, count)")?;
+        .context(
+            "struct net has no reference count twtrace knows (ns.__ns_ref, ns.count, count)",
+        )?;
     tp_btf_args(btf, layout)?;
     let reason = |name: &str| -> Result<u32> {
         let v = btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{name}"))?;

@@ -59,12 +59,10 @@ pub static SIGNAL: Signal = Signal {
                 field: "rx_sk",
                 why: "TIME-WAIT rejects are recognised by the dropping socket (kernel 6.11+)",
             }],
-            programs: &[
-                Program {
-                    name: "tp_kfree_skb",
-                    attach: Attach::BtfTracepoint { name: "kfree_skb" },
-                },
-            ],
+            programs: &[Program {
+                name: "tp_kfree_skb",
+                attach: Attach::BtfTracepoint { name: "kfree_skb" },
+            }],
         },
         Hook {
             family: Family::Tracepoint,

@@ -42,12 +42,12 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::TpBtf,
             needs: &[],
-            programs: &[
-                Program {
-                    name: "tp_set_state",
-                    attach: Attach::BtfTracepoint { name: "inet_sock_set_state" },
+            programs: &[Program {
+                name: "tp_set_state",
+                attach: Attach::BtfTracepoint {
+                    name: "inet_sock_set_state",
                 },
-            ],
+            }],
         },
         Hook {
             family: Family::Tracepoint,

@@ -33,12 +33,12 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::TpBtf,
             needs: &[],
-            programs: &[
-                Program {
-                    name: "tp_timer_start",
-                    attach: Attach::BtfTracepoint { name: "timer_start" },
+            programs: &[Program {
+                name: "tp_timer_start",
+                attach: Attach::BtfTracepoint {
+                    name: "timer_start",
                 },
-            ],
+            }],
         },
         Hook {
             family: Family::Tracepoint,

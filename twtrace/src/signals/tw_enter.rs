@@ -36,11 +36,15 @@ pub static SIGNAL: Signal = Signal {
             programs: &[
                 Program {
                     name: "tp_timer_start",
-                    attach: Attach::BtfTracepoint { name: "timer_start" },
+                    attach: Attach::BtfTracepoint {
+                        name: "timer_start",
+                    },
                 },
                 Program {
                     name: "tp_timer_cancel",
-                    attach: Attach::BtfTracepoint { name: "timer_cancel" },
+                    attach: Attach::BtfTracepoint {
+                        name: "timer_cancel",
+                    },
                 },
             ],
         },

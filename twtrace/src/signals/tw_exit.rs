@@ -72,15 +72,21 @@ pub static SIGNAL: Signal = Signal {
             programs: &[
                 Program {
                     name: "tp_timer_cancel",
-                    attach: Attach::BtfTracepoint { name: "timer_cancel" },
+                    attach: Attach::BtfTracepoint {
+                        name: "timer_cancel",
+                    },
                 },
                 Program {
                     name: "tp_timer_start",
-                    attach: Attach::BtfTracepoint { name: "timer_start" },
+                    attach: Attach::BtfTracepoint {
+                        name: "timer_start",
+                    },
                 },
                 Program {
                     name: "tp_timer_expire",
-                    attach: Attach::BtfTracepoint { name: "timer_expire_entry" },
+                    attach: Attach::BtfTracepoint {
+                        name: "timer_expire_entry",
+                    },
                 },
                 Program {
                     name: "tp_kfree_skb",
@@ -121,4 +127,23 @@ pub fn decode(ev: &Event) -> Record {
             lifetime_ns: (ev.lifetime_ns != 0).then_some(ev.lifetime_ns),
         },
     )
+}
+
+/// TIME-WAIT exits the tp_btf route parked and nothing explained before shutdown (see
+/// twtrace-ebpf/src/tw_exit.rs), as events with cause `unknown`: reported, not lost.
+pub fn unexplained(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
+    let Some(map) = bpf.map_mut("PENDING") else {
+        return Ok(Vec::new());
+    };
+    let slots: aya::maps::PerCpuArray<_, twtrace_common::PendingExit> = map.try_into()?;
+    let per_cpu = slots.get(&0, 0)?;
+    Ok(per_cpu
+        .iter()
+        .filter(|p| p.timer != 0 && p.ev.kind != 0)
+        .map(|p| {
+            let mut ev = p.ev;
+            ev.detail = twtrace_common::ExitCause::Unknown as u8;
+            ev
+        })
+        .collect())
 }

@@ -44,15 +44,21 @@ pub static SIGNAL: Signal = Signal {
             programs: &[
                 Program {
                     name: "tp_set_state",
-                    attach: Attach::BtfTracepoint { name: "inet_sock_set_state" },
+                    attach: Attach::BtfTracepoint {
+                        name: "inet_sock_set_state",
+                    },
                 },
                 Program {
                     name: "tp_rst_rx",
-                    attach: Attach::BtfTracepoint { name: "tcp_receive_reset" },
+                    attach: Attach::BtfTracepoint {
+                        name: "tcp_receive_reset",
+                    },
                 },
                 Program {
                     name: "tp_rst_tx",
-                    attach: Attach::BtfTracepoint { name: "tcp_send_reset" },
+                    attach: Attach::BtfTracepoint {
+                        name: "tcp_send_reset",
+                    },
                 },
             ],
         },
