@@ -1,7 +1,7 @@
 //! The running kernel's layout, injected by user space before load (computed from BTF,
 //! kallsyms and tracefs), and typed readers built on it. No offset is a constant here.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use twtrace_common::{AF_INET6, CodeRange, KernelLayout, MAX_CODE_RANGES, Settings};
 
 #[unsafe(no_mangle)]
@@ -54,29 +54,50 @@ pub struct Flow {
 }
 
 /// Reads the flow of the `sock_common` at `skc`. Ports come back in host order.
+///
+/// One helper call copies the head of the struct (every field below sits in it on the kernels
+/// seen so far; a field outside it is read on its own), another the namespace inode: this
+/// runs once or twice per TIME-WAIT, and a helper call costs as much as a short copy.
 #[inline(always)]
 pub unsafe fn read_flow(skc: u64) -> Option<Flow> {
-    let family: u16 = unsafe { read(skc, layout!(skc_family))? };
+    let mut b = [0u8; SKC_BLOCK];
+    unsafe { bpf_probe_read_kernel_buf(skc as *const u8, &mut b) }.ok()?;
+    let family: u16 = unsafe { field(&b, skc, layout!(skc_family))? };
     let mut flow = Flow {
         family: family as u8,
-        lport: unsafe { read::<u16>(skc, layout!(skc_num))? },
-        rport: u16::from_be(unsafe { read::<u16>(skc, layout!(skc_dport))? }),
+        lport: unsafe { field::<u16>(&b, skc, layout!(skc_num))? },
+        rport: u16::from_be(unsafe { field::<u16>(&b, skc, layout!(skc_dport))? }),
         laddr: [0; 16],
         raddr: [0; 16],
         netns: 0,
     };
     if flow.family == AF_INET6 {
-        flow.laddr = unsafe { read(skc, layout!(skc_v6_rcv_saddr))? };
-        flow.raddr = unsafe { read(skc, layout!(skc_v6_daddr))? };
+        flow.laddr = unsafe { field(&b, skc, layout!(skc_v6_rcv_saddr))? };
+        flow.raddr = unsafe { field(&b, skc, layout!(skc_v6_daddr))? };
     } else {
-        let l: [u8; 4] = unsafe { read(skc, layout!(skc_rcv_saddr))? };
-        let r: [u8; 4] = unsafe { read(skc, layout!(skc_daddr))? };
+        let l: [u8; 4] = unsafe { field(&b, skc, layout!(skc_rcv_saddr))? };
+        let r: [u8; 4] = unsafe { field(&b, skc, layout!(skc_daddr))? };
         flow.laddr[..4].copy_from_slice(&l);
         flow.raddr[..4].copy_from_slice(&r);
     }
-    let net: u64 = unsafe { read(skc, layout!(skc_net))? };
+    let net: u64 = unsafe { field(&b, skc, layout!(skc_net))? };
     flow.netns = unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0);
     Some(flow)
+}
+
+/// Bytes of a `sock_common` copied at once by [`read_flow`].
+const SKC_BLOCK: usize = 96;
+
+/// A field of the struct at `base`, from the copy `b` of its head when it lies there. The
+/// offsets are load-time constants to the verifier (frozen .rodata), so it follows one branch.
+#[inline(always)]
+unsafe fn field<T: Copy>(b: &[u8; SKC_BLOCK], base: u64, off: u32) -> Option<T> {
+    let off = off as usize;
+    if off + core::mem::size_of::<T>() <= SKC_BLOCK {
+        Some(unsafe { core::ptr::read_unaligned(b.as_ptr().add(off) as *const T) })
+    } else {
+        unsafe { read(base, off as u32) }
+    }
 }
 
 impl Flow {

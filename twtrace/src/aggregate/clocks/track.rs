@@ -133,6 +133,9 @@ impl Track {
         let d_last = s.tsval.wrapping_sub(self.last.tsval);
         let dt_first = secs(s.t_ns, self.first.t_ns);
         let d_first = s.tsval.wrapping_sub(self.first.tsval);
+        if self.cannot_fit(dt_last, d_last, tol) {
+            return None;
+        }
         let locked = self.mask.count_ones() == 1;
         let mut mask = 0;
         let mut score = f64::INFINITY;
@@ -153,6 +156,31 @@ impl Track {
             score = score.min(err / bound);
         }
         (mask != 0).then_some((mask, score))
+    }
+
+    /// Quick exact exit for [`Track::fit`]: whatever rate of the mask, the TSval step lies
+    /// within `[-bound, top·dt + bound]` (the bound grows with the rate), where `top` is the
+    /// fastest rate still allowed. Unrelated offsets (almost every track a new line is tested
+    /// against) land anywhere in 2^32 and fail here, before the per-rate loop.
+    fn cannot_fit(&self, dt: f64, d: u32, tol: &Tolerance) -> bool {
+        let Some(top) = RATES
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(i, _)| self.mask & (1 << i) != 0)
+            .map(|(_, &r)| f64::from(r))
+        else {
+            return true;
+        };
+        let bound = tol.ticks(top, dt);
+        let hi = top * dt + bound;
+        // Only where the whole interval is one signed 32-bit range does `d as i32` read the
+        // true step; otherwise let the loop decide (it handles wraps).
+        if dt < 0.0 || hi >= 2_147_483_648.0 || bound >= 2_147_483_648.0 {
+            return false;
+        }
+        let step = f64::from(d as i32);
+        step < -bound || step > hi
     }
 
     /// Adds a sample that [`Track::fit`] accepted with `mask`.
