@@ -76,7 +76,8 @@ pub fn syn_sent_closed(sk: u64) -> u32 {
     }
     emit(LossSlot::Connect, |ev| {
         ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-        ev.obj = sk;
+        // connect() runs this in the caller's context: the same pid as the syscall route.
+        ev.obj = bpf_get_current_pid_tgid();
         flow.fill(ev);
         ev.kind = EventKind::ConnectAddrNotAvail as u8;
         ev.hook = HookFamily::TpBtf as u8;
