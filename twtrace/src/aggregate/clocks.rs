@@ -427,17 +427,17 @@ impl ClockEstimator {
     /// seen line whose cluster has others, else the least recently seen line.
     fn evict_one(&mut self) {
         let newest = self.lines.len() - 1;
-        let multi: Vec<u32> = self
-            .clusters
-            .iter()
-            .filter(|c| c.lines >= 2)
-            .map(|c| c.id)
-            .collect();
+        // Runs for every SYN once the table is full: no allocation, and no cluster scan per
+        // line unless some cluster has several lines at all.
+        let any_multi = self.clusters.iter().any(|c| c.lines >= 2);
+        let multi = |id: u32| {
+            any_multi && self.clusters.iter().any(|c| c.id == id && c.lines >= 2)
+        };
         let pick = |redundant_only: bool| {
             self.lines[..newest]
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| !redundant_only || multi.contains(&l.cluster))
+                .filter(|(_, l)| !redundant_only || multi(l.cluster))
                 .min_by_key(|(_, l)| l.track.last.t_ns)
                 .map(|(i, _)| i)
         };
