@@ -430,9 +430,7 @@ impl ClockEstimator {
         // Runs for every SYN once the table is full: no allocation, and no cluster scan per
         // line unless some cluster has several lines at all.
         let any_multi = self.clusters.iter().any(|c| c.lines >= 2);
-        let multi = |id: u32| {
-            any_multi && self.clusters.iter().any(|c| c.id == id && c.lines >= 2)
-        };
+        let multi = |id: u32| any_multi && self.clusters.iter().any(|c| c.id == id && c.lines >= 2);
         let pick = |redundant_only: bool| {
             self.lines[..newest]
                 .iter()
