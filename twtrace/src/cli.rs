@@ -53,6 +53,12 @@ pub struct Common {
     #[arg(long, global = true, value_name = "FAMILY", default_value = "auto", value_parser = parse_hooks)]
     pub hooks: HookChoice,
 
+    /// Trace only these signals (comma-separated): tw_enter, tw_exit, tw_overflow,
+    /// connect_eaddrnotavail, paws_reject, syn. Default: all. Fewer signals attach fewer
+    /// programs; e.g. without paws_reject and syn the PAWS/NAT columns stay empty.
+    #[arg(long, global = true, value_name = "LIST", value_delimiter = ',', value_parser = parse_signal)]
+    pub signals: Vec<&'static str>,
+
     /// Only this network namespace: inode number (`readlink /proc/PID/ns/net`), a name under
     /// /run/netns, or a path such as /proc/PID/ns/net. Filtered in the kernel.
     #[arg(long, global = true, value_name = "NETNS")]
@@ -142,6 +148,17 @@ fn parse_hooks(s: &str) -> Result<HookChoice, String> {
             "`{s}`: expected one of auto, fentry, kprobe, tp_btf, tracepoint"
         )),
     }
+}
+
+fn parse_signal(s: &str) -> Result<&'static str, String> {
+    crate::signals::ALL
+        .iter()
+        .map(|sig| sig.name)
+        .find(|name| *name == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = crate::signals::ALL.iter().map(|sig| sig.name).collect();
+            format!("`{s}`: no such signal; signals are {}", names.join(", "))
+        })
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {

@@ -17,6 +17,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub forced: Option<Family>,
+    /// Signals to trace (empty: all).
+    pub signals: Vec<&'static str>,
     pub netns: u32,
     pub ring_bytes: u32,
     pub max_live_tw: u32,
@@ -105,6 +107,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             caps: &facts.caps,
         },
         opts.forced,
+        &opts.signals,
     )?;
     log::info!("programs attached at {:?}", t0.elapsed());
     Ok(Loaded {

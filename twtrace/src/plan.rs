@@ -28,6 +28,8 @@ pub struct Choice {
     pub attached: Vec<String>,
     /// Families passed over, with why (in the order tried).
     pub rejected: Vec<(Family, String)>,
+    /// Not traced: left out by `--signals`.
+    pub off: bool,
 }
 
 pub struct Facts<'a> {
@@ -37,16 +39,28 @@ pub struct Facts<'a> {
     pub caps: &'a Caps,
 }
 
-/// Attaches every signal. `forced` restricts the choice to one family and makes any signal that
-/// family cannot serve an error.
+/// Attaches every signal in `wanted` (all when empty). `forced` restricts the choice to one
+/// family and makes any signal that family cannot serve an error.
 pub fn attach_all(
     bpf: &mut Ebpf,
     facts: &Facts<'_>,
     forced: Option<Family>,
+    wanted: &[&str],
 ) -> Result<Vec<Choice>> {
     let mut choices = Vec::new();
     let mut shared = Shared::default();
     for signal in signals::ALL {
+        if !wanted.is_empty() && !wanted.contains(&signal.name) {
+            choices.push(Choice {
+                signal: signal.name,
+                description: signal.description,
+                chosen: None,
+                attached: Vec::new(),
+                rejected: vec![],
+                off: true,
+            });
+            continue;
+        }
         let choice = attach_signal(bpf, facts, signal, forced, &mut shared);
         if choice.chosen.is_none() {
             let why = choice
@@ -109,6 +123,7 @@ fn attach_signal(
         chosen: None,
         attached: Vec::new(),
         rejected: Vec::new(),
+        off: false,
     };
     let families = match forced {
         Some(f) => vec![f],

@@ -61,6 +61,7 @@ pub fn load_options(c: &Common) -> Result<LoadOptions> {
             .map(filter::parse_netns)
             .transpose()?
             .unwrap_or(0),
+        signals: c.signals.clone(),
         ring_bytes: c.ring_kib * 1024,
         max_live_tw: c.max_live_tw,
     })
@@ -71,7 +72,14 @@ fn announce(l: &Loaded) {
     let hooks: Vec<String> = l
         .choices
         .iter()
-        .map(|c| format!("{}={}", c.signal, c.chosen.map_or("none", |f| f.as_str())))
+        .map(|c| {
+            format!(
+                "{}={}",
+                c.signal,
+                c.chosen
+                    .map_or(if c.off { "off" } else { "none" }, |f| f.as_str())
+            )
+        })
         .collect();
     eprintln!("twtrace: tracing ({})", hooks.join(" "));
 }

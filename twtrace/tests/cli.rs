@@ -47,6 +47,7 @@ fn unknown_flags_and_bad_values_are_usage_errors() {
             "expected one of auto, fentry, kprobe, tp_btf, tracepoint",
         ),
         (&["--ring-kib", "100"], "power of two"),
+        (&["--signals", "tw_enter,bogus"], "no such signal"),
         (&["--interval", "0"], "between 0.05 and 3600"),
         (&["events", "--port", "70000"], "70000"),
     ] {

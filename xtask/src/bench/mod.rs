@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: what twtrace costs a connection-churn workload. nginx in one network
 //! namespace, wrk with `Connection: close` in another (so every request is a connection and a
-//! server-side TIME-WAIT), and four conditions — no tracer, `twtrace`, `twtrace events --json`,
-//! a bpftrace one-liner — interleaved in rounds with a rotated order, so slow drifts of the
+//! server-side TIME-WAIT), and five conditions — no tracer, `twtrace`, `twtrace` without the
+//! PAWS and SYN signals (their cost is the difference), `twtrace events --json`, a bpftrace
+//! one-liner — interleaved in rounds with a rotated order, so slow drifts of the
 //! machine hit every condition alike and each tracer is compared with its own round's baseline.
 //!
 //! Needs root, wrk, nginx and iproute2 (bpftrace optional). Namespaces, processes and
@@ -52,7 +53,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "table,events,bpftrace"
+        default_value = "table,table-no-paws,events,bpftrace"
     )]
     with: Vec<Condition>,
     /// Other load (% of all CPUs used by processes outside the bench) under which the machine

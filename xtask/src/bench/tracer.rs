@@ -18,6 +18,10 @@ pub enum Condition {
     Baseline,
     /// `twtrace` (live table, stdout to /dev/null).
     Table,
+    /// The same without the PAWS and SYN-timestamp signals: its difference to `table` is what
+    /// the SYN route and the reject path cost.
+    #[value(name = "table-no-paws")]
+    TableNoPaws,
     /// `twtrace events --json` (NDJSON to a file, counted afterwards).
     Events,
     /// A bpftrace one-liner printing one line per TIME-WAIT to /dev/null.
@@ -29,6 +33,7 @@ impl Condition {
         match self {
             Self::Baseline => "no tracer",
             Self::Table => "`twtrace` (live table > /dev/null)",
+            Self::TableNoPaws => "`twtrace --signals <all but paws_reject,syn>` (live table)",
             Self::Events => "`twtrace events --json > file`",
             Self::Bpftrace => "bpftrace one-liner > /dev/null",
         }
@@ -90,6 +95,15 @@ impl Tracer {
             Condition::Table => {
                 let mut c = Command::new(&setup.twtrace);
                 c.stdout(Stdio::null());
+                (c, None)
+            }
+            Condition::TableNoPaws => {
+                let mut c = Command::new(&setup.twtrace);
+                c.args([
+                    "--signals",
+                    "tw_enter,tw_exit,tw_overflow,connect_eaddrnotavail",
+                ])
+                .stdout(Stdio::null());
                 (c, None)
             }
             Condition::Events => {
