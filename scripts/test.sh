@@ -2,7 +2,8 @@
 # README command (2), and what CI runs (.ci/run): install what is missing, then the whole suite:
 # format and lint checks, unit tests, end-to-end tests on this kernel (real eBPF, real netns
 # traffic, compared with the kernel's counters), and the same end-to-end suite inside stock
-# Debian 6.1 and 6.12 kernels under QEMU, once with automatic hook choice and once with kprobes.
+# Debian 6.1 and 6.12 kernels under QEMU, with automatic hook choice (fentry there), with kprobes
+# forced, and (6.12) with tp_btf forced.
 # Nothing is skipped: a failure anywhere fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,5 +33,6 @@ TWTRACE_HOOKS=tracepoint TWTRACE_EXPECT_FAMILY=tracepoint \
 step "end-to-end tests in stock kernels under QEMU"
 cargo xtask vm-test --release --kernel all --hooks auto
 cargo xtask vm-test --release --kernel all --hooks kprobe
+cargo xtask vm-test --release --kernel 6.12 --hooks tp_btf
 
 step "all green"

@@ -21,6 +21,10 @@ enum Hooks {
     Auto,
     /// Force kprobes (the fallback for kernels without fentry).
     Kprobe,
+    /// Force BTF-typed raw tracepoints (what hosts without fentry and kprobes use). Needs
+    /// kfree_skb's `rx_sk` (6.11+) for PAWS at TIME-WAIT, so 6.12, not 6.1.
+    #[value(name = "tp_btf")]
+    TpBtf,
 }
 
 #[derive(clap::Args)]
@@ -46,6 +50,7 @@ pub fn run(args: &VmTestArgs) -> Result<i32> {
     let expect = match args.hooks {
         Hooks::Auto => "fentry",
         Hooks::Kprobe => "kprobe",
+        Hooks::TpBtf => "tp_btf",
     };
     let pkg_dir = util::workspace_root().join("twtrace");
     // Same paths as on the host, so env!("CARGO_BIN_EXE_twtrace") baked into the test binary is
