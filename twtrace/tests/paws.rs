@@ -22,7 +22,10 @@ use support::{
     nat::{NatLab, Scenario, TsOrder},
     netns::VETH,
     netstat,
-    raw::{Capture, Established, REPLY_TIMEOUT, RstBlock, ServerTimeWait, probe, tw_paws_delta},
+    raw::{
+        Capture, Established, REPLY_TIMEOUT, RST, RstBlock, Segment, ServerTimeWait, probe,
+        send_segment, tw_paws_delta,
+    },
 };
 
 const SETTLE: Duration = Duration::from_millis(500);
@@ -174,6 +177,49 @@ fn timewait_newer_syn_is_accepted_v4() -> Result<()> {
 #[test]
 fn timewait_newer_syn_is_accepted_v6() -> Result<()> {
     timewait_accepted_syn("pwnew6", true)
+}
+
+/// An in-window RST assassinates a server TIME-WAIT (tcp_rfc1337=0, the default): one exit
+/// for that 4-tuple, cause `killed_by_rst`, and the socket is gone from the kernel's table.
+/// (No counter names this cause; the socket table is the kernel's word.)
+fn timewait_rst_kills(tag: &str, v6: bool) -> Result<()> {
+    let pair = NetnsPair::new(tag)?;
+    let (srv, cli) = (pair.server_ns(), pair.client_ns());
+    let server = Server::start(srv, SocketAddr::new(server_ip(&pair, v6), 5000))?;
+    let tw = ServerTimeWait::create(&pair, &server, 41005)?;
+    let tracer = trace(pair.server_inode(), &[])?;
+    // Exactly at rcv_nxt, no timestamp option (so no PAWS test): the kill branch.
+    let rst = Segment {
+        flags: RST,
+        ..Segment::syn(tw.client, tw.server, tw.rcv_nxt, None, 0)
+    };
+    send_segment(cli, &rst)?;
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while tw.exists(srv)? {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the RST left the TIME-WAIT alive"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let events = stop(tracer)?;
+    let exits: Vec<&Value> = from(&events, "tw_exit", tw.client.ip())
+        .into_iter()
+        .filter(|e| e["remote"] == tw.client.to_string() && e["local"] == tw.server.to_string())
+        .collect();
+    assert_eq!(exits.len(), 1, "{events:#?}");
+    assert_eq!(exits[0]["cause"], "killed_by_rst", "{exits:?}");
+    Ok(())
+}
+
+#[test]
+fn timewait_rst_kills_v4() -> Result<()> {
+    timewait_rst_kills("pwrst4", false)
+}
+
+#[test]
+fn timewait_rst_kills_v6() -> Result<()> {
+    timewait_rst_kills("pwrst6", true)
 }
 
 /// In-window data with an old TSval on an established connection: one `established` reject
