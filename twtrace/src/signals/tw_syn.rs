@@ -48,6 +48,13 @@ impl TwSynClassifier {
     /// Looks at one raw record; returns the `tw_syn` record it completes, if any.
     pub fn on_event(&mut self, ev: &Event) -> Option<Record> {
         let kind = EventKind::from_u8(ev.kind)?;
+        // Most records (TIME-WAIT enters, other exits) play no part: leave before any work.
+        if !matches!(
+            kind,
+            EventKind::TwExit | EventKind::Syn | EventKind::PawsReject
+        ) {
+            return None;
+        }
         let (local, remote) = endpoints(ev);
         let key = (ev.netns, local, remote);
         let pure_syn = ev.tcp_flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN;
