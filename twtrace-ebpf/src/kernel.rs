@@ -53,51 +53,65 @@ pub struct Flow {
     pub netns: u32,
 }
 
+/// A copy of the first `N` bytes of a kernel struct, taken with one helper call: a helper call
+/// costs as much as a short copy, and these paths run once or twice per TIME-WAIT.
+pub struct Head<const N: usize> {
+    bytes: [u8; N],
+    base: u64,
+}
+
+impl<const N: usize> Head<N> {
+    #[inline(always)]
+    pub unsafe fn read(base: u64) -> Option<Self> {
+        let mut bytes = [0u8; N];
+        unsafe { bpf_probe_read_kernel_buf(base as *const u8, &mut bytes) }.ok()?;
+        Some(Self { bytes, base })
+    }
+
+    /// The field at `off`: from the copy when it lies there, else read on its own. The offsets
+    /// are load-time constants to the verifier (frozen .rodata), so it follows one branch.
+    #[inline(always)]
+    pub unsafe fn get<T: Copy>(&self, off: u32) -> Option<T> {
+        let off = off as usize;
+        if off + core::mem::size_of::<T>() <= N {
+            Some(unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(off) as *const T) })
+        } else {
+            unsafe { read(self.base, off as u32) }
+        }
+    }
+}
+
 /// Reads the flow of the `sock_common` at `skc`. Ports come back in host order.
-///
-/// One helper call copies the head of the struct (every field below sits in it on the kernels
-/// seen so far; a field outside it is read on its own), another the namespace inode: this
-/// runs once or twice per TIME-WAIT, and a helper call costs as much as a short copy.
 #[inline(always)]
 pub unsafe fn read_flow(skc: u64) -> Option<Flow> {
-    let mut b = [0u8; SKC_BLOCK];
-    unsafe { bpf_probe_read_kernel_buf(skc as *const u8, &mut b) }.ok()?;
-    let family: u16 = unsafe { field(&b, skc, layout!(skc_family))? };
+    // Every field below sits in the first 96 bytes on the kernels seen so far.
+    unsafe { flow_of(&Head::<96>::read(skc)?) }
+}
+
+/// The flow of a `sock_common` from a copy of its head.
+#[inline(always)]
+pub unsafe fn flow_of<const N: usize>(h: &Head<N>) -> Option<Flow> {
+    let family: u16 = unsafe { h.get(layout!(skc_family))? };
     let mut flow = Flow {
         family: family as u8,
-        lport: unsafe { field::<u16>(&b, skc, layout!(skc_num))? },
-        rport: u16::from_be(unsafe { field::<u16>(&b, skc, layout!(skc_dport))? }),
+        lport: unsafe { h.get::<u16>(layout!(skc_num))? },
+        rport: u16::from_be(unsafe { h.get::<u16>(layout!(skc_dport))? }),
         laddr: [0; 16],
         raddr: [0; 16],
         netns: 0,
     };
     if flow.family == AF_INET6 {
-        flow.laddr = unsafe { field(&b, skc, layout!(skc_v6_rcv_saddr))? };
-        flow.raddr = unsafe { field(&b, skc, layout!(skc_v6_daddr))? };
+        flow.laddr = unsafe { h.get(layout!(skc_v6_rcv_saddr))? };
+        flow.raddr = unsafe { h.get(layout!(skc_v6_daddr))? };
     } else {
-        let l: [u8; 4] = unsafe { field(&b, skc, layout!(skc_rcv_saddr))? };
-        let r: [u8; 4] = unsafe { field(&b, skc, layout!(skc_daddr))? };
+        let l: [u8; 4] = unsafe { h.get(layout!(skc_rcv_saddr))? };
+        let r: [u8; 4] = unsafe { h.get(layout!(skc_daddr))? };
         flow.laddr[..4].copy_from_slice(&l);
         flow.raddr[..4].copy_from_slice(&r);
     }
-    let net: u64 = unsafe { field(&b, skc, layout!(skc_net))? };
+    let net: u64 = unsafe { h.get(layout!(skc_net))? };
     flow.netns = unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0);
     Some(flow)
-}
-
-/// Bytes of a `sock_common` copied at once by [`read_flow`].
-const SKC_BLOCK: usize = 96;
-
-/// A field of the struct at `base`, from the copy `b` of its head when it lies there. The
-/// offsets are load-time constants to the verifier (frozen .rodata), so it follows one branch.
-#[inline(always)]
-unsafe fn field<T: Copy>(b: &[u8; SKC_BLOCK], base: u64, off: u32) -> Option<T> {
-    let off = off as usize;
-    if off + core::mem::size_of::<T>() <= SKC_BLOCK {
-        Some(unsafe { core::ptr::read_unaligned(b.as_ptr().add(off) as *const T) })
-    } else {
-        unsafe { read(base, off as u32) }
-    }
 }
 
 impl Flow {

@@ -40,7 +40,7 @@ use twtrace_common::{
 
 use crate::{
     emit::emit,
-    kernel::{Flow, netns_wanted, read, read_flow},
+    kernel::{Flow, Head, flow_of, netns_wanted, read},
     layout,
     maps::{LIVE, PENDING, REARMING, Rearming},
     stack::{bit, classify, classify_first},
@@ -187,17 +187,29 @@ fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
 /// Fills the exit event of `tw` while the socket is intact; false if it is not wanted.
 #[inline(always)]
 fn prepare(tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
-    let skc = tw + layout!(tw_common) as u64;
-    let Some(flow) = (unsafe { read_flow(skc) }) else {
+    match unsafe { Head::<96>::read(tw + layout!(tw_common) as u64) } {
+        Some(h) => prepare_from(&h, tw, hook, ev),
+        None => false,
+    }
+}
+
+/// [`prepare`] from a copy of the socket's `sock_common` (at `tw + tw_common`).
+#[inline(always)]
+fn prepare_from<const N: usize>(h: &Head<N>, tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
+    let Some(flow) = (unsafe { flow_of(h) }) else {
         return false;
     };
     if !netns_wanted(flow.netns) {
         return false;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
-    ev.lifetime_ns = match unsafe { LIVE.get(&tw) } {
-        Some(live) => ts.saturating_sub(live.enter_ts),
-        None => 0,
+    // tp_btf: user space pairs enter and exit itself (no LIVE entry was made).
+    ev.lifetime_ns = match hook {
+        HookFamily::TpBtf => 0,
+        _ => match unsafe { LIVE.get(&tw) } {
+            Some(live) => ts.saturating_sub(live.enter_ts),
+            None => 0,
+        },
     };
     // What a replacing SYN was judged against: user space pairs it with that SYN's TSval and
     // ISN to tell "accepted by timestamp" from "accepted by sequence". Kept only for that cause.
@@ -205,7 +217,8 @@ fn prepare(tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
         ev.ts_recent = r;
         ev.ts_flags |= ts_flags::HAS_TS_RECENT;
     }
-    if let Some(n) = unsafe { read::<u32>(tw, layout!(tw_rcv_nxt)) } {
+    // tw_rcv_nxt lives in the sock_common (its offset is from the timewait sock).
+    if let Some(n) = unsafe { h.get::<u32>(layout!(tw_rcv_nxt) - layout!(tw_common)) } {
         ev.seq = n;
         ev.ts_flags |= ts_flags::HAS_RCV_NXT;
     }
@@ -219,7 +232,9 @@ fn prepare(tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
 
 #[inline(always)]
 fn report(prepared: &Event, cause: ExitCause) {
-    let _ = LIVE.remove(&prepared.obj);
+    if prepared.hook != HookFamily::TpBtf as u8 {
+        let _ = LIVE.remove(&prepared.obj);
+    }
     emit(LossSlot::TwExit, |ev| {
         *ev = *prepared;
         ev.detail = cause as u8;
@@ -231,24 +246,33 @@ fn report(prepared: &Event, cause: ExitCause) {
     });
 }
 
+/// Bytes of `struct sock_common` copied at a cancel (its size on 6.x kernels; a field beyond is
+/// read on its own).
+const SOCK_COMMON: usize = 136;
+
 /// tp_btf route: a TIME-WAIT timer is being cancelled (see the module comment).
 #[inline(always)]
 pub fn on_cancel(timer: u64, routes: u32) {
     let tw = timer - layout!(tw_timer) as u64;
-    let skc = tw + layout!(tw_common) as u64;
     let reporting = routes & route::TW_EXIT != 0;
-    let pprev: u64 = unsafe { read(skc, layout!(skc_nulls_pprev)) }.unwrap_or(1);
-    if pprev == 0 {
-        if reporting {
-            exit(tw, ExitCause::Reused, HookFamily::TpBtf);
-        }
+    // The whole sock_common in one copy: the unhashed test, the namespace and the flow.
+    let Some(h) = (unsafe { Head::<SOCK_COMMON>::read(tw + layout!(tw_common) as u64) }) else {
         return;
-    }
-    let net: u64 = unsafe { read(skc, layout!(skc_net)) }.unwrap_or(0);
+    };
+    let pprev: u64 = unsafe { h.get(layout!(skc_nulls_pprev)) }.unwrap_or(1);
+    let net: u64 = unsafe { h.get(layout!(skc_net)) }.unwrap_or(0);
     let refs: u32 = unsafe { read(net, layout!(net_refcount)) }.unwrap_or(1);
-    if refs == 0 {
-        if reporting {
-            exit(tw, ExitCause::Purged, HookFamily::TpBtf);
+    let immediate = if pprev == 0 {
+        Some(ExitCause::Reused)
+    } else if refs == 0 {
+        Some(ExitCause::Purged)
+    } else {
+        None
+    };
+    if let Some(cause) = immediate {
+        let mut ev = Event::zeroed();
+        if reporting && prepare_from(&h, tw, HookFamily::TpBtf, &mut ev) {
+            report(&ev, cause);
         }
         return;
     }
@@ -263,7 +287,7 @@ pub fn on_cancel(timer: u64, routes: u32) {
     slot.ev.kind = 0;
     // With only tw_enter on this route the slot just marks a re-arm in progress.
     if reporting {
-        let _ = prepare(tw, HookFamily::TpBtf, &mut slot.ev);
+        let _ = prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev);
     }
 }
 

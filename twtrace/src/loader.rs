@@ -68,6 +68,8 @@ pub struct Loaded {
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub choices: Vec<Choice>,
     pub facts: KernelFacts,
+    /// TIME-WAITs tracked at once for lifetimes (`--max-live-tw`).
+    pub max_live_tw: usize,
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
@@ -115,5 +117,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         logger,
         choices,
         facts,
+        max_live_tw: opts.max_live_tw as usize,
     })
 }

@@ -117,14 +117,17 @@ async fn pump(
     let mut transport = crate::transport::Transport::new(&mut loaded.bpf)?;
     let ctx = loaded.facts.decode_ctx();
     let mut tw_syn = signals::tw_syn::TwSynClassifier::default();
+    let mut lifetimes = signals::tw_exit::Lifetimes::new(loaded.max_live_tw);
     let mut failed = None;
     loop {
         let stop = tokio::select! {
             _ = shutdown.wait() => true,
             r = transport.drain(POLL, |ev| {
                 if failed.is_some() { return; }
-                let derived = tw_syn.on_event(ev);
-                for rec in signals::decode(ev, &ctx).into_iter().chain(derived) {
+                let mut ev = *ev;
+                lifetimes.on_event(&mut ev);
+                let derived = tw_syn.on_event(&ev);
+                for rec in signals::decode(&ev, &ctx).into_iter().chain(derived) {
                     if filter.matches(&rec) && let Err(e) = on_record(&rec) {
                         failed = Some(e);
                     }
@@ -153,8 +156,10 @@ async fn pump(
             crate::plan::silence(&mut loaded.bpf)?;
             let parked = signals::tw_exit::unexplained(&mut loaded.bpf)?;
             let mut last = |ev: &twtrace_common::Event| {
-                let derived = tw_syn.on_event(ev);
-                for rec in signals::decode(ev, &ctx).into_iter().chain(derived) {
+                let mut ev = *ev;
+                lifetimes.on_event(&mut ev);
+                let derived = tw_syn.on_event(&ev);
+                for rec in signals::decode(&ev, &ctx).into_iter().chain(derived) {
                     if filter.matches(&rec) {
                         let _ = on_record(&rec);
                     }

@@ -147,3 +147,71 @@ pub fn unexplained(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
         })
         .collect())
 }
+
+/// Lifetimes on the tp_btf route, which keeps no table in the kernel (a hash insert and delete
+/// per TIME-WAIT there cost more than this): each enter is remembered by socket address until
+/// its exit. Bounded like the kernel's table (`--max-live-tw`): past that the oldest entries go
+/// and their exits read `lifetime_ms: null`, as for sockets older than twtrace.
+pub struct Lifetimes {
+    live: lru::LruCache<u64, u64>,
+}
+
+impl Lifetimes {
+    pub fn new(capacity: usize) -> Self {
+        let cap = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self {
+            live: lru::LruCache::new(cap),
+        }
+    }
+
+    /// Notes an enter, or fills in the lifetime of an exit (tp_btf events only).
+    pub fn on_event(&mut self, ev: &mut Event) {
+        if ev.hook != twtrace_common::HookFamily::TpBtf as u8 {
+            return;
+        }
+        match twtrace_common::EventKind::from_u8(ev.kind) {
+            Some(twtrace_common::EventKind::TwEnter) => {
+                self.live.push(ev.obj, ev.ts_ns);
+            }
+            Some(twtrace_common::EventKind::TwExit) => {
+                if let Some(enter) = self.live.pop(&ev.obj) {
+                    // 0 reads "unknown": a real lifetime is never under 1 ns.
+                    ev.lifetime_ns = ev.ts_ns.saturating_sub(enter).max(1);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twtrace_common::{EventKind, HookFamily};
+
+    fn ev(kind: EventKind, hook: HookFamily, obj: u64, ts_ns: u64) -> Event {
+        let mut e = Event::zeroed();
+        (e.kind, e.hook, e.obj, e.ts_ns) = (kind as u8, hook as u8, obj, ts_ns);
+        e
+    }
+
+    #[test]
+    fn lifetimes_pair_tp_btf_enters_and_exits_by_socket() {
+        let mut l = Lifetimes::new(2);
+        for (obj, t) in [(1, 100), (2, 200), (3, 300)] {
+            l.on_event(&mut ev(EventKind::TwEnter, HookFamily::TpBtf, obj, t));
+        }
+        // Socket 1 was the oldest of three in a table of two: unknown, never a guess.
+        let mut x = ev(EventKind::TwExit, HookFamily::TpBtf, 1, 1_000);
+        l.on_event(&mut x);
+        assert_eq!(x.lifetime_ns, 0);
+        let mut x = ev(EventKind::TwExit, HookFamily::TpBtf, 3, 1_000);
+        l.on_event(&mut x);
+        assert_eq!(x.lifetime_ns, 700);
+        // Other routes carry the kernel's own lifetime: left alone.
+        let mut x = ev(EventKind::TwExit, HookFamily::Fentry, 2, 1_000);
+        x.lifetime_ns = 5;
+        l.on_event(&mut x);
+        assert_eq!(x.lifetime_ns, 5);
+    }
+}

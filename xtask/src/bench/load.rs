@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct Load {
     pub threads: u32,
     pub connections: u32,
+    /// CPU wrk is bound to (`--pin`).
+    pub cpu: Option<u32>,
 }
 
 #[derive(Clone, Default, serde::Serialize)]
@@ -42,7 +44,7 @@ impl Load {
     }
 
     pub fn run(&self, net: &Pair, seconds: u64) -> Result<WrkResult> {
-        let mut cmd = Pair::exec(&net.client, "wrk");
+        let mut cmd = Pair::exec_on(&net.client, self.cpu, "wrk");
         cmd.args(self.args(seconds))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// twtrace binary to measure; by default `cargo build --release -p twtrace` runs first.
     #[arg(long, value_name = "PATH")]
     twtrace: Option<PathBuf>,
+    /// Bind nginx to CPU 0 and wrk to CPU 1 (the tracer stays free to run anywhere): less
+    /// run-to-run variance from where the scheduler happens to put the two.
+    #[arg(long)]
+    pin: bool,
     /// Leave kernel.bpf_stats_enabled alone: no BPF run-time columns, and no cost of the
     /// stats' two clock reads per program run.
     #[arg(long)]
@@ -117,12 +121,13 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     };
     netns::remove_stale();
     let net = netns::Pair::create()?;
-    let nginx = server::Nginx::start(&net, tmp.path())?;
+    let nginx = server::Nginx::start(&net, tmp.path(), args.pin.then_some(0))?;
     let ctx = run::Ctx {
         net: &net,
         load: load::Load {
             threads: args.threads,
             connections: args.connections,
+            cpu: args.pin.then_some(1),
         },
         seconds: args.seconds,
         setup: tracer::Setup {

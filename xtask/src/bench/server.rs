@@ -14,7 +14,8 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    pub fn start(net: &Pair, dir: &Path) -> Result<Self> {
+    /// `cpu`: bind nginx (master and its one worker) to that CPU (`--pin`).
+    pub fn start(net: &Pair, dir: &Path, cpu: Option<u32>) -> Result<Self> {
         let d = dir.display();
         // One worker: on two cores the other core is for wrk, and the tracer competes with both.
         // No access log, a 3-byte body: the cost is the connection itself.
@@ -30,7 +31,7 @@ impl Nginx {
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
-        let mut cmd = Pair::exec(&net.server, "nginx");
+        let mut cmd = Pair::exec_on(&net.server, cpu, "nginx");
         // -e: the error log before the configuration is read (else /var/log/nginx).
         cmd.arg("-p")
             .arg(dir)

@@ -31,7 +31,7 @@ pub fn header(args: &BenchArgs, m: &machine::Machine, ctx: &run::Ctx, twtrace: &
          Workload: nginx (1 worker, epoll, 3-byte body, access log off) in one network namespace, \
          `wrk {}` in another, joined by veth; every request is a new connection and a \
          server-side TIME-WAIT. {} rounds × {} s per condition, order rotated each round, \
-         {} s warm-up, nothing pinned{}.",
+         {} s warm-up, {}{}.",
         m.nproc,
         m.cpu_model,
         m.kernel,
@@ -45,6 +45,11 @@ pub fn header(args: &BenchArgs, m: &machine::Machine, ctx: &run::Ctx, twtrace: &
         args.rounds,
         args.seconds,
         args.warmup,
+        if args.pin {
+            "nginx on CPU 0 and wrk on CPU 1 (`--pin`)"
+        } else {
+            "nothing pinned"
+        },
         if args.no_bpf_stats {
             ""
         } else {
