@@ -79,11 +79,7 @@ impl Pair {
     }
 
     /// `ip netns exec <ns> <program>`: ip execs the program, so the pid is the program's.
-    pub fn exec(ns: &str, program: &str) -> Command {
-        Self::exec_on(ns, None, program)
-    }
-
-    /// [`Self::exec`], bound to one CPU when `cpu` is given (taskset).
+    /// `program` run in namespace `ns`, bound to one CPU when `cpu` is given (taskset).
     pub fn exec_on(ns: &str, cpu: Option<u32>, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns]);
