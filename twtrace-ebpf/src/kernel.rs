@@ -51,32 +51,42 @@ pub struct Flow {
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
     pub netns: u32,
+    /// The `struct net` it belongs to.
+    pub net: u64,
 }
 
-/// A copy of the first `N` bytes of a kernel struct, taken with one helper call: a helper call
-/// costs as much as a short copy, and these paths run once or twice per TIME-WAIT.
+/// A copy of `N` bytes of a kernel struct (from offset `from`), taken with one helper call: a
+/// helper call costs as much as a short copy, and these paths run once or twice per TIME-WAIT.
 pub struct Head<const N: usize> {
     bytes: [u8; N],
     base: u64,
+    from: u32,
 }
 
 impl<const N: usize> Head<N> {
     #[inline(always)]
     pub unsafe fn read(base: u64) -> Option<Self> {
-        let mut bytes = [0u8; N];
-        unsafe { bpf_probe_read_kernel_buf(base as *const u8, &mut bytes) }.ok()?;
-        Some(Self { bytes, base })
+        unsafe { Self::read_from(base, 0) }
     }
 
-    /// The field at `off`: from the copy when it lies there, else read on its own. The offsets
-    /// are load-time constants to the verifier (frozen .rodata), so it follows one branch.
+    /// The `N` bytes at `base + from`; the struct must extend that far.
+    #[inline(always)]
+    pub unsafe fn read_from(base: u64, from: u32) -> Option<Self> {
+        let mut bytes = [0u8; N];
+        unsafe { bpf_probe_read_kernel_buf((base + from as u64) as *const u8, &mut bytes) }.ok()?;
+        Some(Self { bytes, base, from })
+    }
+
+    /// The field at `off` (from `base`): from the copy when it lies there, else read on its
+    /// own. The offsets are load-time constants to the verifier (frozen .rodata), so it
+    /// follows one branch.
     #[inline(always)]
     pub unsafe fn get<T: Copy>(&self, off: u32) -> Option<T> {
-        let off = off as usize;
-        if off + core::mem::size_of::<T>() <= N {
-            Some(unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(off) as *const T) })
+        if off >= self.from && (off - self.from) as usize + core::mem::size_of::<T>() <= N {
+            let at = (off - self.from) as usize;
+            Some(unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(at) as *const T) })
         } else {
-            unsafe { read(self.base, off as u32) }
+            unsafe { read(self.base, off) }
         }
     }
 }
@@ -85,32 +95,32 @@ impl<const N: usize> Head<N> {
 #[inline(always)]
 pub unsafe fn read_flow(skc: u64) -> Option<Flow> {
     // Every field below sits in the first 96 bytes on the kernels seen so far.
-    unsafe { flow_of(&Head::<96>::read(skc)?) }
+    unsafe { flow_of(&Head::<96>::read(skc)?, 0) }
 }
 
-/// The flow of a `sock_common` from a copy of its head.
+/// The flow of the `sock_common` at offset `at` of the struct `h` copies.
 #[inline(always)]
-pub unsafe fn flow_of<const N: usize>(h: &Head<N>) -> Option<Flow> {
-    let family: u16 = unsafe { h.get(layout!(skc_family))? };
+pub unsafe fn flow_of<const N: usize>(h: &Head<N>, at: u32) -> Option<Flow> {
+    let family: u16 = unsafe { h.get(at + layout!(skc_family))? };
     let mut flow = Flow {
         family: family as u8,
-        lport: unsafe { h.get::<u16>(layout!(skc_num))? },
-        rport: u16::from_be(unsafe { h.get::<u16>(layout!(skc_dport))? }),
+        lport: unsafe { h.get::<u16>(at + layout!(skc_num))? },
+        rport: u16::from_be(unsafe { h.get::<u16>(at + layout!(skc_dport))? }),
         laddr: [0; 16],
         raddr: [0; 16],
         netns: 0,
+        net: unsafe { h.get(at + layout!(skc_net))? },
     };
     if flow.family == AF_INET6 {
-        flow.laddr = unsafe { h.get(layout!(skc_v6_rcv_saddr))? };
-        flow.raddr = unsafe { h.get(layout!(skc_v6_daddr))? };
+        flow.laddr = unsafe { h.get(at + layout!(skc_v6_rcv_saddr))? };
+        flow.raddr = unsafe { h.get(at + layout!(skc_v6_daddr))? };
     } else {
-        let l: [u8; 4] = unsafe { h.get(layout!(skc_rcv_saddr))? };
-        let r: [u8; 4] = unsafe { h.get(layout!(skc_daddr))? };
+        let l: [u8; 4] = unsafe { h.get(at + layout!(skc_rcv_saddr))? };
+        let r: [u8; 4] = unsafe { h.get(at + layout!(skc_daddr))? };
         flow.laddr[..4].copy_from_slice(&l);
         flow.raddr[..4].copy_from_slice(&r);
     }
-    let net: u64 = unsafe { h.get(layout!(skc_net))? };
-    flow.netns = unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0);
+    flow.netns = unsafe { read(flow.net, layout!(net_ns_inum)) }.unwrap_or(0);
     Some(flow)
 }
 

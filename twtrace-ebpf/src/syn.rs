@@ -20,7 +20,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, ts_flags};
 
 use crate::{
     emit::emit,
-    kernel::{Flow, netns_wanted, read, read_flow},
+    kernel::{Flow, Head, netns_wanted, read, read_flow},
     layout,
 };
 
@@ -50,6 +50,14 @@ pub fn syn_kprobe(ctx: ProbeContext) -> u32 {
         .map_or(0, |req| report(req, HookFamily::Kprobe))
 }
 
+/// Bytes copied from a request socket for the SYN's fields (they span 136 on 6.x kernels).
+const SYN_FIELDS: usize = 144;
+
+#[inline(always)]
+fn min3(a: u32, b: u32, c: u32) -> u32 {
+    a.min(b).min(c)
+}
+
 #[inline(always)]
 fn report(req: u64, hook: HookFamily) -> u32 {
     // A request_sock starts with its sock_common (addresses, ports, netns).
@@ -65,11 +73,25 @@ pub fn report_flow(req: u64, flow: &Flow, hook: HookFamily) -> u32 {
     if !netns_wanted(flow.netns) {
         return 0;
     }
+    // The SYN's TSval, tstamp_ok bit and ISN sit within ~140 bytes of each other: one copy
+    // from the first of them (fields outside it are read on their own).
     let bit = layout!(ireq_tstamp_ok_bit);
-    let byte: u8 = unsafe { read(req, bit / 8) }.unwrap_or(0);
+    let first = min3(bit / 8, layout!(req_ts_recent), layout!(req_rcv_isn));
+    let h = unsafe { Head::<SYN_FIELDS>::read_from(req, first) };
+    let get = |off: u32| -> Option<u32> {
+        match &h {
+            Some(h) => unsafe { h.get::<u32>(off) },
+            None => unsafe { read(req, off) },
+        }
+    };
+    let byte: u8 = match &h {
+        Some(h) => unsafe { h.get(bit / 8) },
+        None => unsafe { read(req, bit / 8) },
+    }
+    .unwrap_or(0);
     let has_ts = byte & (1 << (bit % 8)) != 0;
-    let tsval: u32 = unsafe { read(req, layout!(req_ts_recent)) }.unwrap_or(0);
-    let isn: u32 = unsafe { read(req, layout!(req_rcv_isn)) }.unwrap_or(0);
+    let tsval = get(layout!(req_ts_recent)).unwrap_or(0);
+    let isn = get(layout!(req_rcv_isn)).unwrap_or(0);
     emit(LossSlot::Syn, |ev| {
         ev.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.obj = req;

@@ -28,7 +28,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot};
 
 use crate::{
     emit::{count_loss, emit},
-    kernel::{netns_wanted, read, read_flow},
+    kernel::{Head, flow_of, netns_wanted},
     layout,
     maps::{LAST_ENTER, LIVE, LastEnter, LiveTw, REARMING},
 };
@@ -109,11 +109,17 @@ pub fn tw_enter_kprobe(ctx: ProbeContext) -> u32 {
     enter(&ctx, tw, timeo & 0xffff_ffff, HookFamily::Kprobe)
 }
 
+/// Bytes of a timewait socket copied at an enter: past tw_substate on 6.x kernels.
+const TW_ENTER_HEAD: usize = 144;
+
 /// Records and reports a new TIME-WAIT socket `tw` (shared by every hook of this signal).
 #[inline(always)]
 fn enter<C: EbpfContext>(ctx: &C, tw: u64, timeout_jiffies: u64, hook: HookFamily) -> u32 {
-    let skc = tw + layout!(tw_common) as u64;
-    let Some(flow) = (unsafe { read_flow(skc) }) else {
+    // One copy for the flow and the substate (sock_common, then tw_substate right after it).
+    let Some(h) = (unsafe { Head::<TW_ENTER_HEAD>::read(tw) }) else {
+        return 0;
+    };
+    let Some(flow) = (unsafe { flow_of(&h, layout!(tw_common)) }) else {
         return 0;
     };
     if !netns_wanted(flow.netns) {
@@ -141,7 +147,7 @@ fn enter<C: EbpfContext>(ctx: &C, tw: u64, timeout_jiffies: u64, hook: HookFamil
             }
         };
     }
-    let substate: u8 = unsafe { read(tw, layout!(tw_substate)) }.unwrap_or(0);
+    let substate: u8 = unsafe { h.get(layout!(tw_substate)) }.unwrap_or(0);
     emit(LossSlot::TwEnter, |ev| {
         ev.ts_ns = ts;
         ev.obj = tw;

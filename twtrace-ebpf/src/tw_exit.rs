@@ -187,16 +187,18 @@ fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
 /// Fills the exit event of `tw` while the socket is intact; false if it is not wanted.
 #[inline(always)]
 fn prepare(tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
-    match unsafe { Head::<96>::read(tw + layout!(tw_common) as u64) } {
+    // The call-chain routes come here with a stack walk's buffer and an event on the BPF stack:
+    // a smaller copy (the flow's fields) keeps them under the 512-byte limit.
+    match unsafe { Head::<96>::read_from(tw, layout!(tw_common)) } {
         Some(h) => prepare_from(&h, tw, hook, ev),
         None => false,
     }
 }
 
-/// [`prepare`] from a copy of the socket's `sock_common` (at `tw + tw_common`).
+/// [`prepare`] from a copy of the head of the timewait socket `tw`.
 #[inline(always)]
 fn prepare_from<const N: usize>(h: &Head<N>, tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
-    let Some(flow) = (unsafe { flow_of(h) }) else {
+    let Some(flow) = (unsafe { flow_of(h, layout!(tw_common)) }) else {
         return false;
     };
     if !netns_wanted(flow.netns) {
@@ -213,12 +215,11 @@ fn prepare_from<const N: usize>(h: &Head<N>, tw: u64, hook: HookFamily, ev: &mut
     };
     // What a replacing SYN was judged against: user space pairs it with that SYN's TSval and
     // ISN to tell "accepted by timestamp" from "accepted by sequence". Kept only for that cause.
-    if let Some(r) = unsafe { read::<u32>(tw, layout!(tw_ts_recent)) } {
+    if let Some(r) = unsafe { h.get::<u32>(layout!(tw_ts_recent)) } {
         ev.ts_recent = r;
         ev.ts_flags |= ts_flags::HAS_TS_RECENT;
     }
-    // tw_rcv_nxt lives in the sock_common (its offset is from the timewait sock).
-    if let Some(n) = unsafe { h.get::<u32>(layout!(tw_rcv_nxt) - layout!(tw_common)) } {
+    if let Some(n) = unsafe { h.get::<u32>(layout!(tw_rcv_nxt)) } {
         ev.seq = n;
         ev.ts_flags |= ts_flags::HAS_RCV_NXT;
     }
@@ -246,21 +247,22 @@ fn report(prepared: &Event, cause: ExitCause) {
     });
 }
 
-/// Bytes of `struct sock_common` copied at a cancel (its size on 6.x kernels; a field beyond is
-/// read on its own).
-const SOCK_COMMON: usize = 136;
+/// Bytes of a timewait socket copied at once: its sock_common on 6.x kernels (a field beyond,
+/// like tw_ts_recent, is read on its own; copying up to that one overflows the BPF stack).
+const TW_HEAD: usize = 144;
 
 /// tp_btf route: a TIME-WAIT timer is being cancelled (see the module comment).
 #[inline(always)]
 pub fn on_cancel(timer: u64, routes: u32) {
     let tw = timer - layout!(tw_timer) as u64;
     let reporting = routes & route::TW_EXIT != 0;
-    // The whole sock_common in one copy: the unhashed test, the namespace and the flow.
-    let Some(h) = (unsafe { Head::<SOCK_COMMON>::read(tw + layout!(tw_common) as u64) }) else {
+    // The socket's head in one copy: the unhashed test, the namespace, the flow.
+    let Some(h) = (unsafe { Head::<TW_HEAD>::read(tw) }) else {
         return;
     };
-    let pprev: u64 = unsafe { h.get(layout!(skc_nulls_pprev)) }.unwrap_or(1);
-    let net: u64 = unsafe { h.get(layout!(skc_net)) }.unwrap_or(0);
+    let skc = layout!(tw_common);
+    let pprev: u64 = unsafe { h.get(skc + layout!(skc_nulls_pprev)) }.unwrap_or(1);
+    let net: u64 = unsafe { h.get(skc + layout!(skc_net)) }.unwrap_or(0);
     let refs: u32 = unsafe { read(net, layout!(net_refcount)) }.unwrap_or(1);
     let immediate = if pprev == 0 {
         Some(ExitCause::Reused)
