@@ -51,8 +51,6 @@ pub struct Flow {
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
     pub netns: u32,
-    /// The `struct net` it belongs to.
-    pub net: u64,
 }
 
 /// A copy of `N` bytes of a kernel struct (from offset `from`), taken with one helper call: a
@@ -92,10 +90,49 @@ impl<const N: usize> Head<N> {
 }
 
 /// Reads the flow of the `sock_common` at `skc`. Ports come back in host order.
+///
+/// Deliberately simpler than [`flow_of`] (a plain buffer, no start offset): it runs in the
+/// PAWS fexit program, whose option-parsing loop sits at the verifier's complexity limit on
+/// 6.1, and every extra tracked value there costs states.
 #[inline(always)]
 pub unsafe fn read_flow(skc: u64) -> Option<Flow> {
-    // Every field below sits in the first 96 bytes on the kernels seen so far.
-    unsafe { flow_of(&Head::<96>::read(skc)?, 0) }
+    let mut b = [0u8; SKC_BLOCK];
+    unsafe { bpf_probe_read_kernel_buf(skc as *const u8, &mut b) }.ok()?;
+    let family: u16 = unsafe { field(&b, skc, layout!(skc_family))? };
+    let mut flow = Flow {
+        family: family as u8,
+        lport: unsafe { field::<u16>(&b, skc, layout!(skc_num))? },
+        rport: u16::from_be(unsafe { field::<u16>(&b, skc, layout!(skc_dport))? }),
+        laddr: [0; 16],
+        raddr: [0; 16],
+        netns: 0,
+    };
+    if flow.family == AF_INET6 {
+        flow.laddr = unsafe { field(&b, skc, layout!(skc_v6_rcv_saddr))? };
+        flow.raddr = unsafe { field(&b, skc, layout!(skc_v6_daddr))? };
+    } else {
+        let l: [u8; 4] = unsafe { field(&b, skc, layout!(skc_rcv_saddr))? };
+        let r: [u8; 4] = unsafe { field(&b, skc, layout!(skc_daddr))? };
+        flow.laddr[..4].copy_from_slice(&l);
+        flow.raddr[..4].copy_from_slice(&r);
+    }
+    let net: u64 = unsafe { field(&b, skc, layout!(skc_net))? };
+    flow.netns = unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0);
+    Some(flow)
+}
+
+/// Bytes of a `sock_common` copied at once by [`read_flow`].
+const SKC_BLOCK: usize = 96;
+
+/// A field of the struct at `base`, from the copy `b` of its head when it lies there.
+#[inline(always)]
+unsafe fn field<T: Copy>(b: &[u8; SKC_BLOCK], base: u64, off: u32) -> Option<T> {
+    let off = off as usize;
+    if off + core::mem::size_of::<T>() <= SKC_BLOCK {
+        Some(unsafe { core::ptr::read_unaligned(b.as_ptr().add(off) as *const T) })
+    } else {
+        unsafe { read(base, off as u32) }
+    }
 }
 
 /// The flow of the `sock_common` at offset `at` of the struct `h` copies.
@@ -109,7 +146,6 @@ pub unsafe fn flow_of<const N: usize>(h: &Head<N>, at: u32) -> Option<Flow> {
         laddr: [0; 16],
         raddr: [0; 16],
         netns: 0,
-        net: unsafe { h.get(at + layout!(skc_net))? },
     };
     if flow.family == AF_INET6 {
         flow.laddr = unsafe { h.get(at + layout!(skc_v6_rcv_saddr))? };
@@ -120,7 +156,8 @@ pub unsafe fn flow_of<const N: usize>(h: &Head<N>, at: u32) -> Option<Flow> {
         flow.laddr[..4].copy_from_slice(&l);
         flow.raddr[..4].copy_from_slice(&r);
     }
-    flow.netns = unsafe { read(flow.net, layout!(net_ns_inum)) }.unwrap_or(0);
+    let net: u64 = unsafe { h.get(at + layout!(skc_net))? };
+    flow.netns = unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0);
     Some(flow)
 }
 
