@@ -13,6 +13,14 @@ const KFREE_SKB_NON_TW: Program = Program {
     },
 };
 
+/// kfree_skb's dropping socket: how the tracepoint routes recognise a TIME-WAIT reject.
+const RX_SK: Need = Need::TracepointField {
+    category: "skb",
+    name: "kfree_skb",
+    field: "rx_sk",
+    why: "TIME-WAIT rejects are recognised by the dropping socket (kernel 6.11+)",
+};
+
 pub static SIGNAL: Signal = Signal {
     name: "paws_reject",
     route: twtrace_common::route::PAWS,
@@ -53,12 +61,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::TpBtf,
-            needs: &[Need::TracepointField {
-                category: "skb",
-                name: "kfree_skb",
-                field: "rx_sk",
-                why: "TIME-WAIT rejects are recognised by the dropping socket (kernel 6.11+)",
-            }],
+            needs: &[RX_SK],
             programs: &[Program {
                 name: "tp_kfree_skb",
                 attach: Attach::BtfTracepoint { name: "kfree_skb" },
@@ -66,12 +69,7 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Tracepoint,
-            needs: &[Need::TracepointField {
-                category: "skb",
-                name: "kfree_skb",
-                field: "rx_sk",
-                why: "TIME-WAIT rejects are recognised by the dropping socket (kernel 6.11+)",
-            }],
+            needs: &[RX_SK],
             programs: &[Program {
                 name: "paws_kfree_skb",
                 attach: Attach::Tracepoint {
