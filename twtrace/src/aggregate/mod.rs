@@ -17,11 +17,11 @@ mod rows;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 
-use lru::LruCache;
+use schnellru::{ByLength, LruMap};
 
 use crate::event::{Record, What};
 
@@ -31,56 +31,102 @@ pub use rows::{DestRow, Evictions, IpRow, LostRow, PortRow, Row, RowKey};
 
 /// One bounded per-key table.
 struct Table<K: RowKey> {
-    map: LruCache<K, Counters>,
+    map: LruMap<K, Counters>,
+    capacity: usize,
     evictions: u64,
 }
 
 impl<K: RowKey> Table<K> {
     fn new(capacity: NonZeroUsize) -> Self {
         Table {
-            map: LruCache::new(capacity),
+            map: LruMap::new(ByLength::new(limit(capacity))),
+            capacity: capacity.get(),
             evictions: 0,
         }
     }
 
     fn apply(&mut self, key: K, what: &What) {
-        // get_mut marks the key most recently used: eviction order is by last update.
-        if let Some(c) = self.map.get_mut(&key) {
+        // get marks the key most recently used: eviction order is by last update.
+        if let Some(c) = self.map.get(&key) {
             c.apply(what);
             return;
         }
         let mut c = Counters::default();
         c.apply(what);
-        // The key is absent, so anything push hands back was evicted to make room.
-        if self.map.push(key, c).is_some() {
+        // The key is absent, so a full table evicts its least recent key to make room.
+        if self.map.len() >= self.capacity {
             self.evictions += 1;
         }
+        self.map.insert(key, c);
     }
 
     /// The `n` largest rows by `order`, largest first; ties by key so output is stable.
+    ///
+    /// Runs every refresh over tables that can hold far more keys than a screen shows: a
+    /// bounded heap of the best `n` seen so far, so only those are copied.
     fn top(&self, n: usize, order: Order) -> Vec<Row<K>> {
-        let mut rows: Vec<Row<K>> = self
-            .map
-            .iter()
-            .map(|(k, c)| Row {
-                key: *k,
-                counters: *c,
-            })
-            .collect();
-        let cmp = |a: &Row<K>, b: &Row<K>| {
-            order
-                .key(&b.counters)
-                .cmp(&order.key(&a.counters))
-                .then(a.key.cmp(&b.key))
-        };
-        // Partial selection first: tables can hold far more keys than a screen shows.
-        if n < rows.len() {
-            rows.select_nth_unstable_by(n, cmp);
-            rows.truncate(n);
+        let mut best: BinaryHeap<Ranked<'_, K>> = BinaryHeap::with_capacity(n.min(self.map.len()));
+        for (key, counters) in self.map.iter() {
+            let r = Ranked {
+                value: order.key(counters),
+                key,
+                counters,
+            };
+            if best.len() < n {
+                best.push(r);
+            } else if let Some(mut worst) = best.peek_mut()
+                && r < *worst
+            {
+                *worst = r;
+            }
         }
-        rows.sort_unstable_by(cmp);
-        rows
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|r| Row {
+                key: *r.key,
+                counters: *r.counters,
+            })
+            .collect()
     }
+}
+
+/// A row by rank: "less" is better (larger value, then smaller key), so a max-heap keeps
+/// its worst kept row on top and a sorted vector lists the best first.
+struct Ranked<'a, K> {
+    value: u64,
+    key: &'a K,
+    counters: &'a Counters,
+}
+
+impl<K: Ord> Ranked<'_, K> {
+    fn rank(&self) -> (std::cmp::Reverse<u64>, &K) {
+        (std::cmp::Reverse(self.value), self.key)
+    }
+}
+
+impl<K: Ord> PartialEq for Ranked<'_, K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank() == other.rank()
+    }
+}
+
+impl<K: Ord> Eq for Ranked<'_, K> {}
+
+impl<K: Ord> PartialOrd for Ranked<'_, K> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<K: Ord> Ord for Ranked<'_, K> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+/// schnellru's length limit (a u32) for a capacity.
+pub fn limit(capacity: NonZeroUsize) -> u32 {
+    u32::try_from(capacity.get()).unwrap_or(u32::MAX)
 }
 
 /// Counters per remote IP, per local port, per destination, and in total.
@@ -178,6 +224,6 @@ impl Aggregate {
 
     /// Keys each table can hold.
     pub fn capacity(&self) -> usize {
-        self.by_ip.map.cap().get()
+        self.by_ip.capacity
     }
 }

@@ -6,7 +6,7 @@
 
 use std::{net::IpAddr, num::NonZeroUsize};
 
-use lru::LruCache;
+use schnellru::{ByLength, LruMap};
 use serde::Serialize;
 
 use super::clocks::{ClockConfig, ClockEstimate, ClockEstimator};
@@ -181,7 +181,8 @@ pub fn reject_probability(k: u32) -> f64 {
 }
 
 pub struct PawsTable {
-    by_ip: LruCache<IpAddr, Source>,
+    by_ip: LruMap<IpAddr, Source>,
+    capacity: usize,
     cfg: ClockConfig,
     pub evictions: u64,
 }
@@ -189,20 +190,31 @@ pub struct PawsTable {
 impl PawsTable {
     pub fn new(capacity: usize, cfg: ClockConfig) -> Self {
         Self {
-            by_ip: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
+            by_ip: LruMap::new(ByLength::new(super::limit(
+                NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
+            ))),
+            capacity: capacity.max(1),
             cfg,
             evictions: 0,
         }
     }
 
     fn source(&mut self, ip: IpAddr) -> &mut Source {
-        if !self.by_ip.contains(&ip) {
-            let cfg = self.cfg.clone();
-            if self.by_ip.push(ip, Source::new(&cfg)).is_some() {
-                self.evictions += 1;
-            }
+        // One lookup: a new source evicts the least recent one when the table is full.
+        let full = self.by_ip.len() >= self.capacity;
+        let mut created = false;
+        let cfg = &self.cfg;
+        let s = self
+            .by_ip
+            .get_or_insert(ip, || {
+                created = true;
+                Source::new(cfg)
+            })
+            .expect("a length-limited map always takes a new key");
+        if created && full {
+            self.evictions += 1;
         }
-        self.by_ip.get_mut(&ip).expect("just inserted")
+        s
     }
 
     /// Counts one record (others than PAWS, SYN and TIME-WAIT SYN verdicts are ignored).

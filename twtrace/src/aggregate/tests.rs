@@ -288,6 +288,31 @@ fn ordering_by_each_key_with_stable_ties() {
 }
 
 #[test]
+fn top_n_equals_the_head_of_a_full_sort() {
+    // Many keys, many ties: every n must give exactly the first n rows of a full sort.
+    let mut agg = Aggregate::new(512);
+    for i in 0u32..300 {
+        let remote = format!("198.51.100.{}:{}", i % 250, 1000 + i);
+        for _ in 0..(i * 7 % 5) {
+            agg.apply(&enter(&remote, 1));
+        }
+    }
+    let all = agg.top_by_dest(usize::MAX, Order::TwCreated);
+    let mut sorted = all.clone();
+    sorted.sort_by(|a, b| {
+        b.counters
+            .tw_created
+            .cmp(&a.counters.tw_created)
+            .then(a.key.cmp(&b.key))
+    });
+    assert_eq!(all, sorted);
+    for n in [0, 1, 2, 59, 60, 61, 240, 299, 1000] {
+        let top = agg.top_by_dest(n, Order::TwCreated);
+        assert_eq!(top[..], sorted[..n.min(sorted.len())], "n = {n}");
+    }
+}
+
+#[test]
 fn rows_serialize_flat() {
     let mut agg = Aggregate::new(4);
     agg.apply(&enter("[2001:db8::1]:443", 40000));

@@ -153,14 +153,14 @@ pub fn unexplained(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
 /// its exit. Bounded like the kernel's table (`--max-live-tw`): past that the oldest entries go
 /// and their exits read `lifetime_ms: null`, as for sockets older than twtrace.
 pub struct Lifetimes {
-    live: lru::LruCache<u64, u64>,
+    live: schnellru::LruMap<u64, u64>,
 }
 
 impl Lifetimes {
     pub fn new(capacity: usize) -> Self {
         let cap = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
-            live: lru::LruCache::new(cap),
+            live: schnellru::LruMap::new(schnellru::ByLength::new(crate::aggregate::limit(cap))),
         }
     }
 
@@ -171,10 +171,10 @@ impl Lifetimes {
         }
         match twtrace_common::EventKind::from_u8(ev.kind) {
             Some(twtrace_common::EventKind::TwEnter) => {
-                self.live.push(ev.obj, ev.ts_ns);
+                self.live.insert(ev.obj, ev.ts_ns);
             }
             Some(twtrace_common::EventKind::TwExit) => {
-                if let Some(enter) = self.live.pop(&ev.obj) {
+                if let Some(enter) = self.live.remove(&ev.obj) {
                     // 0 reads "unknown": a real lifetime is never under 1 ns.
                     ev.lifetime_ns = ev.ts_ns.saturating_sub(enter).max(1);
                 }

@@ -9,9 +9,9 @@
 //! in tcp_timewait_state_process. Rejections come from the `paws` signal (a PAWS reject of a
 //! SYN, or a SYN refused otherwise).
 
-use std::{net::SocketAddr, num::NonZeroUsize};
+use std::net::SocketAddr;
 
-use lru::LruCache;
+use schnellru::{ByLength, LruMap};
 use twtrace_common::{Event, EventKind, ExitCause, PawsPath, ts_flags};
 
 use super::{endpoints, flagged};
@@ -20,7 +20,7 @@ use crate::event::{Record, TwSynVerdict, What};
 /// A replacing SYN follows its TIME-WAIT's exit within microseconds; anything older is stale.
 const PAIRING_WINDOW_NS: u64 = 1_000_000_000;
 /// Pending exits kept at most (each waits for one SYN); a bound, not a tuning knob.
-const PENDING: usize = 4096;
+const PENDING: u32 = 4096;
 const TH_SYN: u8 = 0x02;
 const TH_RST: u8 = 0x04;
 const TH_ACK: u8 = 0x10;
@@ -33,13 +33,13 @@ struct Pending {
 }
 
 pub struct TwSynClassifier {
-    pending: LruCache<Key, Pending>,
+    pending: LruMap<Key, Pending>,
 }
 
 impl Default for TwSynClassifier {
     fn default() -> Self {
         Self {
-            pending: LruCache::new(NonZeroUsize::new(PENDING).expect("non-zero")),
+            pending: LruMap::new(ByLength::new(PENDING)),
         }
     }
 }
@@ -71,7 +71,7 @@ impl TwSynClassifier {
         };
         match kind {
             EventKind::TwExit if ExitCause::from_u8(ev.detail) == ExitCause::ReplacedBySyn => {
-                self.pending.put(
+                self.pending.insert(
                     key,
                     Pending {
                         ts_ns: ev.ts_ns,
@@ -81,7 +81,7 @@ impl TwSynClassifier {
                 None
             }
             EventKind::Syn => {
-                let p = self.pending.pop(&key)?;
+                let p = self.pending.remove(&key)?;
                 if ev.ts_ns.saturating_sub(p.ts_ns) > PAIRING_WINDOW_NS {
                     return None;
                 }
