@@ -11,6 +11,7 @@ mod event;
 mod filter;
 mod kernel;
 mod loader;
+mod pipeline;
 mod plan;
 mod run;
 mod signals;

@@ -18,6 +18,7 @@ use crate::{
     event::{Record, What},
     filter::{self, Filter},
     loader::{self, LoadOptions, Loaded},
+    pipeline::Pipeline,
     signals,
     sinks::{
         self,
@@ -115,23 +116,18 @@ async fn pump(
     mut on_tick: impl FnMut(bool) -> Result<()>,
 ) -> Result<()> {
     let mut transport = crate::transport::Transport::new(&mut loaded.bpf)?;
-    let ctx = loaded.facts.decode_ctx();
-    let mut tw_syn = signals::tw_syn::TwSynClassifier::default();
-    let mut lifetimes = signals::tw_exit::Lifetimes::new(loaded.max_live_tw);
+    let mut pipeline = Pipeline::new(loaded.facts.decode_ctx(), loaded.max_live_tw);
     let mut failed = None;
     loop {
         let stop = tokio::select! {
             _ = shutdown.wait() => true,
             r = transport.drain(POLL, |ev| {
                 if failed.is_some() { return; }
-                let mut ev = *ev;
-                lifetimes.on_event(&mut ev);
-                let derived = tw_syn.on_event(&ev);
-                for rec in signals::decode(&ev, &ctx).into_iter().chain(derived) {
-                    if filter.matches(&rec) && let Err(e) = on_record(&rec) {
+                pipeline.feed(ev, filter, |rec| {
+                    if failed.is_none() && let Err(e) = on_record(rec) {
                         failed = Some(e);
                     }
-                }
+                });
             }) => { r?; false }
         };
         for (program, count) in transport.new_losses() {
@@ -156,14 +152,9 @@ async fn pump(
             crate::plan::silence(&mut loaded.bpf)?;
             let parked = signals::tw_exit::unexplained(&mut loaded.bpf)?;
             let mut last = |ev: &twtrace_common::Event| {
-                let mut ev = *ev;
-                lifetimes.on_event(&mut ev);
-                let derived = tw_syn.on_event(&ev);
-                for rec in signals::decode(&ev, &ctx).into_iter().chain(derived) {
-                    if filter.matches(&rec) {
-                        let _ = on_record(&rec);
-                    }
-                }
+                pipeline.feed(ev, filter, |rec| {
+                    let _ = on_record(rec);
+                });
             };
             transport.drain(Duration::ZERO, &mut last).await?;
             parked.iter().for_each(last);

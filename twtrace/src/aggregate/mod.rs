@@ -17,7 +17,7 @@ mod rows;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 
@@ -139,7 +139,12 @@ pub struct Aggregate {
     pub paws: paws::PawsTable,
     // Program names are a small fixed set of static strings; a BTreeMap keeps them sorted.
     lost: BTreeMap<&'static str, u64>,
+    /// (netns, port) pairs that SYNs were seen arriving at: listening ports.
+    listening: HashSet<(u32, u16)>,
 }
+
+/// Listening ports remembered at most (a bound, not a tuning knob: hosts listen on few).
+const MAX_LISTENING: usize = 4096;
 
 impl Aggregate {
     /// `capacity` is the number of keys each table keeps (0 is taken as 1).
@@ -151,13 +156,15 @@ impl Aggregate {
             by_dest: Table::new(cap),
             totals: Counters::default(),
             lost: BTreeMap::new(),
+            listening: HashSet::new(),
             paws: paws::PawsTable::new(cap.get(), clocks::ClockConfig::default()),
         }
     }
 
     /// Counts one record: in the totals, under its remote IP, its destination (remote
     /// `ip:port`) and its local port. `ConnectAddrNotAvail` skips the port table (no local
-    /// port was bound, the record says 0). `Lost` only adds to the lost counts.
+    /// port was bound, the record says 0). A server's TIME-WAITs (local port one that SYNs
+    /// arrived at) skip the destination table. `Lost` only adds to the lost counts.
     pub fn apply(&mut self, rec: &Record) {
         let what = &rec.what;
         match *what {
@@ -165,7 +172,14 @@ impl Aggregate {
                 *self.lost.entry(program).or_default() += count;
                 return;
             }
-            What::PawsReject { .. } | What::Syn { .. } | What::TwSyn { .. } => {
+            What::Syn { .. } => {
+                if self.listening.len() < MAX_LISTENING {
+                    self.listening.insert((rec.netns, rec.local.port()));
+                }
+                self.paws.apply(rec);
+                return;
+            }
+            What::PawsReject { .. } | What::TwSyn { .. } => {
                 self.paws.apply(rec);
                 return;
             }
@@ -174,8 +188,13 @@ impl Aggregate {
         self.totals.apply(what);
         self.by_ip.apply(rec.remote.ip(), what);
         // Every TIME-WAIT event feeds the destination table, not just EADDRNOTAVAIL: the live
-        // TIME-WAIT count toward a destination is what explains its port exhaustion.
-        self.by_dest.apply(rec.remote, what);
+        // TIME-WAIT count toward a destination is what explains its port exhaustion. Except
+        // where the local side is a listening port: that TIME-WAIT is a server's, its "remote"
+        // a client's ephemeral port, never a destination anything connects to (and keying
+        // every one would churn the table at the connection rate).
+        if !self.listening.contains(&(rec.netns, rec.local.port())) {
+            self.by_dest.apply(rec.remote, what);
+        }
         if !matches!(what, What::ConnectAddrNotAvail { .. }) {
             self.by_port.apply(rec.local.port(), what);
         }

@@ -334,3 +334,37 @@ fn rows_serialize_flat() {
     let v = serde_json::to_value(agg.evictions()).unwrap();
     assert_eq!(v["remote_ip"], 0);
 }
+
+#[test]
+fn server_timewaits_stay_out_of_the_destination_table() {
+    let mut agg = Aggregate::new(64);
+    // Before any SYN is seen at port 80, a TIME-WAIT there counts toward its peer.
+    agg.apply(&enter("192.0.2.7:40001", 80));
+    agg.apply(&rec("192.0.2.7:40002", 80, What::Syn { tsval: Some(1) }));
+    // Now port 80 is known to listen: its TIME-WAITs are a server's.
+    agg.apply(&enter("192.0.2.7:40003", 80));
+    agg.apply(&exit("192.0.2.7:40003", 80, ExitCause::Expired, Some(MS)));
+    // A client TIME-WAIT (ephemeral local port) toward a service counts.
+    agg.apply(&enter("198.51.100.1:443", 40000));
+    let dests: Vec<SocketAddr> = agg
+        .top_by_dest(10, Order::TwCreated)
+        .iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(
+        dests,
+        [
+            "192.0.2.7:40001".parse::<SocketAddr>().unwrap(),
+            "198.51.100.1:443".parse().unwrap()
+        ]
+    );
+    // Every table but the destinations still sees all of them.
+    assert_eq!(agg.totals().tw_created, 3);
+    assert_eq!(row_for_ip(&agg, "192.0.2.7").tw_created, 2);
+    // A SYN at the same port in another namespace says nothing about this one.
+    let mut other = rec("192.0.2.9:1", 443, What::Syn { tsval: None });
+    other.netns += 1;
+    agg.apply(&other);
+    agg.apply(&enter("198.51.100.1:443", 40001));
+    assert_eq!(agg.top_by_dest(10, Order::TwCreated).len(), 2);
+}

@@ -9,8 +9,6 @@
 //! in tcp_timewait_state_process. Rejections come from the `paws` signal (a PAWS reject of a
 //! SYN, or a SYN refused otherwise).
 
-use std::net::SocketAddr;
-
 use schnellru::{ByLength, LruMap};
 use twtrace_common::{Event, EventKind, ExitCause, PawsPath, ts_flags};
 
@@ -25,7 +23,14 @@ const TH_SYN: u8 = 0x02;
 const TH_RST: u8 = 0x04;
 const TH_ACK: u8 = 0x10;
 
-type Key = (u32, SocketAddr, SocketAddr);
+/// A connection's identity, straight from the raw record's fields (namespace, family,
+/// ports, addresses): hashing these plain words is much cheaper than two `SocketAddr`s, and
+/// this runs for every exit and SYN.
+type Key = (u32, u8, u16, u16, [u8; 16], [u8; 16]);
+
+fn key_of(ev: &Event) -> Key {
+    (ev.netns, ev.family, ev.lport, ev.rport, ev.laddr, ev.raddr)
+}
 
 struct Pending {
     ts_ns: u64,
@@ -55,19 +60,21 @@ impl TwSynClassifier {
         ) {
             return None;
         }
-        let (local, remote) = endpoints(ev);
-        let key = (ev.netns, local, remote);
+        let key = key_of(ev);
         let pure_syn = ev.tcp_flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN;
-        let verdict_of = |verdict, tsval, ts_recent| Record {
-            ts_ns: ev.ts_ns,
-            netns: ev.netns,
-            local,
-            remote,
-            what: What::TwSyn {
-                verdict,
-                tsval,
-                ts_recent,
-            },
+        let verdict_of = |verdict, tsval, ts_recent| {
+            let (local, remote) = endpoints(ev);
+            Record {
+                ts_ns: ev.ts_ns,
+                netns: ev.netns,
+                local,
+                remote,
+                what: What::TwSyn {
+                    verdict,
+                    tsval,
+                    ts_recent,
+                },
+            }
         };
         match kind {
             EventKind::TwExit if ExitCause::from_u8(ev.detail) == ExitCause::ReplacedBySyn => {

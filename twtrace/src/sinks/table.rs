@@ -76,11 +76,16 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
     let ports = agg.top_by_port(opts.top, opts.order);
     key_section(&ports, "LOCAL_PORT", false, out);
 
-    let dests: Vec<_> = agg
-        .top_by_dest(opts.top, Order::EaddrNotAvail)
-        .into_iter()
-        .filter(|r| r.counters.eaddrnotavail > 0)
-        .collect();
+    // Only destinations with failures are shown; without any failure at all, the table (as
+    // large as --capacity, keyed by every peer's ip:port) is not walked.
+    let dests: Vec<_> = if agg.totals().eaddrnotavail == 0 {
+        Vec::new()
+    } else {
+        agg.top_by_dest(opts.top, Order::EaddrNotAvail)
+            .into_iter()
+            .filter(|r| r.counters.eaddrnotavail > 0)
+            .collect()
+    };
     if !dests.is_empty() {
         out.push('\n');
         dest_section(&dests, out);
