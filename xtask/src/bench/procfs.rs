@@ -106,8 +106,18 @@ pub fn netns_inode(pid: u32) -> Result<u64> {
     Ok(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
 }
 
-/// Machine-wide CPU time in ticks from the first line of /proc/stat: (busy, softirq, total).
-pub fn host_cpu() -> Result<(u64, u64, u64)> {
+/// Machine-wide CPU time in ticks, from the first line of /proc/stat.
+#[derive(Clone, Copy)]
+pub struct HostCpu {
+    /// Busy on our behalf or anyone's: all but idle, iowait and steal.
+    pub busy: u64,
+    pub softirq: u64,
+    /// Time the hypervisor ran something else while a CPU of ours wanted to run.
+    pub steal: u64,
+    pub total: u64,
+}
+
+pub fn host_cpu() -> Result<HostCpu> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let cpu = stat.lines().next().context("empty /proc/stat")?;
     let v: Vec<u64> = cpu
@@ -118,7 +128,18 @@ pub fn host_cpu() -> Result<(u64, u64, u64)> {
     let at = |i: usize| v.get(i).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal (guest time is already in user).
     let total: u64 = v.iter().take(8).sum();
-    Ok((total - at(3) - at(4), at(6), total))
+    Ok(HostCpu {
+        busy: total - at(3) - at(4) - at(7),
+        softirq: at(6),
+        steal: at(7),
+        total,
+    })
+}
+
+/// Seconds per /proc/stat tick.
+pub fn tick_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 /// Names of the BPF programs `pid` holds, by program id. fdinfo has no name, so each fd is
@@ -203,8 +224,8 @@ pub fn background_over(d: std::time::Duration) -> Result<f64> {
     let a = host_cpu()?;
     super::guard::sleep(d)?;
     let b = host_cpu()?;
-    let busy = (b.0 - b.1) as f64 - (a.0 - a.1) as f64;
-    Ok(100.0 * busy / (b.2 - a.2).max(1) as f64)
+    let busy = (b.busy - b.softirq) as f64 - (a.busy - a.softirq) as f64;
+    Ok(100.0 * busy / (b.total - a.total).max(1) as f64)
 }
 
 /// CPU ticks of every user process that is neither ours (a descendant of this process) nor a

@@ -43,6 +43,10 @@ pub struct Summary {
     pub ratio: Option<Spread>,
     /// The same over rounds where neither run had other load above --max-background.
     pub ratio_undisturbed: Option<Spread>,
+    /// Machine CPU per connection of this condition / the baseline's, same round: the
+    /// tracer's cost as work added per connection, immune to idle and stolen time.
+    pub cpu_ratio: Option<Spread>,
+    pub steal_pct: Option<Spread>,
     pub undisturbed_runs: usize,
     pub others_pct: Option<Spread>,
     pub tracer_cpu_pct: Option<Spread>,
@@ -70,6 +74,8 @@ pub fn summarize(
         .map(|r| (r.round, r))
         .collect();
     let ratio = |r: &RunRecord| Some(r.wrk.rps / baseline.get(&r.round)?.wrk.rps);
+    let cpu_ratio =
+        |r: &RunRecord| Some(r.cpu_us_per_conn / baseline.get(&r.round)?.cpu_us_per_conn);
     // Neither this run nor its baseline shared the machine with other work.
     let undisturbed = |r: &RunRecord| {
         r.others_pct <= max_other
@@ -101,6 +107,10 @@ pub fn summarize(
                     .then(|| pick(&|r| if undisturbed(r) { ratio(r) } else { None }))
                     .flatten(),
                 undisturbed_runs: mine.iter().filter(|r| undisturbed(r)).count(),
+                cpu_ratio: (c != Condition::Baseline)
+                    .then(|| pick(&cpu_ratio))
+                    .flatten(),
+                steal_pct: pick(&|r| Some(r.steal_pct)),
                 others_pct: pick(&|r| Some(r.others_pct)),
                 tracer_cpu_pct: pick(&|r| r.tracer.as_ref().map(|t| t.cpu_pct)),
                 bpf_ns_per_run: bpf(&|b| b.ns_per_run),
@@ -175,16 +185,16 @@ pub fn markdown(header: &str, summaries: &[Summary], notes: &[String]) -> String
     let _ = writeln!(md, "{header}\n");
     md.push_str(
         "| condition | conn/s (median) | TIME-WAITs/s | conn/s vs no tracer: median [min, max] \
-         | same, undisturbed rounds only (n) | tracer CPU | BPF ns/run | BPF ns/TIME-WAIT \
-         | BPF CPU | lost events |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         | same, undisturbed rounds only (n) | CPU per connection vs no tracer \
+         | tracer CPU | BPF ns/run | BPF ns/TIME-WAIT | BPF CPU | steal | lost events |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for s in summaries {
         if let Some(why) = &s.unavailable {
             let why = why.lines().next().unwrap_or("").replace('|', "\\|");
             let _ = writeln!(
                 md,
-                "| {} | unavailable: {why} | | | | | | | | |",
+                "| {} | unavailable: {why} | | | | | | | | | | |",
                 s.condition.label()
             );
             continue;
@@ -209,14 +219,22 @@ pub fn markdown(header: &str, summaries: &[Summary], notes: &[String]) -> String
         let pct = |v: f64| format!("{v:.1} %");
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {ratio} | {clean} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {ratio} | {clean} | {} | {} | {} | {} | {} | {} | {} |",
             s.condition.label(),
             opt(s.conn_per_s, |v| format!("{v:.0}")),
             opt(s.tw_per_s, |v| format!("{v:.0}")),
+            s.cpu_ratio.map_or("–".into(), |r| format!(
+                "{:.3} [{:.3}, {:.3}] ({:+.1} %)",
+                r.median,
+                r.min,
+                r.max,
+                (r.median - 1.0) * 100.0
+            )),
             opt(s.tracer_cpu_pct, pct),
             opt(s.bpf_ns_per_run, |v| format!("{v:.0}")),
             opt(s.bpf_ns_per_tw, |v| format!("{v:.0}")),
             opt(s.bpf_cpu_pct, |v| format!("{v:.2} %")),
+            opt(s.steal_pct, pct),
             s.lost.map_or("n/a".into(), |n| n.to_string()),
         );
     }

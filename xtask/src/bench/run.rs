@@ -35,6 +35,11 @@ pub struct RunRecord {
     pub tw_overflow: u64,
     /// Whole-machine CPU use over the window, % of all CPUs (other load shows up here).
     pub host_busy_pct: f64,
+    /// CPU time the hypervisor gave to others while ours wanted it, % of all CPUs.
+    pub steal_pct: f64,
+    /// Busy CPU time of the whole machine (steal left out) per connection, in µs: workload,
+    /// kernel and tracer together. Unlike conn/s it does not move with idle or stolen time.
+    pub cpu_us_per_conn: f64,
     /// Other load just before the run (see `procfs::background_over`), % of all CPUs.
     pub background_busy_pct: Option<f64>,
     /// CPU used by other processes during the window, % of all CPUs: above --max-background
@@ -105,6 +110,7 @@ pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<Ru
         .unwrap_or_default();
 
     let tw = tw1 - tw0;
+    let conns = wrk.requests.max(1) as f64;
     let mut record = RunRecord {
         round,
         slot,
@@ -114,7 +120,12 @@ pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<Ru
         tw,
         tw_per_s: tw as f64 / window_s,
         tw_overflow: ovf1 - ovf0,
-        host_busy_pct: 100.0 * (host1.0 - host0.0) as f64 / (host1.2 - host0.2).max(1) as f64,
+        host_busy_pct: 100.0 * (host1.busy - host0.busy) as f64
+            / (host1.total - host0.total).max(1) as f64,
+        steal_pct: 100.0 * (host1.steal - host0.steal) as f64
+            / (host1.total - host0.total).max(1) as f64,
+        cpu_us_per_conn: (host1.busy - host0.busy) as f64 * procfs::tick_s() * 1e6
+            / conns,
         background_busy_pct: None,
         others_pct: procfs::others_pct(&others0, &others1, window_s),
         waited_s: 0.0,

@@ -4,7 +4,10 @@ use super::{BenchArgs, machine, netns, report, run};
 use std::collections::BTreeMap;
 
 pub fn progress(r: &run::RunRecord) -> String {
-    let mut s = format!("{:>8.0} conn/s {:>8.0} TW/s", r.wrk.rps, r.tw_per_s);
+    let mut s = format!(
+        "{:>8.0} conn/s {:>8.0} TW/s {:>5.1} µs CPU/conn steal {:.0} %",
+        r.wrk.rps, r.tw_per_s, r.cpu_us_per_conn, r.steal_pct
+    );
     if let Some(t) = &r.tracer {
         s += &format!("  tracer {:.1} % CPU", t.cpu_pct);
         if let Some(b) = &t.bpf {
@@ -71,6 +74,12 @@ pub fn notes(
         "tracer CPU: user+system time of the tracer process over the load window, % of one CPU. \
          BPF: run_time_ns/run_cnt of the tracer's programs (fdinfo); ns/TIME-WAIT is all its \
          programs' run time divided by the TIME-WAITs created; BPF CPU is % of one CPU."
+            .to_string(),
+        "CPU per connection: busy CPU time of the whole machine (idle and steal left out) over \
+         the load window divided by the connections made, paired with the same round's \
+         baseline: the work a tracer adds per connection, wherever it runs. It does not move \
+         with idle time (the workload is partly latency-bound) or with time the hypervisor \
+         gave to other guests (steal: % of all CPUs), which make conn/s noisy on shared VMs."
             .to_string(),
         format!("sysctls: {}.", netns::Pair::settings().join("; ")),
     ];
