@@ -59,6 +59,12 @@ pub struct Common {
     #[arg(long, global = true, value_name = "LIST", value_delimiter = ',', value_parser = parse_signal)]
     pub signals: Vec<&'static str>,
 
+    /// Attach the programs, then route no signal through them (tp_btf route): they still run
+    /// their first filter on every hit, but report nothing. What the hooks alone cost, for
+    /// `cargo xtask bench`; not for use.
+    #[arg(long, global = true, hide = true)]
+    pub hooks_only: bool,
+
     /// Only this network namespace: inode number (`readlink /proc/PID/ns/net`), a name under
     /// /run/netns, or a path such as /proc/PID/ns/net. Filtered in the kernel.
     #[arg(long, global = true, value_name = "NETNS")]

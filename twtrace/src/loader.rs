@@ -22,6 +22,8 @@ pub struct LoadOptions {
     pub netns: u32,
     pub ring_bytes: u32,
     pub max_live_tw: u32,
+    /// Route nothing through the tp_btf programs once attached (see `--hooks-only`).
+    pub hooks_only: bool,
 }
 
 /// Everything a run needs about the kernel, gathered once.
@@ -112,6 +114,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         &opts.signals,
     )?;
     log::info!("programs attached at {:?}", t0.elapsed());
+    if opts.hooks_only {
+        plan::silence(&mut bpf)?;
+    }
     Ok(Loaded {
         bpf,
         logger,

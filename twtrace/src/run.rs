@@ -65,6 +65,7 @@ pub fn load_options(c: &Common) -> Result<LoadOptions> {
         signals: c.signals.clone(),
         ring_bytes: c.ring_kib * 1024,
         max_live_tw: c.max_live_tw,
+        hooks_only: c.hooks_only,
     })
 }
 

@@ -24,6 +24,10 @@ pub enum Condition {
     TableNoPaws,
     /// `twtrace events --json` (NDJSON to a file, counted afterwards).
     Events,
+    /// `twtrace --hooks-only`: every program attached and running its first filter, no
+    /// signal routed: the floor that the hooks alone cost.
+    #[value(name = "hooks-only")]
+    HooksOnly,
     /// A bpftrace one-liner printing one line per TIME-WAIT to /dev/null.
     Bpftrace,
 }
@@ -35,6 +39,7 @@ impl Condition {
             Self::Table => "`twtrace` (live table > /dev/null)",
             Self::TableNoPaws => "`twtrace --signals <all but paws_reject,syn>` (live table)",
             Self::Events => "`twtrace events --json > file`",
+            Self::HooksOnly => "`twtrace --hooks-only` (programs attached, no signal routed)",
             Self::Bpftrace => "bpftrace one-liner > /dev/null",
         }
     }
@@ -104,6 +109,11 @@ impl Tracer {
                     "tw_enter,tw_exit,tw_overflow,connect_eaddrnotavail",
                 ])
                 .stdout(Stdio::null());
+                (c, None)
+            }
+            Condition::HooksOnly => {
+                let mut c = Command::new(&setup.twtrace);
+                c.arg("--hooks-only").stdout(Stdio::null());
                 (c, None)
             }
             Condition::Events => {
