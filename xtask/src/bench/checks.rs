@@ -19,13 +19,13 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// The bpftrace script, if bpftrace exists and the kernel shows the handler's address.
-pub fn bpftrace_check() -> Result<String> {
+/// The bpftrace scripts, if bpftrace exists and the kernel shows the handler's address.
+pub fn bpftrace_check() -> Result<tracer::Scripts> {
     Command::new("bpftrace")
         .arg("--version")
         .output()
         .context("bpftrace not found (apt-get install bpftrace)")?;
-    tracer::bpftrace_script()
+    tracer::bpftrace_scripts()
 }
 
 /// Unrecorded load, then a check that the workload does what the bench assumes: one server

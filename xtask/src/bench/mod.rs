@@ -1,9 +1,12 @@
 //! `cargo xtask bench`: what twtrace costs a connection-churn workload. nginx in one network
 //! namespace, wrk with `Connection: close` in another (so every request is a connection and a
-//! server-side TIME-WAIT), and five conditions — no tracer, `twtrace`, `twtrace` without the
-//! PAWS and SYN signals (their cost is the difference), `twtrace events --json`, a bpftrace
-//! one-liner — interleaved in rounds with a rotated order, so slow drifts of the
-//! machine hit every condition alike and each tracer is compared with its own round's baseline.
+//! server-side TIME-WAIT), and up to seven conditions — no tracer, `twtrace`, `twtrace` without
+//! the PAWS and SYN signals (their cost is the difference), `twtrace events --json`, `twtrace
+//! --hooks-only` (what the hooks alone cost), a bpftrace one-liner, bpftrace counting in maps
+//! — interleaved in rounds with a rotated order, so slow drifts of the machine hit every
+//! condition alike and each tracer is compared with its own round's baseline. Two measures per
+//! pair: connections/s, and machine CPU per connection (which idle and stolen time on shared
+//! VMs do not move).
 //!
 //! Needs root, wrk, nginx and iproute2 (bpftrace optional). Namespaces, processes and
 //! kernel.bpf_stats_enabled are restored on every exit path, Ctrl-C included.
@@ -53,7 +56,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "table,table-no-paws,events,bpftrace"
+        default_value = "table,table-no-paws,events,hooks-only,bpftrace,bpftrace-count"
     )]
     with: Vec<Condition>,
     /// Other load (% of all CPUs used by processes outside the bench) under which the machine
@@ -93,13 +96,16 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         }
     }
     let mut unavailable = BTreeMap::new();
-    let script = if conds.contains(&Condition::Bpftrace) {
+    let bpftrace = [Condition::Bpftrace, Condition::BpftraceCount];
+    let scripts = if conds.iter().any(|c| bpftrace.contains(c)) {
         checks::bpftrace_check().unwrap_or_else(|e| {
-            unavailable.insert(Condition::Bpftrace, format!("{e:#}"));
-            String::new()
+            for c in bpftrace {
+                unavailable.insert(c, format!("{e:#}"));
+            }
+            tracer::Scripts::default()
         })
     } else {
-        String::new()
+        tracer::Scripts::default()
     };
 
     let machine = machine::describe();
@@ -137,7 +143,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         },
         server_pid: nginx.pid(),
         server_netns: procfs::netns_inode(nginx.pid())?,
-        bpftrace_script: script.clone(),
+        bpftrace_scripts: scripts.clone(),
     };
     checks::warm_up(&ctx, args.warmup)?;
 
@@ -164,7 +170,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
                     runs.push(r);
                 }
                 // bpftrace is the comparison, not the subject: its failure is reported, not fatal.
-                Err(e) if cond == Condition::Bpftrace && guard::check().is_ok() => {
+                Err(e) if bpftrace.contains(&cond) && guard::check().is_ok() => {
                     eprintln!("unavailable: {e:#}");
                     unavailable.insert(cond, format!("{e:#}"));
                 }
@@ -175,7 +181,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
 
     let summaries = report::summarize(&conds, &runs, &unavailable, args.max_background);
     let header = text::header(args, &machine, &ctx, &format!("{binary}, tree {git}"));
-    let notes = text::notes(args, &summaries, &runs, &script);
+    let notes = text::notes(args, &summaries, &runs, &scripts);
     let md = report::markdown(&header, &summaries, &notes);
     let out_dir = binary::workspace_root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
@@ -187,7 +193,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             "pause": args.pause, "max_background": args.max_background,
             "quiet_timeout": args.quiet_timeout, "wrk_args": ctx.load.args(args.seconds),
             "sysctls": netns::Pair::settings(), "bpf_stats": !args.no_bpf_stats,
-            "pinning": "none", "twtrace": binary, "bpftrace_script": script,
+            "pinning": "none", "twtrace": binary, "bpftrace_scripts": scripts,
             "git": git,
             "conditions": conds,
         },

@@ -18,7 +18,7 @@ pub struct Ctx<'a> {
     /// A process inside the server namespace (nginx), to read its counters.
     pub server_pid: u32,
     pub server_netns: u64,
-    pub bpftrace_script: String,
+    pub bpftrace_scripts: tracer::Scripts,
 }
 
 #[derive(serde::Serialize)]
@@ -90,7 +90,7 @@ fn tw_counters(pid: u32) -> Result<(u64, u64)> {
 }
 
 pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<RunRecord> {
-    let mut tracer = Tracer::start(cond, &ctx.setup, &ctx.bpftrace_script)?;
+    let mut tracer = Tracer::start(cond, &ctx.setup, &ctx.bpftrace_scripts)?;
     let (tw_attached, _) = tw_counters(ctx.server_pid)?;
     let snap0 = tracer.as_ref().map(Tracer::snapshot).transpose()?;
 

@@ -65,7 +65,7 @@ pub fn notes(
     args: &BenchArgs,
     summaries: &[report::Summary],
     runs: &[run::RunRecord],
-    script: &str,
+    scripts: &super::tracer::Scripts,
 ) -> Vec<String> {
     let mut n = vec![
         "conn/s: wrk's Requests/sec (one connection per request). TIME-WAITs/s: TcpExtTW delta \
@@ -136,8 +136,11 @@ pub fn notes(
     n.push(format!(
         "wrk socket errors + non-2xx over all runs: {errors}; TIME-WAIT overflows: {overflow}."
     ));
-    if !script.is_empty() {
-        n.push(format!("bpftrace script: `{script}`"));
+    if !scripts.print.is_empty() {
+        n.push(format!(
+            "bpftrace scripts: one line per TIME-WAIT `{}`; counting `{}`",
+            scripts.print, scripts.count
+        ));
     }
     n
 }

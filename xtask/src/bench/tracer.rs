@@ -30,6 +30,10 @@ pub enum Condition {
     HooksOnly,
     /// A bpftrace one-liner printing one line per TIME-WAIT to /dev/null.
     Bpftrace,
+    /// bpftrace counting the TIME-WAIT timer and kfree_skb tracepoints in kernel maps (the
+    /// reference the performance target was set against: it streams nothing).
+    #[value(name = "bpftrace-count")]
+    BpftraceCount,
 }
 
 impl Condition {
@@ -41,6 +45,7 @@ impl Condition {
             Self::Events => "`twtrace events --json > file`",
             Self::HooksOnly => "`twtrace --hooks-only` (programs attached, no signal routed)",
             Self::Bpftrace => "bpftrace one-liner > /dev/null",
+            Self::BpftraceCount => "bpftrace counting in kernel maps",
         }
     }
 }
@@ -55,7 +60,7 @@ pub struct Setup {
 /// bpftrace's closest equivalent of twtrace's TIME-WAIT entry signal on a tracepoint-only
 /// kernel: the TIME-WAIT timer being armed. The handler's address is a literal because
 /// bpftrace cannot resolve kernel symbols in a tracepoint filter.
-pub fn bpftrace_script() -> Result<String> {
+pub fn bpftrace_scripts() -> Result<Scripts> {
     let syms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
     let addr = syms
         .lines()
@@ -68,10 +73,34 @@ pub fn bpftrace_script() -> Result<String> {
     if addr.bytes().all(|b| b == b'0') {
         bail!("/proc/kallsyms hides addresses (kernel.kptr_restrict)");
     }
-    Ok(format!(
-        "tracepoint:timer:timer_start /args->function == 0x{addr}/ \
-         {{ printf(\"%llu tw %p\\n\", nsecs, args->timer); }}"
-    ))
+    Ok(Scripts {
+        print: format!(
+            "tracepoint:timer:timer_start /args->function == 0x{addr}/ \
+             {{ printf(\"%llu tw %p\\n\", nsecs, args->timer); }}"
+        ),
+        count: format!(
+            "tracepoint:timer:timer_start /args->function == 0x{addr}/ {{ @tw = count(); }} \
+             tracepoint:skb:kfree_skb {{ @drops[args->reason] = count(); }}"
+        ),
+    })
+}
+
+/// The bpftrace programs of the two bpftrace conditions.
+#[derive(Clone, Default, serde::Serialize)]
+pub struct Scripts {
+    /// One line per TIME-WAIT.
+    pub print: String,
+    /// Counts in kernel maps, printed once at exit.
+    pub count: String,
+}
+
+impl Scripts {
+    pub fn of(&self, cond: Condition) -> &str {
+        match cond {
+            Condition::BpftraceCount => &self.count,
+            _ => &self.print,
+        }
+    }
 }
 
 /// CPU time and BPF statistics of a tracer at one instant.
@@ -94,7 +123,7 @@ pub struct Stopped {
 
 impl Tracer {
     /// Starts the tracer of `cond` (none for the baseline) and returns once it is attached.
-    pub fn start(cond: Condition, setup: &Setup, script: &str) -> Result<Option<Self>> {
+    pub fn start(cond: Condition, setup: &Setup, scripts: &Scripts) -> Result<Option<Self>> {
         let (mut cmd, ndjson) = match cond {
             Condition::Baseline => return Ok(None),
             Condition::Table => {
@@ -124,10 +153,10 @@ impl Tracer {
                 c.args(["events", "--json"]).stdout(file);
                 (c, Some(path))
             }
-            Condition::Bpftrace => {
+            Condition::Bpftrace | Condition::BpftraceCount => {
                 let mut c = Command::new("bpftrace");
                 // -o: output (also its "Attaching 1 probe..." banner) to /dev/null.
-                c.args(["-o", "/dev/null", "-e", script])
+                c.args(["-o", "/dev/null", "-e", scripts.of(cond)])
                     .stdout(Stdio::null());
                 (c, None)
             }
@@ -171,7 +200,7 @@ impl Tracer {
                 );
             }
             let ready = match cond {
-                Condition::Bpftrace => {
+                Condition::Bpftrace | Condition::BpftraceCount => {
                     let progs = procfs::bpf_progs(self.proc.pid()).unwrap_or_default();
                     if stats {
                         progs.values().any(|p| p.run_cnt > 0)
