@@ -30,6 +30,8 @@ use crate::{
 /// How often the ring is drained when the kernel has not woken us (it wakes us only when the
 /// ring passes 1/8 full, to avoid a wake-up per event).
 const POLL: Duration = Duration::from_millis(100);
+/// How often the kernel's per-CPU loss counters are read.
+const LOSS_CHECK: Duration = Duration::from_secs(1);
 
 pub async fn main(cli: Cli) -> Result<()> {
     if let Some(Command::Doctor(opts)) = &cli.command {
@@ -119,6 +121,7 @@ async fn pump(
     let mut transport = crate::transport::Transport::new(&mut loaded.bpf)?;
     let mut pipeline = Pipeline::new(loaded.facts.decode_ctx(), loaded.max_live_tw);
     let mut failed = None;
+    let mut next_loss_check = Instant::now();
     loop {
         let stop = tokio::select! {
             _ = shutdown.wait() => true,
@@ -131,7 +134,16 @@ async fn pump(
                 });
             }) => { r?; false }
         };
-        for (program, count) in transport.new_losses() {
+        // Losses are read from every CPU's counters (one syscall per slot): once a second is
+        // soon enough, and keeps an idle tracer idle.
+        let now = Instant::now();
+        let losses = if stop || now >= next_loss_check {
+            next_loss_check = now + LOSS_CHECK;
+            transport.new_losses()
+        } else {
+            Vec::new()
+        };
+        for (program, count) in losses {
             let rec = Record {
                 ts_ns: 0,
                 netns: 0,
