@@ -274,6 +274,10 @@ pub struct ClockEstimator {
     dropped: VecDeque<u64>,
     /// `dropped` overflowed; until this time the upper bound is unknown.
     dropped_overflow_until: Option<u64>,
+    /// Nothing (line or dropped cluster) is older than the window while `now_ns` is at most
+    /// this: [`Self::expire`] has nothing to do until then. Never later than the truth (a line
+    /// seen again only moves its own expiry later), so skipping the scan changes no result.
+    quiet_until: u64,
 }
 
 impl ClockEstimator {
@@ -287,6 +291,7 @@ impl ClockEstimator {
             now_ns: 0,
             dropped: VecDeque::new(),
             dropped_overflow_until: None,
+            quiet_until: u64::MAX,
             cfg,
         }
     }
@@ -310,12 +315,18 @@ impl ClockEstimator {
 
         // 0. The TSval a line of this port ended on, again: a SYN retransmitted without a
         // fresh TSval (or seen twice). Same clock; as a sample it would bend the line.
-        if let Some(id) = self
-            .lines
-            .iter()
-            .find(|l| l.key == key && l.track.last.tsval == tsval)
-            .map(|l| l.cluster)
-        {
+        // The same scan learns whether this port has a line at all: under churn most SYNs
+        // come from a port not seen within the window, and steps 1 and 2 then skip a scan.
+        let mut own_port = false;
+        let mut repeated = None;
+        for l in self.lines.iter().filter(|l| l.key == key) {
+            own_port = true;
+            if l.track.last.tsval == tsval {
+                repeated = Some(l.cluster);
+                break;
+            }
+        }
+        if let Some(id) = repeated {
             if let Some(c) = self.clusters.iter_mut().find(|c| c.id == id) {
                 c.syns += 1;
             }
@@ -323,13 +334,16 @@ impl ClockEstimator {
         }
 
         // 1. A line of this very port: the same clock again (both offset modes agree here).
-        let own = self
-            .lines
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.key == key)
-            .filter_map(|(i, l)| l.track.fit(s, &tol).map(|(m, score)| (i, m, score)))
-            .min_by(|a, b| a.2.total_cmp(&b.2));
+        let own = if own_port {
+            self.lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.key == key)
+                .filter_map(|(i, l)| l.track.fit(s, &tol).map(|(m, score)| (i, m, score)))
+                .min_by(|a, b| a.2.total_cmp(&b.2))
+        } else {
+            None
+        };
         if let Some((i, mask, _)) = own {
             self.lines[i].track.push(s, mask);
             let id = self.lines[i].cluster;
@@ -352,7 +366,8 @@ impl ClockEstimator {
         let cluster = match best {
             Some((j, mask, _)) => {
                 let id = self.clusters[j].id;
-                let new_port = !self.lines.iter().any(|l| l.cluster == id && l.key == key);
+                let new_port =
+                    !own_port || !self.lines.iter().any(|l| l.cluster == id && l.key == key);
                 let c = &mut self.clusters[j];
                 c.track.push(s, mask);
                 c.links = c.links.saturating_add(u32::from(new_port));
@@ -378,6 +393,7 @@ impl ClockEstimator {
             cluster,
             track: Track::new(s),
         });
+        self.quiet_until = self.quiet_until.min(self.expiry_of(s.t_ns));
         if self.lines.len() > self.cfg.max_lines {
             self.evict_one();
         }
@@ -401,12 +417,27 @@ impl ClockEstimator {
     }
 
     fn alive(&self, last_ns: u64, now_ns: u64) -> bool {
-        last_ns.saturating_add(self.cfg.window_ns) >= now_ns
+        self.expiry_of(last_ns) >= now_ns
+    }
+
+    /// The last `now_ns` at which something last seen at `last_ns` is still alive.
+    fn expiry_of(&self, last_ns: u64) -> u64 {
+        last_ns.saturating_add(self.cfg.window_ns)
     }
 
     /// Forgets lines (and emptied clusters) not seen within the window.
     fn expire(&mut self) {
         let now = self.now_ns;
+        if now <= self.quiet_until {
+            debug_assert!(
+                self.lines
+                    .iter()
+                    .all(|l| self.alive(l.track.last.t_ns, now))
+                    && self.dropped.front().is_none_or(|&t| self.alive(t, now)),
+                "expiry skipped while something was due"
+            );
+            return;
+        }
         let mut i = 0;
         while i < self.lines.len() {
             if self.alive(self.lines[i].track.last.t_ns, now) {
@@ -421,25 +452,33 @@ impl ClockEstimator {
             }
             self.dropped.pop_front();
         }
+        // The scan above only ever looks at the front of `dropped`.
+        let lines = self.lines.iter().map(|l| self.expiry_of(l.track.last.t_ns));
+        let front = self.dropped.front().map(|&t| self.expiry_of(t));
+        self.quiet_until = lines.chain(front).min().unwrap_or(u64::MAX);
     }
 
     /// Makes room for the line just pushed (the last one, never chosen): the least recently
     /// seen line whose cluster has others, else the least recently seen line.
     fn evict_one(&mut self) {
         let newest = self.lines.len() - 1;
-        // Runs for every SYN once the table is full: no allocation, and no cluster scan per
-        // line unless some cluster has several lines at all.
+        // Runs for every SYN once the table is full: one pass, no allocation, and a cluster
+        // looked up only for a line older than the oldest redundant one found so far. Ties go
+        // to the first line, as `min_by_key` would.
         let any_multi = self.clusters.iter().any(|c| c.lines >= 2);
-        let multi = |id: u32| any_multi && self.clusters.iter().any(|c| c.id == id && c.lines >= 2);
-        let pick = |redundant_only: bool| {
-            self.lines[..newest]
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| !redundant_only || multi(l.cluster))
-                .min_by_key(|(_, l)| l.track.last.t_ns)
-                .map(|(i, _)| i)
-        };
-        if let Some(i) = pick(true).or_else(|| pick(false)) {
+        let multi = |id: u32| self.clusters.iter().any(|c| c.id == id && c.lines >= 2);
+        let mut oldest: Option<(usize, u64)> = None;
+        let mut oldest_redundant: Option<(usize, u64)> = None;
+        for (i, l) in self.lines[..newest].iter().enumerate() {
+            let t = l.track.last.t_ns;
+            if oldest.is_none_or(|(_, o)| t < o) {
+                oldest = Some((i, t));
+            }
+            if any_multi && oldest_redundant.is_none_or(|(_, o)| t < o) && multi(l.cluster) {
+                oldest_redundant = Some((i, t));
+            }
+        }
+        if let Some((i, _)) = oldest_redundant.or(oldest) {
             self.remove_line(i, true);
         }
     }
@@ -465,6 +504,7 @@ impl ClockEstimator {
                     Some(self.dropped_overflow_until.map_or(until, |u| u.max(until)));
             }
             self.dropped.push_back(line.track.last.t_ns);
+            self.quiet_until = self.quiet_until.min(self.expiry_of(line.track.last.t_ns));
         }
     }
 }

@@ -38,12 +38,17 @@ struct Pending {
 }
 
 pub struct TwSynClassifier {
+    /// The latest exit: its SYN is almost always the very next record (the same program run
+    /// emits both), so most pairs never touch the map.
+    last: Option<(Key, Pending)>,
+    /// Older exits still waiting (records of another CPU came in between).
     pending: LruMap<Key, Pending>,
 }
 
 impl Default for TwSynClassifier {
     fn default() -> Self {
         Self {
+            last: None,
             pending: LruMap::new(ByLength::new(PENDING)),
         }
     }
@@ -78,17 +83,25 @@ impl TwSynClassifier {
         };
         match kind {
             EventKind::TwExit if ExitCause::from_u8(ev.detail) == ExitCause::ReplacedBySyn => {
-                self.pending.insert(
-                    key,
-                    Pending {
-                        ts_ns: ev.ts_ns,
-                        ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
-                    },
-                );
+                let exit = Pending {
+                    ts_ns: ev.ts_ns,
+                    ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
+                };
+                if let Some((k, older)) = self.last.replace((key, exit)) {
+                    self.pending.insert(k, older);
+                }
                 None
             }
             EventKind::Syn => {
-                let p = self.pending.remove(&key)?;
+                // The newest exit of this 4-tuple wins, as if every exit went to the map: one
+                // in `last` is newer than any in the map, which only takes exits `last` held.
+                let newest = self.last.take_if(|(k, _)| *k == key).map(|(_, p)| p);
+                let older = if self.pending.is_empty() {
+                    None
+                } else {
+                    self.pending.remove(&key)
+                };
+                let p = newest.or(older)?;
                 if ev.ts_ns.saturating_sub(p.ts_ns) > PAIRING_WINDOW_NS {
                     return None;
                 }
@@ -165,6 +178,39 @@ mod tests {
         );
         // Paired once only.
         assert_eq!(c.on_event(&syn(Some(1001), 3_000)), None);
+    }
+
+    #[test]
+    fn interleaved_exits_pair_with_their_own_syns() {
+        let on_port = |mut e: Event, port: u16| {
+            e.rport = port;
+            e
+        };
+        let mut c = TwSynClassifier::default();
+        // Two exits of different 4-tuples before either SYN (another CPU's records between).
+        c.on_event(&on_port(exit(1000), 1));
+        c.on_event(&on_port(exit(5000), 2));
+        assert_eq!(
+            verdict(c.on_event(&on_port(syn(Some(999), 2_000), 1))),
+            Some(TwSynVerdict::AcceptedBySequence)
+        );
+        assert_eq!(
+            verdict(c.on_event(&on_port(syn(Some(5001), 2_000), 2))),
+            Some(TwSynVerdict::AcceptedByTimestamp)
+        );
+        // Two exits of one 4-tuple: the newer is judged, and neither pairs again.
+        c.on_event(&on_port(exit(1000), 3));
+        c.on_event(&on_port(exit(900), 4));
+        c.on_event(&on_port(exit(3000), 3));
+        assert_eq!(
+            verdict(c.on_event(&on_port(syn(Some(2000), 2_500), 3))),
+            Some(TwSynVerdict::AcceptedBySequence)
+        );
+        assert_eq!(c.on_event(&on_port(syn(Some(2000), 2_600), 3)), None);
+        assert_eq!(
+            verdict(c.on_event(&on_port(syn(Some(901), 2_700), 4))),
+            Some(TwSynVerdict::AcceptedByTimestamp)
+        );
     }
 
     #[test]

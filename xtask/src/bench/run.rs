@@ -124,8 +124,7 @@ pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<Ru
             / (host1.total - host0.total).max(1) as f64,
         steal_pct: 100.0 * (host1.steal - host0.steal) as f64
             / (host1.total - host0.total).max(1) as f64,
-        cpu_us_per_conn: (host1.busy - host0.busy) as f64 * procfs::tick_s() * 1e6
-            / conns,
+        cpu_us_per_conn: (host1.busy - host0.busy) as f64 * procfs::tick_s() * 1e6 / conns,
         background_busy_pct: None,
         others_pct: procfs::others_pct(&others0, &others1, window_s),
         waited_s: 0.0,
