@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 
+use std::hash::{Hash, RandomState};
+
 use schnellru::{ByLength, LruMap};
 
 use crate::event::{Record, What};
@@ -31,7 +33,7 @@ pub use rows::{DestRow, Evictions, IpRow, LostRow, PortRow, Row, RowKey};
 
 /// One bounded per-key table.
 struct Table<K: RowKey> {
-    map: LruMap<K, Counters>,
+    map: Lru<K, Counters>,
     capacity: usize,
     evictions: u64,
 }
@@ -39,7 +41,7 @@ struct Table<K: RowKey> {
 impl<K: RowKey> Table<K> {
     fn new(capacity: NonZeroUsize) -> Self {
         Table {
-            map: LruMap::new(ByLength::new(limit(capacity))),
+            map: lru(capacity),
             capacity: capacity.get(),
             evictions: 0,
         }
@@ -124,9 +126,18 @@ impl<K: Ord> Ord for Ranked<'_, K> {
     }
 }
 
-/// schnellru's length limit (a u32) for a capacity.
-pub fn limit(capacity: NonZeroUsize) -> u32 {
-    u32::try_from(capacity.get()).unwrap_or(u32::MAX)
+/// A table of at most a given number of keys, least recently used evicted first.
+///
+/// Hashed with std's `RandomState`: seeded per process without ever blocking (getrandom with
+/// GRND_INSECURE), and resistant to keys chosen by whoever sends us packets. schnellru's own
+/// default seeds with a getrandom(2) call that blocks until the kernel's entropy pool is
+/// ready, which hung twtrace in a freshly booted VM (and would at early boot as a service).
+pub type Lru<K, V> = LruMap<K, V, ByLength, RandomState>;
+
+/// An empty [`Lru`] that holds at most `capacity` keys.
+pub fn lru<K: Hash + Eq, V>(capacity: NonZeroUsize) -> Lru<K, V> {
+    let limit = u32::try_from(capacity.get()).unwrap_or(u32::MAX);
+    LruMap::with_hasher(ByLength::new(limit), RandomState::new())
 }
 
 /// Counters per remote IP, per local port, per destination, and in total.

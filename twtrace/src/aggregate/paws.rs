@@ -6,7 +6,6 @@
 
 use std::{net::IpAddr, num::NonZeroUsize};
 
-use schnellru::{ByLength, LruMap};
 use serde::Serialize;
 
 use super::clocks::{ClockConfig, ClockEstimate, ClockEstimator};
@@ -181,7 +180,7 @@ pub fn reject_probability(k: u32) -> f64 {
 }
 
 pub struct PawsTable {
-    by_ip: LruMap<IpAddr, Source>,
+    by_ip: super::Lru<IpAddr, Source>,
     capacity: usize,
     cfg: ClockConfig,
     pub evictions: u64,
@@ -190,9 +189,7 @@ pub struct PawsTable {
 impl PawsTable {
     pub fn new(capacity: usize, cfg: ClockConfig) -> Self {
         Self {
-            by_ip: LruMap::new(ByLength::new(super::limit(
-                NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
-            ))),
+            by_ip: super::lru(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
             capacity: capacity.max(1),
             cfg,
             evictions: 0,

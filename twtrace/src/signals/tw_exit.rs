@@ -153,14 +153,14 @@ pub fn unexplained(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
 /// its exit. Bounded like the kernel's table (`--max-live-tw`): past that the oldest entries go
 /// and their exits read `lifetime_ms: null`, as for sockets older than twtrace.
 pub struct Lifetimes {
-    live: schnellru::LruMap<u64, u64>,
+    live: crate::aggregate::Lru<u64, u64>,
 }
 
 impl Lifetimes {
     pub fn new(capacity: usize) -> Self {
         let cap = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
-            live: schnellru::LruMap::new(schnellru::ByLength::new(crate::aggregate::limit(cap))),
+            live: crate::aggregate::lru(cap),
         }
     }
 

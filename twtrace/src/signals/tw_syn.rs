@@ -9,16 +9,20 @@
 //! in tcp_timewait_state_process. Rejections come from the `paws` signal (a PAWS reject of a
 //! SYN, or a SYN refused otherwise).
 
-use schnellru::{ByLength, LruMap};
+use std::num::NonZeroUsize;
+
 use twtrace_common::{Event, EventKind, ExitCause, PawsPath, ts_flags};
 
 use super::{endpoints, flagged};
-use crate::event::{Record, TwSynVerdict, What};
+use crate::{
+    aggregate::{Lru, lru},
+    event::{Record, TwSynVerdict, What},
+};
 
 /// A replacing SYN follows its TIME-WAIT's exit within microseconds; anything older is stale.
 const PAIRING_WINDOW_NS: u64 = 1_000_000_000;
 /// Pending exits kept at most (each waits for one SYN); a bound, not a tuning knob.
-const PENDING: u32 = 4096;
+const PENDING: NonZeroUsize = NonZeroUsize::new(4096).expect("non-zero");
 const TH_SYN: u8 = 0x02;
 const TH_RST: u8 = 0x04;
 const TH_ACK: u8 = 0x10;
@@ -42,14 +46,14 @@ pub struct TwSynClassifier {
     /// emits both), so most pairs never touch the map.
     last: Option<(Key, Pending)>,
     /// Older exits still waiting (records of another CPU came in between).
-    pending: LruMap<Key, Pending>,
+    pending: Lru<Key, Pending>,
 }
 
 impl Default for TwSynClassifier {
     fn default() -> Self {
         Self {
             last: None,
-            pending: LruMap::new(ByLength::new(PENDING)),
+            pending: lru(PENDING),
         }
     }
 }
