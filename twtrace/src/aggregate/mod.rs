@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 
-use std::hash::{Hash, RandomState};
+use std::hash::Hash;
+
+use foldhash::fast::RandomState;
 
 use schnellru::{ByLength, LruMap};
 
@@ -128,16 +130,16 @@ impl<K: Ord> Ord for Ranked<'_, K> {
 
 /// A table of at most a given number of keys, least recently used evicted first.
 ///
-/// Hashed with std's `RandomState`: seeded per process without ever blocking (getrandom with
-/// GRND_INSECURE), and resistant to keys chosen by whoever sends us packets. schnellru's own
-/// default seeds with a getrandom(2) call that blocks until the kernel's entropy pool is
-/// ready, which hung twtrace in a freshly booted VM (and would at early boot as a service).
+/// Hashed with foldhash (hashbrown's default): fast, and seeded per process from
+/// address-space randomisation, without a syscall. schnellru's own default seeds with a
+/// getrandom(2) call that blocks until the kernel's entropy pool is ready, which hung twtrace
+/// in a freshly booted VM (and would at early boot as a service).
 pub type Lru<K, V> = LruMap<K, V, ByLength, RandomState>;
 
 /// An empty [`Lru`] that holds at most `capacity` keys.
 pub fn lru<K: Hash + Eq, V>(capacity: NonZeroUsize) -> Lru<K, V> {
     let limit = u32::try_from(capacity.get()).unwrap_or(u32::MAX);
-    LruMap::with_hasher(ByLength::new(limit), RandomState::new())
+    LruMap::with_hasher(ByLength::new(limit), RandomState::default())
 }
 
 /// Counters per remote IP, per local port, per destination, and in total.
