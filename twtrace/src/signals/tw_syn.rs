@@ -13,7 +13,7 @@ use std::num::NonZeroUsize;
 
 use twtrace_common::{Event, EventKind, ExitCause, PawsPath, ts_flags};
 
-use super::{endpoints, flagged};
+use super::{flagged, record};
 use crate::{
     aggregate::{Lru, lru},
     event::{Record, TwSynVerdict, What},
@@ -72,18 +72,14 @@ impl TwSynClassifier {
         let key = key_of(ev);
         let pure_syn = ev.tcp_flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN;
         let verdict_of = |verdict, tsval, ts_recent| {
-            let (local, remote) = endpoints(ev);
-            Record {
-                ts_ns: ev.ts_ns,
-                netns: ev.netns,
-                local,
-                remote,
-                what: What::TwSyn {
+            record(
+                ev,
+                What::TwSyn {
                     verdict,
                     tsval,
                     ts_recent,
                 },
-            }
+            )
         };
         match kind {
             EventKind::TwExit if ExitCause::from_u8(ev.detail) == ExitCause::ReplacedBySyn => {
