@@ -29,11 +29,10 @@ impl Pipeline {
         }
     }
 
-    /// Hands `f` the record decoded from `raw` and the verdict it completes, if any, when the
-    /// filter keeps them.
+    /// Hands `f` the record decoded from `ev` (the ring's copy, taken over) and the verdict it
+    /// completes, if any, when the filter keeps them.
     #[inline]
-    pub fn feed(&mut self, raw: &Event, filter: &Filter, mut f: impl FnMut(&Record)) {
-        let mut ev = *raw;
+    pub fn feed(&mut self, mut ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
         self.lifetimes.on_event(&mut ev);
         let derived = self.tw_syn.on_event(&ev);
         for rec in signals::decode(&ev, &self.ctx).into_iter().chain(derived) {
@@ -108,7 +107,7 @@ mod tests {
         let start = Instant::now();
         for c in &conns {
             for ev in c {
-                p.feed(ev, &filter, |r| agg.apply(r));
+                p.feed(*ev, &filter, |r| agg.apply(r));
             }
         }
         let per = start.elapsed().as_nanos() as f64 / n as f64;

@@ -164,13 +164,13 @@ async fn pump(
             // Final drain so nothing already in the ring, or parked in the kernel, is lost.
             crate::plan::silence(&mut loaded.bpf)?;
             let parked = signals::tw_exit::unexplained(&mut loaded.bpf)?;
-            let mut last = |ev: &twtrace_common::Event| {
+            let mut last = |ev: twtrace_common::Event| {
                 pipeline.feed(ev, filter, |rec| {
                     let _ = on_record(rec);
                 });
             };
             transport.drain(Duration::ZERO, &mut last).await?;
-            parked.iter().for_each(last);
+            parked.into_iter().for_each(last);
             on_tick(true)?;
             break;
         }

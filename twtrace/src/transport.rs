@@ -47,7 +47,7 @@ impl Transport {
 
     /// Waits until the kernel signals data or `poll` elapses, then hands every waiting record to
     /// `f`. Returns how many were handled.
-    pub async fn drain(&mut self, poll: Duration, mut f: impl FnMut(&Event)) -> Result<usize> {
+    pub async fn drain(&mut self, poll: Duration, mut f: impl FnMut(Event)) -> Result<usize> {
         if let Ok(guard) = tokio::time::timeout(poll, self.ring.readable_mut()).await {
             guard?.clear_ready();
         }
@@ -57,7 +57,7 @@ impl Transport {
             if item.len() >= size_of::<Event>() {
                 // SAFETY: the kernel wrote a whole Event; read_unaligned copes with any alignment.
                 let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-                f(&ev);
+                f(ev);
                 n += 1;
             }
         }
