@@ -313,7 +313,8 @@ pub struct KernelLayout {
     pub reason_tsecr: u32,
     /// enum tcp_tw_status TCP_TW_SYN (the SYN was accepted by the TIME-WAIT socket).
     pub tw_status_syn: u32,
-    /// sk_buff.dev and net_device.nd_net: a dropped segment's namespace when no socket is named.
+    /// enum tcp_tw_status TCP_TW_RST (the TIME-WAIT socket answers with a reset and dies).
+    pub tw_status_rst: u32,
     // tp_btf argument positions (from the btf_trace_* prototypes; u32::MAX = absent)
     pub btf_kfree_skb_reason_arg: u32,
     pub btf_kfree_skb_rx_sk_arg: u32,
@@ -325,8 +326,11 @@ pub struct KernelLayout {
     pub skc_nulls_pprev: u32,
     // struct net -> its reference count (0 while the namespace is being dismantled)
     pub net_refcount: u32,
+    /// sk_buff.dev and net_device.nd_net: a dropped segment's namespace when no socket is named.
     pub skb_dev: u32,
     pub dev_nd_net: u32,
+    /// Keeps the u64 fields aligned without hidden padding (the assertion below).
+    pub _pad: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
     pub tw_timer_handler: u64,
     /// Address of `reqsk_timer_handler`: the filter for request-socket (SYN) timers.
@@ -390,6 +394,8 @@ impl KernelLayout {
             reason_tw_paws: 0,
             reason_tsecr: 0,
             tw_status_syn: 0,
+            tw_status_rst: 0,
+            _pad: 0,
             btf_kfree_skb_reason_arg: 0,
             btf_kfree_skb_rx_sk_arg: 0,
             timer_expires: 0,
@@ -413,7 +419,7 @@ impl KernelLayout {
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(
     core::mem::offset_of!(KernelLayout, tw_timer_handler)
-        == core::mem::offset_of!(KernelLayout, dev_nd_net) + 4,
+        == core::mem::offset_of!(KernelLayout, _pad) + 4,
     "an even number of u32 fields must precede the u64 ones (add or drop a _pad)"
 );
 

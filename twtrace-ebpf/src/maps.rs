@@ -61,6 +61,22 @@ pub struct LastReset {
 #[map]
 pub static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(1, 0);
 
+/// Call-chain routes of TW exit: what the last TIME-WAIT socket to process a segment on this
+/// CPU answered (`tcp_tw_status`), so that the kill `tcp_v{4,6}_rcv` performs right after it is
+/// named: TCP_TW_SYN replaced by a SYN, TCP_TW_RST killed with a reset (see tw_exit.rs).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TwVerdict {
+    /// The TIME-WAIT socket, or 0 where the hook does not see it (kretprobe).
+    pub tw: u64,
+    pub status: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+}
+
+#[map]
+pub static TW_VERDICT: PerCpuArray<TwVerdict> = PerCpuArray::with_max_entries(1, 0);
+
 /// kprobe route of PAWS: (tw, th) passed to `tcp_timewait_state_process`, until it returns.
 #[map]
 pub static TW_PROCESS_ARGS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);

@@ -26,23 +26,31 @@
 //! classification names the cause. Where `inet_twsk_kill` is inlined, `tw_timer_handler` plus
 //! `inet_twsk_deschedule_put` (only when the timer is still pending, i.e. the kill will happen
 //! there) stand in for it.
+//!
+//! A kill by `tcp_v{4,6}_rcv` itself (not inside `tcp_timewait_state_process`) has two causes
+//! the call chain cannot tell apart: the TIME-WAIT accepted a SYN (TCP_TW_SYN, replaced) or
+//! answered a segment with a reset (TCP_TW_RST: data or a SYN reaching a FIN_WAIT2 TIME-WAIT).
+//! Its verdict on that segment, taken on this CPU just before (`TW_VERDICT`), names it: from the
+//! function's exit where function probes work; from `tcp:tcp_send_reset` on the tracepoint
+//! route, which traces resets of TIME-WAIT sockets since 6.10 (before, such a kill there still
+//! reads `replaced_by_syn`: a documented gap).
 
 use aya_ebpf::{
     EbpfContext,
     helpers::bpf_ktime_get_ns,
-    macros::{fentry, kprobe, tracepoint},
-    programs::{FEntryContext, ProbeContext, TracePointContext},
+    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use twtrace_common::{
-    Event, EventKind, ExitCause, HookFamily, LossSlot, PendingExit, frame_class as fc, route,
-    ts_flags,
+    Event, EventKind, ExitCause, HookFamily, LossSlot, PendingExit, TCP_TIME_WAIT,
+    frame_class as fc, route, ts_flags,
 };
 
 use crate::{
     emit::emit,
-    kernel::{Flow, Head, flow_of, netns_wanted, read},
+    kernel::{Flow, Head, flow_of, netns_wanted, read, scalar_arg},
     layout,
-    maps::{LIVE, PENDING, REARMING, Rearming},
+    maps::{LIVE, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
     stack::{bit, classify, classify_first},
 };
 
@@ -64,19 +72,16 @@ pub fn tw_exit_timer_cancel(ctx: TracePointContext) -> u32 {
     }
     // Most cancels are expiries or re-arms, named by the immediate caller (__run_timers,
     // __mod_timer): unwinding one frame is enough for them; only kills need the full chain.
+    let tw = timer - layout!(tw_timer) as u64;
     let cause = match classify_first(&ctx, bit(fc::REARM) | bit(fc::EXPIRE)) {
         fc::EXPIRE => ExitCause::Expired,
         fc::REARM => return rearming(timer),
-        _ => match cause_from_chain(&ctx) {
+        _ => match cause_from_chain(&ctx, tw, HookFamily::Tracepoint) {
             Some(c) => c,
             None => return rearming(timer),
         },
     };
-    exit(
-        timer - layout!(tw_timer) as u64,
-        cause,
-        HookFamily::Tracepoint,
-    )
+    exit(tw, cause, HookFamily::Tracepoint)
 }
 
 /// A re-arm cancels then restarts the timer on this CPU: tell tw_enter's timer_start that
@@ -97,7 +102,7 @@ fn rearming(timer: u64) -> u32 {
 #[fentry(function = "inet_twsk_kill")]
 pub fn tw_exit_fentry(ctx: FEntryContext) -> u32 {
     let tw: u64 = ctx.arg(0);
-    let cause = cause_from_chain(&ctx).unwrap_or(ExitCause::Unknown);
+    let cause = cause_from_chain(&ctx, tw, HookFamily::Fentry).unwrap_or(ExitCause::Unknown);
     exit(tw, cause, HookFamily::Fentry)
 }
 
@@ -106,7 +111,7 @@ pub fn tw_exit_kprobe(ctx: ProbeContext) -> u32 {
     let Some(tw) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    let cause = cause_from_chain(&ctx).unwrap_or(ExitCause::Unknown);
+    let cause = cause_from_chain(&ctx, tw, HookFamily::Kprobe).unwrap_or(ExitCause::Unknown);
     exit(tw, cause, HookFamily::Kprobe)
 }
 
@@ -155,22 +160,99 @@ fn deschedule<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily) -> u32 {
     if pprev == 0 {
         return 0;
     }
-    let cause = cause_from_chain(ctx).unwrap_or(ExitCause::Unknown);
+    let cause = cause_from_chain(ctx, tw, hook).unwrap_or(ExitCause::Unknown);
     exit(tw, cause, hook)
 }
 
-/// Names the cause from the call chain; None for a timer re-arm (the socket lives on).
+/// Names the cause of `tw`'s end from the call chain; None for a timer re-arm (the socket
+/// lives on).
 #[inline(always)]
-fn cause_from_chain<C: EbpfContext>(ctx: &C) -> Option<ExitCause> {
+fn cause_from_chain<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily) -> Option<ExitCause> {
     Some(match classify(ctx, WANTED) {
         fc::REARM => return None,
         fc::EXPIRE => ExitCause::Expired,
-        fc::RCV => ExitCause::ReplacedBySyn,
+        fc::RCV => after_verdict(tw, hook),
         fc::TW_PROCESS => ExitCause::KilledByRst,
         fc::CONNECT_REUSE => ExitCause::Reused,
         fc::PURGE => ExitCause::Purged,
         _ => ExitCause::Unknown,
     })
+}
+
+/// A verdict and the kill it leads to run in one softirq on one CPU, microseconds apart.
+const SAME_SEGMENT_NS: u64 = 1_000_000;
+
+/// fentry route: the verdict of a TIME-WAIT socket on the segment it just processed.
+#[fexit(function = "tcp_timewait_state_process")]
+pub fn tw_exit_verdict_fexit(ctx: FExitContext) -> u32 {
+    let status = ctx.ret::<u64>().unwrap_or(u64::MAX) as u32;
+    remember_verdict(scalar_arg(&ctx, 0), status)
+}
+
+/// kprobe route: the same from the return value (the socket is not at hand there; the
+/// verdict is consumed by the kill that follows on this CPU).
+#[kretprobe]
+pub fn tw_exit_verdict_kretprobe(ctx: RetProbeContext) -> u32 {
+    remember_verdict(0, ctx.ret::<u64>() as u32)
+}
+
+/// Tracepoint route: a reset sent on behalf of a TIME-WAIT socket (traced since 6.10) is its
+/// TCP_TW_RST verdict.
+#[tracepoint]
+pub fn tw_exit_rst_tx(ctx: TracePointContext) -> u32 {
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(layout!(tp_send_reset_skaddr) as usize) }) else {
+        return 0;
+    };
+    if sk == 0 || unsafe { read::<u8>(sk, layout!(skc_state)) }.unwrap_or(0) != TCP_TIME_WAIT {
+        return 0;
+    }
+    remember_verdict(sk, layout!(tw_status_rst))
+}
+
+#[inline(always)]
+fn remember_verdict(tw: u64, status: u32) -> u32 {
+    if let Some(slot) = TW_VERDICT.get_ptr_mut(0) {
+        unsafe {
+            *slot = TwVerdict {
+                tw,
+                status,
+                _pad: 0,
+                ts_ns: bpf_ktime_get_ns(),
+            }
+        };
+    }
+    0
+}
+
+/// The cause of a kill by `tcp_v{4,6}_rcv` (see the module comment), from the verdict this CPU
+/// just recorded for `tw`, consumed here. Function probes see every verdict, so without one the
+/// cause is unknown; the tracepoint route sees resets only, so there no reset means a SYN.
+#[inline(always)]
+fn after_verdict(tw: u64, hook: HookFamily) -> ExitCause {
+    let Some(slot) = TW_VERDICT.get_ptr_mut(0) else {
+        return ExitCause::Unknown;
+    };
+    let v = unsafe {
+        core::mem::replace(
+            &mut *slot,
+            TwVerdict {
+                tw: 0,
+                status: 0,
+                _pad: 0,
+                ts_ns: 0,
+            },
+        )
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fresh =
+        v.ts_ns != 0 && now.saturating_sub(v.ts_ns) < SAME_SEGMENT_NS && (v.tw == 0 || v.tw == tw);
+    if fresh && v.status == layout!(tw_status_rst) {
+        ExitCause::KilledByRst
+    } else if (fresh && v.status == layout!(tw_status_syn)) || hook == HookFamily::Tracepoint {
+        ExitCause::ReplacedBySyn
+    } else {
+        ExitCause::Unknown
+    }
 }
 
 /// Reports the end of TIME-WAIT socket `tw` (shared by every hook of this signal).

@@ -11,15 +11,17 @@ mod support;
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    io::Write as _,
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use support::{
-    CloseFirst, NetnsPair, Server, Tracer, connect_many, delta, free_port, netstat, sysctl,
+    CloseFirst, IO_TIMEOUT, NetnsPair, Server, TcpState, Tracer, connect_many, delta, free_port,
+    in_netns, netstat, sysctl, tcp_sockets,
 };
 
 /// The tracer drains the ring at least every 100 ms; wait a few periods before stopping.
@@ -469,4 +471,83 @@ fn namespace_teardown_purges() -> Result<()> {
         BTreeMap::from([("purged".to_owned(), created)]),
     );
     Ok(())
+}
+
+/// Polls `cond` every 10 ms until it holds; fails after `timeout` with `what`.
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !cond()? {
+        ensure!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Whether namespace `ns` holds a socket `local` -> `remote` in `state` (for a TIME-WAIT
+/// socket /proc shows its substate).
+fn has_socket(ns: &str, local: SocketAddr, remote: SocketAddr, state: TcpState) -> Result<bool> {
+    Ok(tcp_sockets(ns)?
+        .iter()
+        .any(|e| e.local == local && e.remote == remote && e.state == state))
+}
+
+/// Data reaching a FIN_WAIT2 TIME-WAIT (the server closed its half, the client has not and
+/// writes afterwards): the kernel answers with a reset and kills the socket from
+/// tcp_v{4,6}_rcv (TCP_TW_RST), a kill whose call chain looks like a SYN replacement's. Every
+/// such exit is `killed_by_rst`, one per reset the server namespace sent (Tcp OutRsts).
+fn data_after_close_resets(tag: &str, f: Family) -> Result<()> {
+    let pair = NetnsPair::new(tag)?;
+    let (srv_ns, cli_ns) = (pair.server_ns(), pair.client_ns());
+    let ip = server_ip(&pair, f);
+    let srv = SocketAddr::new(ip, free_port(srv_ns, ip)?);
+    let listener = in_netns(srv_ns, || TcpListener::bind(srv)).context("bind")?;
+    let tracer = trace_netns(pair.server_inode())?;
+    let before = netstat(srv_ns)?;
+    let mut client = in_netns(cli_ns, || TcpStream::connect_timeout(&srv, IO_TIMEOUT))
+        .context("connect")?;
+    let cli = client.local_addr()?;
+    let (accepted, _) = listener.accept()?;
+    // Half-close first and close once the client's ACK is in: the orphan then becomes a
+    // FIN_WAIT2 TIME-WAIT at close() itself, never racing the ACK into the keepalive path.
+    accepted.shutdown(Shutdown::Write)?;
+    wait_until("the server is in FIN_WAIT2", IO_TIMEOUT, || {
+        has_socket(srv_ns, srv, cli, TcpState::FinWait2)
+    })?;
+    drop(accepted);
+    client.write_all(b"late data")?;
+    wait_until("the reset removed the TIME-WAIT", IO_TIMEOUT, || {
+        Ok(!has_socket(srv_ns, srv, cli, TcpState::FinWait2)?)
+    })?;
+    let after = netstat(srv_ns)?;
+    let events = stop(tracer)?;
+
+    let inode = pair.server_inode();
+    let mine = |ty: &str| -> Vec<&Value> {
+        of(&events, ty, inode)
+            .into_iter()
+            .filter(|e| addr(e, "local") == srv && addr(e, "remote") == cli)
+            .collect()
+    };
+    assert_eq!(tw_created(&before, &after), 1, "sanity: one TIME-WAIT");
+    assert_eq!(mine("tw_enter").len(), 1, "{events:#?}");
+    let resets = delta(&before, &after, "TcpOutRsts");
+    assert_eq!(resets, 1, "sanity: the server sent one reset");
+    let exits = mine("tw_exit");
+    assert_eq!(
+        exits.iter().filter(|e| e["cause"] == "killed_by_rst").count() as u64,
+        resets,
+        "{exits:#?}"
+    );
+    assert_eq!(exits.len(), 1, "{exits:#?}");
+    Ok(())
+}
+
+#[test]
+fn data_after_close_resets_fin_wait2_timewait_v4() -> Result<()> {
+    data_after_close_resets("rst4", Family::V4)
+}
+
+#[test]
+fn data_after_close_resets_fin_wait2_timewait_v6() -> Result<()> {
+    data_after_close_resets("rst6", Family::V6)
 }

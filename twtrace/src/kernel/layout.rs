@@ -78,6 +78,9 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.tw_status_syn = btf
         .enum_value("tcp_tw_status", "TCP_TW_SYN")?
         .context("enum tcp_tw_status has no TCP_TW_SYN")? as u32;
+    layout.tw_status_rst = btf
+        .enum_value("tcp_tw_status", "TCP_TW_RST")?
+        .context("enum tcp_tw_status has no TCP_TW_RST")? as u32;
     // The eBPF side reads these with fixed widths: refuse a kernel where they changed.
     for (s, m, size) in [
         ("sock_common", "skc_family", 2),

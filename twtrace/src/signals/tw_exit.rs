@@ -13,12 +13,20 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Fentry,
             needs: &[],
-            programs: &[Program {
-                name: "tw_exit_fentry",
-                attach: Attach::Fentry {
-                    function: "inet_twsk_kill",
+            programs: &[
+                Program {
+                    name: "tw_exit_fentry",
+                    attach: Attach::Fentry {
+                        function: "inet_twsk_kill",
+                    },
                 },
-            }],
+                Program {
+                    name: "tw_exit_verdict_fexit",
+                    attach: Attach::Fexit {
+                        function: "tcp_timewait_state_process",
+                    },
+                },
+            ],
         },
         Hook {
             family: Family::Fentry,
@@ -36,17 +44,31 @@ pub static SIGNAL: Signal = Signal {
                         function: "inet_twsk_deschedule_put",
                     },
                 },
+                Program {
+                    name: "tw_exit_verdict_fexit",
+                    attach: Attach::Fexit {
+                        function: "tcp_timewait_state_process",
+                    },
+                },
             ],
         },
         Hook {
             family: Family::Kprobe,
             needs: &[],
-            programs: &[Program {
-                name: "tw_exit_kprobe",
-                attach: Attach::Kprobe {
-                    function: "inet_twsk_kill",
+            programs: &[
+                Program {
+                    name: "tw_exit_kprobe",
+                    attach: Attach::Kprobe {
+                        function: "inet_twsk_kill",
+                    },
                 },
-            }],
+                Program {
+                    name: "tw_exit_verdict_kretprobe",
+                    attach: Attach::Kretprobe {
+                        function: "tcp_timewait_state_process",
+                    },
+                },
+            ],
         },
         Hook {
             family: Family::Kprobe,
@@ -62,6 +84,12 @@ pub static SIGNAL: Signal = Signal {
                     name: "tw_exit_deschedule_kprobe",
                     attach: Attach::Kprobe {
                         function: "inet_twsk_deschedule_put",
+                    },
+                },
+                Program {
+                    name: "tw_exit_verdict_kretprobe",
+                    attach: Attach::Kretprobe {
+                        function: "tcp_timewait_state_process",
                     },
                 },
             ],
@@ -97,13 +125,22 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Tracepoint,
             needs: &[],
-            programs: &[Program {
-                name: "tw_exit_timer_cancel",
-                attach: Attach::Tracepoint {
-                    category: "timer",
-                    name: "timer_cancel",
+            programs: &[
+                Program {
+                    name: "tw_exit_timer_cancel",
+                    attach: Attach::Tracepoint {
+                        category: "timer",
+                        name: "timer_cancel",
+                    },
                 },
-            }],
+                Program {
+                    name: "tw_exit_rst_tx",
+                    attach: Attach::Tracepoint {
+                        category: "tcp",
+                        name: "tcp_send_reset",
+                    },
+                },
+            ],
         },
     ],
 };
