@@ -329,8 +329,8 @@ pub struct KernelLayout {
     /// sk_buff.dev and net_device.nd_net: a dropped segment's namespace when no socket is named.
     pub skb_dev: u32,
     pub dev_nd_net: u32,
-    /// Keeps the u64 fields aligned without hidden padding (the assertion below).
-    pub _pad: u32,
+    /// inet_sock.inet_sport: a closing socket's local port after the kernel released skc_num.
+    pub inet_sport: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
     pub tw_timer_handler: u64,
     /// Address of `reqsk_timer_handler`: the filter for request-socket (SYN) timers.
@@ -395,7 +395,7 @@ impl KernelLayout {
             reason_tsecr: 0,
             tw_status_syn: 0,
             tw_status_rst: 0,
-            _pad: 0,
+            inet_sport: 0,
             btf_kfree_skb_reason_arg: 0,
             btf_kfree_skb_rx_sk_arg: 0,
             timer_expires: 0,
@@ -419,7 +419,7 @@ impl KernelLayout {
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(
     core::mem::offset_of!(KernelLayout, tw_timer_handler)
-        == core::mem::offset_of!(KernelLayout, _pad) + 4,
+        == core::mem::offset_of!(KernelLayout, inet_sport) + 4,
     "an even number of u32 fields must precede the u64 ones (add or drop a _pad)"
 );
 

@@ -67,11 +67,20 @@ pub static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(1,
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TwVerdict {
-    /// The TIME-WAIT socket, or 0 where the hook does not see it (kretprobe).
+    /// The TIME-WAIT socket the verdict is about; 0 when none is recorded.
     pub tw: u64,
+    /// `tcp_tw_status`, or [`TwVerdict::PENDING`] between a kprobe and its kretprobe.
     pub status: u32,
     pub _pad: u32,
-    pub ts_ns: u64,
+}
+
+impl TwVerdict {
+    pub const PENDING: u32 = u32::MAX;
+    pub const NONE: TwVerdict = TwVerdict {
+        tw: 0,
+        status: Self::PENDING,
+        _pad: 0,
+    };
 }
 
 #[map]

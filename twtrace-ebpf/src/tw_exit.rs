@@ -179,9 +179,6 @@ fn cause_from_chain<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily) -> Optio
     })
 }
 
-/// A verdict and the kill it leads to run in one softirq on one CPU, microseconds apart.
-const SAME_SEGMENT_NS: u64 = 1_000_000;
-
 /// fentry route: the verdict of a TIME-WAIT socket on the segment it just processed.
 #[fexit(function = "tcp_timewait_state_process")]
 pub fn tw_exit_verdict_fexit(ctx: FExitContext) -> u32 {
@@ -189,11 +186,23 @@ pub fn tw_exit_verdict_fexit(ctx: FExitContext) -> u32 {
     remember_verdict(scalar_arg(&ctx, 0), status)
 }
 
-/// kprobe route: the same from the return value (the socket is not at hand there; the
-/// verdict is consumed by the kill that follows on this CPU).
+/// kprobe route, entry half: which TIME-WAIT socket the verdict will be about.
+#[kprobe]
+pub fn tw_exit_verdict_kprobe(ctx: ProbeContext) -> u32 {
+    remember_verdict(ctx.arg::<u64>(0).unwrap_or(0), TwVerdict::PENDING)
+}
+
+/// kprobe route, return half: the verdict (tcp_timewait_state_process does not sleep, so the
+/// entry half's slot on this CPU is this call's).
 #[kretprobe]
 pub fn tw_exit_verdict_kretprobe(ctx: RetProbeContext) -> u32 {
-    remember_verdict(0, ctx.ret::<u64>() as u32)
+    if let Some(slot) = TW_VERDICT.get_ptr_mut(0) {
+        let slot = unsafe { &mut *slot };
+        if slot.tw != 0 && slot.status == TwVerdict::PENDING {
+            slot.status = ctx.ret::<u64>() as u32;
+        }
+    }
+    0
 }
 
 /// Tracepoint route: a reset sent on behalf of a TIME-WAIT socket (traced since 6.10) is its
@@ -217,38 +226,27 @@ fn remember_verdict(tw: u64, status: u32) -> u32 {
                 tw,
                 status,
                 _pad: 0,
-                ts_ns: bpf_ktime_get_ns(),
             }
         };
     }
     0
 }
 
-/// The cause of a kill by `tcp_v{4,6}_rcv` (see the module comment), from the verdict this CPU
-/// just recorded for `tw`, consumed here. Function probes see every verdict, so without one the
-/// cause is unknown; the tracepoint route sees resets only, so there no reset means a SYN.
+/// The cause of a kill of `tw` by `tcp_v{4,6}_rcv` (see the module comment), from the verdict
+/// this CPU recorded for that socket, consumed here. Nothing of ours runs between the verdict
+/// and the kill, so no clock is needed (emulated kernels take milliseconds for the reset in
+/// between); the socket must match. Function probes see every verdict, so without one the cause
+/// is unknown; the tracepoint route sees resets only, so there no reset means a SYN.
 #[inline(always)]
 fn after_verdict(tw: u64, hook: HookFamily) -> ExitCause {
     let Some(slot) = TW_VERDICT.get_ptr_mut(0) else {
         return ExitCause::Unknown;
     };
-    let v = unsafe {
-        core::mem::replace(
-            &mut *slot,
-            TwVerdict {
-                tw: 0,
-                status: 0,
-                _pad: 0,
-                ts_ns: 0,
-            },
-        )
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let fresh =
-        v.ts_ns != 0 && now.saturating_sub(v.ts_ns) < SAME_SEGMENT_NS && (v.tw == 0 || v.tw == tw);
-    if fresh && v.status == layout!(tw_status_rst) {
+    let v = unsafe { core::mem::replace(&mut *slot, TwVerdict::NONE) };
+    let mine = v.tw == tw;
+    if mine && v.status == layout!(tw_status_rst) {
         ExitCause::KilledByRst
-    } else if (fresh && v.status == layout!(tw_status_syn)) || hook == HookFamily::Tracepoint {
+    } else if (mine && v.status == layout!(tw_status_syn)) || hook == HookFamily::Tracepoint {
         ExitCause::ReplacedBySyn
     } else {
         ExitCause::Unknown

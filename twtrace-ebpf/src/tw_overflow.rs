@@ -6,7 +6,8 @@
 //! `LAST_ENTER` records. The other ways out of FIN_WAIT2/CLOSING are resets, received or sent
 //! (`tcp:tcp_receive_reset`, `tcp:tcp_send_reset`, recorded in `LAST_RESET`), so a close that
 //! follows neither is a refused TIME-WAIT. (The call chain cannot tell: tcp_time_wait tail-calls
-//! tcp_done, so its frame is gone.) The local port is already released here and reads 0.
+//! tcp_done, so its frame is gone.) The local port is already released from skc_num here;
+//! inet_sport keeps it.
 //!
 //! Function-probe route: `inet_twsk_alloc(sk, ...)` returning NULL is the overflow itself
 //! (tcp_time_wait counts TCPTimeWaitOverflow right after), and the socket still has its port.
@@ -80,11 +81,15 @@ pub fn closed(sk: u64, hook: HookFamily) -> u32 {
             return 0;
         }
     }
-    let Some(flow) = (unsafe { read_flow(sk) }) else {
+    let Some(mut flow) = (unsafe { read_flow(sk) }) else {
         return 0;
     };
     if !netns_wanted(flow.netns) {
         return 0;
+    }
+    if flow.lport == 0 {
+        // Closing released skc_num already; inet_sport still holds the port (network order).
+        flow.lport = u16::from_be(unsafe { read::<u16>(sk, layout!(inet_sport)) }.unwrap_or(0));
     }
     report(sk, &flow, ts, hook)
 }

@@ -300,6 +300,7 @@ fn overflow_matches_kernel_counter() -> Result<()> {
     );
     for e in &overflows {
         assert_eq!(addr(e, "remote").ip(), pair.client_v4(), "{e}");
+        assert_eq!(addr(e, "local"), srv, "{e}");
     }
     Ok(())
 }
@@ -503,8 +504,8 @@ fn data_after_close_resets(tag: &str, f: Family) -> Result<()> {
     let listener = in_netns(srv_ns, || TcpListener::bind(srv)).context("bind")?;
     let tracer = trace_netns(pair.server_inode())?;
     let before = netstat(srv_ns)?;
-    let mut client = in_netns(cli_ns, || TcpStream::connect_timeout(&srv, IO_TIMEOUT))
-        .context("connect")?;
+    let mut client =
+        in_netns(cli_ns, || TcpStream::connect_timeout(&srv, IO_TIMEOUT)).context("connect")?;
     let cli = client.local_addr()?;
     let (accepted, _) = listener.accept()?;
     // Half-close first and close once the client's ACK is in: the orphan then becomes a
@@ -534,7 +535,10 @@ fn data_after_close_resets(tag: &str, f: Family) -> Result<()> {
     assert_eq!(resets, 1, "sanity: the server sent one reset");
     let exits = mine("tw_exit");
     assert_eq!(
-        exits.iter().filter(|e| e["cause"] == "killed_by_rst").count() as u64,
+        exits
+            .iter()
+            .filter(|e| e["cause"] == "killed_by_rst")
+            .count() as u64,
         resets,
         "{exits:#?}"
     );

@@ -56,6 +56,7 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.ireq_tstamp_ok_bit = btf.flag_bit_offset("inet_request_sock", "tstamp_ok")?;
     layout.timer_expires = btf.member_offset("timer_list", "expires")?;
     layout.sk_protocol = btf.member_offset("sock", "sk_protocol")?;
+    layout.inet_sport = btf.member_offset("inet_sock", "inet_sport")?;
     layout.skc_nulls_pprev = sc("skc_nulls_node.pprev")?;
     // The namespace's own reference count moved: net.count (< 5.17), net.ns.count, and
     // net.ns.__ns_ref (6.18+).
@@ -99,6 +100,7 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
         ("request_sock", "ts_recent", 4),
         ("tcp_request_sock", "rcv_isn", 4),
         ("sock", "sk_protocol", 2),
+        ("inet_sock", "inet_sport", 2),
     ] {
         let got = btf.member_size(s, m)?;
         anyhow::ensure!(

@@ -63,6 +63,12 @@ pub static SIGNAL: Signal = Signal {
                     },
                 },
                 Program {
+                    name: "tw_exit_verdict_kprobe",
+                    attach: Attach::Kprobe {
+                        function: "tcp_timewait_state_process",
+                    },
+                },
+                Program {
                     name: "tw_exit_verdict_kretprobe",
                     attach: Attach::Kretprobe {
                         function: "tcp_timewait_state_process",
@@ -84,6 +90,12 @@ pub static SIGNAL: Signal = Signal {
                     name: "tw_exit_deschedule_kprobe",
                     attach: Attach::Kprobe {
                         function: "inet_twsk_deschedule_put",
+                    },
+                },
+                Program {
+                    name: "tw_exit_verdict_kprobe",
+                    attach: Attach::Kprobe {
+                        function: "tcp_timewait_state_process",
                     },
                 },
                 Program {
