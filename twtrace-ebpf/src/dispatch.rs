@@ -33,31 +33,47 @@ pub fn tp_timer_start(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     if func == layout!(tw_timer_handler) {
-        if tw_exit::rearmed(timer) {
-            if no_rx_sk() {
-                unnamed_drop::rearmed(timer - layout!(tw_timer) as u64);
-            }
-        } else if routes() & route::TW_ENTER != 0 {
-            tw_enter::started(&ctx, timer);
-        }
+        tw_timer_started(&ctx, timer);
     } else if func == layout!(reqsk_timer_handler) {
-        let routes = routes();
-        if routes & (route::TW_EXIT | route::SYN) == 0 {
-            return 0;
-        }
-        let req = timer - layout!(req_timer) as u64;
-        // A request_sock starts with its sock_common (addresses, ports, netns).
-        let Some(flow) = (unsafe { read_flow(req) }) else {
-            return 0;
-        };
-        if routes & route::TW_EXIT != 0 {
-            tw_exit::request_queued(&flow);
-        }
-        if routes & route::SYN != 0 {
-            syn::report_flow(req, &flow, HookFamily::TpBtf);
-        }
+        request_timer_started(timer);
     }
     0
+}
+
+// The paths below are out of line on purpose: each gets its own stack frame. Inlined together,
+// their buffers made one frame of nearly 512 bytes, and the 6.1 verifier adds the frame of any
+// call (memset, at least 32 bytes) to the caller's and refused the program.
+
+/// A TIME-WAIT timer started: a re-arm of the parked one, or a new TIME-WAIT.
+#[inline(never)]
+fn tw_timer_started(ctx: &BtfTracePointContext, timer: u64) {
+    if tw_exit::rearmed(timer) {
+        if no_rx_sk() {
+            unnamed_drop::rearmed(timer - layout!(tw_timer) as u64);
+        }
+    } else if routes() & route::TW_ENTER != 0 {
+        tw_enter::started(ctx, timer);
+    }
+}
+
+/// A request socket's timer started: a SYN was queued (it may settle a parked exit).
+#[inline(never)]
+fn request_timer_started(timer: u64) {
+    let routes = routes();
+    if routes & (route::TW_EXIT | route::SYN) == 0 {
+        return;
+    }
+    let req = timer - layout!(req_timer) as u64;
+    // A request_sock starts with its sock_common (addresses, ports, netns).
+    let Some(flow) = (unsafe { read_flow(req) }) else {
+        return;
+    };
+    if routes & route::TW_EXIT != 0 {
+        tw_exit::request_queued(&flow);
+    }
+    if routes & route::SYN != 0 {
+        syn::report_flow(req, &flow, HookFamily::TpBtf);
+    }
 }
 
 #[btf_tracepoint(function = "timer_cancel")]
@@ -101,9 +117,15 @@ pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
         tw_exit::segment_dropped_by(rx_sk);
     }
     if routes & route::PAWS != 0 && paws::wanted_reason(reason, true) {
-        paws::on_drop(scalar_arg(&ctx, 0), reason, rx_sk, true, HookFamily::TpBtf);
+        paws_drop(scalar_arg(&ctx, 0), reason, rx_sk);
     }
     0
+}
+
+/// Out of line for the same reason as the timer_start paths (its own frame).
+#[inline(never)]
+fn paws_drop(skb: u64, reason: u32, rx_sk: u64) {
+    paws::on_drop(skb, reason, rx_sk, true, HookFamily::TpBtf);
 }
 
 /// Before 6.11 kfree_skb has no `rx_sk` argument (see unnamed_drop.rs).

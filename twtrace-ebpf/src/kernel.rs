@@ -55,24 +55,42 @@ pub struct Flow {
 
 /// A copy of `N` bytes of a kernel struct (from offset `from`), taken with one helper call: a
 /// helper call costs as much as a short copy, and these paths run once or twice per TIME-WAIT.
+///
+/// Made in two steps, [`Head::at`] then [`Head::fill`], so that the copy lands in the caller's
+/// frame once: returned in an `Option` it was copied again, and the dispatchers' frames count
+/// against the 512-byte BPF stack (with the frame of every call they make, e.g. memset).
 pub struct Head<const N: usize> {
-    bytes: [u8; N],
+    bytes: core::mem::MaybeUninit<Aligned<N>>,
     base: u64,
     from: u32,
 }
 
+/// A byte buffer moved with 8-byte loads and stores rather than byte by byte.
+#[repr(C, align(8))]
+struct Aligned<const N: usize>([u8; N]);
+
 impl<const N: usize> Head<N> {
+    /// An empty copy of the `N` bytes at `base + from` (the struct must extend that far).
     #[inline(always)]
-    pub unsafe fn read(base: u64) -> Option<Self> {
-        unsafe { Self::read_from(base, 0) }
+    pub fn at(base: u64, from: u32) -> Self {
+        Self {
+            bytes: core::mem::MaybeUninit::uninit(),
+            base,
+            from,
+        }
     }
 
-    /// The `N` bytes at `base + from`; the struct must extend that far.
+    /// Takes the copy; false if the kernel memory could not be read (then nothing may be got).
+    /// Not zeroed first: the helper writes every byte or fails.
     #[inline(always)]
-    pub unsafe fn read_from(base: u64, from: u32) -> Option<Self> {
-        let mut bytes = [0u8; N];
-        unsafe { bpf_probe_read_kernel_buf((base + from as u64) as *const u8, &mut bytes) }.ok()?;
-        Some(Self { bytes, base, from })
+    pub unsafe fn fill(&mut self) -> bool {
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                self.bytes.as_mut_ptr().cast(),
+                N as u32,
+                (self.base + self.from as u64) as *const core::ffi::c_void,
+            ) == 0
+        }
     }
 
     /// The field at `off` (from `base`): from the copy when it lies there, else read on its
@@ -82,7 +100,9 @@ impl<const N: usize> Head<N> {
     pub unsafe fn get<T: Copy>(&self, off: u32) -> Option<T> {
         if off >= self.from && (off - self.from) as usize + core::mem::size_of::<T>() <= N {
             let at = (off - self.from) as usize;
-            Some(unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(at) as *const T) })
+            Some(unsafe {
+                core::ptr::read_unaligned((self.bytes.as_ptr() as *const u8).add(at) as *const T)
+            })
         } else {
             unsafe { read(self.base, off) }
         }

@@ -77,16 +77,19 @@ pub fn report_flow(req: u64, flow: &Flow, hook: HookFamily) -> u32 {
     // from the first of them (fields outside it are read on their own).
     let bit = layout!(ireq_tstamp_ok_bit);
     let first = min3(bit / 8, layout!(req_ts_recent), layout!(req_rcv_isn));
-    let h = unsafe { Head::<SYN_FIELDS>::read_from(req, first) };
+    let mut h = Head::<SYN_FIELDS>::at(req, first);
+    let copied = unsafe { h.fill() };
     let get = |off: u32| -> Option<u32> {
-        match &h {
-            Some(h) => unsafe { h.get::<u32>(off) },
-            None => unsafe { read(req, off) },
+        if copied {
+            unsafe { h.get::<u32>(off) }
+        } else {
+            unsafe { read(req, off) }
         }
     };
-    let byte: u8 = match &h {
-        Some(h) => unsafe { h.get(bit / 8) },
-        None => unsafe { read(req, bit / 8) },
+    let byte: u8 = if copied {
+        unsafe { h.get(bit / 8) }
+    } else {
+        unsafe { read(req, bit / 8) }
     }
     .unwrap_or(0);
     let has_ts = byte & (1 << (bit % 8)) != 0;

@@ -116,9 +116,10 @@ const TW_ENTER_HEAD: usize = 144;
 #[inline(always)]
 fn enter<C: EbpfContext>(ctx: &C, tw: u64, timeout_jiffies: u64, hook: HookFamily) -> u32 {
     // One copy for the flow and the substate (sock_common, then tw_substate right after it).
-    let Some(h) = (unsafe { Head::<TW_ENTER_HEAD>::read(tw) }) else {
+    let mut h = Head::<TW_ENTER_HEAD>::at(tw, 0);
+    if !unsafe { h.fill() } {
         return 0;
-    };
+    }
     let Some(flow) = (unsafe { flow_of(&h, layout!(tw_common)) }) else {
         return 0;
     };

@@ -271,10 +271,9 @@ fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
 fn prepare(tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
     // The call-chain routes come here with a stack walk's buffer and an event on the BPF stack:
     // a smaller copy (the flow's fields) keeps them under the 512-byte limit.
-    match unsafe { Head::<96>::read_from(tw, layout!(tw_common)) } {
-        Some(h) => prepare_from(&h, tw, hook, ev),
-        None => false,
-    }
+    let mut h = Head::<96>::at(tw, layout!(tw_common));
+    let copied = unsafe { h.fill() };
+    copied && prepare_from(&h, tw, hook, ev)
 }
 
 /// [`prepare`] from a copy of the head of the timewait socket `tw`.
@@ -339,9 +338,10 @@ pub fn on_cancel(timer: u64, routes: u32) {
     let tw = timer - layout!(tw_timer) as u64;
     let reporting = routes & route::TW_EXIT != 0;
     // The socket's head in one copy: the unhashed test, the namespace, the flow.
-    let Some(h) = (unsafe { Head::<TW_HEAD>::read(tw) }) else {
+    let mut h = Head::<TW_HEAD>::at(tw, 0);
+    if !unsafe { h.fill() } {
         return;
-    };
+    }
     let skc = layout!(tw_common);
     let pprev: u64 = unsafe { h.get(skc + layout!(skc_nulls_pprev)) }.unwrap_or(1);
     let net: u64 = unsafe { h.get(skc + layout!(skc_net)) }.unwrap_or(0);

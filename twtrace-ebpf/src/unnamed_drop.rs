@@ -27,7 +27,8 @@ pub fn rearmed(tw: u64) {
 }
 
 /// The TIME-WAIT socket that dropped `skb`, as far as this CPU's last steps tell, or 0.
-#[inline(always)]
+/// Out of line: the segment it parses gets a frame of its own (see dispatch.rs).
+#[inline(never)]
 pub fn socket_of(skb: u64) -> u64 {
     let rearmed = match TW_REARMED.get_ptr_mut(0) {
         // Consumed: it is about this segment or none.
