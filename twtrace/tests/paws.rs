@@ -304,14 +304,19 @@ fn nat_clients_with_disagreeing_clocks() -> Result<()> {
         let ip = lab.public_ip();
         assert_eq!(report.paws, report.expected_paws, "sanity: {report:#?}");
         assert_eq!(report.paws > 0, expect_rejects, "sanity: {report:#?}");
-        let rejects = from(&events, "paws_reject", ip);
+        // The counter window holds B's attempt alone: TIME-WAIT rejects. A's own connection,
+        // traced but outside that window, may have an established-path reject of its own (a
+        // reordered ACK; seen once in the 6.1 VM, where such a drop names no namespace).
+        let rejects: Vec<&Value> = from(&events, "paws_reject", ip)
+            .into_iter()
+            .filter(|r| r["path"] == "timewait")
+            .collect();
         assert_eq!(
             rejects.len() as u64,
             report.paws,
-            "{order:?}: paws_reject vs the counter"
+            "{order:?}: paws_reject vs the counter: {rejects:#?}\n{report:#?}"
         );
         for r in &rejects {
-            assert_eq!(r["path"], "timewait");
             assert_eq!(r["ts_recent"], report.ts_recent, "{r}");
         }
         if let Some(first) = rejects.first() {

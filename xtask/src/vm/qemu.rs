@@ -36,7 +36,7 @@ pub struct Outcome {
 
 /// KVM only with a real hardware backend: the /dev/kvm of some sandboxes (e.g. kvm_pvm) cannot
 /// boot these kernels (-cpu host aborts on MSR 0x10a), see shared/KERNEL.md.
-fn use_kvm(accel: Accel) -> bool {
+pub(crate) fn use_kvm(accel: Accel) -> bool {
     match accel {
         Accel::Kvm => true,
         Accel::Tcg => false,
