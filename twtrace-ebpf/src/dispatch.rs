@@ -11,7 +11,7 @@ use twtrace_common::{HookFamily, route};
 
 use crate::{
     kernel::{read, read_flow, routes, scalar_arg},
-    layout, paws, port_exhaustion, syn, tw_enter, tw_exit, tw_overflow, unnamed_drop,
+    layout, paws, port_exhaustion, syn, tw_enter, tw_exit, tw_overflow,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -47,11 +47,7 @@ pub fn tp_timer_start(ctx: BtfTracePointContext) -> u32 {
 /// A TIME-WAIT timer started: a re-arm of the parked one, or a new TIME-WAIT.
 #[inline(never)]
 fn tw_timer_started(ctx: &BtfTracePointContext, timer: u64) {
-    if tw_exit::rearmed(timer) {
-        if no_rx_sk() {
-            unnamed_drop::rearmed(timer - layout!(tw_timer) as u64);
-        }
-    } else if routes() & route::TW_ENTER != 0 {
+    if !tw_exit::rearmed(timer) && routes() & route::TW_ENTER != 0 {
         tw_enter::started(ctx, timer);
     }
 }
@@ -83,9 +79,7 @@ pub fn tp_timer_cancel(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let routes = routes();
-    // Parked cancels also tell re-arms apart, which PAWS needs where kfree_skb names no socket.
-    let parks = route::TW_EXIT | route::TW_ENTER | if no_rx_sk() { route::PAWS } else { 0 };
-    if routes & parks != 0 {
+    if routes & (route::TW_EXIT | route::TW_ENTER) != 0 {
         tw_exit::on_cancel(timer, routes);
     }
     0
@@ -103,16 +97,13 @@ pub fn tp_timer_expire(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
     let reason = scalar_arg(&ctx, layout!(btf_kfree_skb_reason_arg) as usize) as u32;
-    let routes = routes();
-    let rx_sk = if no_rx_sk() {
-        if routes & (route::TW_EXIT | route::PAWS) == 0 {
-            0
-        } else {
-            unnamed_drop::socket_of(scalar_arg(&ctx, 0))
-        }
+    let rx_arg = layout!(btf_kfree_skb_rx_sk_arg);
+    let rx_sk = if rx_arg == u32::MAX {
+        0
     } else {
-        scalar_arg(&ctx, layout!(btf_kfree_skb_rx_sk_arg) as usize)
+        scalar_arg(&ctx, rx_arg as usize)
     };
+    let routes = routes();
     if rx_sk != 0 && routes & route::TW_EXIT != 0 {
         tw_exit::segment_dropped_by(rx_sk);
     }
@@ -126,12 +117,6 @@ pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
 #[inline(never)]
 fn paws_drop(skb: u64, reason: u32, rx_sk: u64) {
     paws::on_drop(skb, reason, rx_sk, true, HookFamily::TpBtf);
-}
-
-/// Before 6.11 kfree_skb has no `rx_sk` argument (see unnamed_drop.rs).
-#[inline(always)]
-fn no_rx_sk() -> bool {
-    layout!(btf_kfree_skb_rx_sk_arg) == u32::MAX
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]

@@ -17,7 +17,6 @@ mod syn;
 mod tw_enter;
 mod tw_exit;
 mod tw_overflow;
-mod unnamed_drop;
 
 #[cfg(not(test))]
 #[panic_handler]

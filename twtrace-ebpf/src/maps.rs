@@ -86,11 +86,6 @@ impl TwVerdict {
 #[map]
 pub static TW_VERDICT: PerCpuArray<TwVerdict> = PerCpuArray::with_max_entries(1, 0);
 
-/// tp_btf before 6.11: the TIME-WAIT socket whose timer this CPU just re-armed, until the
-/// next dropped segment (see unnamed_drop.rs).
-#[map]
-pub static TW_REARMED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
 /// kprobe route of PAWS: (tw, th) passed to `tcp_timewait_state_process`, until it returns.
 #[map]
 pub static TW_PROCESS_ARGS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);

@@ -15,13 +15,11 @@
 //! - `timer_expire_entry` of the same timer: expired;
 //! - `timer_start` of the same timer: a re-arm, not an exit;
 //! - `timer_start` of a request socket with the same addresses and ports: replaced by SYN;
-//! - `kfree_skb` naming the TIME-WAIT socket as the one that dropped the segment (6.11+;
-//!   before, a non-SYN segment with its ports, see unnamed_drop.rs): a reset received, or a
-//!   reset sent for a segment it refused (FIN_WAIT2).
+//! - `kfree_skb` naming the TIME-WAIT socket as the one that dropped the segment (6.11+): a
+//!   reset received, or a reset sent for a segment it refused (FIN_WAIT2).
 //! Positive evidence only: an interrupt's unrelated timer never settles a parked cancel. One
 //! still unexplained when the next one is parked is reported with cause `unknown` (a SYN
-//! answered by a SYN cookie creates no request socket; before 6.11 a SYN refused with a reset
-//! cannot be told from one that replaced the socket and was dropped later).
+//! answered by a SYN cookie creates no request socket; reset kills before 6.11 name no socket).
 //!
 //! Function-probe route: `inet_twsk_kill(tw)` runs exactly once per TIME-WAIT socket, from the
 //! timer (expiry) or from `inet_twsk_deschedule_put` (every early kill); the same call-chain
@@ -389,17 +387,6 @@ fn settle(slot: &mut PendingExit, cause: ExitCause) {
 fn parked() -> Option<&'static mut PendingExit> {
     let slot = unsafe { &mut *PENDING.get_ptr_mut(0)? };
     if slot.timer == 0 { None } else { Some(slot) }
-}
-
-/// The parked exit's event, if one is parked and wanted (unnamed_drop.rs matches drops to it).
-#[inline(always)]
-pub fn parked_event() -> Option<&'static Event> {
-    let slot = parked()?;
-    if slot.ev.kind == 0 {
-        None
-    } else {
-        Some(&slot.ev)
-    }
 }
 
 /// `timer_start` of a TIME-WAIT timer: true if it re-arms the parked one (no exit, no enter).

@@ -13,7 +13,7 @@ const KFREE_SKB_NON_TW: Program = Program {
     },
 };
 
-/// kfree_skb's dropping socket: how the classic tracepoint route recognises a TIME-WAIT reject.
+/// kfree_skb's dropping socket: how the tracepoint routes recognise a TIME-WAIT reject.
 const RX_SK: Need = Need::TracepointField {
     category: "skb",
     name: "kfree_skb",
@@ -59,11 +59,9 @@ pub static SIGNAL: Signal = Signal {
                 KFREE_SKB_NON_TW,
             ],
         },
-        // Before 6.11 kfree_skb names no socket; the TIME-WAIT's own re-arm or exit just
-        // before the drop stands in (twtrace-ebpf/src/unnamed_drop.rs).
         Hook {
             family: Family::TpBtf,
-            needs: &[],
+            needs: &[RX_SK],
             programs: &[Program {
                 name: "tp_kfree_skb",
                 attach: Attach::BtfTracepoint { name: "kfree_skb" },

@@ -21,8 +21,8 @@ enum Hooks {
     Auto,
     /// Force kprobes (the fallback for kernels without fentry).
     Kprobe,
-    /// Force BTF-typed raw tracepoints (what hosts without fentry and kprobes use). On 6.1
-    /// kfree_skb names no socket: the route's stand-in for it is what that run proves.
+    /// Force BTF-typed raw tracepoints (what hosts without fentry and kprobes use). Needs
+    /// kfree_skb's `rx_sk` (6.11+) for PAWS at TIME-WAIT, so 6.12, not 6.1.
     #[value(name = "tp_btf")]
     TpBtf,
 }
