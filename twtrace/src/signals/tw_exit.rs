@@ -199,17 +199,28 @@ pub fn unexplained(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
 
 /// Lifetimes on the tp_btf route, which keeps no table in the kernel (a hash insert and delete
 /// per TIME-WAIT there cost more than this): each enter is remembered by socket address until
-/// its exit. Bounded like the kernel's table (`--max-live-tw`): past that the oldest entries go
-/// and their exits read `lifetime_ms: null`, as for sockets older than twtrace.
+/// its exit. Bounded like the kernel's table (`--max-live-tw`): the latest `capacity` enters are
+/// always remembered, older ones may go, and their exits read `lifetime_ms: null`, as for
+/// sockets older than twtrace.
+///
+/// Two generations of plain hash maps rather than an LRU: every TIME-WAIT is one insert and
+/// one remove at a random socket address, and an LRU's recency list costs two more cache
+/// misses per remove (it was the tracer's largest single cost under churn). When the current
+/// generation is full it becomes the old one and the previous old one is dropped whole.
 pub struct Lifetimes {
-    live: crate::aggregate::Lru<u64, u64>,
+    current: HashMap<u64, u64>,
+    old: HashMap<u64, u64>,
+    capacity: usize,
 }
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 impl Lifetimes {
     pub fn new(capacity: usize) -> Self {
-        let cap = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
-            live: crate::aggregate::lru(cap),
+            current: HashMap::default(),
+            old: HashMap::default(),
+            capacity: capacity.max(1),
         }
     }
 
@@ -219,17 +230,30 @@ impl Lifetimes {
             return;
         }
         match twtrace_common::EventKind::from_u8(ev.kind) {
-            Some(twtrace_common::EventKind::TwEnter) => {
-                self.live.insert(ev.obj, ev.ts_ns);
-            }
+            Some(twtrace_common::EventKind::TwEnter) => self.insert(ev.obj, ev.ts_ns),
             Some(twtrace_common::EventKind::TwExit) => {
-                if let Some(enter) = self.live.remove(&ev.obj) {
+                let enter = self
+                    .current
+                    .remove(&ev.obj)
+                    .or_else(|| self.old.remove(&ev.obj));
+                if let Some(enter) = enter {
                     // 0 reads "unknown": a real lifetime is never under 1 ns.
                     ev.lifetime_ns = ev.ts_ns.saturating_sub(enter).max(1);
                 }
             }
             _ => {}
         }
+    }
+
+    fn insert(&mut self, tw: u64, ts_ns: u64) {
+        if self.current.len() >= self.capacity {
+            // The old generation's memory is reused; what it still held is forgotten.
+            self.old.clear();
+            std::mem::swap(&mut self.current, &mut self.old);
+        }
+        // A socket address reused while its old entry sits in `old`: the new one wins.
+        self.old.remove(&tw);
+        self.current.insert(tw, ts_ns);
     }
 }
 
@@ -247,16 +271,31 @@ mod tests {
     #[test]
     fn lifetimes_pair_tp_btf_enters_and_exits_by_socket() {
         let mut l = Lifetimes::new(2);
-        for (obj, t) in [(1, 100), (2, 200), (3, 300)] {
+        for (obj, t) in [(1, 100), (2, 200), (3, 300), (4, 400), (5, 500)] {
             l.on_event(&mut ev(EventKind::TwEnter, HookFamily::TpBtf, obj, t));
         }
-        // Socket 1 was the oldest of three in a table of two: unknown, never a guess.
-        let mut x = ev(EventKind::TwExit, HookFamily::TpBtf, 1, 1_000);
+        // Sockets 1 and 2 went with their generation: unknown, never a guess.
+        for obj in [1, 2] {
+            let mut x = ev(EventKind::TwExit, HookFamily::TpBtf, obj, 1_000);
+            l.on_event(&mut x);
+            assert_eq!(x.lifetime_ns, 0);
+        }
+        // The latest `capacity` enters (and here one more) are remembered, each once.
+        for (obj, enter) in [(5, 500), (4, 400), (3, 300)] {
+            let mut x = ev(EventKind::TwExit, HookFamily::TpBtf, obj, 1_000);
+            l.on_event(&mut x);
+            assert_eq!(x.lifetime_ns, 1_000 - enter);
+            let mut again = ev(EventKind::TwExit, HookFamily::TpBtf, obj, 2_000);
+            l.on_event(&mut again);
+            assert_eq!(again.lifetime_ns, 0);
+        }
+        // A socket address reused: the newer enter wins.
+        l.on_event(&mut ev(EventKind::TwEnter, HookFamily::TpBtf, 9, 100));
+        l.on_event(&mut ev(EventKind::TwEnter, HookFamily::TpBtf, 8, 100));
+        l.on_event(&mut ev(EventKind::TwEnter, HookFamily::TpBtf, 9, 600));
+        let mut x = ev(EventKind::TwExit, HookFamily::TpBtf, 9, 1_000);
         l.on_event(&mut x);
-        assert_eq!(x.lifetime_ns, 0);
-        let mut x = ev(EventKind::TwExit, HookFamily::TpBtf, 3, 1_000);
-        l.on_event(&mut x);
-        assert_eq!(x.lifetime_ns, 700);
+        assert_eq!(x.lifetime_ns, 400);
         // Other routes carry the kernel's own lifetime: left alone.
         let mut x = ev(EventKind::TwExit, HookFamily::Fentry, 2, 1_000);
         x.lifetime_ns = 5;

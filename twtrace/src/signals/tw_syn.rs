@@ -96,6 +96,7 @@ impl TwSynClassifier {
                 // The newest exit of this 4-tuple wins, as if every exit went to the map: one
                 // in `last` is newer than any in the map, which only takes exits `last` held.
                 let newest = self.last.take_if(|(k, _)| *k == key).map(|(_, p)| p);
+                self.forget_stale(ev.ts_ns);
                 let older = if self.pending.is_empty() {
                     None
                 } else {
@@ -122,6 +123,17 @@ impl TwSynClassifier {
                 ))
             }
             _ => None,
+        }
+    }
+
+    /// Drops waiting exits past the pairing window, oldest first, so that in steady churn the
+    /// map is empty again and a SYN with no exit before it costs no hash lookup.
+    fn forget_stale(&mut self, now_ns: u64) {
+        while let Some((_, p)) = self.pending.peek_oldest() {
+            if now_ns.saturating_sub(p.ts_ns) <= PAIRING_WINDOW_NS {
+                break;
+            }
+            self.pending.pop_oldest();
         }
     }
 }
@@ -211,6 +223,24 @@ mod tests {
             verdict(c.on_event(&on_port(syn(Some(901), 2_700), 4))),
             Some(TwSynVerdict::AcceptedByTimestamp)
         );
+    }
+
+    #[test]
+    fn exits_left_waiting_are_forgotten_after_the_window() {
+        let on_port = |mut e: Event, port: u16| {
+            e.rport = port;
+            e
+        };
+        let mut c = TwSynClassifier::default();
+        // Port 1's SYN never comes (a SYN cookie, say); port 2's exit pushes it to the map.
+        c.on_event(&on_port(exit(1000), 1));
+        c.on_event(&on_port(exit(1000), 2));
+        assert_eq!(c.pending.len(), 1);
+        // A SYN within the window leaves it waiting; one past the window clears it.
+        c.on_event(&on_port(syn(Some(1), 500_000_000), 9));
+        assert_eq!(c.pending.len(), 1);
+        c.on_event(&on_port(syn(Some(1), 2_000_000_000), 9));
+        assert_eq!(c.pending.len(), 0);
     }
 
     #[test]

@@ -128,14 +128,29 @@ impl Track {
     /// little skew drift), and against the first one while several rates still fit (long
     /// span: it tells close rates apart). Once one rate is left, only the latest sample
     /// counts, so a clock whose skew wanders (NTP) keeps its line.
+    #[inline]
     pub fn fit(&self, s: Sample, tol: &Tolerance) -> Option<(RateMask, f64)> {
         let dt_last = secs(s.t_ns, self.last.t_ns);
         let d_last = s.tsval.wrapping_sub(self.last.tsval);
-        let dt_first = secs(s.t_ns, self.first.t_ns);
-        let d_first = s.tsval.wrapping_sub(self.first.tsval);
+        // Inlined quick exit first: a new line is tested against every cluster, and almost
+        // all of them are unrelated offsets.
         if self.cannot_fit(dt_last, d_last, tol) {
             return None;
         }
+        self.fit_rates(s, dt_last, d_last, tol)
+    }
+
+    /// The per-rate part of [`Track::fit`], out of line: reached only by plausible samples.
+    #[inline(never)]
+    fn fit_rates(
+        &self,
+        s: Sample,
+        dt_last: f64,
+        d_last: u32,
+        tol: &Tolerance,
+    ) -> Option<(RateMask, f64)> {
+        let dt_first = secs(s.t_ns, self.first.t_ns);
+        let d_first = s.tsval.wrapping_sub(self.first.tsval);
         let locked = self.mask.count_ones() == 1;
         let mut mask = 0;
         let mut score = f64::INFINITY;
@@ -162,16 +177,13 @@ impl Track {
     /// within `[-bound, top·dt + bound]` (the bound grows with the rate), where `top` is the
     /// fastest rate still allowed. Unrelated offsets (almost every track a new line is tested
     /// against) land anywhere in 2^32 and fail here, before the per-rate loop.
+    #[inline(always)]
     fn cannot_fit(&self, dt: f64, d: u32, tol: &Tolerance) -> bool {
-        let Some(top) = RATES
-            .iter()
-            .enumerate()
-            .rev()
-            .find(|(i, _)| self.mask & (1 << i) != 0)
-            .map(|(_, &r)| f64::from(r))
-        else {
+        if self.mask == 0 {
             return true;
-        };
+        }
+        // The highest bit set is the fastest rate (RATES ascend).
+        let top = f64::from(RATES[(RateMask::BITS - 1 - self.mask.leading_zeros()) as usize]);
         let bound = tol.ticks(top, dt);
         let hi = top * dt + bound;
         // Only where the whole interval is one signed 32-bit range does `d as i32` read the

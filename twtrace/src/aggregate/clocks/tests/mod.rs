@@ -68,3 +68,31 @@ fn sorted(mut v: Vec<Syn>) -> Vec<Syn> {
 mod counts;
 mod robust;
 mod sweep;
+
+/// Measures the estimator's cost per SYN under the bench's churn on a kernel with per-4-tuple
+/// offsets (every SYN from a port whose line is long gone: a new line tested against every
+/// cluster). A measurement, not a test of speed: `cargo test --release -p twtrace
+/// observe_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run by hand"]
+fn observe_cost() {
+    let mut e = ClockEstimator::new(ClockConfig::default());
+    let n = 4_000_000u64;
+    let syns: Vec<(u64, u32, u16)> = (0..n)
+        .map(|i| {
+            let port = 1024 + (i % 64_512) as u16;
+            let t = T0_NS + i * 66_000;
+            let tsval = u32::from(port)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add((t / 1_000_000) as u32);
+            (t, tsval, port)
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    for &(t, tsval, port) in &syns {
+        e.observe_flow(t, tsval, port, 8080);
+    }
+    let per = start.elapsed().as_nanos() as f64 / n as f64;
+    eprintln!("clock estimator: {per:.0} ns per SYN");
+    assert_eq!(e.estimate().mode, OffsetMode::PerTuple);
+}
