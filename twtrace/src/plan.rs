@@ -66,22 +66,18 @@ pub fn attach_all(
             let why = choice
                 .rejected
                 .iter()
-                .map(|(f, r)| format!("{}: {r}", f.as_str()))
+                .map(|(f, r)| format!("{}: {}", f.as_str(), r.lines().next().unwrap_or("")))
                 .collect::<Vec<_>>()
                 .join("; ");
-            match forced {
-                Some(f) => bail!(
-                    "--hooks {} cannot serve signal `{}` ({why}); try --hooks auto",
-                    f.as_str(),
-                    signal.name
-                ),
-                None => bail!(
-                    "no hook can serve signal `{}` on this kernel ({why})",
-                    signal.name
-                ),
+            match unserved(signal.name, forced, wanted) {
+                Unserved::Fatal(msg) => bail!("{msg} ({why})"),
+                Unserved::Warn(msg) => eprintln!("twtrace: warning: {msg} ({why})"),
             }
         }
         choices.push(choice);
+    }
+    if choices.iter().all(|c| c.chosen.is_none()) {
+        bail!("no hook can serve any signal on this kernel; `twtrace doctor -v` says why");
     }
     // The tp_btf programs are already running; until now they served no signal.
     let mut routes: Array<_, u32> = bpf
@@ -90,6 +86,33 @@ pub fn attach_all(
         .try_into()?;
     routes.set(0, shared.routes, 0)?;
     Ok(choices)
+}
+
+/// What to do about a signal no hook could serve.
+#[derive(Debug, PartialEq, Eq)]
+enum Unserved {
+    Fatal(String),
+    Warn(String),
+}
+
+/// A signal the user asked for, by `--signals` or by forcing a family, is an error when it
+/// cannot be served. With the automatic choice and no `--signals`, the others are still worth
+/// tracing (a kernel without the TIME-WAIT PAWS drop reason and without function probes can
+/// still show the TIME-WAIT lifecycle), so it is a warning, and `doctor` shows it as NONE.
+fn unserved(signal: &str, forced: Option<Family>, wanted: &[&str]) -> Unserved {
+    match forced {
+        Some(f) => Unserved::Fatal(format!(
+            "--hooks {} cannot serve signal `{signal}`; try --hooks auto",
+            f.as_str()
+        )),
+        None if wanted.contains(&signal) => Unserved::Fatal(format!(
+            "no hook can serve signal `{signal}` on this kernel"
+        )),
+        None => Unserved::Warn(format!(
+            "no hook can serve signal `{signal}` on this kernel; tracing the other signals \
+             (--signals without it silences this)"
+        )),
+    }
 }
 
 /// Stops the tp_btf programs from serving any signal (first step of shutdown, so that what
@@ -297,4 +320,28 @@ fn unload(bpf: &mut Ebpf, p: &Program) {
         Attach::Fexit { .. } => <&mut FExit>::try_from(prog).map(|t| t.unload()),
         Attach::BtfTracepoint { .. } => <&mut BtfTracePoint>::try_from(prog).map(|t| t.unload()),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unservable_signal_fails_only_when_asked_for() {
+        // Automatic choice, no --signals: the others are traced, with a warning.
+        assert!(matches!(
+            unserved("paws_reject", None, &[]),
+            Unserved::Warn(m) if m.contains("`paws_reject`") && m.contains("--signals")
+        ));
+        // Named in --signals: an error.
+        assert!(matches!(
+            unserved("paws_reject", None, &["tw_enter", "paws_reject"]),
+            Unserved::Fatal(m) if m.contains("no hook can serve signal `paws_reject`")
+        ));
+        // A forced family must serve everything it traces.
+        assert!(matches!(
+            unserved("paws_reject", Some(Family::TpBtf), &[]),
+            Unserved::Fatal(m) if m.starts_with("--hooks tp_btf cannot serve signal `paws_reject`")
+        ));
+    }
 }
