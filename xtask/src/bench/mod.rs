@@ -56,7 +56,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "table,table-no-paws,events,hooks-only,bpftrace,bpftrace-count"
+        default_value = "table,table-no-paws,table-no-state,events,hooks-only,bpftrace,bpftrace-count"
     )]
     with: Vec<Condition>,
     /// Other load (% of all CPUs used by processes outside the bench) under which the machine

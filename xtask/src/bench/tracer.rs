@@ -1,4 +1,4 @@
-//! The four conditions and the tracer each one runs: start it, know when it is attached,
+//! The conditions and the tracer each one runs: start it, know when it is attached,
 //! snapshot its CPU and BPF statistics, stop it, and count what `twtrace events` wrote.
 
 use super::guard::{self, Proc};
@@ -22,6 +22,11 @@ pub enum Condition {
     /// the SYN route and the reject path cost.
     #[value(name = "table-no-paws")]
     TableNoPaws,
+    /// The live table without tw_overflow and connect_eaddrnotavail, the two signals that
+    /// on tracepoint-only kernels hang off `inet_sock_set_state` (10 runs per connection):
+    /// its difference to `table` is what that hook costs.
+    #[value(name = "table-no-state")]
+    TableNoState,
     /// `twtrace events --json` (NDJSON to a file, counted afterwards).
     Events,
     /// `twtrace --hooks-only`: every program attached and running its first filter, no
@@ -42,6 +47,9 @@ impl Condition {
             Self::Baseline => "no tracer",
             Self::Table => "`twtrace` (live table > /dev/null)",
             Self::TableNoPaws => "`twtrace --signals <all but paws_reject,syn>` (live table)",
+            Self::TableNoState => {
+                "`twtrace --signals tw_enter,tw_exit,paws_reject,syn` (live table)"
+            }
             Self::Events => "`twtrace events --json > file`",
             Self::HooksOnly => "`twtrace --hooks-only` (programs attached, no signal routed)",
             Self::Bpftrace => "bpftrace one-liner > /dev/null",
@@ -138,6 +146,12 @@ impl Tracer {
                     "tw_enter,tw_exit,tw_overflow,connect_eaddrnotavail",
                 ])
                 .stdout(Stdio::null());
+                (c, None)
+            }
+            Condition::TableNoState => {
+                let mut c = Command::new(&setup.twtrace);
+                c.args(["--signals", "tw_enter,tw_exit,paws_reject,syn"])
+                    .stdout(Stdio::null());
                 (c, None)
             }
             Condition::HooksOnly => {
