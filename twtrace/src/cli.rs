@@ -57,9 +57,8 @@ pub struct Common {
     /// Trace only these signals (comma-separated): tw_enter, tw_exit, tw_overflow,
     /// connect_eaddrnotavail, paws_reject, syn. Default: all. Fewer signals attach fewer
     /// programs; e.g. without paws_reject and syn the PAWS/NAT columns stay empty. Where only
-    /// tracepoints load, tw_overflow and connect_eaddrnotavail cost the most (a hook on every
-    /// TCP state change); under heavy churn, leaving them out saves about 2 % of CPU per
-    /// connection (README, Performance).
+    /// tracepoints load, tw_overflow and connect_eaddrnotavail need a hook on every TCP state
+    /// change (a third of all hook runs; README, Performance).
     #[arg(long, global = true, value_name = "LIST", value_delimiter = ',', value_parser = parse_signal)]
     pub signals: Vec<&'static str>,
 
