@@ -251,8 +251,9 @@ impl Lifetimes {
             self.old.clear();
             std::mem::swap(&mut self.current, &mut self.old);
         }
-        // A socket address reused while its old entry sits in `old`: the new one wins.
-        self.old.remove(&tw);
+        // A socket address reused while a stale entry of it sits in `old` (its exit was never
+        // seen): exits look in `current` first, so the newer enter wins, and the stale entry
+        // goes with its generation.
         self.current.insert(tw, ts_ns);
     }
 }
