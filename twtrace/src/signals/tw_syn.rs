@@ -173,6 +173,12 @@ mod tests {
         e
     }
 
+    /// `e` from remote port `port` (another 4-tuple).
+    fn on_port(mut e: Event, port: u16) -> Event {
+        e.rport = port;
+        e
+    }
+
     fn verdict(r: Option<Record>) -> Option<TwSynVerdict> {
         match r?.what {
             What::TwSyn { verdict, .. } => Some(verdict),
@@ -194,10 +200,6 @@ mod tests {
 
     #[test]
     fn interleaved_exits_pair_with_their_own_syns() {
-        let on_port = |mut e: Event, port: u16| {
-            e.rport = port;
-            e
-        };
         let mut c = TwSynClassifier::default();
         // Two exits of different 4-tuples before either SYN (another CPU's records between).
         c.on_event(&on_port(exit(1000), 1));
@@ -227,10 +229,6 @@ mod tests {
 
     #[test]
     fn exits_left_waiting_are_forgotten_after_the_window() {
-        let on_port = |mut e: Event, port: u16| {
-            e.rport = port;
-            e
-        };
         let mut c = TwSynClassifier::default();
         // Port 1's SYN never comes (a SYN cookie, say); port 2's exit pushes it to the map.
         c.on_event(&on_port(exit(1000), 1));
