@@ -318,6 +318,19 @@ async fn live(
 ) -> Result<()> {
     let topts = table::TableOpts {
         top: opts.top,
+        untraced: loaded
+            .choices
+            .iter()
+            .filter(|c| c.chosen.is_none())
+            .map(|c| {
+                let why = if c.off {
+                    "left out by --signals"
+                } else {
+                    "no hook on this kernel"
+                };
+                (c.signal, why)
+            })
+            .collect(),
         clear_screen: io::stdout().is_terminal(),
         ..Default::default()
     };

@@ -6,6 +6,7 @@
 //! tw_created 4  live 2  overflow 1  eaddrnotavail 2  lost 3  evictions 0
 //! exits 3: expired 1  replaced_by_syn 0  killed_by_rst 0  reused 1  purged 0  unknown 1  (entry unseen 1)  lifetime avg 30500.0 ms  min 1000.0 ms  max 60000.0 ms
 //! lost: tw_exit 3
+//! not traced: paws_reject (no hook on this kernel)
 //!
 //! REMOTE_IP            CREATED  LIVE  EXPIRED  SYN  RST  REUSED  PURGED  UNKNOWN  OVERFLOW  EADDRNOTAVAIL   AVG_MS
 //! 192.0.2.7                  3     1        1    0    0       1       0        0         0              2  30500.0
@@ -33,10 +34,13 @@ use crate::event::ExitCause;
 /// ANSI: cursor home, then clear the screen, so each refresh redraws in place.
 const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TableOpts {
     /// Rows per section.
     pub top: usize,
+    /// Signals not traced, with why (`(name, reason)`): shown under the totals, so that a
+    /// zero there is never read as "none happened" when nothing was looking.
+    pub untraced: Vec<(&'static str, &'static str)>,
     /// Prefix ANSI clear/home (set when stdout is a terminal). Otherwise each rendering ends
     /// with a blank line, so successive ones in a log stay apart.
     pub clear_screen: bool,
@@ -48,6 +52,7 @@ impl Default for TableOpts {
     fn default() -> Self {
         TableOpts {
             top: 10,
+            untraced: Vec::new(),
             clear_screen: false,
             order: Order::TwCreated,
         }
@@ -66,6 +71,14 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
     // Writing into a String cannot fail; the results of writeln! are ignored below.
     let _ = writeln!(out, "twtrace {}", Utc(now));
     header(agg, out);
+    if !opts.untraced.is_empty() {
+        out.push_str("not traced:");
+        for (i, (signal, why)) in opts.untraced.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            let _ = write!(out, "{sep}{signal} ({why})");
+        }
+        out.push('\n');
+    }
 
     out.push('\n');
     let ips = agg.top_by_ip(opts.top, opts.order);
@@ -394,6 +407,24 @@ mod tests {
         );
         // No lost or eviction detail lines while there is nothing to report.
         assert_eq!(lines[3], "");
+    }
+
+    #[test]
+    fn untraced_signals_are_named_under_the_totals() {
+        let opts = TableOpts {
+            untraced: vec![
+                ("paws_reject", "no hook on this kernel"),
+                ("syn", "left out by --signals"),
+            ],
+            ..Default::default()
+        };
+        let text = render_str(&sample(), &opts);
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(
+            lines[3],
+            "not traced: paws_reject (no hook on this kernel), syn (left out by --signals)"
+        );
+        assert_eq!(lines[4], "");
     }
 
     #[test]
