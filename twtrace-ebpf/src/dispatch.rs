@@ -96,7 +96,13 @@ pub fn tp_timer_expire(ctx: BtfTracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
-    let reason = scalar_arg(&ctx, layout!(btf_kfree_skb_reason_arg) as usize) as u32;
+    // No reason argument (before 5.17): u32::MAX, which no wanted reason equals there.
+    let reason_arg = layout!(btf_kfree_skb_reason_arg);
+    let reason = if reason_arg == u32::MAX {
+        u32::MAX
+    } else {
+        scalar_arg(&ctx, reason_arg as usize) as u32
+    };
     let rx_arg = layout!(btf_kfree_skb_rx_sk_arg);
     let rx_sk = if rx_arg == u32::MAX {
         0

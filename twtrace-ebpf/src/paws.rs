@@ -47,7 +47,11 @@ pub fn paws_kfree_skb_nontw(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_drop_tp(ctx: &TracePointContext, timewait: bool) -> u32 {
-    let reason: u32 = unsafe { ctx.read_at(layout!(tp_kfree_skb_reason) as usize) }.unwrap_or(0);
+    let reason_off = layout!(tp_kfree_skb_reason);
+    if reason_off == u32::MAX {
+        return 0; // no drop reasons on this kernel (before 5.17): the plan did not pick this hook
+    }
+    let reason: u32 = unsafe { ctx.read_at(reason_off as usize) }.unwrap_or(0);
     if !wanted_reason(reason, timewait) {
         return 0;
     }
@@ -64,13 +68,15 @@ fn on_drop_tp(ctx: &TracePointContext, timewait: bool) -> u32 {
 }
 
 /// Cheap first filter on the drop reason (kfree_skb fires for every dropped packet).
+/// u32::MAX stands for "absent on this kernel" in the layout, so it is never wanted.
 #[inline(always)]
 pub fn wanted_reason(reason: u32, timewait: bool) -> bool {
-    reason == layout!(reason_paws)
-        || reason == layout!(reason_paws_ack)
-        || reason == layout!(reason_tsecr)
-        || (timewait
-            && (reason == layout!(reason_tw_paws) || reason == layout!(reason_not_specified)))
+    reason != u32::MAX
+        && (reason == layout!(reason_paws)
+            || reason == layout!(reason_paws_ack)
+            || reason == layout!(reason_tsecr)
+            || (timewait
+                && (reason == layout!(reason_tw_paws) || reason == layout!(reason_not_specified))))
 }
 
 /// A dropped segment whose reason passed [`wanted_reason`]; `rx_sk` is the socket that

@@ -69,6 +69,9 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
         for a in &c.attached {
             println!("  {:<22}   attached: {a}", "");
         }
+        if let Some(limits) = c.limits {
+            println!("  {:<22}   partial: {limits}", "");
+        }
         for (fam, why) in &c.rejected {
             let shown = if verbose {
                 why.as_str()

@@ -13,7 +13,9 @@ use aya::{
 use std::collections::HashSet;
 
 use crate::{
-    kernel::{btf::KernelBtf, caps::Caps, kallsyms::Kallsyms, tracefs::Format},
+    kernel::{
+        btf::KernelBtf, caps::Caps, kallsyms::Kallsyms, layout::drop_reason, tracefs::Format,
+    },
     signals::{self, Attach, Family, Hook, Need, Program, Signal},
 };
 
@@ -30,6 +32,8 @@ pub struct Choice {
     pub rejected: Vec<(Family, String)>,
     /// Not traced: left out by `--signals`.
     pub off: bool,
+    /// What the chosen hook does not see of the signal (a fallback that serves it in part).
+    pub limits: Option<&'static str>,
 }
 
 pub struct Facts<'a> {
@@ -58,6 +62,7 @@ pub fn attach_all(
                 attached: Vec::new(),
                 rejected: vec![],
                 off: true,
+                limits: None,
             });
             continue;
         }
@@ -147,6 +152,7 @@ fn attach_signal(
         attached: Vec::new(),
         rejected: Vec::new(),
         off: false,
+        limits: None,
     };
     let families = match forced {
         Some(f) => vec![f],
@@ -162,6 +168,14 @@ fn attach_signal(
                     }
                     choice.chosen = Some(family);
                     choice.attached = attached;
+                    choice.limits = hook.limits;
+                    if let Some(limits) = hook.limits {
+                        eprintln!(
+                            "twtrace: warning: {} on {}: {limits}",
+                            signal.name,
+                            family.as_str()
+                        );
+                    }
                     return choice;
                 }
                 Err(e) => choice.rejected.push((family, format!("{e:#}"))),
@@ -237,6 +251,11 @@ fn precheck(facts: &Facts<'_>, hook: &Hook) -> Result<()> {
                 let has = Format::load(category, name).is_ok_and(|f| f.offset(field).is_ok());
                 if !has {
                     bail!("tracepoint {category}:{name} has no `{field}` field: {why}");
+                }
+            }
+            Need::DropReason { name, why } => {
+                if drop_reason(facts.kbtf, name).is_none() {
+                    bail!("this kernel has no drop reason SKB_DROP_REASON_{name}: {why}");
                 }
             }
         }

@@ -78,10 +78,11 @@ fn announce(l: &Loaded) {
         .iter()
         .map(|c| {
             format!(
-                "{}={}",
+                "{}={}{}",
                 c.signal,
                 c.chosen
-                    .map_or(if c.off { "off" } else { "none" }, |f| f.as_str())
+                    .map_or(if c.off { "off" } else { "none" }, |f| f.as_str()),
+                if c.limits.is_some() { "(partial)" } else { "" }
             )
         })
         .collect();
@@ -330,6 +331,11 @@ async fn live(
                 };
                 (c.signal, why)
             })
+            .collect(),
+        partial: loaded
+            .choices
+            .iter()
+            .filter_map(|c| Some((c.signal, c.limits?)))
             .collect(),
         clear_screen: io::stdout().is_terminal(),
         ..Default::default()

@@ -67,15 +67,14 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
             "struct net has no reference count twtrace knows (ns.__ns_ref, ns.count, count)",
         )?;
     tp_btf_args(btf, layout)?;
-    let reason = |name: &str| -> Result<u32> {
-        let v = btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{name}"))?;
-        Ok(v.map_or(u32::MAX, |v| v as u32))
-    };
-    layout.reason_not_specified = reason("NOT_SPECIFIED")?;
-    layout.reason_paws = reason("TCP_RFC7323_PAWS")?;
-    layout.reason_paws_ack = reason("TCP_RFC7323_PAWS_ACK")?;
-    layout.reason_tw_paws = reason("TCP_RFC7323_TW_PAWS")?;
-    layout.reason_tsecr = reason("TCP_RFC7323_TSECR")?;
+    // Drop reasons came with 5.17 and the PAWS ones later: an absent one is u32::MAX, which no
+    // drop carries, and the hooks that depend on it say so in the plan (`Need::DropReason`).
+    let reason = |name: &str| drop_reason(btf, name).unwrap_or(u32::MAX);
+    layout.reason_not_specified = reason("NOT_SPECIFIED");
+    layout.reason_paws = reason("TCP_RFC7323_PAWS");
+    layout.reason_paws_ack = reason("TCP_RFC7323_PAWS_ACK");
+    layout.reason_tw_paws = reason("TCP_RFC7323_TW_PAWS");
+    layout.reason_tsecr = reason("TCP_RFC7323_TSECR");
     layout.tw_status_syn = btf
         .enum_value("tcp_tw_status", "TCP_TW_SYN")?
         .context("enum tcp_tw_status has no TCP_TW_SYN")? as u32;
@@ -111,14 +110,21 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     Ok(())
 }
 
+/// The value of `SKB_DROP_REASON_<name>` on this kernel; None before 5.17 (no such enum) or
+/// where that reason is younger than the kernel.
+pub fn drop_reason(btf: &KernelBtf, name: &str) -> Option<u32> {
+    let v = btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{name}"));
+    v.ok().flatten().map(|v| v as u32)
+}
+
 /// Argument positions the tp_btf programs cannot take for granted: kfree_skb gained its reason
-/// (5.17) and the dropping socket (6.12) over time. The rest (timer, socket, states) have kept
-/// their first places since tp_btf exists; a kernel where they moved fails the verifier.
+/// (5.17) and the dropping socket (6.12) over time; u32::MAX where absent (the program then
+/// reads neither). The rest (timer, socket, states) have kept their first places since tp_btf
+/// exists; a kernel where they moved fails the verifier.
 fn tp_btf_args(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> {
     let args = btf.tracepoint_args("kfree_skb")?;
     let find = |want: &str| args.iter().position(|a| a == want).map(|i| i as u32);
-    layout.btf_kfree_skb_reason_arg = find("enum skb_drop_reason")
-        .with_context(|| format!("kfree_skb has no drop reason argument ({args:?})"))?;
+    layout.btf_kfree_skb_reason_arg = find("enum skb_drop_reason").unwrap_or(u32::MAX);
     layout.btf_kfree_skb_rx_sk_arg = find("struct sock *").unwrap_or(u32::MAX);
     Ok(())
 }
@@ -144,7 +150,8 @@ pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Result<()> {
     let kfree = Format::load("skb", "kfree_skb")?;
     layout.tp_kfree_skb_skbaddr = kfree.offset("skbaddr")?;
     layout.tp_kfree_skb_protocol = kfree.offset("protocol")?;
-    layout.tp_kfree_skb_reason = kfree.offset("reason")?;
+    // `reason` (5.17+): without it no drop is wanted (every reason is u32::MAX, see above).
+    layout.tp_kfree_skb_reason = kfree.offset("reason").unwrap_or(u32::MAX);
     // rx_sk (6.11+) names the socket that dropped the segment; without it a TIME-WAIT
     // socket's ts_recent is out of reach from this tracepoint.
     layout.tp_kfree_skb_rx_sk = kfree.offset("rx_sk").unwrap_or(u32::MAX);

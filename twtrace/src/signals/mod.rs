@@ -104,6 +104,12 @@ pub enum Need {
         field: &'static str,
         why: &'static str,
     },
+    /// A value of the kernel's `enum skb_drop_reason` (`SKB_DROP_REASON_<name>`): the enum came
+    /// with 5.17, the PAWS reasons later.
+    DropReason {
+        name: &'static str,
+        why: &'static str,
+    },
 }
 
 /// One way to observe a signal: all of its programs must load and attach.
@@ -111,6 +117,9 @@ pub enum Need {
 pub struct Hook {
     pub family: Family,
     pub needs: &'static [Need],
+    /// What this hook does not see of its signal, for a fallback that serves it in part (the
+    /// plan, `doctor` and the live table say so); None for a hook that sees all of it.
+    pub limits: Option<&'static str>,
     pub programs: &'static [Program],
 }
 

@@ -21,6 +21,42 @@ const RX_SK: Need = Need::TracepointField {
     why: "TIME-WAIT rejects are recognised by the dropping socket (kernel 6.11+)",
 };
 
+/// The reason the non-TIME-WAIT paths are recognised by (the enum came with 5.17, this value
+/// soon after; _PAWS_ACK and _TSECR are younger still and each adds a path where present).
+const PAWS_REASON: Need = Need::DropReason {
+    name: "TCP_RFC7323_PAWS",
+    why: "established, syn_recv and syn_sent rejects are recognised by their drop reasons",
+};
+
+/// What the fallbacks without drop reasons miss (`doctor -v` says why the full hook was
+/// passed over).
+const TIMEWAIT_ONLY: Option<&str> = Some(
+    "timewait path only: established, syn_recv and syn_sent rejects are not seen (they are \
+     recognised by the PAWS drop reasons, which this kernel lacks)",
+);
+
+const TW_FEXIT: Program = Program {
+    name: "paws_tw_fexit",
+    attach: Attach::Fexit {
+        function: "tcp_timewait_state_process",
+    },
+};
+
+const TW_KPROBES: [Program; 2] = [
+    Program {
+        name: "paws_tw_kprobe",
+        attach: Attach::Kprobe {
+            function: "tcp_timewait_state_process",
+        },
+    },
+    Program {
+        name: "paws_tw_kretprobe",
+        attach: Attach::Kretprobe {
+            function: "tcp_timewait_state_process",
+        },
+    },
+];
+
 pub static SIGNAL: Signal = Signal {
     name: "paws_reject",
     route: twtrace_common::route::PAWS,
@@ -29,39 +65,33 @@ pub static SIGNAL: Signal = Signal {
         // The TIME-WAIT path from the kernel's own verdict; the other paths from drop reasons.
         Hook {
             family: Family::Fentry,
+            needs: &[PAWS_REASON],
+            limits: None,
+            programs: &[TW_FEXIT, KFREE_SKB_NON_TW],
+        },
+        // Before drop reasons (5.10, 5.15): the TIME-WAIT path alone, and said so.
+        Hook {
+            family: Family::Fentry,
             needs: &[],
-            programs: &[
-                Program {
-                    name: "paws_tw_fexit",
-                    attach: Attach::Fexit {
-                        function: "tcp_timewait_state_process",
-                    },
-                },
-                KFREE_SKB_NON_TW,
-            ],
+            limits: TIMEWAIT_ONLY,
+            programs: &[TW_FEXIT],
+        },
+        Hook {
+            family: Family::Kprobe,
+            needs: &[PAWS_REASON],
+            limits: None,
+            programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW],
         },
         Hook {
             family: Family::Kprobe,
             needs: &[],
-            programs: &[
-                Program {
-                    name: "paws_tw_kprobe",
-                    attach: Attach::Kprobe {
-                        function: "tcp_timewait_state_process",
-                    },
-                },
-                Program {
-                    name: "paws_tw_kretprobe",
-                    attach: Attach::Kretprobe {
-                        function: "tcp_timewait_state_process",
-                    },
-                },
-                KFREE_SKB_NON_TW,
-            ],
+            limits: TIMEWAIT_ONLY,
+            programs: &TW_KPROBES,
         },
         Hook {
             family: Family::TpBtf,
             needs: &[RX_SK],
+            limits: None,
             programs: &[Program {
                 name: "tp_kfree_skb",
                 attach: Attach::BtfTracepoint { name: "kfree_skb" },
@@ -70,6 +100,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Tracepoint,
             needs: &[RX_SK],
+            limits: None,
             programs: &[Program {
                 name: "paws_kfree_skb",
                 attach: Attach::Tracepoint {

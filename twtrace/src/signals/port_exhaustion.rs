@@ -14,6 +14,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Fentry,
             needs: &[],
+            limits: None,
             programs: &[Program {
                 name: "connect_fexit",
                 attach: Attach::Fexit {
@@ -24,6 +25,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Kprobe,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "connect_kprobe",
@@ -42,6 +44,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::TpBtf,
             needs: &[],
+            limits: None,
             programs: &[Program {
                 name: "tp_set_state",
                 attach: Attach::BtfTracepoint {
@@ -52,6 +55,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Tracepoint,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "connect_enter",

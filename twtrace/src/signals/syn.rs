@@ -13,6 +13,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Fentry,
             needs: &[],
+            limits: None,
             programs: &[Program {
                 name: "syn_fentry",
                 attach: Attach::Fentry {
@@ -23,6 +24,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Kprobe,
             needs: &[],
+            limits: None,
             programs: &[Program {
                 name: "syn_kprobe",
                 attach: Attach::Kprobe {
@@ -33,6 +35,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::TpBtf,
             needs: &[],
+            limits: None,
             programs: &[Program {
                 name: "tp_timer_start",
                 attach: Attach::BtfTracepoint {
@@ -43,6 +46,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Tracepoint,
             needs: &[Need::Symbol("reqsk_timer_handler")],
+            limits: None,
             programs: &[Program {
                 name: "syn_timer_start",
                 attach: Attach::Tracepoint {

@@ -13,6 +13,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Fentry,
             needs: &[],
+            limits: None,
             programs: &[Program {
                 name: "tw_enter_fentry",
                 attach: Attach::Fentry {
@@ -23,6 +24,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Kprobe,
             needs: &[],
+            limits: None,
             programs: &[Program {
                 name: "tw_enter_kprobe",
                 attach: Attach::Kprobe {
@@ -33,6 +35,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::TpBtf,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "tp_timer_start",
@@ -51,6 +54,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Tracepoint,
             needs: &[],
+            limits: None,
             programs: &[Program {
                 name: "tw_enter_timer_start",
                 attach: Attach::Tracepoint {

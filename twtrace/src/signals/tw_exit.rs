@@ -13,6 +13,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Fentry,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "tw_exit_fentry",
@@ -31,6 +32,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Fentry,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "tw_exit_timer_fentry",
@@ -55,6 +57,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Kprobe,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "tw_exit_kprobe",
@@ -79,6 +82,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Kprobe,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "tw_exit_timer_kprobe",
@@ -109,6 +113,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::TpBtf,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "tp_timer_cancel",
@@ -137,6 +142,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Tracepoint,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "tw_exit_timer_cancel",

@@ -13,6 +13,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Fentry,
             needs: &[],
+            limits: None,
             programs: &[Program {
                 name: "tw_overflow_fexit",
                 attach: Attach::Fexit {
@@ -23,6 +24,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Kprobe,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "tw_overflow_kprobe",
@@ -41,6 +43,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::TpBtf,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "tp_set_state",
@@ -65,6 +68,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Tracepoint,
             needs: &[],
+            limits: None,
             programs: &[
                 Program {
                     name: "tw_overflow_rst_rx",

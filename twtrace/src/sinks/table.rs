@@ -41,6 +41,8 @@ pub struct TableOpts {
     /// Signals not traced, with why (`(name, reason)`): shown under the totals, so that a
     /// zero there is never read as "none happened" when nothing was looking.
     pub untraced: Vec<(&'static str, &'static str)>,
+    /// Signals traced in part, with what is not seen (`(name, limits)`), for the same reason.
+    pub partial: Vec<(&'static str, &'static str)>,
     /// Prefix ANSI clear/home (set when stdout is a terminal). Otherwise each rendering ends
     /// with a blank line, so successive ones in a log stay apart.
     pub clear_screen: bool,
@@ -53,6 +55,7 @@ impl Default for TableOpts {
         TableOpts {
             top: 10,
             untraced: Vec::new(),
+            partial: Vec::new(),
             clear_screen: false,
             order: Order::TwCreated,
         }
@@ -78,6 +81,9 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
             let _ = write!(out, "{sep}{signal} ({why})");
         }
         out.push('\n');
+    }
+    for (signal, limits) in &opts.partial {
+        let _ = writeln!(out, "partly traced: {signal} ({limits})");
     }
 
     out.push('\n');
@@ -425,6 +431,20 @@ mod tests {
             "not traced: paws_reject (no hook on this kernel), syn (left out by --signals)"
         );
         assert_eq!(lines[4], "");
+    }
+
+    #[test]
+    fn partly_traced_signals_say_what_is_not_seen() {
+        let opts = TableOpts {
+            untraced: vec![("syn", "left out by --signals")],
+            partial: vec![("paws_reject", "timewait path only")],
+            ..Default::default()
+        };
+        let text = render_str(&sample(), &opts);
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines[3], "not traced: syn (left out by --signals)");
+        assert_eq!(lines[4], "partly traced: paws_reject (timewait path only)");
+        assert_eq!(lines[5], "");
     }
 
     #[test]
