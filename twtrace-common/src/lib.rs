@@ -329,6 +329,12 @@ pub struct KernelLayout {
     /// sk_buff.dev and net_device.nd_net: a dropped segment's namespace when no socket is named.
     pub skb_dev: u32,
     pub dev_nd_net: u32,
+    /// Where an fexit program finds the return value: the slot after the function's arguments
+    /// (their count from BTF; bpf_get_func_ret would need 5.17). u32::MAX: function absent.
+    pub ret_slot_tw_process: u32,
+    pub ret_slot_connect: u32,
+    pub ret_slot_twsk_alloc: u32,
+    pub _pad: u32,
     /// inet_sock.inet_sport: a closing socket's local port after the kernel released skc_num.
     pub inet_sport: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
@@ -404,6 +410,10 @@ impl KernelLayout {
             net_refcount: 0,
             skb_dev: 0,
             dev_nd_net: 0,
+            ret_slot_tw_process: 0,
+            ret_slot_connect: 0,
+            ret_slot_twsk_alloc: 0,
+            _pad: 0,
             tw_timer_handler: 0,
             reqsk_timer_handler: 0,
             ranges: [CodeRange {

@@ -223,6 +223,17 @@ pub fn scalar_arg<C: aya_ebpf::EbpfContext>(ctx: &C, n: usize) -> u64 {
     unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).add(n)) }.unwrap_or(0)
 }
 
+/// The return value in an fexit program, from the slot after the arguments (`slot`, from the
+/// layout: the argument count differs between kernels). Read like [`scalar_arg`] rather than
+/// with bpf_get_func_ret, which came only with 5.17. None where the layout has no slot.
+#[inline(always)]
+pub fn fexit_ret<C: aya_ebpf::EbpfContext>(ctx: &C, slot: u32) -> Option<u64> {
+    if slot == u32::MAX {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).add(slot as usize)) }.ok()
+}
+
 impl Flow {
     /// Same addresses, ports and namespace as an event filled from another socket.
     #[inline(always)]

@@ -19,7 +19,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, PawsPath, TCP_TIME_WAIT, t
 
 use crate::{
     emit::emit,
-    kernel::{netns_wanted, read, read_flow, scalar_arg},
+    kernel::{fexit_ret, netns_wanted, read, read_flow, scalar_arg},
     layout,
     maps::TW_PROCESS_ARGS,
     segment::{self, Segment},
@@ -227,7 +227,7 @@ fn fill(
 /// Function-probe route: the kernel's own verdict for a segment reaching a TIME-WAIT socket.
 #[fexit(function = "tcp_timewait_state_process")]
 pub fn paws_tw_fexit(ctx: FExitContext) -> u32 {
-    let status: u64 = ctx.ret::<u64>().unwrap_or(u64::MAX);
+    let status = fexit_ret(&ctx, layout!(ret_slot_tw_process)).unwrap_or(u64::MAX);
     tw_processed(
         scalar_arg(&ctx, 0),
         scalar_arg(&ctx, 2),

@@ -20,7 +20,7 @@ use twtrace_common::{AF_INET, AF_INET6, EventKind, HookFamily, LossSlot};
 
 use crate::{
     emit::emit,
-    kernel::{current_netns, netns_wanted, read, read_flow},
+    kernel::{current_netns, fexit_ret, netns_wanted, read, read_flow},
     layout,
     maps::CONNECTS,
 };
@@ -43,7 +43,7 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
 
 #[fexit(function = "__sys_connect")]
 pub fn connect_fexit(ctx: FExitContext) -> u32 {
-    let ret = ctx.ret::<i64>().unwrap_or(0) as i32 as i64;
+    let ret = fexit_ret(&ctx, layout!(ret_slot_connect)).unwrap_or(0) as i32 as i64;
     if ret != -EADDRNOTAVAIL {
         return 0;
     }

@@ -48,7 +48,7 @@ use twtrace_common::{
 
 use crate::{
     emit::emit,
-    kernel::{Flow, Head, flow_of, netns_wanted, read, scalar_arg},
+    kernel::{Flow, Head, fexit_ret, flow_of, netns_wanted, read, scalar_arg},
     layout,
     maps::{LIVE, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
     stack::{bit, classify, classify_first},
@@ -182,7 +182,7 @@ fn cause_from_chain<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily) -> Optio
 /// fentry route: the verdict of a TIME-WAIT socket on the segment it just processed.
 #[fexit(function = "tcp_timewait_state_process")]
 pub fn tw_exit_verdict_fexit(ctx: FExitContext) -> u32 {
-    let status = ctx.ret::<u64>().unwrap_or(u64::MAX) as u32;
+    let status = fexit_ret(&ctx, layout!(ret_slot_tw_process)).unwrap_or(u64::MAX) as u32;
     remember_verdict(scalar_arg(&ctx, 0), status)
 }
 

@@ -21,7 +21,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot};
 
 use crate::{
     emit::emit,
-    kernel::{Flow, netns_wanted, read, read_flow},
+    kernel::{Flow, fexit_ret, netns_wanted, read, read_flow},
     layout,
     maps::{LAST_ENTER, LAST_RESET, LastReset, OVERFLOW_SK},
 };
@@ -130,7 +130,7 @@ pub fn reset_for(sk: u64) -> u32 {
 
 #[fexit(function = "inet_twsk_alloc")]
 pub fn tw_overflow_fexit(ctx: FExitContext) -> u32 {
-    if ctx.ret::<u64>().unwrap_or(1) != 0 {
+    if fexit_ret(&ctx, layout!(ret_slot_twsk_alloc)).unwrap_or(1) != 0 {
         return 0;
     }
     overflowed(ctx.arg(0), HookFamily::Fentry)

@@ -20,8 +20,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use support::{
-    CloseFirst, IO_TIMEOUT, NetnsPair, Server, TcpState, Tracer, connect_many, delta, free_port,
-    in_netns, netstat, sysctl, tcp_sockets,
+    CloseFirst, IO_TIMEOUT, NetnsPair, Server, TIMEWAIT_SOCKETS, TcpState, Tracer, connect_many,
+    delta, free_port, in_netns, netstat, sysctl, tcp_sockets, tw_counted_at_creation,
 };
 
 /// The tracer drains the ring at least every 100 ms; wait a few periods before stopping.
@@ -99,10 +99,17 @@ fn exits_by_cause(events: &[Value], netns: u32) -> BTreeMap<String, u64> {
     m
 }
 
-/// TIME-WAIT sockets created in a namespace, per the kernel: the initial timer arm counts
-/// TcpExtTW, or TcpExtTWKilled when the timeout is short (<= 4 s).
+/// TIME-WAIT sockets created in a namespace, per the kernel. Since 5.18 the initial timer arm
+/// counts TcpExtTW, or TcpExtTWKilled when the timeout is short (<= 4 s). Before, those count
+/// expiries, and the namespace's timewait sockets are the kernel's record instead: exact as
+/// long as none of them exited between the two snapshots, which every caller makes sure of
+/// (see `reconnect` for the one that replaces them).
 fn tw_created(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> u64 {
-    delta(before, after, "TcpExtTW") + delta(before, after, "TcpExtTWKilled")
+    if tw_counted_at_creation() {
+        delta(before, after, "TcpExtTW") + delta(before, after, "TcpExtTWKilled")
+    } else {
+        delta(before, after, TIMEWAIT_SOCKETS)
+    }
 }
 
 fn all_ok(outcomes: &[support::ConnOutcome]) -> Result<()> {
@@ -216,6 +223,11 @@ fn reconnect(tag: &str, f: Family) -> Result<()> {
         CloseFirst::Server,
         Some(&ports),
     )?)?;
+    let mid = netstat(pair.server_ns())?;
+    let held = tcp_sockets(pair.server_ns())?
+        .iter()
+        .filter(|e| e.timewait && ports.contains(&e.remote.port()))
+        .count() as u64;
     all_ok(&connect_many(
         pair.client_ns(),
         srv,
@@ -228,10 +240,15 @@ fn reconnect(tag: &str, f: Family) -> Result<()> {
     drop(server);
 
     let inode = pair.server_inode();
-    assert_eq!(
-        of(&events, "tw_enter", inode).len() as u64,
+    let created = if tw_counted_at_creation() {
         tw_created(&before, &after)
-    );
+    } else {
+        // The second round connected from every 4-tuple the server held in TIME-WAIT: each of
+        // those `held` sockets was replaced, so the table's growth undercounts by them.
+        tw_created(&before, &mid) + delta(&mid, &after, TIMEWAIT_SOCKETS) + held
+    };
+    assert_eq!(held, PORTS as u64, "sanity: the server held every 4-tuple");
+    assert_eq!(of(&events, "tw_enter", inode).len() as u64, created);
     let replaced: Vec<&Value> = events
         .iter()
         .filter(|e| {
@@ -398,8 +415,8 @@ fn tw_reuse_matches_twrecycled() -> Result<()> {
 }
 
 /// A pair with `n` server-side TIME-WAITs made while a tracer watches the server namespace;
-/// returns them with how many the kernel created.
-fn server_timewaits(tag: &str, n: usize) -> Result<(NetnsPair, Server, Tracer, u64)> {
+/// returns them with how many the kernel created and the counters from before.
+fn server_timewaits(tag: &str, n: usize) -> Result<(NetnsPair, Server, Tracer, Created)> {
     let pair = NetnsPair::new(tag)?;
     let (srv, server) = serve(&pair, Family::V4)?;
     let tracer = trace_netns(pair.server_inode())?;
@@ -412,13 +429,19 @@ fn server_timewaits(tag: &str, n: usize) -> Result<(NetnsPair, Server, Tracer, u
         None,
     )?)?;
     let created = tw_created(&before, &netstat(pair.server_ns())?);
-    Ok((pair, server, tracer, created))
+    Ok((pair, server, tracer, Created { n: created, before }))
+}
+
+/// How many TIME-WAITs the kernel created, and its counters from before they were.
+struct Created {
+    n: u64,
+    before: BTreeMap<String, u64>,
 }
 
 /// Waits out a real TIME-WAIT (60 s): every socket exits `expired`, after about 60 s.
 #[test]
 fn real_expiry_after_sixty_seconds() -> Result<()> {
-    let (pair, server, mut tracer, created) = server_timewaits("exp", 6)?;
+    let (pair, server, mut tracer, Created { n: created, before }) = server_timewaits("exp", 6)?;
     let inode = pair.server_inode();
     drop(server);
     // Bounded wait: 60 s TIME-WAIT plus timer slack.
@@ -439,6 +462,14 @@ fn real_expiry_after_sixty_seconds() -> Result<()> {
         "exits: {:?}",
         exits_by_cause(&events, inode)
     );
+    if !tw_counted_at_creation() {
+        // Before 5.18 the counter counts exactly these: TIME-WAITs whose timer expired.
+        assert_eq!(
+            expired.len() as u64,
+            delta(&before, &netstat(pair.server_ns())?, "TcpExtTW"),
+            "expired exits vs TcpExtTW (counted at expiry on this kernel)"
+        );
+    }
     for e in &expired {
         let ms = e["lifetime_ms"].as_f64().expect("lifetime known");
         assert!((59_000.0..=65_000.0).contains(&ms), "lifetime {ms} ms: {e}");
@@ -449,7 +480,7 @@ fn real_expiry_after_sixty_seconds() -> Result<()> {
 /// Deleting a namespace purges its TIME-WAIT sockets: each exits `purged`.
 #[test]
 fn namespace_teardown_purges() -> Result<()> {
-    let (pair, server, mut tracer, created) = server_timewaits("purge", 8)?;
+    let (pair, server, mut tracer, Created { n: created, .. }) = server_timewaits("purge", 8)?;
     let inode = pair.server_inode();
     drop(server);
     drop(pair); // deletes both namespaces; the kernel purges their TIME-WAITs asynchronously
@@ -515,6 +546,9 @@ fn data_after_close_resets(tag: &str, f: Family) -> Result<()> {
         has_socket(srv_ns, srv, cli, TcpState::FinWait2)
     })?;
     drop(accepted);
+    // The timewait sock exists from close() on; on kernels before 5.18 only the socket table
+    // records its creation (tw_created), so look before the reset removes it.
+    let created = tw_created(&before, &netstat(srv_ns)?);
     client.write_all(b"late data")?;
     wait_until("the reset removed the TIME-WAIT", IO_TIMEOUT, || {
         Ok(!has_socket(srv_ns, srv, cli, TcpState::FinWait2)?)
@@ -529,7 +563,7 @@ fn data_after_close_resets(tag: &str, f: Family) -> Result<()> {
             .filter(|e| addr(e, "local") == srv && addr(e, "remote") == cli)
             .collect()
     };
-    assert_eq!(tw_created(&before, &after), 1, "sanity: one TIME-WAIT");
+    assert_eq!(created, 1, "sanity: one TIME-WAIT");
     assert_eq!(mine("tw_enter").len(), 1, "{events:#?}");
     let resets = delta(&before, &after, "TcpOutRsts");
     assert_eq!(resets, 1, "sanity: the server sent one reset");

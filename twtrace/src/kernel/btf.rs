@@ -170,10 +170,6 @@ impl KernelBtf {
     }
 
     /// Parameter names of a function's prototype (`"..."` for a variadic tail).
-    #[allow(
-        dead_code,
-        reason = "for the PAWS signals: tcp_timewait_state_process's signature varies"
-    )]
     pub fn func_params(&self, name: &str) -> Option<Vec<String>> {
         let func = self.find_func(name)?;
         let Ok(Type::FuncProto(proto)) = self.btf.resolve_chained_type(&func) else {

@@ -64,8 +64,9 @@ fn parse_mib(text: &str, out: &mut BTreeMap<String, u64>) -> Result<()> {
     Ok(())
 }
 
-/// All counters of /proc/net/netstat and /proc/net/snmp in namespace `ns`. The TcpExt ones
-/// count IPv4 and IPv6 together. A counter this kernel does not have is simply absent.
+/// All counters of /proc/net/netstat and /proc/net/snmp in namespace `ns`, plus
+/// [`TIMEWAIT_SOCKETS`]. The TcpExt ones count IPv4 and IPv6 together. A counter this kernel
+/// does not have is simply absent.
 pub fn netstat(ns: &str) -> Result<BTreeMap<String, u64>> {
     let (netstat, snmp) = try_in_netns(ns, || {
         (
@@ -76,8 +77,14 @@ pub fn netstat(ns: &str) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     parse_mib(&netstat.context("reading netstat")?, &mut out)?;
     parse_mib(&snmp.context("reading snmp")?, &mut out)?;
+    out.insert(TIMEWAIT_SOCKETS.to_owned(), timewait_count(ns)?);
     Ok(out)
 }
+
+/// Not a counter: the namespace's timewait sockets when the snapshot was taken (no MIB name has
+/// a dot). Before 5.18 no counter counts TIME-WAITs as they are created, and this is the
+/// kernel's own record of them (see [`tw_counted_at_creation`]).
+pub const TIMEWAIT_SOCKETS: &str = "twtrace.TimewaitSockets";
 
 /// `after[key] - before[key]`, or None if the kernel lacks the counter.
 pub fn try_delta(
@@ -143,6 +150,8 @@ pub struct TcpEntry {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: TcpState,
+    /// A timewait socket (its timer column reads 3), whatever its substate.
+    pub timewait: bool,
 }
 
 /// The kernel prints addresses as the in-memory bytes of the big-endian address, grouped in
@@ -174,10 +183,13 @@ fn parse_tcp_table(text: &str, out: &mut Vec<TcpEntry>) -> Result<()> {
         if f.len() < 4 {
             continue;
         }
+        // "tr:tm->when": timer 3 is the TIME-WAIT timer, which only timewait socks carry.
+        let timer = f.get(5).and_then(|t| t.split(':').next());
         out.push(TcpEntry {
             local: parse_addr(f[1])?,
             remote: parse_addr(f[2])?,
             state: TcpState::from_code(u8::from_str_radix(f[3], 16)?),
+            timewait: timer == Some("03"),
         });
     }
     Ok(())
@@ -204,4 +216,21 @@ pub fn tw_count(ns: &str) -> Result<usize> {
         .iter()
         .filter(|e| e.state == TcpState::TimeWait)
         .count())
+}
+
+/// Timewait sockets (either substate, TIME_WAIT or FIN_WAIT2) in namespace `ns`.
+pub fn timewait_count(ns: &str) -> Result<u64> {
+    Ok(tcp_sockets(ns)?.iter().filter(|e| e.timewait).count() as u64)
+}
+
+/// Whether TcpExtTW/TWKilled count a TIME-WAIT when it is created. Before 5.18 (commit
+/// "tcp/dccp: no longer use twsk_net(tw) from tw_timer_handler()") they counted it when its
+/// timer expired, remembered in `inet_timewait_sock.tw_kill`, a field that went with that
+/// change. Read from BTF, so a backport is seen too: the string table names the member.
+pub fn tw_counted_at_creation() -> bool {
+    static AT_CREATION: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AT_CREATION.get_or_init(|| {
+        let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("reading kernel BTF");
+        !btf.windows(9).any(|w| w == b"\0tw_kill\0")
+    })
 }
