@@ -12,6 +12,9 @@ pub const FRAME_FUNCTIONS: &[(u8, &str)] = &[
     (fc::REARM, "__mod_timer"),
     (fc::EXPIRE, "__run_timers"),
     (fc::EXPIRE, "run_timer_softirq"),
+    // Innermost where a timer callback tail-calls the kill (5.10's tw_timer_handler): only
+    // timer callbacks run under it.
+    (fc::EXPIRE, "call_timer_fn"),
     (fc::RCV, "tcp_v4_rcv"),
     (fc::RCV, "tcp_v6_rcv"),
     (fc::TW_PROCESS, "tcp_timewait_state_process"),

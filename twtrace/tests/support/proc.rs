@@ -226,11 +226,16 @@ pub fn timewait_count(ns: &str) -> Result<u64> {
 /// Whether TcpExtTW/TWKilled count a TIME-WAIT when it is created. Before 5.18 (commit
 /// "tcp/dccp: no longer use twsk_net(tw) from tw_timer_handler()") they counted it when its
 /// timer expired, remembered in `inet_timewait_sock.tw_kill`, a field that went with that
-/// change. Read from BTF, so a backport is seen too: the string table names the member.
+/// change. Read from BTF, so a backport is seen too.
 pub fn tw_counted_at_creation() -> bool {
-    static AT_CREATION: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AT_CREATION.get_or_init(|| {
-        let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("reading kernel BTF");
-        !btf.windows(9).any(|w| w == b"\0tw_kill\0")
-    })
+    !kernel_btf_has_name("tw_kill")
+}
+
+/// Whether the running kernel's BTF string table holds `name` (a type, member or enumerator
+/// name), e.g. `SKB_DROP_REASON_TCP_RFC7323_PAWS`. The tests' own check, apart from twtrace's.
+pub fn kernel_btf_has_name(name: &str) -> bool {
+    static BTF: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let btf = BTF.get_or_init(|| std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF"));
+    let needle = [b"\0", name.as_bytes(), b"\0"].concat();
+    btf.windows(needle.len()).any(|w| w == needle)
 }

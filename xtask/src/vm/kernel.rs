@@ -86,7 +86,7 @@ impl Apt {
         opts.extend(sandbox());
         let has_lists = std::fs::read_dir(&lists)?
             .filter_map(|e| e.ok())
-            .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"));
+            .any(|e| e.file_name().to_string_lossy().contains("_Packages"));
         if !has_lists {
             eprintln!(
                 "[vm] apt-get update for {name} (private lists in {})",
