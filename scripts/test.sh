@@ -2,8 +2,8 @@
 # README command (2), and what CI runs (.ci/run): install what is missing, then the whole suite:
 # format and lint checks, unit tests, end-to-end tests on this kernel (real eBPF, real netns
 # traffic, compared with the kernel's counters), and the same end-to-end suite inside stock
-# Debian 6.1 and 6.12 kernels under QEMU, with automatic hook choice (fentry there), with kprobes
-# forced, and (6.12) with tp_btf forced.
+# Debian 5.10, 6.1 and 6.12 kernels under QEMU, with automatic hook choice (fentry there), with
+# kprobes forced, and (6.12) with tp_btf forced.
 # Nothing is skipped: a failure anywhere fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use crate::{
     cli::Common,
-    kernel::{self, btf::KernelBtf},
+    kernel::{self, btf::KernelBtf, layout::drop_reason},
     loader, run,
     signals::Family,
 };
@@ -47,12 +47,8 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
             "TCP_RFC7323_TW_PAWS",
             "TCP_RFC7323_TSECR",
         ] {
-            let v = btf.enum_value("skb_drop_reason", &format!("SKB_DROP_REASON_{r}"));
-            let shown = match v {
-                Ok(Some(v)) => v.to_string(),
-                Ok(None) => "absent".into(),
-                Err(e) => format!("{e:#}"),
-            };
+            // Absent: younger than this kernel, or no drop reasons at all (before 5.17).
+            let shown = drop_reason(&btf, r).map_or_else(|| "absent".into(), |v| v.to_string());
             println!("drop reason {r} = {shown}");
         }
     }

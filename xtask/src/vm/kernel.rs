@@ -115,8 +115,8 @@ pub struct Kernel {
     pub modules: PathBuf,
 }
 
-/// Turns `--kernel` (5.10, 6.1, 6.12, all, an exact 5.10.0-32 / 6.1.0-56 / 6.12.117, a full package name, or a
-/// comma list of those) into package names.
+/// Turns `--kernel` (5.10, 6.1, 6.12, all, an exact 5.10.0-32 / 6.1.0-56 / 6.12.117, a full
+/// package name, or a comma list of those) into package names.
 pub fn select(spec: &str, cache: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for tok in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
