@@ -36,6 +36,18 @@ pub struct Choice {
     pub limits: Option<&'static str>,
 }
 
+impl Choice {
+    /// Why nothing traces the signal (None when a hook does): the one wording the live table
+    /// and the start-up line share.
+    pub fn untraced_why(&self) -> Option<&'static str> {
+        match (self.chosen, self.off) {
+            (Some(_), _) => None,
+            (None, true) => Some("left out by --signals"),
+            (None, false) => Some("no hook on this kernel"),
+        }
+    }
+}
+
 pub struct Facts<'a> {
     pub btf: &'a Btf,
     pub kbtf: &'a KernelBtf,

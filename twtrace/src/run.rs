@@ -322,15 +322,7 @@ async fn live(
         untraced: loaded
             .choices
             .iter()
-            .filter(|c| c.chosen.is_none())
-            .map(|c| {
-                let why = if c.off {
-                    "left out by --signals"
-                } else {
-                    "no hook on this kernel"
-                };
-                (c.signal, why)
-            })
+            .filter_map(|c| Some((c.signal, c.untraced_why()?)))
             .collect(),
         partial: loaded
             .choices
