@@ -37,7 +37,8 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
         println!("call chains all exit-cause functions found in kallsyms");
     } else {
         println!(
-            "call chains missing {} (their exit causes read `unknown`)",
+            "call chains missing {} (inlined or renamed; an exit cause reads `unknown` only \
+             when no other function of its kind is in the chain)",
             f.missing_frames.join(", ")
         );
     }
