@@ -37,8 +37,7 @@ pub struct Choice {
 }
 
 impl Choice {
-    /// Why nothing traces the signal (None when a hook does): the one wording the live table
-    /// and the start-up line share.
+    /// Why nothing traces the signal (None when a hook does), as the live table words it.
     pub fn untraced_why(&self) -> Option<&'static str> {
         match (self.chosen, self.off) {
             (Some(_), _) => None,

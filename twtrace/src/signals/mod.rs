@@ -193,3 +193,37 @@ pub fn record(ev: &Event, what: crate::event::What) -> Record {
 pub fn flagged(ev: &Event, bit: u8, value: u32) -> Option<u32> {
     (ev.ts_flags & bit != 0).then_some(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan takes a family's hooks in order and keeps the first that loads: a hook that
+    /// sees only part of its signal must come after one of its family that sees all of it,
+    /// or it would be chosen on kernels where the whole signal can be served.
+    #[test]
+    fn partial_hooks_come_after_a_full_one_of_their_family() {
+        for signal in ALL {
+            for (i, hook) in signal.hooks.iter().enumerate() {
+                if hook.limits.is_none() {
+                    continue;
+                }
+                let full_before = signal.hooks[..i]
+                    .iter()
+                    .any(|h| h.family == hook.family && h.limits.is_none());
+                assert!(
+                    full_before,
+                    "{}: partial {:?} hook first",
+                    signal.name, hook.family
+                );
+            }
+        }
+        // The one partial fallback today: PAWS without drop reasons, fentry and kprobe.
+        let partial: Vec<Family> = ALL
+            .iter()
+            .flat_map(|s| s.hooks.iter().filter(|h| h.limits.is_some()))
+            .map(|h| h.family)
+            .collect();
+        assert_eq!(partial, [Family::Fentry, Family::Kprobe]);
+    }
+}
