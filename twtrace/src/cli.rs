@@ -50,7 +50,9 @@ pub struct Common {
     /// Hook family: `auto` picks, per signal, the best that loads (fentry, then kprobe, then
     /// tp_btf, then tracepoint), and leaves out with a warning a signal nothing can serve;
     /// naming a family (fentry, kprobe, tp_btf, tracepoint) forces it and fails if it cannot
-    /// serve every signal. `twtrace doctor` shows the choice.
+    /// serve every signal. A hook that serves a signal only in part says so at start-up, e.g.
+    /// PAWS rejects on kernels without drop reasons (before 5.17): timewait path only.
+    /// `twtrace doctor` shows the choice.
     #[arg(long, global = true, value_name = "FAMILY", default_value = "auto", value_parser = parse_hooks)]
     pub hooks: HookChoice,
 
