@@ -114,6 +114,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         &opts.signals,
     )?;
     log::info!("programs attached at {:?}", t0.elapsed());
+    for w in choices.iter().filter_map(|c| c.warning.as_ref()) {
+        eprintln!("twtrace: warning: {w}");
+    }
     if opts.hooks_only {
         plan::silence(&mut bpf)?;
     }

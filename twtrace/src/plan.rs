@@ -34,6 +34,8 @@ pub struct Choice {
     pub off: bool,
     /// What the chosen hook does not see of the signal (a fallback that serves it in part).
     pub limits: Option<&'static str>,
+    /// For the user, once (the loader prints it): the signal is served in part, or left out.
+    pub warning: Option<String>,
 }
 
 impl Choice {
@@ -74,10 +76,11 @@ pub fn attach_all(
                 rejected: vec![],
                 off: true,
                 limits: None,
+                warning: None,
             });
             continue;
         }
-        let choice = attach_signal(bpf, facts, signal, forced, &mut shared);
+        let mut choice = attach_signal(bpf, facts, signal, forced, &mut shared);
         if choice.chosen.is_none() {
             let why = choice
                 .rejected
@@ -87,7 +90,7 @@ pub fn attach_all(
                 .join("; ");
             match unserved(signal.name, forced, wanted) {
                 Unserved::Fatal(msg) => bail!("{msg} ({why})"),
-                Unserved::Warn(msg) => eprintln!("twtrace: warning: {msg} ({why})"),
+                Unserved::Warn(msg) => choice.warning = Some(format!("{msg} ({why})")),
             }
         }
         choices.push(choice);
@@ -164,6 +167,7 @@ fn attach_signal(
         rejected: Vec::new(),
         off: false,
         limits: None,
+        warning: None,
     };
     let families = match forced {
         Some(f) => vec![f],
@@ -180,13 +184,9 @@ fn attach_signal(
                     choice.chosen = Some(family);
                     choice.attached = attached;
                     choice.limits = hook.limits;
-                    if let Some(limits) = hook.limits {
-                        eprintln!(
-                            "twtrace: warning: {} on {}: {limits}",
-                            signal.name,
-                            family.as_str()
-                        );
-                    }
+                    choice.warning = hook
+                        .limits
+                        .map(|l| format!("{} on {}: {l}", signal.name, family.as_str()));
                     return choice;
                 }
                 Err(e) => choice.rejected.push((family, format!("{e:#}"))),
