@@ -1,7 +1,7 @@
 //! `cargo xtask vm`: boots stock Debian cloud kernels (5.10, 6.1, 6.12) under QEMU with a
-//! throw-away initramfs and runs one command in each, so the hook types this machine's kernel refuses
-//! (kprobes, fentry/fexit) get tested on real distribution kernels. Nothing is installed on the
-//! host: packages are downloaded and unpacked into .vm/cache.
+//! throw-away initramfs and runs one command in each, so the hook types this machine's kernel
+//! refuses (kprobes, fentry/fexit) get tested on real distribution kernels. Nothing is installed
+//! on the host: packages are downloaded and unpacked into .vm/cache.
 
 mod cpio;
 mod kernel;
