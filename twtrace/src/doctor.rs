@@ -52,6 +52,7 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
             let shown = drop_reason(&btf, r).map_or_else(|| "absent".into(), |v| v.to_string());
             println!("drop reason {r} = {shown}");
         }
+        println!("TcpExtTW    {}", tw_counter_meaning(&btf));
     }
     println!();
     let order: Vec<&str> = Family::ALL.iter().map(|f| f.as_str()).collect();
@@ -79,4 +80,17 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What nstat's TcpExtTW counts on this kernel, for operators comparing it with twtrace's
+/// numbers. Before 5.18 it counted a TIME-WAIT when its timer expired (flagged per socket in
+/// `inet_timewait_sock.tw_kill`, a field that left with the change), since then when it is
+/// created.
+fn tw_counter_meaning(btf: &KernelBtf) -> &'static str {
+    if btf.has_member("inet_timewait_sock", "tw_kill") {
+        "counts TIME-WAITs whose timer expired (before 5.18): compare it with exits `expired`, \
+         not with enters"
+    } else {
+        "counts TIME-WAITs as they are created (with TcpExtTWKilled): compare it with enters"
+    }
 }

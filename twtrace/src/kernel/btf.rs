@@ -78,6 +78,11 @@ impl KernelBtf {
         Ok(found.bit_offset / 8)
     }
 
+    /// Whether a struct has this member (bitfields included).
+    pub fn has_member(&self, strukt: &str, path: &str) -> bool {
+        self.find_member(strukt, path).is_ok()
+    }
+
     /// Bit offset of a one-bit flag inside a struct (e.g. `inet_request_sock.tstamp_ok`), for
     /// the eBPF side to read the containing byte and mask it.
     pub fn flag_bit_offset(&self, strukt: &str, path: &str) -> Result<u32> {
@@ -574,6 +579,9 @@ mod tests {
         let e = err_text(kernel().member_size("sock_common", "skc_reuse"));
         assert!(e.contains("skc_reuse") && e.contains("4-bit"), "{e}");
         assert_eq!(reuse, off("sock_common", "skc_state") + 1);
+        // A bitfield exists even where it has no byte offset.
+        assert!(kernel().has_member("sock_common", "skc_reuseport"));
+        assert!(!kernel().has_member("sock_common", "skc_nope"));
     }
 
     #[test]
