@@ -2,6 +2,7 @@
 //! readiness from the "twtrace: tracing" line, and a clean SIGINT shutdown that must exit 0.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -74,6 +75,17 @@ impl Tracer {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // The tests stop it with SIGINT. A suite started in the background by a non-interactive
+        // shell (`./scripts/test.sh &`) inherits SIGINT ignored, and a shell stub cannot trap a
+        // signal ignored on entry: give the child the default disposition whatever ours is.
+        // SAFETY: only async-signal-safe calls (signal) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().with_context(|| format!("spawning {cmdline}"))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
