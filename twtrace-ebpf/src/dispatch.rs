@@ -116,7 +116,6 @@ pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
     } else if reason != u32::MAX
         && reason == layout!(reason_not_specified)
         && routes & (route::TW_EXIT | route::PAWS) != 0
-        && tw_exit::remembers_one()
     {
         // Before 6.11: a TIME-WAIT drop is NOT_SPECIFIED and names no socket.
         timewait_of(scalar_arg(&ctx, 0))

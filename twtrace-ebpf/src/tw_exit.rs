@@ -408,13 +408,6 @@ pub fn rearmed(timer: u64) -> bool {
     }
 }
 
-/// Whether this CPU's slot describes a TIME-WAIT (parked or just re-armed): the cheap test
-/// before a dropped segment is parsed for [`timewait_of`].
-#[inline(always)]
-pub fn remembers_one() -> bool {
-    PENDING.get(0).is_some_and(|slot| slot.ev.kind != 0)
-}
-
 /// Before 6.11 (kfree_skb names no socket): the TIME-WAIT socket that dropped `seg`, if it is
 /// the one this CPU just cancelled (a kill: reset sent or received) or re-armed (a PAWS
 /// reject, or an ACK it answered). Nothing else runs on this CPU between that and the drop in
