@@ -4,10 +4,8 @@
 //! Tracepoint route: `skb:kfree_skb`. Drop reasons name the PAWS drops (their numbers come
 //! from BTF): TCP_RFC7323_PAWS, _PAWS_ACK, _TSECR, and since 6.16 _TW_PAWS for TIME-WAIT.
 //! Before 6.16 a TIME-WAIT PAWS drop is NOT_SPECIFIED; where the tracepoint has `rx_sk`
-//! (6.11+) it is the TIME-WAIT socket itself (before, on tp_btf, the TIME-WAIT this CPU just
-//! re-armed with the segment's 4-tuple: `tw_exit::timewait_of`), so the kernel's test is
-//! redone here with its own ts_recent. A SYN such a socket refuses without PAWS is reported as
-//! well (where `rx_sk` names it: without it that refusal leaves no trace to match).
+//! (6.11+) it is the TIME-WAIT socket itself, so the kernel's test is redone here with its
+//! own ts_recent. A SYN such a socket refuses without PAWS is reported as well.
 //!
 //! Function-probe route for TIME-WAIT: `tcp_timewait_state_process(tw, skb, th, ...)` on
 //! exit, with its verdict; kfree_skb then serves only the other paths.
