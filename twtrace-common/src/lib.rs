@@ -447,16 +447,12 @@ pub mod route {
 
 /// tp_btf route of TW exit: a TIME-WAIT timer cancelled on this CPU whose meaning (expiry,
 /// re-arm, kill by SYN or RST) is told by what the kernel does next on the same CPU. `ev` is the
-/// exit event, filled while the socket was still intact; `timer == 0` means no exit is parked.
-/// After a re-arm `ev` (kind != 0) still names that TIME-WAIT until the next cancel: on kernels
-/// whose kfree_skb names no socket (before 6.11), the segment it drops right after is its own.
-/// `report` is 0 when the slot is kept for that alone (tw_exit not routed here).
+/// exit event, filled while the socket was still intact; `timer == 0` means the slot is free.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PendingExit {
     pub timer: u64,
     pub ev: Event,
-    pub report: u64,
 }
 
 /// Run-time settings for the kernel side, injected with `override_global("SETTINGS")`.

@@ -11,7 +11,7 @@ use twtrace_common::{HookFamily, route};
 
 use crate::{
     kernel::{read, read_flow, routes, scalar_arg},
-    layout, paws, port_exhaustion, segment, syn, tw_enter, tw_exit, tw_overflow,
+    layout, paws, port_exhaustion, syn, tw_enter, tw_exit, tw_overflow,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -79,13 +79,7 @@ pub fn tp_timer_cancel(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let routes = routes();
-    // PAWS needs the socket remembered only where kfree_skb cannot name it (before 6.11).
-    let paws = if layout!(btf_kfree_skb_rx_sk_arg) == u32::MAX {
-        route::PAWS
-    } else {
-        0
-    };
-    if routes & (route::TW_EXIT | route::TW_ENTER | paws) != 0 {
+    if routes & (route::TW_EXIT | route::TW_ENTER) != 0 {
         tw_exit::on_cancel(timer, routes);
     }
     0
@@ -110,18 +104,12 @@ pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
         scalar_arg(&ctx, reason_arg as usize) as u32
     };
     let rx_arg = layout!(btf_kfree_skb_rx_sk_arg);
-    let routes = routes();
-    let rx_sk = if rx_arg != u32::MAX {
-        scalar_arg(&ctx, rx_arg as usize)
-    } else if reason != u32::MAX
-        && reason == layout!(reason_not_specified)
-        && routes & (route::TW_EXIT | route::PAWS) != 0
-    {
-        // Before 6.11: a TIME-WAIT drop is NOT_SPECIFIED and names no socket.
-        timewait_of(scalar_arg(&ctx, 0))
-    } else {
+    let rx_sk = if rx_arg == u32::MAX {
         0
+    } else {
+        scalar_arg(&ctx, rx_arg as usize)
     };
+    let routes = routes();
     if rx_sk != 0 && routes & route::TW_EXIT != 0 {
         tw_exit::segment_dropped_by(rx_sk);
     }
@@ -129,16 +117,6 @@ pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
         paws_drop(scalar_arg(&ctx, 0), reason, rx_sk);
     }
     0
-}
-
-/// The TIME-WAIT socket that dropped `skb`, where kfree_skb names none (see
-/// `tw_exit::timewait_of`); 0 if none did. Out of line: its own frame for the segment copy.
-#[inline(never)]
-fn timewait_of(skb: u64) -> u64 {
-    match unsafe { segment::from_skb(skb) } {
-        Some(seg) => tw_exit::timewait_of(&seg),
-        None => 0,
-    }
 }
 
 /// Out of line for the same reason as the timer_start paths (its own frame).

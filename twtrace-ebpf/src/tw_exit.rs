@@ -15,13 +15,11 @@
 //! - `timer_expire_entry` of the same timer: expired;
 //! - `timer_start` of the same timer: a re-arm, not an exit;
 //! - `timer_start` of a request socket with the same addresses and ports: replaced by SYN;
-//! - `kfree_skb` of a segment dropped by that TIME-WAIT socket: a reset received, or a reset
-//!   sent for a segment it refused (FIN_WAIT2). Since 6.11 kfree_skb names the dropping socket
-//!   (`rx_sk`); before, the drop (reason NOT_SPECIFIED) of a segment whose 4-tuple is the
-//!   parked socket's stands for it ([`timewait_of`]).
+//! - `kfree_skb` naming the TIME-WAIT socket as the one that dropped the segment (6.11+): a
+//!   reset received, or a reset sent for a segment it refused (FIN_WAIT2).
 //! Positive evidence only: an interrupt's unrelated timer never settles a parked cancel. One
 //! still unexplained when the next one is parked is reported with cause `unknown` (a SYN
-//! answered by a SYN cookie creates no request socket).
+//! answered by a SYN cookie creates no request socket; reset kills before 6.11 name no socket).
 //!
 //! Function-probe route: `inet_twsk_kill(tw)` runs exactly once per TIME-WAIT socket, from the
 //! timer (expiry) or from `inet_twsk_deschedule_put` (every early kill); the same call-chain
@@ -53,7 +51,6 @@ use crate::{
     kernel::{Flow, Head, fexit_ret, flow_of, netns_wanted, read, scalar_arg},
     layout,
     maps::{LIVE, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
-    segment::Segment,
     stack::{bit, classify, classify_first},
 };
 
@@ -333,13 +330,11 @@ fn report(prepared: &Event, cause: ExitCause) {
 /// like tw_ts_recent, is read on its own; copying up to that one overflows the BPF stack).
 const TW_HEAD: usize = 144;
 
-/// tp_btf route: a TIME-WAIT timer is being cancelled (see the module comment). The socket is
-/// remembered for PAWS too where kfree_skb names no socket.
+/// tp_btf route: a TIME-WAIT timer is being cancelled (see the module comment).
 #[inline(always)]
 pub fn on_cancel(timer: u64, routes: u32) {
     let tw = timer - layout!(tw_timer) as u64;
     let reporting = routes & route::TW_EXIT != 0;
-    let remembering = reporting || routes & route::PAWS != 0;
     // The socket's head in one copy: the unhashed test, the namespace, the flow.
     let mut h = Head::<TW_HEAD>::at(tw, 0);
     if !unsafe { h.fill() } {
@@ -372,9 +367,8 @@ pub fn on_cancel(timer: u64, routes: u32) {
     }
     slot.timer = timer;
     slot.ev.kind = 0;
-    slot.report = reporting as u64;
     // With only tw_enter on this route the slot just marks a re-arm in progress.
-    if remembering {
+    if reporting {
         let _ = prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev);
     }
 }
@@ -382,7 +376,7 @@ pub fn on_cancel(timer: u64, routes: u32) {
 /// Reports the parked exit (if it was wanted) and frees the slot.
 #[inline(always)]
 fn settle(slot: &mut PendingExit, cause: ExitCause) {
-    if slot.ev.kind != 0 && slot.report != 0 {
+    if slot.ev.kind != 0 {
         report(&slot.ev, cause);
     }
     slot.timer = 0;
@@ -396,43 +390,16 @@ fn parked() -> Option<&'static mut PendingExit> {
 }
 
 /// `timer_start` of a TIME-WAIT timer: true if it re-arms the parked one (no exit, no enter).
-/// The socket stays described in the slot (see [`timewait_of`]).
 #[inline(always)]
 pub fn rearmed(timer: u64) -> bool {
     match parked() {
         Some(slot) if slot.timer == timer => {
             slot.timer = 0;
+            slot.ev.kind = 0;
             true
         }
         _ => false,
     }
-}
-
-/// Before 6.11 (kfree_skb names no socket): the TIME-WAIT socket that dropped `seg`, if it is
-/// the one this CPU just cancelled (a kill: reset sent or received) or re-armed (a PAWS
-/// reject, or an ACK it answered). Nothing else runs on this CPU between that and the drop in
-/// `tcp_v{4,6}_rcv`; the 4-tuple must match. A re-armed socket is used once.
-#[inline(always)]
-pub fn timewait_of(seg: &Segment) -> u64 {
-    let Some(slot) = PENDING.get_ptr_mut(0) else {
-        return 0;
-    };
-    let slot = unsafe { &mut *slot };
-    let ev = &slot.ev;
-    let same = ev.kind != 0
-        && ev.family == seg.family
-        && ev.lport == seg.dport
-        && ev.rport == seg.sport
-        && ev.laddr == seg.daddr
-        && ev.raddr == seg.saddr;
-    if !same {
-        return 0;
-    }
-    let tw = ev.obj;
-    if slot.timer == 0 {
-        slot.ev.kind = 0;
-    }
-    tw
 }
 
 /// `timer_expire_entry` of a TIME-WAIT timer.

@@ -35,11 +35,6 @@ const TIMEWAIT_ONLY: Option<&str> = Some(
      recognised by the PAWS drop reasons, which this kernel lacks)",
 );
 
-const TP_KFREE_SKB: Program = Program {
-    name: "tp_kfree_skb",
-    attach: Attach::BtfTracepoint { name: "kfree_skb" },
-};
-
 const TW_FEXIT: Program = Program {
     name: "paws_tw_fexit",
     attach: Attach::Fexit {
@@ -97,32 +92,10 @@ pub static SIGNAL: Signal = Signal {
             family: Family::TpBtf,
             needs: &[RX_SK],
             limits: None,
-            programs: &[TP_KFREE_SKB],
-        },
-        // Before 6.11 the TIME-WAIT that dropped a segment is the one this CPU just re-armed
-        // (a PAWS reject re-arms it) or killed, matched by 4-tuple (tw_exit.rs, `timewait_of`).
-        Hook {
-            family: Family::TpBtf,
-            needs: &[PAWS_REASON],
-            limits: Some(
-                "SYNs a TIME-WAIT refuses without PAWS (`tw_syn` rejected_other) are not seen: \
-                 kfree_skb names no socket before 6.11 and that refusal leaves no other trace",
-            ),
-            programs: &[
-                TP_KFREE_SKB,
-                Program {
-                    name: "tp_timer_cancel",
-                    attach: Attach::BtfTracepoint {
-                        name: "timer_cancel",
-                    },
-                },
-                Program {
-                    name: "tp_timer_start",
-                    attach: Attach::BtfTracepoint {
-                        name: "timer_start",
-                    },
-                },
-            ],
+            programs: &[Program {
+                name: "tp_kfree_skb",
+                attach: Attach::BtfTracepoint { name: "kfree_skb" },
+            }],
         },
         Hook {
             family: Family::Tracepoint,

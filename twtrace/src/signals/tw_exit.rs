@@ -194,7 +194,7 @@ pub fn unexplained(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
     let per_cpu = slots.get(&0, 0)?;
     Ok(per_cpu
         .iter()
-        .filter(|p| p.timer != 0 && p.ev.kind != 0 && p.report != 0)
+        .filter(|p| p.timer != 0 && p.ev.kind != 0)
         .map(|p| {
             let mut ev = p.ev;
             ev.detail = twtrace_common::ExitCause::Unknown as u8;
