@@ -334,7 +334,10 @@ pub struct KernelLayout {
     pub ret_slot_tw_process: u32,
     pub ret_slot_connect: u32,
     pub ret_slot_twsk_alloc: u32,
-    pub _pad: u32,
+    /// 1 where `tcp:tcp_send_reset` fires for resets a TIME-WAIT socket sends (6.10+, seen by
+    /// its `reason` field): only there can the tracepoint route tell a reset kill from a SYN
+    /// replacing the socket; elsewhere such kills read `unknown`.
+    pub tw_rst_traced: u32,
     /// inet_sock.inet_sport: a closing socket's local port after the kernel released skc_num.
     pub inet_sport: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
@@ -413,7 +416,7 @@ impl KernelLayout {
             ret_slot_tw_process: 0,
             ret_slot_connect: 0,
             ret_slot_twsk_alloc: 0,
-            _pad: 0,
+            tw_rst_traced: 0,
             tw_timer_handler: 0,
             reqsk_timer_handler: 0,
             ranges: [CodeRange {

@@ -32,8 +32,8 @@
 //! answered a segment with a reset (TCP_TW_RST: data or a SYN reaching a FIN_WAIT2 TIME-WAIT).
 //! Its verdict on that segment, taken on this CPU just before (`TW_VERDICT`), names it: from the
 //! function's exit where function probes work; from `tcp:tcp_send_reset` on the tracepoint
-//! route, which traces resets of TIME-WAIT sockets since 6.10 (before, such a kill there still
-//! reads `replaced_by_syn`: a documented gap).
+//! route, which traces resets of TIME-WAIT sockets since 6.10 (before, such a kill there reads
+//! `unknown`, and the plan announces that hook as partial).
 
 use aya_ebpf::{
     EbpfContext,
@@ -236,7 +236,8 @@ fn remember_verdict(tw: u64, status: u32) -> u32 {
 /// this CPU recorded for that socket, consumed here. Nothing of ours runs between the verdict
 /// and the kill, so no clock is needed (emulated kernels take milliseconds for the reset in
 /// between); the socket must match. Function probes see every verdict, so without one the cause
-/// is unknown; the tracepoint route sees resets only, so there no reset means a SYN.
+/// is unknown; the tracepoint route sees resets only, so there no reset means a SYN, but only
+/// where TIME-WAIT resets are traced at all (6.10+): before, it cannot tell, and says so.
 #[inline(always)]
 fn after_verdict(tw: u64, hook: HookFamily) -> ExitCause {
     let Some(slot) = TW_VERDICT.get_ptr_mut(0) else {
@@ -244,9 +245,10 @@ fn after_verdict(tw: u64, hook: HookFamily) -> ExitCause {
     };
     let v = unsafe { core::mem::replace(&mut *slot, TwVerdict::NONE) };
     let mine = v.tw == tw;
+    let resets_seen = hook == HookFamily::Tracepoint && layout!(tw_rst_traced) != 0;
     if mine && v.status == layout!(tw_status_rst) {
         ExitCause::KilledByRst
-    } else if (mine && v.status == layout!(tw_status_syn)) || hook == HookFamily::Tracepoint {
+    } else if (mine && v.status == layout!(tw_status_syn)) || resets_seen {
         ExitCause::ReplacedBySyn
     } else {
         ExitCause::Unknown

@@ -58,12 +58,12 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
     let order: Vec<&str> = Family::ALL.iter().map(|f| f.as_str()).collect();
     println!("signal plan (best family first: {})", order.join(", "));
     for c in &loaded.choices {
-        let chosen = match c.chosen {
-            Some(f) => f.as_str(),
-            None if c.off => "off",
-            None => "NONE",
-        };
-        println!("  {:<22} {:<10} {}", c.signal, chosen, c.description);
+        println!(
+            "  {:<22} {:<10} {}",
+            c.signal,
+            c.hook_label(),
+            c.description
+        );
         for a in &c.attached {
             println!("  {:<22}   attached: {a}", "");
         }

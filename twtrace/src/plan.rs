@@ -39,6 +39,16 @@ pub struct Choice {
 }
 
 impl Choice {
+    /// The hook family serving the signal, or `off` (left out) or `none` (nothing can), as
+    /// the start-up line and `doctor` spell it.
+    pub fn hook_label(&self) -> &'static str {
+        match (self.chosen, self.off) {
+            (Some(f), _) => f.as_str(),
+            (None, true) => "off",
+            (None, false) => "none",
+        }
+    }
+
     /// Why nothing traces the signal (None when a hook does), as the live table words it.
     pub fn untraced_why(&self) -> Option<&'static str> {
         match (self.chosen, self.off) {

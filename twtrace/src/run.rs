@@ -80,8 +80,7 @@ fn announce(l: &Loaded) {
             format!(
                 "{}={}{}",
                 c.signal,
-                c.chosen
-                    .map_or(if c.off { "off" } else { "none" }, |f| f.as_str()),
+                c.hook_label(),
                 if c.limits.is_some() { "(partial)" } else { "" }
             )
         })

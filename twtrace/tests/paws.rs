@@ -146,19 +146,28 @@ fn timewait_accepted_syn(tag: &str, v6: bool) -> Result<()> {
     let syn = by_seq.syn(by_seq.seq_after(), None);
     probe(cli, &mut cap, &syn, REPLY_TIMEOUT)?.context("SYN-ACK")?;
     let after = netstat(srv)?;
+    let announced = tracer.stderr_text();
     let events = stop(tracer)?;
 
     let ip = by_ts.client.ip();
     assert_eq!(tw_paws_delta(&before, &after), 0, "sanity: no PAWS reject");
     assert_eq!(from(&events, "paws_reject", ip).len(), 0);
+    // The classic tracepoint route before 6.10 cannot tell a SYN that replaced a TIME-WAIT from
+    // a reset it sent (see e2e.rs): it announces that, and then classifies no accepted SYN.
+    let accepted = if announced.contains("tw_exit=tracepoint(partial)") {
+        assert!(!kernel_btf_has_name("sk_rst_reason"), "{announced}");
+        0
+    } else {
+        1
+    };
     assert_eq!(
         verdicts(&events, ip, "accepted_by_timestamp"),
-        1,
+        accepted,
         "{events:#?}"
     );
     assert_eq!(
         verdicts(&events, ip, "accepted_by_sequence"),
-        1,
+        accepted,
         "{events:#?}"
     );
     assert_eq!(verdicts(&events, ip, "rejected_paws"), 0);

@@ -153,7 +153,10 @@ pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Result<()> {
     layout.tp_set_state_newstate = st.offset("newstate")?;
     layout.tp_set_state_protocol = st.offset("protocol")?;
     layout.tp_receive_reset_skaddr = Format::load("tcp", "tcp_receive_reset")?.offset("skaddr")?;
-    layout.tp_send_reset_skaddr = Format::load("tcp", "tcp_send_reset")?.offset("skaddr")?;
+    let send_reset = Format::load("tcp", "tcp_send_reset")?;
+    layout.tp_send_reset_skaddr = send_reset.offset("skaddr")?;
+    // The same fact as tw_exit's tracepoint hook's `Need` (see signals/tw_exit.rs).
+    layout.tw_rst_traced = u32::from(send_reset.offset("reason").is_ok());
     let kfree = Format::load("skb", "kfree_skb")?;
     layout.tp_kfree_skb_skbaddr = kfree.offset("skbaddr")?;
     layout.tp_kfree_skb_protocol = kfree.offset("protocol")?;

@@ -2,7 +2,7 @@
 
 use twtrace_common::{Event, ExitCause as RawCause};
 
-use super::{Attach, Family, Hook, Program, Signal, record};
+use super::{Attach, Family, Hook, Need, Program, Signal, record};
 use crate::event::{ExitCause, Record, What};
 
 pub static SIGNAL: Signal = Signal {
@@ -141,27 +141,52 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Tracepoint,
-            needs: &[],
+            needs: &[RESETS_TRACED],
             limits: None,
-            programs: &[
-                Program {
-                    name: "tw_exit_timer_cancel",
-                    attach: Attach::Tracepoint {
-                        category: "timer",
-                        name: "timer_cancel",
-                    },
-                },
-                Program {
-                    name: "tw_exit_rst_tx",
-                    attach: Attach::Tracepoint {
-                        category: "tcp",
-                        name: "tcp_send_reset",
-                    },
-                },
-            ],
+            programs: &TRACEPOINT_PROGRAMS,
+        },
+        // Before 6.10: the same programs, but a kill while a segment is processed is a reset
+        // or a replacing SYN, and nothing on this route tells which (twtrace-ebpf/src/tw_exit.rs).
+        Hook {
+            family: Family::Tracepoint,
+            needs: &[],
+            limits: Some(
+                "a TIME-WAIT killed by a segment reads `unknown` (a reset it sent and a SYN that \
+                 replaced it look alike here; tcp_send_reset traces TIME-WAIT resets since \
+                 6.10), so SYNs a TIME-WAIT accepted get no tw_syn verdict",
+            ),
+            programs: &TRACEPOINT_PROGRAMS,
         },
     ],
 };
+
+/// `tcp_send_reset` got its `reason` field in 6.10, when it began to fire for resets sent on
+/// behalf of TIME-WAIT sockets: the tracepoint route's only way to tell them from SYNs.
+/// kernel/layout.rs sets `tw_rst_traced` from the same field.
+const RESETS_TRACED: Need = Need::TracepointField {
+    category: "tcp",
+    name: "tcp_send_reset",
+    field: "reason",
+    why: "a reset sent by a TIME-WAIT is traced since 6.10; before, a kill by a segment is a \
+          reset or a replacing SYN, and this route cannot tell which",
+};
+
+const TRACEPOINT_PROGRAMS: [Program; 2] = [
+    Program {
+        name: "tw_exit_timer_cancel",
+        attach: Attach::Tracepoint {
+            category: "timer",
+            name: "timer_cancel",
+        },
+    },
+    Program {
+        name: "tw_exit_rst_tx",
+        attach: Attach::Tracepoint {
+            category: "tcp",
+            name: "tcp_send_reset",
+        },
+    },
+];
 
 pub fn cause(raw: u8) -> ExitCause {
     match RawCause::from_u8(raw) {

@@ -64,12 +64,19 @@ pub struct Tracer {
 
 impl Tracer {
     /// Spawns `bin args...` (plus `--hooks $TWTRACE_HOOKS` when that variable is set, so the
-    /// VM runs can force kprobes) with stdout and stderr captured by reader threads.
+    /// VM runs can force kprobes, and `--signals $TWTRACE_SIGNALS` unless the test picks its own,
+    /// so a forced family can be proven on a kernel where it serves only some signals) with
+    /// stdout and stderr captured by reader threads.
     pub fn spawn(bin: &Path, args: &[&str]) -> Result<Tracer> {
         let mut cmd = Command::new(bin);
         cmd.args(args);
         if let Some(h) = std::env::var_os("TWTRACE_HOOKS") {
             cmd.arg("--hooks").arg(h);
+        }
+        if let Some(s) = std::env::var_os("TWTRACE_SIGNALS")
+            && !args.contains(&"--signals")
+        {
+            cmd.arg("--signals").arg(s);
         }
         let cmdline = format!("{cmd:?}");
         cmd.stdin(Stdio::null())

@@ -25,6 +25,9 @@ enum Hooks {
     /// kfree_skb's `rx_sk` (6.11+) for PAWS at TIME-WAIT, so 6.12, not 6.1.
     #[value(name = "tp_btf")]
     TpBtf,
+    /// Force classic tracepoints (the route of last resort; twtrace never picks it where
+    /// tp_btf loads, so only forcing it proves it on an older kernel).
+    Tracepoint,
 }
 
 #[derive(clap::Args)]
@@ -34,6 +37,11 @@ pub struct VmTestArgs {
     /// Hook selection for twtrace, passed to the tests as TWTRACE_HOOKS.
     #[arg(long, value_enum, default_value = "auto")]
     hooks: Hooks,
+    /// Trace only these signals (comma-separated), passed to the tests as TWTRACE_SIGNALS: for
+    /// a forced family that cannot serve every signal on that kernel (e.g. classic tracepoints
+    /// on 6.1 serve no PAWS at TIME-WAIT); name the tests that need only those signals.
+    #[arg(long, value_name = "LIST")]
+    signals: Option<String>,
     /// Build with the release profile.
     #[arg(long)]
     release: bool,
@@ -51,6 +59,7 @@ pub fn run(args: &VmTestArgs) -> Result<i32> {
         Hooks::Auto => "fentry",
         Hooks::Kprobe => "kprobe",
         Hooks::TpBtf => "tp_btf",
+        Hooks::Tracepoint => "tracepoint",
     };
     let pkg_dir = util::workspace_root().join("twtrace");
     // Same paths as on the host, so env!("CARGO_BIN_EXE_twtrace") baked into the test binary is
@@ -63,14 +72,18 @@ pub fn run(args: &VmTestArgs) -> Result<i32> {
             guest: p.to_string_lossy().into_owned(),
         })
         .collect();
-    let env = [
+    let mut env: Vec<(String, String)> = [
         ("TWTRACE_BIN", twtrace.to_string_lossy().into_owned()),
         ("TWTRACE_HOOKS", hooks.get_name().to_string()),
         ("TWTRACE_EXPECT_FAMILY", expect.to_string()),
         ("CARGO_MANIFEST_DIR", pkg_dir.to_string_lossy().into_owned()),
         ("RUST_BACKTRACE", "1".to_string()),
     ]
-    .map(|(k, v)| (k.to_string(), v));
+    .map(|(k, v)| (k.to_string(), v))
+    .into();
+    if let Some(s) = &args.signals {
+        env.push(("TWTRACE_SIGNALS".to_string(), s.clone()));
+    }
     let test_args: String = args
         .test_args
         .iter()
