@@ -122,9 +122,15 @@ fn forced_family_serves_everything_or_fails_clearly() {
 /// tracepoint: the chosen family is the first one not rejected.
 #[test]
 fn hook_choice_follows_the_order_and_the_expectation() {
-    // The VM runs force a family through TWTRACE_HOOKS, as the Tracer helper does.
+    // The VM runs force a family through TWTRACE_HOOKS, and may name the signals that family
+    // serves on that kernel through TWTRACE_SIGNALS, as the Tracer helper passes them.
     let hooks = std::env::var("TWTRACE_HOOKS").unwrap_or_else(|_| "auto".into());
-    let o = run(&["doctor", "--hooks", &hooks]);
+    let only = std::env::var("TWTRACE_SIGNALS").ok();
+    let mut args = vec!["doctor", "--hooks", &hooks];
+    if let Some(list) = &only {
+        args.extend(["--signals", list]);
+    }
+    let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let expected = std::env::var("TWTRACE_EXPECT_FAMILY").ok();
@@ -142,6 +148,13 @@ fn hook_choice_follows_the_order_and_the_expectation() {
             continue;
         }
         signals += 1;
+        if let Some(list) = &only {
+            let wanted = list.split(',').any(|w| w == signal);
+            assert_eq!(chosen == "off", !wanted, "signal {signal}:\n{out}");
+            if !wanted {
+                continue;
+            }
+        }
         if let Some(e) = &expected {
             assert_eq!(chosen, e, "signal {signal}:\n{out}");
         }
