@@ -3,7 +3,7 @@
 # format and lint checks, unit tests, end-to-end tests on this kernel (real eBPF, real netns
 # traffic, compared with the kernel's counters), and the same end-to-end suite inside stock
 # Debian 5.10, 6.1 and 6.12 kernels under QEMU, with automatic hook choice (fentry there), with
-# kprobes forced, (6.12) with tp_btf forced, and (6.1) with classic tracepoints forced.
+# kprobes forced, (6.1, 6.12) with tp_btf forced, and (6.1) with classic tracepoints forced.
 # Nothing is skipped: a failure anywhere fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ TWTRACE_HOOKS=tracepoint TWTRACE_EXPECT_FAMILY=tracepoint \
 step "end-to-end tests in stock kernels under QEMU"
 cargo xtask vm-test --release --kernel all --hooks auto
 cargo xtask vm-test --release --kernel all --hooks kprobe
-cargo xtask vm-test --release --kernel 6.12 --hooks tp_btf
+cargo xtask vm-test --release --kernel 6.1,6.12 --hooks tp_btf
 # Classic tracepoints before 6.10 (partial tw_exit, announced); they cannot serve PAWS at
 # TIME-WAIT there (kfree_skb names no socket before 6.11), so that signal and its tests stay out.
 cargo xtask vm-test --release --kernel 6.1 --hooks tracepoint \

@@ -446,6 +446,9 @@ pub mod route {
     pub const PORT_EXHAUSTION: u32 = 8;
     pub const PAWS: u32 = 16;
     pub const SYN: u32 = 32;
+    /// Keep live TIME-WAITs by connection (kernels whose kfree_skb names no socket, where the
+    /// tp_btf route serves PAWS rejects or TIME-WAIT exits): see twtrace-ebpf/src/tw_flows.rs.
+    pub const TW_FLOWS: u32 = 64;
 }
 
 /// tp_btf route of TW exit: a TIME-WAIT timer cancelled on this CPU whose meaning (expiry,

@@ -11,7 +11,7 @@ use twtrace_common::{HookFamily, route};
 
 use crate::{
     kernel::{read, read_flow, routes, scalar_arg},
-    layout, paws, port_exhaustion, syn, tw_enter, tw_exit, tw_overflow,
+    layout, paws, port_exhaustion, syn, tw_enter, tw_exit, tw_flows, tw_overflow,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -47,8 +47,12 @@ pub fn tp_timer_start(ctx: BtfTracePointContext) -> u32 {
 /// A TIME-WAIT timer started: a re-arm of the parked one, or a new TIME-WAIT.
 #[inline(never)]
 fn tw_timer_started(ctx: &BtfTracePointContext, timer: u64) {
-    if !tw_exit::rearmed(timer) && routes() & route::TW_ENTER != 0 {
-        tw_enter::started(ctx, timer);
+    if tw_exit::rearmed(timer) {
+        return;
+    }
+    let routes = routes();
+    if routes & (route::TW_ENTER | route::TW_FLOWS) != 0 {
+        tw_enter::started(ctx, timer, routes);
     }
 }
 
@@ -79,7 +83,7 @@ pub fn tp_timer_cancel(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let routes = routes();
-    if routes & (route::TW_EXIT | route::TW_ENTER) != 0 {
+    if routes & (route::TW_EXIT | route::TW_ENTER | route::TW_FLOWS) != 0 {
         tw_exit::on_cancel(timer, routes);
     }
     0
@@ -110,13 +114,28 @@ pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
         scalar_arg(&ctx, rx_arg as usize)
     };
     let routes = routes();
+    let skb = scalar_arg(&ctx, 0);
+    // Before 6.11 the dropping socket is not named: find the TIME-WAIT by the segment's
+    // connection (only drops without a reason can be a TIME-WAIT's, see tw_flows.rs).
+    let rx_sk =
+        if rx_sk == 0 && routes & route::TW_FLOWS != 0 && reason == layout!(reason_not_specified) {
+            timewait_of(skb)
+        } else {
+            rx_sk
+        };
     if rx_sk != 0 && routes & route::TW_EXIT != 0 {
         tw_exit::segment_dropped_by(rx_sk);
     }
     if routes & route::PAWS != 0 && paws::wanted_reason(reason, true) {
-        paws_drop(scalar_arg(&ctx, 0), reason, rx_sk);
+        paws_drop(skb, reason, rx_sk);
     }
     0
+}
+
+/// Out of line (its own frame): the live TIME-WAIT a dropped segment was addressed to, or 0.
+#[inline(never)]
+fn timewait_of(skb: u64) -> u64 {
+    tw_flows::of_segment(skb, paws::netns_of_skb(skb))
 }
 
 /// Out of line for the same reason as the timer_start paths (its own frame).

@@ -16,6 +16,7 @@ mod segment;
 mod syn;
 mod tw_enter;
 mod tw_exit;
+mod tw_flows;
 mod tw_overflow;
 
 #[cfg(not(test))]

@@ -110,3 +110,22 @@ pub static ROUTES: Array<u32> = Array::with_max_entries(1, 0);
 /// kernel does next (see tw_exit.rs).
 #[map]
 pub static PENDING: PerCpuArray<PendingExit> = PerCpuArray::with_max_entries(1, 0);
+
+/// A connection seen from its local side (see tw_flows.rs).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowKey {
+    pub netns: u32,
+    pub lport: u16,
+    pub rport: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+/// tp_btf route before 6.11: live TIME-WAITs (their address) by connection, so a dropped
+/// segment finds the TIME-WAIT that dropped it (see tw_flows.rs). Resized at load time:
+/// `--max-live-tw` where it is used, one entry elsewhere.
+#[map]
+pub static TW_BY_FLOW: HashMap<FlowKey, u64> = HashMap::with_max_entries(1, 0);

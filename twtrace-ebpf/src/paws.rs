@@ -148,6 +148,12 @@ unsafe fn skb_netns(skb: u64) -> u32 {
     unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0)
 }
 
+/// The namespace of the device a dropped segment arrived on (0 if unknown).
+#[inline(always)]
+pub fn netns_of_skb(skb: u64) -> u32 {
+    unsafe { skb_netns(skb) }
+}
+
 /// TIME-WAIT verdict from the segment and the socket's ts_recent, as tcp_timewait_state_process
 /// decides it: a PAWS reject when TSval is older than ts_recent; otherwise a SYN that was not
 /// accepted (`syn_accepted == Some(false)`, or unknown and no TSval news) is refused for

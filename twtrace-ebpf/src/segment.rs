@@ -28,30 +28,72 @@ pub struct Segment {
     pub tsval: Option<u32>,
 }
 
-/// Parses the IP and TCP headers of `skb` (network and transport headers must be set, as they
-/// are anywhere past IP receive).
+/// Where the IP and TCP headers of `skb` are (network and transport headers must be set, as
+/// they are anywhere past IP receive).
 #[inline(always)]
-pub unsafe fn from_skb(skb: u64) -> Option<Segment> {
+unsafe fn headers(skb: u64) -> Option<(u64, u64)> {
     let head: u64 = unsafe { read(skb, layout!(skb_head))? };
     let nh: u16 = unsafe { read(skb, layout!(skb_network_header))? };
     let th: u16 = unsafe { read(skb, layout!(skb_transport_header))? };
-    let ip = head + nh as u64;
+    Some((head + nh as u64, head + th as u64))
+}
+
+/// Reads the addresses of the IP header at `ip` into `saddr` and `daddr` (IPv4 in the first
+/// four bytes; the rest left as they are) and returns the family. Written in place: the
+/// callers' frames are near the BPF stack limit.
+#[inline(always)]
+unsafe fn ip_addresses(ip: u64, saddr: &mut [u8; 16], daddr: &mut [u8; 16]) -> Option<u8> {
     let version: u8 = unsafe { read::<u8>(ip, 0)? } >> 4;
-    let mut seg = unsafe { tcp_header(head + th as u64)? };
     if version == 6 {
-        seg.family = AF_INET6;
-        seg.saddr = unsafe { read(ip, 8)? };
-        seg.daddr = unsafe { read(ip, 24)? };
+        *saddr = unsafe { read(ip, 8)? };
+        *daddr = unsafe { read(ip, 24)? };
+        Some(AF_INET6)
     } else if version == 4 {
-        seg.family = AF_INET;
         let s: [u8; 4] = unsafe { read(ip, 12)? };
         let d: [u8; 4] = unsafe { read(ip, 16)? };
-        seg.saddr[..4].copy_from_slice(&s);
-        seg.daddr[..4].copy_from_slice(&d);
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+        Some(AF_INET)
     } else {
-        return None;
+        None
     }
+}
+
+/// Parses the IP and TCP headers of `skb`.
+#[inline(always)]
+pub unsafe fn from_skb(skb: u64) -> Option<Segment> {
+    let (ip, th) = unsafe { headers(skb)? };
+    let mut seg = unsafe { tcp_header(th)? };
+    seg.family = unsafe { ip_addresses(ip, &mut seg.saddr, &mut seg.daddr)? };
     Some(seg)
+}
+
+/// A segment's connection: family, addresses and ports (host order), nothing more.
+pub struct Addresses {
+    pub family: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// The connection of the segment in `skb`, without parsing its options (cheaper than
+/// [`from_skb`], for lookups on every unexplained drop).
+#[inline(always)]
+pub unsafe fn addresses_of(skb: u64) -> Option<Addresses> {
+    let (ip, th) = unsafe { headers(skb)? };
+    let mut a = Addresses {
+        family: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+    };
+    a.family = unsafe { ip_addresses(ip, &mut a.saddr, &mut a.daddr)? };
+    let ports: [u8; 4] = unsafe { read(th, 0)? };
+    a.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    a.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    Some(a)
 }
 
 /// Parses a TCP header at `th` (ports, seq, flags, TSval); addresses are left zero.

@@ -24,13 +24,14 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
-use twtrace_common::{EventKind, HookFamily, LossSlot};
+use twtrace_common::{EventKind, HookFamily, LossSlot, route};
 
 use crate::{
     emit::{count_loss, emit},
     kernel::{Head, flow_of, netns_wanted},
     layout,
     maps::{LAST_ENTER, LIVE, LastEnter, LiveTw, REARMING},
+    tw_flows,
 };
 
 /// Cancel and restart of a re-arm happen back to back under the timer base lock.
@@ -67,12 +68,19 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
     let expires: u64 =
         unsafe { ctx.read_at(layout!(tp_timer_start_expires) as usize) }.unwrap_or(0);
     let now: u64 = unsafe { ctx.read_at(layout!(tp_timer_start_now) as usize) }.unwrap_or(0);
-    enter(&ctx, tw, expires.wrapping_sub(now), HookFamily::Tracepoint)
+    enter(
+        &ctx,
+        tw,
+        expires.wrapping_sub(now),
+        HookFamily::Tracepoint,
+        route::TW_ENTER,
+    )
 }
 
 /// tp_btf route: a TIME-WAIT timer was started and it is not a re-arm (the dispatcher checked).
+/// `routes` says whether to report it (TW_ENTER), to remember its flow (TW_FLOWS), or both.
 #[inline(always)]
-pub fn started<C: EbpfContext>(ctx: &C, timer: u64) {
+pub fn started<C: EbpfContext>(ctx: &C, timer: u64, routes: u32) {
     // A direct load: `timer` is the tracepoint's typed argument (see dispatch.rs).
     let expires: u64 =
         unsafe { core::ptr::read_volatile((timer + layout!(timer_expires) as u64) as *const u64) };
@@ -82,6 +90,7 @@ pub fn started<C: EbpfContext>(ctx: &C, timer: u64) {
         timer - layout!(tw_timer) as u64,
         expires.wrapping_sub(now),
         HookFamily::TpBtf,
+        routes,
     );
 }
 
@@ -93,7 +102,13 @@ pub fn tw_enter_fentry(ctx: FEntryContext) -> u32 {
     if rearm & 0xff != 0 {
         return 0;
     }
-    enter(&ctx, tw, timeo & 0xffff_ffff, HookFamily::Fentry)
+    enter(
+        &ctx,
+        tw,
+        timeo & 0xffff_ffff,
+        HookFamily::Fentry,
+        route::TW_ENTER,
+    )
 }
 
 #[kprobe]
@@ -106,15 +121,28 @@ pub fn tw_enter_kprobe(ctx: ProbeContext) -> u32 {
     if rearm & 0xff != 0 {
         return 0;
     }
-    enter(&ctx, tw, timeo & 0xffff_ffff, HookFamily::Kprobe)
+    enter(
+        &ctx,
+        tw,
+        timeo & 0xffff_ffff,
+        HookFamily::Kprobe,
+        route::TW_ENTER,
+    )
 }
 
 /// Bytes of a timewait socket copied at an enter: past tw_substate on 6.x kernels.
 const TW_ENTER_HEAD: usize = 144;
 
-/// Records and reports a new TIME-WAIT socket `tw` (shared by every hook of this signal).
+/// Records and reports a new TIME-WAIT socket `tw` (shared by every hook of this signal; only
+/// the tp_btf dispatcher passes `routes` other than TW_ENTER).
 #[inline(always)]
-fn enter<C: EbpfContext>(ctx: &C, tw: u64, timeout_jiffies: u64, hook: HookFamily) -> u32 {
+fn enter<C: EbpfContext>(
+    ctx: &C,
+    tw: u64,
+    timeout_jiffies: u64,
+    hook: HookFamily,
+    routes: u32,
+) -> u32 {
     // One copy for the flow and the substate (sock_common, then tw_substate right after it).
     let mut h = Head::<TW_ENTER_HEAD>::at(tw, 0);
     if !unsafe { h.fill() } {
@@ -124,6 +152,12 @@ fn enter<C: EbpfContext>(ctx: &C, tw: u64, timeout_jiffies: u64, hook: HookFamil
         return 0;
     };
     if !netns_wanted(flow.netns) {
+        return 0;
+    }
+    if routes & route::TW_FLOWS != 0 {
+        tw_flows::remember(ctx, &flow, tw);
+    }
+    if routes & route::TW_ENTER == 0 {
         return 0;
     }
     let ts = unsafe { bpf_ktime_get_ns() };

@@ -15,11 +15,12 @@
 //! - `timer_expire_entry` of the same timer: expired;
 //! - `timer_start` of the same timer: a re-arm, not an exit;
 //! - `timer_start` of a request socket with the same addresses and ports: replaced by SYN;
-//! - `kfree_skb` naming the TIME-WAIT socket as the one that dropped the segment (6.11+): a
-//!   reset received, or a reset sent for a segment it refused (FIN_WAIT2).
+//! - `kfree_skb` naming the TIME-WAIT socket as the one that dropped the segment (6.11+; before,
+//!   the TIME-WAIT the segment's connection leads to, see tw_flows.rs): a reset received, or a
+//!   reset sent for a segment it refused (FIN_WAIT2).
 //! Positive evidence only: an interrupt's unrelated timer never settles a parked cancel. One
 //! still unexplained when the next one is parked is reported with cause `unknown` (a SYN
-//! answered by a SYN cookie creates no request socket; reset kills before 6.11 name no socket).
+//! answered by a SYN cookie creates no request socket).
 //!
 //! Function-probe route: `inet_twsk_kill(tw)` runs exactly once per TIME-WAIT socket, from the
 //! timer (expiry) or from `inet_twsk_deschedule_put` (every early kill); the same call-chain
@@ -48,10 +49,11 @@ use twtrace_common::{
 
 use crate::{
     emit::emit,
-    kernel::{Flow, Head, fexit_ret, flow_of, netns_wanted, read, scalar_arg},
+    kernel::{Flow, Head, fexit_ret, flow_of, netns_wanted, read, routes, scalar_arg},
     layout,
     maps::{LIVE, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
     stack::{bit, classify, classify_first},
+    tw_flows,
 };
 
 const WANTED: u64 = bit(fc::REARM)
@@ -336,7 +338,8 @@ const TW_HEAD: usize = 144;
 #[inline(always)]
 pub fn on_cancel(timer: u64, routes: u32) {
     let tw = timer - layout!(tw_timer) as u64;
-    let reporting = routes & route::TW_EXIT != 0;
+    // The exit is prepared (its flow read) when it is reported or its flow is forgotten.
+    let preparing = routes & (route::TW_EXIT | route::TW_FLOWS) != 0;
     // The socket's head in one copy: the unhashed test, the namespace, the flow.
     let mut h = Head::<TW_HEAD>::at(tw, 0);
     if !unsafe { h.fill() } {
@@ -353,13 +356,6 @@ pub fn on_cancel(timer: u64, routes: u32) {
     } else {
         None
     };
-    if let Some(cause) = immediate {
-        let mut ev = Event::zeroed();
-        if reporting && prepare_from(&h, tw, HookFamily::TpBtf, &mut ev) {
-            report(&ev, cause);
-        }
-        return;
-    }
     let Some(slot) = PENDING.get_ptr_mut(0) else {
         return;
     };
@@ -370,19 +366,41 @@ pub fn on_cancel(timer: u64, routes: u32) {
     slot.timer = timer;
     slot.ev.kind = 0;
     // With only tw_enter on this route the slot just marks a re-arm in progress.
-    if reporting {
-        let _ = prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev);
+    if preparing
+        && prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev)
+        && routes & route::TW_FLOWS != 0
+        && immediate.is_none()
+    {
+        tw_flows::learn(&slot.ev);
+    }
+    // Prepared in the slot even when nothing is left to wait for: an event on the stack next
+    // to the socket's copy would crowd the 512-byte stack.
+    if let Some(cause) = immediate {
+        settle(slot, cause);
     }
 }
 
-/// Reports the parked exit (if it was wanted) and frees the slot.
+/// Ends the parked exit (if it was prepared) and frees the slot.
 #[inline(always)]
 fn settle(slot: &mut PendingExit, cause: ExitCause) {
     if slot.ev.kind != 0 {
-        report(&slot.ev, cause);
+        finish(&slot.ev, cause, routes());
     }
     slot.timer = 0;
     slot.ev.kind = 0;
+}
+
+/// tp_btf route: the TIME-WAIT `prepared` describes has ended. Its flow leaves the table where
+/// one is kept (TW_FLOWS); the exit is reported where wanted (TW_EXIT). Out of line, so the
+/// dispatchers that end exits (timer cancel, kfree_skb) do not carry its frame in theirs.
+#[inline(never)]
+fn finish(prepared: &Event, cause: ExitCause, routes: u32) {
+    if routes & route::TW_FLOWS != 0 {
+        tw_flows::forget(prepared);
+    }
+    if routes & route::TW_EXIT != 0 {
+        report(prepared, cause);
+    }
 }
 
 #[inline(always)]

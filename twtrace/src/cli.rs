@@ -95,7 +95,9 @@ pub struct Common {
     /// TIME-WAIT sockets whose entry time is kept for their lifetime: in the kernel on the
     /// function-probe and classic tracepoint routes (more are still reported, and counted as
     /// `live_table_full` losses), in user space on tp_btf (the latest N enters are always
-    /// kept, older ones may be forgotten: their exits show `lifetime_ms: null`).
+    /// kept, older ones may be forgotten: their exits show `lifetime_ms: null`). On tp_btf
+    /// before 6.11 it also bounds the kernel's table of live TIME-WAITs by connection, through
+    /// which their PAWS rejects are found (when full: `live_table_full` losses, and a warning).
     #[arg(long, global = true, default_value_t = 262_144, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_live_tw: u32,
 

@@ -76,7 +76,13 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
             } else {
                 why.lines().next().unwrap_or("")
             };
-            println!("  {:<22}   not {}: {shown}", "", fam.as_str());
+            // A family may offer several hooks: one passed over for the next of its family.
+            let what = if c.chosen == Some(*fam) {
+                format!("other {} hook passed over", fam.as_str())
+            } else {
+                format!("not {}", fam.as_str())
+            };
+            println!("  {:<22}   {what}: {shown}", "");
         }
     }
     Ok(())

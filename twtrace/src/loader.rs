@@ -58,6 +58,15 @@ impl KernelFacts {
         })
     }
 
+    /// Whether the tp_btf route keeps live TIME-WAITs by connection here: kfree_skb names no
+    /// dropping socket (before 6.11) but has drop reasons (5.17+), so a drop without one may be
+    /// a TIME-WAIT's, found by the segment's connection (twtrace-ebpf/src/tw_flows.rs).
+    pub fn tw_flows(&self) -> bool {
+        self.layout.btf_kfree_skb_rx_sk_arg == u32::MAX
+            && self.layout.btf_kfree_skb_reason_arg != u32::MAX
+            && self.layout.reason_not_specified != u32::MAX
+    }
+
     pub fn decode_ctx(&self) -> DecodeCtx {
         DecodeCtx { hz: self.hz }
     }
@@ -96,6 +105,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global("SETTINGS", &settings, true)
         .map_max_entries("EVENTS", opts.ring_bytes)
         .map_max_entries("LIVE", opts.max_live_tw)
+        .map_max_entries(
+            "TW_BY_FLOW",
+            if facts.tw_flows() {
+                opts.max_live_tw
+            } else {
+                1
+            },
+        )
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let logger = aya_log::EbpfLogger::init(&mut bpf)
@@ -109,6 +126,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             kbtf: &kbtf,
             syms: &facts.syms,
             caps: &facts.caps,
+            tw_flows: facts.tw_flows(),
         },
         opts.forced,
         &opts.signals,
@@ -116,6 +134,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     log::info!("programs attached at {:?}", t0.elapsed());
     for w in choices.iter().filter_map(|c| c.warning.as_ref()) {
         eprintln!("twtrace: warning: {w}");
+    }
+    let by_flow = choices
+        .iter()
+        .any(|c| matches!(c.signal, "paws_reject" | "tw_exit") && c.chosen == Some(Family::TpBtf));
+    if facts.tw_flows() && by_flow {
+        eprintln!(
+            "twtrace: note: this kernel's kfree_skb names no socket, so TIME-WAITs are found by \
+             connection: one that exists already is learnt at its next timer re-arm or end, and \
+             a PAWS reject or reset at it before that is not attributed"
+        );
     }
     if opts.hooks_only {
         plan::silence(&mut bpf)?;

@@ -11,6 +11,7 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint},
 };
 use std::collections::HashSet;
+use twtrace_common::route;
 
 use crate::{
     kernel::{
@@ -64,6 +65,10 @@ pub struct Facts<'a> {
     pub kbtf: &'a KernelBtf,
     pub syms: &'a Kallsyms,
     pub caps: &'a Caps,
+    /// kfree_skb names no dropping socket here (before 6.11), so the tp_btf route finds a
+    /// TIME-WAIT's drops through its own table of live TIME-WAITs by connection
+    /// (`route::TW_FLOWS`, sized by the loader; see twtrace-ebpf/src/tw_flows.rs).
+    pub tw_flows: bool,
 }
 
 /// Attaches every signal in `wanted` (all when empty). `forced` restricts the choice to one
@@ -107,6 +112,11 @@ pub fn attach_all(
     }
     if choices.iter().all(|c| c.chosen.is_none()) {
         bail!("no hook can serve any signal on this kernel; `twtrace doctor -v` says why");
+    }
+    // PAWS rejects and reset kills at TIME-WAIT need the flow table where kfree_skb names no
+    // socket.
+    if facts.tw_flows && shared.routes & (route::PAWS | route::TW_EXIT) != 0 {
+        shared.routes |= route::TW_FLOWS;
     }
     // The tp_btf programs are already running; until now they served no signal.
     let mut routes: Array<_, u32> = bpf
@@ -199,7 +209,12 @@ fn attach_signal(
                         .map(|l| format!("{} on {}: {l}", signal.name, family.as_str()));
                     return choice;
                 }
-                Err(e) => choice.rejected.push((family, format!("{e:#}"))),
+                Err(e) => {
+                    // The whole reason (a verifier log) for `RUST_LOG=debug`; the error a forced
+                    // family ends in quotes only its first line.
+                    log::debug!("{} on {}: {e:#}", signal.name, family.as_str());
+                    choice.rejected.push((family, format!("{e:#}")));
+                }
             }
         }
     }

@@ -35,6 +35,11 @@ const TIMEWAIT_ONLY: Option<&str> = Some(
      recognised by the PAWS drop reasons, which this kernel lacks)",
 );
 
+const TP_KFREE_SKB: Program = Program {
+    name: "tp_kfree_skb",
+    attach: Attach::BtfTracepoint { name: "kfree_skb" },
+};
+
 const TW_FEXIT: Program = Program {
     name: "paws_tw_fexit",
     attach: Attach::Fexit {
@@ -92,10 +97,36 @@ pub static SIGNAL: Signal = Signal {
             family: Family::TpBtf,
             needs: &[RX_SK],
             limits: None,
-            programs: &[Program {
-                name: "tp_kfree_skb",
-                attach: Attach::BtfTracepoint { name: "kfree_skb" },
-            }],
+            programs: &[TP_KFREE_SKB],
+        },
+        // Before 6.11 (kfree_skb names no socket): a TIME-WAIT's drops are found through the
+        // table of live TIME-WAITs by connection, kept by the TIME-WAIT timer dispatchers
+        // (twtrace-ebpf/src/tw_flows.rs).
+        Hook {
+            family: Family::TpBtf,
+            needs: &[PAWS_REASON],
+            limits: None,
+            programs: &[
+                TP_KFREE_SKB,
+                Program {
+                    name: "tp_timer_start",
+                    attach: Attach::BtfTracepoint {
+                        name: "timer_start",
+                    },
+                },
+                Program {
+                    name: "tp_timer_cancel",
+                    attach: Attach::BtfTracepoint {
+                        name: "timer_cancel",
+                    },
+                },
+                Program {
+                    name: "tp_timer_expire",
+                    attach: Attach::BtfTracepoint {
+                        name: "timer_expire_entry",
+                    },
+                },
+            ],
         },
         Hook {
             family: Family::Tracepoint,

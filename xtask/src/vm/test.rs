@@ -21,8 +21,9 @@ enum Hooks {
     Auto,
     /// Force kprobes (the fallback for kernels without fentry).
     Kprobe,
-    /// Force BTF-typed raw tracepoints (what hosts without fentry and kprobes use). Needs
-    /// kfree_skb's `rx_sk` (6.11+) for PAWS at TIME-WAIT, so 6.12, not 6.1.
+    /// Force BTF-typed raw tracepoints (what hosts without fentry and kprobes use). Before
+    /// 6.11 (6.1) a TIME-WAIT's drops are found through twtrace's own table of live
+    /// TIME-WAITs; from 6.11 (6.12) kfree_skb names the socket.
     #[value(name = "tp_btf")]
     TpBtf,
     /// Force classic tracepoints (the route of last resort; twtrace never picks it where
