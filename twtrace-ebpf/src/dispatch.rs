@@ -114,20 +114,20 @@ pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
         scalar_arg(&ctx, rx_arg as usize)
     };
     let routes = routes();
-    let skb = scalar_arg(&ctx, 0);
     // Before 6.11 the dropping socket is not named: find the TIME-WAIT by the segment's
     // connection (only drops without a reason can be a TIME-WAIT's, see tw_flows.rs).
     let rx_sk =
         if rx_sk == 0 && routes & route::TW_FLOWS != 0 && reason == layout!(reason_not_specified) {
-            timewait_of(skb)
+            timewait_of(scalar_arg(&ctx, 0))
         } else {
             rx_sk
         };
     if rx_sk != 0 && routes & route::TW_EXIT != 0 {
         tw_exit::segment_dropped_by(rx_sk);
     }
+    // The skb is read only past the filters: this program runs for every drop of the machine.
     if routes & route::PAWS != 0 && paws::wanted_reason(reason, true) {
-        paws_drop(skb, reason, rx_sk);
+        paws_drop(scalar_arg(&ctx, 0), reason, rx_sk);
     }
     0
 }
