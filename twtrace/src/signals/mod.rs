@@ -112,6 +112,27 @@ pub enum Need {
     },
 }
 
+/// The tp_btf timer dispatchers (twtrace-ebpf/src/dispatch.rs), shared by several signals'
+/// hooks: attached once, whichever signal chooses them first.
+pub const TP_TIMER_START: Program = Program {
+    name: "tp_timer_start",
+    attach: Attach::BtfTracepoint {
+        name: "timer_start",
+    },
+};
+pub const TP_TIMER_CANCEL: Program = Program {
+    name: "tp_timer_cancel",
+    attach: Attach::BtfTracepoint {
+        name: "timer_cancel",
+    },
+};
+pub const TP_TIMER_EXPIRE: Program = Program {
+    name: "tp_timer_expire",
+    attach: Attach::BtfTracepoint {
+        name: "timer_expire_entry",
+    },
+};
+
 /// One way to observe a signal: all of its programs must load and attach.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {

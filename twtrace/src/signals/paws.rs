@@ -2,7 +2,10 @@
 
 use twtrace_common::{Event, PawsPath as RawPath, ts_flags};
 
-use super::{Attach, Family, Hook, Need, Program, Signal, flagged, record};
+use super::{
+    Attach, Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
+    flagged, record,
+};
 use crate::event::{PawsPath, Record, TwSynVerdict, What};
 
 const KFREE_SKB_NON_TW: Program = Program {
@@ -108,24 +111,9 @@ pub static SIGNAL: Signal = Signal {
             limits: None,
             programs: &[
                 TP_KFREE_SKB,
-                Program {
-                    name: "tp_timer_start",
-                    attach: Attach::BtfTracepoint {
-                        name: "timer_start",
-                    },
-                },
-                Program {
-                    name: "tp_timer_cancel",
-                    attach: Attach::BtfTracepoint {
-                        name: "timer_cancel",
-                    },
-                },
-                Program {
-                    name: "tp_timer_expire",
-                    attach: Attach::BtfTracepoint {
-                        name: "timer_expire_entry",
-                    },
-                },
+                TP_TIMER_START,
+                TP_TIMER_CANCEL,
+                TP_TIMER_EXPIRE,
             ],
         },
         Hook {

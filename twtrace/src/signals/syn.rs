@@ -2,7 +2,7 @@
 
 use twtrace_common::{Event, ts_flags};
 
-use super::{Attach, Family, Hook, Need, Program, Signal, flagged, record};
+use super::{Attach, Family, Hook, Need, Program, Signal, TP_TIMER_START, flagged, record};
 use crate::event::{Record, What};
 
 pub static SIGNAL: Signal = Signal {
@@ -36,12 +36,7 @@ pub static SIGNAL: Signal = Signal {
             family: Family::TpBtf,
             needs: &[],
             limits: None,
-            programs: &[Program {
-                name: "tp_timer_start",
-                attach: Attach::BtfTracepoint {
-                    name: "timer_start",
-                },
-            }],
+            programs: &[TP_TIMER_START],
         },
         Hook {
             family: Family::Tracepoint,

@@ -2,7 +2,9 @@
 
 use twtrace_common::{Event, TCP_FIN_WAIT2};
 
-use super::{Attach, DecodeCtx, Family, Hook, Program, Signal, record};
+use super::{
+    Attach, DecodeCtx, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START, record,
+};
 use crate::event::{Record, Substate, What};
 
 pub static SIGNAL: Signal = Signal {
@@ -36,20 +38,7 @@ pub static SIGNAL: Signal = Signal {
             family: Family::TpBtf,
             needs: &[],
             limits: None,
-            programs: &[
-                Program {
-                    name: "tp_timer_start",
-                    attach: Attach::BtfTracepoint {
-                        name: "timer_start",
-                    },
-                },
-                Program {
-                    name: "tp_timer_cancel",
-                    attach: Attach::BtfTracepoint {
-                        name: "timer_cancel",
-                    },
-                },
-            ],
+            programs: &[TP_TIMER_START, TP_TIMER_CANCEL],
         },
         Hook {
             family: Family::Tracepoint,

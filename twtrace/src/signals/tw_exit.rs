@@ -2,7 +2,10 @@
 
 use twtrace_common::{Event, ExitCause as RawCause};
 
-use super::{Attach, Family, Hook, Need, Program, Signal, record};
+use super::{
+    Attach, Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
+    record,
+};
 use crate::event::{ExitCause, Record, What};
 
 pub static SIGNAL: Signal = Signal {
@@ -115,24 +118,9 @@ pub static SIGNAL: Signal = Signal {
             needs: &[],
             limits: None,
             programs: &[
-                Program {
-                    name: "tp_timer_cancel",
-                    attach: Attach::BtfTracepoint {
-                        name: "timer_cancel",
-                    },
-                },
-                Program {
-                    name: "tp_timer_start",
-                    attach: Attach::BtfTracepoint {
-                        name: "timer_start",
-                    },
-                },
-                Program {
-                    name: "tp_timer_expire",
-                    attach: Attach::BtfTracepoint {
-                        name: "timer_expire_entry",
-                    },
-                },
+                TP_TIMER_CANCEL,
+                TP_TIMER_START,
+                TP_TIMER_EXPIRE,
                 Program {
                     name: "tp_kfree_skb",
                     attach: Attach::BtfTracepoint { name: "kfree_skb" },
