@@ -152,6 +152,71 @@ fn timewait_old_syn_is_one_reject_v6() -> Result<()> {
     timewait_old_syn("pwold6", true)
 }
 
+/// A dual-stack listener (`[::]` with IPV6_V6ONLY off: what Go and Java servers bind by
+/// default) holds an IPv4 client's connections, and so its TIME-WAITs, as IPv6 sockets with
+/// IPv4-mapped addresses (::ffff:a.b.c.d), while the client's segments are IPv4. twtrace
+/// reports all of it as the IPv4 client it is: the TIME-WAIT, its SYN, the reject, and one
+/// summary row holding both the SYN and the reject (two rows would hide a NAT's clocks from
+/// its rejects).
+#[test]
+fn dual_stack_listener_reports_the_ipv4_client() -> Result<()> {
+    const REGRESSION: i32 = 700;
+    let pair = NetnsPair::new("pwdual")?;
+    let (srv, cli) = (pair.server_ns(), pair.client_ns());
+    let any6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 5000);
+    let server = Server::start(srv, any6)?;
+    let dir = std::env::temp_dir().join(format!("twtrace-dual-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let summary = dir.join("summary.json");
+    let summary_arg = summary.to_string_lossy().into_owned();
+    let tracer = trace(pair.server_inode(), &["--summary-json", &summary_arg])?;
+    let tw = ServerTimeWait::create_to(&pair, SocketAddr::new(pair.server_v4(), 5000), 41007)?;
+    let mark = monotonic_ns();
+    let _block = RstBlock::install(cli)?;
+    let mut cap = Capture::start(cli, VETH)?;
+    let before = netstat(srv)?;
+    let syn = tw.syn(tw.seq_after(), Some(REGRESSION));
+    probe(cli, &mut cap, &syn, REPLY_TIMEOUT)?.context("the server answers a PAWS reject")?;
+    let after = netstat(srv)?;
+    let all = stop(tracer)?;
+    drop(server);
+
+    let ip = tw.client.ip();
+    assert!(ip.is_ipv4(), "sanity: {ip}");
+    let inode = pair.server_inode();
+    let mapped: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["netns"] == inode && e["family"] != "ipv4")
+        .collect();
+    assert!(
+        mapped.is_empty(),
+        "IPv4 connections reported as IPv6: {mapped:#?}"
+    );
+    let entered = from(&all, "tw_enter", ip);
+    assert_eq!(entered.len(), 1, "{all:#?}");
+    assert_eq!(entered[0]["local"], tw.server.to_string(), "{}", entered[0]);
+    let syns = from(&all, "syn", ip);
+    assert_eq!(
+        syns.len(),
+        1,
+        "the connection that made the TIME-WAIT: {all:#?}"
+    );
+
+    let kernel = tw_paws_delta(&before, &after);
+    assert_eq!(kernel, 1, "sanity: the kernel rejected it");
+    let events = since(all, mark);
+    let rejects = from(&events, "paws_reject", ip);
+    assert_eq!(rejects.len() as u64, kernel, "{events:#?}");
+    assert_eq!(rejects[0]["regression"], REGRESSION, "{}", rejects[0]);
+    assert_eq!(rejects[0]["path"], "timewait", "{}", rejects[0]);
+
+    let row = summary_row(&summary, ip)?;
+    assert_eq!(row["rejects"]["timewait"], kernel, "{row}");
+    assert_eq!(row["syns"], 1, "{row}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
 /// The same SYN with a newer TSval is accepted by timestamp: no reject anywhere. Without a
 /// timestamp but with a sequence after rcv_nxt it is accepted by sequence.
 fn timewait_accepted_syn(tag: &str, v6: bool) -> Result<()> {

@@ -184,10 +184,16 @@ pub fn decode(ev: &Event, ctx: &DecodeCtx) -> Option<Record> {
 }
 
 /// The local and remote endpoints of an event (addresses are in network byte order).
+///
+/// IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) come out as the IPv4 addresses they are. A
+/// dual-stack listener (`[::]`, IPV6_V6ONLY off: Go's and Java's default) keeps an IPv4
+/// client's connections and TIME-WAITs as IPv6 sockets with such addresses, while the
+/// client's segments (hence rejects read from a packet) are IPv4: unfolded, one client would
+/// be two rows, its SYNs and clocks on one and its rejects on the other.
 pub fn endpoints(ev: &Event) -> (SocketAddr, SocketAddr) {
     let ip = |b: &[u8; 16]| -> IpAddr {
         if ev.family == AF_INET6 {
-            Ipv6Addr::from(*b).into()
+            IpAddr::V6(Ipv6Addr::from(*b)).to_canonical()
         } else {
             Ipv4Addr::new(b[0], b[1], b[2], b[3]).into()
         }
@@ -259,5 +265,22 @@ mod tests {
                 ("tw_exit", Family::Tracepoint),
             ]
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_endpoints_are_ipv4_and_plain_ipv6_stays() {
+        let mut ev = Event::zeroed();
+        ev.family = AF_INET6;
+        (ev.lport, ev.rport) = (443, 41000);
+        let mapped = |v4: [u8; 4]| Ipv4Addr::from(v4).to_ipv6_mapped().octets();
+        (ev.laddr, ev.raddr) = (mapped([10, 0, 0, 1]), mapped([192, 0, 2, 7]));
+        let (l, r) = endpoints(&ev);
+        assert_eq!(
+            (l.to_string(), r.to_string()),
+            ("10.0.0.1:443".into(), "192.0.2.7:41000".into())
+        );
+        let v6: Ipv6Addr = "fd00::7".parse().unwrap();
+        ev.raddr = v6.octets();
+        assert_eq!(endpoints(&ev).1.to_string(), "[fd00::7]:41000");
     }
 }

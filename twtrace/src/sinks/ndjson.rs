@@ -7,7 +7,7 @@
 //! | `type`   | string    | `tw_enter`, `tw_exit`, `tw_reuse`, `tw_overflow`, `connect_eaddrnotavail` or `lost` |
 //! | `ts_ns`  | integer   | CLOCK_MONOTONIC nanoseconds when it happened (kernel `bpf_ktime_get_ns`) |
 //! | `netns`  | integer   | network namespace inode number (`ls -l /proc/PID/ns/net`); 0 if unknown |
-//! | `family` | string    | `ipv4` or `ipv6`                                               |
+//! | `family` | string    | `ipv4` or `ipv6`; an IPv4 connection held by a dual-stack (`[::]`) socket is `ipv4`, its IPv4-mapped addresses (::ffff:a.b.c.d) shown as IPv4 |
 //! | `local`  | string    | local `ip:port` (IPv6 as `[addr]:port`)                        |
 //! | `remote` | string    | remote `ip:port` (IPv6 as `[addr]:port`)                       |
 //!

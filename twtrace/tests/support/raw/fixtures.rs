@@ -35,7 +35,16 @@ impl ServerTimeWait {
     /// a port per fixture: a port that already has a TIME-WAIT on the server would be reopened
     /// through it.
     pub fn create(pair: &NetnsPair, server: &Server, client_port: u16) -> Result<ServerTimeWait> {
-        let srv = server.addr();
+        Self::create_to(pair, server.addr(), client_port)
+    }
+
+    /// [`ServerTimeWait::create`] connecting to `srv`, an address the server listens on that
+    /// is not its bound one: an IPv4 address of a dual-stack (`[::]`) listener.
+    pub fn create_to(
+        pair: &NetnsPair,
+        srv: SocketAddr,
+        client_port: u16,
+    ) -> Result<ServerTimeWait> {
         let client_ip = if srv.is_ipv4() {
             pair.client_v4()
         } else {
@@ -97,8 +106,14 @@ impl ServerTimeWait {
 
     /// Whether the server namespace still holds this TIME-WAIT socket.
     pub fn exists(&self, server_ns: &str) -> Result<bool> {
+        // A dual-stack listener's IPv4 connection is an IPv6 socket: /proc shows ::ffff:a.b.c.d.
+        let same = |a: &SocketAddr, b: &SocketAddr| {
+            a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+        };
         Ok(tcp_sockets(server_ns)?.iter().any(|e| {
-            e.state == TcpState::TimeWait && e.local == self.server && e.remote == self.client
+            e.state == TcpState::TimeWait
+                && same(&e.local, &self.server)
+                && same(&e.remote, &self.client)
         }))
     }
 
