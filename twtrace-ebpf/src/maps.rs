@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use twtrace_common::{LOSS_SLOTS, PendingExit};
+use twtrace_common::{FlowKey, LOSS_SLOTS, PendingExit};
 
 /// The one transport to user space. Size is overridden at load time (`--ring-size`).
 #[map]
@@ -110,19 +110,6 @@ pub static ROUTES: Array<u32> = Array::with_max_entries(1, 0);
 /// kernel does next (see tw_exit.rs).
 #[map]
 pub static PENDING: PerCpuArray<PendingExit> = PerCpuArray::with_max_entries(1, 0);
-
-/// A connection seen from its local side (see tw_flows.rs).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct FlowKey {
-    pub netns: u32,
-    pub lport: u16,
-    pub rport: u16,
-    pub family: u8,
-    pub _pad: [u8; 3],
-    pub laddr: [u8; 16],
-    pub raddr: [u8; 16],
-}
 
 /// tp_btf route before 6.11: live TIME-WAITs (their address) by connection, so a dropped
 /// segment finds the TIME-WAIT that dropped it (see tw_flows.rs). Resized at load time:

@@ -13,52 +13,14 @@
 //! exit); sized at load to `--max-live-tw` there and to one entry elsewhere.
 
 use aya_log_ebpf::warn;
-use twtrace_common::{AF_INET, AF_INET6, Event, LossSlot};
+use twtrace_common::{Event, FlowKey, LossSlot};
 
-use crate::{
-    emit::count_loss,
-    kernel::Flow,
-    maps::{FlowKey, TW_BY_FLOW},
-    segment,
-};
-
-/// `::ffff:0:0/96`: an IPv4 peer of a dual-stack (AF_INET6) socket.
-const V4_MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-
-/// The key of a connection seen from its local side. IPv4-mapped IPv6 addresses are folded to
-/// IPv4: a dual-stack socket's TIME-WAIT is AF_INET6, the segments that reach it are IPv4.
-#[inline(always)]
-fn key(
-    netns: u32,
-    family: u8,
-    lport: u16,
-    rport: u16,
-    laddr: &[u8; 16],
-    raddr: &[u8; 16],
-) -> FlowKey {
-    let mut k = FlowKey {
-        netns,
-        lport,
-        rport,
-        family,
-        _pad: [0; 3],
-        laddr: *laddr,
-        raddr: *raddr,
-    };
-    if family == AF_INET6 && laddr[..12] == V4_MAPPED && raddr[..12] == V4_MAPPED {
-        k.family = AF_INET;
-        k.laddr = [0; 16];
-        k.raddr = [0; 16];
-        k.laddr[..4].copy_from_slice(&laddr[12..]);
-        k.raddr[..4].copy_from_slice(&raddr[12..]);
-    }
-    k
-}
+use crate::{emit::count_loss, kernel::Flow, maps::TW_BY_FLOW, segment};
 
 /// A new TIME-WAIT `tw` with this flow.
 #[inline(always)]
 pub fn remember<C: aya_ebpf::EbpfContext>(ctx: &C, flow: &Flow, tw: u64) {
-    let k = key(
+    let k = FlowKey::new(
         flow.netns,
         flow.family,
         flow.lport,
@@ -85,7 +47,7 @@ pub fn remember<C: aya_ebpf::EbpfContext>(ctx: &C, flow: &Flow, tw: u64) {
 /// start-up may still be missed until it ends. Out of line, like [`forget`].
 #[inline(never)]
 pub fn learn(ev: &Event) {
-    let k = key(
+    let k = FlowKey::new(
         ev.netns, ev.family, ev.lport, ev.rport, &ev.laddr, &ev.raddr,
     );
     // BPF_NOEXIST: a TIME-WAIT born under twtrace is in already (the usual case); a full table
@@ -99,7 +61,7 @@ pub fn learn(ev: &Event) {
 /// the 512-byte stack (6.1's verifier adds up caller and callee frames).
 #[inline(never)]
 pub fn forget(ev: &Event) {
-    let k = key(
+    let k = FlowKey::new(
         ev.netns, ev.family, ev.lport, ev.rport, &ev.laddr, &ev.raddr,
     );
     if let Some(tw) = unsafe { TW_BY_FLOW.get(&k) }
@@ -117,6 +79,6 @@ pub fn of_segment(skb: u64, netns: u32) -> u64 {
         return 0;
     };
     // The segment travels from the remote end to the local one.
-    let k = key(netns, s.family, s.dport, s.sport, &s.daddr, &s.saddr);
+    let k = FlowKey::new(netns, s.family, s.dport, s.sport, &s.daddr, &s.saddr);
     unsafe { TW_BY_FLOW.get(&k) }.copied().unwrap_or(0)
 }
