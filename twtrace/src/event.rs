@@ -123,6 +123,8 @@ pub fn regression(ts_recent: u32, tsval: u32) -> i64 {
 pub enum What {
     /// A socket entered TIME-WAIT (or its FIN_WAIT2 stand-in).
     TwEnter { substate: Substate, timeout_ms: u64 },
+    /// A TIME-WAIT socket that existed when tracing started (its entry was not traced).
+    TwPresent { substate: Substate },
     /// A TIME-WAIT socket ended. `lifetime_ns` is None when its entry was not observed
     /// (it predates twtrace, or the in-kernel live table was full).
     TwExit {
@@ -178,6 +180,7 @@ impl Record {
     pub fn type_name(&self) -> &'static str {
         match self.what {
             What::TwEnter { .. } => "tw_enter",
+            What::TwPresent { .. } => "tw_present",
             What::TwExit {
                 cause: ExitCause::Reused,
                 ..

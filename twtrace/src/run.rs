@@ -19,7 +19,7 @@ use crate::{
     filter::{self, Filter},
     loader::{self, LoadOptions, Loaded},
     pipeline::Pipeline,
-    signals,
+    signals::{self, tw_present},
     sinks::{
         self,
         alerts::{AlertRules, Alerter},
@@ -71,6 +71,21 @@ pub fn load_options(c: &Common) -> Result<LoadOptions> {
     })
 }
 
+/// Whether to read the TIME-WAITs already there at start-up, of which namespace (0: all) and
+/// how many at most: only when both ends of a TIME-WAIT are traced (without them `live` has
+/// no meaning), and not with --hooks-only.
+fn present_read(l: &Loaded, c: &Common) -> Result<Option<(u32, usize)>> {
+    let traced = |name: &str| {
+        l.choices
+            .iter()
+            .any(|ch| ch.signal == name && ch.untraced_why().is_none())
+    };
+    if c.hooks_only || !traced("tw_enter") || !traced("tw_exit") {
+        return Ok(None);
+    }
+    Ok(Some((load_options(c)?.netns, l.max_live_tw)))
+}
+
 /// One line on stderr naming the hook behind each signal; tests wait for "twtrace: tracing".
 fn announce(l: &Loaded) {
     let hooks: Vec<String> = l
@@ -115,6 +130,7 @@ async fn pump(
     mut loaded: Loaded,
     mut shutdown: Shutdown,
     filter: &Filter,
+    present: Option<(u32, usize)>,
     mut on_record: impl FnMut(&Record) -> Result<()>,
     mut on_tick: impl FnMut(bool) -> Result<()>,
 ) -> Result<()> {
@@ -122,13 +138,32 @@ async fn pump(
     let mut pipeline = Pipeline::new(loaded.facts.decode_ctx(), loaded.max_live_tw);
     let mut failed = None;
     let mut next_loss_check = Instant::now();
+    // The start-up read of TIME-WAITs already there runs beside the ring (it must not fill up
+    // meanwhile); ring records wait in `held` until its records have gone first.
+    let mut reading = present.map(|(netns, limit)| {
+        tokio::task::spawn_blocking(move || tw_present::take(netns, limit, monotonic_ns()))
+    });
+    let mut held: Option<Vec<Record>> = reading.as_ref().map(|_| Vec::new());
     loop {
         let stop = tokio::select! {
             _ = shutdown.wait() => true,
+            snap = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
+                reading = None;
+                let snap = snap.context("the start-up read of TIME-WAITs failed")?;
+                tw_present::announce(&snap);
+                // The held records passed the filter already.
+                let seeds = snap.records.iter().filter(|r| filter.matches(r));
+                for rec in seeds.chain(held.take().iter().flatten()) {
+                    on_record(rec)?;
+                }
+                false
+            }
             r = transport.drain(POLL, |ev| {
                 if failed.is_some() { return; }
                 pipeline.feed(ev, filter, |rec| {
-                    if failed.is_none() && let Err(e) = on_record(rec) {
+                    if let Some(h) = held.as_mut() {
+                        h.push(*rec);
+                    } else if failed.is_none() && let Err(e) = on_record(rec) {
                         failed = Some(e);
                     }
                 });
@@ -161,6 +196,16 @@ async fn pump(
         }
         on_tick(false)?;
         if stop {
+            if let Some(r) = reading.take() {
+                // Stopped while the start-up read ran: it still goes first.
+                let snap = r.await.context("the start-up read of TIME-WAITs failed")?;
+                for rec in snap.records.iter().filter(|r| filter.matches(r)) {
+                    on_record(rec)?;
+                }
+            }
+            for rec in held.take().iter().flatten() {
+                on_record(rec)?;
+            }
             // Final drain so nothing already in the ring, or parked in the kernel, is lost.
             crate::plan::silence(&mut loaded.bpf)?;
             let parked = signals::tw_exit::unexplained(&mut loaded.bpf)?;
@@ -272,10 +317,12 @@ async fn events(
         (common.summary_json.is_some() || common.alert_rejects > 0)
             .then(|| Reporter::new(common, None, 0)),
     );
+    let present = present_read(&loaded, common)?;
     let result = pump(
         loaded,
         shutdown,
         filter,
+        present,
         |rec| {
             if let Some(r) = reporter.borrow_mut().as_mut() {
                 r.agg.apply(rec);
@@ -332,10 +379,12 @@ async fn live(
         ..Default::default()
     };
     let reporter = std::cell::RefCell::new(Reporter::new(common, Some(topts), opts.top));
+    let present = present_read(&loaded, common)?;
     pump(
         loaded,
         shutdown,
         filter,
+        present,
         |rec| {
             reporter.borrow_mut().agg.apply(rec);
             Ok(())

@@ -71,8 +71,8 @@ impl Lifetime {
 pub struct Counters {
     /// Sockets that entered TIME-WAIT (`TwEnter`).
     pub tw_created: u64,
-    /// Current TIME-WAIT population as seen by twtrace: +1 per enter, -1 per exit whose entry
-    /// was observed, never below 0.
+    /// Current TIME-WAIT population: +1 per enter and per TIME-WAIT present at start-up, -1
+    /// per exit of either, never below 0.
     pub live: u64,
     /// Exits per cause, indexed by `ExitCause as usize` (see [`Counters::exits`]).
     pub exits_by_cause: [u64; CAUSES],
@@ -103,6 +103,8 @@ impl Counters {
                 self.tw_created += 1;
                 self.live += 1;
             }
+            // Already in TIME-WAIT when tracing started: alive, but not created under watch.
+            What::TwPresent { .. } => self.live += 1,
             What::TwExit { cause, lifetime_ns } => {
                 self.exits_by_cause[cause as usize] += 1;
                 match lifetime_ns {
@@ -124,6 +126,13 @@ impl Counters {
             // PAWS and SYN records are aggregated per source IP in `aggregate::paws`.
             What::Lost { .. } | What::PawsReject { .. } | What::Syn { .. } | What::TwSyn { .. } => {
             }
+        }
+    }
+
+    /// Takes back the +1 a TIME-WAIT present at start-up added to `live`, when `ended`.
+    pub(crate) fn end_present(&mut self, ended: bool) {
+        if ended {
+            self.live = self.live.saturating_sub(1);
         }
     }
 

@@ -49,14 +49,18 @@ impl<K: RowKey> Table<K> {
         }
     }
 
-    fn apply(&mut self, key: K, what: &What) {
+    /// Counts `what` under `key`; `ends_present` also takes one off `live` for the TIME-WAIT
+    /// present at start-up that this record turned out to be (see [`Aggregate::apply`]).
+    fn apply(&mut self, key: K, what: &What, ends_present: bool) {
         // get marks the key most recently used: eviction order is by last update.
         if let Some(c) = self.map.get(&key) {
             c.apply(what);
+            c.end_present(ends_present);
             return;
         }
         let mut c = Counters::default();
         c.apply(what);
+        c.end_present(ends_present);
         // The key is absent, so a full table evicts its least recent key to make room.
         if self.map.len() >= self.capacity {
             self.evictions += 1;
@@ -154,6 +158,10 @@ pub struct Aggregate {
     lost: BTreeMap<&'static str, u64>,
     /// (netns, port) pairs that SYNs were seen arriving at: listening ports.
     listening: HashSet<(u32, u16)>,
+    /// TIME-WAITs present at start-up (`TwPresent`) that have not ended yet, by
+    /// (netns, local, remote): one TIME-WAIT per 4-tuple at a time.
+    present: HashSet<(u32, SocketAddr, SocketAddr), RandomState>,
+    present_at_start: u64,
 }
 
 /// Listening ports remembered at most (a bound, not a tuning knob: hosts listen on few).
@@ -170,6 +178,8 @@ impl Aggregate {
             totals: Counters::default(),
             lost: BTreeMap::new(),
             listening: HashSet::new(),
+            present: HashSet::default(),
+            present_at_start: 0,
             paws: paws::PawsTable::new(cap.get(), clocks::ClockConfig::default()),
         }
     }
@@ -198,19 +208,44 @@ impl Aggregate {
             }
             _ => {}
         }
+        let key = (rec.netns, rec.local, rec.remote);
+        let ends_present = match what {
+            What::TwPresent { .. } => {
+                if !self.present.insert(key) {
+                    return; // the same socket read twice: counted once
+                }
+                self.present_at_start += 1;
+                false
+            }
+            // An exit whose entry was not seen is a present socket's end. A traced enter of a
+            // present 4-tuple means the start-up read saw a socket that entered after the
+            // programs attached: one TIME-WAIT, which `live` must not count twice.
+            What::TwEnter { .. }
+            | What::TwExit {
+                lifetime_ns: None, ..
+            } => !self.present.is_empty() && self.present.remove(&key),
+            _ => false,
+        };
         self.totals.apply(what);
-        self.by_ip.apply(rec.remote.ip(), what);
+        self.totals.end_present(ends_present);
+        self.by_ip.apply(rec.remote.ip(), what, ends_present);
         // Every TIME-WAIT event feeds the destination table, not just EADDRNOTAVAIL: the live
         // TIME-WAIT count toward a destination is what explains its port exhaustion. Except
         // where the local side is a listening port: that TIME-WAIT is a server's, its "remote"
         // a client's ephemeral port, never a destination anything connects to (and keying
         // every one would churn the table at the connection rate).
         if !self.listening.contains(&(rec.netns, rec.local.port())) {
-            self.by_dest.apply(rec.remote, what);
+            self.by_dest.apply(rec.remote, what, ends_present);
         }
         if !matches!(what, What::ConnectAddrNotAvail { .. }) {
-            self.by_port.apply(rec.local.port(), what);
+            self.by_port.apply(rec.local.port(), what, ends_present);
         }
+    }
+
+    /// TIME-WAITs that were already there when tracing started (counted in `live` until they
+    /// end).
+    pub fn present_at_start(&self) -> u64 {
+        self.present_at_start
     }
 
     /// Top `n` remote IPs by `order`.

@@ -86,6 +86,52 @@ fn exits_without_seen_entry_do_not_underflow_or_cancel_new_entries() {
     assert_eq!(agg.totals().exits_unseen_entry, 4);
 }
 
+fn present(remote: &str, lport: u16) -> Record {
+    rec(
+        remote,
+        lport,
+        What::TwPresent {
+            substate: Substate::TimeWait,
+        },
+    )
+}
+
+/// TIME-WAITs read at start-up are live until their exit (entry unseen) arrives; one read
+/// twice, or whose traced enter arrives too (it entered between attach and the read), counts
+/// once; an unseen exit of a 4-tuple never read still does not take from `live`.
+#[test]
+fn present_at_start_counts_once_until_its_exit() {
+    let mut agg = Aggregate::new(16);
+    for port in [40000, 40001, 40002] {
+        agg.apply(&present("192.0.2.1:443", port));
+    }
+    agg.apply(&present("192.0.2.1:443", 40000)); // read twice
+    assert_eq!((agg.totals().live, agg.present_at_start()), (3, 3));
+    // 40001 entered after attach: its traced enter is the same socket.
+    agg.apply(&enter("192.0.2.1:443", 40001));
+    let c = row_for_ip(&agg, "192.0.2.1");
+    assert_eq!((c.live, c.tw_created), (3, 1));
+    // 40000 ends (entry unseen): its count ends. 40009 was never read: no change.
+    agg.apply(&exit(
+        "192.0.2.1:443",
+        40000,
+        ExitCause::ReplacedBySyn,
+        None,
+    ));
+    agg.apply(&exit("192.0.2.1:443", 40009, ExitCause::Expired, None));
+    // 40001's exit carries its lifetime: a traced socket's ordinary end.
+    agg.apply(&exit("192.0.2.1:443", 40001, ExitCause::Expired, Some(MS)));
+    let c = row_for_ip(&agg, "192.0.2.1");
+    assert_eq!(c.live, 1, "40002 only");
+    assert_eq!(agg.totals().live, 1);
+    let ports = agg.top_by_port(10, Order::Live);
+    assert_eq!((ports[0].key, ports[0].counters.live), (40002, 1));
+    // A new TIME-WAIT on 40000 is counted as any other.
+    agg.apply(&enter("192.0.2.1:443", 40000));
+    assert_eq!((agg.totals().live, agg.totals().tw_created), (2, 2));
+    assert_eq!(agg.present_at_start(), 3);
+}
+
 #[test]
 fn seen_exit_after_eviction_saturates_at_zero() {
     let mut agg = Aggregate::new(1);

@@ -5,6 +5,8 @@ pub mod btf;
 pub mod caps;
 pub mod kallsyms;
 pub mod layout;
+pub mod netns;
+pub mod sock_diag;
 pub mod sysinfo;
 pub mod tracefs;
 

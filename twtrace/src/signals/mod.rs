@@ -9,6 +9,7 @@ pub mod syn;
 pub mod tw_enter;
 pub mod tw_exit;
 pub mod tw_overflow;
+pub mod tw_present;
 pub mod tw_syn;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -4,7 +4,7 @@
 //!
 //! | field    | JSON type | meaning                                                        |
 //! |----------|-----------|----------------------------------------------------------------|
-//! | `type`   | string    | `tw_enter`, `tw_exit`, `tw_reuse`, `tw_overflow`, `connect_eaddrnotavail` or `lost` |
+//! | `type`   | string    | `tw_enter`, `tw_present`, `tw_exit`, `tw_reuse`, `tw_overflow`, `connect_eaddrnotavail`, `paws_reject`, `syn`, `tw_syn` or `lost` |
 //! | `ts_ns`  | integer   | CLOCK_MONOTONIC nanoseconds when it happened (kernel `bpf_ktime_get_ns`) |
 //! | `netns`  | integer   | network namespace inode number (`ls -l /proc/PID/ns/net`); 0 if unknown |
 //! | `family` | string    | `ipv4` or `ipv6`; an IPv4 connection held by a dual-stack (`[::]`) socket is `ipv4`, its IPv4-mapped addresses (::ffff:a.b.c.d) shown as IPv4 |
@@ -16,6 +16,7 @@
 //! | `type`                  | fields                                                            |
 //! |-------------------------|-------------------------------------------------------------------|
 //! | `tw_enter`              | `substate`: `TIME_WAIT` or `FIN_WAIT2`; `timeout_ms`: integer, the armed timeout |
+//! | `tw_present`            | a TIME-WAIT that was already there when twtrace started (read once from the kernel's socket table, as `ss` reads it, before any traced event): `substate`; its exit comes later with `lifetime_ms: null` |
 //! | `tw_exit`, `tw_reuse`   | `cause`: `expired`, `replaced_by_syn`, `killed_by_rst`, `reused` (always, for `tw_reuse`), `purged` or `unknown`; `lifetime_ms`: milliseconds spent in TIME-WAIT with 3 decimals, or `null` when the entry was not seen (the socket predates twtrace, or the in-kernel live table was full) |
 //! | `tw_overflow`           | none (the close skipped TIME-WAIT: `tcp_max_tw_buckets` was full) |
 //! | `connect_eaddrnotavail` | `pid`: integer, the process whose connect() failed; `local` has port 0 (none could be bound) |
@@ -82,6 +83,11 @@ fn write_fields(w: &mut impl Write, rec: &Record) -> io::Result<()> {
             w.write_all(substate.as_str().as_bytes())?;
             w.write_all(br#"","timeout_ms":"#)?;
             w.num(timeout_ms)?;
+        }
+        What::TwPresent { substate } => {
+            w.write_all(br#","substate":""#)?;
+            w.write_all(substate.as_str().as_bytes())?;
+            w.write_all(b"\"")?;
         }
         What::TwExit { cause, lifetime_ns } => {
             w.write_all(br#","cause":""#)?;

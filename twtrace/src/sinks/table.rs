@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! twtrace 2025-11-22T03:50:01Z
-//! tw_created 4  live 2  overflow 1  eaddrnotavail 2  lost 3  evictions 0
+//! tw_created 4  live 2 (present at start 0)  overflow 1  eaddrnotavail 2  lost 3  evictions 0
 //! exits 3: expired 1  replaced_by_syn 0  killed_by_rst 0  reused 1  purged 0  unknown 1  (entry unseen 1)  lifetime avg 30500.0 ms  min 1000.0 ms  max 60000.0 ms
 //! lost: tw_exit 3
 //! not traced: paws_reject (no hook on this kernel)
@@ -119,9 +119,10 @@ fn header(agg: &Aggregate, out: &mut String) {
     let t = agg.totals();
     let _ = writeln!(
         out,
-        "tw_created {}  live {}  overflow {}  eaddrnotavail {}  lost {}  evictions {}",
+        "tw_created {}  live {} (present at start {})  overflow {}  eaddrnotavail {}  lost {}  evictions {}",
         t.tw_created,
         t.live,
+        agg.present_at_start(),
         t.overflow,
         t.eaddrnotavail,
         agg.lost_total(),
@@ -404,7 +405,7 @@ mod tests {
         assert_eq!(lines[0], "twtrace 2025-11-22T03:50:01Z");
         assert_eq!(
             lines[1],
-            "tw_created 4  live 2  overflow 1  eaddrnotavail 2  lost 0  evictions 0"
+            "tw_created 4  live 2 (present at start 0)  overflow 1  eaddrnotavail 2  lost 0  evictions 0"
         );
         assert_eq!(
             lines[2],

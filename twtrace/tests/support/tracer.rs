@@ -176,21 +176,26 @@ impl Tracer {
     /// Waits for the readiness line on stderr. Fails with the captured stderr if the process
     /// exits first or the line does not come within `timeout`.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_stderr(READY_MARKER, timeout).map(drop)
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it; fails as [`Self::wait_ready`].
+    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self
+            if let Some(line) = self
                 .stderr
                 .snapshot()
-                .iter()
-                .any(|l| l.contains(READY_MARKER))
+                .into_iter()
+                .find(|l| l.contains(needle))
             {
-                return Ok(());
+                return Ok(line);
             }
             if let Some(status) = self.exited()? {
                 // Let the reader drain the pipe so the message is complete.
                 self.join_readers();
                 bail!(
-                    "{} exited with {status} before {READY_MARKER:?}; stderr:\n{}",
+                    "{} exited with {status} before {needle:?}; stderr:\n{}",
                     self.cmdline,
                     self.stderr_text()
                 );
@@ -198,7 +203,7 @@ impl Tracer {
             let now = Instant::now();
             if now > deadline {
                 bail!(
-                    "{} not ready within {timeout:?}; stderr so far:\n{}",
+                    "{} printed no {needle:?} within {timeout:?}; stderr so far:\n{}",
                     self.cmdline,
                     self.stderr_text()
                 );
@@ -259,6 +264,27 @@ impl Tracer {
     /// Sends SIGINT, waits up to 10 s (then SIGKILLs and fails), requires exit status 0 and
     /// well-formed NDJSON on stdout, and returns every event.
     pub fn stop(mut self) -> Result<Vec<Value>> {
+        self.finish()?;
+        let bad = self.bad_stdout.snapshot();
+        if !bad.is_empty() {
+            return Err(anyhow!(
+                "{} printed {} non-JSON stdout line(s), first: {:?}",
+                self.cmdline,
+                bad.len(),
+                bad[0]
+            ));
+        }
+        Ok(self.events.snapshot())
+    }
+
+    /// [`Tracer::stop`] for a tracer printing text (the live table): its stdout lines.
+    pub fn stop_text(mut self) -> Result<Vec<String>> {
+        self.finish()?;
+        Ok(self.bad_stdout.snapshot())
+    }
+
+    /// SIGINT, then the exit status must be 0 within [`STOP_TIMEOUT`].
+    fn finish(&mut self) -> Result<()> {
         let status = match self.exited()? {
             Some(s) => s,
             None => {
@@ -291,16 +317,7 @@ impl Tracer {
                 self.stderr_text()
             );
         }
-        let bad = self.bad_stdout.snapshot();
-        if !bad.is_empty() {
-            return Err(anyhow!(
-                "{} printed {} non-JSON stdout line(s), first: {:?}",
-                self.cmdline,
-                bad.len(),
-                bad[0]
-            ));
-        }
-        Ok(self.events.snapshot())
+        Ok(())
     }
 }
 

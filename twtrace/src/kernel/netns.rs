@@ -1,0 +1,70 @@
+//! Network namespaces by inode, and running code inside one: for reading a namespace's own
+//! socket tables (sock_diag answers for the namespace the asking thread is in).
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Directories of namespace files kept by name: `ip netns` and Docker. A namespace nothing
+/// runs in and nothing names there cannot be found (it is still traced).
+const NAMED: [&str; 2] = ["/run/netns", "/run/docker/netns"];
+
+/// Every network namespace that a process runs in or that is named under [`NAMED`], by inode,
+/// with one file that refers to it.
+pub fn all() -> BTreeMap<u32, PathBuf> {
+    let mut found = BTreeMap::new();
+    let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    let pids = procs
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| e.path().join("ns/net"));
+    let named = NAMED
+        .iter()
+        .flat_map(std::fs::read_dir)
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    for path in pids.chain(named) {
+        // A process may exit between listing and stat: skip it.
+        if let Ok(meta) = std::fs::metadata(&path)
+            && let Ok(inode) = u32::try_from(meta.ino())
+        {
+            found.entry(inode).or_insert(path);
+        }
+    }
+    found
+}
+
+/// Runs `f` on a new thread that has entered the namespace of `path`, and returns its result.
+/// The thread ends with `f`, so no other code runs in that namespace by mistake.
+pub fn run_in<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    std::thread::Builder::new()
+        .name("twtrace-netns".into())
+        .spawn(move || {
+            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            // SAFETY: a valid namespace fd; setns only changes this thread's namespace.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!(
+                    "entering the namespace of {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            f()
+        })
+        .context("spawning a namespace thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}

@@ -1,0 +1,90 @@
+//! TIME-WAITs already there when twtrace starts. No hook sees them enter, so without them the
+//! live count would start at 0 on a host that holds thousands, and stay short until they
+//! have all ended. They come from the kernel's own socket tables (sock_diag, what `ss`
+//! reads), per network namespace, read after the programs are attached.
+//!
+//! Exact without timing: a socket in the snapshot whose enter was traced too (it entered
+//! between attach and the read) is one TIME-WAIT, not two, and one whose exit arrives with
+//! its entry unseen ends its snapshot entry; the aggregate does both by 4-tuple (see
+//! `aggregate::Aggregate::apply`). Records are handed on before any ring record.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    event::{Record, Substate, What},
+    kernel::{netns, sock_diag},
+};
+
+/// What one start-up read found.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub records: Vec<Record>,
+    /// Namespaces read.
+    pub namespaces: usize,
+    /// More sockets than the limit: the rest are not counted as live.
+    pub truncated: bool,
+    /// Namespaces that could not be read, and why (they are still traced).
+    pub failed: Vec<String>,
+}
+
+/// Reads the TIME-WAITs of every namespace (`only` = 0), or of the namespace with inode
+/// `only`, at most `limit` in all.
+pub fn take(only: u32, limit: usize, now_ns: u64) -> Snapshot {
+    let mut spaces = netns::all();
+    if only != 0 {
+        spaces.retain(|&inode, _| inode == only);
+    }
+    take_from(spaces, limit, now_ns)
+}
+
+fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize, now_ns: u64) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for (inode, path) in spaces {
+        let room = limit.saturating_sub(snap.records.len());
+        // One more than the room tells a full namespace from an exact fit.
+        let read = netns::run_in(path.clone(), move || sock_diag::timewaits(room + 1));
+        match read {
+            Ok(socks) => {
+                snap.namespaces += 1;
+                snap.truncated |= socks.len() > room;
+                snap.records
+                    .extend(socks.into_iter().take(room).map(|s| Record {
+                        ts_ns: now_ns,
+                        netns: inode,
+                        local: s.local,
+                        remote: s.remote,
+                        what: What::TwPresent {
+                            substate: if s.fin_wait2 {
+                                Substate::FinWait2
+                            } else {
+                                Substate::TimeWait
+                            },
+                        },
+                    }));
+            }
+            Err(e) => snap
+                .failed
+                .push(format!("{} ({inode}): {e:#}", path.display())),
+        }
+    }
+    snap
+}
+
+/// Says on stderr what the read found, and what it could not read.
+pub fn announce(snap: &Snapshot) {
+    eprintln!(
+        "twtrace: {} TIME-WAITs already present in {} network namespace{} counted as live",
+        snap.records.len(),
+        snap.namespaces,
+        if snap.namespaces == 1 { "" } else { "s" }
+    );
+    if snap.truncated {
+        eprintln!(
+            "twtrace: warning: more TIME-WAITs were present than --max-live-tw; the rest are \
+             not counted as live until they end"
+        );
+    }
+    for why in &snap.failed {
+        eprintln!("twtrace: warning: TIME-WAITs present in {why} not counted");
+    }
+}
