@@ -34,7 +34,13 @@ pub fn take(only: u32, limit: usize, now_ns: u64) -> Snapshot {
     if only != 0 {
         spaces.retain(|&inode, _| inode == only);
     }
-    take_from(spaces, limit, now_ns)
+    let mut snap = take_from(spaces, limit, now_ns);
+    if only != 0 && snap.namespaces == 0 && snap.failed.is_empty() {
+        snap.failed.push(format!(
+            "namespace {only}: not found (no process runs in it, nothing under /run/netns names it)"
+        ));
+    }
+    snap
 }
 
 fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize, now_ns: u64) -> Snapshot {
@@ -72,12 +78,15 @@ fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize, now_ns: u6
 
 /// Says on stderr what the read found, and what it could not read.
 pub fn announce(snap: &Snapshot) {
-    eprintln!(
-        "twtrace: {} TIME-WAITs already present in {} network namespace{} counted as live",
-        snap.records.len(),
-        snap.namespaces,
-        if snap.namespaces == 1 { "" } else { "s" }
-    );
+    // When nothing could be read, the warnings below say why.
+    if snap.namespaces > 0 || snap.failed.is_empty() {
+        eprintln!(
+            "twtrace: {} TIME-WAITs already present in {} network namespace{} counted as live",
+            snap.records.len(),
+            snap.namespaces,
+            if snap.namespaces == 1 { "" } else { "s" }
+        );
+    }
     if snap.truncated {
         eprintln!(
             "twtrace: warning: more TIME-WAITs were present than --max-live-tw; the rest are \
@@ -85,6 +94,6 @@ pub fn announce(snap: &Snapshot) {
         );
     }
     for why in &snap.failed {
-        eprintln!("twtrace: warning: TIME-WAITs present in {why} not counted");
+        eprintln!("twtrace: warning: TIME-WAITs already in {why} are not counted as live");
     }
 }
