@@ -138,32 +138,18 @@ async fn pump(
     let mut pipeline = Pipeline::new(loaded.facts.decode_ctx(), loaded.max_live_tw);
     let mut failed = None;
     let mut next_loss_check = Instant::now();
-    // The start-up read of TIME-WAITs already there runs beside the ring (it must not fill up
-    // meanwhile); ring records wait in `held` until its records have gone first.
-    let mut reading = present.map(|(netns, limit)| {
-        tokio::task::spawn_blocking(move || tw_present::take(netns, limit, monotonic_ns()))
-    });
-    let mut held: Option<Vec<Record>> = reading.as_ref().map(|_| Vec::new());
+    let (mut reading, mut held) = tw_present::start(present);
     loop {
         let stop = tokio::select! {
             _ = shutdown.wait() => true,
-            snap = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
-                reading = None;
-                let snap = snap.context("the start-up read of TIME-WAITs failed")?;
-                tw_present::announce(&snap);
-                // The held records passed the filter already.
-                let seeds = snap.records.iter().filter(|r| filter.matches(r));
-                for rec in seeds.chain(held.take().iter().flatten()) {
-                    on_record(rec)?;
-                }
+            snap = reading.done(), if reading.is_running() => {
+                held.release(snap?, filter, &mut on_record)?;
                 false
             }
             r = transport.drain(POLL, |ev| {
                 if failed.is_some() { return; }
                 pipeline.feed(ev, filter, |rec| {
-                    if let Some(h) = held.as_mut() {
-                        h.push(*rec);
-                    } else if failed.is_none() && let Err(e) = on_record(rec) {
+                    if !held.hold(rec) && failed.is_none() && let Err(e) = on_record(rec) {
                         failed = Some(e);
                     }
                 });
@@ -196,16 +182,8 @@ async fn pump(
         }
         on_tick(false)?;
         if stop {
-            if let Some(r) = reading.take() {
-                // Stopped while the start-up read ran: it still goes first.
-                let snap = r.await.context("the start-up read of TIME-WAITs failed")?;
-                for rec in snap.records.iter().filter(|r| filter.matches(r)) {
-                    on_record(rec)?;
-                }
-            }
-            for rec in held.take().iter().flatten() {
-                on_record(rec)?;
-            }
+            // Stopped while the start-up read ran: it still goes first.
+            held.release(reading.done().await?, filter, &mut on_record)?;
             // Final drain so nothing already in the ring, or parked in the kernel, is lost.
             crate::plan::silence(&mut loaded.bpf)?;
             let parked = signals::tw_exit::unexplained(&mut loaded.bpf)?;

@@ -10,10 +10,84 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::{Context as _, Result};
+use tokio::task::JoinHandle;
+
 use crate::{
     event::{Record, Substate, What},
+    filter::Filter,
     kernel::{netns, sock_diag},
 };
+
+/// Starts the start-up read of namespace `netns` (0: all), at most `limit` sockets, beside
+/// the ring (which must not fill up meanwhile); None reads nothing. Ring records wait in the
+/// [`Held`] until the read's own records have gone first.
+pub fn start(what: Option<(u32, usize)>) -> (Reading, Held) {
+    let task = what.map(|(netns, limit)| {
+        tokio::task::spawn_blocking(move || take(netns, limit, crate::run::monotonic_ns()))
+    });
+    let held = Held {
+        active: task.is_some(),
+        records: Vec::new(),
+    };
+    (Reading(task), held)
+}
+
+/// The read under way (apart from [`Held`], so that both can be borrowed at once).
+pub struct Reading(Option<JoinHandle<Snapshot>>);
+
+impl Reading {
+    pub fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Waits for the read to end (at once with an empty snapshot when none runs).
+    pub async fn done(&mut self) -> Result<Snapshot> {
+        let Some(task) = self.0.as_mut() else {
+            return Ok(Snapshot::default());
+        };
+        let snap = task.await.context("the start-up read of TIME-WAITs failed");
+        self.0 = None;
+        snap
+    }
+}
+
+/// Ring records kept back while the read runs.
+pub struct Held {
+    active: bool,
+    records: Vec<Record>,
+}
+
+impl Held {
+    /// Keeps `rec` (already filtered) while the read runs; false once it is done, when the
+    /// caller hands records on itself.
+    pub fn hold(&mut self, rec: &Record) -> bool {
+        if self.active {
+            self.records.push(*rec);
+        }
+        self.active
+    }
+
+    /// Says what the read found, and hands on its records that pass `filter`, then the held
+    /// ones; from then on nothing is held. Nothing to do when no read ran.
+    pub fn release(
+        &mut self,
+        snap: Snapshot,
+        filter: &Filter,
+        mut on_record: impl FnMut(&Record) -> Result<()>,
+    ) -> Result<()> {
+        if !self.active {
+            return Ok(());
+        }
+        self.active = false;
+        announce(&snap);
+        let seeds = snap.records.iter().filter(|r| filter.matches(r));
+        for rec in seeds.chain(std::mem::take(&mut self.records).iter()) {
+            on_record(rec)?;
+        }
+        Ok(())
+    }
+}
 
 /// What one start-up read found.
 #[derive(Debug, Default)]
@@ -77,7 +151,7 @@ fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize, now_ns: u6
 }
 
 /// Says on stderr what the read found, and what it could not read.
-pub fn announce(snap: &Snapshot) {
+fn announce(snap: &Snapshot) {
     // When nothing could be read, the warnings below say why.
     if snap.namespaces > 0 || snap.failed.is_empty() {
         eprintln!(
