@@ -70,6 +70,7 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
         if let Some(limits) = c.limits {
             println!("  {:<22}   partial: {limits}", "");
         }
+        let mut said = Vec::new();
         for (fam, why) in &c.rejected {
             let shown = if verbose {
                 why.as_str()
@@ -82,7 +83,12 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
             } else {
                 format!("not {}", fam.as_str())
             };
-            println!("  {:<22}   {what}: {shown}", "");
+            // A full hook and its partial fallback fail alike: one line says it.
+            let line = format!("  {:<22}   {what}: {shown}", "");
+            if !said.contains(&line) {
+                println!("{line}");
+                said.push(line);
+            }
         }
     }
     Ok(())
