@@ -31,12 +31,24 @@ impl Filter {
 
 /// `--ip` values: an address (10.0.0.1, fd00::1) or a CIDR (10.0.0.0/8).
 pub fn parse_net(s: &str) -> Result<IpNet, String> {
-    if let Ok(net) = IpNet::from_str(s) {
-        return Ok(net);
-    }
-    IpAddr::from_str(s).map(IpNet::from).map_err(|_| {
-        format!("`{s}` is neither an IP address nor a CIDR (e.g. 10.0.0.1, 10.0.0.0/8, fd00::/64)")
-    })
+    let net = IpNet::from_str(s)
+        .or_else(|_| IpAddr::from_str(s).map(IpNet::from))
+        .map_err(|_| {
+            format!(
+                "`{s}` is neither an IP address nor a CIDR (e.g. 10.0.0.1, 10.0.0.0/8, fd00::/64)"
+            )
+        })?;
+    Ok(ipv4_of_mapped(net).unwrap_or(net))
+}
+
+/// `::ffff:10.0.0.0/104` as `10.0.0.0/8`: events show IPv4-mapped addresses as the IPv4
+/// addresses they are (see `signals::endpoints`), so a filter written the way `ss` shows a
+/// dual-stack socket's peer must match them too.
+fn ipv4_of_mapped(net: IpNet) -> Option<IpNet> {
+    let IpNet::V6(n) = net else { return None };
+    let v4 = n.addr().to_ipv4_mapped()?;
+    let prefix = n.prefix_len().checked_sub(96)?;
+    ipnet::Ipv4Net::new(v4, prefix).ok().map(IpNet::V4)
 }
 
 /// `--netns` values: an inode number (as `ls -l /proc/PID/ns/net` shows), or a path to a
@@ -89,6 +101,20 @@ mod tests {
     fn bad_values_explain_themselves() {
         assert!(parse_net("10.0.0.300").unwrap_err().contains("CIDR"));
         assert_eq!(parse_net("fd00::1").unwrap().prefix_len(), 128);
+        // IPv4-mapped, as `ss` shows a dual-stack socket's IPv4 peer: the IPv4 network.
+        assert_eq!(
+            parse_net("::ffff:10.0.0.7").unwrap().to_string(),
+            "10.0.0.7/32"
+        );
+        assert_eq!(
+            parse_net("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        // Wider than the mapped range: left as written.
+        assert_eq!(
+            parse_net("::ffff:0:0/80").unwrap().to_string(),
+            "::ffff:0.0.0.0/80"
+        );
         assert!(parse_netns("0").is_err());
         assert!(
             parse_netns("no-such-ns-xyz")
