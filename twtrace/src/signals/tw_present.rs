@@ -155,7 +155,7 @@ fn announce(snap: &Snapshot) {
     // When nothing could be read, the warnings below say why.
     if snap.namespaces > 0 || snap.failed.is_empty() {
         eprintln!(
-            "twtrace: {} TIME-WAITs already present in {} network namespace{} counted as live",
+            "twtrace: {} TIME-WAITs already present in {} network namespace{}",
             snap.records.len(),
             snap.namespaces,
             if snap.namespaces == 1 { "" } else { "s" }
