@@ -124,7 +124,9 @@ pub enum What {
     /// A socket entered TIME-WAIT (or its FIN_WAIT2 stand-in).
     TwEnter { substate: Substate, timeout_ms: u64 },
     /// A TIME-WAIT socket that existed when tracing started (its entry was not traced).
-    TwPresent { substate: Substate },
+    /// `server`: its local port had a listener then, so it is a server's TIME-WAIT (as a SYN
+    /// arriving at that port would tell the aggregate later).
+    TwPresent { substate: Substate, server: bool },
     /// A TIME-WAIT socket ended. `lifetime_ns` is None when its entry was not observed
     /// (it predates twtrace, or the in-kernel live table was full).
     TwExit {

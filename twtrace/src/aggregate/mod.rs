@@ -196,9 +196,7 @@ impl Aggregate {
                 return;
             }
             What::Syn { .. } => {
-                if self.listening.len() < MAX_LISTENING {
-                    self.listening.insert((rec.netns, rec.local.port()));
-                }
+                self.note_listening(rec.netns, rec.local.port());
                 self.paws.apply(rec);
                 return;
             }
@@ -210,11 +208,14 @@ impl Aggregate {
         }
         let key = (rec.netns, rec.local, rec.remote);
         let ends_present = match what {
-            What::TwPresent { .. } => {
+            What::TwPresent { server, .. } => {
                 if !self.present.insert(key) {
                     return; // the same socket read twice: counted once
                 }
                 self.present_at_start += 1;
+                if *server {
+                    self.note_listening(rec.netns, rec.local.port());
+                }
                 false
             }
             // An exit whose entry was not seen is a present socket's end. A traced enter of a
@@ -239,6 +240,13 @@ impl Aggregate {
         }
         if !matches!(what, What::ConnectAddrNotAvail { .. }) {
             self.by_port.apply(rec.local.port(), what, ends_present);
+        }
+    }
+
+    /// Remembers a port that listens (SYNs arrive at it): TIME-WAITs on it are a server's.
+    fn note_listening(&mut self, netns: u32, port: u16) {
+        if self.listening.len() < MAX_LISTENING {
+            self.listening.insert((netns, port));
         }
     }
 

@@ -87,13 +87,31 @@ fn exits_without_seen_entry_do_not_underflow_or_cancel_new_entries() {
 }
 
 fn present(remote: &str, lport: u16) -> Record {
-    rec(
-        remote,
-        lport,
-        What::TwPresent {
-            substate: Substate::TimeWait,
-        },
-    )
+    present_as(remote, lport, false)
+}
+
+fn present_as(remote: &str, lport: u16, server: bool) -> Record {
+    let substate = Substate::TimeWait;
+    rec(remote, lport, What::TwPresent { substate, server })
+}
+
+/// A server's TIME-WAITs read at start-up (their local port listened then) stay out of the
+/// destination table, as traced ones do once a SYN showed the port listens: their "remote"
+/// is a client's ephemeral port, never a destination; their exits too, before any SYN.
+#[test]
+fn present_server_timewaits_stay_out_of_destinations() {
+    let mut agg = Aggregate::new(16);
+    agg.apply(&present_as("192.0.2.1:41000", 443, true));
+    agg.apply(&present_as("192.0.2.1:41002", 443, true));
+    agg.apply(&present_as("198.51.100.9:443", 40000, false)); // ours, toward a server
+    agg.apply(&exit("192.0.2.1:41000", 443, ExitCause::Expired, None));
+    let dest = agg.top_by_dest(10, Order::Live);
+    assert_eq!(dest.len(), 1, "{dest:?}");
+    assert_eq!(
+        (dest[0].key.to_string(), dest[0].counters.live),
+        ("198.51.100.9:443".to_owned(), 1)
+    );
+    assert_eq!(agg.totals().live, 2);
 }
 
 /// TIME-WAITs read at start-up are live until their exit (entry unseen) arrives; one read

@@ -25,18 +25,29 @@ pub struct TimeWaitSock {
 
 /// `TCP_FIN_WAIT2`: a timewait socket's reported state is its substate.
 const TCP_FIN_WAIT2: u8 = 5;
+const TCP_LISTEN: u8 = 10;
 
-/// Every TIME-WAIT socket (either substate) of the calling thread's network namespace, IPv4
-/// and IPv6. Stops at `limit` sockets.
-pub fn timewaits(limit: usize) -> Result<Vec<TimeWaitSock>> {
-    let mut out = Vec::new();
+/// What one namespace holds: its TIME-WAIT sockets and its listening ports.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    pub timewaits: Vec<TimeWaitSock>,
+    /// Local ports with a listener (either family): a TIME-WAIT on one is a server's.
+    pub listening: Vec<u16>,
+}
+
+/// Every TIME-WAIT socket (either substate) and listener of the calling thread's network
+/// namespace, IPv4 and IPv6. Stops at `limit` TIME-WAITs.
+pub fn sockets(limit: usize) -> Result<Sockets> {
+    let mut out = Sockets::default();
     for family in [AF_INET, AF_INET6] {
         dump(family, limit, &mut out)?;
     }
+    out.listening.sort_unstable();
+    out.listening.dedup();
     Ok(out)
 }
 
-fn dump(family: u8, limit: usize, out: &mut Vec<TimeWaitSock>) -> Result<()> {
+fn dump(family: u8, limit: usize, out: &mut Sockets) -> Result<()> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
     socket.bind_auto().context("binding the sock_diag socket")?;
     socket.connect(&NlAddr::new(0, 0))?;
@@ -54,7 +65,7 @@ fn dump(family: u8, limit: usize, out: &mut Vec<TimeWaitSock>) -> Result<()> {
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::empty(),
             // A timewait socket's sk_state is TIME_WAIT whatever its substate.
-            states: StateFlags::TIME_WAIT,
+            states: StateFlags::TIME_WAIT | StateFlags::LISTEN,
             socket_id,
         })
         .into(),
@@ -79,18 +90,22 @@ fn dump(family: u8, limit: usize, out: &mut Vec<TimeWaitSock>) -> Result<()> {
             let len = msg.header.length as usize;
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    if out.len() >= limit {
-                        return Ok(());
-                    }
                     let id = &r.header.socket_id;
-                    out.push(TimeWaitSock {
-                        local: SocketAddr::new(id.source_address.to_canonical(), id.source_port),
-                        remote: SocketAddr::new(
-                            id.destination_address.to_canonical(),
-                            id.destination_port,
-                        ),
-                        fin_wait2: r.header.state == TCP_FIN_WAIT2,
-                    });
+                    if r.header.state == TCP_LISTEN {
+                        out.listening.push(id.source_port);
+                    } else if out.timewaits.len() < limit {
+                        out.timewaits.push(TimeWaitSock {
+                            local: SocketAddr::new(
+                                id.source_address.to_canonical(),
+                                id.source_port,
+                            ),
+                            remote: SocketAddr::new(
+                                id.destination_address.to_canonical(),
+                                id.destination_port,
+                            ),
+                            fin_wait2: r.header.state == TCP_FIN_WAIT2,
+                        });
+                    }
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => bail!("sock_diag dump refused: {e:?}"),

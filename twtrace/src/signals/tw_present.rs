@@ -122,30 +122,32 @@ fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize, now_ns: u6
     for (inode, path) in spaces {
         let room = limit.saturating_sub(snap.records.len());
         // One more than the room tells a full namespace from an exact fit.
-        let read = netns::run_in(path.clone(), move || sock_diag::timewaits(room + 1));
-        match read {
-            Ok(socks) => {
-                snap.namespaces += 1;
-                snap.truncated |= socks.len() > room;
-                snap.records
-                    .extend(socks.into_iter().take(room).map(|s| Record {
-                        ts_ns: now_ns,
-                        netns: inode,
-                        local: s.local,
-                        remote: s.remote,
-                        what: What::TwPresent {
-                            substate: if s.fin_wait2 {
-                                Substate::FinWait2
-                            } else {
-                                Substate::TimeWait
-                            },
-                        },
-                    }));
+        let socks = match netns::run_in(path.clone(), move || sock_diag::sockets(room + 1)) {
+            Ok(socks) => socks,
+            Err(e) => {
+                snap.failed
+                    .push(format!("{} ({inode}): {e:#}", path.display()));
+                continue;
             }
-            Err(e) => snap
-                .failed
-                .push(format!("{} ({inode}): {e:#}", path.display())),
-        }
+        };
+        snap.namespaces += 1;
+        snap.truncated |= socks.timewaits.len() > room;
+        let listening = &socks.listening;
+        let records = socks.timewaits.iter().take(room).map(|s| Record {
+            ts_ns: now_ns,
+            netns: inode,
+            local: s.local,
+            remote: s.remote,
+            what: What::TwPresent {
+                substate: if s.fin_wait2 {
+                    Substate::FinWait2
+                } else {
+                    Substate::TimeWait
+                },
+                server: listening.binary_search(&s.local.port()).is_ok(),
+            },
+        });
+        snap.records.extend(records);
     }
     snap
 }

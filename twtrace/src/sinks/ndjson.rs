@@ -84,7 +84,7 @@ fn write_fields(w: &mut impl Write, rec: &Record) -> io::Result<()> {
             w.write_all(br#"","timeout_ms":"#)?;
             w.num(timeout_ms)?;
         }
-        What::TwPresent { substate } => {
+        What::TwPresent { substate, .. } => {
             w.write_all(br#","substate":""#)?;
             w.write_all(substate.as_str().as_bytes())?;
             w.write_all(b"\"")?;

@@ -8,7 +8,9 @@ pub fn text_line(r: &Record) -> String {
             substate,
             timeout_ms,
         } => format!("enter  {} timeout={timeout_ms}ms", substate.as_str()),
-        What::TwPresent { substate } => format!("present {} (already at start)", substate.as_str()),
+        What::TwPresent { substate, .. } => {
+            format!("present {} (already at start)", substate.as_str())
+        }
         What::TwExit { cause, lifetime_ns } => match lifetime_ns {
             Some(ns) => format!("exit   {} after {:.3}s", cause.as_str(), ns as f64 / 1e9),
             None => format!("exit   {} (entry not seen)", cause.as_str()),
