@@ -224,7 +224,7 @@ impl Aggregate {
             What::TwEnter { .. }
             | What::TwExit {
                 lifetime_ns: None, ..
-            } => !self.present.is_empty() && self.present.remove(&key),
+            } => self.end_present(&key),
             _ => false,
         };
         self.totals.apply(what);
@@ -241,6 +241,18 @@ impl Aggregate {
         if !matches!(what, What::ConnectAddrNotAvail { .. }) {
             self.by_port.apply(rec.local.port(), what, ends_present);
         }
+    }
+
+    /// Whether `key` was a TIME-WAIT present at start-up, which then ends. The set is freed
+    /// once its last member has ended (a busy host may start with a quarter million).
+    fn end_present(&mut self, key: &(u32, SocketAddr, SocketAddr)) -> bool {
+        if self.present.is_empty() || !self.present.remove(key) {
+            return false;
+        }
+        if self.present.is_empty() {
+            self.present = HashSet::default();
+        }
+        true
     }
 
     /// Remembers a port that listens (SYNs arrive at it): TIME-WAITs on it are a server's.
