@@ -98,6 +98,8 @@ pub struct Common {
     /// kept, older ones may be forgotten: their exits show `lifetime_ms: null`). On tp_btf
     /// before 6.11 it also bounds the kernel's table of live TIME-WAITs by connection, through
     /// which their PAWS rejects are found (when full: `live_table_full` losses, and a warning).
+    /// And it bounds the TIME-WAITs already there at start-up that are read and counted as
+    /// live (`tw_present`; beyond it, a warning).
     #[arg(long, global = true, default_value_t = 262_144, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_live_tw: u32,
 
