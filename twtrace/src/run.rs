@@ -143,7 +143,7 @@ async fn pump(
         let stop = tokio::select! {
             _ = shutdown.wait() => true,
             snap = reading.done(), if reading.is_running() => {
-                held.release(snap?, filter, &mut on_record)?;
+                held.release(snap, filter, &mut on_record)?;
                 false
             }
             r = transport.drain(POLL, |ev| {
@@ -183,7 +183,7 @@ async fn pump(
         on_tick(false)?;
         if stop {
             // Stopped while the start-up read ran: it still goes first.
-            held.release(reading.done().await?, filter, &mut on_record)?;
+            held.release(reading.done().await, filter, &mut on_record)?;
             // Final drain so nothing already in the ring, or parked in the kernel, is lost.
             crate::plan::silence(&mut loaded.bpf)?;
             let parked = signals::tw_exit::unexplained(&mut loaded.bpf)?;

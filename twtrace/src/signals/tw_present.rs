@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use tokio::task::JoinHandle;
 
 use crate::{
@@ -41,12 +41,16 @@ impl Reading {
         self.0.is_some()
     }
 
-    /// Waits for the read to end (at once with an empty snapshot when none runs).
-    pub async fn done(&mut self) -> Result<Snapshot> {
+    /// Waits for the read to end (at once with an empty snapshot when none runs). A read that
+    /// died is a warning, not the tracer's end: tracing goes on without its count.
+    pub async fn done(&mut self) -> Snapshot {
         let Some(task) = self.0.as_mut() else {
-            return Ok(Snapshot::default());
+            return Snapshot::default();
         };
-        let snap = task.await.context("the start-up read of TIME-WAITs failed");
+        let snap = task.await.unwrap_or_else(|e| Snapshot {
+            failed: vec![format!("any namespace (the read failed: {e})")],
+            ..Snapshot::default()
+        });
         self.0 = None;
         snap
     }
