@@ -78,6 +78,11 @@ pub struct BenchArgs {
     /// stats' two clock reads per program run.
     #[arg(long)]
     no_bpf_stats: bool,
+    /// Hook family for every twtrace condition (`--hooks` of twtrace: auto, fentry, kprobe,
+    /// tp_btf, tracepoint): compares routes on one kernel, e.g. in a VM where function probes
+    /// load.
+    #[arg(long, value_name = "FAMILY")]
+    hooks: Option<String>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<i32> {
@@ -140,6 +145,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             twtrace: measured,
             dir: tmp.path().to_path_buf(),
             bpf_stats: !args.no_bpf_stats,
+            hooks: args.hooks.clone(),
         },
         server_pid: nginx.pid(),
         server_netns: procfs::netns_inode(nginx.pid())?,
@@ -193,7 +199,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             "pause": args.pause, "max_background": args.max_background,
             "quiet_timeout": args.quiet_timeout, "wrk_args": ctx.load.args(args.seconds),
             "sysctls": netns::Pair::settings(), "bpf_stats": !args.no_bpf_stats,
-            "pinning": "none", "twtrace": binary, "bpftrace_scripts": scripts,
+            "pinning": "none", "twtrace": binary, "hooks": args.hooks, "bpftrace_scripts": scripts,
             "git": git,
             "conditions": conds,
         },

@@ -34,7 +34,7 @@ pub fn header(args: &BenchArgs, m: &machine::Machine, ctx: &run::Ctx, twtrace: &
          Workload: nginx (1 worker, epoll, 3-byte body, access log off) in one network namespace, \
          `wrk {}` in another, joined by veth; every request is a new connection and a \
          server-side TIME-WAIT. {} rounds × {} s per condition, order rotated each round, \
-         {} s warm-up, {}{}.",
+         {} s warm-up, {}{}{}.",
         m.nproc,
         m.cpu_model,
         m.kernel,
@@ -57,6 +57,10 @@ pub fn header(args: &BenchArgs, m: &machine::Machine, ctx: &run::Ctx, twtrace: &
             ""
         } else {
             ", kernel.bpf_stats_enabled=1 during the runs"
+        },
+        match &args.hooks {
+            Some(f) => format!(", twtrace run with `--hooks {f}`"),
+            None => String::new(),
         },
     )
 }

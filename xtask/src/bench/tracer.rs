@@ -42,6 +42,10 @@ pub enum Condition {
 }
 
 impl Condition {
+    pub fn is_bpftrace(self) -> bool {
+        matches!(self, Self::Bpftrace | Self::BpftraceCount)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Baseline => "no tracer",
@@ -63,6 +67,8 @@ pub struct Setup {
     pub twtrace: PathBuf,
     pub dir: PathBuf,
     pub bpf_stats: bool,
+    /// `--hooks FAMILY` for every twtrace condition (none: twtrace's own choice).
+    pub hooks: Option<String>,
 }
 
 /// bpftrace's closest equivalent of twtrace's TIME-WAIT entry signal on a tracepoint-only
@@ -175,6 +181,9 @@ impl Tracer {
                 (c, None)
             }
         };
+        if let (Some(family), false) = (&setup.hooks, cond.is_bpftrace()) {
+            cmd.args(["--hooks", family]);
+        }
         cmd.stderr(Stdio::piped());
         let mut proc = Proc::spawn(cond.label(), &mut cmd)?;
         let stderr = Arc::new(Mutex::new(String::new()));

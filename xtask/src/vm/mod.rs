@@ -43,6 +43,12 @@ pub struct GuestOpts {
     /// dies of an "Oops: int3" (three times in one day on 6.12); one vCPU was also faster.
     #[arg(long)]
     cpus: Option<u32>,
+    /// Deterministic instruction counting (TCG only): QEMU's `-icount shift=N,sleep=off`, so
+    /// the guest's clock advances 2^N ns per instruction executed, and idle time is skipped.
+    /// Rates measured in the guest then count instructions, not the host's noisy time:
+    /// `cargo xtask bench` inside such a guest compares conditions by work done.
+    #[arg(long, value_name = "SHIFT", value_parser = clap::value_parser!(u32).range(0..=10))]
+    icount: Option<u32>,
     /// Guest memory in MiB (the initramfs lives in it).
     #[arg(long, default_value_t = 2048)]
     memory: u32,
@@ -90,6 +96,9 @@ pub(crate) fn run_in_kernels(
         env.push((k.to_string(), v.to_string()));
     }
 
+    if opts.icount.is_some() && qemu::use_kvm(opts.accel) {
+        bail!("--icount counts instructions under TCG only: add --accel tcg");
+    }
     let packages = kernel::select(&opts.kernel, &cache)?;
     let mut summary = Vec::new();
     for package in &packages {
@@ -197,6 +206,7 @@ fn run_one(
             .cpus
             .unwrap_or(if qemu::use_kvm(opts.accel) { 2 } else { 1 }),
         memory_mib: opts.memory,
+        icount: opts.icount,
         timeout: opts.timeout,
         log: &log,
     });

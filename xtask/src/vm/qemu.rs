@@ -23,6 +23,8 @@ pub struct Machine<'a> {
     pub accel: Accel,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// `-icount shift=N,sleep=off` (TCG): the guest clock counts instructions.
+    pub icount: Option<u32>,
     pub timeout: Duration,
     pub log: &'a Path,
 }
@@ -52,6 +54,9 @@ pub fn boot(m: &Machine) -> Result<Outcome> {
         cmd.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
         cmd.args(["-accel", "tcg"]);
+    }
+    if let Some(shift) = m.icount {
+        cmd.args(["-icount", &format!("shift={shift},sleep=off")]);
     }
     cmd.args(["-machine", "q35", "-no-reboot"])
         .args(["-smp", &m.cpus.to_string(), "-m", &m.memory_mib.to_string()])
