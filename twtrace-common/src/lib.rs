@@ -473,7 +473,8 @@ pub struct Settings {
     pub wakeup_bytes: u64,
     /// Only report this network namespace (0 = all).
     pub netns_filter: u32,
-    pub _pad: u32,
+    /// `--hooks-only`: non-zero makes every program but the tp_btf dispatchers return at once.
+    pub hooks_only: u32,
 }
 
 impl Settings {
@@ -481,7 +482,7 @@ impl Settings {
         Self {
             wakeup_bytes: 64 * 1024,
             netns_filter: 0,
-            _pad: 0,
+            hooks_only: 0,
         }
     }
 }

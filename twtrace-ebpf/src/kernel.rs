@@ -33,6 +33,14 @@ pub fn settings() -> Settings {
     unsafe { core::ptr::read_volatile(&SETTINGS) }
 }
 
+/// `--hooks-only`: every function-probe and classic-tracepoint program returns at once, so a
+/// run measures what its hook alone costs. (The tp_btf dispatchers keep their first filter and
+/// are silenced through `ROUTES`.)
+#[inline(always)]
+pub fn hooks_only() -> bool {
+    settings().hooks_only != 0
+}
+
 #[inline(always)]
 pub fn range(i: usize) -> CodeRange {
     unsafe { core::ptr::read_volatile(&RANGES[i]) }

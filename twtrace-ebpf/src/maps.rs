@@ -72,6 +72,9 @@ pub struct TwVerdict {
     /// `tcp_tw_status`, or [`TwVerdict::PENDING`] between a kprobe and its kretprobe.
     pub status: u32,
     pub _pad: u32,
+    /// When a kill-announcing verdict (TCP_TW_SYN, TCP_TW_RST) was taken, for the function-probe
+    /// routes' shortcut past the call chain (tw_exit.rs, `fresh_verdict`); 0 otherwise.
+    pub at_ns: u64,
 }
 
 impl TwVerdict {
@@ -80,8 +83,15 @@ impl TwVerdict {
         tw: 0,
         status: Self::PENDING,
         _pad: 0,
+        at_ns: 0,
     };
 }
+
+/// Function-probe kill route: the TIME-WAIT whose timer handler is running on this CPU, set at
+/// `tw_timer_handler`'s entry and consumed by the `inet_twsk_kill` it always calls, so an
+/// expiry is named without walking the call chain (see tw_exit.rs).
+#[map]
+pub static EXPIRING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static TW_VERDICT: PerCpuArray<TwVerdict> = PerCpuArray::with_max_entries(1, 0);

@@ -19,7 +19,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, PawsPath, TCP_TIME_WAIT, t
 
 use crate::{
     emit::emit,
-    kernel::{fexit_ret, netns_wanted, read, read_flow, scalar_arg},
+    kernel::{fexit_ret, hooks_only, netns_wanted, read, read_flow, scalar_arg},
     layout,
     maps::TW_PROCESS_ARGS,
     segment::{self, Segment},
@@ -36,12 +36,18 @@ const TH_ACK: u8 = 0x10;
 /// Tracepoint route: every path, TIME-WAIT included.
 #[tracepoint]
 pub fn paws_kfree_skb(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     on_drop_tp(&ctx, true)
 }
 
 /// With a function probe on tcp_timewait_state_process: every path but TIME-WAIT.
 #[tracepoint]
 pub fn paws_kfree_skb_nontw(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     on_drop_tp(&ctx, false)
 }
 
@@ -233,6 +239,9 @@ fn fill(
 /// Function-probe route: the kernel's own verdict for a segment reaching a TIME-WAIT socket.
 #[fexit(function = "tcp_timewait_state_process")]
 pub fn paws_tw_fexit(ctx: FExitContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let status = fexit_ret(&ctx, layout!(ret_slot_tw_process)).unwrap_or(u64::MAX);
     tw_processed(
         scalar_arg(&ctx, 0),
@@ -245,6 +254,9 @@ pub fn paws_tw_fexit(ctx: FExitContext) -> u32 {
 /// kprobe half: remember the arguments until the function returns (no sleeping inside).
 #[kprobe]
 pub fn paws_tw_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     if let (Some(tw), Some(th), Some(slot)) = (
         ctx.arg::<u64>(0),
         ctx.arg::<u64>(2),
@@ -257,6 +269,9 @@ pub fn paws_tw_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn paws_tw_kretprobe(ctx: RetProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let Some(slot) = TW_PROCESS_ARGS.get_ptr_mut(0) else {
         return 0;
     };

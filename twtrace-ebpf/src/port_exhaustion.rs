@@ -20,7 +20,7 @@ use twtrace_common::{AF_INET, AF_INET6, EventKind, HookFamily, LossSlot};
 
 use crate::{
     emit::emit,
-    kernel::{current_netns, fexit_ret, netns_wanted, read, read_flow},
+    kernel::{current_netns, fexit_ret, hooks_only, netns_wanted, read, read_flow},
     layout,
     maps::CONNECTS,
 };
@@ -29,6 +29,9 @@ const EADDRNOTAVAIL: i64 = 99;
 
 #[tracepoint]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let Ok(uaddr) = (unsafe { ctx.read_at::<u64>(layout!(tp_connect_args) as usize) }) else {
         return 0;
     };
@@ -37,12 +40,18 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let ret: i64 = unsafe { ctx.read_at(layout!(tp_connect_ret) as usize) }.unwrap_or(0);
     finish(ret, HookFamily::Tracepoint)
 }
 
 #[fexit(function = "__sys_connect")]
 pub fn connect_fexit(ctx: FExitContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let ret = fexit_ret(&ctx, layout!(ret_slot_connect)).unwrap_or(0) as i32 as i64;
     if ret != -EADDRNOTAVAIL {
         return 0;
@@ -53,11 +62,17 @@ pub fn connect_fexit(ctx: FExitContext) -> u32 {
 
 #[kprobe]
 pub fn connect_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     ctx.arg::<u64>(1).map_or(0, remember)
 }
 
 #[kretprobe]
 pub fn connect_kretprobe(ctx: RetProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     finish(ctx.ret::<i64>() as i32 as i64, HookFamily::Kprobe)
 }
 

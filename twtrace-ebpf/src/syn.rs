@@ -20,12 +20,15 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, ts_flags};
 
 use crate::{
     emit::emit,
-    kernel::{Flow, Head, netns_wanted, read, read_flow},
+    kernel::{Flow, Head, hooks_only, netns_wanted, read, read_flow},
     layout,
 };
 
 #[tracepoint]
 pub fn syn_timer_start(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let Ok(func) = (unsafe { ctx.read_at::<u64>(layout!(tp_timer_start_function) as usize) })
     else {
         return 0;
@@ -41,11 +44,17 @@ pub fn syn_timer_start(ctx: TracePointContext) -> u32 {
 
 #[fentry(function = "inet_csk_reqsk_queue_hash_add")]
 pub fn syn_fentry(ctx: FEntryContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     report(ctx.arg(1), HookFamily::Fentry)
 }
 
 #[kprobe]
 pub fn syn_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     ctx.arg::<u64>(1)
         .map_or(0, |req| report(req, HookFamily::Kprobe))
 }

@@ -28,7 +28,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, route};
 
 use crate::{
     emit::{count_loss, emit},
-    kernel::{Head, flow_of, netns_wanted},
+    kernel::{Head, flow_of, hooks_only, netns_wanted},
     layout,
     maps::{LAST_ENTER, LIVE, LastEnter, LiveTw, REARMING},
     tw_flows,
@@ -39,6 +39,9 @@ const SAME_CALL_NS: u64 = 100_000;
 
 #[tracepoint]
 pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     // Cheapest possible filter first: this tracepoint fires ~9 times per connection.
     let Ok(func) = (unsafe { ctx.read_at::<u64>(layout!(tp_timer_start_function) as usize) })
     else {
@@ -96,6 +99,9 @@ pub fn started<C: EbpfContext>(ctx: &C, timer: u64, routes: u32) {
 
 #[fentry(function = "__inet_twsk_schedule")]
 pub fn tw_enter_fentry(ctx: FEntryContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let tw: u64 = ctx.arg(0);
     let timeo: u64 = ctx.arg(1);
     let rearm: u64 = ctx.arg(2);
@@ -113,6 +119,9 @@ pub fn tw_enter_fentry(ctx: FEntryContext) -> u32 {
 
 #[kprobe]
 pub fn tw_enter_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let (Some(tw), Some(timeo), Some(rearm)) =
         (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
     else {

@@ -26,7 +26,9 @@
 //! timer (expiry) or from `inet_twsk_deschedule_put` (every early kill); the same call-chain
 //! classification names the cause. Where `inet_twsk_kill` is inlined, `tw_timer_handler` plus
 //! `inet_twsk_deschedule_put` (only when the timer is still pending, i.e. the kill will happen
-//! there) stand in for it.
+//! there) stand in for it. A kill right after the socket's own verdict on a segment (below) is
+//! named by that verdict without the walk (`fresh_verdict`): unwinding costs several thousand
+//! instructions, and under churn nearly every TIME-WAIT ends that way (replaced by a SYN).
 //!
 //! A kill by `tcp_v{4,6}_rcv` itself (not inside `tcp_timewait_state_process`) has two causes
 //! the call chain cannot tell apart: the TIME-WAIT accepted a SYN (TCP_TW_SYN, replaced) or
@@ -49,9 +51,9 @@ use twtrace_common::{
 
 use crate::{
     emit::emit,
-    kernel::{Flow, Head, fexit_ret, flow_of, netns_wanted, read, routes, scalar_arg},
+    kernel::{Flow, Head, fexit_ret, flow_of, hooks_only, netns_wanted, read, routes, scalar_arg},
     layout,
-    maps::{LIVE, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
+    maps::{EXPIRING, LIVE, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
     stack::{bit, classify, classify_first},
     tw_flows,
 };
@@ -65,6 +67,9 @@ const WANTED: u64 = bit(fc::REARM)
 
 #[tracepoint]
 pub fn tw_exit_timer_cancel(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let Ok(timer) = (unsafe { ctx.read_at::<u64>(layout!(tp_timer_cancel_timer) as usize) }) else {
         return 0;
     };
@@ -103,6 +108,9 @@ fn rearming(timer: u64) -> u32 {
 
 #[fentry(function = "inet_twsk_kill")]
 pub fn tw_exit_fentry(ctx: FEntryContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let tw: u64 = ctx.arg(0);
     let cause = cause_from_chain(&ctx, tw, HookFamily::Fentry).unwrap_or(ExitCause::Unknown);
     exit(tw, cause, HookFamily::Fentry)
@@ -110,6 +118,9 @@ pub fn tw_exit_fentry(ctx: FEntryContext) -> u32 {
 
 #[kprobe]
 pub fn tw_exit_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let Some(tw) = ctx.arg::<u64>(0) else {
         return 0;
     };
@@ -117,8 +128,55 @@ pub fn tw_exit_kprobe(ctx: ProbeContext) -> u32 {
     exit(tw, cause, HookFamily::Kprobe)
 }
 
+/// Kill route: the expiry about to call `inet_twsk_kill` on this CPU (see `EXPIRING`).
+#[fentry(function = "tw_timer_handler")]
+pub fn tw_exit_expiring_fentry(ctx: FEntryContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
+    let timer: u64 = ctx.arg(0);
+    mark_expiring(timer - layout!(tw_timer) as u64)
+}
+
+#[kprobe]
+pub fn tw_exit_expiring_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
+    let Some(timer) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    mark_expiring(timer - layout!(tw_timer) as u64)
+}
+
+#[inline(always)]
+fn mark_expiring(tw: u64) -> u32 {
+    if let Some(slot) = EXPIRING.get_ptr_mut(0) {
+        unsafe { *slot = tw };
+    }
+    0
+}
+
+/// Kill route: whether this kill of `tw` is the expiry marked just before on this CPU
+/// (consumed). `tw_timer_handler` calls `inet_twsk_kill` unconditionally, so the mark never
+/// outlives its kill.
+#[inline(always)]
+fn marked_expiring(tw: u64) -> bool {
+    let Some(slot) = EXPIRING.get_ptr_mut(0) else {
+        return false;
+    };
+    if unsafe { *slot } != tw {
+        return false;
+    }
+    unsafe { *slot = 0 };
+    true
+}
+
 #[fentry(function = "tw_timer_handler")]
 pub fn tw_exit_timer_fentry(ctx: FEntryContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let timer: u64 = ctx.arg(0);
     exit(
         timer - layout!(tw_timer) as u64,
@@ -129,6 +187,9 @@ pub fn tw_exit_timer_fentry(ctx: FEntryContext) -> u32 {
 
 #[kprobe]
 pub fn tw_exit_timer_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let Some(timer) = ctx.arg::<u64>(0) else {
         return 0;
     };
@@ -141,12 +202,18 @@ pub fn tw_exit_timer_kprobe(ctx: ProbeContext) -> u32 {
 
 #[fentry(function = "inet_twsk_deschedule_put")]
 pub fn tw_exit_deschedule_fentry(ctx: FEntryContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let tw: u64 = ctx.arg(0);
     deschedule(&ctx, tw, HookFamily::Fentry)
 }
 
 #[kprobe]
 pub fn tw_exit_deschedule_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let Some(tw) = ctx.arg::<u64>(0) else {
         return 0;
     };
@@ -170,6 +237,15 @@ fn deschedule<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily) -> u32 {
 /// lives on).
 #[inline(always)]
 fn cause_from_chain<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily) -> Option<ExitCause> {
+    // The tracepoint route sees resets only, and walks just one frame before this anyway.
+    if hook != HookFamily::Tracepoint {
+        if marked_expiring(tw) {
+            return Some(ExitCause::Expired);
+        }
+        if let Some(cause) = fresh_verdict(tw) {
+            return Some(cause);
+        }
+    }
     Some(match classify(ctx, WANTED) {
         fc::REARM => return None,
         fc::EXPIRE => ExitCause::Expired,
@@ -184,6 +260,9 @@ fn cause_from_chain<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily) -> Optio
 /// fentry route: the verdict of a TIME-WAIT socket on the segment it just processed.
 #[fexit(function = "tcp_timewait_state_process")]
 pub fn tw_exit_verdict_fexit(ctx: FExitContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let status = fexit_ret(&ctx, layout!(ret_slot_tw_process)).unwrap_or(u64::MAX) as u32;
     remember_verdict(scalar_arg(&ctx, 0), status)
 }
@@ -191,6 +270,9 @@ pub fn tw_exit_verdict_fexit(ctx: FExitContext) -> u32 {
 /// kprobe route, entry half: which TIME-WAIT socket the verdict will be about.
 #[kprobe]
 pub fn tw_exit_verdict_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     remember_verdict(ctx.arg::<u64>(0).unwrap_or(0), TwVerdict::PENDING)
 }
 
@@ -198,10 +280,14 @@ pub fn tw_exit_verdict_kprobe(ctx: ProbeContext) -> u32 {
 /// entry half's slot on this CPU is this call's).
 #[kretprobe]
 pub fn tw_exit_verdict_kretprobe(ctx: RetProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     if let Some(slot) = TW_VERDICT.get_ptr_mut(0) {
         let slot = unsafe { &mut *slot };
         if slot.tw != 0 && slot.status == TwVerdict::PENDING {
             slot.status = ctx.ret::<u64>() as u32;
+            slot.at_ns = kill_announced_at(slot.status);
         }
     }
     0
@@ -211,6 +297,9 @@ pub fn tw_exit_verdict_kretprobe(ctx: RetProbeContext) -> u32 {
 /// TCP_TW_RST verdict.
 #[tracepoint]
 pub fn tw_exit_rst_tx(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(layout!(tp_send_reset_skaddr) as usize) }) else {
         return 0;
     };
@@ -228,10 +317,50 @@ fn remember_verdict(tw: u64, status: u32) -> u32 {
                 tw,
                 status,
                 _pad: 0,
+                at_ns: kill_announced_at(status),
             }
         };
     }
     0
+}
+
+/// The time of a verdict after which `tcp_v{4,6}_rcv` kills the socket (TCP_TW_SYN with a
+/// listener, TCP_TW_RST), 0 for the others: only those are worth a clock read.
+#[inline(always)]
+fn kill_announced_at(status: u32) -> u64 {
+    if status == layout!(tw_status_syn) || status == layout!(tw_status_rst) {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    }
+}
+
+/// How recent a verdict must be for a kill of the same socket to be read as its consequence
+/// without walking the call chain. On real hardware the kill follows within microseconds; a
+/// slower one (an emulated kernel sending the reset in between) just takes the walk. Only a
+/// kill of that same socket by another path this soon after its verdict (a SYN that found no
+/// listener, then its expiry or a reuse by connect() within the millisecond) would be misread.
+const VERDICT_FRESH_NS: u64 = 1_000_000;
+
+/// Function-probe routes: the cause of a kill of `tw`, from a fresh verdict on it by this CPU
+/// (consumed), so the common kills (a SYN replacing the TIME-WAIT, a reset) skip the call-chain
+/// walk, which costs several thousand instructions.
+#[inline(always)]
+fn fresh_verdict(tw: u64) -> Option<ExitCause> {
+    let slot = TW_VERDICT.get_ptr_mut(0)?;
+    let v = unsafe { *slot };
+    if v.tw != tw || v.at_ns == 0 {
+        return None;
+    }
+    if unsafe { bpf_ktime_get_ns() }.wrapping_sub(v.at_ns) > VERDICT_FRESH_NS {
+        return None;
+    }
+    unsafe { *slot = TwVerdict::NONE };
+    Some(if v.status == layout!(tw_status_rst) {
+        ExitCause::KilledByRst
+    } else {
+        ExitCause::ReplacedBySyn
+    })
 }
 
 /// The cause of a kill of `tw` by `tcp_v{4,6}_rcv` (see the module comment), from the verdict

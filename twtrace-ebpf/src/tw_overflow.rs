@@ -21,7 +21,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot};
 
 use crate::{
     emit::emit,
-    kernel::{Flow, fexit_ret, netns_wanted, read, read_flow},
+    kernel::{Flow, fexit_ret, hooks_only, netns_wanted, read, read_flow},
     layout,
     maps::{LAST_ENTER, LAST_RESET, LastReset, OVERFLOW_SK},
 };
@@ -35,6 +35,9 @@ const SAME_CALL_NS: u64 = 1_000_000;
 
 #[tracepoint]
 pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let newstate: i32 =
         unsafe { ctx.read_at(layout!(tp_set_state_newstate) as usize) }.unwrap_or(0);
     if newstate != TCP_CLOSE {
@@ -97,12 +100,18 @@ pub fn closed(sk: u64, hook: HookFamily) -> u32 {
 /// A reset about to close `sk` (received): remembered so the close is not taken for an overflow.
 #[tracepoint]
 pub fn tw_overflow_rst_rx(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     remember_reset(&ctx, layout!(tp_receive_reset_skaddr))
 }
 
 /// Same for a reset we send (FIN_WAIT2 timeout, abort).
 #[tracepoint]
 pub fn tw_overflow_rst_tx(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     remember_reset(&ctx, layout!(tp_send_reset_skaddr))
 }
 
@@ -130,6 +139,9 @@ pub fn reset_for(sk: u64) -> u32 {
 
 #[fexit(function = "inet_twsk_alloc")]
 pub fn tw_overflow_fexit(ctx: FExitContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     if fexit_ret(&ctx, layout!(ret_slot_twsk_alloc)).unwrap_or(1) != 0 {
         return 0;
     }
@@ -139,6 +151,9 @@ pub fn tw_overflow_fexit(ctx: FExitContext) -> u32 {
 /// kprobe half: remember which socket asked for a timewait socket on this CPU.
 #[kprobe]
 pub fn tw_overflow_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     if let (Some(sk), Some(slot)) = (ctx.arg::<u64>(0), OVERFLOW_SK.get_ptr_mut(0)) {
         unsafe { *slot = sk };
     }
@@ -148,6 +163,9 @@ pub fn tw_overflow_kprobe(ctx: ProbeContext) -> u32 {
 /// kretprobe half: NULL means no TIME-WAIT for that socket.
 #[kretprobe]
 pub fn tw_overflow_kretprobe(ctx: RetProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
     let Some(slot) = OVERFLOW_SK.get_ptr_mut(0) else {
         return 0;
     };

@@ -64,9 +64,9 @@ pub struct Common {
     #[arg(long, global = true, value_name = "LIST", value_delimiter = ',', value_parser = parse_signal)]
     pub signals: Vec<&'static str>,
 
-    /// Attach the programs, then route no signal through them (tp_btf route): they still run
-    /// their first filter on every hit, but report nothing. What the hooks alone cost, for
-    /// `cargo xtask bench`; not for use.
+    /// Attach the programs and report nothing: the tp_btf dispatchers still run their first
+    /// filter on every hit (no signal is routed through them), every other program returns at
+    /// once. What the hooks alone cost, for `cargo xtask bench`; not for use.
     #[arg(long, global = true, hide = true)]
     pub hooks_only: bool,
 

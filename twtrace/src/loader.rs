@@ -96,7 +96,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         netns_filter: opts.netns,
         // Wake the reader at 1/8 of the ring: early enough never to fill it between polls.
         wakeup_bytes: u64::from(opts.ring_bytes / 8),
-        ..Settings::default_const()
+        hooks_only: u32::from(opts.hooks_only),
     };
     let mut bpf = EbpfLoader::new()
         .btf(Some(&btf))

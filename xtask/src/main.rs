@@ -20,6 +20,9 @@ enum Task {
     VmTest(vm::test::VmTestArgs),
     /// Measure twtrace's overhead on a connection-churn workload (root; wrk, nginx).
     Bench(bench::BenchArgs),
+    /// Run `bench` inside a stock kernel under QEMU counting instructions (`--accel tcg
+    /// --icount 0`): deterministic costs, and the routes this host refuses.
+    VmBench(vm::bench::VmBenchArgs),
 }
 
 fn main() {
@@ -28,6 +31,7 @@ fn main() {
         Task::Vm(args) => vm::run(&args),
         Task::VmTest(args) => vm::test::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::VmBench(args) => vm::bench::run(&args),
     };
     match result {
         // The guest command's exit code becomes ours, so scripts and CI see test failures.

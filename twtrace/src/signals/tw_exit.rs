@@ -24,6 +24,14 @@ pub static SIGNAL: Signal = Signal {
                         function: "inet_twsk_kill",
                     },
                 },
+                // Marks an expiry for the kill it calls: no call-chain walk for the commonest
+                // exit.
+                Program {
+                    name: "tw_exit_expiring_fentry",
+                    attach: Attach::Fentry {
+                        function: "tw_timer_handler",
+                    },
+                },
                 Program {
                     name: "tw_exit_verdict_fexit",
                     attach: Attach::Fexit {
@@ -66,6 +74,12 @@ pub static SIGNAL: Signal = Signal {
                     name: "tw_exit_kprobe",
                     attach: Attach::Kprobe {
                         function: "inet_twsk_kill",
+                    },
+                },
+                Program {
+                    name: "tw_exit_expiring_kprobe",
+                    attach: Attach::Kprobe {
+                        function: "tw_timer_handler",
                     },
                 },
                 Program {

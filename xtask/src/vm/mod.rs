@@ -3,6 +3,7 @@
 //! refuses (kprobes, fentry/fexit) get tested on real distribution kernels. Nothing is installed
 //! on the host: packages are downloaded and unpacked into .vm/cache.
 
+pub mod bench;
 mod cpio;
 mod kernel;
 mod modules;

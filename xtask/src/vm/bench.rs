@@ -1,0 +1,91 @@
+//! `cargo xtask vm-bench`: `cargo xtask bench` inside a stock kernel under QEMU with
+//! deterministic instruction counting (`-icount`). The guest's clock then advances one
+//! nanosecond per instruction executed, so connections/s measured in the guest is a count of
+//! instructions per connection: the same run repeated gives the same numbers to a few tenths
+//! of a percent, whatever the host does, where conn/s on this shared VM swings ±30 %. It also
+//! measures the routes this host refuses (fentry, kprobes) on the same kernel as the tp_btf
+//! one. Instructions are not cycles (no cache misses, no SRSO return thunks), so it ranks and
+//! sizes costs; the host bench says what they cost in time.
+
+use super::rootfs::Add;
+use super::{GuestOpts, run_in_kernels};
+use anyhow::{Context as _, Result, bail};
+use std::path::Path;
+use std::process::Command;
+
+#[derive(clap::Args)]
+pub struct VmBenchArgs {
+    #[command(flatten)]
+    guest: GuestOpts,
+    /// Arguments for `cargo xtask bench` in the guest (`--twtrace` is set), e.g. `-- --hooks
+    /// fentry --with hooks-only,table --rounds 2 --seconds 8 --no-bpf-stats`. The guest runs
+    /// under TCG with `--icount 0` unless told otherwise; pick one `--kernel`.
+    #[arg(last = true, value_name = "BENCH_ARGS")]
+    bench_args: Vec<String>,
+}
+
+/// The guest's /etc/passwd and /etc/group: nginx's master, run as root, drops its worker to
+/// `nobody`, which the minimal guest otherwise lacks.
+const PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+
+pub fn run(args: &VmBenchArgs) -> Result<i32> {
+    // Instructions are counted under TCG only; one instruction per guest nanosecond unless
+    // --icount says otherwise.
+    let mut guest = args.guest.clone();
+    if guest.accel == super::qemu::Accel::Kvm {
+        bail!("vm-bench counts instructions, which needs TCG: leave out --accel kvm");
+    }
+    guest.accel = super::qemu::Accel::Tcg;
+    guest.icount.get_or_insert(0);
+    let root = super::util::workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("[vm-bench] cargo build --release -p twtrace -p xtask");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "twtrace", "-p", "xtask"])
+        .current_dir(&root)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("building twtrace and xtask failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |t| root.join(t));
+    let release = target.join("release");
+    let scratch = release.join("vm-bench");
+    std::fs::create_dir_all(&scratch)?;
+    let passwd = scratch.join("passwd");
+    let group = scratch.join("group");
+    std::fs::write(&passwd, PASSWD)?;
+    std::fs::write(&group, GROUP)?;
+
+    let mut adds = vec![
+        add(&release.join("xtask"), "/root/xtask")?,
+        add(&release.join("twtrace"), "/root/twtrace")?,
+        add(&passwd, "/etc/passwd")?,
+        add(&group, "/etc/group")?,
+    ];
+    for tool in ["nginx", "wrk", "bpftrace"] {
+        match super::util::which(tool) {
+            Some(path) => adds.push(add(&path, &path.to_string_lossy())?),
+            // bpftrace is a comparison only; the guest's bench says it is unavailable.
+            None if tool == "bpftrace" => eprintln!("[vm-bench] bpftrace not found, left out"),
+            None => bail!("`{tool}` not found (apt-get install nginx-light wrk)"),
+        }
+    }
+    let words: Vec<String> = args
+        .bench_args
+        .iter()
+        .map(|a| super::util::shell_quote(a))
+        .collect();
+    let script = format!(
+        "/root/xtask bench --twtrace /root/twtrace {}",
+        words.join(" ")
+    );
+    run_in_kernels(&guest, &adds, &[], &script)
+}
+
+fn add(host: &Path, guest: &str) -> Result<Add> {
+    Add::parse(&format!("{}:{guest}", host.display()))
+        .with_context(|| format!("adding {}", host.display()))
+}
