@@ -157,7 +157,7 @@ pub struct Aggregate {
     // Program names are a small fixed set of static strings; a BTreeMap keeps them sorted.
     lost: BTreeMap<&'static str, u64>,
     /// (netns, port) pairs that SYNs were seen arriving at: listening ports.
-    listening: HashSet<(u32, u16)>,
+    listening: HashSet<(u32, u16), RandomState>,
     /// TIME-WAITs present at start-up (`TwPresent`) that have not ended yet, by
     /// (netns, local, remote): one TIME-WAIT per 4-tuple at a time.
     present: HashSet<(u32, SocketAddr, SocketAddr), RandomState>,
@@ -177,7 +177,7 @@ impl Aggregate {
             by_dest: Table::new(cap),
             totals: Counters::default(),
             lost: BTreeMap::new(),
-            listening: HashSet::new(),
+            listening: HashSet::default(),
             present: HashSet::default(),
             present_at_start: 0,
             paws: paws::PawsTable::new(cap.get(), clocks::ClockConfig::default()),

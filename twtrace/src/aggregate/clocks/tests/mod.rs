@@ -96,3 +96,26 @@ fn observe_cost() {
     eprintln!("clock estimator: {per:.0} ns per SYN");
     assert_eq!(e.estimate().mode, OffsetMode::PerTuple);
 }
+
+/// [`observe_cost`] on a kernel with per-host offsets (one clock behind the address, the
+/// bench's client on most kernels): every SYN is a new line that joins the one cluster.
+#[test]
+#[ignore = "measurement; run by hand"]
+fn observe_cost_one_clock() {
+    let mut e = ClockEstimator::new(ClockConfig::default());
+    let n = 4_000_000u64;
+    let syns: Vec<(u64, u32, u16)> = (0..n)
+        .map(|i| {
+            let port = 1024 + (i % 64_512) as u16;
+            let t = T0_NS + i * 66_000;
+            (t, 12_345u32.wrapping_add((t / 1_000_000) as u32), port)
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    for &(t, tsval, port) in &syns {
+        e.observe_flow(t, tsval, port, 8080);
+    }
+    let per = start.elapsed().as_nanos() as f64 / n as f64;
+    eprintln!("clock estimator, one clock: {per:.0} ns per SYN");
+    assert_eq!(e.estimate().clocks, 1);
+}
