@@ -19,7 +19,9 @@ pub struct VmBenchArgs {
     guest: GuestOpts,
     /// Arguments for `cargo xtask bench` in the guest (`--twtrace` is set), e.g. `-- --hooks
     /// fentry --with hooks-only,table --rounds 2 --seconds 8 --no-bpf-stats`. The guest runs
-    /// under TCG with `--icount 0` unless told otherwise; pick one `--kernel`.
+    /// under TCG with `--icount 0` unless told otherwise; pick one `--kernel`. Guest time runs
+    /// two to three times slower than the host's: raise `--timeout` past the default 20m for
+    /// more than a few short rounds (2 rounds × 8 s of 5 conditions take about 15 minutes).
     #[arg(last = true, value_name = "BENCH_ARGS")]
     bench_args: Vec<String>,
 }
