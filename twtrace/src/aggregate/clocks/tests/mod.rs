@@ -69,6 +69,27 @@ mod counts;
 mod robust;
 mod sweep;
 
+/// Feeds 4M churn SYNs (a new source port each, 66 µs apart, one 1000 Hz clock whose
+/// offset `offset(port)` gives) to a fresh estimator; prints the cost per SYN.
+fn churn_cost(label: &str, offset: impl Fn(u16) -> u32) -> ClockEstimator {
+    let mut e = ClockEstimator::new(ClockConfig::default());
+    let n = 4_000_000u64;
+    let syns: Vec<(u64, u32, u16)> = (0..n)
+        .map(|i| {
+            let port = 1024 + (i % 64_512) as u16;
+            let t = T0_NS + i * 66_000;
+            (t, offset(port).wrapping_add((t / 1_000_000) as u32), port)
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    for &(t, tsval, port) in &syns {
+        e.observe_flow(t, tsval, port, 8080);
+    }
+    let per = start.elapsed().as_nanos() as f64 / n as f64;
+    eprintln!("clock estimator, {label}: {per:.0} ns per SYN");
+    e
+}
+
 /// Measures the estimator's cost per SYN under the bench's churn on a kernel with per-4-tuple
 /// offsets (every SYN from a port whose line is long gone: a new line tested against every
 /// cluster). A measurement, not a test of speed: `cargo test --release -p twtrace
@@ -76,46 +97,17 @@ mod sweep;
 #[test]
 #[ignore = "measurement; run by hand"]
 fn observe_cost() {
-    let mut e = ClockEstimator::new(ClockConfig::default());
-    let n = 4_000_000u64;
-    let syns: Vec<(u64, u32, u16)> = (0..n)
-        .map(|i| {
-            let port = 1024 + (i % 64_512) as u16;
-            let t = T0_NS + i * 66_000;
-            let tsval = u32::from(port)
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add((t / 1_000_000) as u32);
-            (t, tsval, port)
-        })
-        .collect();
-    let start = std::time::Instant::now();
-    for &(t, tsval, port) in &syns {
-        e.observe_flow(t, tsval, port, 8080);
-    }
-    let per = start.elapsed().as_nanos() as f64 / n as f64;
-    eprintln!("clock estimator: {per:.0} ns per SYN");
+    let e = churn_cost("per-4-tuple offsets", |port| {
+        u32::from(port).wrapping_mul(2_654_435_761)
+    });
     assert_eq!(e.estimate().mode, OffsetMode::PerTuple);
 }
 
-/// [`observe_cost`] on a kernel with per-host offsets (one clock behind the address, the
-/// bench's client on most kernels): every SYN is a new line that joins the one cluster.
+/// [`observe_cost`] with per-host offsets (one clock behind the address): every SYN is a new
+/// line that joins the one cluster.
 #[test]
 #[ignore = "measurement; run by hand"]
 fn observe_cost_one_clock() {
-    let mut e = ClockEstimator::new(ClockConfig::default());
-    let n = 4_000_000u64;
-    let syns: Vec<(u64, u32, u16)> = (0..n)
-        .map(|i| {
-            let port = 1024 + (i % 64_512) as u16;
-            let t = T0_NS + i * 66_000;
-            (t, 12_345u32.wrapping_add((t / 1_000_000) as u32), port)
-        })
-        .collect();
-    let start = std::time::Instant::now();
-    for &(t, tsval, port) in &syns {
-        e.observe_flow(t, tsval, port, 8080);
-    }
-    let per = start.elapsed().as_nanos() as f64 / n as f64;
-    eprintln!("clock estimator, one clock: {per:.0} ns per SYN");
+    let e = churn_cost("one clock", |_| 12_345);
     assert_eq!(e.estimate().clocks, 1);
 }
