@@ -26,9 +26,10 @@
 //! timer (expiry) or from `inet_twsk_deschedule_put` (every early kill); the same call-chain
 //! classification names the cause. Where `inet_twsk_kill` is inlined, `tw_timer_handler` plus
 //! `inet_twsk_deschedule_put` (only when the timer is still pending, i.e. the kill will happen
-//! there) stand in for it. A kill right after the socket's own verdict on a segment (below) is
-//! named by that verdict without the walk (`fresh_verdict`): unwinding costs several thousand
-//! instructions, and under churn nearly every TIME-WAIT ends that way (replaced by a SYN).
+//! there) stand in for it. Unwinding costs several thousand instructions, so the common ends
+//! skip it: an expiry is marked at `tw_timer_handler`'s entry (`EXPIRING`), and a kill right
+//! after the socket's own verdict on a segment (below) is named by that verdict
+//! (`fresh_verdict`; under churn nearly every TIME-WAIT ends that way, replaced by a SYN).
 //!
 //! A kill by `tcp_v{4,6}_rcv` itself (not inside `tcp_timewait_state_process`) has two causes
 //! the call chain cannot tell apart: the TIME-WAIT accepted a SYN (TCP_TW_SYN, replaced) or
