@@ -7,19 +7,28 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub fn build_twtrace() -> Result<PathBuf> {
+    Ok(build_release(&["twtrace"])?.join("twtrace"))
+}
+
+/// `cargo build --release` of these packages; returns the release output directory.
+pub fn build_release(packages: &[&str]) -> Result<PathBuf> {
     let root = workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("bench: cargo build --release -p twtrace");
+    let mut args = vec!["build", "--release"];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
+    eprintln!("bench: cargo {}", args.join(" "));
     let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "twtrace"])
+        .args(&args)
         .current_dir(&root)
         .status()
         .context("running cargo")?;
     if !status.success() {
-        bail!("building twtrace failed ({status})");
+        bail!("building {} failed ({status})", packages.join(", "));
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |t| root.join(t));
-    Ok(target.join("release/twtrace"))
+    Ok(target.join("release"))
 }
 
 /// Path, size and modification time of the binary measured, to tell builds apart.

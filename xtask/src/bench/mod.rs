@@ -11,7 +11,7 @@
 //! Needs root, wrk, nginx and iproute2 (bpftrace optional). Namespaces, processes and
 //! kernel.bpf_stats_enabled are restored on every exit path, Ctrl-C included.
 
-mod binary;
+pub(crate) mod binary;
 mod checks;
 mod guard;
 mod load;

@@ -11,7 +11,6 @@ use super::rootfs::Add;
 use super::{GuestOpts, run_in_kernels};
 use anyhow::{Context as _, Result, bail};
 use std::path::Path;
-use std::process::Command;
 
 #[derive(clap::Args)]
 pub struct VmBenchArgs {
@@ -26,12 +25,6 @@ pub struct VmBenchArgs {
     bench_args: Vec<String>,
 }
 
-/// The guest's /etc/passwd and /etc/group: nginx's master, run as root, drops its worker to
-/// `nobody`, which the minimal guest otherwise lacks.
-const PASSWD: &str =
-    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
-const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
-
 pub fn run(args: &VmBenchArgs) -> Result<i32> {
     // Instructions are counted under TCG only; one instruction per guest nanosecond unless
     // --icount says otherwise.
@@ -41,31 +34,10 @@ pub fn run(args: &VmBenchArgs) -> Result<i32> {
     }
     guest.accel = super::qemu::Accel::Tcg;
     guest.icount.get_or_insert(0);
-    let root = super::util::workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("[vm-bench] cargo build --release -p twtrace -p xtask");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "twtrace", "-p", "xtask"])
-        .current_dir(&root)
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!("building twtrace and xtask failed ({status})");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |t| root.join(t));
-    let release = target.join("release");
-    let scratch = release.join("vm-bench");
-    std::fs::create_dir_all(&scratch)?;
-    let passwd = scratch.join("passwd");
-    let group = scratch.join("group");
-    std::fs::write(&passwd, PASSWD)?;
-    std::fs::write(&group, GROUP)?;
-
+    let release = crate::bench::binary::build_release(&["twtrace", "xtask"])?;
     let mut adds = vec![
         add(&release.join("xtask"), "/root/xtask")?,
         add(&release.join("twtrace"), "/root/twtrace")?,
-        add(&passwd, "/etc/passwd")?,
-        add(&group, "/etc/group")?,
     ];
     for tool in ["nginx", "wrk", "bpftrace"] {
         match super::util::which(tool) {

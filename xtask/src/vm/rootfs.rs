@@ -155,8 +155,13 @@ fn skeleton(a: &mut Archive) -> Result<()> {
     // The kernel opens /dev/console for init's stdio before /init can mount devtmpfs.
     a.char_dev("/dev/console", 0o600, 5, 1)?;
     a.char_dev("/dev/null", 0o666, 1, 3)?;
-    a.bytes("/etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\n")?;
-    a.bytes("/etc/group", 0o644, "root:x:0:\n")?;
+    // `nobody` for daemons that drop privileges to it (nginx's worker in `vm-bench`).
+    a.bytes(
+        "/etc/passwd",
+        0o644,
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    a.bytes("/etc/group", 0o644, "root:x:0:\nnogroup:x:65534:\n")?;
     a.bytes(
         "/etc/hosts",
         0o644,
