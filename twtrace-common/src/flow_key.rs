@@ -12,7 +12,9 @@ pub struct FlowKey {
     pub lport: u16,
     pub rport: u16,
     pub family: u8,
-    pub _pad: [u8; 3],
+    /// Padding as two plain fields: a `[u8; 3]` of zeros compiles to a `memset` call in BPF.
+    pub _pad1: u8,
+    pub _pad2: u16,
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
 }
@@ -38,19 +40,28 @@ impl FlowKey {
             lport,
             rport,
             family,
-            _pad: [0; 3],
+            _pad1: 0,
+            _pad2: 0,
             laddr: *laddr,
             raddr: *raddr,
         };
         if family == AF_INET6 && laddr[..12] == V4_MAPPED && raddr[..12] == V4_MAPPED {
             k.family = AF_INET;
-            k.laddr = [0; 16];
-            k.raddr = [0; 16];
-            k.laddr[..4].copy_from_slice(&laddr[12..]);
-            k.raddr[..4].copy_from_slice(&raddr[12..]);
+            k.laddr = v4_in_16([laddr[12], laddr[13], laddr[14], laddr[15]]);
+            k.raddr = v4_in_16([raddr[12], raddr[13], raddr[14], raddr[15]]);
         }
         k
     }
+}
+
+/// An IPv4 address in the 16-byte form events and keys carry (the address first, zeros
+/// after), built with two 8-byte stores. In BPF, `[0; 16]` followed by a 4-byte copy compiles
+/// to a call of the object's byte-at-a-time `memset` (about 50 instructions per address).
+#[inline(always)]
+pub fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    let first = u64::from_ne_bytes([a[0], a[1], a[2], a[3], 0, 0, 0, 0]);
+    // SAFETY: two u64 are 16 initialised bytes, in memory order.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([first, 0]) }
 }
 
 #[cfg(test)]
@@ -73,6 +84,12 @@ mod tests {
 
     /// A dual-stack socket's TIME-WAIT (AF_INET6, mapped addresses) and the IPv4 segment that
     /// reaches it find the same entry.
+    #[test]
+    fn v4_in_16_puts_the_address_first() {
+        assert_eq!(v4_in_16([10, 0, 0, 1]), v4([10, 0, 0, 1]));
+        assert_eq!(v4_in_16([255, 254, 253, 252]), v4([255, 254, 253, 252]));
+    }
+
     #[test]
     fn mapped_timewait_and_ipv4_segment_share_a_key() {
         let (l, r) = ([10, 0, 0, 1], [192, 0, 2, 7]);

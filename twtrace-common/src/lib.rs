@@ -7,7 +7,7 @@
 #![no_std]
 
 mod flow_key;
-pub use flow_key::FlowKey;
+pub use flow_key::{FlowKey, v4_in_16};
 
 /// What happened. The kernel side writes one of these into [`Event::kind`].
 #[repr(u8)]

@@ -8,7 +8,7 @@ use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEU
 use twtrace_common::{Event, LossSlot};
 
 use crate::{
-    kernel::settings,
+    kernel::{settings, zero_words},
     maps::{EVENTS, LOSSES},
 };
 
@@ -18,9 +18,10 @@ pub fn emit(slot: LossSlot, fill: impl FnOnce(&mut Event)) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             let ev = entry.as_mut_ptr();
-            // SAFETY: the reservation is exactly size_of::<Event>() bytes and 8-byte aligned.
+            // SAFETY: the reservation is exactly size_of::<Event>() bytes and 8-byte aligned,
+            // and an all-zero Event is `Event::zeroed()`.
             unsafe {
-                ev.write(Event::zeroed());
+                zero_words(ev);
                 fill(&mut *ev);
             }
             let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= settings().wakeup_bytes {

@@ -19,7 +19,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, PawsPath, TCP_TIME_WAIT, t
 
 use crate::{
     emit::emit,
-    kernel::{fexit_ret, hooks_only, netns_wanted, read, read_flow, scalar_arg},
+    kernel::{fexit_ret, hooks_only, netns_wanted, read, read_flow, scalar_arg, zero_words},
     layout,
     maps::TW_PROCESS_ARGS,
     segment::{self, Segment},
@@ -275,7 +275,9 @@ pub fn paws_tw_kretprobe(ctx: RetProbeContext) -> u32 {
     let Some(slot) = TW_PROCESS_ARGS.get_ptr_mut(0) else {
         return 0;
     };
-    let [tw, th] = unsafe { core::mem::replace(&mut *slot, [0, 0]) };
+    // Read, then cleared word by word (`mem::replace` with `[0, 0]` is a memset call).
+    let [tw, th] = unsafe { *slot };
+    unsafe { zero_words(slot) };
     if tw == 0 {
         return 0;
     }

@@ -20,7 +20,7 @@ use twtrace_common::{AF_INET, AF_INET6, EventKind, HookFamily, LossSlot};
 
 use crate::{
     emit::emit,
-    kernel::{current_netns, fexit_ret, hooks_only, netns_wanted, read, read_flow},
+    kernel::{current_netns, fexit_ret, hooks_only, netns_wanted, read, read_flow, zero_words},
     layout,
     maps::CONNECTS,
 };
@@ -104,7 +104,14 @@ pub fn syn_sent_closed(sk: u64) -> u32 {
 /// Remembers the destination of this thread's connect() until it returns.
 #[inline(always)]
 fn remember(uaddr: u64) -> u32 {
-    let mut sa = [0u8; 28];
+    // 28 zeroed bytes in an 8-byte aligned buffer: `[0u8; 28]` is a byte-at-a-time memset
+    // call, and this runs on every connect() on the machine.
+    let mut buf = core::mem::MaybeUninit::<[u64; 4]>::uninit();
+    // SAFETY: zeroed in place, then viewed as its first 28 bytes.
+    let sa = unsafe {
+        zero_words(buf.as_mut_ptr());
+        &mut *(buf.as_mut_ptr() as *mut [u8; 28])
+    };
     // sockaddr_in is 16 bytes; only read the 28 of sockaddr_in6 when the family says so, so a
     // short buffer at the end of a page never makes the read fail.
     if unsafe { bpf_probe_read_user_buf(uaddr as *const u8, &mut sa[..16]) }.is_err() {
@@ -112,13 +119,13 @@ fn remember(uaddr: u64) -> u32 {
     }
     let family = u16::from_ne_bytes([sa[0], sa[1]]) as u8;
     if family == AF_INET6 {
-        if unsafe { bpf_probe_read_user_buf(uaddr as *const u8, &mut sa) }.is_err() {
+        if unsafe { bpf_probe_read_user_buf(uaddr as *const u8, sa) }.is_err() {
             return 0;
         }
     } else if family != AF_INET {
         return 0;
     }
-    let _ = CONNECTS.insert(&bpf_get_current_pid_tgid(), &sa, 0);
+    let _ = CONNECTS.insert(&bpf_get_current_pid_tgid(), sa, 0);
     0
 }
 

@@ -4,7 +4,10 @@
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use twtrace_common::{AF_INET, AF_INET6};
 
-use crate::{kernel::read, layout};
+use crate::{
+    kernel::{read, v4_in_16},
+    layout,
+};
 
 /// TCP header plus the longest option space.
 const TCP_MAX_HDR: usize = 60;
@@ -49,10 +52,8 @@ unsafe fn ip_addresses(ip: u64, saddr: &mut [u8; 16], daddr: &mut [u8; 16]) -> O
         *daddr = unsafe { read(ip, 24)? };
         Some(AF_INET6)
     } else if version == 4 {
-        let s: [u8; 4] = unsafe { read(ip, 12)? };
-        let d: [u8; 4] = unsafe { read(ip, 16)? };
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
+        *saddr = v4_in_16(unsafe { read(ip, 12)? });
+        *daddr = v4_in_16(unsafe { read(ip, 16)? });
         Some(AF_INET)
     } else {
         None

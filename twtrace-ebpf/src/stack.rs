@@ -31,18 +31,22 @@ pub fn classify_first<C: EbpfContext>(ctx: &C, wanted: u64) -> u8 {
 
 #[inline(always)]
 fn classify_n<C: EbpfContext, const N: usize>(ctx: &C, wanted: u64) -> u8 {
-    let mut frames = [0u64; N];
+    // Not zeroed first (that is a memset call): the helper zero-fills what it does not write,
+    // and all of it when it fails.
+    let mut frames = core::mem::MaybeUninit::<[u64; N]>::uninit();
     let n = unsafe {
         bpf_get_stack(
             ctx.as_ptr(),
             frames.as_mut_ptr().cast(),
-            core::mem::size_of_val(&frames) as u32,
+            core::mem::size_of::<[u64; N]>() as u32,
             0,
         )
     };
     if n <= 0 {
         return 0;
     }
+    // SAFETY: written (or zeroed) by the helper.
+    let frames = unsafe { frames.assume_init() };
     let n = (n as usize) / 8;
     for (i, &ip) in frames.iter().enumerate() {
         if i >= n {

@@ -52,7 +52,10 @@ use twtrace_common::{
 
 use crate::{
     emit::emit,
-    kernel::{Flow, Head, fexit_ret, flow_of, hooks_only, netns_wanted, read, routes, scalar_arg},
+    kernel::{
+        Flow, Head, fexit_ret, flow_of, hooks_only, netns_wanted, read, routes, scalar_arg,
+        zero_words,
+    },
     layout,
     maps::{EXPIRING, LIVE, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
     stack::{bit, classify, classify_first},
@@ -390,11 +393,17 @@ fn after_verdict(tw: u64, hook: HookFamily) -> ExitCause {
 /// Reports the end of TIME-WAIT socket `tw` (shared by every hook of this signal).
 #[inline(always)]
 fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
-    let mut ev = Event::zeroed();
-    if !prepare(tw, hook, &mut ev) {
+    let mut slot = core::mem::MaybeUninit::<Event>::uninit();
+    // SAFETY: an all-zero Event is `Event::zeroed()`, zeroed in place: moved out of the
+    // MaybeUninit it was copied, and LLVM made that copy a byte-at-a-time memset call.
+    let ev = unsafe {
+        zero_words(slot.as_mut_ptr());
+        &mut *slot.as_mut_ptr()
+    };
+    if !prepare(tw, hook, ev) {
         return 0;
     }
-    report(&ev, cause);
+    report(ev, cause);
     0
 }
 

@@ -156,3 +156,33 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         max_live_tw: opts.max_live_tw as usize,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+
+    /// Zeroing or copying a buffer can compile to a call of the object's own `memset` or
+    /// `memcpy`, which move one byte per loop turn: about 600 instructions for one 96-byte
+    /// event, which once were a fifth of the programs' work per connection. The programs zero
+    /// and copy with word stores instead (`kernel::zero_words`, `v4_in_16`); this keeps it so.
+    #[test]
+    fn no_program_calls_a_byte_loop_mem_function() {
+        let obj = object::File::parse(super::EBPF_OBJECT).expect("the eBPF object parses");
+        let mut calls = Vec::new();
+        for section in obj.sections() {
+            for (_, rel) in section.relocations() {
+                let RelocationTarget::Symbol(i) = rel.target() else {
+                    continue;
+                };
+                let name = obj.symbol_by_index(i).and_then(|s| s.name()).unwrap_or("");
+                if ["memset", "memcpy", "memmove", "memcmp", "bcmp"].contains(&name) {
+                    calls.push(format!("{} -> {name}", section.name().unwrap_or("?")));
+                }
+            }
+        }
+        assert!(
+            calls.is_empty(),
+            "byte-loop calls in eBPF programs: {calls:?}"
+        );
+    }
+}
