@@ -427,13 +427,14 @@ fn prepare_from<const N: usize>(h: &Head<N>, tw: u64, hook: HookFamily, ev: &mut
         return false;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
-    // tp_btf: user space pairs enter and exit itself (no LIVE entry was made).
+    // Only the classic tracepoint route pairs enter and exit here (tw_enter.rs says why);
+    // elsewhere user space does, and no LIVE entry was made.
     ev.lifetime_ns = match hook {
-        HookFamily::TpBtf => 0,
-        _ => match unsafe { LIVE.get(&tw) } {
+        HookFamily::Tracepoint => match unsafe { LIVE.get(&tw) } {
             Some(live) => ts.saturating_sub(live.enter_ts),
             None => 0,
         },
+        _ => 0,
     };
     // What a replacing SYN was judged against: user space pairs it with that SYN's TSval and
     // ISN to tell "accepted by timestamp" from "accepted by sequence". Kept only for that cause.
@@ -455,7 +456,7 @@ fn prepare_from<const N: usize>(h: &Head<N>, tw: u64, hook: HookFamily, ev: &mut
 
 #[inline(always)]
 fn report(prepared: &Event, cause: ExitCause) {
-    if prepared.hook != HookFamily::TpBtf as u8 {
+    if prepared.hook == HookFamily::Tracepoint as u8 {
         let _ = LIVE.remove(&prepared.obj);
     }
     emit(LossSlot::TwExit, |ev| {

@@ -1,5 +1,5 @@
 //! What happens to every raw record between the ring buffer and a sink, in order: lifetimes
-//! are paired (tp_btf route), a TIME-WAIT exit and the SYN that replaced it are joined into a
+//! are paired (every route but classic tracepoints), a TIME-WAIT exit and the SYN that replaced it are joined into a
 //! verdict, the record is decoded, and the filter (--netns/--port/--ip) keeps it or not.
 //!
 //! It runs tens of thousands of times a second (three records per connection under churn),

@@ -230,8 +230,9 @@ pub fn unexplained(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
         .collect())
 }
 
-/// Lifetimes on the tp_btf route, which keeps no table in the kernel (a hash insert and delete
-/// per TIME-WAIT there cost more than this): each enter is remembered by socket address until
+/// Lifetimes on every route but the classic tracepoint one, which alone keeps a table in the
+/// kernel (it needs it to tell re-arms apart; elsewhere a hash insert, lookup and delete per
+/// TIME-WAIT there cost more than this): each enter is remembered by socket address until
 /// its exit. Bounded like the kernel's table (`--max-live-tw`): the latest `capacity` enters are
 /// always remembered, older ones may go, and their exits read `lifetime_ms: null`, as for
 /// sockets older than twtrace.
@@ -257,9 +258,10 @@ impl Lifetimes {
         }
     }
 
-    /// Notes an enter, or fills in the lifetime of an exit (tp_btf events only).
+    /// Notes an enter, or fills in the lifetime of an exit (events of every route but the
+    /// classic tracepoint one, whose exits carry their lifetime).
     pub fn on_event(&mut self, ev: &mut Event) {
-        if ev.hook != twtrace_common::HookFamily::TpBtf as u8 {
+        if ev.hook == twtrace_common::HookFamily::Tracepoint as u8 {
             return;
         }
         match twtrace_common::EventKind::from_u8(ev.kind) {
@@ -303,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn lifetimes_pair_tp_btf_enters_and_exits_by_socket() {
+    fn lifetimes_pair_enters_and_exits_by_socket() {
         let mut l = Lifetimes::new(2);
         for (obj, t) in [(1, 100), (2, 200), (3, 300), (4, 400), (5, 500)] {
             l.on_event(&mut ev(EventKind::TwEnter, HookFamily::TpBtf, obj, t));
@@ -330,8 +332,13 @@ mod tests {
         let mut x = ev(EventKind::TwExit, HookFamily::TpBtf, 9, 1_000);
         l.on_event(&mut x);
         assert_eq!(x.lifetime_ns, 400);
-        // Other routes carry the kernel's own lifetime: left alone.
-        let mut x = ev(EventKind::TwExit, HookFamily::Fentry, 2, 1_000);
+        // The function-probe routes are paired here too.
+        l.on_event(&mut ev(EventKind::TwEnter, HookFamily::Fentry, 7, 300));
+        let mut x = ev(EventKind::TwExit, HookFamily::Fentry, 7, 1_000);
+        l.on_event(&mut x);
+        assert_eq!(x.lifetime_ns, 700);
+        // The classic tracepoint route carries the kernel's own lifetime: left alone.
+        let mut x = ev(EventKind::TwExit, HookFamily::Tracepoint, 2, 1_000);
         x.lifetime_ns = 5;
         l.on_event(&mut x);
         assert_eq!(x.lifetime_ns, 5);
