@@ -131,7 +131,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use track::{Sample, Tolerance, Track};
+use track::{QuickBounds, Sample, Tolerance, Track};
 
 pub use track::RATES;
 
@@ -265,6 +265,8 @@ struct Cluster {
 pub struct ClockEstimator {
     cfg: ClockConfig,
     tol: Tolerance,
+    /// `tol`'s bounds per rate, for the quick reject.
+    quick: QuickBounds,
     lines: Vec<Line>,
     clusters: Vec<Cluster>,
     next_id: u32,
@@ -285,6 +287,7 @@ impl ClockEstimator {
         cfg.max_lines = cfg.max_lines.max(1);
         Self {
             tol: cfg.tolerance(),
+            quick: QuickBounds::new(&cfg.tolerance()),
             lines: Vec::with_capacity(cfg.max_lines + 1),
             clusters: Vec::new(),
             next_id: 0,
@@ -311,7 +314,7 @@ impl ClockEstimator {
         self.now_ns = self.now_ns.max(t_ns);
         self.expire();
         let key = u32::from(sport) << 16 | u32::from(dport);
-        let tol = self.tol;
+        let (tol, q) = (self.tol, self.quick);
 
         // 0. The TSval a line of this port ended on, again: a SYN retransmitted without a
         // fresh TSval (or seen twice). Same clock; as a sample it would bend the line.
@@ -339,7 +342,11 @@ impl ClockEstimator {
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| l.key == key)
-                .filter_map(|(i, l)| l.track.fit(s, &tol).map(|(m, score)| (i, m, score)))
+                .filter_map(|(i, l)| {
+                    l.track
+                        .fit_with(s, &tol, &q)
+                        .map(|(m, score)| (i, m, score))
+                })
                 .min_by(|a, b| a.2.total_cmp(&b.2))
         } else {
             None
@@ -349,7 +356,7 @@ impl ClockEstimator {
             let id = self.lines[i].cluster;
             if let Some(c) = self.clusters.iter_mut().find(|c| c.id == id) {
                 c.syns += 1;
-                if let Some((m, _)) = c.track.fit(s, &tol) {
+                if let Some((m, _)) = c.track.fit_with(s, &tol, &q) {
                     c.track.push(s, m);
                 }
             }
@@ -361,7 +368,11 @@ impl ClockEstimator {
             .clusters
             .iter()
             .enumerate()
-            .filter_map(|(j, c)| c.track.fit(s, &tol).map(|(m, score)| (j, m, score)))
+            .filter_map(|(j, c)| {
+                c.track
+                    .fit_with(s, &tol, &q)
+                    .map(|(m, score)| (j, m, score))
+            })
             .min_by(|a, b| a.2.total_cmp(&b.2));
         let cluster = match best {
             Some((j, mask, _)) => {
