@@ -286,6 +286,14 @@ pub fn paws_tw_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn tw_processed(tw: u64, th: u64, status: u32, hook: HookFamily) -> u32 {
+    // A SYN the TIME-WAIT accepted (it gives way to a new connection) passed the kernel's own
+    // PAWS test: nothing to report (user space classifies it from the exit and the SYN).
+    // Under churn that is every other run of this program, and all of its reads are saved.
+    // It also keeps the check below, which cannot see ts_recent's age, from calling a
+    // 24-day-old ts_recent a PAWS reject where the kernel did not.
+    if status == layout!(tw_status_syn) {
+        return 0;
+    }
     let Some(flow) = (unsafe { read_flow(tw + layout!(tw_common) as u64) }) else {
         return 0;
     };
@@ -299,6 +307,5 @@ fn tw_processed(tw: u64, th: u64, status: u32, hook: HookFamily) -> u32 {
     seg.saddr = flow.raddr;
     seg.daddr = flow.laddr;
     let ts_recent: u32 = unsafe { read(tw, layout!(tw_ts_recent)) }.unwrap_or(0);
-    let accepted = status == layout!(tw_status_syn);
-    timewait_verdict(&seg, flow.netns, ts_recent, Some(accepted), hook)
+    timewait_verdict(&seg, flow.netns, ts_recent, Some(false), hook)
 }
