@@ -72,6 +72,9 @@ pub struct QuickBounds {
     fixed: [f64; RATES.len()],
     /// `rate · skew`: ticks of drift per second of gap.
     drift: [f64; RATES.len()],
+    /// Every bound grows with the rate and with the gap (no negative jitter or skew), so
+    /// the fastest rate's bounds at the longest gap cover every track's: see [`Self::widest`].
+    monotone: bool,
 }
 
 impl QuickBounds {
@@ -81,7 +84,27 @@ impl QuickBounds {
             rate,
             fixed: rate.map(|r| 2.0 + tol.jitter_ticks(r)),
             drift: rate.map(|r| r * tol.skew),
+            monotone: tol.jitter_s >= 0.0 && tol.skew >= 0.0,
         }
+    }
+
+    /// The TSval steps `[-lo, hi]` (ticks, whole numbers) outside of which no track whose
+    /// latest sample is at most `dt` seconds (`dt >= 0`) before the SYN can take it:
+    /// [`Track::fit_with`]'s quick reject refuses every step below `-bound` or above
+    /// `rate·dt + bound` for the track's fastest rate, and both grow with the rate and the
+    /// gap. f64 rounding is monotone, so the bounds computed here at the fastest usual rate
+    /// and the longest gap are at least those of any track, and rounded up. `None` when the
+    /// interval is not within one signed 32-bit range (the quick reject defers to the full
+    /// fit there) or the bounds are not monotone.
+    pub fn widest(&self, dt: f64) -> Option<(i64, i64)> {
+        let top = RATES.len() - 1;
+        if !self.monotone || dt < 0.0 {
+            return None;
+        }
+        let bound = self.fixed[top] + self.drift[top] * dt;
+        let hi = self.rate[top] * dt + bound;
+        // Truncation plus one is at least the ceiling (both are positive).
+        (hi < 2_147_483_648.0).then(|| (bound as i64 + 1, hi as i64 + 1))
     }
 }
 

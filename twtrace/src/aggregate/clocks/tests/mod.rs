@@ -67,6 +67,7 @@ fn sorted(mut v: Vec<Syn>) -> Vec<Syn> {
 
 mod counts;
 mod robust;
+mod shortcut;
 mod sweep;
 
 /// Feeds 4M churn SYNs (a new source port each, 66 µs apart, one 1000 Hz clock whose
