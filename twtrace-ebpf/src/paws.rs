@@ -307,5 +307,9 @@ fn tw_processed(tw: u64, th: u64, status: u32, hook: HookFamily) -> u32 {
     seg.saddr = flow.raddr;
     seg.daddr = flow.laddr;
     let ts_recent: u32 = unsafe { read(tw, layout!(tw_ts_recent)) }.unwrap_or(0);
-    timewait_verdict(&seg, flow.netns, ts_recent, Some(false), hook)
+    // Always false here, but passed as read: folded to a constant, it let LLVM reorder the
+    // code so that one path read a stack slot it had not written, which 5.10's verifier
+    // refuses ("invalid read from stack") where later ones allow it.
+    let accepted = status == layout!(tw_status_syn);
+    timewait_verdict(&seg, flow.netns, ts_recent, Some(accepted), hook)
 }
