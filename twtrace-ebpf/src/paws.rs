@@ -288,7 +288,8 @@ pub fn paws_tw_kretprobe(ctx: RetProbeContext) -> u32 {
 fn tw_processed(tw: u64, th: u64, status: u32, hook: HookFamily) -> u32 {
     // A SYN the TIME-WAIT accepted (it gives way to a new connection) passed the kernel's own
     // PAWS test: nothing to report (user space classifies it from the exit and the SYN).
-    // Under churn that is every other run of this program, and all of its reads are saved.
+    // Under churn nearly every run is one (bpf_stats: one run per TIME-WAIT), and all of its
+    // reads are saved.
     // It also keeps the check below, which cannot see ts_recent's age, from calling a
     // 24-day-old ts_recent a PAWS reject where the kernel did not.
     if status == layout!(tw_status_syn) {
