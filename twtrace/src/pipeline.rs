@@ -29,6 +29,22 @@ impl Pipeline {
         }
     }
 
+    /// [`Pipeline::feed`] for each record of a batch, in order, prefetching the state of the
+    /// record `AHEAD` places on: the TIME-WAITs' enter times sit in a table of megabytes, and a
+    /// miss there per record was the tracer's largest cost; overlapped, it mostly is not.
+    pub fn feed_batch(&mut self, batch: &[Event], filter: &Filter, mut f: impl FnMut(&Record)) {
+        const AHEAD: usize = 8;
+        for ev in batch.iter().take(AHEAD) {
+            self.lifetimes.prefetch(ev);
+        }
+        for (i, ev) in batch.iter().enumerate() {
+            if let Some(next) = batch.get(i + AHEAD) {
+                self.lifetimes.prefetch(next);
+            }
+            self.feed(*ev, filter, &mut f);
+        }
+    }
+
     /// Hands `f` the record decoded from `ev` (the ring's copy, taken over) and the verdict it
     /// completes, if any, when the filter keeps them.
     #[inline]
@@ -111,10 +127,9 @@ mod tests {
         let mut best = f64::INFINITY;
         for _ in 0..5 {
             let start = Instant::now();
-            for c in &conns {
-                for ev in c {
-                    p.feed(*ev, &filter, |r| agg.apply(r));
-                }
+            // In batches, as the ring buffer hands them over.
+            for batch in conns.as_flattened().chunks(1024) {
+                p.feed_batch(batch, &filter, |r| agg.apply(r));
             }
             best = best.min(start.elapsed().as_nanos() as f64 / n as f64);
         }

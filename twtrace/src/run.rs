@@ -139,6 +139,7 @@ async fn pump(
     let mut failed = None;
     let mut next_loss_check = Instant::now();
     let (mut reading, mut held) = tw_present::start(present);
+    let mut batch = Vec::new();
     loop {
         let stop = tokio::select! {
             _ = shutdown.wait() => true,
@@ -146,15 +147,18 @@ async fn pump(
                 held.release(snap, filter, &mut on_record)?;
                 false
             }
-            r = transport.drain(POLL, |ev| {
-                if failed.is_some() { return; }
-                pipeline.feed(ev, filter, |rec| {
-                    if !held.hold(rec) && failed.is_none() && let Err(e) = on_record(rec) {
-                        failed = Some(e);
-                    }
-                });
-            }) => { r?; false }
+            r = transport.drain(POLL, &mut batch) => { r?; false }
         };
+        // What a completed drain took (a drain cancelled by another branch takes nothing).
+        pipeline.feed_batch(&batch, filter, |rec| {
+            if !held.hold(rec)
+                && failed.is_none()
+                && let Err(e) = on_record(rec)
+            {
+                failed = Some(e);
+            }
+        });
+        batch.clear();
         // Losses are read from every CPU's counters (one syscall per slot): once a second is
         // soon enough, and keeps an idle tracer idle.
         let now = Instant::now();
@@ -192,7 +196,9 @@ async fn pump(
                     let _ = on_record(rec);
                 });
             };
-            transport.drain(Duration::ZERO, &mut last).await?;
+            while transport.drain(Duration::ZERO, &mut batch).await? > 0 {
+                batch.iter().copied().for_each(&mut last);
+            }
             parked.into_iter().for_each(last);
             on_tick(true)?;
             break;

@@ -25,10 +25,15 @@ pub const LOSS_NAMES: [&str; LOSS_SLOTS as usize] = [
     "syn",
 ];
 
+/// Most records handed over at once (1.5 MB of events).
+const MAX_BATCH: usize = 16_384;
+
 pub struct Transport {
     ring: AsyncFd<RingBuf<MapData>>,
     losses: PerCpuArray<MapData, u64>,
     seen_losses: [u64; LOSS_SLOTS as usize],
+    /// Records were left in the ring by the last drain (batch bound reached).
+    more: bool,
 }
 
 impl Transport {
@@ -42,26 +47,38 @@ impl Transport {
                 .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?,
             losses,
             seen_losses: [0; LOSS_SLOTS as usize],
+            more: false,
         })
     }
 
-    /// Waits until the kernel signals data or `poll` elapses, then hands every waiting record to
-    /// `f`. Returns how many were handled.
-    pub async fn drain(&mut self, poll: Duration, mut f: impl FnMut(Event)) -> Result<usize> {
-        if let Ok(guard) = tokio::time::timeout(poll, self.ring.readable_mut()).await {
+    /// Waits until the kernel signals data or `poll` elapses, then appends every waiting record
+    /// to `batch` (cleared first; its memory is reused). Returns how many were taken.
+    ///
+    /// A batch rather than a callback per record: the pipeline looks a few records ahead to
+    /// prefetch the state they will touch (see `Pipeline::feed_batch`).
+    pub async fn drain(&mut self, poll: Duration, batch: &mut Vec<Event>) -> Result<usize> {
+        batch.clear();
+        if self.more {
+            // The last call stopped at the batch bound: take the rest without waiting.
+            tokio::task::yield_now().await;
+        } else if let Ok(guard) = tokio::time::timeout(poll, self.ring.readable_mut()).await {
             guard?.clear_ready();
         }
+        self.more = false;
         let ring = self.ring.get_mut();
-        let mut n = 0;
         while let Some(item) = ring.next() {
             if item.len() >= size_of::<Event>() {
                 // SAFETY: the kernel wrote a whole Event; read_unaligned copes with any alignment.
-                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-                f(ev);
-                n += 1;
+                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            }
+            // A bound on one batch, so that a ring kept full cannot grow it without limit;
+            // the next call takes the rest without waiting.
+            if batch.len() >= MAX_BATCH {
+                self.more = true;
+                break;
             }
         }
-        Ok(n)
+        Ok(batch.len())
     }
 
     /// Losses counted by the kernel since the last call, as (slot name, count) for non-zero ones.

@@ -3,6 +3,7 @@
 //! best first, and the decoder of its ring-buffer records; its eBPF side is the module of the
 //! same name in twtrace-ebpf.
 
+mod addr_map;
 pub mod paws;
 pub mod port_exhaustion;
 pub mod syn;
