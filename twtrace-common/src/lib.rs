@@ -106,6 +106,11 @@ pub mod ts_flags {
     pub const HAS_TS_RECENT: u8 = 2;
     /// `rcv_nxt` of the TIME-WAIT socket is valid (tw_exit).
     pub const HAS_RCV_NXT: u8 = 4;
+    /// A tw_exit replaced by a SYN that also carries that SYN (the tp_btf route sees both in
+    /// one program run, so it writes one record instead of two): `tsval` (with
+    /// [`HAS_TSVAL`]) is the SYN's, `ts_ns` the time of the SYN, which is also the exit's. User
+    /// space splits it back into the exit and the SYN.
+    pub const WITH_SYN: u8 = 8;
 }
 
 /// Call-chain classes the kernel side recognises while walking a stack. A frame that falls in a

@@ -68,11 +68,9 @@ fn request_timer_started(timer: u64) {
     let Some(flow) = (unsafe { read_flow(req) }) else {
         return;
     };
-    if routes & route::TW_EXIT != 0 {
-        tw_exit::request_queued(&flow);
-    }
-    if routes & route::SYN != 0 {
-        syn::report_flow(req, &flow, HookFamily::TpBtf);
+    let reported = routes & route::TW_EXIT != 0 && tw_exit::request_queued(req, &flow, routes);
+    if !reported && routes & route::SYN != 0 {
+        syn::report_flow(req, &flow, HookFamily::TpBtf, None);
     }
 }
 

@@ -12,9 +12,10 @@ use crate::{
     maps::{EVENTS, LOSSES},
 };
 
-/// Reserves an event slot, lets `fill` write it, and submits it. Counts a loss if the ring is full.
+/// Reserves an event slot, lets `fill` write it, and submits it. Counts a loss if the ring is
+/// full, and then returns false.
 #[inline(always)]
-pub fn emit(slot: LossSlot, fill: impl FnOnce(&mut Event)) {
+pub fn emit(slot: LossSlot, fill: impl FnOnce(&mut Event)) -> bool {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             let ev = entry.as_mut_ptr();
@@ -30,9 +31,11 @@ pub fn emit(slot: LossSlot, fill: impl FnOnce(&mut Event)) {
                 BPF_RB_NO_WAKEUP
             };
             entry.submit(flags as u64);
+            true
         }
         None => {
             count_loss(slot);
+            false
         }
     }
 }

@@ -16,10 +16,10 @@ use aya_ebpf::{
     macros::{fentry, kprobe, tracepoint},
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
-use twtrace_common::{EventKind, HookFamily, LossSlot, ts_flags};
+use twtrace_common::{Event, EventKind, ExitCause, HookFamily, LossSlot, ts_flags};
 
 use crate::{
-    emit::emit,
+    emit::{count_loss, emit},
     kernel::{Flow, Head, hooks_only, netns_wanted, read, read_flow},
     layout,
 };
@@ -73,12 +73,15 @@ fn report(req: u64, hook: HookFamily) -> u32 {
     let Some(flow) = (unsafe { read_flow(req) }) else {
         return 0;
     };
-    report_flow(req, &flow, hook)
+    report_flow(req, &flow, hook, None)
 }
 
-/// Reports the SYN behind request socket `req`, whose flow the caller has read.
+/// Reports the SYN behind request socket `req`, whose flow the caller has read. With
+/// `replaced` (the exit of the TIME-WAIT this SYN replaced, prepared by tw_exit), one record
+/// carries both (`ts_flags::WITH_SYN`): one ring reservation and one record for user space
+/// instead of two, on the path every connection takes under churn.
 #[inline(always)]
-pub fn report_flow(req: u64, flow: &Flow, hook: HookFamily) -> u32 {
+pub fn report_flow(req: u64, flow: &Flow, hook: HookFamily, replaced: Option<&Event>) -> u32 {
     if !netns_wanted(flow.netns) {
         return 0;
     }
@@ -104,18 +107,32 @@ pub fn report_flow(req: u64, flow: &Flow, hook: HookFamily) -> u32 {
     let has_ts = byte & (1 << (bit % 8)) != 0;
     let tsval = get(layout!(req_ts_recent)).unwrap_or(0);
     let isn = get(layout!(req_rcv_isn)).unwrap_or(0);
-    emit(LossSlot::Syn, |ev| {
+    let sent = emit(LossSlot::Syn, |ev| {
         ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-        ev.obj = req;
         flow.fill(ev);
-        ev.kind = EventKind::Syn as u8;
         ev.hook = hook as u8;
-        ev.seq = isn;
         ev.tcp_flags = 0x02;
         if has_ts {
             ev.tsval = tsval;
             ev.ts_flags = ts_flags::HAS_TSVAL;
         }
+        match replaced {
+            Some(exit) => {
+                ev.kind = EventKind::TwExit as u8;
+                ev.detail = ExitCause::ReplacedBySyn as u8;
+                ev.obj = exit.obj;
+                ev.ts_recent = exit.ts_recent;
+                ev.ts_flags |= ts_flags::WITH_SYN | (exit.ts_flags & ts_flags::HAS_TS_RECENT);
+            }
+            None => {
+                ev.kind = EventKind::Syn as u8;
+                ev.obj = req;
+                ev.seq = isn;
+            }
+        }
     });
+    if !sent && replaced.is_some() {
+        count_loss(LossSlot::TwExit);
+    }
     0
 }

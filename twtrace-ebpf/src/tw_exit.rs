@@ -572,15 +572,29 @@ pub fn expiring(timer: u64) {
     }
 }
 
-/// A request socket was queued for `req` (a SYN accepted by a listener).
+/// A request socket `req` with flow `flow` was queued (a SYN accepted by a listener): it
+/// settles a parked exit of the same flow as replaced. Where the SYN is reported too
+/// (`routes & SYN`), one record carries both (see `syn::report_flow`); returns true when the
+/// SYN was reported that way.
 #[inline(always)]
-pub fn request_queued(req: &Flow) {
-    if let Some(slot) = parked()
-        && slot.ev.kind != 0
-        && req.same_as(&slot.ev)
-    {
-        settle(slot, ExitCause::ReplacedBySyn);
+pub fn request_queued(req: u64, flow: &Flow, routes: u32) -> bool {
+    let Some(slot) = parked() else {
+        return false;
+    };
+    if slot.ev.kind == 0 || !flow.same_as(&slot.ev) {
+        return false;
     }
+    if routes & (route::TW_EXIT | route::SYN) != route::TW_EXIT | route::SYN {
+        settle(slot, ExitCause::ReplacedBySyn);
+        return false;
+    }
+    if routes & route::TW_FLOWS != 0 {
+        tw_flows::forget(&slot.ev);
+    }
+    crate::syn::report_flow(req, flow, HookFamily::TpBtf, Some(&slot.ev));
+    slot.timer = 0;
+    slot.ev.kind = 0;
+    true
 }
 
 /// `kfree_skb` naming `rx_sk` as the socket that dropped the segment.

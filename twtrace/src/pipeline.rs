@@ -2,10 +2,11 @@
 //! are paired (every route but classic tracepoints), a TIME-WAIT exit and the SYN that replaced it are joined into a
 //! verdict, the record is decoded, and the filter (--netns/--port/--ip) keeps it or not.
 //!
-//! It runs tens of thousands of times a second (three records per connection under churn),
+//! It runs tens of thousands of times a second (two or three records per connection under
+//! churn: the tp_btf route sends a TIME-WAIT exit and the SYN that replaced it as one),
 //! so it is kept free of allocation; `churn_cost` below measures it.
 
-use twtrace_common::Event;
+use twtrace_common::{Event, EventKind, ts_flags};
 
 use crate::{
     event::Record,
@@ -48,7 +49,18 @@ impl Pipeline {
     /// Hands `f` the record decoded from `ev` (the ring's copy, taken over) and the verdict it
     /// completes, if any, when the filter keeps them.
     #[inline]
-    pub fn feed(&mut self, mut ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
+    pub fn feed(&mut self, ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
+        match split_exit_and_syn(&ev) {
+            Some((exit, syn)) => {
+                self.feed_one(exit, filter, &mut f);
+                self.feed_one(syn, filter, &mut f);
+            }
+            None => self.feed_one(ev, filter, f),
+        }
+    }
+
+    #[inline]
+    fn feed_one(&mut self, mut ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
         self.lifetimes.on_event(&mut ev);
         let derived = self.tw_syn.on_event(&ev);
         for rec in signals::decode(&ev, &self.ctx).into_iter().chain(derived) {
@@ -59,11 +71,33 @@ impl Pipeline {
     }
 }
 
+/// A TIME-WAIT exit that carries the SYN which replaced it (`ts_flags::WITH_SYN`, the tp_btf
+/// route), as the two records the other routes send: the exit, then the SYN, both at the
+/// SYN's time. The rest of the pipeline then treats every route alike.
+fn split_exit_and_syn(ev: &Event) -> Option<(Event, Event)> {
+    if ev.ts_flags & ts_flags::WITH_SYN == 0
+        || EventKind::from_u8(ev.kind) != Some(EventKind::TwExit)
+    {
+        return None;
+    }
+    let mut exit = *ev;
+    exit.ts_flags = ev.ts_flags & ts_flags::HAS_TS_RECENT;
+    exit.tsval = 0;
+    exit.tcp_flags = 0;
+    let mut syn = *ev;
+    syn.kind = EventKind::Syn as u8;
+    syn.detail = 0;
+    syn.obj = 0;
+    syn.ts_recent = 0;
+    syn.ts_flags = ev.ts_flags & ts_flags::HAS_TSVAL;
+    Some((exit, syn))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
-    use twtrace_common::{AF_INET, EventKind, ExitCause, HookFamily, ts_flags};
+    use twtrace_common::{AF_INET, ExitCause, HookFamily};
 
     use super::*;
     use crate::aggregate::Aggregate;
@@ -106,6 +140,53 @@ mod tests {
         [exit, syn, enter]
     }
 
+    /// What the tp_btf route sends for `exit` and the `syn` that replaced it: one record.
+    fn merged(exit: &Event, syn: &Event) -> Event {
+        let mut m = *syn;
+        m.kind = EventKind::TwExit as u8;
+        m.detail = exit.detail;
+        m.obj = exit.obj;
+        m.ts_recent = exit.ts_recent;
+        m.ts_flags = syn.ts_flags | ts_flags::WITH_SYN | (exit.ts_flags & ts_flags::HAS_TS_RECENT);
+        m
+    }
+
+    /// One record carrying an exit and its SYN gives the very records the two would: the exit
+    /// (with its lifetime), the SYN, and the verdict they make, whatever the SYN's timestamps.
+    #[test]
+    fn an_exit_carrying_its_syn_decodes_as_the_two_records() {
+        let filter = Filter {
+            ports: vec![],
+            nets: vec![],
+        };
+        for has_ts in [true, false] {
+            let [mut exit, mut syn, enter] = connection(7, 40_000);
+            if !has_ts {
+                syn.ts_flags = 0;
+                syn.tsval = 0;
+            }
+            // The merged record has one time, the SYN's; and no rcv_nxt.
+            exit.ts_ns = syn.ts_ns;
+            let mut enter0 = enter;
+            enter0.ts_ns = 1_000;
+            let run = |evs: &[Event]| {
+                let mut p = Pipeline::new(DecodeCtx { hz: 250 }, 1024);
+                let mut out = Vec::new();
+                p.feed_batch(evs, &filter, |r| out.push(*r));
+                out
+            };
+            let one = run(&[enter0, merged(&exit, &syn)]);
+            exit.ts_flags &= ts_flags::HAS_TS_RECENT;
+            exit.seq = 0;
+            syn.obj = 0;
+            syn.seq = 0;
+            let two = run(&[enter0, exit, syn]);
+            assert_eq!(one, two, "timestamps: {has_ts}");
+            // The enter, the exit, the SYN and its verdict.
+            assert_eq!(one.len(), 4, "{one:?}");
+        }
+    }
+
     /// Measures the user-space cost per connection of the live table's path (pipeline and
     /// aggregate), on a synthetic churn of one client IP cycling through 64k ports. A
     /// measurement, not a test of speed: `cargo test --release -p twtrace churn_cost --
@@ -123,17 +204,22 @@ mod tests {
         let conns: Vec<[Event; 3]> = (0..n)
             .map(|i| connection(i, 1024 + (i % 64_512) as u16))
             .collect();
+        // As the tp_btf route sends them: the exit and the SYN that replaced it in one record.
+        let records: Vec<Event> = conns
+            .iter()
+            .flat_map(|[exit, syn, enter]| [merged(exit, syn), *enter])
+            .collect();
         // The fastest of five passes: this machine's noise only ever adds time.
         let mut best = f64::INFINITY;
         for _ in 0..5 {
             let start = Instant::now();
             // In batches, as the ring buffer hands them over.
-            for batch in conns.as_flattened().chunks(1024) {
+            for batch in records.chunks(1024) {
                 p.feed_batch(batch, &filter, |r| agg.apply(r));
             }
             best = best.min(start.elapsed().as_nanos() as f64 / n as f64);
         }
-        eprintln!("user space: {best:.0} ns per connection (3 records), fastest of 5 passes");
+        eprintln!("user space: {best:.0} ns per connection (2 records), fastest of 5 passes");
         assert_eq!(agg.totals().tw_created, 5 * n);
     }
 }

@@ -112,3 +112,42 @@ fn observe_cost_one_clock() {
     let e = churn_cost("one clock", |_| 12_345);
     assert_eq!(e.estimate().clocks, 1);
 }
+
+/// Replays SYNs captured from a real run (`TWTRACE_SYN_REPLAY`: a file of `ts_ns,tsval,sport`
+/// lines, e.g. from `twtrace events --json` during `cargo xtask bench`) ten times over, and
+/// prints the cost per SYN: the synthetic streams above miss what a kernel's offsets really
+/// look like. A measurement, not a test of speed.
+#[test]
+#[ignore = "measurement; run by hand with TWTRACE_SYN_REPLAY=FILE"]
+fn observe_replay() {
+    let path = std::env::var("TWTRACE_SYN_REPLAY").expect("set TWTRACE_SYN_REPLAY to a file");
+    let text = std::fs::read_to_string(&path).expect("reading the replay file");
+    let syns: Vec<(u64, u32, u16)> = text
+        .lines()
+        .map(|l| {
+            let mut f = l.split(',');
+            let mut next = || f.next().expect("three fields").trim();
+            let t = next().parse().expect("ts_ns");
+            let tsval = next().parse().expect("tsval");
+            (t, tsval, next().parse().expect("sport"))
+        })
+        .collect();
+    let span = syns.last().expect("some SYNs").0 - syns[0].0 + 1_000_000;
+    let mut e = ClockEstimator::new(ClockConfig::default());
+    let start = std::time::Instant::now();
+    for pass in 0..10u64 {
+        for &(t, tsval, port) in &syns {
+            // Each pass later by the capture's span (and the clock with it, at 1 kHz).
+            let shift = pass * span;
+            e.observe_flow(
+                t + shift,
+                tsval.wrapping_add((shift / 1_000_000) as u32),
+                port,
+                8080,
+            );
+        }
+    }
+    let per = start.elapsed().as_nanos() as f64 / (10 * syns.len()) as f64;
+    eprintln!("clock estimator, replay of {path}: {per:.0} ns per SYN");
+    assert!(e.estimate().clocks >= 1);
+}
