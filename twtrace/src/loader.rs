@@ -185,4 +185,111 @@ mod tests {
             "byte-loop calls in eBPF programs: {calls:?}"
         );
     }
+
+    /// eBPF functions by (section, first instruction): name, stack depth, functions called.
+    type Funcs = std::collections::BTreeMap<(usize, u64), (String, u64, Vec<(usize, u64)>)>;
+
+    /// The verifier adds up the stack frames of a call chain, each rounded up to 32 bytes, and
+    /// refuses a program whose deepest chain passes 512. 6.1 did so for a dispatcher that
+    /// 6.12 loaded, and only CI's VM stage saw it; this catches it on the host (checked to
+    /// fail on that tree, 8a520b0, with the verifier's own 544). A frame's depth is the
+    /// deepest stack slot its instructions address (through r10, or a register set from r10
+    /// and moved down for a helper's buffer): close to, not exactly, the verifier's measure.
+    #[test]
+    fn every_call_chain_fits_the_bpf_stack() {
+        let obj = object::File::parse(super::EBPF_OBJECT).expect("the eBPF object parses");
+        let text = obj.section_by_name(".text");
+        let text_index = text.as_ref().map(|t| t.index());
+        // Functions by (section, first instruction): their depth and the functions they call.
+        let mut funcs: Funcs = Default::default();
+        for sym in obj
+            .symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text)
+        {
+            let Some(sec_index) = sym.section_index() else {
+                continue;
+            };
+            let section = obj.section_by_index(sec_index).expect("symbol's section");
+            let data = section.data().expect("section data");
+            let relocated: std::collections::HashSet<u64> =
+                section.relocations().map(|(off, _)| off / 8).collect();
+            let (start, end) = (sym.address() / 8, (sym.address() + sym.size()) / 8);
+            let mut depth = 0i64;
+            let mut from_r10 = [false; 11];
+            let mut calls = Vec::new();
+            let mut i = start;
+            while i < end {
+                let at = (i * 8) as usize;
+                let insn = &data[at..at + 8];
+                let (op, dst, src) = (insn[0], insn[1] & 0xf, insn[1] >> 4);
+                let off = i64::from(i16::from_le_bytes([insn[2], insn[3]]));
+                let imm = i64::from(i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]));
+                match op & 0x07 {
+                    // LDX: src is the base; ST, STX: dst is.
+                    0x01 if src == 10 => depth = depth.max(-off),
+                    0x02 | 0x03 if dst == 10 => depth = depth.max(-off),
+                    _ => {}
+                }
+                match op {
+                    // rX = r10, then rX += -N: a stack buffer handed to a helper.
+                    0xbf => from_r10[usize::from(dst).min(10)] = src == 10,
+                    0x07 if dst < 10 && from_r10[usize::from(dst)] => depth = depth.max(-imm),
+                    // A call of a BPF function (not a helper): within .text relative to the
+                    // next instruction; from a program section relocated against .text.
+                    0x85 if src == 1 => {
+                        let target = if Some(sec_index) == text_index {
+                            (i as i64 + imm + 1) as u64
+                        } else {
+                            assert!(relocated.contains(&i), "unrelocated call at {i}");
+                            (imm + 1) as u64
+                        };
+                        calls.push((text_index.expect(".text").0, target));
+                    }
+                    _ => {}
+                }
+                if op & 0x07 != 0x07 && op != 0xbf {
+                    // Any other write of a register ends what we know of it.
+                    if matches!(op & 0x07, 0x00 | 0x01 | 0x04) {
+                        from_r10[usize::from(dst).min(10)] = false;
+                    }
+                }
+                // A 64-bit immediate load takes two slots.
+                i += if op == 0x18 { 2 } else { 1 };
+            }
+            let name = sym.name().unwrap_or("?").to_string();
+            funcs.insert((sec_index.0, start), (name, depth.max(0) as u64, calls));
+        }
+        fn chain(
+            f: (usize, u64),
+            funcs: &Funcs,
+            seen: &mut Vec<(usize, u64)>,
+        ) -> (u64, Vec<String>) {
+            let (name, depth, calls) = &funcs[&f];
+            assert!(!seen.contains(&f), "recursion through {name}");
+            seen.push(f);
+            let frame = (*depth).max(1).next_multiple_of(32);
+            let deepest = calls
+                .iter()
+                .map(|c| chain(*c, funcs, seen))
+                .max_by_key(|(d, _)| *d)
+                .unwrap_or_default();
+            seen.pop();
+            let mut path = vec![format!("{name} ({depth})")];
+            path.extend(deepest.1);
+            (frame + deepest.0, path)
+        }
+        let mut checked = 0;
+        for (&key, (name, ..)) in funcs
+            .iter()
+            .filter(|(k, _)| Some(object::SectionIndex(k.0)) != text_index)
+        {
+            let (total, path) = chain(key, &funcs, &mut Vec::new());
+            assert!(
+                total <= 512,
+                "{name}: call chain needs {total} bytes of stack: {path:?}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 20, "only {checked} programs found");
+    }
 }
