@@ -408,18 +408,21 @@ impl ClockEstimator {
                 .iter()
                 .fold(false, |a, &last| a | in_reach(lo, hi, last))
         });
-        let best = self
-            .clusters
-            .iter()
-            .take(if any_in_reach { usize::MAX } else { 0 })
-            .enumerate()
-            .filter(|(_, c)| window.is_none_or(|(lo, hi)| in_reach(lo, hi, c.track.last.tsval)))
-            .filter_map(|(j, c)| {
-                c.track
-                    .fit_with(s, &tol, &q)
-                    .map(|(m, score)| (j, m, score))
-            })
-            .min_by(|a, b| a.2.total_cmp(&b.2));
+        let best = if any_in_reach {
+            self.clusters
+                .iter()
+                .zip(&self.cluster_tsvals)
+                .enumerate()
+                .filter(|(_, (_, last))| window.is_none_or(|(lo, hi)| in_reach(lo, hi, **last)))
+                .filter_map(|(j, (c, _))| {
+                    c.track
+                        .fit_with(s, &tol, &q)
+                        .map(|(m, score)| (j, m, score))
+                })
+                .min_by(|a, b| a.2.total_cmp(&b.2))
+        } else {
+            None
+        };
         let cluster = match best {
             Some((j, mask, _)) => {
                 let id = self.clusters[j].id;
