@@ -10,7 +10,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use twtrace_common::{HookFamily, route};
 
 use crate::{
-    kernel::{read, read_flow, routes, scalar_arg},
+    kernel::{ctx_word, read, read_flow, routes, scalar_arg},
     layout, paws, port_exhaustion, syn, tw_enter, tw_exit, tw_flows, tw_overflow,
 };
 
@@ -103,13 +103,14 @@ pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
     let reason = if reason_arg == u32::MAX {
         u32::MAX
     } else {
-        scalar_arg(&ctx, reason_arg as usize) as u32
+        ctx_word(&ctx, reason_arg).unwrap_or(u64::MAX) as u32
     };
     let rx_arg = layout!(btf_kfree_skb_rx_sk_arg);
     let rx_sk = if rx_arg == u32::MAX {
         0
     } else {
-        scalar_arg(&ctx, rx_arg as usize)
+        // Only compared with the parked exit's socket: a direct read will do.
+        ctx_word(&ctx, rx_arg).unwrap_or(0)
     };
     let routes = routes();
     // Before 6.11 the dropping socket is not named: find the TIME-WAIT by the segment's

@@ -267,14 +267,50 @@ pub fn scalar_arg<C: aya_ebpf::EbpfContext>(ctx: &C, n: usize) -> u64 {
 }
 
 /// The return value in an fexit program, from the slot after the arguments (`slot`, from the
-/// layout: the argument count differs between kernels). Read like [`scalar_arg`] rather than
-/// with bpf_get_func_ret, which came only with 5.17. None where the layout has no slot.
+/// layout: the argument count differs between kernels), rather than with bpf_get_func_ret,
+/// which came only with 5.17. None where the layout has no slot.
 #[inline(always)]
 pub fn fexit_ret<C: aya_ebpf::EbpfContext>(ctx: &C, slot: u32) -> Option<u64> {
-    if slot == u32::MAX {
-        return None;
+    ctx_word(ctx, slot)
+}
+
+/// Word `n` of a tracing program's context (fentry/fexit and tp_btf arguments, the fexit
+/// return value after them), `n` a load-time constant from the layout. One load, where
+/// `bpf_probe_read_kernel` costs a helper call and a checked copy (a sixth of twtrace's kernel
+/// cost per connection on the fentry route was such copies). The verifier refuses a context
+/// load at a computed address ("modified ctx ptr"), so each possible `n` is its own load at a
+/// constant offset; `n` is known to the verifier (frozen .rodata), which walks one arm only.
+/// A pointer argument read this way is a typed kernel pointer: fine to store or compare, but
+/// see [`scalar_arg`] for why loops should not derive addresses from it. None past the last
+/// slot any traced function has.
+#[inline(always)]
+pub fn ctx_word<C: aya_ebpf::EbpfContext>(ctx: &C, n: u32) -> Option<u64> {
+    let p = ctx.as_ptr() as *const u64;
+    // In assembly, one load per arm: LLVM merges plain (even volatile) loads of the arms into
+    // one load at `p + 8n`, which the verifier refuses.
+    macro_rules! arms {
+        ($($k:literal => $off:literal)*) => {
+            match n {
+                $($k => {
+                    let v: u64;
+                    // SAFETY: a load from the program's own context; the verifier checks
+                    // that slot `n` exists for the traced function.
+                    unsafe {
+                        core::arch::asm!(
+                            concat!("{v} = *(u64 *)({p} + ", $off, ")"),
+                            v = out(reg) v,
+                            p = in(reg) p,
+                            options(readonly, nostack, preserves_flags),
+                        )
+                    };
+                    Some(v)
+                })*
+                _ => None,
+            }
+        };
     }
-    unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).add(slot as usize)) }.ok()
+    arms!(0 => 0 1 => 8 2 => 16 3 => 24 4 => 32 5 => 40 6 => 48 7 => 56 8 => 64 9 => 72
+        10 => 80 11 => 88)
 }
 
 impl Flow {

@@ -2,6 +2,8 @@
 //! (fentry, kprobe, tracepoint). User space decides per kernel which ones to load and attach.
 #![no_std]
 #![no_main]
+// Inline assembly for context loads at constant offsets (`kernel::ctx_word`).
+#![feature(asm_experimental_arch)]
 
 mod emit;
 mod kernel;

@@ -242,11 +242,16 @@ pub fn paws_tw_fexit(ctx: FExitContext) -> u32 {
     if hooks_only() {
         return 0;
     }
-    let status = fexit_ret(&ctx, layout!(ret_slot_tw_process)).unwrap_or(u64::MAX);
+    let status = fexit_ret(&ctx, layout!(ret_slot_tw_process)).unwrap_or(u64::MAX) as u32;
+    // Tested before the arguments are read: they cost a helper call each, and nearly every run
+    // is an accepted SYN (see `tw_processed`).
+    if status == layout!(tw_status_syn) {
+        return 0;
+    }
     tw_processed(
         scalar_arg(&ctx, 0),
         scalar_arg(&ctx, 2),
-        status as u32,
+        status,
         HookFamily::Fentry,
     )
 }

@@ -53,7 +53,7 @@ use twtrace_common::{
 use crate::{
     emit::emit,
     kernel::{
-        Flow, Head, fexit_ret, flow_of, hooks_only, netns_wanted, read, routes, scalar_arg,
+        Flow, Head, ctx_word, fexit_ret, flow_of, hooks_only, netns_wanted, read, routes,
         zero_words,
     },
     layout,
@@ -268,7 +268,8 @@ pub fn tw_exit_verdict_fexit(ctx: FExitContext) -> u32 {
         return 0;
     }
     let status = fexit_ret(&ctx, layout!(ret_slot_tw_process)).unwrap_or(u64::MAX) as u32;
-    remember_verdict(scalar_arg(&ctx, 0), status)
+    // The socket is only stored and compared: read directly, not through a helper call.
+    remember_verdict(ctx_word(&ctx, 0).unwrap_or(0), status)
 }
 
 /// kprobe route, entry half: which TIME-WAIT socket the verdict will be about.
