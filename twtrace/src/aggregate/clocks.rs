@@ -282,6 +282,10 @@ pub struct ClockEstimator {
     /// themselves was most of the estimator's cost under churn (a third of the tracer's
     /// CPU). [`ClockEstimator::check_index`] (tests) holds them to the truth.
     line_keys: Vec<u32>,
+    /// `lines[i].track.last.t_ns`, kept beside `lines` for the eviction scan, which runs for
+    /// every SYN once `max_lines` are tracked (under churn, always): walking `lines` for it
+    /// was half of the estimator's cost per SYN.
+    line_last_ns: Vec<u64>,
     /// `clusters[j].track.last.tsval`, kept beside `clusters`, for step 2's candidate test.
     cluster_tsvals: Vec<u32>,
     /// Clusters with two lines or more (only their lines are redundant, see `evict_one`).
@@ -311,6 +315,7 @@ impl ClockEstimator {
             lines: Vec::with_capacity(cfg.max_lines + 1),
             clusters: Vec::new(),
             line_keys: Vec::with_capacity(cfg.max_lines + 1),
+            line_last_ns: Vec::with_capacity(cfg.max_lines + 1),
             cluster_tsvals: Vec::new(),
             multi_clusters: 0,
             next_id: 0,
@@ -380,6 +385,7 @@ impl ClockEstimator {
         };
         if let Some((i, mask, _)) = own {
             self.lines[i].track.push(s, mask);
+            self.line_last_ns[i] = self.lines[i].track.last.t_ns;
             let id = self.lines[i].cluster;
             if let Some(j) = self.clusters.iter().position(|c| c.id == id) {
                 let c = &mut self.clusters[j];
@@ -397,23 +403,29 @@ impl ClockEstimator {
         // passed over first, with one integer compare (`candidates`); under per-4-tuple
         // offsets that is nearly all of them. The others are tested in full, in the same
         // order, so the choice is the one a full scan makes.
-        let window = self.candidates(s);
-        // Under churn no cluster is in reach: one vectorized pass over their TSvals says so.
-        let in_reach = |lo: i64, hi: i64, last: u32| {
-            let step = i64::from(tsval.wrapping_sub(last) as i32);
-            -lo <= step && step <= hi
+        // As (shift, span): the step is in `[-lo, hi]` exactly when `step + lo`, wrapped to
+        // 32 bits, is at most `lo + hi` (0 <= lo <= hi < 2^31, so nothing aliases), one
+        // unsigned compare per cluster that vectorizes. A window reaching 2^31 (it cannot be
+        // wider) is left to the full test.
+        let window = self
+            .candidates(s)
+            .filter(|&(lo, hi)| 0 <= lo && lo <= hi && hi < 1 << 31)
+            .map(|(lo, hi)| (lo as u32, (lo + hi) as u32));
+        let in_reach = |(shift, span): (u32, u32), last: u32| {
+            tsval.wrapping_sub(last).wrapping_add(shift) <= span
         };
-        let any_in_reach = window.is_none_or(|(lo, hi)| {
+        // Under churn no cluster is in reach: one vectorized pass over their TSvals says so.
+        let any_in_reach = window.is_none_or(|w| {
             self.cluster_tsvals
                 .iter()
-                .fold(false, |a, &last| a | in_reach(lo, hi, last))
+                .fold(false, |a, &last| a | in_reach(w, last))
         });
         let best = if any_in_reach {
             self.clusters
                 .iter()
                 .zip(&self.cluster_tsvals)
                 .enumerate()
-                .filter(|(_, (_, last))| window.is_none_or(|(lo, hi)| in_reach(lo, hi, **last)))
+                .filter(|(_, (_, last))| window.is_none_or(|w| in_reach(w, **last)))
                 .filter_map(|(j, (c, _))| {
                     c.track
                         .fit_with(s, &tol, &q)
@@ -460,6 +472,7 @@ impl ClockEstimator {
             track: Track::new(s),
         });
         self.line_keys.push(key);
+        self.line_last_ns.push(s.t_ns);
         self.quiet_until = self.quiet_until.min(self.expiry_of(s.t_ns));
         if self.lines.len() > self.cfg.max_lines {
             self.evict_one();
@@ -482,6 +495,8 @@ impl ClockEstimator {
     pub(crate) fn check_index(&self) {
         let keys: Vec<u32> = self.lines.iter().map(|l| l.key).collect();
         assert_eq!(self.line_keys, keys, "line keys out of step");
+        let last: Vec<u64> = self.lines.iter().map(|l| l.track.last.t_ns).collect();
+        assert_eq!(self.line_last_ns, last, "line times out of step");
         let tsvals: Vec<u32> = self.clusters.iter().map(|c| c.track.last.tsval).collect();
         assert_eq!(self.cluster_tsvals, tsvals, "cluster TSvals out of step");
         let multi = self.clusters.iter().filter(|c| c.lines >= 2).count();
@@ -576,25 +591,34 @@ impl ClockEstimator {
     /// seen line whose cluster has others, else the least recently seen line.
     fn evict_one(&mut self) {
         let newest = self.lines.len() - 1;
-        // Runs for every SYN once the table is full: one pass, no allocation, and a cluster
-        // looked up only for a line older than the oldest redundant one found so far. Ties go
-        // to the first line, as `min_by_key` would.
-        let any_multi = self.multi_clusters > 0;
-        let multi = |id: u32| self.clusters.iter().any(|c| c.id == id && c.lines >= 2);
+        // Runs for every SYN once the table is full: one pass over the lines' times, no
+        // allocation. Ties go to the first line, as `min_by_key` would.
         let mut oldest: Option<(usize, u64)> = None;
-        let mut oldest_redundant: Option<(usize, u64)> = None;
-        for (i, l) in self.lines[..newest].iter().enumerate() {
-            let t = l.track.last.t_ns;
+        for (i, &t) in self.line_last_ns[..newest].iter().enumerate() {
             if oldest.is_none_or(|(_, o)| t < o) {
                 oldest = Some((i, t));
             }
-            if any_multi && oldest_redundant.is_none_or(|(_, o)| t < o) && multi(l.cluster) {
+        }
+        let Some((first, _)) = oldest else {
+            return;
+        };
+        let multi = |id: u32| self.clusters.iter().any(|c| c.id == id && c.lines >= 2);
+        // The oldest line of all, if its cluster has others, is also the oldest redundant one
+        // (the usual case: under per-host offsets one cluster holds nearly every line).
+        if self.multi_clusters == 0 || multi(self.lines[first].cluster) {
+            self.remove_line(first, true);
+            return;
+        }
+        // Otherwise the oldest line whose cluster has others, a cluster looked up only for a
+        // line older than the best found so far.
+        let mut oldest_redundant: Option<(usize, u64)> = None;
+        for (i, l) in self.lines[..newest].iter().enumerate() {
+            let t = self.line_last_ns[i];
+            if oldest_redundant.is_none_or(|(_, o)| t < o) && multi(l.cluster) {
                 oldest_redundant = Some((i, t));
             }
         }
-        if let Some((i, _)) = oldest_redundant.or(oldest) {
-            self.remove_line(i, true);
-        }
+        self.remove_line(oldest_redundant.map_or(first, |(i, _)| i), true);
     }
 
     /// Removes line `i`; drops its cluster if that was its last line, remembering when the
@@ -602,6 +626,7 @@ impl ClockEstimator {
     fn remove_line(&mut self, i: usize, evicted: bool) {
         let line = self.lines.swap_remove(i);
         self.line_keys.swap_remove(i);
+        self.line_last_ns.swap_remove(i);
         let Some(j) = self.clusters.iter().position(|c| c.id == line.cluster) else {
             return;
         };
