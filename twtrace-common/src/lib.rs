@@ -104,8 +104,8 @@ pub mod ts_flags {
     pub const HAS_TSVAL: u8 = 1;
     /// The socket's stored ts_recent was readable (ts_recent is valid).
     pub const HAS_TS_RECENT: u8 = 2;
-    /// `rcv_nxt` of the TIME-WAIT socket is valid (tw_exit).
-    pub const HAS_RCV_NXT: u8 = 4;
+    // 4 was `HAS_RCV_NXT`: exits carried the TIME-WAIT's rcv_nxt, which nothing read (on the
+    // function-probe routes it cost a helper call per TIME-WAIT).
     /// A tw_exit replaced by a SYN that also carries that SYN (the tp_btf route sees both in
     /// one program run, so it writes one record instead of two): `tsval` (with
     /// [`HAS_TSVAL`]) is the SYN's, `ts_ns` the time of the SYN, which is also the exit's. User
@@ -184,7 +184,7 @@ pub struct Event {
     pub tsval: u32,
     /// The socket's ts_recent (PAWS reject; tw_exit), if [`ts_flags::HAS_TS_RECENT`].
     pub ts_recent: u32,
-    /// The segment's sequence number (SYN: the ISN); tw_exit: the TIME-WAIT's rcv_nxt.
+    /// The segment's sequence number (SYN: the ISN); 0 on tw_exit.
     pub seq: u32,
     /// TCP flags byte of the segment (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10 ...).
     pub tcp_flags: u8,
@@ -301,7 +301,6 @@ pub struct KernelLayout {
     pub skb_network_header: u32,
     pub skb_transport_header: u32,
     pub tw_ts_recent: u32,
-    pub tw_rcv_nxt: u32,
     pub tcp_ts_recent: u32,
     pub req_timer: u32,
     pub req_ts_recent: u32,
@@ -348,6 +347,8 @@ pub struct KernelLayout {
     pub tw_rst_traced: u32,
     /// inet_sock.inet_sport: a closing socket's local port after the kernel released skc_num.
     pub inet_sport: u32,
+    /// Keeps the u64 fields below 8-byte aligned (see the assertion after the struct).
+    pub _pad: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
     pub tw_timer_handler: u64,
     /// Address of `reqsk_timer_handler`: the filter for request-socket (SYN) timers.
@@ -395,7 +396,6 @@ impl KernelLayout {
             skb_network_header: 0,
             skb_transport_header: 0,
             tw_ts_recent: 0,
-            tw_rcv_nxt: 0,
             tcp_ts_recent: 0,
             req_timer: 0,
             req_ts_recent: 0,
@@ -413,6 +413,7 @@ impl KernelLayout {
             tw_status_syn: 0,
             tw_status_rst: 0,
             inet_sport: 0,
+            _pad: 0,
             btf_kfree_skb_reason_arg: 0,
             btf_kfree_skb_rx_sk_arg: 0,
             timer_expires: 0,
@@ -440,7 +441,7 @@ impl KernelLayout {
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(
     core::mem::offset_of!(KernelLayout, tw_timer_handler)
-        == core::mem::offset_of!(KernelLayout, inet_sport) + 4,
+        == core::mem::offset_of!(KernelLayout, _pad) + 4,
     "an even number of u32 fields must precede the u64 ones (add or drop a _pad)"
 );
 

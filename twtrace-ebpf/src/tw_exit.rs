@@ -443,10 +443,6 @@ fn prepare_from<const N: usize>(h: &Head<N>, tw: u64, hook: HookFamily, ev: &mut
         ev.ts_recent = r;
         ev.ts_flags |= ts_flags::HAS_TS_RECENT;
     }
-    if let Some(n) = unsafe { h.get::<u32>(layout!(tw_rcv_nxt)) } {
-        ev.seq = n;
-        ev.ts_flags |= ts_flags::HAS_RCV_NXT;
-    }
     ev.ts_ns = ts;
     ev.obj = tw;
     flow.fill(ev);

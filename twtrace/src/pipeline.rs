@@ -125,7 +125,7 @@ mod tests {
         // every port its own line, the clock estimator's costliest case.
         let offset = u32::from(port).wrapping_mul(2_654_435_761);
         exit.ts_recent = offset.wrapping_add((t / 1_000_000) as u32);
-        exit.ts_flags = ts_flags::HAS_TS_RECENT | ts_flags::HAS_RCV_NXT;
+        exit.ts_flags = ts_flags::HAS_TS_RECENT;
         let mut syn = base;
         syn.kind = EventKind::Syn as u8;
         syn.ts_ns = t + 2_000;

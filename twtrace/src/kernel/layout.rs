@@ -48,8 +48,6 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.skb_network_header = btf.member_offset("sk_buff", "network_header")?;
     layout.skb_transport_header = btf.member_offset("sk_buff", "transport_header")?;
     layout.tw_ts_recent = btf.member_offset("tcp_timewait_sock", "tw_ts_recent")?;
-    // `tw_rcv_nxt` is a macro for a field of the embedded sock_common.
-    layout.tw_rcv_nxt = btf.member_offset("inet_timewait_sock", "__tw_common.skc_tw_rcv_nxt")?;
     layout.tcp_ts_recent = btf.member_offset("tcp_sock", "rx_opt.ts_recent")?;
     layout.req_timer = btf.member_offset("request_sock", "rsk_timer")?;
     layout.req_ts_recent = btf.member_offset("request_sock", "ts_recent")?;
@@ -101,7 +99,6 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
         ("sk_buff", "network_header", 2),
         ("sk_buff", "transport_header", 2),
         ("tcp_timewait_sock", "tw_ts_recent", 4),
-        ("sock_common", "skc_tw_rcv_nxt", 4),
         ("tcp_sock", "rx_opt.ts_recent", 4),
         ("request_sock", "ts_recent", 4),
         ("tcp_request_sock", "rcv_isn", 4),

@@ -2,8 +2,8 @@
 //! sequence, rejected by PAWS, rejected otherwise.
 //!
 //! No hook of its own: the verdict is assembled from other signals' records. A TIME-WAIT
-//! replaced by a SYN exits (cause `replaced_by_syn`, carrying the ts_recent and rcv_nxt it
-//! judged with) and, right after on the same CPU, that SYN creates a request socket (`syn`,
+//! replaced by a SYN exits (cause `replaced_by_syn`, carrying the ts_recent it judged with)
+//! and, right after on the same CPU, that SYN creates a request socket (`syn`,
 //! carrying its TSval): the kernel accepted it because its TSval was newer than ts_recent
 //! (by timestamp), or else because its sequence was after rcv_nxt (by sequence) — the test
 //! in tcp_timewait_state_process. Rejections come from the `paws` signal (a PAWS reject of a
@@ -159,7 +159,7 @@ mod tests {
         let mut e = ev(EventKind::TwExit, 1_000);
         e.detail = ExitCause::ReplacedBySyn as u8;
         e.ts_recent = ts_recent;
-        e.ts_flags = ts_flags::HAS_TS_RECENT | ts_flags::HAS_RCV_NXT;
+        e.ts_flags = ts_flags::HAS_TS_RECENT;
         e
     }
 
