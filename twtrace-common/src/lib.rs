@@ -458,6 +458,11 @@ pub mod route {
     /// Keep live TIME-WAITs by connection (kernels whose kfree_skb names no socket, where the
     /// tp_btf route serves PAWS rejects or TIME-WAIT exits): see twtrace-ebpf/src/tw_flows.rs.
     pub const TW_FLOWS: u32 = 64;
+    /// Function-probe routes, where TIME-WAIT exits and SYNs are both served by fentry or
+    /// kprobe programs: a TIME-WAIT replaced by a SYN waits in this CPU's `PARKED` slot for
+    /// that SYN, whose program then writes both as one record (as the tp_btf route does).
+    /// Cleared first at shutdown, so that the slots can be read without racing the programs.
+    pub const MERGE_EXIT_SYN: u32 = 128;
 }
 
 /// tp_btf route of TW exit: a TIME-WAIT timer cancelled on this CPU whose meaning (expiry,

@@ -121,6 +121,12 @@ pub static ROUTES: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static PENDING: PerCpuArray<PendingExit> = PerCpuArray::with_max_entries(1, 0);
 
+/// Function-probe routes: the exit of a TIME-WAIT replaced by a SYN, waiting on this CPU for
+/// that SYN's program (`route::MERGE_EXIT_SYN`; `timer` holds the socket, 0 = free). Apart from
+/// `PENDING`, which the tp_btf dispatchers may use for other signals at the same time.
+#[map]
+pub static PARKED: PerCpuArray<PendingExit> = PerCpuArray::with_max_entries(1, 0);
+
 /// tp_btf route before 6.11: live TIME-WAITs (their address) by connection, so a dropped
 /// segment finds the TIME-WAIT that dropped it (see tw_flows.rs). Resized at load time:
 /// `--max-live-tw` where it is used, one entry elsewhere.

@@ -73,7 +73,15 @@ fn report(req: u64, hook: HookFamily) -> u32 {
     let Some(flow) = (unsafe { read_flow(req) }) else {
         return 0;
     };
-    report_flow(req, &flow, hook, None)
+    // The TIME-WAIT this SYN replaced, if its exit waits here for it: one record for both.
+    match crate::tw_exit::take_replaced(&flow) {
+        Some(parked) => {
+            report_flow(req, &flow, hook, Some(&parked.ev));
+            parked.timer = 0;
+            0
+        }
+        None => report_flow(req, &flow, hook, None),
+    }
 }
 
 /// Reports the SYN behind request socket `req`, whose flow the caller has read. With

@@ -57,7 +57,7 @@ use crate::{
         zero_words,
     },
     layout,
-    maps::{EXPIRING, LIVE, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
+    maps::{EXPIRING, LIVE, PARKED, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
     stack::{bit, classify, classify_first},
     tw_flows,
 };
@@ -394,6 +394,12 @@ fn after_verdict(tw: u64, hook: HookFamily) -> ExitCause {
 /// Reports the end of TIME-WAIT socket `tw` (shared by every hook of this signal).
 #[inline(always)]
 fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
+    if cause == ExitCause::ReplacedBySyn
+        && hook != HookFamily::Tracepoint
+        && routes() & route::MERGE_EXIT_SYN != 0
+    {
+        return park_replaced(tw, hook);
+    }
     let mut slot = core::mem::MaybeUninit::<Event>::uninit();
     // SAFETY: an all-zero Event is `Event::zeroed()`, zeroed in place: moved out of the
     // MaybeUninit it was copied, and LLVM made that copy a byte-at-a-time memset call.
@@ -406,6 +412,40 @@ fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
     }
     report(ev, cause);
     0
+}
+
+/// Function-probe routes: the exit of `tw`, replaced by a SYN, is prepared in this CPU's
+/// `PARKED` slot; the SYN's program, which runs next on this CPU (the same `tcp_v{4,6}_rcv`
+/// queues its request socket), writes it and the SYN as one record (`take_replaced`). One
+/// whose SYN never came (answered by a SYN cookie, or dropped by a full listener) is reported
+/// alone when the next one is parked, or read by user space at shutdown: late, never lost.
+#[inline(always)]
+fn park_replaced(tw: u64, hook: HookFamily) -> u32 {
+    let Some(slot) = PARKED.get_ptr_mut(0) else {
+        return 0;
+    };
+    let slot = unsafe { &mut *slot };
+    if slot.timer != 0 {
+        report(&slot.ev, ExitCause::ReplacedBySyn);
+    }
+    // Zeroed first: `prepare` sets the fields it has, and the previous exit's must not stay.
+    unsafe { zero_words(slot) };
+    if prepare(tw, hook, &mut slot.ev) {
+        slot.ev.detail = ExitCause::ReplacedBySyn as u8;
+        slot.timer = tw;
+    }
+    0
+}
+
+/// Function-probe routes: the exit parked on this CPU for the SYN with flow `flow`, if any
+/// (`route::MERGE_EXIT_SYN`). The caller reports both and then frees the slot.
+#[inline(always)]
+pub fn take_replaced(flow: &Flow) -> Option<&'static mut PendingExit> {
+    if routes() & route::MERGE_EXIT_SYN == 0 {
+        return None;
+    }
+    let slot = unsafe { &mut *PARKED.get_ptr_mut(0)? };
+    (slot.timer != 0 && flow.same_as(&slot.ev)).then_some(slot)
 }
 
 /// Fills the exit event of `tw` while the socket is intact; false if it is not wanted.

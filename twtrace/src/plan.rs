@@ -118,6 +118,9 @@ pub fn attach_all(
     if facts.tw_flows && shared.routes & (route::PAWS | route::TW_EXIT) != 0 {
         shared.routes |= route::TW_FLOWS;
     }
+    if merges_exit_and_syn(&choices) {
+        shared.routes |= route::MERGE_EXIT_SYN;
+    }
     // The tp_btf programs are already running; until now they served no signal.
     let mut routes: Array<_, u32> = bpf
         .map_mut("ROUTES")
@@ -125,6 +128,17 @@ pub fn attach_all(
         .try_into()?;
     routes.set(0, shared.routes, 0)?;
     Ok(choices)
+}
+
+/// Whether TIME-WAIT exits and SYNs are both served by function probes, whose programs then
+/// send a TIME-WAIT replaced by a SYN and that SYN as one record (`route::MERGE_EXIT_SYN`).
+fn merges_exit_and_syn(choices: &[Choice]) -> bool {
+    let by_probe = |name: &str| {
+        choices
+            .iter()
+            .any(|c| c.signal == name && matches!(c.chosen, Some(Family::Fentry | Family::Kprobe)))
+    };
+    by_probe("tw_exit") && by_probe("syn")
 }
 
 /// What to do about a signal no hook could serve.
@@ -398,5 +412,28 @@ mod tests {
             unserved("paws_reject", Some(Family::TpBtf), &[]),
             Unserved::Fatal(m) if m.starts_with("--hooks tp_btf cannot serve signal `paws_reject`")
         ));
+    }
+
+    #[test]
+    fn exits_and_syns_share_records_only_when_both_are_function_probes() {
+        let choice = |signal: &'static str, chosen: Option<Family>| Choice {
+            signal,
+            description: "",
+            chosen,
+            attached: Vec::new(),
+            rejected: Vec::new(),
+            off: chosen.is_none(),
+            limits: None,
+            warning: None,
+        };
+        let with = |exit, syn| merges_exit_and_syn(&[choice("tw_exit", exit), choice("syn", syn)]);
+        assert!(with(Some(Family::Fentry), Some(Family::Fentry)));
+        assert!(with(Some(Family::Kprobe), Some(Family::Fentry)));
+        // tp_btf merges in its own dispatcher; classic tracepoints do not merge.
+        assert!(!with(Some(Family::TpBtf), Some(Family::TpBtf)));
+        assert!(!with(Some(Family::Fentry), Some(Family::Tracepoint)));
+        // A signal left out: nothing to merge with.
+        assert!(!with(Some(Family::Fentry), None));
+        assert!(!with(None, Some(Family::Fentry)));
     }
 }

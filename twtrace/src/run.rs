@@ -190,7 +190,7 @@ async fn pump(
             held.release(reading.done().await, filter, &mut on_record)?;
             // Final drain so nothing already in the ring, or parked in the kernel, is lost.
             crate::plan::silence(&mut loaded.bpf)?;
-            let parked = signals::tw_exit::unexplained(&mut loaded.bpf)?;
+            let parked = signals::tw_exit::parked_exits(&mut loaded.bpf)?;
             let mut last = |ev: twtrace_common::Event| {
                 pipeline.feed(ev, filter, |rec| {
                     let _ = on_record(rec);

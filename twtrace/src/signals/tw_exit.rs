@@ -211,23 +211,36 @@ pub fn decode(ev: &Event) -> Record {
     )
 }
 
-/// TIME-WAIT exits the tp_btf route parked and nothing explained before shutdown (see
-/// twtrace-ebpf/src/tw_exit.rs), as events with cause `unknown`: reported, not lost.
-pub fn unexplained(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
-    let Some(map) = bpf.map_mut("PENDING") else {
-        return Ok(Vec::new());
-    };
-    let slots: aya::maps::PerCpuArray<_, twtrace_common::PendingExit> = map.try_into()?;
-    let per_cpu = slots.get(&0, 0)?;
-    Ok(per_cpu
-        .iter()
-        .filter(|p| p.timer != 0 && p.ev.kind != 0)
-        .map(|p| {
-            let mut ev = p.ev;
-            ev.detail = twtrace_common::ExitCause::Unknown as u8;
-            ev
-        })
-        .collect())
+/// TIME-WAIT exits still parked in the kernel at shutdown (see twtrace-ebpf/src/tw_exit.rs),
+/// read once the programs no longer touch them (`plan::silence`): reported, not lost.
+/// - tp_btf (`PENDING`): cancels nothing explained, cause `unknown`;
+/// - function probes (`PARKED`): TIME-WAITs replaced by a SYN whose own program has not
+///   run (a SYN answered by a cookie), cause `replaced_by_syn`.
+pub fn parked_exits(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
+    let mut out = Vec::new();
+    for (name, cause) in [
+        ("PENDING", Some(twtrace_common::ExitCause::Unknown)),
+        ("PARKED", None),
+    ] {
+        let Some(map) = bpf.map_mut(name) else {
+            continue;
+        };
+        let slots: aya::maps::PerCpuArray<_, twtrace_common::PendingExit> = map.try_into()?;
+        let per_cpu = slots.get(&0, 0)?;
+        out.extend(
+            per_cpu
+                .iter()
+                .filter(|p| p.timer != 0 && p.ev.kind != 0)
+                .map(|p| {
+                    let mut ev = p.ev;
+                    if let Some(c) = cause {
+                        ev.detail = c as u8;
+                    }
+                    ev
+                }),
+        );
+    }
+    Ok(out)
 }
 
 /// Lifetimes on every route but the classic tracepoint one, which alone keeps a table in the
