@@ -303,6 +303,19 @@ pub struct ClockEstimator {
     quiet_until: u64,
 }
 
+/// The track (by index) that takes `s` best: the lowest score, the first of equals; with
+/// the rates it was taken under.
+fn best_fit<'a>(
+    tracks: impl Iterator<Item = (usize, &'a Track)>,
+    s: Sample,
+    tol: &Tolerance,
+    q: &QuickBounds,
+) -> Option<(usize, track::RateMask, f64)> {
+    tracks
+        .filter_map(|(i, t)| t.fit_with(s, tol, q).map(|(m, score)| (i, m, score)))
+        .min_by(|a, b| a.2.total_cmp(&b.2))
+}
+
 impl ClockEstimator {
     pub fn new(mut cfg: ClockConfig) -> Self {
         cfg.max_lines = cfg.max_lines.max(1);
@@ -370,16 +383,16 @@ impl ClockEstimator {
 
         // 1. A line of this very port: the same clock again (both offset modes agree here).
         let own = if own_port {
-            self.lines
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.key == key)
-                .filter_map(|(i, l)| {
-                    l.track
-                        .fit_with(s, &tol, &q)
-                        .map(|(m, score)| (i, m, score))
-                })
-                .min_by(|a, b| a.2.total_cmp(&b.2))
+            best_fit(
+                self.lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.key == key)
+                    .map(|(i, l)| (i, &l.track)),
+                s,
+                &tol,
+                &q,
+            )
         } else {
             None
         };
@@ -421,17 +434,17 @@ impl ClockEstimator {
                 .fold(false, |a, &last| a | in_reach(w, last))
         });
         let best = if any_in_reach {
-            self.clusters
-                .iter()
-                .zip(&self.cluster_tsvals)
-                .enumerate()
-                .filter(|(_, (_, last))| window.is_none_or(|w| in_reach(w, **last)))
-                .filter_map(|(j, (c, _))| {
-                    c.track
-                        .fit_with(s, &tol, &q)
-                        .map(|(m, score)| (j, m, score))
-                })
-                .min_by(|a, b| a.2.total_cmp(&b.2))
+            best_fit(
+                self.clusters
+                    .iter()
+                    .zip(&self.cluster_tsvals)
+                    .enumerate()
+                    .filter(|(_, (_, last))| window.is_none_or(|w| in_reach(w, **last)))
+                    .map(|(j, (c, _))| (j, &c.track)),
+                s,
+                &tol,
+                &q,
+            )
         } else {
             None
         };
