@@ -70,26 +70,32 @@ pub struct Common {
     #[arg(long, global = true, hide = true)]
     pub hooks_only: bool,
 
-    /// Only this network namespace: inode number (`readlink /proc/PID/ns/net`), a name under
-    /// /run/netns, or a path such as /proc/PID/ns/net. Filtered in the kernel.
-    #[arg(long, global = true, value_name = "NETNS")]
+    /// Only this network namespace: its inode number, as `readlink /proc/PID/ns/net` prints it
+    /// (`net:[4026531840]`, or just the number), a name under /run/netns, or a namespace file
+    /// such as /proc/PID/ns/net. Filtered in the kernel.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NETNS",
+        allow_negative_numbers = true
+    )]
     pub netns: Option<String>,
 
-    /// Only events with this local or remote port (repeatable).
-    #[arg(long = "port", global = true, value_name = "PORT")]
+    /// Only events with this local or remote port, 1-65535 (repeatable).
+    #[arg(long = "port", global = true, value_name = "PORT", allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
     /// Only events with a local or remote address in this address or CIDR (repeatable).
     #[arg(long = "ip", global = true, value_name = "ADDR|CIDR", value_parser = filter::parse_net)]
     pub ips: Vec<IpNet>,
 
-    /// Most remote IPs / ports / destinations kept in the aggregate; least recent are evicted
-    /// (and counted) beyond this.
-    #[arg(long, global = true, default_value_t = 65_536, value_name = "N", value_parser = clap::value_parser!(u32).range(16..))]
+    /// Most remote IPs / ports / destinations kept in the aggregate (at least 16); least
+    /// recent are evicted (and counted) beyond this.
+    #[arg(long, global = true, default_value_t = 65_536, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(16..))]
     pub capacity: u32,
 
-    /// Ring buffer size in KiB (a power of two, at least 64).
-    #[arg(long, global = true, default_value_t = 4096, value_name = "KIB", value_parser = parse_ring_kib)]
+    /// Ring buffer size in KiB: a power of two from 64 to 1048576 (1 GiB).
+    #[arg(long, global = true, default_value_t = 4096, value_name = "KIB", allow_negative_numbers = true, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
 
     /// TIME-WAIT sockets whose entry time is kept for their lifetime: in the kernel on the
@@ -99,12 +105,12 @@ pub struct Common {
     /// before 6.11 it also bounds the kernel's table of live TIME-WAITs by connection, through
     /// which their PAWS rejects are found (when full: `live_table_full` losses, and a warning).
     /// And it bounds the TIME-WAITs already there at start-up that are read and counted as
-    /// live (`tw_present`; beyond it, a warning).
-    #[arg(long, global = true, default_value_t = 262_144, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..))]
+    /// live (`tw_present`; beyond it, a warning). At least 1024.
+    #[arg(long, global = true, default_value_t = 262_144, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_live_tw: u32,
 
-    /// Seconds between table refreshes, summary rewrites and alert checks.
-    #[arg(long, global = true, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
+    /// Seconds between table refreshes, summary rewrites and alert checks (0.05 to 3600).
+    #[arg(long, global = true, default_value_t = 1.0, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub interval: f64,
 
     /// Keep FILE up to date with the per-source-IP PAWS aggregate (a JSON list, rewritten
@@ -114,18 +120,29 @@ pub struct Common {
 
     /// Alert (one line on stderr) when a source IP reaches this many PAWS rejects at
     /// TIME-WAIT; 0 turns alerts off.
-    #[arg(long, global = true, default_value_t = 5, value_name = "N")]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 5,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub alert_rejects: u64,
 
-    /// Least seconds between two alerts about the same source IP.
-    #[arg(long, global = true, default_value_t = 60.0, value_name = "SECS", value_parser = parse_interval)]
+    /// Least seconds between two alerts about the same source IP (0.05 to 3600).
+    #[arg(long, global = true, default_value_t = 60.0, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub alert_every: f64,
 }
 
 #[derive(Debug, Args)]
 pub struct LiveOpts {
-    /// Rows per table.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    /// Rows per table (live table only).
+    #[arg(
+        long,
+        default_value_t = 20,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub top: usize,
 }
 
@@ -190,14 +207,13 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
-fn parse_interval(s: &str) -> Result<f64, String> {
+/// Seconds for --interval and --alert-every (clap names the flag in the error).
+fn parse_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !(0.05..=3600.0).contains(&v) {
-        return Err(format!(
-            "{v}: the interval must be between 0.05 and 3600 seconds"
-        ));
+        return Err(format!("{v}: must be between 0.05 and 3600 seconds"));
     }
     Ok(v)
 }
@@ -218,6 +234,18 @@ mod tests {
         assert!(Cli::try_parse_from(["twtrace", "--ring-kib", "100"]).is_err());
         assert!(Cli::try_parse_from(["twtrace", "--ip", "300.1.1.1"]).is_err());
         assert!(Cli::try_parse_from(["twtrace", "--frobnicate"]).is_err());
+        assert!(Cli::try_parse_from(["twtrace", "--port", "0"]).is_err());
+        // A negative number is a bad value, not an unknown flag.
+        for (flag, v) in [("--port", "-1"), ("--interval", "-1"), ("--top", "-1")] {
+            let e = Cli::try_parse_from(["twtrace", flag, v]).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag}: {e}"
+            );
+        }
+        let e = Cli::try_parse_from(["twtrace", "--alert-every", "7200"]).unwrap_err();
+        assert!(e.to_string().contains("--alert-every"), "{e}");
         let ok = Cli::try_parse_from(["twtrace", "events", "--json", "--hooks", "kprobe"]).unwrap();
         assert_eq!(ok.common.hooks, HookChoice::Only(Family::Kprobe));
     }

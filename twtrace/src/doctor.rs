@@ -27,11 +27,19 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
             .kprobe_blocker()
             .unwrap_or_else(|| "available".into())
     );
+    // Trampolines may be there and every program still refused (e.g. by a security policy):
+    // the plan below says why; this line must not read as "fentry works".
+    let fentry_loaded = loaded
+        .choices
+        .iter()
+        .any(|c| c.chosen == Some(Family::Fentry));
     println!(
         "fentry      {}",
-        f.caps
-            .fentry_blocker()
-            .unwrap_or_else(|| "trampoline support present".into())
+        f.caps.fentry_blocker().unwrap_or_else(|| if fentry_loaded {
+            "available".into()
+        } else {
+            "trampoline support present, but no fentry/fexit program loaded (see below)".into()
+        })
     );
     if f.missing_frames.is_empty() {
         println!("call chains all exit-cause functions found in kallsyms");

@@ -51,14 +51,24 @@ fn ipv4_of_mapped(net: IpNet) -> Option<IpNet> {
     ipnet::Ipv4Net::new(v4, prefix).ok().map(IpNet::V4)
 }
 
-/// `--netns` values: an inode number (as `ls -l /proc/PID/ns/net` shows), or a path to a
-/// namespace file (/run/netns/NAME, /proc/PID/ns/net).
+/// `--netns` values: an inode number, bare or as `readlink /proc/PID/ns/net` prints it
+/// (`net:[4026531840]`), or a namespace file (/run/netns/NAME, /proc/PID/ns/net).
 pub fn parse_netns(s: &str) -> Result<u32> {
-    if let Ok(n) = s.parse::<u32>() {
+    let number = s
+        .strip_prefix("net:[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(n) = number.parse::<u32>() {
         if n == 0 {
             bail!("--netns 0 is not a namespace id");
         }
         return Ok(n);
+    }
+    if s.starts_with('-') || s.starts_with("net:") {
+        bail!(
+            "--netns `{s}` is not a namespace: give its inode number (`net:[N]` or N), a name \
+             under /run/netns, or a file such as /proc/PID/ns/net"
+        );
     }
     let path = if s.contains('/') {
         s.to_owned()
@@ -67,7 +77,22 @@ pub fn parse_netns(s: &str) -> Result<u32> {
     };
     let meta = std::fs::metadata(&path)
         .with_context(|| format!("--netns `{s}`: not an inode number and {path} cannot be read"))?;
+    // Any file has an inode: only a namespace file's is a namespace id.
+    if !on_nsfs(&path) {
+        bail!("--netns `{s}`: {path} is not a namespace file (such as /proc/PID/ns/net)");
+    }
     u32::try_from(meta.ino()).context("namespace inode does not fit in 32 bits")
+}
+
+/// Whether `path` is a file of the kernel's namespace filesystem (nsfs).
+fn on_nsfs(path: &str) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: statfs writes the struct we pass; an all-zero statfs is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == NSFS_MAGIC
 }
 
 #[cfg(test)]
@@ -122,6 +147,19 @@ mod tests {
                 .to_string()
                 .contains("/run/netns/")
         );
-        assert!(parse_netns("/proc/self/ns/net").unwrap() > 0);
+        let own = parse_netns("/proc/self/ns/net").unwrap();
+        assert!(own > 0);
+        // What readlink prints is accepted as it is.
+        assert_eq!(parse_netns(&format!("net:[{own}]")).unwrap(), own);
+        assert_eq!(parse_netns("4026531840").unwrap(), 4026531840);
+        // An ordinary file has an inode too, but is no namespace.
+        assert!(
+            parse_netns("/proc/self/status")
+                .unwrap_err()
+                .to_string()
+                .contains("not a namespace file")
+        );
+        assert!(parse_netns("-1").is_err());
+        assert!(parse_netns("net:[x]").is_err());
     }
 }

@@ -37,17 +37,30 @@ pub async fn main(cli: Cli) -> Result<()> {
     if let Some(Command::Doctor(opts)) = &cli.command {
         return doctor::run(&cli.common, opts.verbose);
     }
+    // Where output goes is checked before anything is attached: a bad path fails at once,
+    // not after the first interval with the programs already in the kernel.
+    let output = match &cli.command {
+        Some(Command::Events(opts)) => open_output(opts, &cli.common)?,
+        _ => None,
+    };
+    if let Some(path) = &cli.common.summary_json {
+        sinks::summary::check_writable(path)?;
+    }
+    let options = load_options(&cli.common)?;
+    warn_unknown_netns(options.netns);
     // Before loading: a SIGTERM that arrives while programs attach must still end in a clean
     // detach and exit 0, not in the default action.
     let shutdown = Shutdown::new()?;
-    let loaded = loader::load(&load_options(&cli.common)?)?;
+    let loaded = loader::load(&options)?;
     announce(&loaded);
     let filter = Filter {
         ports: cli.common.ports.clone(),
         nets: cli.common.ips.clone(),
     };
     match cli.command {
-        Some(Command::Events(opts)) => events(loaded, shutdown, &filter, &cli.common, &opts).await,
+        Some(Command::Events(opts)) => {
+            events(loaded, shutdown, &filter, &cli.common, &opts, output).await
+        }
         _ => live(loaded, shutdown, &filter, &cli.common, &cli.live).await,
     }
 }
@@ -69,6 +82,52 @@ pub fn load_options(c: &Common) -> Result<LoadOptions> {
         max_live_tw: c.max_live_tw,
         hooks_only: c.hooks_only,
     })
+}
+
+/// `events --output FILE`, created now; refused when it is also the --summary-json file
+/// (each summary rewrite would replace the event stream).
+fn open_output(opts: &EventsOpts, common: &Common) -> Result<Option<File>> {
+    let Some(path) = &opts.output else {
+        return Ok(None);
+    };
+    if let Some(summary) = &common.summary_json
+        && sinks::summary::same_file(path, summary)
+    {
+        anyhow::bail!(
+            "--output and --summary-json are the same file ({}): give each its own",
+            path.display()
+        );
+    }
+    if path.is_dir() {
+        anyhow::bail!("--output {}: is a directory", path.display());
+    }
+    File::create(path)
+        .map(Some)
+        .with_context(|| format!("--output {}: cannot create it", path.display()))
+}
+
+/// A --netns id that no namespace in use has: not refused (one may appear with that inode,
+/// or be held open by something twtrace cannot see), but said plainly.
+fn warn_unknown_netns(netns: u32) {
+    if netns != 0 && !crate::kernel::netns::all().contains_key(&netns) {
+        eprintln!(
+            "twtrace: warning: --netns {netns}: no such namespace in use now (no process runs \
+             in it and nothing under /run/netns names it); nothing will show unless it appears"
+        );
+    }
+}
+
+/// Whether stdout is a pipe or socket whose reader has gone (`twtrace events | head`): its
+/// write end then polls POLLERR or POLLHUP. Checked every drain, so that a quiet stream
+/// stops too, not only one whose next write fails.
+fn stdout_reader_gone() -> bool {
+    let mut p = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, zero timeout.
+    (unsafe { libc::poll(&mut p, 1, 0) } == 1) && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// Whether to read the TIME-WAITs already there at start-up, of which namespace (0: all) and
@@ -126,13 +185,15 @@ impl Shutdown {
 }
 
 /// Runs `on_record` for every record (and every loss) until shutdown; `on_tick` after each drain.
+/// `on_tick` returns true when its output has gone (a closed pipe): that stops the loop as a
+/// signal does, with the same final drain and detach.
 async fn pump(
     mut loaded: Loaded,
     mut shutdown: Shutdown,
     filter: &Filter,
     present: Option<(u32, usize)>,
     mut on_record: impl FnMut(&Record) -> Result<()>,
-    mut on_tick: impl FnMut(bool) -> Result<()>,
+    mut on_tick: impl FnMut(bool) -> Result<bool>,
 ) -> Result<()> {
     let mut transport = crate::transport::Transport::new(&mut loaded.bpf)?;
     let mut pipeline = Pipeline::new(loaded.facts.decode_ctx(), loaded.max_live_tw);
@@ -184,8 +245,8 @@ async fn pump(
         if let Some(logger) = loaded.logger.as_mut() {
             logger.flush();
         }
-        on_tick(false)?;
-        if stop {
+        let output_gone = on_tick(false)?;
+        if stop || output_gone {
             // Stopped while the start-up read ran: it still goes first.
             held.release(reading.done().await, filter, &mut on_record)?;
             // Final drain so nothing already in the ring, or parked in the kernel, is lost.
@@ -219,6 +280,10 @@ struct Reporter {
     table: Option<table::TableOpts>,
     top: usize,
     buf: String,
+    /// The summary file could not be written at the last try (warned once per failure run).
+    summary_failing: bool,
+    /// stdout's reader has gone: the table is no longer printed.
+    closed: bool,
 }
 
 impl Reporter {
@@ -238,10 +303,14 @@ impl Reporter {
             table,
             top,
             buf: String::new(),
+            summary_failing: false,
+            closed: false,
         }
     }
 
-    /// Acts once per interval, or now when `last` (shutdown).
+    /// Acts once per interval, or now when `last` (shutdown). A summary file that cannot be
+    /// written is a warning while tracing (a full disk must not end a service's tracing;
+    /// the next interval tries again) and an error only at the end.
     fn tick(&mut self, last: bool) -> Result<()> {
         let now = Instant::now();
         if !last && now < self.next {
@@ -256,15 +325,30 @@ impl Reporter {
             }
         }
         if let Some(path) = &self.summary {
-            sinks::summary::write_atomic(path, &rows)?;
+            match sinks::summary::write_atomic(path, &rows) {
+                Ok(()) => self.summary_failing = false,
+                Err(e) if last => return Err(e),
+                Err(e) => {
+                    if !self.summary_failing {
+                        eprintln!("twtrace: warning: {e:#} (trying again every interval)");
+                    }
+                    self.summary_failing = true;
+                }
+            }
         }
-        if let Some(opts) = &self.table {
+        if let Some(opts) = self.table.as_ref().filter(|_| !self.closed) {
             self.buf.clear();
             table::render(&self.agg, opts, &mut self.buf);
             sinks::paws_table::render(&rows, self.top, self.agg.paws.evictions, &mut self.buf);
             let mut stdout = io::stdout().lock();
-            stdout.write_all(self.buf.as_bytes())?;
-            stdout.flush()?;
+            match stdout
+                .write_all(self.buf.as_bytes())
+                .and_then(|_| stdout.flush())
+            {
+                // `twtrace | head`: the reader has had enough.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => self.closed = true,
+                r => r?,
+            }
         }
         Ok(())
     }
@@ -287,12 +371,23 @@ async fn events(
     filter: &Filter,
     common: &Common,
     opts: &EventsOpts,
+    output: Option<File>,
 ) -> Result<()> {
-    let sink: Box<dyn Write> = match &opts.output {
-        Some(path) => {
-            Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
-        }
+    let to_stdout = output.is_none();
+    let sink: Box<dyn Write> = match output {
+        Some(file) => Box::new(file),
         None => Box::new(io::stdout().lock()),
+    };
+    // Set when a write finds the reader gone (`| head`): a normal way to stop reading.
+    let closed = std::cell::Cell::new(false);
+    let gone = |r: io::Result<()>| -> Result<()> {
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                closed.set(true);
+                Ok(())
+            }
+            r => r.map_err(Into::into),
+        }
     };
     let out = std::cell::RefCell::new(BufWriter::with_capacity(64 * 1024, sink));
     let json = opts.json;
@@ -311,13 +406,15 @@ async fn events(
             if let Some(r) = reporter.borrow_mut().as_mut() {
                 r.agg.apply(rec);
             }
-            let mut out = out.borrow_mut();
-            if json {
-                ndjson::write_record(&mut *out, rec)?;
-            } else {
-                writeln!(out, "{}", crate::sinks::text_line(rec))?;
+            if closed.get() {
+                return Ok(());
             }
-            Ok(())
+            let mut out = out.borrow_mut();
+            gone(if json {
+                ndjson::write_record(&mut *out, rec)
+            } else {
+                writeln!(out, "{}", crate::sinks::text_line(rec))
+            })
         },
         // Flush once per drained batch: consumers see events within one poll period, and the
         // cost stays one write per batch, not per event.
@@ -325,17 +422,15 @@ async fn events(
             if let Some(r) = reporter.borrow_mut().as_mut() {
                 r.tick(last)?;
             }
-            match out.borrow_mut().flush() {
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-                r => r.map_err(Into::into),
+            if !closed.get() {
+                gone(out.borrow_mut().flush())?;
             }
+            Ok(closed.get() || (to_stdout && stdout_reader_gone()))
         },
     )
     .await;
-    // A closed pipe (e.g. `| head`) is a normal way to stop reading.
-    match out.into_inner().flush() {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-        r => r?,
+    if !closed.get() {
+        gone(out.into_inner().flush())?;
     }
     result
 }
@@ -373,7 +468,11 @@ async fn live(
             reporter.borrow_mut().agg.apply(rec);
             Ok(())
         },
-        |last| reporter.borrow_mut().tick(last),
+        |last| {
+            let mut r = reporter.borrow_mut();
+            r.tick(last)?;
+            Ok(r.closed || stdout_reader_gone())
+        },
     )
     .await
 }

@@ -50,6 +50,9 @@ fn unknown_flags_and_bad_values_are_usage_errors() {
         (&["--signals", "tw_enter,bogus"], "no such signal"),
         (&["--interval", "0"], "between 0.05 and 3600"),
         (&["events", "--port", "70000"], "70000"),
+        // Negative numbers are bad values, not unknown flags; each error names its flag.
+        (&["--port", "-1"], "invalid value '-1' for '--port"),
+        (&["--alert-every", "7200"], "--alert-every"),
     ] {
         let o = run(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
@@ -299,5 +302,94 @@ fn signals_detach_everything() -> Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    Ok(())
+}
+
+/// Where output goes is checked before anything is attached: a bad path fails at once with
+/// the user's path in the message, not after an interval of tracing.
+#[test]
+fn output_paths_are_checked_before_tracing() {
+    let dir = std::env::temp_dir().join(format!("twtrace-cli-out-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("temp dir");
+    let same = dir.join("same.json");
+    let same = same.to_str().expect("utf-8 path");
+    let dir_s = dir.to_str().expect("utf-8 path");
+    for (args, needle) in [
+        (
+            vec!["--summary-json", "/nonexistent-twtrace/dir/x.json"],
+            "/nonexistent-twtrace/dir/x.json",
+        ),
+        (vec!["--summary-json", dir_s], "is a directory"),
+        (
+            vec!["events", "--output", "/nonexistent-twtrace/dir/e.ndjson"],
+            "/nonexistent-twtrace/dir/e.ndjson",
+        ),
+        (
+            vec!["events", "--output", same, "--summary-json", same],
+            "same file",
+        ),
+    ] {
+        let o = run(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            !err.contains("twtrace: tracing"),
+            "attached first: {args:?}: {err}"
+        );
+    }
+    fs::remove_dir_all(&dir).expect("removing the temp dir");
+}
+
+/// `twtrace events --json | head`: once the reader has gone the tracer stops by itself, with
+/// exit 0 and its programs detached, even when no event comes to fail a write.
+#[test]
+fn a_closed_pipe_stops_the_stream() -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(tracer_bin())
+        .args(["events", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning twtrace")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.starts_with("twtrace: tracing"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                anyhow::bail!("twtrace never said it was tracing: {seen:?}");
+            }
+        }
+    }
+    drop(child.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("twtrace still running 10 s after its reader went away");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(status.success(), "exit status {status}: {seen:?}");
     Ok(())
 }

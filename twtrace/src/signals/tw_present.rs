@@ -112,13 +112,8 @@ pub fn take(only: u32, limit: usize, now_ns: u64) -> Snapshot {
     if only != 0 {
         spaces.retain(|&inode, _| inode == only);
     }
-    let mut snap = take_from(spaces, limit, now_ns);
-    if only != 0 && snap.namespaces == 0 && snap.failed.is_empty() {
-        snap.failed.push(format!(
-            "namespace {only}: not found (no process runs in it, nothing under /run/netns names it)"
-        ));
-    }
-    snap
+    // A --netns that names no namespace in use was said at start-up (`run::warn_unknown_netns`).
+    take_from(spaces, limit, now_ns)
 }
 
 fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize, now_ns: u64) -> Snapshot {
