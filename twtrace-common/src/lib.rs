@@ -318,6 +318,12 @@ pub struct KernelLayout {
     pub reason_paws_ack: u32,
     pub reason_tw_paws: u32,
     pub reason_tsecr: u32,
+    /// `LINUX_MIB_TCPACKSKIPPEDPAWS` (an anonymous enum): the mib index tcp_oow_rate_limited
+    /// gets for an established-path PAWS reject, which is how kernels without the PAWS drop
+    /// reason show one; u32::MAX where the reason exists (not looked up) or it is absent.
+    pub mib_ackskipped_paws: u32,
+    /// tcp_sock.last_oow_ack_time: tcp_oow_rate_limited's last argument, back to its socket.
+    pub tcp_last_oow_ack_time: u32,
     /// enum tcp_tw_status TCP_TW_SYN (the SYN was accepted by the TIME-WAIT socket).
     pub tw_status_syn: u32,
     /// enum tcp_tw_status TCP_TW_RST (the TIME-WAIT socket answers with a reset and dies).
@@ -410,6 +416,8 @@ impl KernelLayout {
             reason_paws_ack: 0,
             reason_tw_paws: 0,
             reason_tsecr: 0,
+            mib_ackskipped_paws: 0,
+            tcp_last_oow_ack_time: 0,
             tw_status_syn: 0,
             tw_status_rst: 0,
             inet_sport: 0,

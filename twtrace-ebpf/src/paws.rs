@@ -9,17 +9,25 @@
 //!
 //! Function-probe route for TIME-WAIT: `tcp_timewait_state_process(tw, skb, th, ...)` on
 //! exit, with its verdict; kfree_skb then serves only the other paths.
+//!
+//! Function-probe route without drop reasons (before 5.17/5.18): an established-path reject
+//! (any state a full socket checks PAWS in, SYN-RECV included) counts PAWSEstab and then,
+//! always, calls `tcp_oow_rate_limited(net, skb, LINUX_MIB_TCPACKSKIPPEDPAWS,
+//! &tp->last_oow_ack_time)`: that call, with that mib index, is the reject. (Resets are
+//! neither counted nor passed there.) Request sockets and SYN-SENT are not seen this way.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{fexit, kprobe, kretprobe, tracepoint},
-    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use twtrace_common::{EventKind, HookFamily, LossSlot, PawsPath, TCP_TIME_WAIT, ts_flags};
 
 use crate::{
     emit::emit,
-    kernel::{fexit_ret, hooks_only, netns_wanted, read, read_flow, scalar_arg, zero_words},
+    kernel::{
+        ctx_word, fexit_ret, hooks_only, netns_wanted, read, read_flow, scalar_arg, zero_words,
+    },
     layout,
     maps::TW_PROCESS_ARGS,
     segment::{self, Segment},
@@ -318,4 +326,56 @@ fn tw_processed(tw: u64, th: u64, status: u32, hook: HookFamily) -> u32 {
     // refuses ("invalid read from stack") where later ones allow it.
     let accepted = status == layout!(tw_status_syn);
     timewait_verdict(&seg, flow.netns, ts_recent, Some(accepted), hook)
+}
+
+/// Established-path rejects on kernels without the PAWS drop reason (see the module comment).
+#[fentry(function = "tcp_oow_rate_limited")]
+pub fn paws_oow_fentry(ctx: FEntryContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
+    // An int argument: only its low 32 bits are defined.
+    let mib = ctx_word(&ctx, 2).unwrap_or(u64::MAX) as u32;
+    if mib != layout!(mib_ackskipped_paws) {
+        return 0;
+    }
+    oow_paws(scalar_arg(&ctx, 1), scalar_arg(&ctx, 3), HookFamily::Fentry)
+}
+
+#[kprobe]
+pub fn paws_oow_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
+    let mib = ctx.arg::<u64>(2).unwrap_or(u64::MAX) as u32;
+    if mib != layout!(mib_ackskipped_paws) {
+        return 0;
+    }
+    match (ctx.arg::<u64>(1), ctx.arg::<u64>(3)) {
+        (Some(skb), Some(last_oow)) => oow_paws(skb, last_oow, HookFamily::Kprobe),
+        _ => 0,
+    }
+}
+
+/// The reject of `skb` by the socket whose `last_oow_ack_time` is at `last_oow`.
+#[inline(always)]
+fn oow_paws(skb: u64, last_oow: u64, hook: HookFamily) -> u32 {
+    let tp = last_oow.wrapping_sub(layout!(tcp_last_oow_ack_time) as u64);
+    let Some(flow) = (unsafe { read_flow(tp) }) else {
+        return 0;
+    };
+    if !netns_wanted(flow.netns) {
+        return 0;
+    }
+    let Some(seg) = (unsafe { segment::from_skb(skb) }) else {
+        return 0;
+    };
+    let state: u8 = unsafe { read(tp, layout!(skc_state)) }.unwrap_or(0);
+    let path = if state == TCP_SYN_RECV {
+        PawsPath::SynRecv
+    } else {
+        PawsPath::Established
+    };
+    let ts_recent: Option<u32> = unsafe { read(tp, layout!(tcp_ts_recent)) };
+    report(&seg, flow.netns, path, ts_recent, hook)
 }

@@ -139,7 +139,7 @@ pub struct LiveOpts {
     /// Rows per table (live table only).
     #[arg(
         long,
-        default_value_t = 20,
+        default_value_t = LIVE_TOP,
         value_name = "N",
         allow_negative_numbers = true
     )]
@@ -163,6 +163,48 @@ pub struct DoctorOpts {
     /// Print every rejection in full (verifier logs included), not just its first line.
     #[arg(long, short)]
     pub verbose: bool,
+}
+
+impl Cli {
+    /// Flags the chosen mode would silently ignore (clap accepts the global ones everywhere):
+    /// refused, naming them, so nobody believes e.g. `doctor --port 443` filtered anything.
+    pub fn unused_flags(&self) -> Vec<&'static str> {
+        let c = &self.common;
+        let defaults = Common::default_values();
+        let mut unused = Vec::new();
+        let mut check = |used: bool, name: &'static str| {
+            if used {
+                unused.push(name);
+            }
+        };
+        match &self.command {
+            Some(Command::Doctor(_)) => {
+                check(!c.ports.is_empty(), "--port");
+                check(!c.ips.is_empty(), "--ip");
+                check(c.summary_json.is_some(), "--summary-json");
+                check(c.capacity != defaults.capacity, "--capacity");
+                check(c.interval != defaults.interval, "--interval");
+                check(c.alert_rejects != defaults.alert_rejects, "--alert-rejects");
+                check(c.alert_every != defaults.alert_every, "--alert-every");
+                check(self.live.top != LIVE_TOP, "--top");
+            }
+            Some(Command::Events(_)) => check(self.live.top != LIVE_TOP, "--top"),
+            None => {}
+        }
+        unused
+    }
+}
+
+/// `--top`'s default.
+const LIVE_TOP: usize = 20;
+
+impl Common {
+    /// The defaults of the flags [`Cli::unused_flags`] compares with.
+    fn default_values() -> Common {
+        Cli::try_parse_from(["twtrace"])
+            .expect("the defaults parse")
+            .common
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,6 +286,14 @@ mod tests {
                 "{flag}: {e}"
             );
         }
+        let unused = |args: &[&str]| Cli::try_parse_from(args).unwrap().unused_flags();
+        assert_eq!(
+            unused(&["twtrace", "doctor", "--port", "443", "--interval", "5"]),
+            ["--port", "--interval"]
+        );
+        assert_eq!(unused(&["twtrace", "--top", "3", "events"]), ["--top"]);
+        assert!(unused(&["twtrace", "doctor", "--hooks", "kprobe", "--netns", "1"]).is_empty());
+        assert!(unused(&["twtrace", "--top", "3", "--port", "80"]).is_empty());
         let e = Cli::try_parse_from(["twtrace", "--alert-every", "7200"]).unwrap_err();
         assert!(e.to_string().contains("--alert-every"), "{e}");
         let ok = Cli::try_parse_from(["twtrace", "events", "--json", "--hooks", "kprobe"]).unwrap();

@@ -308,6 +308,11 @@ fn precheck(facts: &Facts<'_>, hook: &Hook) -> Result<()> {
                     bail!("this kernel has no drop reason SKB_DROP_REASON_{name}: {why}");
                 }
             }
+            Need::Enumerator { name, why } => {
+                if facts.kbtf.enumerator(name).is_none() {
+                    bail!("this kernel's BTF has no {name}: {why}");
+                }
+            }
         }
     }
     for p in hook.programs {

@@ -34,6 +34,15 @@ const POLL: Duration = Duration::from_millis(100);
 const LOSS_CHECK: Duration = Duration::from_secs(1);
 
 pub async fn main(cli: Cli) -> Result<()> {
+    let unused = cli.unused_flags();
+    if !unused.is_empty() {
+        let mode = match &cli.command {
+            Some(Command::Doctor(_)) => "doctor",
+            Some(Command::Events(_)) => "events",
+            None => "the live table",
+        };
+        anyhow::bail!("{mode} does not use {}", unused.join(", "));
+    }
     if let Some(Command::Doctor(opts)) = &cli.command {
         return doctor::run(&cli.common, opts.verbose);
     }

@@ -118,6 +118,29 @@ impl KernelBtf {
             .map(|(_, value)| value))
     }
 
+    /// Value of an enumerator wherever it is declared, e.g. in an anonymous enum such as the
+    /// kernel's `LINUX_MIB_*` (which no type name leads to): a scan of every type, so only
+    /// for what no named enum holds. `None` if no enum has it.
+    pub fn enumerator(&self, variant: &str) -> Option<i64> {
+        // Type ids are dense from 1; the first id that does not resolve is the end.
+        (1..)
+            .map_while(|id| self.btf.resolve_type_by_id(id).ok())
+            .find_map(|t| match &t {
+                Type::Enum(e) => e
+                    .members
+                    .iter()
+                    .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == variant))
+                    .map(|m| {
+                        if e.is_signed() {
+                            i64::from(m.val() as i32)
+                        } else {
+                            i64::from(m.val())
+                        }
+                    }),
+                _ => None,
+            })
+    }
+
     /// All (name, value) pairs of an enum, in declaration order.
     pub fn enum_variants(&self, enum_name: &str) -> Result<Vec<(String, i64)>> {
         let types = self
@@ -448,6 +471,28 @@ mod tests {
             Ok(_) => panic!("expected an error"),
             Err(e) => format!("{e:#}"),
         }
+    }
+
+    /// An enumerator of an anonymous enum is found by its name alone. The kernel lists
+    /// /proc/net/netstat's TcpExt fields in `LINUX_MIB_*` order from 1 (0 is LINUX_MIB_NUM),
+    /// which checks the value independently of BTF.
+    #[test]
+    fn anonymous_enumerators_are_found() {
+        let paws = kernel()
+            .enumerator("LINUX_MIB_TCPACKSKIPPEDPAWS")
+            .expect("in BTF");
+        let netstat = std::fs::read_to_string("/proc/net/netstat").expect("/proc/net/netstat");
+        let header = netstat
+            .lines()
+            .find(|l| l.starts_with("TcpExt:"))
+            .expect("a TcpExt line");
+        let index = header
+            .split_whitespace()
+            .skip(1)
+            .position(|f| f == "TCPACKSkippedPAWS")
+            .expect("TCPACKSkippedPAWS in TcpExt");
+        assert_eq!(paws, index as i64 + 1);
+        assert_eq!(kernel().enumerator("LINUX_MIB_NO_SUCH_THING"), None);
     }
 
     #[test]

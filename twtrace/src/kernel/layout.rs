@@ -80,6 +80,17 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.reason_paws_ack = reason("TCP_RFC7323_PAWS_ACK");
     layout.reason_tw_paws = reason("TCP_RFC7323_TW_PAWS");
     layout.reason_tsecr = reason("TCP_RFC7323_TSECR");
+    // Without the PAWS reason (before 5.17/5.18), established-path rejects show as
+    // tcp_oow_rate_limited(.., LINUX_MIB_TCPACKSKIPPEDPAWS, &tp->last_oow_ack_time): only
+    // then is the anonymous enum scanned for it (a scan of every BTF type).
+    layout.mib_ackskipped_paws = if layout.reason_paws == u32::MAX {
+        btf.enumerator("LINUX_MIB_TCPACKSKIPPEDPAWS")
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(u32::MAX)
+    } else {
+        u32::MAX
+    };
+    layout.tcp_last_oow_ack_time = btf.member_offset("tcp_sock", "last_oow_ack_time")?;
     layout.tw_status_syn = btf
         .enum_value("tcp_tw_status", "TCP_TW_SYN")?
         .context("enum tcp_tw_status has no TCP_TW_SYN")? as u32;

@@ -112,6 +112,11 @@ pub enum Need {
         name: &'static str,
         why: &'static str,
     },
+    /// An enumerator of any kernel enum, anonymous ones included (e.g. `LINUX_MIB_*`).
+    Enumerator {
+        name: &'static str,
+        why: &'static str,
+    },
 }
 
 /// The tp_btf timer dispatchers (twtrace-ebpf/src/dispatch.rs), shared by several signals'
@@ -248,7 +253,8 @@ mod tests {
             }
         }
         // The partial fallbacks today: tw_exit's tracepoints before 6.10 (no TIME-WAIT resets
-        // traced), and PAWS without drop reasons, fentry and kprobe.
+        // traced), and PAWS without drop reasons, fentry and kprobe (timewait and established
+        // paths, then timewait alone).
         let mut partial: Vec<(&str, Family)> = ALL
             .iter()
             .flat_map(|s| {
@@ -263,6 +269,8 @@ mod tests {
             partial,
             [
                 ("paws_reject", Family::Fentry),
+                ("paws_reject", Family::Fentry),
+                ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::Kprobe),
                 ("tw_exit", Family::Tracepoint),
             ]

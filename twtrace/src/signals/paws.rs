@@ -38,6 +38,34 @@ const TIMEWAIT_ONLY: Option<&str> = Some(
      recognised by the PAWS drop reasons, which this kernel lacks)",
 );
 
+/// Without the PAWS drop reason, an established-path reject is the call of
+/// `tcp_oow_rate_limited` with this mib index (twtrace-ebpf/src/paws.rs).
+const OOW_MIB: Need = Need::Enumerator {
+    name: "LINUX_MIB_TCPACKSKIPPEDPAWS",
+    why: "established-path rejects are recognised by tcp_oow_rate_limited's mib index",
+};
+
+/// What the established-path fallback still misses.
+const NO_REQUEST_OR_SYN_SENT: Option<&str> = Some(
+    "timewait and established paths only: rejects at request sockets (syn_recv) and in \
+     syn_sent are not seen (they are recognised by the PAWS drop reasons, which this kernel \
+     lacks)",
+);
+
+const OOW_FENTRY: Program = Program {
+    name: "paws_oow_fentry",
+    attach: Attach::Fentry {
+        function: "tcp_oow_rate_limited",
+    },
+};
+
+const OOW_KPROBE: Program = Program {
+    name: "paws_oow_kprobe",
+    attach: Attach::Kprobe {
+        function: "tcp_oow_rate_limited",
+    },
+};
+
 const TP_KFREE_SKB: Program = Program {
     name: "tp_kfree_skb",
     attach: Attach::BtfTracepoint { name: "kfree_skb" },
@@ -77,7 +105,14 @@ pub static SIGNAL: Signal = Signal {
             limits: None,
             programs: &[TW_FEXIT, KFREE_SKB_NON_TW],
         },
-        // Before drop reasons (5.10, 5.15): the TIME-WAIT path alone, and said so.
+        // Before drop reasons (5.10, 5.15): the TIME-WAIT path and the established one
+        // (tcp_oow_rate_limited's mib index), said to be partial; failing that, TIME-WAIT alone.
+        Hook {
+            family: Family::Fentry,
+            needs: &[OOW_MIB],
+            limits: NO_REQUEST_OR_SYN_SENT,
+            programs: &[TW_FEXIT, OOW_FENTRY],
+        },
         Hook {
             family: Family::Fentry,
             needs: &[],
@@ -89,6 +124,12 @@ pub static SIGNAL: Signal = Signal {
             needs: &[PAWS_REASON],
             limits: None,
             programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW],
+        },
+        Hook {
+            family: Family::Kprobe,
+            needs: &[OOW_MIB],
+            limits: NO_REQUEST_OR_SYN_SENT,
+            programs: &[TW_KPROBES[0], TW_KPROBES[1], OOW_KPROBE],
         },
         Hook {
             family: Family::Kprobe,

@@ -41,3 +41,20 @@ pub use traffic::{
     CloseFirst, ConnOutcome, ConnectOptions, IO_TIMEOUT, Server, ServerStats, connect_many,
     connect_many_opts, free_port, wait_tw_count, wait_tw_settled,
 };
+
+/// A scratch directory of one test, removed when the test ends, passing or failing.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("twtrace-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
