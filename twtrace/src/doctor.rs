@@ -12,7 +12,44 @@ use crate::{
 
 pub fn run(common: &Common, verbose: bool) -> Result<()> {
     kernel::preflight()?;
-    let loaded = loader::load(&run::load_options(common)?)?;
+    let options = run::load_options(common)?;
+    match loader::load(&options) {
+        Ok(loaded) => {
+            report(&loaded, verbose);
+            Ok(())
+        }
+        // A forced family that cannot serve: the report of what this kernel does allow
+        // (the automatic choice) first, then why the forced one fails.
+        Err(e) if options.forced.is_some() => {
+            let auto = loader::LoadOptions {
+                forced: None,
+                ..options
+            };
+            if let Ok(loaded) = loader::load(&auto) {
+                report(&loaded, verbose);
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Prints the report. Built in memory and written at once: `twtrace doctor | head` must not
+/// fail (println! panics on a closed pipe).
+fn report(loaded: &loader::Loaded, verbose: bool) {
+    let mut out = String::new();
+    write_report(loaded, verbose, &mut out);
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+}
+
+fn write_report(loaded: &loader::Loaded, verbose: bool, out: &mut String) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    macro_rules! println {
+        ($($arg:tt)*) => {
+            let _ = writeln!(out, $($arg)*);
+        };
+    }
     let f = &loaded.facts;
     println!("kernel      {}", f.release);
     println!("BTF         /sys/kernel/btf/vmlinux");
@@ -99,7 +136,6 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 /// What nstat's TcpExtTW counts on this kernel, for operators comparing it with twtrace's
