@@ -698,11 +698,12 @@ mod tests {
         assert!(e.contains("skc_net..net"), "{e}");
     }
 
-    /// Cross-check against pahole, an independent BTF reader (libbpf-based), when installed.
+    /// Cross-check against pahole, an independent BTF reader (libbpf-based; `dwarves`, which
+    /// scripts/setup.sh installs: without it this fails rather than pass unchecked).
     /// pahole prints `type name; /* offset size */` for every member, also inside anonymous
     /// unions; bitfield lines (`offset:bit`) are not used.
     #[test]
-    fn kernel_matches_pahole_when_available() {
+    fn kernel_matches_pahole() {
         let checks: &[(&str, &[&str])] = &[
             (
                 "sock_common",
@@ -726,20 +727,16 @@ mod tests {
             ("ns_common", &["inum"]),
         ];
         for (strukt, members) in checks {
-            let out = match std::process::Command::new("pahole")
+            let out = std::process::Command::new("pahole")
                 .args(["-C", strukt, VMLINUX])
                 .output()
-            {
-                Ok(out) if out.status.success() => {
-                    String::from_utf8_lossy(&out.stdout).into_owned()
-                }
-                _ => {
-                    eprintln!(
-                        "pahole not available: cross-check skipped (layout relations still tested)"
-                    );
-                    return;
-                }
-            };
+                .expect("pahole (Debian package dwarves; scripts/setup.sh installs it)");
+            assert!(
+                out.status.success(),
+                "pahole -C {strukt} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let out = String::from_utf8_lossy(&out.stdout).into_owned();
             for member in *members {
                 let (p_off, p_size) = pahole_member(&out, member)
                     .unwrap_or_else(|| panic!("pahole output for {strukt} lacks {member}:\n{out}"));
