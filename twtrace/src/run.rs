@@ -348,7 +348,11 @@ impl Reporter {
         if let Some(opts) = self.table.as_ref().filter(|_| !self.closed) {
             self.buf.clear();
             table::render(&self.agg, opts, &mut self.buf);
-            sinks::paws_table::render(&rows, self.top, self.agg.paws.evictions, &mut self.buf);
+            // Without both PAWS signals the section has nothing to show (the totals say why).
+            let untraced = |name: &str| opts.untraced.iter().any(|(s, _)| *s == name);
+            if !(untraced("syn") && untraced("paws_reject")) {
+                sinks::paws_table::render(&rows, self.top, self.agg.paws.evictions, &mut self.buf);
+            }
             let mut stdout = io::stdout().lock();
             match stdout
                 .write_all(self.buf.as_bytes())

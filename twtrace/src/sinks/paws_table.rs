@@ -21,9 +21,14 @@ const HEADER: [&str; 13] = [
     "PRED/s",
 ];
 
-/// Appends the section (nothing when no source IP was seen).
+/// Appends the section; with no source IP seen yet, one line that says so (a missing section
+/// would read as PAWS not being traced).
 pub fn render(rows: &[SourceRow], top: usize, evictions: u64, out: &mut String) {
     if rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "PAWS: no source IP yet (SYNs at listeners and PAWS rejects, per source IP)\n"
+        );
         return;
     }
     let total: u64 = rows.iter().map(|r| r.rejects_total).sum();
