@@ -46,6 +46,9 @@ pub async fn main(cli: Cli) -> Result<()> {
     if let Some(Command::Doctor(opts)) = &cli.command {
         return doctor::run(&cli.common, opts.verbose);
     }
+    // Root, BTF and lockdown first: nothing (an --output file truncated, say) may happen for
+    // a run that cannot trace at all.
+    crate::kernel::preflight()?;
     // Where output goes is checked before anything is attached: a bad path fails at once,
     // not after the first interval with the programs already in the kernel.
     let output = match &cli.command {

@@ -35,6 +35,28 @@ fn not_root_is_refused_with_one_clear_line() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
     assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+
+    // Refused before anything else happens: an --output file it could write is left as it
+    // was (a directory without the sticky bit, so that nobody could truncate the file).
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("twtrace-cli-nobody-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("temp dir");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod dir");
+    let file = dir.join("events.ndjson");
+    fs::write(&file, "kept\n").expect("writing the file");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).expect("chmod file");
+    let o = Command::new(tracer_bin())
+        .args(["events", "--output"])
+        .arg(&file)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("running twtrace as nobody");
+    let kept = fs::read_to_string(&file).expect("reading the file back");
+    fs::remove_dir_all(&dir).expect("removing the temp dir");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
+    assert_eq!(kept, "kept\n", "the output file was touched");
 }
 
 #[test]
