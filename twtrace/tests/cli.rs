@@ -39,10 +39,9 @@ fn not_root_is_refused_with_one_clear_line() {
     // Refused before anything else happens: an --output file it could write is left as it
     // was (a directory without the sticky bit, so that nobody could truncate the file).
     use std::os::unix::fs::PermissionsExt as _;
-    let dir = std::env::temp_dir().join(format!("twtrace-cli-nobody-{}", std::process::id()));
-    fs::create_dir_all(&dir).expect("temp dir");
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod dir");
-    let file = dir.join("events.ndjson");
+    let dir = support::TempDir::new("cli-nobody").expect("temp dir");
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o777)).expect("chmod dir");
+    let file = dir.0.join("events.ndjson");
     fs::write(&file, "kept\n").expect("writing the file");
     fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).expect("chmod file");
     let o = Command::new(tracer_bin())
@@ -53,7 +52,6 @@ fn not_root_is_refused_with_one_clear_line() {
         .output()
         .expect("running twtrace as nobody");
     let kept = fs::read_to_string(&file).expect("reading the file back");
-    fs::remove_dir_all(&dir).expect("removing the temp dir");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
     assert_eq!(kept, "kept\n", "the output file was touched");
@@ -331,11 +329,10 @@ fn signals_detach_everything() -> Result<()> {
 /// the user's path in the message, not after an interval of tracing.
 #[test]
 fn output_paths_are_checked_before_tracing() {
-    let dir = std::env::temp_dir().join(format!("twtrace-cli-out-{}", std::process::id()));
-    fs::create_dir_all(&dir).expect("temp dir");
-    let same = dir.join("same.json");
+    let dir = support::TempDir::new("cli-out").expect("temp dir");
+    let same = dir.0.join("same.json");
     let same = same.to_str().expect("utf-8 path");
-    let dir_s = dir.to_str().expect("utf-8 path");
+    let dir_s = dir.0.to_str().expect("utf-8 path");
     for (args, needle) in [
         (
             vec!["--summary-json", "/nonexistent-twtrace/dir/x.json"],
@@ -360,7 +357,6 @@ fn output_paths_are_checked_before_tracing() {
             "attached first: {args:?}: {err}"
         );
     }
-    fs::remove_dir_all(&dir).expect("removing the temp dir");
 }
 
 /// `twtrace events --json | head`: once the reader has gone the tracer stops by itself, with

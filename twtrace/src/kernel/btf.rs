@@ -26,6 +26,16 @@ pub struct KernelBtf {
     btf: Btf,
 }
 
+/// The value of a 32-bit enumerator. Signedness comes from kind_flag; old BTF (pahole < 1.24)
+/// always says unsigned, which is right for every enum twtrace reads.
+fn enumerator_value(e: &btf_rs::Enum, m: &btf_rs::EnumMember) -> i64 {
+    if e.is_signed() {
+        i64::from(m.val() as i32)
+    } else {
+        i64::from(m.val())
+    }
+}
+
 /// A member located by [`KernelBtf::find_member`], with offsets already summed over every
 /// enclosing struct and anonymous struct/union.
 struct Located {
@@ -130,13 +140,7 @@ impl KernelBtf {
                     .members
                     .iter()
                     .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == variant))
-                    .map(|m| {
-                        if e.is_signed() {
-                            i64::from(m.val() as i32)
-                        } else {
-                            i64::from(m.val())
-                        }
-                    }),
+                    .map(|m| enumerator_value(e, m)),
                 _ => None,
             })
     }
@@ -171,16 +175,7 @@ impl KernelBtf {
             Type::Enum(e) => e
                 .members
                 .iter()
-                .map(|m| {
-                    // Signedness comes from kind_flag; old BTF (pahole < 1.24) always says
-                    // unsigned, which is right for every enum twtrace reads.
-                    let v = if e.is_signed() {
-                        i64::from(m.val() as i32)
-                    } else {
-                        i64::from(m.val())
-                    };
-                    Ok((named(m)?, v))
-                })
+                .map(|m| Ok((named(m)?, enumerator_value(e, m))))
                 .collect(),
             Type::Enum64(e) => e
                 .members
