@@ -324,6 +324,12 @@ pub struct KernelLayout {
     pub mib_ackskipped_paws: u32,
     /// tcp_sock.last_oow_ack_time: tcp_oow_rate_limited's last argument, back to its socket.
     pub tcp_last_oow_ack_time: u32,
+    /// `LINUX_MIB_TCPACKSKIPPEDSYNRECV`: the mib index tcp_oow_rate_limited gets from a
+    /// request socket (tcp_check_req), PAWS rejects among those calls; looked up only where
+    /// tcp_check_req gives no drop reason (before ~6.15), u32::MAX otherwise.
+    pub mib_ackskipped_synrecv: u32,
+    /// tcp_request_sock.last_oow_ack_time: the same argument, back to its request socket.
+    pub req_last_oow_ack_time: u32,
     /// enum tcp_tw_status TCP_TW_SYN (the SYN was accepted by the TIME-WAIT socket).
     pub tw_status_syn: u32,
     /// enum tcp_tw_status TCP_TW_RST (the TIME-WAIT socket answers with a reset and dies).
@@ -418,6 +424,8 @@ impl KernelLayout {
             reason_tsecr: 0,
             mib_ackskipped_paws: 0,
             tcp_last_oow_ack_time: 0,
+            mib_ackskipped_synrecv: 0,
+            req_last_oow_ack_time: 0,
             tw_status_syn: 0,
             tw_status_rst: 0,
             inet_sport: 0,

@@ -14,7 +14,12 @@
 //! (any state a full socket checks PAWS in, SYN-RECV included) counts PAWSEstab and then,
 //! always, calls `tcp_oow_rate_limited(net, skb, LINUX_MIB_TCPACKSKIPPEDPAWS,
 //! &tp->last_oow_ack_time)`: that call, with that mib index, is the reject. (Resets are
-//! neither counted nor passed there.) Request sockets and SYN-SENT are not seen this way.
+//! neither counted nor passed there.) SYN-SENT rejects are not seen this way.
+//!
+//! Request sockets (SYN-RECV) name their rejects only since ~6.15 (tcp_check_req's drop
+//! reason; kfree_skb then names the listener). Before, function probes see them as
+//! `tcp_oow_rate_limited(net, skb, LINUX_MIB_TCPACKSKIPPEDSYNRECV, &treq->last_oow_ack_time)`,
+//! and the PAWS test is redone to tell them from the other calls there.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -140,9 +145,12 @@ pub fn on_drop(skb: u64, reason: u32, rx_sk: u64, timewait: bool, hook: HookFami
         TCP_NEW_SYN_RECV => (PawsPath::SynRecv, unsafe {
             read(rx_sk, layout!(req_ts_recent))
         }),
-        TCP_SYN_RECV | TCP_LISTEN => (PawsPath::SynRecv, unsafe {
+        TCP_SYN_RECV => (PawsPath::SynRecv, unsafe {
             read(rx_sk, layout!(tcp_ts_recent))
         }),
+        // A request socket's reject (tcp_check_req, ~6.15+) names its listener, which has no
+        // ts_recent of its own; the request socket's is out of reach here.
+        TCP_LISTEN => (PawsPath::SynRecv, None),
         0 => (PawsPath::Established, None),
         _ => (PawsPath::Established, unsafe {
             read(rx_sk, layout!(tcp_ts_recent))
@@ -328,18 +336,23 @@ fn tw_processed(tw: u64, th: u64, status: u32, hook: HookFamily) -> u32 {
     timewait_verdict(&seg, flow.netns, ts_recent, Some(accepted), hook)
 }
 
-/// Established-path rejects on kernels without the PAWS drop reason (see the module comment).
+/// Established-path rejects on kernels without the PAWS drop reason, and request-socket
+/// rejects on kernels whose tcp_check_req gives none (see the module comment).
 #[fentry(function = "tcp_oow_rate_limited")]
 pub fn paws_oow_fentry(ctx: FEntryContext) -> u32 {
     if hooks_only() {
         return 0;
     }
     // An int argument: only its low 32 bits are defined.
-    let mib = ctx_word(&ctx, 2).unwrap_or(u64::MAX) as u32;
-    if mib != layout!(mib_ackskipped_paws) {
+    let Some(mib) = ctx_word(&ctx, 2).map(|w| w as u32) else {
         return 0;
-    }
-    oow_paws(scalar_arg(&ctx, 1), scalar_arg(&ctx, 3), HookFamily::Fentry)
+    };
+    on_oow(
+        mib,
+        scalar_arg(&ctx, 1),
+        scalar_arg(&ctx, 3),
+        HookFamily::Fentry,
+    )
 }
 
 #[kprobe]
@@ -347,14 +360,56 @@ pub fn paws_oow_kprobe(ctx: ProbeContext) -> u32 {
     if hooks_only() {
         return 0;
     }
-    let mib = ctx.arg::<u64>(2).unwrap_or(u64::MAX) as u32;
-    if mib != layout!(mib_ackskipped_paws) {
-        return 0;
-    }
-    match (ctx.arg::<u64>(1), ctx.arg::<u64>(3)) {
-        (Some(skb), Some(last_oow)) => oow_paws(skb, last_oow, HookFamily::Kprobe),
+    match (ctx.arg::<u64>(2), ctx.arg::<u64>(1), ctx.arg::<u64>(3)) {
+        (Some(mib), Some(skb), Some(last_oow)) => {
+            on_oow(mib as u32, skb, last_oow, HookFamily::Kprobe)
+        }
         _ => 0,
     }
+}
+
+/// A call of tcp_oow_rate_limited: a reject where the mib index says so. Both indexes are
+/// u32::MAX where not looked up (the kernel names those rejects otherwise), which no call has.
+#[inline(always)]
+fn on_oow(mib: u32, skb: u64, last_oow: u64, hook: HookFamily) -> u32 {
+    if mib == u32::MAX {
+        return 0;
+    }
+    if mib == layout!(mib_ackskipped_paws) {
+        return oow_paws(skb, last_oow, hook);
+    }
+    if mib == layout!(mib_ackskipped_synrecv) {
+        return oow_request(skb, last_oow, hook);
+    }
+    0
+}
+
+/// tcp_check_req calls tcp_oow_rate_limited for a request socket (SYN-RECV) on three
+/// occasions: a retransmitted SYN that passed PAWS, and a segment out of window or rejected
+/// by PAWS (then PAWSEstab counts it). The kernel's PAWS test is redone here with the request
+/// socket's ts_recent: TSval older than it (s32), ts_recent set. (Its other condition, the
+/// 24-day age, cannot hold for a request socket; resets never get here.)
+#[inline(always)]
+fn oow_request(skb: u64, last_oow: u64, hook: HookFamily) -> u32 {
+    let req = last_oow.wrapping_sub(layout!(req_last_oow_ack_time) as u64);
+    let Some(flow) = (unsafe { read_flow(req) }) else {
+        return 0;
+    };
+    if !netns_wanted(flow.netns) {
+        return 0;
+    }
+    let Some(seg) = (unsafe { segment::from_skb(skb) }) else {
+        return 0;
+    };
+    let ts_recent: u32 = unsafe { read(req, layout!(req_ts_recent)) }.unwrap_or(0);
+    let paws = match seg.tsval {
+        Some(tsval) => ts_recent != 0 && (ts_recent.wrapping_sub(tsval) as i32) > 0,
+        None => false,
+    };
+    if !paws {
+        return 0;
+    }
+    report(&seg, flow.netns, PawsPath::SynRecv, Some(ts_recent), hook)
 }
 
 /// The reject of `skb` by the socket whose `last_oow_ack_time` is at `last_oow`.

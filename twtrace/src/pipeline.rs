@@ -11,13 +11,16 @@ use twtrace_common::{Event, EventKind, ts_flags};
 use crate::{
     event::Record,
     filter::Filter,
-    signals::{self, DecodeCtx, tw_exit::Lifetimes, tw_syn::TwSynClassifier},
+    signals::{
+        self, DecodeCtx, request_ts::RequestTsvals, tw_exit::Lifetimes, tw_syn::TwSynClassifier,
+    },
 };
 
 pub struct Pipeline {
     ctx: DecodeCtx,
     lifetimes: Lifetimes,
     tw_syn: TwSynClassifier,
+    request_ts: RequestTsvals,
 }
 
 impl Pipeline {
@@ -27,6 +30,7 @@ impl Pipeline {
             ctx,
             lifetimes: Lifetimes::new(max_live_tw),
             tw_syn: TwSynClassifier::default(),
+            request_ts: RequestTsvals::default(),
         }
     }
 
@@ -62,6 +66,7 @@ impl Pipeline {
     #[inline]
     fn feed_one(&mut self, mut ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
         self.lifetimes.on_event(&mut ev);
+        self.request_ts.on_event(&mut ev);
         let derived = self.tw_syn.on_event(&ev);
         for rec in signals::decode(&ev, &self.ctx).into_iter().chain(derived) {
             if filter.matches(&rec) {

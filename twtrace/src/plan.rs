@@ -313,6 +313,16 @@ fn precheck(facts: &Facts<'_>, hook: &Hook) -> Result<()> {
                     bail!("this kernel's BTF has no {name}: {why}");
                 }
             }
+            Need::FuncParam {
+                function,
+                param,
+                why,
+            } => {
+                let params = facts.kbtf.func_params(function).unwrap_or_default();
+                if !params.iter().any(|p| p == param) {
+                    bail!("this kernel's {function} has no `{param}` parameter: {why}");
+                }
+            }
         }
     }
     for p in hook.programs {

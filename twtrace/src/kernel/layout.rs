@@ -83,14 +83,26 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     // Without the PAWS reason (before 5.17/5.18), established-path rejects show as
     // tcp_oow_rate_limited(.., LINUX_MIB_TCPACKSKIPPEDPAWS, &tp->last_oow_ack_time): only
     // then is the anonymous enum scanned for it (a scan of every BTF type).
-    layout.mib_ackskipped_paws = if layout.reason_paws == u32::MAX {
-        btf.enumerator("LINUX_MIB_TCPACKSKIPPEDPAWS")
+    let mib = |name: &str| {
+        btf.enumerator(name)
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(u32::MAX)
+    };
+    layout.mib_ackskipped_paws = if layout.reason_paws == u32::MAX {
+        mib("LINUX_MIB_TCPACKSKIPPEDPAWS")
     } else {
         u32::MAX
     };
     layout.tcp_last_oow_ack_time = btf.member_offset("tcp_sock", "last_oow_ack_time")?;
+    // Likewise a request socket's reject (tcp_check_req) wherever tcp_check_req has no drop
+    // reason to give (before ~6.15): tcp_oow_rate_limited(.., LINUX_MIB_TCPACKSKIPPEDSYNRECV,
+    // &tcp_rsk(req)->last_oow_ack_time), PAWS or not; the program redoes the PAWS test.
+    layout.mib_ackskipped_synrecv = if check_req_has_reason(btf) {
+        u32::MAX
+    } else {
+        mib("LINUX_MIB_TCPACKSKIPPEDSYNRECV")
+    };
+    layout.req_last_oow_ack_time = btf.member_offset("tcp_request_sock", "last_oow_ack_time")?;
     layout.tw_status_syn = btf
         .enum_value("tcp_tw_status", "TCP_TW_SYN")?
         .context("enum tcp_tw_status has no TCP_TW_SYN")? as u32;
@@ -136,6 +148,14 @@ pub fn drop_reason(btf: &KernelBtf, name: &str) -> Option<u32> {
 /// (5.17) and the dropping socket (6.12) over time; u32::MAX where absent (the program then
 /// reads neither). The rest (timer, socket, states) have kept their first places since tp_btf
 /// exists; a kernel where they moved fails the verifier.
+/// Whether a request socket's PAWS reject carries a drop reason: tcp_check_req gained a
+/// `drop_reason` parameter (~6.15) with which it names TCP_RFC7323_PAWS. Before, the reject
+/// reaches kfree_skb as NOT_SPECIFIED, at the listener.
+pub fn check_req_has_reason(btf: &KernelBtf) -> bool {
+    btf.func_params("tcp_check_req")
+        .is_some_and(|p| p.iter().any(|n| n == "drop_reason"))
+}
+
 fn tp_btf_args(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> {
     let args = btf.tracepoint_args("kfree_skb")?;
     let find = |want: &str| args.iter().position(|a| a == want).map(|i| i as u32);

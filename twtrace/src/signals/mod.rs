@@ -6,6 +6,7 @@
 mod addr_map;
 pub mod paws;
 pub mod port_exhaustion;
+pub mod request_ts;
 pub mod syn;
 pub mod tw_enter;
 pub mod tw_exit;
@@ -115,6 +116,13 @@ pub enum Need {
     /// An enumerator of any kernel enum, anonymous ones included (e.g. `LINUX_MIB_*`).
     Enumerator {
         name: &'static str,
+        why: &'static str,
+    },
+    /// A named parameter of a kernel function's BTF prototype (e.g. tcp_check_req's
+    /// `drop_reason`, with which that function started naming its drops).
+    FuncParam {
+        function: &'static str,
+        param: &'static str,
         why: &'static str,
     },
 }
@@ -253,8 +261,9 @@ mod tests {
             }
         }
         // The partial fallbacks today: tw_exit's tracepoints before 6.10 (no TIME-WAIT resets
-        // traced), and PAWS without drop reasons, fentry and kprobe (timewait and established
-        // paths, then timewait alone).
+        // traced); PAWS without drop reasons, fentry and kprobe (all but syn_sent, then
+        // timewait alone); PAWS on the tracepoint routes where request sockets give no drop
+        // reason (before ~6.15: no syn_recv).
         let mut partial: Vec<(&str, Family)> = ALL
             .iter()
             .flat_map(|s| {
@@ -272,6 +281,9 @@ mod tests {
                 ("paws_reject", Family::Fentry),
                 ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::Kprobe),
+                ("paws_reject", Family::TpBtf),
+                ("paws_reject", Family::TpBtf),
+                ("paws_reject", Family::Tracepoint),
                 ("tw_exit", Family::Tracepoint),
             ]
         );

@@ -45,11 +45,31 @@ const OOW_MIB: Need = Need::Enumerator {
     why: "established-path rejects are recognised by tcp_oow_rate_limited's mib index",
 };
 
-/// What the established-path fallback still misses.
-const NO_REQUEST_OR_SYN_SENT: Option<&str> = Some(
-    "timewait and established paths only: rejects at request sockets (syn_recv) and in \
-     syn_sent are not seen (they are recognised by the PAWS drop reasons, which this kernel \
-     lacks)",
+/// Since ~6.15 a request socket's reject has its drop reason (tcp_check_req names it).
+const REQ_REASON: Need = Need::FuncParam {
+    function: "tcp_check_req",
+    param: "drop_reason",
+    why: "rejects at request sockets (syn_recv) are recognised by the drop reason \
+          tcp_check_req gives them since ~6.15",
+};
+
+/// Before that, a request socket's reject is one of its calls of `tcp_oow_rate_limited` with
+/// this mib index (the program redoes the kernel's PAWS test to tell which).
+const SYNRECV_MIB: Need = Need::Enumerator {
+    name: "LINUX_MIB_TCPACKSKIPPEDSYNRECV",
+    why: "rejects at request sockets are recognised by tcp_oow_rate_limited's mib index",
+};
+
+/// What the tracepoint routes miss where tcp_check_req gives no drop reason.
+const NO_REQUESTS: Option<&str> = Some(
+    "rejects at request sockets (syn_recv) are not seen: this kernel's tcp_check_req gives \
+     them no drop reason (kernels before ~6.15), and only function probes see them there",
+);
+
+/// What the function-probe fallback without drop reasons misses.
+const NO_SYN_SENT: Option<&str> = Some(
+    "timewait, established and syn_recv paths only: syn_sent rejects are not seen (they are \
+     recognised by the PAWS drop reasons, which this kernel lacks)",
 );
 
 const OOW_FENTRY: Program = Program {
@@ -93,24 +113,48 @@ const TW_KPROBES: [Program; 2] = [
     },
 ];
 
+const TP_BTF_BEFORE_RX_SK: [Program; 4] = [
+    TP_KFREE_SKB,
+    TP_TIMER_START,
+    TP_TIMER_CANCEL,
+    TP_TIMER_EXPIRE,
+];
+
+/// The tracepoint route: every path, TIME-WAIT included.
+const KFREE_SKB_ALL: Program = Program {
+    name: "paws_kfree_skb",
+    attach: Attach::Tracepoint {
+        category: "skb",
+        name: "kfree_skb",
+    },
+};
+
 pub static SIGNAL: Signal = Signal {
     name: "paws_reject",
     route: twtrace_common::route::PAWS,
     description: "segments dropped by PAWS (timewait, established, syn_recv, syn_sent)",
     hooks: &[
-        // The TIME-WAIT path from the kernel's own verdict; the other paths from drop reasons.
+        // The TIME-WAIT path from the kernel's own verdict; the other paths from drop reasons,
+        // and where request sockets give none (before ~6.15), from tcp_oow_rate_limited.
         Hook {
             family: Family::Fentry,
-            needs: &[PAWS_REASON],
+            needs: &[PAWS_REASON, REQ_REASON],
             limits: None,
             programs: &[TW_FEXIT, KFREE_SKB_NON_TW],
         },
-        // Before drop reasons (5.10, 5.15): the TIME-WAIT path and the established one
-        // (tcp_oow_rate_limited's mib index), said to be partial; failing that, TIME-WAIT alone.
         Hook {
             family: Family::Fentry,
-            needs: &[OOW_MIB],
-            limits: NO_REQUEST_OR_SYN_SENT,
+            needs: &[PAWS_REASON, SYNRECV_MIB],
+            limits: None,
+            programs: &[TW_FEXIT, KFREE_SKB_NON_TW, OOW_FENTRY],
+        },
+        // Before drop reasons (5.10, 5.15): the TIME-WAIT path, and the established and
+        // request-socket ones from tcp_oow_rate_limited's mib index, said to be partial;
+        // failing that, TIME-WAIT alone.
+        Hook {
+            family: Family::Fentry,
+            needs: &[OOW_MIB, SYNRECV_MIB],
+            limits: NO_SYN_SENT,
             programs: &[TW_FEXIT, OOW_FENTRY],
         },
         Hook {
@@ -121,14 +165,20 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Kprobe,
-            needs: &[PAWS_REASON],
+            needs: &[PAWS_REASON, REQ_REASON],
             limits: None,
             programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW],
         },
         Hook {
             family: Family::Kprobe,
-            needs: &[OOW_MIB],
-            limits: NO_REQUEST_OR_SYN_SENT,
+            needs: &[PAWS_REASON, SYNRECV_MIB],
+            limits: None,
+            programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW, OOW_KPROBE],
+        },
+        Hook {
+            family: Family::Kprobe,
+            needs: &[OOW_MIB, SYNRECV_MIB],
+            limits: NO_SYN_SENT,
             programs: &[TW_KPROBES[0], TW_KPROBES[1], OOW_KPROBE],
         },
         Hook {
@@ -139,8 +189,14 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::TpBtf,
-            needs: &[RX_SK],
+            needs: &[RX_SK, REQ_REASON],
             limits: None,
+            programs: &[TP_KFREE_SKB],
+        },
+        Hook {
+            family: Family::TpBtf,
+            needs: &[RX_SK],
+            limits: NO_REQUESTS,
             programs: &[TP_KFREE_SKB],
         },
         // Before 6.11 (kfree_skb names no socket): a TIME-WAIT's drops are found through the
@@ -148,26 +204,27 @@ pub static SIGNAL: Signal = Signal {
         // (twtrace-ebpf/src/tw_flows.rs).
         Hook {
             family: Family::TpBtf,
-            needs: &[PAWS_REASON],
+            needs: &[PAWS_REASON, REQ_REASON],
             limits: None,
-            programs: &[
-                TP_KFREE_SKB,
-                TP_TIMER_START,
-                TP_TIMER_CANCEL,
-                TP_TIMER_EXPIRE,
-            ],
+            programs: &TP_BTF_BEFORE_RX_SK,
+        },
+        Hook {
+            family: Family::TpBtf,
+            needs: &[PAWS_REASON],
+            limits: NO_REQUESTS,
+            programs: &TP_BTF_BEFORE_RX_SK,
+        },
+        Hook {
+            family: Family::Tracepoint,
+            needs: &[RX_SK, REQ_REASON],
+            limits: None,
+            programs: &[KFREE_SKB_ALL],
         },
         Hook {
             family: Family::Tracepoint,
             needs: &[RX_SK],
-            limits: None,
-            programs: &[Program {
-                name: "paws_kfree_skb",
-                attach: Attach::Tracepoint {
-                    category: "skb",
-                    name: "kfree_skb",
-                },
-            }],
+            limits: NO_REQUESTS,
+            programs: &[KFREE_SKB_ALL],
         },
     ],
 };
