@@ -139,9 +139,9 @@ pub fn on_drop(skb: u64, reason: u32, rx_sk: u64, timewait: bool, hook: HookFami
         return timewait_verdict(&seg, netns, ts_recent.unwrap_or(0), None, hook);
     }
     let (path, ts_recent) = match state {
-        TCP_SYN_SENT => (PawsPath::SynSent, unsafe {
-            read(rx_sk, layout!(tcp_ts_recent))
-        }),
+        // The SYN-SENT check is on the SYN-ACK's TSecr (against the SYN's send time); the
+        // socket has taken no TSval yet, so it has no ts_recent to compare with.
+        TCP_SYN_SENT => (PawsPath::SynSent, None),
         TCP_NEW_SYN_RECV => (PawsPath::SynRecv, unsafe {
             read(rx_sk, layout!(req_ts_recent))
         }),

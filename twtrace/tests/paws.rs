@@ -1,8 +1,10 @@
 //! PAWS end to end: crafted segments and a real NAT, with the real eBPF programs in the real
 //! kernel. Every count twtrace reports for the sender IP is compared exactly with the
 //! receiving namespace's own counter delta (TcpExtPAWSTimewait from 6.16, PAWSEstab before
-//! for TIME-WAIT rejects; TcpExtPAWSEstab for established ones), and every regression with the
-//! value the harness captured on the wire.
+//! for TIME-WAIT rejects; TcpExtPAWSEstab for established and request-socket ones;
+//! TcpExtPAWSActive for a connecting socket's), and every regression with the value the
+//! harness captured on the wire. Where a kernel names a path nowhere twtrace can hook, the
+//! test checks that twtrace said so at start and reported none.
 //!
 //! Needs root. `TWTRACE_HOOKS` forces a hook family (the VM runs use it).
 
@@ -525,7 +527,7 @@ fn request_socket_old_syn(tag: &str, v6: bool) -> Result<()> {
     // Before ~6.15 no drop reason names these rejects: only function probes see them
     // (tcp_oow_rate_limited's mib index), and the tracepoint routes must say so when they
     // start, and report none rather than guess.
-    if announced.contains("rejects at request sockets (syn_recv) are not seen") {
+    if announced.contains("rejects at request sockets (syn_recv)") {
         assert!(
             !["fentry", "kprobe"].contains(&hooks_of(&announced, "paws_reject").as_str()),
             "function probes must see request sockets:\n{announced}"
@@ -559,4 +561,97 @@ fn request_socket_old_syn_is_rejected_v4() -> Result<()> {
 #[test]
 fn request_socket_old_syn_is_rejected_v6() -> Result<()> {
     request_socket_old_syn("pwreq6", true)
+}
+
+/// A SYN-ACK whose TSecr is older than the SYN it answers (RFC 7323's check in SYN-SENT): the
+/// connecting socket rejects it and the kernel counts TcpExtPAWSActive. One `syn_sent` reject
+/// with the segment's TSval; ts_recent is null (a socket in SYN-SENT has none yet).
+fn syn_sent_old_tsecr(tag: &str, v6: bool) -> Result<()> {
+    let pair = NetnsPair::new(tag)?;
+    let (srv, cli) = (pair.server_ns(), pair.client_ns());
+    let server = SocketAddr::new(server_ip(&pair, v6), 5001);
+    let client_ip = if v6 {
+        pair.client_v6()
+    } else {
+        pair.client_v4()
+    };
+    let client = SocketAddr::new(client_ip, 41004);
+    // Nothing listens on `server`: the server namespace's reset to the SYN is dropped, so the
+    // socket stays in SYN-SENT for the crafted SYN-ACK.
+    let _block = RstBlock::install(srv)?;
+    let mut cap = Capture::start(srv, VETH)?;
+    let tracer = trace(pair.client_inode(), &[])?;
+    let announced = tracer.stderr_text();
+    let mark = monotonic_ns();
+    let _sock = support::netns::try_in_netns(cli, move || -> Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsRawFd as _;
+        let fd = support::sys::tcp_socket(&client)?;
+        support::sys::bind(&fd, &client)?;
+        // SAFETY: plain fcntl on an fd we own.
+        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        ensure!(rc == 0, "fcntl O_NONBLOCK");
+        match support::sys::connect(&fd, &server) {
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(fd),
+            other => anyhow::bail!("non-blocking connect: {other:?}"),
+        }
+    })??;
+    let syn = cap
+        .wait_for(0, REPLY_TIMEOUT, |s| {
+            s.is_from_to(client, server) && s.has(support::raw::SYN)
+        })?
+        .context("the client's SYN")?;
+    let (tsval, _) = syn.ts.context("SYN without timestamps")?;
+    let before = netstat(cli)?;
+    let mut synack = Segment::syn(
+        server,
+        client,
+        9_000_000,
+        Some(77_777),
+        tsval.wrapping_sub(100_000),
+    );
+    synack.flags |= support::raw::ACK;
+    synack.ack = syn.seq.wrapping_add(1);
+    // The client answers the rejected SYN-ACK with a reset: that reply marks it processed.
+    let mut ccap = Capture::start(cli, VETH)?;
+    let mark_c = ccap.mark()?;
+    send_segment(srv, &synack)?;
+    ccap.wait_for(mark_c, REPLY_TIMEOUT, |s| {
+        s.is_from_to(client, server) && s.has(RST)
+    })?
+    .context("the client resets the rejected SYN-ACK")?;
+    let after = netstat(cli)?;
+    let events = since(stop(tracer)?, mark);
+
+    let kernel = delta(&before, &after, "TcpExtPAWSActive");
+    assert_eq!(kernel, 1, "sanity: the SYN-SENT socket rejected it");
+    let rejects = from(&events, "paws_reject", server.ip());
+    // Before 6.10 no drop reason names these rejects and no function marks them: twtrace must
+    // say so when it starts, and report none rather than guess.
+    if announced.contains("and in syn_sent are not seen")
+        || announced.contains("syn_sent rejects are not seen")
+    {
+        assert_eq!(rejects.len(), 0, "{rejects:?}");
+        return Ok(());
+    }
+    assert_eq!(
+        rejects.len() as u64,
+        kernel,
+        "paws_reject vs PAWSActive: {events:?}"
+    );
+    let r = rejects[0];
+    assert_eq!(r["path"], "syn_sent", "{r}");
+    assert_eq!(r["tsval"], 77_777, "{r}");
+    assert!(r["ts_recent"].is_null() && r["regression"].is_null(), "{r}");
+    assert_eq!(r["flags"], "SYN|ACK", "{r}");
+    Ok(())
+}
+
+#[test]
+fn syn_sent_old_tsecr_is_rejected_v4() -> Result<()> {
+    syn_sent_old_tsecr("pwss4", false)
+}
+
+#[test]
+fn syn_sent_old_tsecr_is_rejected_v6() -> Result<()> {
+    syn_sent_old_tsecr("pwss6", true)
 }

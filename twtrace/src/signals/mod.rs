@@ -261,9 +261,10 @@ mod tests {
             }
         }
         // The partial fallbacks today: tw_exit's tracepoints before 6.10 (no TIME-WAIT resets
-        // traced); PAWS without drop reasons, fentry and kprobe (all but syn_sent, then
-        // timewait alone); PAWS on the tracepoint routes where request sockets give no drop
-        // reason (before ~6.15: no syn_recv).
+        // traced); PAWS where SYN-SENT drops have no reason (before 6.10), fentry and kprobe
+        // (all but syn_sent, with and without drop reasons, then timewait alone); PAWS on the
+        // tracepoint routes where request sockets (before ~6.15), and SYN-SENT, give no drop
+        // reason.
         let mut partial: Vec<(&str, Family)> = ALL
             .iter()
             .flat_map(|s| {
@@ -279,10 +280,14 @@ mod tests {
             [
                 ("paws_reject", Family::Fentry),
                 ("paws_reject", Family::Fentry),
+                ("paws_reject", Family::Fentry),
+                ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::TpBtf),
                 ("paws_reject", Family::TpBtf),
+                ("paws_reject", Family::TpBtf),
+                ("paws_reject", Family::Tracepoint),
                 ("paws_reject", Family::Tracepoint),
                 ("tw_exit", Family::Tracepoint),
             ]

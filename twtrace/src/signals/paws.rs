@@ -60,10 +60,31 @@ const SYNRECV_MIB: Need = Need::Enumerator {
     why: "rejects at request sockets are recognised by tcp_oow_rate_limited's mib index",
 };
 
+/// SYN-SENT drops carry reasons since 6.10 (TCP_RFC7323_PAWS for the TSecr check, later
+/// _TSECR); TCP_INVALID_ACK_SEQUENCE came with them and marks such a kernel.
+const SYN_SENT_REASON: Need = Need::DropReason {
+    name: "TCP_INVALID_ACK_SEQUENCE",
+    why: "syn_sent rejects carry a drop reason only where SYN-SENT drops are named (6.10+, \
+          with this reason)",
+};
+
 /// What the tracepoint routes miss where tcp_check_req gives no drop reason.
 const NO_REQUESTS: Option<&str> = Some(
     "rejects at request sockets (syn_recv) are not seen: this kernel's tcp_check_req gives \
      them no drop reason (kernels before ~6.15), and only function probes see them there",
+);
+
+/// ... and where SYN-SENT drops have none either.
+const NO_REQUESTS_OR_SYN_SENT: Option<&str> = Some(
+    "rejects at request sockets (syn_recv) and in syn_sent are not seen: this kernel gives \
+     them no drop reason (kernels before 6.10 for syn_sent, ~6.15 for request sockets); \
+     function probes see the request sockets' there",
+);
+
+/// What the function probes miss where SYN-SENT drops have no reason.
+const NO_SYN_SENT_REASON: Option<&str> = Some(
+    "syn_sent rejects are not seen: this kernel gives them no drop reason (kernels before \
+     6.10), and no function marks them",
 );
 
 /// What the function-probe fallback without drop reasons misses.
@@ -138,14 +159,20 @@ pub static SIGNAL: Signal = Signal {
         // and where request sockets give none (before ~6.15), from tcp_oow_rate_limited.
         Hook {
             family: Family::Fentry,
-            needs: &[PAWS_REASON, REQ_REASON],
+            needs: &[PAWS_REASON, REQ_REASON, SYN_SENT_REASON],
             limits: None,
             programs: &[TW_FEXIT, KFREE_SKB_NON_TW],
         },
         Hook {
             family: Family::Fentry,
-            needs: &[PAWS_REASON, SYNRECV_MIB],
+            needs: &[PAWS_REASON, SYNRECV_MIB, SYN_SENT_REASON],
             limits: None,
+            programs: &[TW_FEXIT, KFREE_SKB_NON_TW, OOW_FENTRY],
+        },
+        Hook {
+            family: Family::Fentry,
+            needs: &[PAWS_REASON, SYNRECV_MIB],
+            limits: NO_SYN_SENT_REASON,
             programs: &[TW_FEXIT, KFREE_SKB_NON_TW, OOW_FENTRY],
         },
         // Before drop reasons (5.10, 5.15): the TIME-WAIT path, and the established and
@@ -165,14 +192,20 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::Kprobe,
-            needs: &[PAWS_REASON, REQ_REASON],
+            needs: &[PAWS_REASON, REQ_REASON, SYN_SENT_REASON],
             limits: None,
             programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW],
         },
         Hook {
             family: Family::Kprobe,
-            needs: &[PAWS_REASON, SYNRECV_MIB],
+            needs: &[PAWS_REASON, SYNRECV_MIB, SYN_SENT_REASON],
             limits: None,
+            programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW, OOW_KPROBE],
+        },
+        Hook {
+            family: Family::Kprobe,
+            needs: &[PAWS_REASON, SYNRECV_MIB],
+            limits: NO_SYN_SENT_REASON,
             programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW, OOW_KPROBE],
         },
         Hook {
@@ -189,41 +222,47 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::TpBtf,
-            needs: &[RX_SK, REQ_REASON],
+            needs: &[RX_SK, REQ_REASON, SYN_SENT_REASON],
             limits: None,
+            programs: &[TP_KFREE_SKB],
+        },
+        Hook {
+            family: Family::TpBtf,
+            needs: &[RX_SK, SYN_SENT_REASON],
+            limits: NO_REQUESTS,
             programs: &[TP_KFREE_SKB],
         },
         Hook {
             family: Family::TpBtf,
             needs: &[RX_SK],
-            limits: NO_REQUESTS,
+            limits: NO_REQUESTS_OR_SYN_SENT,
             programs: &[TP_KFREE_SKB],
         },
         // Before 6.11 (kfree_skb names no socket): a TIME-WAIT's drops are found through the
         // table of live TIME-WAITs by connection, kept by the TIME-WAIT timer dispatchers
-        // (twtrace-ebpf/src/tw_flows.rs).
-        Hook {
-            family: Family::TpBtf,
-            needs: &[PAWS_REASON, REQ_REASON],
-            limits: None,
-            programs: &TP_BTF_BEFORE_RX_SK,
-        },
+        // (twtrace-ebpf/src/tw_flows.rs). No kernel that old names request-socket rejects.
         Hook {
             family: Family::TpBtf,
             needs: &[PAWS_REASON],
-            limits: NO_REQUESTS,
+            limits: NO_REQUESTS_OR_SYN_SENT,
             programs: &TP_BTF_BEFORE_RX_SK,
         },
         Hook {
             family: Family::Tracepoint,
-            needs: &[RX_SK, REQ_REASON],
+            needs: &[RX_SK, REQ_REASON, SYN_SENT_REASON],
             limits: None,
             programs: &[KFREE_SKB_ALL],
         },
         Hook {
             family: Family::Tracepoint,
-            needs: &[RX_SK],
+            needs: &[RX_SK, SYN_SENT_REASON],
             limits: NO_REQUESTS,
+            programs: &[KFREE_SKB_ALL],
+        },
+        Hook {
+            family: Family::Tracepoint,
+            needs: &[RX_SK],
+            limits: NO_REQUESTS_OR_SYN_SENT,
             programs: &[KFREE_SKB_ALL],
         },
     ],
