@@ -374,10 +374,7 @@ fn established_old_data_is_rejected() -> Result<()> {
     // ts_recent (hence the regression) is readable where kfree_skb names the dropping socket
     // (rx_sk, 6.11+) or a function probe hands over the socket; otherwise twtrace reports the
     // TSval and null, never a guess.
-    let has_rx_sk = std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format")
-        .context("tracefs")?
-        .contains("rx_sk");
-    if has_rx_sk || by_function_probe {
+    if ts_recent_readable(&announced)? {
         let regs: Vec<i64> = rejects
             .iter()
             .filter_map(|r| r["regression"].as_i64())
@@ -392,6 +389,16 @@ fn established_old_data_is_rejected() -> Result<()> {
     }
     assert!(rejects.iter().all(|r| r["path"] == "established"));
     Ok(())
+}
+
+/// Whether an established-path reject carries ts_recent: where kfree_skb names the dropping
+/// socket (rx_sk, 6.11+) or a function probe hands it over; otherwise twtrace reports the
+/// TSval and null, never a guess.
+fn ts_recent_readable(announced: &str) -> Result<bool> {
+    let has_rx_sk = std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format")
+        .context("tracefs")?
+        .contains("rx_sk");
+    Ok(has_rx_sk || announced.contains("established and syn_recv paths only"))
 }
 
 fn summary_row(path: &PathBuf, ip: IpAddr) -> Result<Value> {
@@ -654,4 +661,64 @@ fn syn_sent_old_tsecr_is_rejected_v4() -> Result<()> {
 #[test]
 fn syn_sent_old_tsecr_is_rejected_v6() -> Result<()> {
     syn_sent_old_tsecr("pwss6", true)
+}
+
+/// A pure ACK with an old TSval on an established connection. 1000 ticks back it is a PAWS
+/// reject (TcpExtPAWSEstab; drop reason TCP_RFC7323_PAWS_ACK where it exists, _PAWS before);
+/// 2 ticks back it may pass as a disordered ACK (RFC 7323 5.3: a duplicate ACK within the
+/// replay window), which the kernel does not count and twtrace must not report. twtrace's
+/// count equals the kernel's either way.
+#[test]
+fn established_old_pure_ack_is_rejected() -> Result<()> {
+    let pair = NetnsPair::new("pwack")?;
+    let (srv, cli) = (pair.server_ns(), pair.client_ns());
+    let est = Established::open(&pair, SocketAddr::new(pair.server_v4(), 0))?;
+    let mut cap = Capture::start(cli, VETH)?;
+    let tracer = trace(pair.server_inode(), &[])?;
+    let announced = tracer.stderr_text();
+    let before = netstat(srv)?;
+    let mut sent = Vec::new();
+    for regression in [1000, 2] {
+        let mut seg = est.data_segment(regression, b"");
+        seg.flags = support::raw::ACK;
+        // A reject is answered with a duplicate ACK; an accepted ACK with nothing.
+        let reply = probe(cli, &mut cap, &seg, REPLY_TIMEOUT)?;
+        sent.push((regression, reply.is_some()));
+    }
+    let after = netstat(srv)?;
+    let events = stop(tracer)?;
+
+    let kernel = delta(&before, &after, "TcpExtPAWSEstab");
+    assert!(
+        kernel >= 1,
+        "sanity: 1000 ticks back is rejected ({sent:?})"
+    );
+    let rejects = from(&events, "paws_reject", pair.client_v4());
+    if announced.contains("timewait path only") {
+        assert_eq!(rejects.len(), 0, "{rejects:?}");
+        return Ok(());
+    }
+    assert_eq!(
+        rejects.len() as u64,
+        kernel,
+        "paws_reject vs PAWSEstab: {rejects:?}"
+    );
+    assert!(
+        rejects
+            .iter()
+            .all(|r| r["path"] == "established" && r["flags"] == "ACK")
+    );
+    let regs: Vec<Option<i64>> = rejects.iter().map(|r| r["regression"].as_i64()).collect();
+    // Exact regressions, in order, of the ACKs the kernel rejected, where ts_recent is
+    // readable (see established_old_data_is_rejected); null otherwise.
+    let expected: Vec<Option<i64>> = if ts_recent_readable(&announced)? {
+        [1000, 2][..kernel as usize]
+            .iter()
+            .map(|&r| Some(r))
+            .collect()
+    } else {
+        vec![None; kernel as usize]
+    };
+    assert_eq!(regs, expected);
+    Ok(())
 }
