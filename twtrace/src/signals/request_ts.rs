@@ -39,7 +39,16 @@ impl Default for RequestTsvals {
 }
 
 fn slot_of(ev: &Event) -> usize {
-    let r = u32::from_ne_bytes([ev.raddr[12], ev.raddr[13], ev.raddr[14], ev.raddr[15]]);
+    // IPv4 sits in the first four bytes (twtrace-common), IPv6 differs most in the last four.
+    let word = |i: usize| {
+        u32::from_ne_bytes([
+            ev.raddr[i],
+            ev.raddr[i + 1],
+            ev.raddr[i + 2],
+            ev.raddr[i + 3],
+        ])
+    };
+    let r = word(0) ^ word(12);
     let h = ev.netns ^ r ^ (u32::from(ev.rport) << 16 | u32::from(ev.lport));
     (h.wrapping_mul(0x9E37_79B1) >> (32 - SLOTS.trailing_zeros())) as usize
 }
