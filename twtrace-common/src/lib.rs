@@ -111,6 +111,10 @@ pub mod ts_flags {
     /// [`HAS_TSVAL`]) is the SYN's, `ts_ns` the time of the SYN, which is also the exit's. User
     /// space splits it back into the exit and the SYN.
     pub const WITH_SYN: u8 = 8;
+    /// A paws_reject of a pure ACK whose sequence is before the socket's rcv_nxt (drop reason
+    /// TCP_RFC7323_PAWS_ACK, 6.14+): common under reordering, counted apart by the kernel
+    /// (TcpExtPAWSOldAck), and by twtrace.
+    pub const OLD_ACK: u8 = 16;
 }
 
 /// Call-chain classes the kernel side recognises while walking a stack. A frame that falls in a

@@ -156,7 +156,16 @@ pub fn on_drop(skb: u64, reason: u32, rx_sk: u64, timewait: bool, hook: HookFami
             read(rx_sk, layout!(tcp_ts_recent))
         }),
     };
-    report(&seg, netns, path, ts_recent, hook)
+    let old_ack = reason == layout!(reason_paws_ack);
+    emit(LossSlot::Paws, |ev| {
+        fill(ev, &seg, netns, ts_recent, hook);
+        ev.kind = EventKind::PawsReject as u8;
+        ev.detail = path as u8;
+        if old_ack {
+            ev.ts_flags |= ts_flags::OLD_ACK;
+        }
+    });
+    0
 }
 
 #[inline(always)]

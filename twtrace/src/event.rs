@@ -145,6 +145,10 @@ pub enum What {
         tsval: Option<u32>,
         ts_recent: Option<u32>,
         tcp_flags: u8,
+        /// A pure ACK from before the socket's receive point (drop reason
+        /// TCP_RFC7323_PAWS_ACK, 6.14+): reordering, not a clock; the kernel counts it apart
+        /// (TcpExtPAWSOldAck).
+        old_ack: bool,
     },
     /// A SYN reached a listener; `tsval` is None when it carried no timestamp.
     Syn { tsval: Option<u32> },

@@ -69,6 +69,8 @@ impl RegressionStats {
 /// Everything known about one source IP.
 struct Source {
     rejects: [u64; 4],
+    /// Old ACKs dropped by PAWS (6.14+), apart from `rejects` as the kernel counts them.
+    old_acks: u64,
     regression: RegressionStats,
     syns: u64,
     syns_without_ts: u64,
@@ -88,6 +90,7 @@ impl Source {
     fn new(cfg: &ClockConfig) -> Self {
         Self {
             rejects: [0; 4],
+            old_acks: 0,
             regression: RegressionStats::default(),
             syns: 0,
             syns_without_ts: 0,
@@ -134,6 +137,9 @@ pub struct SourceRow {
     pub ip: IpAddr,
     pub rejects: RejectsByPath,
     pub rejects_total: u64,
+    /// Late pure ACKs dropped by PAWS (TcpExtPAWSOldAck, 6.14+):
+    /// reordering, not rejects; in no other field.
+    pub old_acks: u64,
     pub regression: RegressionStats,
     pub syns: u64,
     pub syns_without_ts: u64,
@@ -219,11 +225,18 @@ impl PawsTable {
         let t = rec.ts_ns;
         let ip = rec.remote.ip();
         match rec.what {
+            What::PawsReject { old_ack: true, .. } => {
+                // Reordered ACKs say nothing of clocks: counted, nothing more.
+                let s = self.source(ip);
+                s.last_ns = t;
+                s.old_acks += 1;
+            }
             What::PawsReject {
                 path,
                 tsval,
                 ts_recent,
                 tcp_flags,
+                old_ack: false,
             } => {
                 let s = self.source(ip);
                 s.last_ns = t;
@@ -293,6 +306,7 @@ fn row(ip: IpAddr, s: &Source, est: &ClockEstimate, now_ns: u64) -> SourceRow {
             syn_sent: s.rejects[3],
         },
         rejects_total: s.rejects.iter().sum(),
+        old_acks: s.old_acks,
         regression: s.regression,
         syns: s.syns,
         syns_without_ts: s.syns_without_ts,
@@ -359,13 +373,28 @@ mod tests {
                     tsval: Some(tsval),
                     ts_recent: Some(ts_recent),
                     tcp_flags: 0x02,
+                    old_ack: false,
                 },
             ));
         }
+        // An old ACK is counted apart, and in neither the rejects nor the regressions.
+        t.apply(&rec(
+            "192.0.2.1",
+            4000,
+            1.0,
+            What::PawsReject {
+                path: PawsPath::Established,
+                tsval: Some(1),
+                ts_recent: Some(5000),
+                tcp_flags: 0x10,
+                old_ack: true,
+            },
+        ));
         let r = &t.rows(1_000_000_000)[0];
         assert_eq!(r.rejects.timewait, 2);
         assert_eq!(r.rejects.established, 1);
         assert_eq!(r.rejects_total, 3);
+        assert_eq!(r.old_acks, 1);
         assert_eq!(r.regression.count, 3);
         assert_eq!(
             r.regression.min,

@@ -282,6 +282,7 @@ pub fn decode(ev: &Event) -> Option<Record> {
             tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
             ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
             tcp_flags: ev.tcp_flags,
+            old_ack: ev.ts_flags & ts_flags::OLD_ACK != 0,
         },
     ))
 }

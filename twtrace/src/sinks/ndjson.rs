@@ -20,7 +20,7 @@
 //! | `tw_exit`, `tw_reuse`   | `cause`: `expired`, `replaced_by_syn`, `killed_by_rst`, `reused` (always, for `tw_reuse`), `purged` or `unknown`; `lifetime_ms`: milliseconds spent in TIME-WAIT with 3 decimals, or `null` when the entry was not seen (the socket predates twtrace, or the in-kernel live table was full) |
 //! | `tw_overflow`           | none (the close skipped TIME-WAIT: `tcp_max_tw_buckets` was full) |
 //! | `connect_eaddrnotavail` | `pid`: integer, the process whose connect() failed; `local` has port 0 (none could be bound) |
-//! | `paws_reject`           | `path`: `timewait`, `established`, `syn_recv` or `syn_sent`; `tsval`: the segment's TSval; `ts_recent`: the socket's stored value (null where the kernel does not expose it); `regression`: ts_recent − tsval, signed, in timestamp ticks (null if either is unknown); `flags`: TCP flags, e.g. `SYN` or `ACK|PSH` |
+//! | `paws_reject`           | `path`: `timewait`, `established`, `syn_recv` or `syn_sent`; `tsval`: the segment's TSval; `ts_recent`: the socket's stored value (null where the kernel does not expose it); `regression`: ts_recent − tsval, signed, in timestamp ticks (null if either is unknown); `flags`: TCP flags, e.g. `SYN` or `PSH|ACK` (in bit order); `old_ack`: a late pure ACK (drop reason TCP_RFC7323_PAWS_ACK), counted apart from rejects |
 //! | `syn`                   | a SYN reached a listener: `tsval` (null: the SYN had no timestamp option), `ts_recent` null, `regression` null |
 //! | `tw_syn`                | a SYN reached a TIME-WAIT socket: `verdict`: `accepted_by_timestamp`, `accepted_by_sequence`, `rejected_paws` or `rejected_other`; `tsval`, `ts_recent`, `regression` |
 //! | `lost`                  | `program`: string, the kernel program or slot; `count`: integer, events it could not deliver; `netns` is 0 and `local`/`remote` are `0.0.0.0:0` |
@@ -126,6 +126,7 @@ fn write_fields(w: &mut impl Write, rec: &Record) -> io::Result<()> {
             tsval,
             ts_recent,
             tcp_flags,
+            old_ack,
         } => {
             w.write_all(br#","path":""#)?;
             w.write_all(path.as_str().as_bytes())?;
@@ -133,7 +134,11 @@ fn write_fields(w: &mut impl Write, rec: &Record) -> io::Result<()> {
             write_timestamps(w, tsval, ts_recent)?;
             w.write_all(br#","flags":""#)?;
             write_tcp_flags(w, tcp_flags)?;
-            w.write_all(b"\"")?;
+            w.write_all(if old_ack {
+                br#"","old_ack":true"#
+            } else {
+                br#"","old_ack":false"#
+            })?;
         }
         What::Syn { tsval } => write_timestamps(w, tsval, None)?,
         What::TwSyn {
@@ -375,6 +380,35 @@ mod tests {
         assert_eq!(v["type"], "tw_reuse");
         assert_eq!(v["cause"], "reused");
         assert!(v["lifetime_ms"].is_null());
+    }
+
+    #[test]
+    fn paws_reject_and_old_ack() {
+        let what = |old_ack| What::PawsReject {
+            path: crate::event::PawsPath::Established,
+            tsval: Some(900),
+            ts_recent: Some(1000),
+            tcp_flags: 0x18,
+            old_ack,
+        };
+        let v = line(&rec("10.0.0.1:443", "192.0.2.7:5555", what(false)));
+        assert_eq!(
+            keys(&v),
+            fields(&[
+                "path",
+                "tsval",
+                "ts_recent",
+                "regression",
+                "flags",
+                "old_ack"
+            ])
+        );
+        assert_eq!(v["path"], "established");
+        assert_eq!(v["regression"], 100);
+        assert_eq!(v["flags"], "PSH|ACK");
+        assert_eq!(v["old_ack"], false);
+        let v = line(&rec("10.0.0.1:443", "192.0.2.7:5555", what(true)));
+        assert_eq!(v["old_ack"], true);
     }
 
     #[test]

@@ -32,9 +32,16 @@ pub fn render(rows: &[SourceRow], top: usize, evictions: u64, out: &mut String) 
         return;
     }
     let total: u64 = rows.iter().map(|r| r.rejects_total).sum();
+    // Late ACKs dropped by PAWS (6.14+) are reordering, not clocks: a total, not a column.
+    let old_acks: u64 = rows.iter().map(|r| r.old_acks).sum();
+    let old_acks = if old_acks == 0 {
+        String::new()
+    } else {
+        format!(" (and {old_acks} old ACKs)")
+    };
     let _ = writeln!(
         out,
-        "PAWS: {} source IPs, {} rejects, {} evicted",
+        "PAWS: {} source IPs, {} rejects{old_acks}, {} evicted",
         rows.len(),
         total,
         evictions

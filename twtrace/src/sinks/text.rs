@@ -22,15 +22,19 @@ pub fn text_line(r: &Record) -> String {
             path,
             tsval,
             ts_recent,
+            old_ack,
             ..
-        } => match (tsval, ts_recent) {
-            (Some(t), Some(r)) => format!(
-                "PAWS reject ({}) tsval={t} ts_recent={r} regression={}",
-                path.as_str(),
-                crate::event::regression(r, t)
-            ),
-            _ => format!("PAWS reject ({})", path.as_str()),
-        },
+        } => {
+            let what = if old_ack { "old ACK, " } else { "" };
+            match (tsval, ts_recent) {
+                (Some(t), Some(r)) => format!(
+                    "PAWS reject ({what}{}) tsval={t} ts_recent={r} regression={}",
+                    path.as_str(),
+                    crate::event::regression(r, t)
+                ),
+                _ => format!("PAWS reject ({what}{})", path.as_str()),
+            }
+        }
         What::Syn { tsval: Some(t) } => format!("SYN tsval={t}"),
         What::Syn { tsval: None } => "SYN without timestamp".to_owned(),
         What::TwSyn { verdict, .. } => format!("SYN at TIME-WAIT: {}", verdict.as_str()),
