@@ -115,6 +115,9 @@ pub mod ts_flags {
     /// TCP_RFC7323_PAWS_ACK, 6.14+): common under reordering, counted apart by the kernel
     /// (TcpExtPAWSOldAck), and by twtrace.
     pub const OLD_ACK: u8 = 16;
+    /// A paws_reject for its TSecr, not its TSval (drop reason TCP_RFC7323_TSECR): no
+    /// ts_recent is given, as none was compared.
+    pub const BY_TSECR: u8 = 32;
 }
 
 /// Call-chain classes the kernel side recognises while walking a stack. A frame that falls in a

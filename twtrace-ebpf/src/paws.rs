@@ -151,18 +151,36 @@ pub fn on_drop(skb: u64, reason: u32, rx_sk: u64, timewait: bool, hook: HookFami
         // A request socket's reject (tcp_check_req, ~6.15+) names its listener, which has no
         // ts_recent of its own; the request socket's is out of reach here.
         TCP_LISTEN => (PawsPath::SynRecv, None),
+        // No socket named (before 6.11). A PAWS drop of a SYN is a connecting socket's: an
+        // established one answers a SYN with a challenge ACK whatever its TSval (reason
+        // TCP_INVALID_SYN). A connecting socket's reject of a bare ACK stays `established`.
+        0 if seg.flags & TH_SYN != 0 => (PawsPath::SynSent, None),
         0 => (PawsPath::Established, None),
         _ => (PawsPath::Established, unsafe {
             read(rx_sk, layout!(tcp_ts_recent))
         }),
     };
     let old_ack = reason == layout!(reason_paws_ack);
+    // A TSecr reject compared the echoed timestamp, not TSval with ts_recent: no regression.
+    let by_tsecr = reason == layout!(reason_tsecr);
+    // Flag and value apart, the value defined on every path: an `Option` rebuilt here left
+    // its payload undefined where None, and LLVM spilled that undefined register, which the
+    // verifier refuses ("R1 !read_ok").
+    let has_ts_recent = ts_recent.is_some() && !by_tsecr;
+    let ts_recent_value = ts_recent.unwrap_or(0);
     emit(LossSlot::Paws, |ev| {
-        fill(ev, &seg, netns, ts_recent, hook);
+        fill(ev, &seg, netns, None, hook);
+        if has_ts_recent {
+            ev.ts_recent = ts_recent_value;
+            ev.ts_flags |= ts_flags::HAS_TS_RECENT;
+        }
         ev.kind = EventKind::PawsReject as u8;
         ev.detail = path as u8;
         if old_ack {
             ev.ts_flags |= ts_flags::OLD_ACK;
+        }
+        if by_tsecr {
+            ev.ts_flags |= ts_flags::BY_TSECR;
         }
     });
     0

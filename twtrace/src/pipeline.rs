@@ -1,6 +1,8 @@
 //! What happens to every raw record between the ring buffer and a sink, in order: lifetimes
-//! are paired (every route but classic tracepoints), a TIME-WAIT exit and the SYN that replaced it are joined into a
-//! verdict, the record is decoded, and the filter (--netns/--port/--ip) keeps it or not.
+//! are paired (every route but classic tracepoints), a request socket's reject that came
+//! without ts_recent gets its SYN's TSval (signals/request_ts.rs), a TIME-WAIT exit and the
+//! SYN that replaced it are joined into a verdict, the record is decoded, and the filter
+//! (--netns/--port/--ip) keeps it or not.
 //!
 //! It runs tens of thousands of times a second (two or three records per connection under
 //! churn: the tp_btf route sends a TIME-WAIT exit and the SYN that replaced it as one),

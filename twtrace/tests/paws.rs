@@ -534,7 +534,9 @@ fn request_socket_old_syn(tag: &str, v6: bool) -> Result<()> {
     // Before ~6.15 no drop reason names these rejects: only function probes see them
     // (tcp_oow_rate_limited's mib index), and the tracepoint routes must say so when they
     // start, and report none rather than guess.
-    if announced.contains("rejects at request sockets (syn_recv)") {
+    if announced.contains("rejects at request sockets (syn_recv)")
+        || announced.contains("timewait path only")
+    {
         assert!(
             !["fentry", "kprobe"].contains(&hooks_of(&announced, "paws_reject").as_str()),
             "function probes must see request sockets:\n{announced}"
@@ -632,11 +634,18 @@ fn syn_sent_old_tsecr(tag: &str, v6: bool) -> Result<()> {
     let kernel = delta(&before, &after, "TcpExtPAWSActive");
     assert_eq!(kernel, 1, "sanity: the SYN-SENT socket rejected it");
     let rejects = from(&events, "paws_reject", server.ip());
-    // Before 6.10 no drop reason names these rejects and no function marks them: twtrace must
-    // say so when it starts, and report none rather than guess.
-    if announced.contains("and in syn_sent are not seen")
+    // Where no drop reason names these rejects (6.1; the kernels that name SYN-SENT drops
+    // brought TCP_INVALID_ACK_SEQUENCE with them) and no function marks them, twtrace must say
+    // so when it starts, and report none rather than guess.
+    let unseen = announced.contains("and in syn_sent are not seen")
         || announced.contains("syn_sent rejects are not seen")
-    {
+        || announced.contains("timewait path only");
+    assert_eq!(
+        unseen,
+        !kernel_btf_has_name("SKB_DROP_REASON_TCP_INVALID_ACK_SEQUENCE"),
+        "syn_sent announced unseen exactly where SYN-SENT drops have no reason:\n{announced}"
+    );
+    if unseen {
         assert_eq!(rejects.len(), 0, "{rejects:?}");
         return Ok(());
     }

@@ -144,18 +144,23 @@ pub fn drop_reason(btf: &KernelBtf, name: &str) -> Option<u32> {
     v.ok().flatten().map(|v| v as u32)
 }
 
+/// The function, and its parameter, whose presence says that a request socket's PAWS reject
+/// carries a drop reason: tcp_check_req gained `drop_reason` (~6.15) and names
+/// TCP_RFC7323_PAWS with it. Before, the reject reaches kfree_skb as NOT_SPECIFIED, at the
+/// listener. (The plan's `Need::FuncParam` for the same thing uses these.)
+pub const CHECK_REQ: &str = "tcp_check_req";
+pub const CHECK_REQ_REASON_PARAM: &str = "drop_reason";
+
+/// Whether this kernel's tcp_check_req names its drops (see [`CHECK_REQ`]).
+pub fn check_req_has_reason(btf: &KernelBtf) -> bool {
+    btf.func_params(CHECK_REQ)
+        .is_some_and(|p| p.iter().any(|n| n == CHECK_REQ_REASON_PARAM))
+}
+
 /// Argument positions the tp_btf programs cannot take for granted: kfree_skb gained its reason
 /// (5.17) and the dropping socket (6.12) over time; u32::MAX where absent (the program then
 /// reads neither). The rest (timer, socket, states) have kept their first places since tp_btf
 /// exists; a kernel where they moved fails the verifier.
-/// Whether a request socket's PAWS reject carries a drop reason: tcp_check_req gained a
-/// `drop_reason` parameter (~6.15) with which it names TCP_RFC7323_PAWS. Before, the reject
-/// reaches kfree_skb as NOT_SPECIFIED, at the listener.
-pub fn check_req_has_reason(btf: &KernelBtf) -> bool {
-    btf.func_params("tcp_check_req")
-        .is_some_and(|p| p.iter().any(|n| n == "drop_reason"))
-}
-
 fn tp_btf_args(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> {
     let args = btf.tracepoint_args("kfree_skb")?;
     let find = |want: &str| args.iter().position(|a| a == want).map(|i| i as u32);

@@ -261,10 +261,10 @@ mod tests {
             }
         }
         // The partial fallbacks today: tw_exit's tracepoints before 6.10 (no TIME-WAIT resets
-        // traced); PAWS where SYN-SENT drops have no reason (before 6.10), fentry and kprobe
-        // (all but syn_sent, with and without drop reasons, then timewait alone); PAWS on the
-        // tracepoint routes where request sockets (before ~6.15), and SYN-SENT, give no drop
-        // reason.
+        // traced); PAWS with function probes where request sockets name no drop (before
+        // ~6.15: their refused resets), and SYN-SENT drops none (syn_sent), with and without
+        // drop reasons, then timewait alone; PAWS on the tracepoint routes where request
+        // sockets, and SYN-SENT, give no drop reason.
         let mut partial: Vec<(&str, Family)> = ALL
             .iter()
             .flat_map(|s| {
@@ -281,6 +281,8 @@ mod tests {
                 ("paws_reject", Family::Fentry),
                 ("paws_reject", Family::Fentry),
                 ("paws_reject", Family::Fentry),
+                ("paws_reject", Family::Fentry),
+                ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::Kprobe),

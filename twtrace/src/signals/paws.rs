@@ -6,7 +6,10 @@ use super::{
     Attach, Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
     flagged, record,
 };
-use crate::event::{PawsPath, Record, TwSynVerdict, What};
+use crate::{
+    event::{PawsPath, Record, TwSynVerdict, What},
+    kernel::layout,
+};
 
 const KFREE_SKB_NON_TW: Program = Program {
     name: "paws_kfree_skb_nontw",
@@ -47,8 +50,8 @@ const OOW_MIB: Need = Need::Enumerator {
 
 /// Since ~6.15 a request socket's reject has its drop reason (tcp_check_req names it).
 const REQ_REASON: Need = Need::FuncParam {
-    function: "tcp_check_req",
-    param: "drop_reason",
+    function: layout::CHECK_REQ,
+    param: layout::CHECK_REQ_REASON_PARAM,
     why: "rejects at request sockets (syn_recv) are recognised by the drop reason \
           tcp_check_req gives them since ~6.15",
 };
@@ -60,12 +63,13 @@ const SYNRECV_MIB: Need = Need::Enumerator {
     why: "rejects at request sockets are recognised by tcp_oow_rate_limited's mib index",
 };
 
-/// SYN-SENT drops carry reasons since 6.10 (TCP_RFC7323_PAWS for the TSecr check, later
-/// _TSECR); TCP_INVALID_ACK_SEQUENCE came with them and marks such a kernel.
+/// SYN-SENT drops carry reasons on newer kernels (6.12 has them, 6.1 not: TCP_RFC7323_PAWS
+/// for the TSecr check, later _TSECR); TCP_INVALID_ACK_SEQUENCE came with them and marks such
+/// a kernel.
 const SYN_SENT_REASON: Need = Need::DropReason {
     name: "TCP_INVALID_ACK_SEQUENCE",
-    why: "syn_sent rejects carry a drop reason only where SYN-SENT drops are named (6.10+, \
-          with this reason)",
+    why: "syn_sent rejects carry a drop reason only where SYN-SENT drops are named (with \
+          this reason)",
 };
 
 /// What the tracepoint routes miss where tcp_check_req gives no drop reason.
@@ -77,20 +81,28 @@ const NO_REQUESTS: Option<&str> = Some(
 /// ... and where SYN-SENT drops have none either.
 const NO_REQUESTS_OR_SYN_SENT: Option<&str> = Some(
     "rejects at request sockets (syn_recv) and in syn_sent are not seen: this kernel gives \
-     them no drop reason (kernels before 6.10 for syn_sent, ~6.15 for request sockets); \
-     function probes see the request sockets' there",
+     them no drop reason (e.g. 6.1; request sockets also on 6.12); function probes see the \
+     request sockets' there",
 );
 
-/// What the function probes miss where SYN-SENT drops have no reason.
+/// What tcp_oow_rate_limited cannot show: a reset that a request socket refuses by PAWS is
+/// counted (PAWSEstab) and dropped without that call.
+const NO_REQUEST_RESETS: Option<&str> = Some(
+    "resets that a request socket refuses by PAWS are not seen: this kernel's tcp_check_req \
+     names no drop (before ~6.15), and only its other rejects call tcp_oow_rate_limited",
+);
+
+/// What the function probes miss where SYN-SENT drops have no reason either.
 const NO_SYN_SENT_REASON: Option<&str> = Some(
-    "syn_sent rejects are not seen: this kernel gives them no drop reason (kernels before \
-     6.10), and no function marks them",
+    "syn_sent rejects are not seen: this kernel gives them no drop reason (e.g. 6.1), and no \
+     function marks them; nor are resets that a request socket refuses by PAWS",
 );
 
 /// What the function-probe fallback without drop reasons misses.
 const NO_SYN_SENT: Option<&str> = Some(
     "timewait, established and syn_recv paths only: syn_sent rejects are not seen (they are \
-     recognised by the PAWS drop reasons, which this kernel lacks)",
+     recognised by the PAWS drop reasons, which this kernel lacks), nor resets that a \
+     request socket refuses by PAWS",
 );
 
 const OOW_FENTRY: Program = Program {
@@ -166,7 +178,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Fentry,
             needs: &[PAWS_REASON, SYNRECV_MIB, SYN_SENT_REASON],
-            limits: None,
+            limits: NO_REQUEST_RESETS,
             programs: &[TW_FEXIT, KFREE_SKB_NON_TW, OOW_FENTRY],
         },
         Hook {
@@ -199,7 +211,7 @@ pub static SIGNAL: Signal = Signal {
         Hook {
             family: Family::Kprobe,
             needs: &[PAWS_REASON, SYNRECV_MIB, SYN_SENT_REASON],
-            limits: None,
+            limits: NO_REQUEST_RESETS,
             programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW, OOW_KPROBE],
         },
         Hook {

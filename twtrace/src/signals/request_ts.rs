@@ -4,19 +4,24 @@
 //! is the TSval of the SYN that created it, which the `syn` signal reported (read from that
 //! same request socket), so the reject takes it from there.
 //!
-//! Exact as long as the request socket took no other timestamp since: tcp_check_req updates
-//! ts_recent only from an in-window segment it accepts, and every such segment but one
-//! without ACK, SYN or RST ends the request socket. A SYN not seen (twtrace started after it,
-//! or its record was lost) leaves the reject's ts_recent null, never a guess: entries older
-//! than a request socket can live are ignored, and a slot taken by another connection is not
-//! this one's.
+//! Exact as long as the request socket took no other timestamp since. tcp_check_req updates
+//! ts_recent from an in-window segment it accepts, and most of those end the request socket;
+//! those that do not are a segment without ACK, SYN or RST, a bare ACK held back by
+//! TCP_DEFER_ACCEPT, and an ACK that found the accept queue full (tcp_abort_on_overflow=0).
+//! After one of those the true ts_recent is newer than the SYN's TSval. So the SYN's TSval is
+//! taken only where it explains the reject (the rejected TSval is older than it); otherwise,
+//! and where no SYN was seen (twtrace started after it, its record was lost, or the `syn`
+//! signal is off), ts_recent stays null: never a guess. Entries older than a request socket
+//! lives with default settings are ignored, and a slot taken by another connection is not
+//! this one's. Rejects for their TSecr (`BY_TSECR`) compared no ts_recent and get none.
 
 use twtrace_common::{Event, EventKind, PawsPath, ts_flags};
 
 /// Slots (a power of two). A request socket lives for one round trip unless its client
 /// never answers; 4096 recent SYNs cover well over that at any realistic SYN rate.
 const SLOTS: usize = 4096;
-/// The longest a request socket lives: the SYN-ACK and its 5 retransmissions (1+2+...+32 s).
+/// The longest a request socket lives with the default tcp_synack_retries (5): the SYN-ACK and
+/// its retransmissions, 1+2+...+32 s.
 const MAX_AGE_NS: u64 = 64_000_000_000;
 
 type Key = (u32, u8, u16, u16, [u8; 16], [u8; 16]);
@@ -64,13 +69,15 @@ impl RequestTsvals {
             }
             Some(EventKind::PawsReject)
                 if ev.detail == PawsPath::SynRecv as u8
-                    && ev.ts_flags & ts_flags::HAS_TS_RECENT == 0 =>
+                    && ev.ts_flags & (ts_flags::HAS_TS_RECENT | ts_flags::BY_TSECR) == 0
+                    && ev.ts_flags & ts_flags::HAS_TSVAL != 0 =>
             {
-                if let Some((key, at, tsval)) = self.slots[slot_of(ev)]
+                if let Some((key, at, syn_tsval)) = self.slots[slot_of(ev)]
                     && key == key_of(ev)
                     && ev.ts_ns.saturating_sub(at) <= MAX_AGE_NS
+                    && (syn_tsval.wrapping_sub(ev.tsval) as i32) > 0
                 {
-                    ev.ts_recent = tsval;
+                    ev.ts_recent = syn_tsval;
                     ev.ts_flags |= ts_flags::HAS_TS_RECENT;
                 }
             }
@@ -154,6 +161,17 @@ mod tests {
         assert_eq!(ts_recent(&r), Some(42));
         let mut r = reject(5_000, 40004);
         r.detail = PawsPath::Established as u8;
+        t.on_event(&mut r);
+        assert_eq!(ts_recent(&r), None);
+        // A TSecr reject compared no ts_recent.
+        let mut r = reject(5_000, 40004);
+        r.ts_flags |= ts_flags::BY_TSECR;
+        t.on_event(&mut r);
+        assert_eq!(ts_recent(&r), None);
+        // A SYN TSval that cannot explain the reject (not newer than the rejected TSval) is
+        // not the request socket's ts_recent any more.
+        t.on_event(&mut syn(6_000, 40005, 400));
+        let mut r = reject(7_000, 40005);
         t.on_event(&mut r);
         assert_eq!(ts_recent(&r), None);
     }
