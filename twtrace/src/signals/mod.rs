@@ -232,6 +232,15 @@ pub fn record(ev: &Event, what: crate::event::What) -> Record {
 }
 
 /// An optional field of a record, by its flag bit.
+/// A connection's identity, straight from the raw record's fields (namespace, family,
+/// ports, addresses): hashing these plain words is much cheaper than two `SocketAddr`s, and
+/// the joins that use it run for every exit and SYN.
+pub type RawFlow = (u32, u8, u16, u16, [u8; 16], [u8; 16]);
+
+pub fn raw_flow(ev: &Event) -> RawFlow {
+    (ev.netns, ev.family, ev.lport, ev.rport, ev.laddr, ev.raddr)
+}
+
 pub fn flagged(ev: &Event, bit: u8, value: u32) -> Option<u32> {
     (ev.ts_flags & bit != 0).then_some(value)
 }

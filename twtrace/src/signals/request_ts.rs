@@ -17,6 +17,8 @@
 
 use twtrace_common::{Event, EventKind, PawsPath, ts_flags};
 
+use super::{RawFlow, raw_flow};
+
 /// Slots (a power of two). A request socket lives for one round trip unless its client
 /// never answers; 4096 recent SYNs cover well over that at any realistic SYN rate.
 const SLOTS: usize = 4096;
@@ -24,15 +26,9 @@ const SLOTS: usize = 4096;
 /// its retransmissions, 1+2+...+32 s.
 const MAX_AGE_NS: u64 = 64_000_000_000;
 
-type Key = (u32, u8, u16, u16, [u8; 16], [u8; 16]);
-
-fn key_of(ev: &Event) -> Key {
-    (ev.netns, ev.family, ev.lport, ev.rport, ev.laddr, ev.raddr)
-}
-
 /// Direct-mapped: one slot per hash, the newest SYN wins. A store per SYN, no allocation.
 pub struct RequestTsvals {
-    slots: Box<[Option<(Key, u64, u32)>]>,
+    slots: Box<[Option<(RawFlow, u64, u32)>]>,
 }
 
 impl Default for RequestTsvals {
@@ -65,7 +61,7 @@ impl RequestTsvals {
     pub fn on_event(&mut self, ev: &mut Event) {
         match EventKind::from_u8(ev.kind) {
             Some(EventKind::Syn) if ev.ts_flags & ts_flags::HAS_TSVAL != 0 => {
-                self.slots[slot_of(ev)] = Some((key_of(ev), ev.ts_ns, ev.tsval));
+                self.slots[slot_of(ev)] = Some((raw_flow(ev), ev.ts_ns, ev.tsval));
             }
             Some(EventKind::PawsReject)
                 if ev.detail == PawsPath::SynRecv as u8
@@ -73,7 +69,7 @@ impl RequestTsvals {
                     && ev.ts_flags & ts_flags::HAS_TSVAL != 0 =>
             {
                 if let Some((key, at, syn_tsval)) = self.slots[slot_of(ev)]
-                    && key == key_of(ev)
+                    && key == raw_flow(ev)
                     && ev.ts_ns.saturating_sub(at) <= MAX_AGE_NS
                     && (syn_tsval.wrapping_sub(ev.tsval) as i32) > 0
                 {

@@ -13,7 +13,7 @@ use std::num::NonZeroUsize;
 
 use twtrace_common::{Event, EventKind, ExitCause, PawsPath, ts_flags};
 
-use super::{flagged, record};
+use super::{RawFlow, flagged, raw_flow, record};
 use crate::{
     aggregate::{Lru, lru},
     event::{Record, TwSynVerdict, What},
@@ -27,15 +27,6 @@ const TH_SYN: u8 = 0x02;
 const TH_RST: u8 = 0x04;
 const TH_ACK: u8 = 0x10;
 
-/// A connection's identity, straight from the raw record's fields (namespace, family,
-/// ports, addresses): hashing these plain words is much cheaper than two `SocketAddr`s, and
-/// this runs for every exit and SYN.
-type Key = (u32, u8, u16, u16, [u8; 16], [u8; 16]);
-
-fn key_of(ev: &Event) -> Key {
-    (ev.netns, ev.family, ev.lport, ev.rport, ev.laddr, ev.raddr)
-}
-
 struct Pending {
     ts_ns: u64,
     ts_recent: Option<u32>,
@@ -44,9 +35,9 @@ struct Pending {
 pub struct TwSynClassifier {
     /// The latest exit: its SYN is almost always the very next record (the same program run
     /// emits both), so most pairs never touch the map.
-    last: Option<(Key, Pending)>,
+    last: Option<(RawFlow, Pending)>,
     /// Older exits still waiting (records of another CPU came in between).
-    pending: Lru<Key, Pending>,
+    pending: Lru<RawFlow, Pending>,
 }
 
 impl Default for TwSynClassifier {
@@ -69,7 +60,7 @@ impl TwSynClassifier {
         ) {
             return None;
         }
-        let key = key_of(ev);
+        let key = raw_flow(ev);
         let pure_syn = ev.tcp_flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN;
         let verdict_of = |verdict, tsval, ts_recent| {
             record(
