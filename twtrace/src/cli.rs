@@ -51,8 +51,8 @@ pub struct Common {
     /// tp_btf, then tracepoint), and leaves out with a warning a signal nothing can serve;
     /// naming a family (fentry, kprobe, tp_btf, tracepoint) forces it and fails if it cannot
     /// serve every signal. A hook that serves a signal only in part says so at start-up, e.g.
-    /// PAWS rejects on kernels without the PAWS drop reason (before 5.17/5.18): timewait and
-    /// established paths only.
+    /// PAWS rejects at request sockets (syn_recv) on kernels before ~6.15, which only
+    /// function probes see there.
     /// `twtrace doctor` shows the choice.
     #[arg(long, global = true, value_name = "FAMILY", default_value = "auto", value_parser = parse_hooks)]
     pub hooks: HookChoice,
