@@ -471,22 +471,27 @@ mod tests {
     /// An enumerator of an anonymous enum is found by its name alone. The kernel lists
     /// /proc/net/netstat's TcpExt fields in `LINUX_MIB_*` order from 1 (0 is LINUX_MIB_NUM),
     /// which checks the value independently of BTF.
+    /// The mib indexes the PAWS probes filter on, against the order of /proc/net/netstat's
+    /// TcpExt line (the kernel prints them in enum order, from index 1).
     #[test]
     fn anonymous_enumerators_are_found() {
-        let paws = kernel()
-            .enumerator("LINUX_MIB_TCPACKSKIPPEDPAWS")
-            .expect("in BTF");
         let netstat = std::fs::read_to_string("/proc/net/netstat").expect("/proc/net/netstat");
         let header = netstat
             .lines()
             .find(|l| l.starts_with("TcpExt:"))
             .expect("a TcpExt line");
-        let index = header
-            .split_whitespace()
-            .skip(1)
-            .position(|f| f == "TCPACKSkippedPAWS")
-            .expect("TCPACKSkippedPAWS in TcpExt");
-        assert_eq!(paws, index as i64 + 1);
+        for (enumerator, counter) in [
+            ("LINUX_MIB_TCPACKSKIPPEDPAWS", "TCPACKSkippedPAWS"),
+            ("LINUX_MIB_TCPACKSKIPPEDSYNRECV", "TCPACKSkippedSynRecv"),
+        ] {
+            let value = kernel().enumerator(enumerator).expect("in BTF");
+            let index = header
+                .split_whitespace()
+                .skip(1)
+                .position(|f| f == counter)
+                .unwrap_or_else(|| panic!("{counter} in TcpExt"));
+            assert_eq!(value, index as i64 + 1, "{enumerator}");
+        }
         assert_eq!(kernel().enumerator("LINUX_MIB_NO_SUCH_THING"), None);
     }
 
