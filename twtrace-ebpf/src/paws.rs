@@ -203,6 +203,16 @@ pub fn netns_of_skb(skb: u64) -> u32 {
     unsafe { skb_netns(skb) }
 }
 
+/// The kernel's PAWS test (tcp_paws_check with no window), but for ts_recent's age, which
+/// only the kernel knows: the segment's TSval older than a set ts_recent (s32 compare).
+#[inline(always)]
+fn fails_paws(seg: &Segment, ts_recent: u32) -> bool {
+    match seg.tsval {
+        Some(tsval) => ts_recent != 0 && (ts_recent.wrapping_sub(tsval) as i32) > 0,
+        None => false,
+    }
+}
+
 /// TIME-WAIT verdict from the segment and the socket's ts_recent, as tcp_timewait_state_process
 /// decides it: a PAWS reject when TSval is older than ts_recent; otherwise a SYN that was not
 /// accepted (`syn_accepted == Some(false)`, or unknown and no TSval news) is refused for
@@ -215,10 +225,7 @@ fn timewait_verdict(
     syn_accepted: Option<bool>,
     hook: HookFamily,
 ) -> u32 {
-    let paws = match seg.tsval {
-        Some(tsval) => ts_recent != 0 && (ts_recent.wrapping_sub(tsval) as i32) > 0,
-        None => false,
-    };
+    let paws = fails_paws(seg, ts_recent);
     // An RST with an old TSval is not PAWS-rejected once ts_recent is older than 60 s; the
     // kernel keeps that stamp, we do not, so RSTs are left to the counters.
     if paws && seg.flags & TH_RST == 0 {
@@ -414,8 +421,9 @@ fn on_oow(mib: u32, skb: u64, last_oow: u64, hook: HookFamily) -> u32 {
 /// tcp_check_req calls tcp_oow_rate_limited for a request socket (SYN-RECV) on three
 /// occasions: a retransmitted SYN that passed PAWS, and a segment out of window or rejected
 /// by PAWS (then PAWSEstab counts it). The kernel's PAWS test is redone here with the request
-/// socket's ts_recent: TSval older than it (s32), ts_recent set. (Its other condition, the
-/// 24-day age, cannot hold for a request socket; resets never get here.)
+/// socket's ts_recent ([`fails_paws`]). (Its other condition, ts_recent's age of 24 days, is
+/// estimated from the SYN-ACK retransmissions and holds only after 21 of them; resets never
+/// get here.)
 #[inline(always)]
 fn oow_request(skb: u64, last_oow: u64, hook: HookFamily) -> u32 {
     let req = last_oow.wrapping_sub(layout!(req_last_oow_ack_time) as u64);
@@ -429,11 +437,7 @@ fn oow_request(skb: u64, last_oow: u64, hook: HookFamily) -> u32 {
         return 0;
     };
     let ts_recent: u32 = unsafe { read(req, layout!(req_ts_recent)) }.unwrap_or(0);
-    let paws = match seg.tsval {
-        Some(tsval) => ts_recent != 0 && (ts_recent.wrapping_sub(tsval) as i32) > 0,
-        None => false,
-    };
-    if !paws {
+    if !fails_paws(&seg, ts_recent) {
         return 0;
     }
     report(&seg, flow.netns, PawsPath::SynRecv, Some(ts_recent), hook)
