@@ -333,15 +333,22 @@ fn timewait_rst_kills_v6() -> Result<()> {
     timewait_rst_kills("pwrst6", true)
 }
 
+/// A quiescent established connection in a fresh namespace pair (server side traced), and a
+/// capture on the client's side, for crafting in-window segments at the server.
+fn established_lab(tag: &str) -> Result<(NetnsPair, Established, Capture, Tracer)> {
+    let pair = NetnsPair::new(tag)?;
+    let est = Established::open(&pair, SocketAddr::new(pair.server_v4(), 0))?;
+    let cap = Capture::start(pair.client_ns(), VETH)?;
+    let tracer = trace(pair.server_inode(), &[])?;
+    Ok((pair, est, cap, tracer))
+}
+
 /// In-window data with an old TSval on an established connection: one `established` reject
 /// per segment, as TcpExtPAWSEstab counts, with the exact regression.
 #[test]
 fn established_old_data_is_rejected() -> Result<()> {
-    let pair = NetnsPair::new("pwest")?;
+    let (pair, est, mut cap, tracer) = established_lab("pwest")?;
     let (srv, cli) = (pair.server_ns(), pair.client_ns());
-    let est = Established::open(&pair, SocketAddr::new(pair.server_v4(), 0))?;
-    let mut cap = Capture::start(cli, VETH)?;
-    let tracer = trace(pair.server_inode(), &[])?;
     let announced = tracer.stderr_text();
     let before = netstat(srv)?;
     for regression in [1000, 2] {
@@ -677,15 +684,12 @@ fn syn_sent_old_tsecr_is_rejected_v6() -> Result<()> {
 /// pass as a disordered ACK (RFC 7323 5.3: within the replay window), which the kernel does
 /// not count and twtrace must not report; a pure ACK whose sequence is before rcv_nxt, 1000
 /// ticks back, is an "old ACK" (reason TCP_RFC7323_PAWS_ACK and TcpExtPAWSOldAck, 6.14+;
-/// PAWSEstab before). twtrace reports it as such
-/// (`old_ack`), apart from the rejects, and its counts equal the kernel's either way.
+/// PAWSEstab before). twtrace reports it as such (`old_ack`), apart from the rejects, and its
+/// counts equal the kernel's either way.
 #[test]
 fn established_old_pure_acks_are_rejected() -> Result<()> {
-    let pair = NetnsPair::new("pwack")?;
+    let (pair, est, mut cap, tracer) = established_lab("pwack")?;
     let (srv, cli) = (pair.server_ns(), pair.client_ns());
-    let est = Established::open(&pair, SocketAddr::new(pair.server_v4(), 0))?;
-    let mut cap = Capture::start(cli, VETH)?;
-    let tracer = trace(pair.server_inode(), &[])?;
     let announced = tracer.stderr_text();
     let before = netstat(srv)?;
     for (regression, old_ack) in [(1000, false), (2, false), (1000, true)] {
