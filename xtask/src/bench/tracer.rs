@@ -33,6 +33,11 @@ pub enum Condition {
     /// signal routed: the floor that the hooks alone cost.
     #[value(name = "hooks-only")]
     HooksOnly,
+    /// `twtrace --hooks-only --signals tw_enter,tw_exit`: only the hooks that TIME-WAIT entry
+    /// and exit need, each returning at its first filter: the least any tool that sees exits
+    /// (not only timer arms, as bpftrace counting does) pays on this kernel.
+    #[value(name = "hooks-only-tw")]
+    HooksOnlyTw,
     /// A bpftrace one-liner printing one line per TIME-WAIT to /dev/null.
     Bpftrace,
     /// bpftrace counting the TIME-WAIT timer and kfree_skb tracepoints in kernel maps (the
@@ -56,6 +61,7 @@ impl Condition {
             }
             Self::Events => "`twtrace events --json > file`",
             Self::HooksOnly => "`twtrace --hooks-only` (programs attached, no signal routed)",
+            Self::HooksOnlyTw => "`twtrace --hooks-only --signals tw_enter,tw_exit`",
             Self::Bpftrace => "bpftrace one-liner > /dev/null",
             Self::BpftraceCount => "bpftrace counting in kernel maps",
         }
@@ -163,6 +169,12 @@ impl Tracer {
             Condition::HooksOnly => {
                 let mut c = Command::new(&setup.twtrace);
                 c.arg("--hooks-only").stdout(Stdio::null());
+                (c, None)
+            }
+            Condition::HooksOnlyTw => {
+                let mut c = Command::new(&setup.twtrace);
+                c.args(["--hooks-only", "--signals", "tw_enter,tw_exit"])
+                    .stdout(Stdio::null());
                 (c, None)
             }
             Condition::Events => {
