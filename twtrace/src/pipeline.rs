@@ -6,7 +6,8 @@
 //!
 //! It runs tens of thousands of times a second (two or three records per connection under
 //! churn: the tp_btf route sends a TIME-WAIT exit and the SYN that replaced it as one),
-//! so it is kept free of allocation; `churn_cost` below measures it.
+//! so it is kept free of allocation; `cargo bench -p twtrace` (benches/user_space.rs)
+//! measures it.
 
 use twtrace_common::{Event, EventKind, ts_flags};
 
@@ -102,12 +103,9 @@ fn split_exit_and_syn(ev: &Event) -> Option<(Event, Event)> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use twtrace_common::{AF_INET, ExitCause, HookFamily};
 
     use super::*;
-    use crate::aggregate::Aggregate;
 
     /// The records of one connection under the bench's churn, as the tp_btf route emits them:
     /// the client's SYN replaces the server's TIME-WAIT of the same 4-tuple, then the new
@@ -192,41 +190,5 @@ mod tests {
             // The enter, the exit, the SYN and its verdict.
             assert_eq!(one.len(), 4, "{one:?}");
         }
-    }
-
-    /// Measures the user-space cost per connection of the live table's path (pipeline and
-    /// aggregate), on a synthetic churn of one client IP cycling through 64k ports. A
-    /// measurement, not a test of speed: `cargo test --release -p twtrace churn_cost --
-    /// --ignored --nocapture`.
-    #[test]
-    #[ignore = "measurement; run by hand"]
-    fn churn_cost() {
-        let mut p = Pipeline::new(DecodeCtx { hz: 250 }, 262_144);
-        let mut agg = Aggregate::new(65_536);
-        let filter = Filter {
-            ports: vec![],
-            nets: vec![],
-        };
-        let n = 1_000_000u64;
-        let conns: Vec<[Event; 3]> = (0..n)
-            .map(|i| connection(i, 1024 + (i % 64_512) as u16))
-            .collect();
-        // As the tp_btf route sends them: the exit and the SYN that replaced it in one record.
-        let records: Vec<Event> = conns
-            .iter()
-            .flat_map(|[exit, syn, enter]| [merged(exit, syn), *enter])
-            .collect();
-        // The fastest of five passes: this machine's noise only ever adds time.
-        let mut best = f64::INFINITY;
-        for _ in 0..5 {
-            let start = Instant::now();
-            // In batches, as the ring buffer hands them over.
-            for batch in records.chunks(1024) {
-                p.feed_batch(batch, &filter, |r| agg.apply(r));
-            }
-            best = best.min(start.elapsed().as_nanos() as f64 / n as f64);
-        }
-        eprintln!("user space: {best:.0} ns per connection (2 records), fastest of 5 passes");
-        assert_eq!(agg.totals().tw_created, 5 * n);
     }
 }

@@ -289,8 +289,9 @@ impl PawsTable {
         rows
     }
 
+    /// Source IPs tracked (tests).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn sources(&self) -> usize {
         self.by_ip.len()
     }
 }
@@ -459,7 +460,7 @@ mod tests {
                 What::Syn { tsval: None },
             ));
         }
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.sources(), 2);
         assert_eq!(t.evictions, 3);
     }
 }
