@@ -52,6 +52,10 @@ pub struct RunRecord {
 
 #[derive(serde::Serialize)]
 pub struct TracerRecord {
+    /// CPU the tracer used before the window, from its start until it went quiet with no
+    /// load running: loading and attaching, and twtrace's one-time read of the TIME-WAITs
+    /// already there. Not in `cpu_s` nor in the machine's CPU per connection.
+    pub startup_cpu_s: f64,
     pub cpu_s: f64,
     /// % of one CPU over the window.
     pub cpu_pct: f64,
@@ -141,6 +145,7 @@ pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<Ru
         );
     }
     let ndjson = t.ndjson.take();
+    let startup_cpu_s = t.startup_cpu_s;
     let stopped = t.stop()?;
     let (tw_end, _) = tw_counters(ctx.server_pid)?;
     if !stopped.status.success() && !stopped.killed {
@@ -183,6 +188,7 @@ pub fn run_one(ctx: &Ctx, cond: Condition, round: u32, slot: usize) -> Result<Ru
     });
     let cpu_s = s1.cpu_s - s0.cpu_s;
     record.tracer = Some(TracerRecord {
+        startup_cpu_s,
         cpu_s,
         cpu_pct: 100.0 * cpu_s / window_s,
         bpf,

@@ -9,7 +9,11 @@ pub fn progress(r: &run::RunRecord) -> String {
         r.wrk.rps, r.tw_per_s, r.cpu_us_per_conn, r.steal_pct
     );
     if let Some(t) = &r.tracer {
-        s += &format!("  tracer {:.1} % CPU", t.cpu_pct);
+        s += &format!(
+            "  tracer {:.1} % CPU (start-up {:.0} ms before the window)",
+            t.cpu_pct,
+            t.startup_cpu_s * 1e3
+        );
         if let Some(b) = &t.bpf {
             s += &format!("  BPF {:.0} ns/run {:.0} ns/TW", b.ns_per_run, b.ns_per_tw);
         }
