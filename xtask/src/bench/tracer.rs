@@ -225,22 +225,43 @@ impl Tracer {
     /// Waits until the tracer, attached and with no load running yet, has gone quiet, and
     /// returns the CPU it used up to then. twtrace announces "tracing" once its programs are
     /// attached, then reads the TIME-WAITs already there (sock_diag, in every namespace):
-    /// with the ~60k the warm-up and earlier rounds leave, that one-time read took a few
-    /// points of the window's CPU per connection when the window began at the announcement,
-    /// and a long-running tracer pays it once. It is reported apart (`startup_cpu_s`).
+    /// with the tens of thousands the warm-up and earlier rounds leave, that one-time read
+    /// was counted as cost per connection when the window began at the announcement, and a
+    /// long-running tracer pays it once. It is reported apart (`startup_cpu_s`).
+    ///
+    /// Quiet: no CPU tick charged over two steps of 250 ms in a row (/proc counts CPU in
+    /// ticks of 10 ms, so that is under ~2 % of a CPU; an idle twtrace polls its ring at
+    /// 10 Hz and uses far less). The start-up CPU is as coarse as those ticks.
     fn wait_settled(&mut self) -> Result<f64> {
         const STEP: Duration = Duration::from_millis(250);
-        // Under 1 % of a CPU over a step: quiet (an idle twtrace polls its ring at 10 Hz).
-        const QUIET_S: f64 = 0.0025;
+        const QUIET_STEPS: u32 = 2;
         let limit = Instant::now() + Duration::from_secs(60);
         let mut last = procfs::cpu_seconds(self.proc.pid())?;
+        let mut quiet = 0;
         loop {
             guard::sleep(STEP)?;
+            if let Some(status) = self.proc.exited()? {
+                std::thread::sleep(Duration::from_millis(200));
+                bail!(
+                    "{} exited ({status}) while starting: {}",
+                    self.proc.name,
+                    self.stderr().trim()
+                );
+            }
             let now = procfs::cpu_seconds(self.proc.pid())?;
-            if now - last < QUIET_S || Instant::now() > limit {
+            quiet = if now > last { 0 } else { quiet + 1 };
+            last = now;
+            if quiet >= QUIET_STEPS {
                 return Ok(now);
             }
-            last = now;
+            if Instant::now() > limit {
+                eprintln!(
+                    "bench: {} still busy 60 s after attaching; starting the run anyway (its \
+                     start-up work now counts in the window)",
+                    self.proc.name
+                );
+                return Ok(now);
+            }
         }
     }
 

@@ -208,7 +208,7 @@ impl Track {
         let mut mask = 0;
         let mut score = f64::INFINITY;
         // Only the rates still allowed, by their bits: a line's rate is soon pinned to one,
-        // and testing all six bits per sample was a twentieth of the estimator's cost.
+        // and testing all eight bits per sample was a twentieth of the estimator's cost.
         let mut left = self.mask;
         while left != 0 {
             let i = left.trailing_zeros() as usize;
