@@ -240,14 +240,7 @@ impl Tracer {
         let mut quiet = 0;
         loop {
             guard::sleep(STEP)?;
-            if let Some(status) = self.proc.exited()? {
-                std::thread::sleep(Duration::from_millis(200));
-                bail!(
-                    "{} exited ({status}) while starting: {}",
-                    self.proc.name,
-                    self.stderr().trim()
-                );
-            }
+            self.fail_if_exited()?;
             let now = procfs::cpu_seconds(self.proc.pid())?;
             quiet = if now > last { 0 } else { quiet + 1 };
             last = now;
@@ -265,6 +258,21 @@ impl Tracer {
         }
     }
 
+    /// An error with the tracer's last stderr lines if it has exited (while it starts, it
+    /// must not).
+    fn fail_if_exited(&mut self) -> Result<()> {
+        if let Some(status) = self.proc.exited()? {
+            // Let the reader thread collect the last lines.
+            std::thread::sleep(Duration::from_millis(200));
+            bail!(
+                "{} exited ({status}): {}",
+                self.proc.name,
+                self.stderr().trim()
+            );
+        }
+        Ok(())
+    }
+
     /// twtrace says "twtrace: tracing" once attached. bpftrace's banner went to /dev/null, so
     /// for it: a program that has run (timer_start fires constantly) when run counts are on,
     /// else a loaded program plus a second.
@@ -272,15 +280,7 @@ impl Tracer {
         let start = Instant::now();
         let limit = Duration::from_secs(60);
         loop {
-            if let Some(status) = self.proc.exited()? {
-                // Let the reader thread collect the last lines.
-                std::thread::sleep(Duration::from_millis(200));
-                bail!(
-                    "{} exited ({status}): {}",
-                    self.proc.name,
-                    self.stderr().trim()
-                );
-            }
+            self.fail_if_exited()?;
             let ready = match cond {
                 Condition::Bpftrace | Condition::BpftraceCount => {
                     let progs = procfs::bpf_progs(self.proc.pid()).unwrap_or_default();
