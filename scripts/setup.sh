@@ -20,6 +20,11 @@ export PATH="$CARGO_HOME/bin:$PATH"
 # Debian packages: eBPF compiler (rustc-web 1.96 + sources), LLVM 22 for bpf-linker, and the tools the
 # tests drive (iproute2 for netns/veth, nftables for the NAT router, procps for sysctl, kmod).
 APT_PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev g++ iproute2 nftables procps kmod curl ca-certificates dwarves wrk nginx-light bpftrace)
+# The test command's format and lint step: cargo-fmt and cargo-clippy for a machine without a
+# rustup toolchain (with one, its own come first in PATH and these go unused).
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  APT_PKGS+=(rustfmt-web rust-web-clippy)
+fi
 # VM tests (`cargo xtask vm-test`): QEMU, busybox for the initramfs, xz for 6.12's .ko.xz modules
 # (xtask writes the cpio archive itself; kernels come from `apt-get download`, nothing installed).
 if [ "${TWTRACE_WITH_VM:-0}" = 1 ]; then APT_PKGS+=(qemu-system-x86 busybox-static xz-utils); fi

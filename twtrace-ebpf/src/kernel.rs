@@ -71,6 +71,37 @@ pub unsafe fn read<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
+/// A `T` at byte `at` of the 8-byte-aligned buffer `buf`. BPF has no unaligned loads, so
+/// `read_unaligned` becomes one byte load (plus shift and or) per byte; a C struct's fields
+/// sit at multiples of their alignment, so the aligned arm, one load, is the one taken. `at` is
+/// a load-time constant to the verifier (frozen .rodata), which walks that arm only.
+///
+/// # Safety
+/// `buf + at` must be valid for reads of `T`, and `buf` 8-byte aligned.
+#[inline(always)]
+unsafe fn load<T: Copy>(buf: *const u8, at: usize) -> T {
+    const { assert!(core::mem::align_of::<T>() <= 8) };
+    if at % core::mem::align_of::<T>() == 0 {
+        // Volatile so that LLVM keeps this arm apart: it merges two plain loads of the same
+        // address into one at the lesser alignment, the byte-wise one.
+        unsafe { core::ptr::read_volatile(buf.add(at) as *const T) }
+    } else {
+        unsafe { core::ptr::read_unaligned(buf.add(at) as *const T) }
+    }
+}
+
+/// The IPv6 address (`struct in6_addr`, 4-byte aligned in C) at byte `at` of the 8-byte-aligned
+/// buffer `buf`, read as words: as `[u8; 16]` (alignment 1) it is moved byte by byte.
+///
+/// # Safety
+/// As for [`load`], for 16 bytes.
+#[inline(always)]
+unsafe fn load_in6(buf: *const u8, at: usize) -> [u8; 16] {
+    let words: [u32; 4] = unsafe { load(buf, at) };
+    // SAFETY: four u32 are 16 initialised bytes, in memory order.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
+}
+
 /// Addresses and ports of a `sock_common` (a full socket or a timewait socket).
 pub struct Flow {
     pub family: u8,
@@ -127,10 +158,21 @@ impl<const N: usize> Head<N> {
     #[inline(always)]
     pub unsafe fn get<T: Copy>(&self, off: u32) -> Option<T> {
         if off >= self.from && (off - self.from) as usize + core::mem::size_of::<T>() <= N {
+            // `from` is a field offset too, so `off - from` keeps the field's alignment when
+            // `from` is 8-aligned; otherwise `load` takes its byte-wise arm.
             let at = (off - self.from) as usize;
-            Some(unsafe {
-                core::ptr::read_unaligned((self.bytes.as_ptr() as *const u8).add(at) as *const T)
-            })
+            Some(unsafe { load(self.bytes.as_ptr() as *const u8, at) })
+        } else {
+            unsafe { read(self.base, off) }
+        }
+    }
+
+    /// The IPv6 address at `off` (from `base`), like [`Head::get`].
+    #[inline(always)]
+    pub unsafe fn get_in6(&self, off: u32) -> Option<[u8; 16]> {
+        if off >= self.from && (off - self.from) as usize + 16 <= N {
+            let at = (off - self.from) as usize;
+            Some(unsafe { load_in6(self.bytes.as_ptr() as *const u8, at) })
         } else {
             unsafe { read(self.base, off) }
         }
@@ -144,8 +186,9 @@ impl<const N: usize> Head<N> {
 /// 6.1, and every extra tracked value there costs states.
 #[inline(always)]
 pub unsafe fn read_flow(skc: u64) -> Option<Flow> {
-    // Filled by the helper, not zeroed first (zeroing is a byte-at-a-time memset call).
-    let mut b = core::mem::MaybeUninit::<[u8; SKC_BLOCK]>::uninit();
+    // Filled by the helper, not zeroed first (zeroing is a byte-at-a-time memset call), and
+    // read in place: `assume_init` by value copied it again, one byte per instruction pair.
+    let mut b = core::mem::MaybeUninit::<Aligned<SKC_BLOCK>>::uninit();
     let rc = unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
             b.as_mut_ptr().cast(),
@@ -156,27 +199,26 @@ pub unsafe fn read_flow(skc: u64) -> Option<Flow> {
     if rc != 0 {
         return None;
     }
-    // SAFETY: the helper wrote every byte.
-    let b = unsafe { b.assume_init() };
-    let family: u16 = unsafe { field(&b, skc, layout!(skc_family))? };
+    let b = b.as_ptr() as *const u8;
+    let family: u16 = unsafe { field(b, skc, layout!(skc_family))? };
     // Addresses chosen before the struct is built: a zeroed array overwritten later costs a
     // memset call (see `v4_in_16`).
     let (laddr, raddr) = if family as u8 == AF_INET6 {
         (
-            unsafe { field(&b, skc, layout!(skc_v6_rcv_saddr))? },
-            unsafe { field(&b, skc, layout!(skc_v6_daddr))? },
+            unsafe { field_in6(b, skc, layout!(skc_v6_rcv_saddr))? },
+            unsafe { field_in6(b, skc, layout!(skc_v6_daddr))? },
         )
     } else {
         (
-            v4_in_16(unsafe { field(&b, skc, layout!(skc_rcv_saddr))? }),
-            v4_in_16(unsafe { field(&b, skc, layout!(skc_daddr))? }),
+            v4_in_16(unsafe { field::<u32>(b, skc, layout!(skc_rcv_saddr))? }.to_ne_bytes()),
+            v4_in_16(unsafe { field::<u32>(b, skc, layout!(skc_daddr))? }.to_ne_bytes()),
         )
     };
-    let net: u64 = unsafe { field(&b, skc, layout!(skc_net))? };
+    let net: u64 = unsafe { field(b, skc, layout!(skc_net))? };
     Some(Flow {
         family: family as u8,
-        lport: unsafe { field::<u16>(&b, skc, layout!(skc_num))? },
-        rport: u16::from_be(unsafe { field::<u16>(&b, skc, layout!(skc_dport))? }),
+        lport: unsafe { field::<u16>(b, skc, layout!(skc_num))? },
+        rport: u16::from_be(unsafe { field::<u16>(b, skc, layout!(skc_dport))? }),
         laddr,
         raddr,
         netns: unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0),
@@ -186,12 +228,24 @@ pub unsafe fn read_flow(skc: u64) -> Option<Flow> {
 /// Bytes of a `sock_common` copied at once by [`read_flow`].
 const SKC_BLOCK: usize = 96;
 
-/// A field of the struct at `base`, from the copy `b` of its head when it lies there.
+/// A field of the struct at `base`, from the copy `b` (8-aligned, [`SKC_BLOCK`] bytes) of its
+/// head when it lies there.
 #[inline(always)]
-unsafe fn field<T: Copy>(b: &[u8; SKC_BLOCK], base: u64, off: u32) -> Option<T> {
+unsafe fn field<T: Copy>(b: *const u8, base: u64, off: u32) -> Option<T> {
     let off = off as usize;
     if off + core::mem::size_of::<T>() <= SKC_BLOCK {
-        Some(unsafe { core::ptr::read_unaligned(b.as_ptr().add(off) as *const T) })
+        Some(unsafe { load(b, off) })
+    } else {
+        unsafe { read(base, off as u32) }
+    }
+}
+
+/// The IPv6 address at `off` of the struct at `base`, like [`field`].
+#[inline(always)]
+unsafe fn field_in6(b: *const u8, base: u64, off: u32) -> Option<[u8; 16]> {
+    let off = off as usize;
+    if off + 16 <= SKC_BLOCK {
+        Some(unsafe { load_in6(b, off) })
     } else {
         unsafe { read(base, off as u32) }
     }
@@ -204,13 +258,14 @@ pub unsafe fn flow_of<const N: usize>(h: &Head<N>, at: u32) -> Option<Flow> {
     // Addresses chosen before the struct is built: a zeroed array overwritten later costs a
     // memset call (see `v4_in_16`).
     let (laddr, raddr) = if family as u8 == AF_INET6 {
-        (unsafe { h.get(at + layout!(skc_v6_rcv_saddr))? }, unsafe {
-            h.get(at + layout!(skc_v6_daddr))?
-        })
+        (
+            unsafe { h.get_in6(at + layout!(skc_v6_rcv_saddr))? },
+            unsafe { h.get_in6(at + layout!(skc_v6_daddr))? },
+        )
     } else {
         (
-            v4_in_16(unsafe { h.get(at + layout!(skc_rcv_saddr))? }),
-            v4_in_16(unsafe { h.get(at + layout!(skc_daddr))? }),
+            v4_in_16(unsafe { h.get::<u32>(at + layout!(skc_rcv_saddr))? }.to_ne_bytes()),
+            v4_in_16(unsafe { h.get::<u32>(at + layout!(skc_daddr))? }.to_ne_bytes()),
         )
     };
     let net: u64 = unsafe { h.get(at + layout!(skc_net))? };
@@ -321,9 +376,32 @@ impl Flow {
             && self.rport == ev.rport
             && self.netns == ev.netns
             && self.family == ev.family
-            && self.raddr == ev.raddr
-            && self.laddr == ev.laddr
+            && words(&self.raddr) == event_words(&ev.raddr)
+            && words(&self.laddr) == event_words(&ev.laddr)
     }
+}
+
+/// An address as two words, to compare with two loads rather than sixteen byte loads.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u64; 2] {
+    // SAFETY: 16 initialised bytes; read_unaligned because the array may sit anywhere (it is in
+    // registers or an aligned stack slot in practice, so LLVM emits word loads).
+    unsafe { core::ptr::read_unaligned(a.as_ptr() as *const [u64; 2]) }
+}
+
+/// An address field of an [`twtrace_common::Event`] as two words. Events are 8-byte aligned
+/// (ring buffer records, map values) and their address fields lie at multiples of 8, so the
+/// words are read with aligned loads: LLVM cannot know that of a `[u8; 16]` behind a pointer
+/// from a helper and reads it byte by byte.
+#[inline(always)]
+fn event_words(a: &[u8; 16]) -> [u64; 2] {
+    const {
+        assert!(core::mem::align_of::<twtrace_common::Event>() == 8);
+        assert!(core::mem::offset_of!(twtrace_common::Event, laddr) % 8 == 0);
+        assert!(core::mem::offset_of!(twtrace_common::Event, raddr) % 8 == 0);
+    };
+    // SAFETY: `a` is an address field of an Event, so it is 8-aligned (checked above).
+    unsafe { core::ptr::read(a.as_ptr() as *const [u64; 2]) }
 }
 
 /// Signals the shared tp_btf dispatchers serve (`twtrace_common::route`).

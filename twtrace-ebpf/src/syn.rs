@@ -59,8 +59,9 @@ pub fn syn_kprobe(ctx: ProbeContext) -> u32 {
         .map_or(0, |req| report(req, HookFamily::Kprobe))
 }
 
-/// Bytes copied from a request socket for the SYN's fields (they span 136 on 6.x kernels).
-const SYN_FIELDS: usize = 144;
+/// Bytes copied from a request socket for the SYN's fields (they span 136 on 6.x kernels, from
+/// an offset rounded down to a multiple of 8).
+const SYN_FIELDS: usize = 152;
 
 #[inline(always)]
 fn min3(a: u32, b: u32, c: u32) -> u32 {
@@ -96,7 +97,9 @@ pub fn report_flow(req: u64, flow: &Flow, hook: HookFamily, replaced: Option<&Ev
     // The SYN's TSval, tstamp_ok bit and ISN sit within ~140 bytes of each other: one copy
     // from the first of them (fields outside it are read on their own).
     let bit = layout!(ireq_tstamp_ok_bit);
-    let first = min3(bit / 8, layout!(req_ts_recent), layout!(req_rcv_isn));
+    // Rounded down to a multiple of 8 so that the copy keeps the fields' alignment (each is
+    // then one load, see `Head::get`).
+    let first = min3(bit / 8, layout!(req_ts_recent), layout!(req_rcv_isn)) & !7;
     let mut h = Head::<SYN_FIELDS>::at(req, first);
     let copied = unsafe { h.fill() };
     let get = |off: u32| -> Option<u32> {
