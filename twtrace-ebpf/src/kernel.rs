@@ -376,8 +376,8 @@ impl Flow {
             && self.rport == ev.rport
             && self.netns == ev.netns
             && self.family == ev.family
-            && words(&self.raddr) == event_words(&ev.raddr)
-            && words(&self.laddr) == event_words(&ev.laddr)
+            && words(&self.raddr) == event_addr_words(ev).1
+            && words(&self.laddr) == event_addr_words(ev).0
     }
 }
 
@@ -389,19 +389,24 @@ fn words(a: &[u8; 16]) -> [u64; 2] {
     unsafe { core::ptr::read_unaligned(a.as_ptr() as *const [u64; 2]) }
 }
 
-/// An address field of an [`twtrace_common::Event`] as two words. Events are 8-byte aligned
-/// (ring buffer records, map values) and their address fields lie at multiples of 8, so the
-/// words are read with aligned loads: LLVM cannot know that of a `[u8; 16]` behind a pointer
-/// from a helper and reads it byte by byte.
+/// An event's local and remote addresses as two words each. An `Event` is 8-byte aligned and
+/// its address fields lie at multiples of 8, so they are read with aligned loads: LLVM cannot
+/// know that of a `[u8; 16]` behind a pointer from a helper (map value, ring record) and
+/// reads it byte by byte. Takes the whole event, so that only its fields can be read so.
 #[inline(always)]
-fn event_words(a: &[u8; 16]) -> [u64; 2] {
+fn event_addr_words(ev: &twtrace_common::Event) -> ([u64; 2], [u64; 2]) {
     const {
         assert!(core::mem::align_of::<twtrace_common::Event>() == 8);
         assert!(core::mem::offset_of!(twtrace_common::Event, laddr) % 8 == 0);
         assert!(core::mem::offset_of!(twtrace_common::Event, raddr) % 8 == 0);
     };
-    // SAFETY: `a` is an address field of an Event, so it is 8-aligned (checked above).
-    unsafe { core::ptr::read(a.as_ptr() as *const [u64; 2]) }
+    // SAFETY: fields of a (properly aligned) Event at 8-aligned offsets (checked above).
+    unsafe {
+        (
+            core::ptr::read(ev.laddr.as_ptr() as *const [u64; 2]),
+            core::ptr::read(ev.raddr.as_ptr() as *const [u64; 2]),
+        )
+    }
 }
 
 /// Signals the shared tp_btf dispatchers serve (`twtrace_common::route`).

@@ -59,8 +59,8 @@ pub fn syn_kprobe(ctx: ProbeContext) -> u32 {
         .map_or(0, |req| report(req, HookFamily::Kprobe))
 }
 
-/// Bytes copied from a request socket for the SYN's fields (they span 136 on 6.x kernels, from
-/// an offset rounded down to a multiple of 8).
+/// Bytes copied from a request socket for the SYN's fields: they span 136 on 6.x kernels, and
+/// the copy starts up to 7 bytes before the first of them (rounded down to a multiple of 8).
 const SYN_FIELDS: usize = 152;
 
 #[inline(always)]
