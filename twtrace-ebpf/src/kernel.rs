@@ -90,26 +90,24 @@ unsafe fn load<T: Copy>(buf: *const u8, at: usize) -> T {
     }
 }
 
-/// The IPv6 address (`struct in6_addr`, 4-byte aligned in C) at byte `at` of the 8-byte-aligned
-/// buffer `buf`, read as words: as `[u8; 16]` (alignment 1) it is moved byte by byte.
-///
-/// # Safety
-/// As for [`load`], for 16 bytes.
+/// An IPv6 address (`struct in6_addr`, 4-byte aligned in C) read as four words: read as
+/// `[u8; 16]` (alignment 1) it is moved byte by byte.
 #[inline(always)]
-unsafe fn load_in6(buf: *const u8, at: usize) -> [u8; 16] {
-    let words: [u32; 4] = unsafe { load(buf, at) };
+fn in6(words: [u32; 4]) -> [u8; 16] {
     // SAFETY: four u32 are 16 initialised bytes, in memory order.
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
-/// Addresses and ports of a `sock_common` (a full socket or a timewait socket).
+/// Addresses and ports of a `sock_common` (a full socket or a timewait socket). Aligned to 8
+/// with the addresses first, so that [`Flow::same_as`] reads them as words.
+#[repr(C, align(8))]
 pub struct Flow {
-    pub family: u8,
-    pub lport: u16,
-    pub rport: u16,
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
     pub netns: u32,
+    pub lport: u16,
+    pub rport: u16,
+    pub family: u8,
 }
 
 /// A copy of `N` bytes of a kernel struct (from offset `from`), taken with one helper call: a
@@ -166,17 +164,6 @@ impl<const N: usize> Head<N> {
             unsafe { read(self.base, off) }
         }
     }
-
-    /// The IPv6 address at `off` (from `base`), like [`Head::get`].
-    #[inline(always)]
-    pub unsafe fn get_in6(&self, off: u32) -> Option<[u8; 16]> {
-        if off >= self.from && (off - self.from) as usize + 16 <= N {
-            let at = (off - self.from) as usize;
-            Some(unsafe { load_in6(self.bytes.as_ptr() as *const u8, at) })
-        } else {
-            unsafe { read(self.base, off) }
-        }
-    }
 }
 
 /// Reads the flow of the `sock_common` at `skc`. Ports come back in host order.
@@ -205,8 +192,8 @@ pub unsafe fn read_flow(skc: u64) -> Option<Flow> {
     // memset call (see `v4_in_16`).
     let (laddr, raddr) = if family as u8 == AF_INET6 {
         (
-            unsafe { field_in6(b, skc, layout!(skc_v6_rcv_saddr))? },
-            unsafe { field_in6(b, skc, layout!(skc_v6_daddr))? },
+            in6(unsafe { field(b, skc, layout!(skc_v6_rcv_saddr))? }),
+            in6(unsafe { field(b, skc, layout!(skc_v6_daddr))? }),
         )
     } else {
         (
@@ -240,17 +227,6 @@ unsafe fn field<T: Copy>(b: *const u8, base: u64, off: u32) -> Option<T> {
     }
 }
 
-/// The IPv6 address at `off` of the struct at `base`, like [`field`].
-#[inline(always)]
-unsafe fn field_in6(b: *const u8, base: u64, off: u32) -> Option<[u8; 16]> {
-    let off = off as usize;
-    if off + 16 <= SKC_BLOCK {
-        Some(unsafe { load_in6(b, off) })
-    } else {
-        unsafe { read(base, off as u32) }
-    }
-}
-
 /// The flow of the `sock_common` at offset `at` of the struct `h` copies.
 #[inline(always)]
 pub unsafe fn flow_of<const N: usize>(h: &Head<N>, at: u32) -> Option<Flow> {
@@ -259,8 +235,8 @@ pub unsafe fn flow_of<const N: usize>(h: &Head<N>, at: u32) -> Option<Flow> {
     // memset call (see `v4_in_16`).
     let (laddr, raddr) = if family as u8 == AF_INET6 {
         (
-            unsafe { h.get_in6(at + layout!(skc_v6_rcv_saddr))? },
-            unsafe { h.get_in6(at + layout!(skc_v6_daddr))? },
+            in6(unsafe { h.get(at + layout!(skc_v6_rcv_saddr))? }),
+            in6(unsafe { h.get(at + layout!(skc_v6_daddr))? }),
         )
     } else {
         (
@@ -376,17 +352,24 @@ impl Flow {
             && self.rport == ev.rport
             && self.netns == ev.netns
             && self.family == ev.family
-            && words(&self.raddr) == event_addr_words(ev).1
-            && words(&self.laddr) == event_addr_words(ev).0
+            && self.addr_words() == event_addr_words(ev)
     }
-}
 
-/// An address as two words, to compare with two loads rather than sixteen byte loads.
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u64; 2] {
-    // SAFETY: 16 initialised bytes; read_unaligned because the array may sit anywhere (it is in
-    // registers or an aligned stack slot in practice, so LLVM emits word loads).
-    unsafe { core::ptr::read_unaligned(a.as_ptr() as *const [u64; 2]) }
+    /// The local and remote addresses as two words each, like [`event_addr_words`].
+    #[inline(always)]
+    fn addr_words(&self) -> ([u64; 2], [u64; 2]) {
+        const {
+            assert!(core::mem::offset_of!(Flow, laddr) % 8 == 0);
+            assert!(core::mem::offset_of!(Flow, raddr) % 8 == 0);
+        };
+        // SAFETY: fields of an 8-aligned Flow at 8-aligned offsets (checked above).
+        unsafe {
+            (
+                core::ptr::read(self.laddr.as_ptr() as *const [u64; 2]),
+                core::ptr::read(self.raddr.as_ptr() as *const [u64; 2]),
+            )
+        }
+    }
 }
 
 /// An event's local and remote addresses as two words each. An `Event` is 8-byte aligned and
