@@ -268,6 +268,14 @@ impl Flow {
     }
 }
 
+/// Network namespace of the `sock_common` at `skc` (0 if its `struct net` cannot be read):
+/// two reads, where [`read_flow`] copies the whole head.
+#[inline(always)]
+pub unsafe fn sock_netns(skc: u64) -> Option<u32> {
+    let net: u64 = unsafe { read(skc, layout!(skc_net))? };
+    Some(unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0))
+}
+
 /// Network namespace of the current task (for syscall-context signals).
 #[inline(always)]
 pub unsafe fn current_netns() -> u32 {

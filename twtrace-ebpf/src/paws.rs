@@ -31,7 +31,8 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, PawsPath, TCP_TIME_WAIT, t
 use crate::{
     emit::emit,
     kernel::{
-        ctx_word, fexit_ret, hooks_only, netns_wanted, read, read_flow, scalar_arg, zero_words,
+        ctx_word, fexit_ret, hooks_only, netns_wanted, read, read_flow, scalar_arg, sock_netns,
+        zero_words,
     },
     layout,
     maps::TW_PROCESS_ARGS,
@@ -119,7 +120,7 @@ pub fn on_drop(skb: u64, reason: u32, rx_sk: u64, timewait: bool, hook: HookFami
         // Kernels before 6.11 do not name the socket: the receiving device's namespace.
         unsafe { skb_netns(skb) }
     } else {
-        unsafe { read_flow(rx_sk) }.map_or(0, |f| f.netns)
+        unsafe { sock_netns(rx_sk) }.unwrap_or(0)
     };
     // netns 0: neither a socket nor a device names the namespace (older kernels, some
     // paths). Such drops are kept, with netns 0, rather than silently filtered out.
@@ -427,33 +428,21 @@ fn on_oow(mib: u32, skb: u64, last_oow: u64, hook: HookFamily) -> u32 {
 #[inline(always)]
 fn oow_request(skb: u64, last_oow: u64, hook: HookFamily) -> u32 {
     let req = last_oow.wrapping_sub(layout!(req_last_oow_ack_time) as u64);
-    let Some(flow) = (unsafe { read_flow(req) }) else {
-        return 0;
-    };
-    if !netns_wanted(flow.netns) {
-        return 0;
-    }
-    let Some(seg) = (unsafe { segment::from_skb(skb) }) else {
+    let Some((netns, seg)) = wanted_segment(req, skb) else {
         return 0;
     };
     let ts_recent: u32 = unsafe { read(req, layout!(req_ts_recent)) }.unwrap_or(0);
     if !fails_paws(&seg, ts_recent) {
         return 0;
     }
-    report(&seg, flow.netns, PawsPath::SynRecv, Some(ts_recent), hook)
+    report(&seg, netns, PawsPath::SynRecv, Some(ts_recent), hook)
 }
 
 /// The reject of `skb` by the socket whose `last_oow_ack_time` is at `last_oow`.
 #[inline(always)]
 fn oow_paws(skb: u64, last_oow: u64, hook: HookFamily) -> u32 {
     let tp = last_oow.wrapping_sub(layout!(tcp_last_oow_ack_time) as u64);
-    let Some(flow) = (unsafe { read_flow(tp) }) else {
-        return 0;
-    };
-    if !netns_wanted(flow.netns) {
-        return 0;
-    }
-    let Some(seg) = (unsafe { segment::from_skb(skb) }) else {
+    let Some((netns, seg)) = wanted_segment(tp, skb) else {
         return 0;
     };
     let state: u8 = unsafe { read(tp, layout!(skc_state)) }.unwrap_or(0);
@@ -463,5 +452,16 @@ fn oow_paws(skb: u64, last_oow: u64, hook: HookFamily) -> u32 {
         PawsPath::Established
     };
     let ts_recent: Option<u32> = unsafe { read(tp, layout!(tcp_ts_recent)) };
-    report(&seg, flow.netns, path, ts_recent, hook)
+    report(&seg, netns, path, ts_recent, hook)
+}
+
+/// The namespace of the socket at `sk` and the segment `skb` it rejected, if that namespace
+/// is traced (the two out-of-window paths start alike).
+#[inline(always)]
+fn wanted_segment(sk: u64, skb: u64) -> Option<(u32, segment::Segment)> {
+    let netns = unsafe { sock_netns(sk) }?;
+    if !netns_wanted(netns) {
+        return None;
+    }
+    Some((netns, unsafe { segment::from_skb(skb) }?))
 }
