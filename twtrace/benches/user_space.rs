@@ -28,10 +28,12 @@ use twtrace::{
         clocks::{ClockConfig, ClockEstimator},
     },
     filter::Filter,
-    pipeline::Pipeline,
+    pipeline::{
+        Pipeline,
+        fixtures::{per_tuple, tp_btf_connection},
+    },
     signals::DecodeCtx,
 };
-use twtrace_common::{AF_INET, Event, EventKind, ExitCause, HookFamily, ts_flags};
 
 const T0_NS: u64 = 1_000_000_000_000;
 /// Ephemeral ports the client cycles through (1024..65535).
@@ -43,11 +45,6 @@ fn churn_syn(i: u64, offset: impl Fn(u16) -> u32) -> (u64, u32, u16) {
     let port = 1024 + (i % PORTS) as u16;
     let t = T0_NS + i * GAP_NS;
     (t, offset(port).wrapping_add((t / 1_000_000) as u32), port)
-}
-
-/// Per-4-tuple offsets: a fixed pseudo-random offset per source port.
-fn per_tuple(port: u16) -> u32 {
-    u32::from(port).wrapping_mul(2_654_435_761)
 }
 
 fn per_host(_port: u16) -> u32 {
@@ -133,39 +130,6 @@ fn clock_estimator(c: &mut Criterion) {
     g.finish();
 }
 
-/// The two records of connection `i` under churn, as the tp_btf route sends them: the exit of
-/// the server's TIME-WAIT that the client's SYN replaced (same 4-tuple), carrying that SYN,
-/// then the new connection's TIME-WAIT entry.
-fn connection(i: u64) -> [Event; 2] {
-    let port = 1024 + (i % PORTS) as u16;
-    let mut base = Event::zeroed();
-    base.family = AF_INET;
-    base.netns = 4_026_532_000;
-    base.laddr[..4].copy_from_slice(&[10, 231, 0, 1]);
-    base.raddr[..4].copy_from_slice(&[10, 231, 0, 2]);
-    base.lport = 8080;
-    base.rport = port;
-    base.hook = HookFamily::TpBtf as u8;
-    let t = T0_NS + i * 50_000;
-    let tw_addr = 0xffff_8880_0000_0000 + u64::from(port) * 512;
-    let offset = per_tuple(port);
-    let mut exit = base;
-    exit.kind = EventKind::TwExit as u8;
-    exit.detail = ExitCause::ReplacedBySyn as u8;
-    exit.ts_ns = t;
-    exit.obj = tw_addr;
-    exit.ts_recent = offset.wrapping_add((t / 1_000_000) as u32);
-    exit.tsval = offset.wrapping_add((t / 1_000_000) as u32 + 7);
-    exit.tcp_flags = 0x02;
-    exit.ts_flags = ts_flags::HAS_TS_RECENT | ts_flags::HAS_TSVAL | ts_flags::WITH_SYN;
-    let mut enter = base;
-    enter.kind = EventKind::TwEnter as u8;
-    enter.ts_ns = t + 40_000;
-    enter.obj = tw_addr;
-    enter.timeout_jiffies = 15_000;
-    [exit, enter]
-}
-
 fn pipeline(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline");
     g.bench_function("connection", |b| {
@@ -180,7 +144,7 @@ fn pipeline(c: &mut Criterion) {
             let mut batch = Vec::with_capacity(1024);
             let mut run = |from: u64, to: u64| {
                 for i in from..to {
-                    batch.extend(connection(i));
+                    batch.extend(tp_btf_connection(T0_NS, i));
                     if batch.len() >= 1024 {
                         p.feed_batch(&batch, &filter, |r| agg.apply(r));
                         batch.clear();

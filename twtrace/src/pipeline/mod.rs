@@ -19,6 +19,9 @@ use crate::{
     },
 };
 
+#[doc(hidden)]
+pub mod fixtures;
+
 pub struct Pipeline {
     ctx: DecodeCtx,
     lifetimes: Lifetimes,
@@ -103,58 +106,7 @@ fn split_exit_and_syn(ev: &Event) -> Option<(Event, Event)> {
 
 #[cfg(test)]
 mod tests {
-    use twtrace_common::{AF_INET, ExitCause, HookFamily};
-
-    use super::*;
-
-    /// The records of one connection under the bench's churn, as the tp_btf route emits them:
-    /// the client's SYN replaces the server's TIME-WAIT of the same 4-tuple, then the new
-    /// connection ends in TIME-WAIT again.
-    fn connection(i: u64, port: u16) -> [Event; 3] {
-        let mut base = Event::zeroed();
-        base.family = AF_INET;
-        base.netns = 4026532000;
-        base.laddr[..4].copy_from_slice(&[10, 231, 0, 1]);
-        base.raddr[..4].copy_from_slice(&[10, 231, 0, 2]);
-        base.lport = 8080;
-        base.rport = port;
-        base.hook = HookFamily::TpBtf as u8;
-        let t = 1_000_000_000 + i * 50_000;
-        let tw_addr = 0xffff_8880_0000_0000 + u64::from(port) * 512;
-        let mut exit = base;
-        exit.kind = EventKind::TwExit as u8;
-        exit.detail = ExitCause::ReplacedBySyn as u8;
-        exit.ts_ns = t;
-        exit.obj = tw_addr;
-        // Per-4-tuple TSval offsets, as Linux gives since early 2026 (this bench's kernel):
-        // every port its own line, the clock estimator's costliest case.
-        let offset = u32::from(port).wrapping_mul(2_654_435_761);
-        exit.ts_recent = offset.wrapping_add((t / 1_000_000) as u32);
-        exit.ts_flags = ts_flags::HAS_TS_RECENT;
-        let mut syn = base;
-        syn.kind = EventKind::Syn as u8;
-        syn.ts_ns = t + 2_000;
-        syn.tsval = offset.wrapping_add((t / 1_000_000) as u32 + 7);
-        syn.ts_flags = ts_flags::HAS_TSVAL;
-        syn.tcp_flags = 0x02;
-        let mut enter = base;
-        enter.kind = EventKind::TwEnter as u8;
-        enter.ts_ns = t + 40_000;
-        enter.obj = tw_addr;
-        enter.timeout_jiffies = 15_000;
-        [exit, syn, enter]
-    }
-
-    /// What the tp_btf route sends for `exit` and the `syn` that replaced it: one record.
-    fn merged(exit: &Event, syn: &Event) -> Event {
-        let mut m = *syn;
-        m.kind = EventKind::TwExit as u8;
-        m.detail = exit.detail;
-        m.obj = exit.obj;
-        m.ts_recent = exit.ts_recent;
-        m.ts_flags = syn.ts_flags | ts_flags::WITH_SYN | (exit.ts_flags & ts_flags::HAS_TS_RECENT);
-        m
-    }
+    use super::{fixtures::*, *};
 
     /// One record carrying an exit and its SYN gives the very records the two would: the exit
     /// (with its lifetime), the SYN, and the verdict they make, whatever the SYN's timestamps.
@@ -165,7 +117,7 @@ mod tests {
             nets: vec![],
         };
         for has_ts in [true, false] {
-            let [mut exit, mut syn, enter] = connection(7, 40_000);
+            let [mut exit, mut syn, enter] = connection(1_000_000_000, 7, 40_000);
             if !has_ts {
                 syn.ts_flags = 0;
                 syn.tsval = 0;
