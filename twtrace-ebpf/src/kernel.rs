@@ -90,8 +90,9 @@ unsafe fn load<T: Copy>(buf: *const u8, at: usize) -> T {
     }
 }
 
-/// An IPv6 address (`struct in6_addr`, 4-byte aligned in C) read as four words: read as
-/// `[u8; 16]` (alignment 1) it is moved byte by byte.
+/// An IPv6 address (`struct in6_addr`, 4-byte aligned in C) from its four words. Callers read
+/// it as `[u32; 4]`, one aligned load per word: read as `[u8; 16]` (alignment 1) it is moved
+/// byte by byte.
 #[inline(always)]
 fn in6(words: [u32; 4]) -> [u8; 16] {
     // SAFETY: four u32 are 16 initialised bytes, in memory order.
@@ -268,8 +269,8 @@ impl Flow {
     }
 }
 
-/// Network namespace of the `sock_common` at `skc` (0 if its `struct net` cannot be read):
-/// two reads, where [`read_flow`] copies the whole head.
+/// Network namespace of the `sock_common` at `skc` (0 if its `struct net` cannot be read;
+/// None if `skc` itself cannot be): two reads, where [`read_flow`] copies the whole head.
 #[inline(always)]
 pub unsafe fn sock_netns(skc: u64) -> Option<u32> {
     let net: u64 = unsafe { read(skc, layout!(skc_net))? };
@@ -367,6 +368,7 @@ impl Flow {
     #[inline(always)]
     fn addr_words(&self) -> ([u64; 2], [u64; 2]) {
         const {
+            assert!(core::mem::align_of::<Flow>() >= 8);
             assert!(core::mem::offset_of!(Flow, laddr) % 8 == 0);
             assert!(core::mem::offset_of!(Flow, raddr) % 8 == 0);
         };

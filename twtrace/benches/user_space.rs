@@ -16,7 +16,8 @@
 //! The estimator and the tables are filled before measuring (one pass of the port cycle, or
 //! of the capture), so every iteration pays what a long run pays (full line table,
 //! evictions). Each iteration also builds its input (a SYN from a few integer operations; a
-//! connection's two 96-byte records), a few nanoseconds of the time reported.
+//! connection's records, from `pipeline::fixtures`: three 96-byte events, two of them merged
+//! into one as the tp_btf route sends them), a few nanoseconds of the time reported.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -30,14 +31,12 @@ use twtrace::{
     filter::Filter,
     pipeline::{
         Pipeline,
-        fixtures::{per_tuple, tp_btf_connection},
+        fixtures::{PORTS, per_tuple, tp_btf_connection},
     },
     signals::DecodeCtx,
 };
 
 const T0_NS: u64 = 1_000_000_000_000;
-/// Ephemeral ports the client cycles through (1024..65535).
-const PORTS: u64 = 64_512;
 const GAP_NS: u64 = 66_000;
 
 /// SYN `i` of the churn: (arrival ns, TSval, source port), its clock's offset by `offset`.

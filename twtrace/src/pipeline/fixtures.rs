@@ -4,8 +4,12 @@
 
 use twtrace_common::{AF_INET, Event, EventKind, ExitCause, HookFamily, ts_flags};
 
+/// Ephemeral ports a churning client cycles through (1024..65535).
+pub const PORTS: u64 = 64_512;
+
 /// Per-4-tuple TSval offsets, as Linux gives since early 2026: a fixed pseudo-random offset
 /// per source port, every port its own line (the clock estimator's costliest case).
+#[inline]
 pub fn per_tuple(port: u16) -> u32 {
     u32::from(port).wrapping_mul(2_654_435_761)
 }
@@ -13,6 +17,7 @@ pub fn per_tuple(port: u16) -> u32 {
 /// Connection `i` from source port `port`, at `t0_ns + i · 50 µs`, as the routes other than
 /// tp_btf send it: the exit of the server's TIME-WAIT that the client's SYN replaced (same
 /// 4-tuple), that SYN, then the new connection's TIME-WAIT entry.
+#[inline]
 pub fn connection(t0_ns: u64, i: u64, port: u16) -> [Event; 3] {
     let mut base = Event::zeroed();
     base.family = AF_INET;
@@ -47,6 +52,7 @@ pub fn connection(t0_ns: u64, i: u64, port: u16) -> [Event; 3] {
 }
 
 /// What the tp_btf route sends for `exit` and the `syn` that replaced it: one record.
+#[inline]
 pub fn merged(exit: &Event, syn: &Event) -> Event {
     let mut m = *syn;
     m.kind = EventKind::TwExit as u8;
@@ -58,9 +64,10 @@ pub fn merged(exit: &Event, syn: &Event) -> Event {
 }
 
 /// Connection `i` of the churn as the tp_btf route sends it: the exit carrying its SYN, then
-/// the entry. Source ports cycle through the 64 512 ephemeral ones.
+/// the entry. Source ports cycle through the [`PORTS`] ephemeral ones.
+#[inline]
 pub fn tp_btf_connection(t0_ns: u64, i: u64) -> [Event; 2] {
-    let port = 1024 + (i % 64_512) as u16;
+    let port = 1024 + (i % PORTS) as u16;
     let [exit, syn, enter] = connection(t0_ns, i, port);
     [merged(&exit, &syn), enter]
 }
