@@ -71,6 +71,18 @@ pub unsafe fn read<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
+/// The `T` at `ptr + off`, loaded directly: `ptr` must be a BTF-typed kernel pointer (a
+/// tp_btf or fentry argument) and `off` a load-time constant (frozen .rodata) at which that
+/// type has a field of `T`'s size. The verifier checks the access against BTF and turns it into
+/// a fault-safe load (0 on a fault): no helper call, which costs as much as a short copy.
+///
+/// # Safety
+/// As above; any other pointer makes the verifier refuse the program (it does not fault).
+#[inline(always)]
+pub unsafe fn typed<T: Copy>(ptr: u64, off: u32) -> T {
+    unsafe { core::ptr::read_volatile((ptr + off as u64) as *const T) }
+}
+
 /// A `T` at byte `at` of the 8-byte-aligned buffer `buf`. BPF has no unaligned loads, so
 /// `read_unaligned` becomes one byte load (plus shift and or) per byte; a C struct's fields
 /// sit at multiples of their alignment, so the aligned arm, one load, is the one taken. `at` is

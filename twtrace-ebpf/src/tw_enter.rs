@@ -28,7 +28,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, route};
 
 use crate::{
     emit::{count_loss, emit},
-    kernel::{Head, flow_of, hooks_only, netns_wanted},
+    kernel::{Head, flow_of, hooks_only, netns_wanted, typed},
     layout,
     maps::{LAST_ENTER, LIVE, LiveTw, REARMING},
     tw_flows,
@@ -84,9 +84,8 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
 /// `routes` says whether to report it (TW_ENTER), to remember its flow (TW_FLOWS), or both.
 #[inline(always)]
 pub fn started<C: EbpfContext>(ctx: &C, timer: u64, routes: u32) {
-    // A direct load: `timer` is the tracepoint's typed argument (see dispatch.rs).
-    let expires: u64 =
-        unsafe { core::ptr::read_volatile((timer + layout!(timer_expires) as u64) as *const u64) };
+    // A direct load: `timer` is the tracepoint's typed argument.
+    let expires: u64 = unsafe { typed(timer, layout!(timer_expires)) };
     let now = unsafe { bpf_jiffies64() };
     enter(
         ctx,

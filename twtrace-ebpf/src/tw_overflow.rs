@@ -55,7 +55,8 @@ pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(layout!(tp_set_state_skaddr) as usize) }) else {
         return 0;
     };
-    closed(sk, HookFamily::Tracepoint)
+    let rport = u16::from_be(unsafe { read::<u16>(sk, layout!(skc_dport)) }.unwrap_or(0));
+    closed(sk, rport, HookFamily::Tracepoint)
 }
 
 /// The transitions a TIME-WAIT (or its refusal) ends a full socket with.
@@ -65,11 +66,11 @@ pub fn leaves_fin_wait(oldstate: i32) -> bool {
 }
 
 /// A TCP socket went FIN_WAIT2/CLOSING -> CLOSE: an overflow unless a TIME-WAIT or a reset
-/// explains it. The cheap checks (one port read) come before the flow is read.
+/// explains it. The cheap checks (on its remote port, host order, read by the caller: a direct
+/// load where `sk` is typed) come before the flow is read.
 #[inline(always)]
-pub fn closed(sk: u64, hook: HookFamily) -> u32 {
+pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
     let ts = unsafe { bpf_ktime_get_ns() };
-    let rport = u16::from_be(unsafe { read::<u16>(sk, layout!(skc_dport)) }.unwrap_or(0));
     if let Some(last) = LAST_ENTER.get_ptr_mut(0) {
         let last = unsafe { &mut *last };
         if last.rport == rport && ts.saturating_sub(last.ts_ns) < SAME_CALL_NS {
