@@ -53,8 +53,8 @@ use twtrace_common::{
 use crate::{
     emit::emit,
     kernel::{
-        Flow, Head, ctx_word, fexit_ret, flow_of, hooks_only, netns_wanted, read, routes,
-        zero_words,
+        Flow, Head, ctx_word, fexit_ret, flow_of, hooks_only, netns_wanted, read, routes, settings,
+        sock_netns, zero_words,
     },
     layout,
     maps::{EXPIRING, LIVE, PARKED, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
@@ -81,9 +81,19 @@ pub fn tw_exit_timer_cancel(ctx: TracePointContext) -> u32 {
     if func != layout!(tw_timer_handler) {
         return 0;
     }
+    let tw = timer - layout!(tw_timer) as u64;
+    // With --netns, a TIME-WAIT of another namespace is none of this program's business, and
+    // its cancel must not mark a re-arm: a kill whose chain is not recognised counts as one
+    // (below), and a new TIME-WAIT of the traced namespace made right after on this CPU, at the
+    // freed socket's address, would then pass for that re-arm and go unreported (and its
+    // close for an overflow). The namespace costs two reads, so only when filtering.
+    if settings().netns_filter != 0
+        && !netns_wanted(unsafe { sock_netns(tw + layout!(tw_common) as u64) }.unwrap_or(0))
+    {
+        return 0;
+    }
     // Most cancels are expiries or re-arms, named by the immediate caller (__run_timers,
     // __mod_timer): unwinding one frame is enough for them; only kills need the full chain.
-    let tw = timer - layout!(tw_timer) as u64;
     let cause = match classify_first(&ctx, bit(fc::REARM) | bit(fc::EXPIRE)) {
         fc::EXPIRE => ExitCause::Expired,
         fc::REARM => return rearming(timer),
