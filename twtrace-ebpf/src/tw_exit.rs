@@ -553,11 +553,15 @@ pub fn on_cancel(timer: u64, routes: u32) {
     slot.timer = timer;
     slot.ev.kind = 0;
     // With only tw_enter on this route the slot just marks a re-arm in progress.
-    if preparing
-        && prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev)
-        && routes & route::TW_FLOWS != 0
-        && immediate.is_none()
-    {
+    let prepared = preparing && prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev);
+    if preparing && !prepared {
+        // Not traced (another namespace under --netns): left parked, its timer would pass a
+        // new TIME-WAIT made right after on this CPU at the freed socket's address for a
+        // re-arm of it, and that enter would be lost (same on the classic route).
+        slot.timer = 0;
+        return;
+    }
+    if prepared && routes & route::TW_FLOWS != 0 && immediate.is_none() {
         tw_flows::learn(&slot.ev);
     }
     // Prepared in the slot even when nothing is left to wait for: an event on the stack next
