@@ -102,6 +102,7 @@ fn write_report(loaded: &loader::Loaded, verbose: bool, out: &mut String) {
     println!();
     let order: Vec<&str> = Family::ALL.iter().map(|f| f.as_str()).collect();
     println!("signal plan (best family first: {})", order.join(", "));
+    let mut sized = Vec::new();
     for c in &loaded.choices {
         println!(
             "  {:<22} {:<10} {}",
@@ -110,7 +111,14 @@ fn write_report(loaded: &loader::Loaded, verbose: bool, out: &mut String) {
             c.description
         );
         for a in &c.attached {
-            println!("  {:<22}   attached: {a}", "");
+            // A program shared between signals (the tp_btf dispatchers) is sized once.
+            let size = if sized.contains(&a.program) {
+                format!("{}, shared: sized above", a.program)
+            } else {
+                sized.push(a.program);
+                program_size(&loaded.bpf, a.program)
+            };
+            println!("  {:<22}   attached: {} ({size})", "", a.point);
         }
         if let Some(limits) = c.limits {
             println!("  {:<22}   partial: {limits}", "");
@@ -136,6 +144,28 @@ fn write_report(loaded: &loader::Loaded, verbose: bool, out: &mut String) {
             }
         }
     }
+}
+
+/// What a loaded program costs in the kernel, as the kernel reports it: its instructions after
+/// verification (the verifier rewrites and inlines, so not the object's count), how many it
+/// walked to prove it safe (5.16+), and its machine code. Every one of them runs on a hot path.
+fn program_size(bpf: &aya::Ebpf, name: &str) -> String {
+    let info = match bpf.program(name).map(|p| p.info()) {
+        Some(Ok(info)) => info,
+        Some(Err(e)) => return format!("{name}: no program info: {e}"),
+        None => return format!("{name}: not in the object"),
+    };
+    let mut shown = match info.size_translated() {
+        Some(bytes) => format!("{name}: {} instructions", bytes / 8),
+        None => format!("{name}: size not reported"),
+    };
+    if let Some(walked) = info.verified_instruction_count() {
+        shown += &format!(", {walked} verified");
+    }
+    if info.size_jitted() > 0 {
+        shown += &format!(", {} B JIT", info.size_jitted());
+    }
+    shown
 }
 
 /// What nstat's TcpExtTW counts on this kernel, for operators comparing it with twtrace's

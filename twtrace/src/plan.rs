@@ -28,7 +28,7 @@ pub struct Choice {
     /// The family now attached, if any.
     pub chosen: Option<Family>,
     /// Where its programs are attached.
-    pub attached: Vec<String>,
+    pub attached: Vec<Attached>,
     /// Families passed over, with why (in the order tried).
     pub rejected: Vec<(Family, String)>,
     /// Not traced: left out by `--signals`.
@@ -37,6 +37,15 @@ pub struct Choice {
     pub limits: Option<&'static str>,
     /// For the user, once (the loader prints it): the signal is served in part, or left out.
     pub warning: Option<String>,
+}
+
+/// One program of a chosen hook and where it is attached.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// The attach point, as the start-up line and `doctor` spell it (e.g. `tp_btf timer_start`).
+    pub point: String,
+    /// The program's name in the object, to ask the kernel about it (`doctor`).
+    pub program: &'static str,
 }
 
 impl Choice {
@@ -242,13 +251,17 @@ fn try_hook(
     facts: &Facts<'_>,
     hook: &Hook,
     attached: &mut HashSet<&'static str>,
-) -> Result<Vec<String>> {
+) -> Result<Vec<Attached>> {
     precheck(facts, hook)?;
     let mut done = Vec::new();
     let mut mine = Vec::new();
     for p in hook.programs {
+        let here = Attached {
+            point: p.attach.describe(),
+            program: p.name,
+        };
         if attached.contains(p.name) {
-            done.push(p.attach.describe());
+            done.push(here);
             continue;
         }
         let t = std::time::Instant::now();
@@ -264,7 +277,7 @@ fn try_hook(
             p.attach.describe(),
             t.elapsed()
         );
-        done.push(p.attach.describe());
+        done.push(here);
     }
     attached.extend(mine.iter().map(|p| p.name));
     Ok(done)

@@ -257,6 +257,21 @@ fn doctor_names_the_hook_of_every_signal() {
             "{line}"
         );
     }
+    // Each attached program with its size as the kernel reports it after verification.
+    let attached: Vec<&str> = out.lines().filter(|l| l.contains("attached:")).collect();
+    assert!(!attached.is_empty(), "{out}");
+    for line in attached {
+        let size = line
+            .split(": ")
+            .nth(2)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse::<u32>().ok());
+        let shared = line.ends_with("shared: sized above)");
+        assert!(
+            shared || size.is_some_and(|n| n > 0),
+            "no program size: {line}"
+        );
+    }
 }
 
 /// BPF program ids held open by a process (from /proc/PID/fdinfo).
