@@ -189,9 +189,21 @@ impl Cli {
                 check(c.alert_every != defaults.alert_every, "--alert-every");
                 check(self.live.top != LIVE_TOP, "--top");
             }
-            Some(Command::Events(_)) => check(self.live.top != LIVE_TOP, "--top"),
+            Some(Command::Events(_)) => {
+                check(self.live.top != LIVE_TOP, "--top");
+                // Without alerts and a summary file, events keeps no aggregate and no clock.
+                let aggregate = c.summary_json.is_some() || c.alert_rejects > 0;
+                check(!aggregate && c.capacity != defaults.capacity, "--capacity");
+                check(!aggregate && c.interval != defaults.interval, "--interval");
+            }
             None => {}
         }
+        // Alerts off: their spacing does nothing (doctor has refused both above).
+        let doctor = matches!(self.command, Some(Command::Doctor(_)));
+        check(
+            !doctor && c.alert_rejects == 0 && c.alert_every != defaults.alert_every,
+            "--alert-every",
+        );
         unused
     }
 }
@@ -295,6 +307,27 @@ mod tests {
         assert_eq!(unused(&["twtrace", "--top", "3", "events"]), ["--top"]);
         assert!(unused(&["twtrace", "doctor", "--hooks", "kprobe", "--netns", "1"]).is_empty());
         assert!(unused(&["twtrace", "--top", "3", "--port", "80"]).is_empty());
+        // Alerts off and no summary file: events keeps no aggregate to size or tick.
+        assert_eq!(
+            unused(&[
+                "twtrace",
+                "events",
+                "--alert-rejects",
+                "0",
+                "--interval",
+                "5",
+                "--capacity",
+                "100",
+                "--alert-every",
+                "5"
+            ]),
+            ["--capacity", "--interval", "--alert-every"]
+        );
+        assert!(unused(&["twtrace", "events", "--interval", "5", "--capacity", "100"]).is_empty());
+        assert_eq!(
+            unused(&["twtrace", "--alert-rejects", "0", "--alert-every", "5"]),
+            ["--alert-every"]
+        );
         let e = Cli::try_parse_from(["twtrace", "--alert-every", "7200"]).unwrap_err();
         assert!(e.to_string().contains("--alert-every"), "{e}");
         let ok = Cli::try_parse_from(["twtrace", "events", "--json", "--hooks", "kprobe"]).unwrap();

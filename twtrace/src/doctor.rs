@@ -12,7 +12,7 @@ use crate::{
 
 pub fn run(common: &Common, verbose: bool) -> Result<()> {
     kernel::preflight()?;
-    let options = run::load_options(common)?;
+    let options = run::load_options(common, run::netns_arg(common)?.as_ref());
     match loader::load(&options) {
         Ok(loaded) => {
             report(&loaded, verbose);

@@ -1,11 +1,16 @@
 //! User-side event filters (--port, --ip). The --netns filter runs in the kernel.
 
-use std::{net::IpAddr, os::unix::fs::MetadataExt as _, str::FromStr};
+use std::{
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use anyhow::{Context as _, Result, bail};
 use ipnet::IpNet;
 
-use crate::event::Record;
+use crate::{event::Record, kernel::netns};
 
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -51,9 +56,26 @@ fn ipv4_of_mapped(net: IpNet) -> Option<IpNet> {
     ipnet::Ipv4Net::new(v4, prefix).ok().map(IpNet::V4)
 }
 
+/// A `--netns` value: the namespace's inode (what the kernel filters on) and, when it was
+/// given as a file, that file (to enter the namespace by, for the start-up read: a namespace
+/// file outside /proc and /run/netns is found nowhere else).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetnsArg {
+    pub inode: u32,
+    pub file: Option<PathBuf>,
+}
+
 /// `--netns` values: an inode number, bare or as `readlink /proc/PID/ns/net` prints it
-/// (`net:[4026531840]`), or a namespace file (/run/netns/NAME, /proc/PID/ns/net).
-pub fn parse_netns(s: &str) -> Result<u32> {
+/// (`net:[4026531840]`), a name under /run/netns (a name made of digits too: `ip netns add
+/// 100`, which wins over the number), or a namespace file (/proc/PID/ns/net).
+pub fn parse_netns(s: &str) -> Result<NetnsArg> {
+    let named = (!s.contains('/') && !s.is_empty()).then(|| format!("/run/netns/{s}"));
+    if let Some(path) = named
+        .as_deref()
+        .filter(|p| netns::is_namespace_file(Path::new(p)))
+    {
+        return by_file(s, path);
+    }
     let number = s
         .strip_prefix("net:[")
         .and_then(|rest| rest.strip_suffix(']'))
@@ -62,7 +84,10 @@ pub fn parse_netns(s: &str) -> Result<u32> {
         if n == 0 {
             bail!("--netns 0 is not a namespace id");
         }
-        return Ok(n);
+        return Ok(NetnsArg {
+            inode: n,
+            file: None,
+        });
     }
     if s.starts_with('-') || s.starts_with("net:") {
         bail!(
@@ -70,29 +95,20 @@ pub fn parse_netns(s: &str) -> Result<u32> {
              under /run/netns, or a file such as /proc/PID/ns/net"
         );
     }
-    let path = if s.contains('/') {
-        s.to_owned()
-    } else {
-        format!("/run/netns/{s}")
-    };
-    let meta = std::fs::metadata(&path)
-        .with_context(|| format!("--netns `{s}`: not an inode number and {path} cannot be read"))?;
-    // Any file has an inode: only a namespace file's is a namespace id.
-    if !on_nsfs(&path) {
-        bail!("--netns `{s}`: {path} is not a namespace file (such as /proc/PID/ns/net)");
-    }
-    u32::try_from(meta.ino()).context("namespace inode does not fit in 32 bits")
+    by_file(s, named.as_deref().unwrap_or(s))
 }
 
-/// Whether `path` is a file of the kernel's namespace filesystem (nsfs).
-fn on_nsfs(path: &str) -> bool {
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    let Ok(c) = std::ffi::CString::new(path) else {
-        return false;
-    };
-    // SAFETY: statfs writes the struct we pass; an all-zero statfs is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == NSFS_MAGIC
+fn by_file(s: &str, path: &str) -> Result<NetnsArg> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("--netns `{s}`: not an inode number and {path} cannot be read"))?;
+    // Any file has an inode: only a namespace file's is a namespace id.
+    if !netns::is_namespace_file(Path::new(path)) {
+        bail!("--netns `{s}`: {path} is not a namespace file (such as /proc/PID/ns/net)");
+    }
+    Ok(NetnsArg {
+        inode: u32::try_from(meta.ino()).context("namespace inode does not fit in 32 bits")?,
+        file: Some(PathBuf::from(path)),
+    })
 }
 
 #[cfg(test)]
@@ -148,10 +164,12 @@ mod tests {
                 .contains("/run/netns/")
         );
         let own = parse_netns("/proc/self/ns/net").unwrap();
-        assert!(own > 0);
+        assert!(own.inode > 0);
+        assert_eq!(own.file.as_deref(), Some(Path::new("/proc/self/ns/net")));
         // What readlink prints is accepted as it is.
-        assert_eq!(parse_netns(&format!("net:[{own}]")).unwrap(), own);
-        assert_eq!(parse_netns("4026531840").unwrap(), 4026531840);
+        let printed = parse_netns(&format!("net:[{}]", own.inode)).unwrap();
+        assert_eq!((printed.inode, printed.file), (own.inode, None));
+        assert_eq!(parse_netns("4026531840").unwrap().inode, 4026531840);
         // An ordinary file has an inode too, but is no namespace.
         assert!(
             parse_netns("/proc/self/status")

@@ -16,7 +16,7 @@ use crate::{
     cli::{Cli, Command, Common, EventsOpts, HookChoice, LiveOpts},
     doctor,
     event::{Record, What},
-    filter::{self, Filter},
+    filter::{self, Filter, NetnsArg},
     loader::{self, LoadOptions, Loaded},
     pipeline::Pipeline,
     signals::{self, tw_present},
@@ -58,47 +58,87 @@ pub async fn main(cli: Cli) -> Result<()> {
     if let Some(path) = &cli.common.summary_json {
         sinks::summary::check_writable(path)?;
     }
-    let options = load_options(&cli.common)?;
-    warn_unknown_netns(options.netns);
+    let netns = netns_arg(&cli.common)?;
+    let options = load_options(&cli.common, netns.as_ref());
+    warn_unknown_netns(netns.as_ref());
     // Before loading: a SIGTERM that arrives while programs attach must still end in a clean
     // detach and exit 0, not in the default action.
     let shutdown = Shutdown::new()?;
     let loaded = loader::load(&options)?;
+    // Only now, with tracing sure to start, is an existing --output file emptied.
+    let output = output.map(PendingOutput::start).transpose()?;
     announce(&loaded);
+    let present = present_read(&loaded, &cli.common, netns);
     let filter = Filter {
         ports: cli.common.ports.clone(),
         nets: cli.common.ips.clone(),
     };
     match cli.command {
         Some(Command::Events(opts)) => {
-            events(loaded, shutdown, &filter, &cli.common, &opts, output).await
+            events(
+                loaded,
+                shutdown,
+                &filter,
+                present,
+                &cli.common,
+                &opts,
+                output,
+            )
+            .await
         }
-        _ => live(loaded, shutdown, &filter, &cli.common, &cli.live).await,
+        _ => live(loaded, shutdown, &filter, present, &cli.common, &cli.live).await,
     }
 }
 
-pub fn load_options(c: &Common) -> Result<LoadOptions> {
-    Ok(LoadOptions {
+/// `--netns`, parsed once: the kernel filters on its inode, the start-up read enters it.
+pub fn netns_arg(c: &Common) -> Result<Option<NetnsArg>> {
+    c.netns.as_deref().map(filter::parse_netns).transpose()
+}
+
+pub fn load_options(c: &Common, netns: Option<&NetnsArg>) -> LoadOptions {
+    LoadOptions {
         forced: match c.hooks {
             HookChoice::Auto => None,
             HookChoice::Only(f) => Some(f),
         },
-        netns: c
-            .netns
-            .as_deref()
-            .map(filter::parse_netns)
-            .transpose()?
-            .unwrap_or(0),
+        netns: netns.map_or(0, |n| n.inode),
         signals: c.signals.clone(),
         ring_bytes: c.ring_kib * 1024,
         max_live_tw: c.max_live_tw,
         hooks_only: c.hooks_only,
-    })
+    }
 }
 
-/// `events --output FILE`, created now; refused when it is also the --summary-json file
-/// (each summary rewrite would replace the event stream).
-fn open_output(opts: &EventsOpts, common: &Common) -> Result<Option<File>> {
+/// `events --output FILE`, opened (created if missing) before anything is attached, so that a
+/// path that cannot be written fails at once; emptied only once tracing starts
+/// ([`PendingOutput::start`]): a run that fails before (a mistyped --netns, a forced hook
+/// family that cannot load) leaves an earlier capture as it was, and removes a file it created.
+struct PendingOutput {
+    file: Option<File>,
+    path: std::path::PathBuf,
+    created: bool,
+}
+
+impl PendingOutput {
+    fn start(mut self) -> Result<File> {
+        let file = self.file.take().expect("started once");
+        file.set_len(0)
+            .with_context(|| format!("--output {}: cannot empty it", self.path.display()))?;
+        Ok(file)
+    }
+}
+
+impl Drop for PendingOutput {
+    fn drop(&mut self) {
+        if self.file.is_some() && self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `events --output FILE` (see [`PendingOutput`]); refused when it is also the --summary-json
+/// file (each summary rewrite would replace the event stream).
+fn open_output(opts: &EventsOpts, common: &Common) -> Result<Option<PendingOutput>> {
     let Some(path) = &opts.output else {
         return Ok(None);
     };
@@ -113,15 +153,29 @@ fn open_output(opts: &EventsOpts, common: &Common) -> Result<Option<File>> {
     if path.is_dir() {
         anyhow::bail!("--output {}: is a directory", path.display());
     }
-    File::create(path)
-        .map(Some)
-        .with_context(|| format!("--output {}: cannot create it", path.display()))
+    let created = !path.exists();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("--output {}: cannot create it", path.display()))?;
+    Ok(Some(PendingOutput {
+        file: Some(file),
+        path: path.clone(),
+        created,
+    }))
 }
 
 /// A --netns id that no namespace in use has: not refused (one may appear with that inode,
 /// or be held open by something twtrace cannot see), but said plainly.
-fn warn_unknown_netns(netns: u32) {
-    if netns != 0 && !crate::kernel::netns::all().contains_key(&netns) {
+fn warn_unknown_netns(netns: Option<&NetnsArg>) {
+    // Given as a file, it exists: the start-up read enters it by that file.
+    let Some(NetnsArg { inode, file: None }) = netns else {
+        return;
+    };
+    let netns = *inode;
+    if !crate::kernel::netns::all().contains_key(&netns) {
         eprintln!(
             "twtrace: warning: --netns {netns}: no such namespace in use now (no process runs \
              in it and nothing under /run/netns names it); nothing will show unless it appears"
@@ -145,16 +199,19 @@ fn stdout_reader_gone() -> bool {
 /// Whether to read the TIME-WAITs already there at start-up, of which namespace (0: all) and
 /// how many at most: only when both ends of a TIME-WAIT are traced (without them `live` has
 /// no meaning), and not with --hooks-only.
-fn present_read(l: &Loaded, c: &Common) -> Result<Option<(u32, usize)>> {
+fn present_read(l: &Loaded, c: &Common, netns: Option<NetnsArg>) -> Option<tw_present::Wanted> {
     let traced = |name: &str| {
         l.choices
             .iter()
             .any(|ch| ch.signal == name && ch.untraced_why().is_none())
     };
     if c.hooks_only || !traced("tw_enter") || !traced("tw_exit") {
-        return Ok(None);
+        return None;
     }
-    Ok(Some((load_options(c)?.netns, l.max_live_tw)))
+    Some(tw_present::Wanted {
+        netns,
+        limit: l.max_live_tw,
+    })
 }
 
 /// One line on stderr naming the hook behind each signal; tests wait for "twtrace: tracing".
@@ -203,7 +260,7 @@ async fn pump(
     mut loaded: Loaded,
     mut shutdown: Shutdown,
     filter: &Filter,
-    present: Option<(u32, usize)>,
+    present: Option<tw_present::Wanted>,
     mut on_record: impl FnMut(&Record) -> Result<()>,
     mut on_tick: impl FnMut(bool) -> Result<bool>,
 ) -> Result<()> {
@@ -242,14 +299,7 @@ async fn pump(
             Vec::new()
         };
         for (program, count) in losses {
-            let rec = Record {
-                ts_ns: 0,
-                netns: 0,
-                local: ([0, 0, 0, 0], 0).into(),
-                remote: ([0, 0, 0, 0], 0).into(),
-                what: What::Lost { program, count },
-            };
-            on_record(&rec)?;
+            on_record(&lost(program, count))?;
         }
         if let Some(e) = failed.take() {
             return Err(e);
@@ -273,12 +323,27 @@ async fn pump(
                 batch.iter().copied().for_each(&mut last);
             }
             parked.into_iter().for_each(last);
+            // Records the kernel could not store between the last check and the silence.
+            for (program, count) in transport.new_losses() {
+                on_record(&lost(program, count))?;
+            }
             on_tick(true)?;
             break;
         }
     }
     drop(loaded); // detaches and unloads every program and map
     Ok(())
+}
+
+/// The record of `count` events `program` could not store in the ring.
+fn lost(program: &'static str, count: u64) -> Record {
+    Record {
+        ts_ns: 0,
+        netns: 0,
+        local: ([0, 0, 0, 0], 0).into(),
+        remote: ([0, 0, 0, 0], 0).into(),
+        what: What::Lost { program, count },
+    }
 }
 
 /// What both modes keep between ticks: the aggregate (for the table, the summary file and
@@ -385,6 +450,7 @@ async fn events(
     loaded: Loaded,
     shutdown: Shutdown,
     filter: &Filter,
+    present: Option<tw_present::Wanted>,
     common: &Common,
     opts: &EventsOpts,
     output: Option<File>,
@@ -412,7 +478,6 @@ async fn events(
         (common.summary_json.is_some() || common.alert_rejects > 0)
             .then(|| Reporter::new(common, None, 0)),
     );
-    let present = present_read(&loaded, common)?;
     let result = pump(
         loaded,
         shutdown,
@@ -455,6 +520,7 @@ async fn live(
     loaded: Loaded,
     shutdown: Shutdown,
     filter: &Filter,
+    present: Option<tw_present::Wanted>,
     common: &Common,
     opts: &LiveOpts,
 ) -> Result<()> {
@@ -474,7 +540,6 @@ async fn live(
         ..Default::default()
     };
     let reporter = std::cell::RefCell::new(Reporter::new(common, Some(topts), opts.top));
-    let present = present_read(&loaded, common)?;
     pump(
         loaded,
         shutdown,

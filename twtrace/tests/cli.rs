@@ -374,6 +374,53 @@ fn output_paths_are_checked_before_tracing() {
     }
 }
 
+/// A run that fails before tracing starts (here a mistyped --netns, found after the output
+/// file was opened) leaves an earlier capture at that path as it was, and creates no file.
+#[test]
+fn a_failed_start_keeps_an_earlier_capture() {
+    let dir = support::TempDir::new("cli-keep").expect("temp dir");
+    let earlier = dir.0.join("earlier.ndjson");
+    std::fs::write(&earlier, "{\"type\":\"tw_enter\"}\n").expect("write");
+    let fresh = dir.0.join("fresh.ndjson");
+    for path in [&earlier, &fresh] {
+        let path = path.to_str().expect("utf-8 path");
+        let o = run(&[
+            "events",
+            "--output",
+            path,
+            "--netns",
+            "no-such-namespace-here",
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&earlier).expect("still there"),
+        "{\"type\":\"tw_enter\"}\n"
+    );
+    assert!(!fresh.exists(), "a failed run created {}", fresh.display());
+}
+
+/// `ip netns add 100`: a namespace name made of digits is that namespace, not inode 100 (which
+/// would trace nothing and say so).
+#[test]
+fn a_namespace_named_by_digits_is_found_by_name() -> Result<()> {
+    let name = format!("7{}", std::process::id());
+    support::netns::ip(&["netns", "add", &name])?;
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = support::netns::ip(&["netns", "del", &self.0]);
+        }
+    }
+    let _del = Del(name.clone());
+    let mut t = Tracer::spawn_default(&["events", "--json", "--netns", &name])?;
+    t.wait_ready(Duration::from_secs(60))?;
+    let said = t.stderr_text();
+    t.stop()?;
+    ensure!(!said.contains("no such namespace"), "{said}");
+    Ok(())
+}
+
 /// `twtrace events --json | head`: once the reader has gone the tracer stops by itself, with
 /// exit 0 and its programs detached, even when no event comes to fail a write.
 #[test]

@@ -4,8 +4,11 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
-    path::PathBuf,
+    os::{
+        fd::AsRawFd as _,
+        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    },
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -33,6 +36,9 @@ pub fn all() -> BTreeMap<u32, PathBuf> {
         .flatten()
         .flatten()
         .map(|e| e.path());
+    // A file left under a name after its namespace went (Docker leaves such files) is an
+    // ordinary file: no namespace, and nothing to enter.
+    let named = named.filter(|p| is_namespace_file(p));
     for path in pids.chain(named) {
         // A process may exit between listing and stat: skip it.
         if let Ok(meta) = std::fs::metadata(&path)
@@ -42,6 +48,18 @@ pub fn all() -> BTreeMap<u32, PathBuf> {
         }
     }
     found
+}
+
+/// Whether `path` is a file of the kernel's namespace filesystem (nsfs): any file has an
+/// inode, only a namespace file's is a namespace id.
+pub fn is_namespace_file(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes the struct we pass; an all-zero statfs is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == NSFS_MAGIC
 }
 
 /// Runs `f` on a new thread that has entered the namespace of `path`, and returns its result.

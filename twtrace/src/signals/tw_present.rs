@@ -15,16 +15,23 @@ use tokio::task::JoinHandle;
 
 use crate::{
     event::{Record, Substate, What},
-    filter::Filter,
+    filter::{Filter, NetnsArg},
     kernel::{netns, sock_diag},
 };
 
-/// Starts the start-up read of namespace `netns` (0: all), at most `limit` sockets, beside
-/// the ring (which must not fill up meanwhile); None reads nothing. Ring records wait in the
-/// [`Held`] until the read's own records have gone first.
-pub fn start(what: Option<(u32, usize)>) -> (Reading, Held) {
-    let task = what.map(|(netns, limit)| {
-        tokio::task::spawn_blocking(move || take(netns, limit, crate::run::monotonic_ns()))
+/// What to read at start-up: the `--netns` namespace (None: all), at most `limit` sockets.
+pub struct Wanted {
+    pub netns: Option<NetnsArg>,
+    pub limit: usize,
+}
+
+/// Starts the start-up read beside the ring (which must not fill up meanwhile); None reads
+/// nothing. Ring records wait in the [`Held`] until the read's own records have gone first.
+pub fn start(what: Option<Wanted>) -> (Reading, Held) {
+    let task = what.map(|w| {
+        tokio::task::spawn_blocking(move || {
+            take(w.netns.as_ref(), w.limit, crate::run::monotonic_ns())
+        })
     });
     let held = Held {
         active: task.is_some(),
@@ -105,14 +112,25 @@ pub struct Snapshot {
     pub failed: Vec<String>,
 }
 
-/// Reads the TIME-WAITs of every namespace (`only` = 0), or of the namespace with inode
-/// `only`, at most `limit` in all.
-pub fn take(only: u32, limit: usize, now_ns: u64) -> Snapshot {
-    let mut spaces = netns::all();
-    if only != 0 {
-        spaces.retain(|&inode, _| inode == only);
-    }
-    // A --netns that names no namespace in use was said at start-up (`run::warn_unknown_netns`).
+/// Reads the TIME-WAITs of every namespace (`only` None), or of the `--netns` one, at most
+/// `limit` in all.
+pub fn take(only: Option<&NetnsArg>, limit: usize, now_ns: u64) -> Snapshot {
+    let spaces = match only {
+        None => netns::all(),
+        // Given as a file: entered by that file, which may be the only one naming it (a
+        // namespace bound outside /run/netns that nothing runs in).
+        Some(NetnsArg {
+            inode,
+            file: Some(file),
+        }) => BTreeMap::from([(*inode, file.clone())]),
+        // A number: whichever file refers to it now. One that names no namespace in use
+        // was said at start-up (`run::warn_unknown_netns`).
+        Some(NetnsArg { inode, file: None }) => {
+            let mut all = netns::all();
+            all.retain(|i, _| i == inode);
+            all
+        }
+    };
     take_from(spaces, limit, now_ns)
 }
 
@@ -170,5 +188,35 @@ fn announce(snap: &Snapshot) {
     }
     for why in &snap.failed {
         eprintln!("twtrace: warning: TIME-WAITs already in {why} are not counted as live");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `--netns` given as a file is entered by that file, even where no process runs in
+    /// its namespace and nothing under /run/netns names it (then only that file leads to it).
+    /// Here the file is this process's own namespace, with an inode no namespace has: the
+    /// read must still go through the file (entered as root; refused otherwise, and then
+    /// listed as failed: either way it was tried, once).
+    #[test]
+    fn a_namespace_file_is_read_through_that_file() {
+        let file = NetnsArg {
+            inode: 1,
+            file: Some("/proc/self/ns/net".into()),
+        };
+        let snap = take(Some(&file), 16, 0);
+        assert_eq!(snap.namespaces + snap.failed.len(), 1, "{snap:?}");
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(snap.namespaces, 1, "{snap:?}");
+        }
+        // By number, only a namespace in use with that inode is read: none has inode 1.
+        let number = NetnsArg {
+            inode: 1,
+            file: None,
+        };
+        let snap = take(Some(&number), 16, 0);
+        assert_eq!((snap.namespaces, snap.failed.len()), (0, 0), "{snap:?}");
     }
 }

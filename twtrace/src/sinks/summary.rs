@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    io::Write as _,
+    io::{self, Write as _},
     path::{Path, PathBuf},
 };
 
@@ -13,8 +13,9 @@ use anyhow::{Context as _, Result};
 use crate::aggregate::paws::SourceRow;
 
 pub fn write_atomic(path: &Path, rows: &[SourceRow]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let written = write_then_rename(&tmp, path, rows);
+    let target = through_symlink(path);
+    let tmp = tmp_path(&target);
+    let written = write_then_rename(&tmp, &target, rows);
     if written.is_err() {
         // Nothing half-done is left beside the user's file.
         let _ = fs::remove_file(&tmp);
@@ -23,11 +24,36 @@ pub fn write_atomic(path: &Path, rows: &[SourceRow]) -> Result<()> {
 }
 
 fn write_then_rename(tmp: &Path, path: &Path, rows: &[SourceRow]) -> Result<()> {
-    let mut f = fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    serde_json::to_writer_pretty(&mut f, rows).context("serializing the summary")?;
-    f.write_all(b"\n")?;
-    f.sync_all().ok();
+    // A fresh file (O_EXCL): never one planted at the temporary name, nor through a symlink.
+    let _ = fs::remove_file(tmp);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    // Buffered: the serializer writes each key and value on its own, and tens of thousands
+    // of rows would be millions of system calls, on the thread that drains the ring.
+    let mut out = io::BufWriter::with_capacity(256 * 1024, file);
+    serde_json::to_writer_pretty(&mut out, rows).context("serializing the summary")?;
+    out.write_all(b"\n")?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all().ok();
     fs::rename(tmp, path).context("replacing it with the new summary")
+}
+
+/// A `--summary-json` that is a symlink: the file it points to is the one to replace (a
+/// rename onto the link would replace the link itself, and the target would never change).
+fn through_symlink(path: &Path) -> PathBuf {
+    let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return path.to_path_buf();
+    }
+    // A link to a file not there yet: its target, resolved from the link's directory.
+    fs::canonicalize(path).unwrap_or_else(|_| match fs::read_link(path) {
+        Ok(t) if t.is_absolute() => t,
+        Ok(t) => path.parent().map_or(t.clone(), |d| d.join(&t)),
+        Err(_) => path.to_path_buf(),
+    })
 }
 
 /// Checked before tracing starts: `path` is not a directory and its directory takes the
@@ -36,13 +62,18 @@ pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
         anyhow::bail!("--summary-json {}: is a directory", path.display());
     }
-    let tmp = tmp_path(path);
-    fs::File::create(&tmp).with_context(|| {
-        format!(
-            "--summary-json {}: cannot create files in its directory",
-            path.display()
-        )
-    })?;
+    let tmp = tmp_path(&through_symlink(path));
+    let _ = fs::remove_file(&tmp);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| {
+            format!(
+                "--summary-json {}: cannot create files in its directory",
+                path.display()
+            )
+        })?;
     fs::remove_file(&tmp).ok();
     Ok(())
 }
@@ -89,6 +120,33 @@ mod tests {
             1,
             "no temporary left behind"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_summary_updates_its_target() {
+        let dir = std::env::temp_dir().join(format!("twtrace-summary-ln-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("real.json");
+        let link = dir.join("link.json");
+        fs::write(&target, "old").unwrap();
+        std::os::unix::fs::symlink("real.json", &link).unwrap();
+        check_writable(&link).unwrap();
+        for _ in 0..2 {
+            write_atomic(&link, &[]).unwrap();
+        }
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read_to_string(&target).unwrap(), "[]\n");
+        // A link whose target is not there yet: the target is created.
+        fs::remove_file(&target).unwrap();
+        write_atomic(&link, &[]).unwrap();
+        assert_eq!(fs::read_to_string(&link).unwrap(), "[]\n");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2, "no temporary left");
         fs::remove_dir_all(&dir).unwrap();
     }
 
