@@ -309,6 +309,12 @@ pub fn netns_wanted(netns: u32) -> bool {
     want == 0 || want == netns
 }
 
+/// True when `--netns` names one namespace: for checks worth their reads only then.
+#[inline(always)]
+pub fn netns_filtering() -> bool {
+    settings().netns_filter != 0
+}
+
 /// Argument `n` of an fentry/fexit program as a plain number. Read directly, a pointer
 /// argument is a typed kernel pointer to the verifier, which then tracks every derived address
 /// separately (no state pruning in option-parsing loops: programs that load as kprobes blow the

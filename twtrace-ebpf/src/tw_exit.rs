@@ -53,8 +53,8 @@ use twtrace_common::{
 use crate::{
     emit::emit,
     kernel::{
-        Flow, Head, ctx_word, fexit_ret, flow_of, hooks_only, netns_wanted, read, routes, settings,
-        sock_netns, zero_words,
+        Flow, Head, ctx_word, fexit_ret, flow_of, hooks_only, netns_filtering, netns_wanted, read,
+        routes, sock_netns, zero_words,
     },
     layout,
     maps::{EXPIRING, LIVE, PARKED, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
@@ -87,7 +87,7 @@ pub fn tw_exit_timer_cancel(ctx: TracePointContext) -> u32 {
     // (below), and a new TIME-WAIT of the traced namespace made right after on this CPU, at the
     // freed socket's address, would then pass for that re-arm and go unreported (and its
     // close for an overflow). The namespace costs two reads, so only when filtering.
-    if settings().netns_filter != 0
+    if netns_filtering()
         && !netns_wanted(unsafe { sock_netns(tw + layout!(tw_common) as u64) }.unwrap_or(0))
     {
         return 0;
