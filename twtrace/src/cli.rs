@@ -100,9 +100,10 @@ pub struct Common {
     pub ring_kib: u32,
 
     /// TIME-WAIT sockets whose entry time is kept for their lifetime: in the kernel on the
-    /// function-probe and classic tracepoint routes (more are still reported, and counted as
-    /// `live_table_full` losses), in user space on tp_btf (the latest N enters are always
-    /// kept, older ones may be forgotten: their exits show `lifetime_ms: null`). On tp_btf
+    /// classic tracepoint route (more are still reported, and counted as `live_table_full`
+    /// losses), in user space elsewhere (the latest N enters are always kept, older ones may be
+    /// forgotten, counted as `max_live_tw` losses: their exits show `lifetime_ms: null` and LIVE
+    /// over-counts by as many; raise it on hosts with more live TIME-WAITs). On tp_btf
     /// before 6.11 it also bounds the kernel's table of live TIME-WAITs by connection, through
     /// which their PAWS rejects are found (when full: `live_table_full` losses, and a warning).
     /// And it bounds the TIME-WAITs already there at start-up that are read and counted as

@@ -175,6 +175,17 @@ pub struct Record {
 }
 
 impl Record {
+    /// `count` events `program` lost (the ring was full, or a bounded table dropped them).
+    pub fn lost(program: &'static str, count: u64) -> Self {
+        Record {
+            ts_ns: 0,
+            netns: 0,
+            local: ([0, 0, 0, 0], 0).into(),
+            remote: ([0, 0, 0, 0], 0).into(),
+            what: What::Lost { program, count },
+        }
+    }
+
     pub fn family(&self) -> &'static str {
         match self.remote.ip() {
             IpAddr::V4(_) => "ipv4",

@@ -15,7 +15,7 @@ use crate::{
     aggregate::Aggregate,
     cli::{Cli, Command, Common, EventsOpts, HookChoice, LiveOpts},
     doctor,
-    event::{Record, What},
+    event::Record,
     filter::{self, Filter, NetnsArg},
     loader::{self, LoadOptions, Loaded},
     pipeline::Pipeline,
@@ -299,7 +299,7 @@ async fn pump(
             Vec::new()
         };
         for (program, count) in losses {
-            on_record(&lost(program, count))?;
+            on_record(&Record::lost(program, count))?;
         }
         if let Some(e) = failed.take() {
             return Err(e);
@@ -325,7 +325,7 @@ async fn pump(
             parked.into_iter().for_each(last);
             // Records the kernel could not store between the last check and the silence.
             for (program, count) in transport.new_losses() {
-                on_record(&lost(program, count))?;
+                on_record(&Record::lost(program, count))?;
             }
             on_tick(true)?;
             break;
@@ -333,17 +333,6 @@ async fn pump(
     }
     drop(loaded); // detaches and unloads every program and map
     Ok(())
-}
-
-/// The record of `count` events `program` could not store in the ring.
-fn lost(program: &'static str, count: u64) -> Record {
-    Record {
-        ts_ns: 0,
-        netns: 0,
-        local: ([0, 0, 0, 0], 0).into(),
-        remote: ([0, 0, 0, 0], 0).into(),
-        what: What::Lost { program, count },
-    }
 }
 
 /// What both modes keep between ticks: the aggregate (for the table, the summary file and

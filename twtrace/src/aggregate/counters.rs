@@ -116,8 +116,10 @@ impl Counters {
                     }
                     // Not decremented: an unseen entry was (almost always) never added. Sockets
                     // already in TIME-WAIT at start-up would otherwise cancel out new ones and
-                    // leave `live` too low for good. The exception, an enter reported while the
-                    // kernel's live table was full, shows in the lost counts (`LossSlot::LiveTableFull`).
+                    // leave `live` too low for good. The exceptions, enters whose time was
+                    // dropped for memory (in the kernel's live table on the classic route,
+                    // `live_table_full`; in user space elsewhere, `max_live_tw`), show in the
+                    // lost counts: `live` over-counts by as many.
                     None => self.exits_unseen_entry += 1,
                 }
             }

@@ -15,7 +15,10 @@ use crate::{
     event::Record,
     filter::Filter,
     signals::{
-        self, DecodeCtx, request_ts::RequestTsvals, tw_exit::Lifetimes, tw_syn::TwSynClassifier,
+        self, DecodeCtx,
+        request_ts::RequestTsvals,
+        tw_exit::{self, Lifetimes},
+        tw_syn::TwSynClassifier,
     },
 };
 
@@ -72,6 +75,11 @@ impl Pipeline {
     #[inline]
     fn feed_one(&mut self, mut ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
         self.lifetimes.on_event(&mut ev);
+        let forgotten = self.lifetimes.take_forgotten();
+        if forgotten > 0 {
+            // A loss names no flow: never filtered out.
+            f(&Record::lost(tw_exit::FORGOTTEN, forgotten));
+        }
         self.request_ts.on_event(&mut ev);
         let derived = self.tw_syn.on_event(&ev);
         for rec in signals::decode(&ev, &self.ctx).into_iter().chain(derived) {
@@ -142,5 +150,34 @@ mod tests {
             // The enter, the exit, the SYN and its verdict.
             assert_eq!(one.len(), 4, "{one:?}");
         }
+    }
+
+    /// Beyond `max_live_tw` live TIME-WAITs, enters forgotten for memory are reported as lost
+    /// (`max_live_tw`), at once, whatever the filter: LIVE over-counts by that many.
+    #[test]
+    fn forgotten_enters_are_reported_as_lost() {
+        let filter = Filter {
+            ports: vec![1],
+            nets: vec![],
+        };
+        let cap = 1024;
+        let mut p = Pipeline::new(DecodeCtx { hz: 250 }, cap);
+        let mut lost = Vec::new();
+        let enters: Vec<Event> = (0..3 * cap as u64)
+            .map(|i| {
+                let [_, _, mut enter] = connection(1_000 + i, i + 1, 40_000);
+                enter.obj = 0x1000 + i;
+                enter
+            })
+            .collect();
+        p.feed_batch(&enters, &filter, |r| {
+            if let crate::event::What::Lost { program, count } = r.what {
+                lost.push((program, count));
+            }
+        });
+        // The second generation filled with one still in the first: those are dropped.
+        let total: u64 = lost.iter().map(|(_, c)| c).sum();
+        assert!(lost.iter().all(|(p, _)| *p == "max_live_tw"), "{lost:?}");
+        assert_eq!(total, cap as u64, "{lost:?}");
     }
 }

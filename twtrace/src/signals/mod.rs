@@ -237,8 +237,33 @@ pub fn record(ev: &Event, what: crate::event::What) -> Record {
 /// the joins that use it run for every exit and SYN.
 pub type RawFlow = (u32, u8, u16, u16, [u8; 16], [u8; 16]);
 
+/// IPv4-mapped addresses folded to IPv4: a dual-stack socket (and the request socket of an
+/// IPv4 SYN at a `[::]` listener) carries `::ffff:a.b.c.d`, while records built from the
+/// segment (kfree_skb's PAWS rejects) carry `a.b.c.d`; both are one connection.
 pub fn raw_flow(ev: &Event) -> RawFlow {
+    const AF_INET: u8 = 2;
+    const AF_INET6: u8 = 10;
+    if ev.family == AF_INET6 && is_v4_mapped(&ev.laddr) && is_v4_mapped(&ev.raddr) {
+        let v4 = |a: &[u8; 16]| {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&a[12..]);
+            out
+        };
+        return (
+            ev.netns,
+            AF_INET,
+            ev.lport,
+            ev.rport,
+            v4(&ev.laddr),
+            v4(&ev.raddr),
+        );
+    }
     (ev.netns, ev.family, ev.lport, ev.rport, ev.laddr, ev.raddr)
+}
+
+#[inline]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
 pub fn flagged(ev: &Event, bit: u8, value: u32) -> Option<u32> {

@@ -114,6 +114,26 @@ mod tests {
         (e.ts_flags & ts_flags::HAS_TS_RECENT != 0).then_some(e.ts_recent)
     }
 
+    /// An IPv4 SYN at a `[::]` listener: its request socket (the `syn` record) is AF_INET6
+    /// with `::ffff:` addresses, the reject (built from the IPv4 segment) AF_INET. One
+    /// connection.
+    #[test]
+    fn a_dual_stack_listeners_reject_finds_its_syn() {
+        let mut t = RequestTsvals::default();
+        let mut s = syn(1_000, 40000, 1500);
+        s.family = twtrace_common::AF_INET6;
+        for a in [&mut s.laddr, &mut s.raddr] {
+            let v4 = [a[0], a[1], a[2], a[3]];
+            *a = [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+            ];
+        }
+        t.on_event(&mut s);
+        let mut r = reject(2_000, 40000);
+        t.on_event(&mut r);
+        assert_eq!(ts_recent(&r), Some(1500));
+    }
+
     #[test]
     fn a_reject_takes_the_tsval_of_its_request_sockets_syn() {
         let mut t = RequestTsvals::default();

@@ -248,7 +248,8 @@ pub fn parked_exits(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
 /// TIME-WAIT there cost more than this): each enter is remembered by socket address until
 /// its exit. Bounded like the kernel's table (`--max-live-tw`): the latest `capacity` enters are
 /// always remembered, older ones may go, and their exits read `lifetime_ms: null`, as for
-/// sockets older than twtrace.
+/// sockets older than twtrace. What goes is counted ([`Lifetimes::take_forgotten`]) and
+/// reported as lost ([`FORGOTTEN`]): those TIME-WAITs' exits cannot end their LIVE count.
 ///
 /// Two generations of address maps rather than an LRU: every TIME-WAIT is one insert and
 /// one remove at a random socket address, and an LRU's recency list costs two more cache
@@ -260,7 +261,13 @@ pub struct Lifetimes {
     current: AddrMap,
     old: AddrMap,
     capacity: usize,
+    /// Enters dropped with their generation, not yet reported.
+    forgotten: u64,
 }
+
+/// The `lost` program name under which forgotten enters are reported: `--max-live-tw` live
+/// TIME-WAITs were exceeded, and LIVE over-counts by as many from then on.
+pub const FORGOTTEN: &str = "max_live_tw";
 
 impl Lifetimes {
     pub fn new(capacity: usize) -> Self {
@@ -269,7 +276,14 @@ impl Lifetimes {
             current: AddrMap::new(capacity),
             old: AddrMap::new(capacity),
             capacity,
+            forgotten: 0,
         }
+    }
+
+    /// Enters forgotten since the last call (their exits will read `lifetime_ms: null`).
+    #[inline]
+    pub fn take_forgotten(&mut self) -> u64 {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Whether this route's record is paired here (every route but the classic tracepoint
@@ -317,6 +331,7 @@ impl Lifetimes {
     fn insert(&mut self, tw: u64, ts_ns: u64) {
         if self.current.len() >= self.capacity {
             // The old generation's memory is reused; what it still held is forgotten.
+            self.forgotten += self.old.len() as u64;
             self.old.clear();
             std::mem::swap(&mut self.current, &mut self.old);
         }
@@ -344,7 +359,9 @@ mod tests {
         for (obj, t) in [(1, 100), (2, 200), (3, 300), (4, 400), (5, 500)] {
             l.on_event(&mut ev(EventKind::TwEnter, HookFamily::TpBtf, obj, t));
         }
-        // Sockets 1 and 2 went with their generation: unknown, never a guess.
+        // Sockets 1 and 2 went with their generation: unknown, never a guess; and counted.
+        assert_eq!(l.take_forgotten(), 2);
+        assert_eq!(l.take_forgotten(), 0, "reported once");
         for obj in [1, 2] {
             let mut x = ev(EventKind::TwExit, HookFamily::TpBtf, obj, 1_000);
             l.on_event(&mut x);

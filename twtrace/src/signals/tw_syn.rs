@@ -76,7 +76,11 @@ impl TwSynClassifier {
             EventKind::TwExit if ExitCause::from_u8(ev.detail) == ExitCause::ReplacedBySyn => {
                 let exit = Pending {
                     ts_ns: ev.ts_ns,
-                    ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
+                    // 0: the connection had no timestamps (ts_recent was never set), and the
+                    // kernel then reads none from the SYN: accepted by sequence alone. (A real
+                    // ts_recent of 0 is one in 2^32; the eBPF PAWS test reads 0 alike.)
+                    ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent)
+                        .filter(|&r| r != 0),
                 };
                 if let Some((k, older)) = self.last.replace((key, exit)) {
                     self.pending.insert(k, older);
@@ -187,6 +191,23 @@ mod tests {
         );
         // Paired once only.
         assert_eq!(c.on_event(&syn(Some(1001), 3_000)), None);
+    }
+
+    /// A TIME-WAIT of a connection without timestamps keeps ts_recent 0, and the kernel
+    /// parses no option of the SYN then: only its sequence can let it in.
+    #[test]
+    fn no_timestamps_at_time_wait_means_accepted_by_sequence() {
+        let mut c = TwSynClassifier::default();
+        c.on_event(&exit(0));
+        match c.on_event(&syn(Some(0x1000_0000), 2_000)).map(|r| r.what) {
+            Some(What::TwSyn {
+                verdict, ts_recent, ..
+            }) => {
+                assert_eq!(verdict, TwSynVerdict::AcceptedBySequence);
+                assert_eq!(ts_recent, None);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

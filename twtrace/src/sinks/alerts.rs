@@ -47,10 +47,13 @@ impl Alerter {
             self.last.insert(r.ip, (now, rejects));
             out.push(line(r));
         }
-        // Bounded: forget IPs quiet for ten intervals.
-        let every = self.rules.every;
-        self.last
-            .retain(|_, (at, _)| now.duration_since(*at) < every * 10);
+        // Bounded by the rows (the aggregate's capacity): an IP is forgotten only once it has
+        // left them. Forgetting a quiet IP still listed would repeat its alert with no new
+        // reject.
+        if self.last.len() > rows.len() {
+            let listed: std::collections::HashSet<IpAddr> = rows.iter().map(|r| r.ip).collect();
+            self.last.retain(|ip, _| listed.contains(ip));
+        }
         out
     }
 }
@@ -77,4 +80,70 @@ fn line(r: &SourceRow) -> String {
         r.predicted_rejects_per_s,
         reading
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregate::{clocks::ClockConfig, paws::PawsTable},
+        event::{PawsPath, Record, What},
+    };
+
+    fn rows_with_rejects(n: u64) -> Vec<SourceRow> {
+        let mut t = PawsTable::new(8, ClockConfig::default());
+        for i in 0..n {
+            t.apply(&Record {
+                ts_ns: 1_000_000_000 + i,
+                netns: 1,
+                local: "10.0.0.1:80".parse().unwrap(),
+                remote: "192.0.2.7:4000".parse().unwrap(),
+                what: What::PawsReject {
+                    path: PawsPath::Timewait,
+                    tsval: Some(1),
+                    ts_recent: Some(2),
+                    tcp_flags: 0x02,
+                    old_ack: false,
+                },
+            });
+        }
+        t.rows(2_000_000_000)
+    }
+
+    /// Once per IP and interval, and only with new rejects since: a quiet IP still listed is
+    /// not alerted again, however long it stays.
+    #[test]
+    fn an_ip_is_alerted_again_only_for_new_rejects() {
+        let every = Duration::from_secs(60);
+        let mut a = Alerter::new(AlertRules {
+            min_rejects: 5,
+            every,
+        });
+        let t0 = Instant::now();
+        assert!(
+            a.check(&rows_with_rejects(4), t0).is_empty(),
+            "under the threshold"
+        );
+        let five = rows_with_rejects(5);
+        assert_eq!(a.check(&five, t0).len(), 1);
+        let six = rows_with_rejects(6);
+        assert!(
+            a.check(&six, t0 + every / 2).is_empty(),
+            "within the interval"
+        );
+        assert_eq!(
+            a.check(&six, t0 + every).len(),
+            1,
+            "new rejects, interval passed"
+        );
+        for k in 2..30 {
+            assert!(
+                a.check(&six, t0 + every * k).is_empty(),
+                "no new reject at {k}"
+            );
+        }
+        // Gone from the rows (evicted), then back: a new count, a new alert.
+        assert!(a.check(&[], t0 + every * 31).is_empty());
+        assert_eq!(a.check(&six, t0 + every * 32).len(), 1);
+    }
 }
