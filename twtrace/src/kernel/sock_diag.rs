@@ -10,7 +10,7 @@ use netlink_packet_core::{
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, Timer},
 };
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -64,8 +64,10 @@ fn dump(family: u8, limit: usize, out: &mut Sockets) -> Result<()> {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::empty(),
-            // A timewait socket's sk_state is TIME_WAIT whatever its substate.
-            states: StateFlags::TIME_WAIT | StateFlags::LISTEN,
+            // The kernel filters (and reports) a timewait socket by its substate: a TIME-WAIT
+            // standing for an orphaned FIN_WAIT2 (tcp_fin_timeout) is asked for as FIN_WAIT2,
+            // which brings full FIN_WAIT2 sockets too (told apart by their timer, below).
+            states: StateFlags::TIME_WAIT | StateFlags::FIN_WAIT2 | StateFlags::LISTEN,
             socket_id,
         })
         .into(),
@@ -91,9 +93,11 @@ fn dump(family: u8, limit: usize, out: &mut Sockets) -> Result<()> {
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let id = &r.header.socket_id;
+                    // Only timewait sockets carry the TIME-WAIT timer (idiag_timer 3).
+                    let timewait = r.header.timer == Some(Timer::TimeWait);
                     if r.header.state == TCP_LISTEN {
                         out.listening.push(id.source_port);
-                    } else if out.timewaits.len() < limit {
+                    } else if timewait && out.timewaits.len() < limit {
                         out.timewaits.push(TimeWaitSock {
                             local: SocketAddr::new(
                                 id.source_address.to_canonical(),
