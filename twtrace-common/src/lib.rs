@@ -486,6 +486,13 @@ pub mod route {
     /// that SYN, whose program then writes both as one record (as the tp_btf route does).
     /// Cleared first at shutdown, so that the slots can be read without racing the programs.
     pub const MERGE_EXIT_SYN: u32 = 128;
+
+    /// The bit of signal `bit` served by the classic tracepoint route. Its programs are also
+    /// attached for other signals' sake (`TW_TIMER_START` for tw_overflow, `TW_TIMER_CANCEL`
+    /// for tw_enter): they report only what these bits say is traced there.
+    pub const fn classic(bit: u32) -> u32 {
+        bit << 16
+    }
 }
 
 /// tp_btf route of TW exit: a TIME-WAIT timer cancelled on this CPU whose meaning (expiry,

@@ -33,9 +33,12 @@ pub fn tp_timer_start(ctx: BtfTracePointContext) -> u32 {
     }
     if func == layout!(tw_timer_handler) {
         tw_timer_started(&ctx, timer);
-    } else if func == layout!(reqsk_timer_handler) {
+        return 0;
+    }
+    if func == layout!(reqsk_timer_handler) {
         request_timer_started(timer);
     }
+    tw_exit::other_timer_started();
     0
 }
 
@@ -50,7 +53,8 @@ fn tw_timer_started(ctx: &BtfTracePointContext, timer: u64) {
         return;
     }
     let routes = routes();
-    if routes & (route::TW_ENTER | route::TW_FLOWS) != 0 {
+    // tw_overflow alone needs the mark a TIME-WAIT's start leaves (`LAST_ENTER`) too.
+    if routes & (route::TW_ENTER | route::TW_FLOWS | route::TW_OVERFLOW) != 0 {
         tw_enter::started(ctx, timer, routes);
     }
 }

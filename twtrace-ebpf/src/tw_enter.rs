@@ -28,7 +28,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, route};
 
 use crate::{
     emit::{count_loss, emit},
-    kernel::{Head, flow_of, hooks_only, netns_wanted, typed},
+    kernel::{Head, flow_of, hooks_only, netns_wanted, routes, typed},
     layout,
     maps::{LAST_ENTER, LIVE, LiveTw, REARMING},
     tw_flows,
@@ -71,17 +71,24 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
     let expires: u64 =
         unsafe { ctx.read_at(layout!(tp_timer_start_expires) as usize) }.unwrap_or(0);
     let now: u64 = unsafe { ctx.read_at(layout!(tp_timer_start_now) as usize) }.unwrap_or(0);
+    // Attached for tw_overflow's sake alone, it only leaves its mark (`LAST_ENTER`).
+    let routes = if routes() & route::classic(route::TW_ENTER) != 0 {
+        route::TW_ENTER
+    } else {
+        0
+    };
     enter(
         &ctx,
         tw,
         expires.wrapping_sub(now),
         HookFamily::Tracepoint,
-        route::TW_ENTER,
+        routes,
     )
 }
 
 /// tp_btf route: a TIME-WAIT timer was started and it is not a re-arm (the dispatcher checked).
-/// `routes` says whether to report it (TW_ENTER), to remember its flow (TW_FLOWS), or both.
+/// `routes` says whether to report it (TW_ENTER), to remember its flow (TW_FLOWS), or both;
+/// with neither (tw_overflow alone) it only leaves its mark for tw_overflow.
 #[inline(always)]
 pub fn started<C: EbpfContext>(ctx: &C, timer: u64, routes: u32) {
     // A direct load: `timer` is the tracepoint's typed argument.
@@ -141,8 +148,9 @@ pub fn tw_enter_kprobe(ctx: ProbeContext) -> u32 {
 /// Bytes of a timewait socket copied at an enter: past tw_substate on 6.x kernels.
 const TW_ENTER_HEAD: usize = 144;
 
-/// Records and reports a new TIME-WAIT socket `tw` (shared by every hook of this signal; only
-/// the tp_btf dispatcher passes `routes` other than TW_ENTER).
+/// Records and reports a new TIME-WAIT socket `tw` (shared by every hook of this signal; the
+/// tp_btf dispatcher and the classic program attached for tw_overflow alone pass `routes`
+/// other than TW_ENTER). Always leaves the mark tw_overflow's close looks for.
 #[inline(always)]
 fn enter<C: EbpfContext>(
     ctx: &C,
@@ -165,10 +173,19 @@ fn enter<C: EbpfContext>(
     if routes & route::TW_FLOWS != 0 {
         tw_flows::remember(ctx, &flow, tw);
     }
+    let ts = unsafe { bpf_ktime_get_ns() };
+    // The mark tw_overflow's close looks for: this socket got its TIME-WAIT (it is needed
+    // whether or not enters are reported).
+    if let Some(last) = LAST_ENTER.get_ptr_mut(0) {
+        // Field by field: the padding is never read, and writing it costs a memset call.
+        unsafe {
+            (*last).ts_ns = ts;
+            (*last).rport = flow.rport;
+        }
+    }
     if routes & route::TW_ENTER == 0 {
         return 0;
     }
-    let ts = unsafe { bpf_ktime_get_ns() };
     // Only the classic tracepoint route keeps TIME-WAITs in a kernel table: it needs one to
     // tell a re-arm from a first arm (above). Every other route leaves lifetimes to user space,
     // which pairs this enter with the exit by socket address: a hash insert, lookup and delete
@@ -182,13 +199,6 @@ fn enter<C: EbpfContext>(
                 "live TIME-WAIT table full ({} times on this CPU): lifetimes unknown; raise --max-live-tw",
                 n
             );
-        }
-    }
-    if let Some(last) = LAST_ENTER.get_ptr_mut(0) {
-        // Field by field: the padding is never read, and writing it costs a memset call.
-        unsafe {
-            (*last).ts_ns = ts;
-            (*last).rport = flow.rport;
         }
     }
     let substate: u8 = unsafe { h.get(layout!(tw_substate)) }.unwrap_or(0);

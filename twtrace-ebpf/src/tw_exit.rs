@@ -505,6 +505,10 @@ fn prepare_from<const N: usize>(h: &Head<N>, tw: u64, hook: HookFamily, ev: &mut
 fn report(prepared: &Event, cause: ExitCause) {
     if prepared.hook == HookFamily::Tracepoint as u8 {
         let _ = LIVE.remove(&prepared.obj);
+        // Attached for tw_enter's sake alone (its live table must lose ended TIME-WAITs).
+        if routes() & route::classic(route::TW_EXIT) == 0 {
+            return;
+        }
     }
     emit(LossSlot::TwExit, |ev| {
         *ev = *prepared;
@@ -610,6 +614,24 @@ pub fn rearmed(timer: u64) -> bool {
             true
         }
         _ => false,
+    }
+}
+
+/// `timer_start` of any timer but a TIME-WAIT's. A re-arm cancels and starts its timer in one
+/// call under the timer base's lock: no other timer starts between on this CPU, so one that
+/// does means the parked cancel was an end. Where exits are traced, the end's own events
+/// (expiry, the SYN or reset that killed it) settle it; without them (tw_enter alone) this
+/// does, or a new TIME-WAIT made later on this CPU at the freed socket's address would pass
+/// for a re-arm of it and go unreported.
+#[inline(always)]
+pub fn other_timer_started() {
+    if routes() & route::TW_EXIT != 0 {
+        return;
+    }
+    if let Some(slot) = parked()
+        && slot.ev.kind == 0
+    {
+        slot.timer = 0;
     }
 }
 

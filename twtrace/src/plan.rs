@@ -221,8 +221,10 @@ fn attach_signal(
         for hook in signal.hooks.iter().filter(|h| h.family == family) {
             match try_hook(bpf, facts, hook, &mut shared.attached) {
                 Ok(attached) => {
-                    if family == Family::TpBtf {
-                        shared.routes |= signal.route;
+                    match family {
+                        Family::TpBtf => shared.routes |= signal.route,
+                        Family::Tracepoint => shared.routes |= route::classic(signal.route),
+                        Family::Fentry | Family::Kprobe => {}
                     }
                     choice.chosen = Some(family);
                     choice.attached = attached;

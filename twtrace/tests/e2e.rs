@@ -65,6 +65,16 @@ fn trace_netns(inode: u32) -> Result<Tracer> {
     Ok(t)
 }
 
+/// [`trace_netns`] with only `signal` traced: what it needs from other signals' programs
+/// must still be there (on the tracepoint routes tw_overflow needs TIME-WAIT starts, and the
+/// classic tw_enter needs TIME-WAIT ends).
+fn trace_netns_only(inode: u32, signal: &str) -> Result<Tracer> {
+    let ns = inode.to_string();
+    let mut t = Tracer::spawn_default(&["events", "--json", "--netns", &ns, "--signals", signal])?;
+    t.wait_ready(READY)?;
+    Ok(t)
+}
+
 fn stop(t: Tracer) -> Result<Vec<Value>> {
     thread::sleep(SETTLE);
     let events = t.stop()?;
@@ -236,6 +246,7 @@ fn reconnect(tag: &str, f: Family) -> Result<()> {
     let (srv, server) = serve(&pair, f)?;
     let ports: Vec<u16> = (0..PORTS as u16).map(|i| 41_000 + i * 2).collect();
     let tracer = trace_netns(pair.server_inode())?;
+    let enters_only = trace_netns_only(pair.server_inode(), "tw_enter")?;
     let before = netstat(pair.server_ns())?;
     all_ok(&connect_many(
         pair.client_ns(),
@@ -259,6 +270,7 @@ fn reconnect(tag: &str, f: Family) -> Result<()> {
     let after = netstat(pair.server_ns())?;
     let cause = segment_kill_cause(&tracer.stderr_text(), "replaced_by_syn");
     let events = stop(tracer)?;
+    let enters_only = stop(enters_only)?;
     drop(server);
 
     let inode = pair.server_inode();
@@ -271,6 +283,17 @@ fn reconnect(tag: &str, f: Family) -> Result<()> {
     };
     assert_eq!(held, PORTS as u64, "sanity: the server held every 4-tuple");
     assert_eq!(of(&events, "tw_enter", inode).len() as u64, created);
+    // The replaced TIME-WAITs' sockets are freed and their addresses reused by the next ones:
+    // traced alone, tw_enter must still tell those from re-arms.
+    assert_eq!(
+        of(&enters_only, "tw_enter", inode).len() as u64,
+        created,
+        "tw_enter traced alone"
+    );
+    assert!(
+        enters_only.iter().all(|e| e["type"] == "tw_enter"),
+        "only tw_enter events"
+    );
     let replaced: Vec<&Value> = events
         .iter()
         .filter(|e| e["type"] == "tw_exit" && e["netns"] == inode && e["cause"] == cause)
@@ -311,6 +334,7 @@ fn overflow_matches_kernel_counter() -> Result<()> {
     let (srv, server) = serve(&pair, Family::V4)?;
     let inode = pair.server_inode();
     let tracer = trace_netns(inode)?;
+    let overflows_only = trace_netns_only(inode, "tw_overflow")?;
     let before = netstat(pair.server_ns())?;
     all_ok(&connect_many(
         pair.client_ns(),
@@ -321,10 +345,17 @@ fn overflow_matches_kernel_counter() -> Result<()> {
     )?)?;
     let after = netstat(pair.server_ns())?;
     let events = stop(tracer)?;
+    let overflows_only = stop(overflows_only)?;
     drop(server);
 
     let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
     assert!(kernel > 0, "sanity: the bucket limit was hit");
+    // Traced alone, closes that got their TIME-WAIT must not pass for overflows.
+    assert_eq!(
+        of(&overflows_only, "tw_overflow", inode).len() as u64,
+        kernel,
+        "tw_overflow traced alone vs TcpExtTCPTimeWaitOverflow"
+    );
     let overflows = of(&events, "tw_overflow", inode);
     assert_eq!(
         overflows.len() as u64,
@@ -699,4 +730,53 @@ fn data_after_close_resets_fin_wait2_timewait_v4() -> Result<()> {
 #[test]
 fn data_after_close_resets_fin_wait2_timewait_v6() -> Result<()> {
     data_after_close_resets("rst6", Family::V6)
+}
+
+/// TIME-WAITs standing in for an orphaned FIN_WAIT2 (the server closed, the client has not)
+/// are read at start-up too: the kernel lists a timewait socket under its substate, so they
+/// must be asked for as FIN_WAIT2. `tw_present` names exactly the namespace's FIN_WAIT2
+/// timewait sockets, with that substate.
+#[test]
+fn fin_wait2_timewaits_present_at_start() -> Result<()> {
+    const N: usize = 4;
+    let pair = NetnsPair::new("pfw2")?;
+    let (srv_ns, cli_ns) = (pair.server_ns(), pair.client_ns());
+    let ip = server_ip(&pair, Family::V4);
+    let srv = SocketAddr::new(ip, free_port(srv_ns, ip)?);
+    let listener = in_netns(srv_ns, || TcpListener::bind(srv)).context("bind")?;
+    // The clients stay open: their peers stay FIN_WAIT2 TIME-WAITs for tcp_fin_timeout.
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let client =
+            in_netns(cli_ns, || TcpStream::connect_timeout(&srv, IO_TIMEOUT)).context("connect")?;
+        let cli = client.local_addr()?;
+        let (accepted, _) = listener.accept()?;
+        accepted.shutdown(Shutdown::Write)?;
+        wait_until("the server is in FIN_WAIT2", IO_TIMEOUT, || {
+            has_socket(srv_ns, srv, cli, TcpState::FinWait2)
+        })?;
+        drop(accepted);
+        clients.push(client);
+    }
+    let at_start: BTreeSet<(SocketAddr, SocketAddr)> = tcp_sockets(srv_ns)?
+        .into_iter()
+        .filter(|e| e.timewait && e.state == TcpState::FinWait2)
+        .map(|e| (e.local, e.remote))
+        .collect();
+    assert_eq!(at_start.len(), N, "sanity: {N} FIN_WAIT2 TIME-WAITs");
+
+    let tracer = trace_netns(pair.server_inode())?;
+    let events = stop(tracer)?;
+    drop(clients);
+    let present = of(&events, "tw_present", pair.server_inode());
+    let seen: BTreeSet<(SocketAddr, SocketAddr)> = present
+        .iter()
+        .map(|e| (addr(e, "local"), addr(e, "remote")))
+        .collect();
+    assert_eq!(seen, at_start, "tw_present = the FIN_WAIT2 TIME-WAITs");
+    assert_eq!(present.len(), N, "each once");
+    for e in &present {
+        assert_eq!(e["substate"], "FIN_WAIT2", "{e}");
+    }
+    Ok(())
 }

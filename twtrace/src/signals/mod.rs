@@ -148,6 +148,26 @@ pub const TP_TIMER_EXPIRE: Program = Program {
     },
 };
 
+/// Classic tracepoint programs other signals' hooks on that route depend on (shared like the
+/// tp_btf dispatchers). A TIME-WAIT's timer start marks, on its CPU, that the closing socket
+/// got its TIME-WAIT (without it tw_overflow takes every close for an overflow); its cancel
+/// takes it out of the kernel's live table (without it tw_enter takes every new TIME-WAIT at a
+/// reused address for a re-arm). What they report is gated on `route::classic` bits.
+pub const TW_TIMER_START: Program = Program {
+    name: "tw_enter_timer_start",
+    attach: Attach::Tracepoint {
+        category: "timer",
+        name: "timer_start",
+    },
+};
+pub const TW_TIMER_CANCEL: Program = Program {
+    name: "tw_exit_timer_cancel",
+    attach: Attach::Tracepoint {
+        category: "timer",
+        name: "timer_cancel",
+    },
+};
+
 /// One way to observe a signal: all of its programs must load and attach.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {

@@ -3,7 +3,8 @@
 use twtrace_common::{Event, TCP_FIN_WAIT2};
 
 use super::{
-    Attach, DecodeCtx, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START, record,
+    Attach, DecodeCtx, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START,
+    TW_TIMER_CANCEL, TW_TIMER_START, record,
 };
 use crate::event::{Record, Substate, What};
 
@@ -40,17 +41,14 @@ pub static SIGNAL: Signal = Signal {
             limits: None,
             programs: &[TP_TIMER_START, TP_TIMER_CANCEL],
         },
+        // The cancel program too: it takes ended TIME-WAITs out of the kernel's live table,
+        // whose entries tell a re-arm from a new TIME-WAIT (it reports exits only when tw_exit
+        // is traced on this route).
         Hook {
             family: Family::Tracepoint,
             needs: &[],
             limits: None,
-            programs: &[Program {
-                name: "tw_enter_timer_start",
-                attach: Attach::Tracepoint {
-                    category: "timer",
-                    name: "timer_start",
-                },
-            }],
+            programs: &[TW_TIMER_START, TW_TIMER_CANCEL],
         },
     ],
 };

@@ -4,7 +4,7 @@ use twtrace_common::{Event, ExitCause as RawCause};
 
 use super::{
     Attach, Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
-    addr_map::AddrMap, record,
+    TW_TIMER_CANCEL, addr_map::AddrMap, record,
 };
 use crate::event::{ExitCause, Record, What};
 
@@ -174,13 +174,7 @@ const RESETS_TRACED: Need = Need::TracepointField {
 };
 
 const TRACEPOINT_PROGRAMS: [Program; 2] = [
-    Program {
-        name: "tw_exit_timer_cancel",
-        attach: Attach::Tracepoint {
-            category: "timer",
-            name: "timer_cancel",
-        },
-    },
+    TW_TIMER_CANCEL,
     Program {
         name: "tw_exit_rst_tx",
         attach: Attach::Tracepoint {

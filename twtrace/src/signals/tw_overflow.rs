@@ -2,7 +2,7 @@
 
 use twtrace_common::Event;
 
-use super::{Attach, Family, Hook, Program, Signal, record};
+use super::{Attach, Family, Hook, Program, Signal, TP_TIMER_START, TW_TIMER_START, record};
 use crate::event::{Record, What};
 
 pub static SIGNAL: Signal = Signal {
@@ -63,6 +63,9 @@ pub static SIGNAL: Signal = Signal {
                         name: "tcp_send_reset",
                     },
                 },
+                // A close that got its TIME-WAIT is told by that TIME-WAIT's timer start just
+                // before, on its CPU: needed even when tw_enter is not traced.
+                TP_TIMER_START,
             ],
         },
         Hook {
@@ -91,6 +94,7 @@ pub static SIGNAL: Signal = Signal {
                         name: "inet_sock_set_state",
                     },
                 },
+                TW_TIMER_START,
             ],
         },
     ],
