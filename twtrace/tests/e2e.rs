@@ -95,8 +95,18 @@ fn segment_kill_cause(announced: &str, known: &'static str) -> &'static str {
         classic && !kernel_btf_has_name("sk_rst_reason"),
         "tw_exit announced partial exactly on the tracepoint route before 6.10:\n{announced}"
     );
+    // tp_btf finds a reset's TIME-WAIT through the drop of its segment, which only a drop
+    // reason (5.17) names.
+    let tp_btf_partial = announced.contains("tw_exit=tp_btf(partial)");
+    assert_eq!(
+        tp_btf_partial,
+        announced.contains("tw_exit=tp_btf") && !kernel_btf_has_name("skb_drop_reason"),
+        "tw_exit announced partial on tp_btf exactly before drop reasons:\n{announced}"
+    );
     if partial {
         assert!(announced.contains("look alike"), "{announced}");
+        "unknown"
+    } else if tp_btf_partial && known == "killed_by_rst" {
         "unknown"
     } else {
         known

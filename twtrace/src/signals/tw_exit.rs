@@ -129,17 +129,19 @@ pub static SIGNAL: Signal = Signal {
         },
         Hook {
             family: Family::TpBtf,
-            needs: &[],
+            needs: &[DROP_REASONS],
             limits: None,
-            programs: &[
-                TP_TIMER_CANCEL,
-                TP_TIMER_START,
-                TP_TIMER_EXPIRE,
-                Program {
-                    name: "tp_kfree_skb",
-                    attach: Attach::BtfTracepoint { name: "kfree_skb" },
-                },
-            ],
+            programs: &TP_BTF_PROGRAMS,
+        },
+        // Before 5.17: the same programs, but the reset that kills a TIME-WAIT is found
+        // through its segment's drop, which only a drop reason tells from any other.
+        Hook {
+            family: Family::TpBtf,
+            needs: &[],
+            limits: Some(
+                "a TIME-WAIT killed by a reset reads `unknown` (kfree_skb has no drop reason                  before 5.17, which this route needs to find the reset's segment)",
+            ),
+            programs: &TP_BTF_PROGRAMS,
         },
         Hook {
             family: Family::Tracepoint,
@@ -172,6 +174,26 @@ const RESETS_TRACED: Need = Need::TracepointField {
     why: "a reset sent by a TIME-WAIT is traced since 6.10; before, a kill by a segment is a \
           reset or a replacing SYN, and this route cannot tell which",
 };
+
+/// kfree_skb's `reason` (5.17): the tp_btf route finds a reset's TIME-WAIT through it
+/// (kernel/layout.rs and the loader's `tw_flows` read the same field).
+const DROP_REASONS: Need = Need::TracepointField {
+    category: "skb",
+    name: "kfree_skb",
+    field: "reason",
+    why: "a TIME-WAIT killed by a reset is found through the reset's drop, named by its drop \
+          reason since 5.17",
+};
+
+const TP_BTF_PROGRAMS: [Program; 4] = [
+    TP_TIMER_CANCEL,
+    TP_TIMER_START,
+    TP_TIMER_EXPIRE,
+    Program {
+        name: "tp_kfree_skb",
+        attach: Attach::BtfTracepoint { name: "kfree_skb" },
+    },
+];
 
 const TRACEPOINT_PROGRAMS: [Program; 2] = [
     TW_TIMER_CANCEL,
