@@ -314,8 +314,8 @@ mod tests {
                 );
             }
         }
-        // The partial fallbacks today: tw_exit's tracepoints before 6.10 (no TIME-WAIT resets
-        // traced); PAWS with function probes where request sockets name no drop (before
+        // The partial fallbacks today: tw_exit on tp_btf before drop reasons (5.17: resets
+        // not found) and on classic tracepoints before 6.10 (no TIME-WAIT resets traced); PAWS with function probes where request sockets name no drop (before
         // ~6.15: their refused resets), and SYN-SENT drops none (syn_sent), with and without
         // drop reasons, then timewait alone; PAWS on the tracepoint routes where request
         // sockets, and SYN-SENT, give no drop reason.
@@ -345,6 +345,7 @@ mod tests {
                 ("paws_reject", Family::TpBtf),
                 ("paws_reject", Family::Tracepoint),
                 ("paws_reject", Family::Tracepoint),
+                ("tw_exit", Family::TpBtf),
                 ("tw_exit", Family::Tracepoint),
             ]
         );
