@@ -37,6 +37,8 @@ pub struct KernelFacts {
     pub ranges: [twtrace_common::CodeRange; twtrace_common::MAX_CODE_RANGES],
     /// Call-chain functions absent on this kernel (their causes read `unknown`).
     pub missing_frames: Vec<&'static str>,
+    /// Tracepoints whose format cannot be read, and why: the classic hooks on them are out.
+    pub unreadable_tracepoints: Vec<(&'static str, &'static str, String)>,
 }
 
 impl KernelFacts {
@@ -44,7 +46,7 @@ impl KernelFacts {
         let syms = Kallsyms::load()?;
         let mut layout = KernelLayout::zeroed();
         layout::struct_offsets(btf, &mut layout).context("reading struct offsets from BTF")?;
-        layout::tracepoint_offsets(&mut layout).context("reading tracepoint formats")?;
+        let unreadable_tracepoints = layout::tracepoint_offsets(&mut layout);
         let (ranges, missing_frames) = layout::code_ranges(&syms, &mut layout)?;
         Ok(Self {
             release: sysinfo::release(),
@@ -55,6 +57,7 @@ impl KernelFacts {
             layout,
             ranges,
             missing_frames,
+            unreadable_tracepoints,
         })
     }
 
@@ -127,6 +130,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             syms: &facts.syms,
             caps: &facts.caps,
             tw_flows: facts.tw_flows(),
+            unreadable_tracepoints: &facts.unreadable_tracepoints,
         },
         opts.forced,
         &opts.signals,

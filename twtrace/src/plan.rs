@@ -78,6 +78,8 @@ pub struct Facts<'a> {
     /// TIME-WAIT's drops through its own table of live TIME-WAITs by connection
     /// (`route::TW_FLOWS`, sized by the loader; see twtrace-ebpf/src/tw_flows.rs).
     pub tw_flows: bool,
+    /// Tracepoints whose format cannot be read (`KernelFacts`): classic hooks on them are out.
+    pub unreadable_tracepoints: &'a [(&'static str, &'static str, String)],
 }
 
 /// Attaches every signal in `wanted` (all when empty). `forced` restricts the choice to one
@@ -346,7 +348,17 @@ fn precheck(facts: &Facts<'_>, hook: &Hook) -> Result<()> {
             | Attach::Kretprobe { function }
             | Attach::Fentry { function }
             | Attach::Fexit { function } => function,
-            Attach::Tracepoint { .. } | Attach::BtfTracepoint { .. } => continue,
+            Attach::Tracepoint { category, name } => {
+                let unreadable = facts
+                    .unreadable_tracepoints
+                    .iter()
+                    .find(|(c, n, _)| *c == category && *n == name);
+                if let Some((_, _, why)) = unreadable {
+                    bail!("the format of tracepoint {category}:{name} cannot be read: {why}");
+                }
+                continue;
+            }
+            Attach::BtfTracepoint { .. } => continue,
         };
         if !facts.syms.contains(function) {
             bail!("{function} is not in /proc/kallsyms (inlined or renamed on this kernel)");

@@ -169,38 +169,75 @@ fn tp_btf_args(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> {
     Ok(())
 }
 
-/// Record offsets of the tracepoints the tracepoint route reads.
-pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Result<()> {
-    let start = Format::load("timer", "timer_start")?;
-    layout.tp_timer_start_timer = start.offset("timer")?;
-    layout.tp_timer_start_function = start.offset("function")?;
-    layout.tp_timer_start_expires = start.offset("expires")?;
-    layout.tp_timer_start_now = start.offset("now")?;
-    layout.tp_timer_cancel_timer = Format::load("timer", "timer_cancel")?.offset("timer")?;
-    let expire = Format::load("timer", "timer_expire_entry")?;
-    layout.tp_timer_expire_timer = expire.offset("timer")?;
-    layout.tp_timer_expire_function = expire.offset("function")?;
-    let st = Format::load("sock", "inet_sock_set_state")?;
-    layout.tp_set_state_skaddr = st.offset("skaddr")?;
-    layout.tp_set_state_oldstate = st.offset("oldstate")?;
-    layout.tp_set_state_newstate = st.offset("newstate")?;
-    layout.tp_set_state_protocol = st.offset("protocol")?;
-    layout.tp_receive_reset_skaddr = Format::load("tcp", "tcp_receive_reset")?.offset("skaddr")?;
-    let send_reset = Format::load("tcp", "tcp_send_reset")?;
-    layout.tp_send_reset_skaddr = send_reset.offset("skaddr")?;
-    // The same fact as tw_exit's tracepoint hook's `Need` (see signals/tw_exit.rs).
-    layout.tw_rst_traced = u32::from(send_reset.offset("reason").is_ok());
-    let kfree = Format::load("skb", "kfree_skb")?;
-    layout.tp_kfree_skb_skbaddr = kfree.offset("skbaddr")?;
-    layout.tp_kfree_skb_protocol = kfree.offset("protocol")?;
-    // `reason` (5.17+): without it no drop is wanted (every reason is u32::MAX, see above).
-    layout.tp_kfree_skb_reason = kfree.offset("reason").unwrap_or(u32::MAX);
-    // rx_sk (6.11+) names the socket that dropped the segment; without it a TIME-WAIT
-    // socket's ts_recent is out of reach from this tracepoint.
-    layout.tp_kfree_skb_rx_sk = kfree.offset("rx_sk").unwrap_or(u32::MAX);
-    layout.tp_connect_args = Format::load("syscalls", "sys_enter_connect")?.offset("uservaddr")?;
-    layout.tp_connect_ret = Format::load("syscalls", "sys_exit_connect")?.offset("ret")?;
-    Ok(())
+/// Record offsets of the tracepoints the classic tracepoint route reads. A tracepoint whose
+/// format cannot be read (no tracefs in a container, a kernel without syscall tracepoints, a
+/// field renamed) only rules out the classic hooks that attach to it: returned as
+/// `(category, name, why)` for the plan, its offsets left unset. The other routes need none.
+pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Vec<(&'static str, &'static str, String)> {
+    type Reader = fn(&Format, &mut KernelLayout) -> Result<()>;
+    let readers: [(&str, &str, Reader); 8] = [
+        ("timer", "timer_start", |f, l| {
+            l.tp_timer_start_timer = f.offset("timer")?;
+            l.tp_timer_start_function = f.offset("function")?;
+            l.tp_timer_start_expires = f.offset("expires")?;
+            l.tp_timer_start_now = f.offset("now")?;
+            Ok(())
+        }),
+        ("timer", "timer_cancel", |f, l| {
+            l.tp_timer_cancel_timer = f.offset("timer")?;
+            Ok(())
+        }),
+        ("timer", "timer_expire_entry", |f, l| {
+            l.tp_timer_expire_timer = f.offset("timer")?;
+            l.tp_timer_expire_function = f.offset("function")?;
+            Ok(())
+        }),
+        ("sock", "inet_sock_set_state", |f, l| {
+            l.tp_set_state_skaddr = f.offset("skaddr")?;
+            l.tp_set_state_oldstate = f.offset("oldstate")?;
+            l.tp_set_state_newstate = f.offset("newstate")?;
+            l.tp_set_state_protocol = f.offset("protocol")?;
+            Ok(())
+        }),
+        ("tcp", "tcp_receive_reset", |f, l| {
+            l.tp_receive_reset_skaddr = f.offset("skaddr")?;
+            Ok(())
+        }),
+        ("tcp", "tcp_send_reset", |f, l| {
+            l.tp_send_reset_skaddr = f.offset("skaddr")?;
+            // The same fact as tw_exit's tracepoint hook's `Need` (see signals/tw_exit.rs).
+            l.tw_rst_traced = u32::from(f.offset("reason").is_ok());
+            Ok(())
+        }),
+        ("skb", "kfree_skb", |f, l| {
+            l.tp_kfree_skb_skbaddr = f.offset("skbaddr")?;
+            l.tp_kfree_skb_protocol = f.offset("protocol")?;
+            // `reason` (5.17+): without it no drop is wanted (every reason is u32::MAX).
+            l.tp_kfree_skb_reason = f.offset("reason").unwrap_or(u32::MAX);
+            // rx_sk (6.11+) names the socket that dropped the segment; without it a
+            // TIME-WAIT socket's ts_recent is out of reach from this tracepoint.
+            l.tp_kfree_skb_rx_sk = f.offset("rx_sk").unwrap_or(u32::MAX);
+            Ok(())
+        }),
+        ("syscalls", "sys_enter_connect", |f, l| {
+            l.tp_connect_args = f.offset("uservaddr")?;
+            Ok(())
+        }),
+    ];
+    let mut unreadable = Vec::new();
+    for (category, name, read) in readers {
+        if let Err(e) = Format::load(category, name).and_then(|f| read(&f, layout)) {
+            log::debug!("tracepoint {category}:{name}: {e:#}");
+            unreadable.push((category, name, format!("{e:#}")));
+        }
+    }
+    if let Err(e) = Format::load("syscalls", "sys_exit_connect")
+        .and_then(|f| f.offset("ret"))
+        .map(|off| layout.tp_connect_ret = off)
+    {
+        unreadable.push(("syscalls", "sys_exit_connect", format!("{e:#}")));
+    }
+    unreadable
 }
 
 /// Function addresses: the TIME-WAIT timer callback and the call-chain classifier table.

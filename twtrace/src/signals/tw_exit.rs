@@ -175,12 +175,10 @@ const RESETS_TRACED: Need = Need::TracepointField {
           reset or a replacing SYN, and this route cannot tell which",
 };
 
-/// kfree_skb's `reason` (5.17): the tp_btf route finds a reset's TIME-WAIT through it
-/// (kernel/layout.rs and the loader's `tw_flows` read the same field).
-const DROP_REASONS: Need = Need::TracepointField {
-    category: "skb",
-    name: "kfree_skb",
-    field: "reason",
+/// Drop reasons (5.17, read from BTF as the loader's `tw_flows` does): the tp_btf route finds
+/// a reset's TIME-WAIT through the reset's drop, which only its reason tells from others.
+const DROP_REASONS: Need = Need::Enumerator {
+    name: "SKB_DROP_REASON_NOT_SPECIFIED",
     why: "a TIME-WAIT killed by a reset is found through the reset's drop, named by its drop \
           reason since 5.17",
 };
