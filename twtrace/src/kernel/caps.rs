@@ -17,9 +17,12 @@ pub struct Caps {
 
 impl Caps {
     pub fn probe() -> Self {
+        // Unknown (None) without a readable config: an absent key there means "not set".
+        let readable = sysinfo::config_readable();
         let cfg = |k: &str| {
             sysinfo::config_value(k)
                 .ok()
+                .filter(|_| readable)
                 .map(|v| v.as_deref() == Some("y"))
         };
         Self {

@@ -38,15 +38,55 @@ pub fn parse_lockdown(text: &str) -> Option<String> {
     Some(text[start + 1..end].to_owned())
 }
 
-/// The kernel's CONFIG_HZ (timer tick), to turn jiffies into milliseconds.
+/// The kernel's CONFIG_HZ (timer tick), to turn jiffies into milliseconds: from the kernel
+/// config, or, where none is readable (a container without the host's /boot), measured.
 pub fn hz() -> Result<u64> {
     if let Some(hz) = config_value("CONFIG_HZ")? {
         return hz.parse().context("CONFIG_HZ is not a number");
     }
-    anyhow::bail!(
-        "cannot find CONFIG_HZ in /proc/config.gz or /boot/config-{}",
-        release()
-    )
+    measured_hz().with_context(|| {
+        format!(
+            "cannot find CONFIG_HZ in /proc/config.gz or /boot/config-{}, nor measure it from \
+             /proc/timer_list",
+            release()
+        )
+    })
+}
+
+/// HZ measured: the jiffies /proc/timer_list shows, 200 ms of CLOCK_MONOTONIC apart, snapped
+/// to the tick rate Linux offers nearest (100, 250, 300, 1000).
+fn measured_hz() -> Result<u64> {
+    let jiffies = || -> Result<(u64, std::time::Instant)> {
+        let text = fs::read_to_string("/proc/timer_list").context("reading /proc/timer_list")?;
+        let now = std::time::Instant::now();
+        let j = text
+            .lines()
+            .find_map(|l| l.strip_prefix("jiffies:"))
+            .context("no `jiffies:` line in /proc/timer_list")?
+            .trim()
+            .parse()
+            .context("jiffies is not a number")?;
+        Ok((j, now))
+    };
+    let (j0, t0) = jiffies()?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (j1, t1) = jiffies()?;
+    snap_hz(j1.wrapping_sub(j0), t1.duration_since(t0).as_secs_f64())
+        .context("jiffies did not advance at a usual tick rate")
+}
+
+/// The usual tick rate within 10 % of `ticks` per `secs`, if any.
+fn snap_hz(ticks: u64, secs: f64) -> Option<u64> {
+    let rate = ticks as f64 / secs;
+    [100u64, 250, 300, 1000]
+        .into_iter()
+        .find(|&hz| (rate - hz as f64).abs() <= hz as f64 * 0.1)
+}
+
+/// Whether the kernel config is readable (/proc/config.gz or /boot/config-<release>): without
+/// it no CONFIG_ value is known, which is not the same as "not set".
+pub fn config_readable() -> bool {
+    matches!(config_text(), Ok(Some(_)))
 }
 
 /// The kernel config text from /proc/config.gz or /boot/config-<release>, read once.
@@ -105,5 +145,17 @@ mod tests {
     fn running_kernel_hz_is_a_usual_value() {
         let hz = hz().unwrap();
         assert!([100, 250, 300, 1000].contains(&hz), "HZ={hz}");
+        // Measured, as where no kernel config is readable: the same value.
+        assert_eq!(measured_hz().unwrap(), hz);
+    }
+
+    #[test]
+    fn measured_rates_snap_to_the_usual_ticks() {
+        assert_eq!(snap_hz(50, 0.2), Some(250));
+        assert_eq!(snap_hz(61, 0.201), Some(300));
+        assert_eq!(snap_hz(199, 0.2), Some(1000));
+        assert_eq!(snap_hz(21, 0.2), Some(100));
+        assert_eq!(snap_hz(80, 0.2), None, "400 Hz is no Linux tick rate");
+        assert_eq!(snap_hz(0, 0.2), None);
     }
 }
