@@ -621,17 +621,15 @@ pub fn rearmed(timer: u64) -> bool {
 /// call under the timer base's lock: no other timer starts between on this CPU, so one that
 /// does means the parked cancel was an end. Where exits are traced, the end's own events
 /// (expiry, the SYN or reset that killed it) settle it; without them (tw_enter alone) this
-/// does, or a new TIME-WAIT made later on this CPU at the freed socket's address would pass
-/// for a re-arm of it and go unreported.
+/// does (forgetting its flow where one is kept), or a new TIME-WAIT made later on this CPU at
+/// the freed socket's address would pass for a re-arm of it and go unreported.
 #[inline(always)]
 pub fn other_timer_started() {
     if routes() & route::TW_EXIT != 0 {
         return;
     }
-    if let Some(slot) = parked()
-        && slot.ev.kind == 0
-    {
-        slot.timer = 0;
+    if let Some(slot) = parked() {
+        settle(slot, ExitCause::Unknown);
     }
 }
 
