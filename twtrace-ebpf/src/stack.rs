@@ -9,7 +9,7 @@
 use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_stack};
 use twtrace_common::{MAX_CODE_RANGES, STACK_DEPTH};
 
-use crate::kernel::range;
+use crate::kernel::{range, zero_words};
 
 /// Bit for a class in a `wanted` mask.
 pub const fn bit(class: u8) -> u64 {
@@ -31,9 +31,12 @@ pub fn classify_first<C: EbpfContext>(ctx: &C, wanted: u64) -> u8 {
 
 #[inline(always)]
 fn classify_n<C: EbpfContext, const N: usize>(ctx: &C, wanted: u64) -> u8 {
-    // Not zeroed first (that is a memset call): the helper zero-fills what it does not write,
-    // and all of it when it fails.
+    // Zeroed with word stores (not a memset call): the helper zero-fills what it does not
+    // write, but older verifiers (Debian's 5.10) take its buffer for memory it reads and
+    // refuse an uninitialised one; it passed only while other code happened to have written
+    // those stack slots first, until a layout change in tw_exit_fentry.
     let mut frames = core::mem::MaybeUninit::<[u64; N]>::uninit();
+    unsafe { zero_words(frames.as_mut_ptr()) };
     let n = unsafe {
         bpf_get_stack(
             ctx.as_ptr(),
