@@ -677,29 +677,43 @@ fn has_socket(ns: &str, local: SocketAddr, remote: SocketAddr, state: TcpState) 
         .any(|e| e.local == local && e.remote == remote && e.state == state))
 }
 
-/// Data reaching a FIN_WAIT2 TIME-WAIT (the server closed its half, the client has not and
-/// writes afterwards): the kernel answers with a reset and kills the socket from
-/// tcp_v{4,6}_rcv (TCP_TW_RST), a kill whose call chain looks like a SYN replacement's. Every
-/// such exit is `killed_by_rst`, one per reset the server namespace sent (Tcp OutRsts).
-fn data_after_close_resets(tag: &str, f: Family) -> Result<()> {
-    let pair = NetnsPair::new(tag)?;
-    let (srv_ns, cli_ns) = (pair.server_ns(), pair.client_ns());
-    let ip = server_ip(&pair, f);
-    let srv = SocketAddr::new(ip, free_port(srv_ns, ip)?);
-    let listener = in_netns(srv_ns, || TcpListener::bind(srv)).context("bind")?;
-    let tracer = trace_netns(pair.server_inode())?;
-    let before = netstat(srv_ns)?;
-    let mut client =
-        in_netns(cli_ns, || TcpStream::connect_timeout(&srv, IO_TIMEOUT)).context("connect")?;
+/// A connection to `srv` from the client namespace whose server side is closed while the
+/// client's stays open: the server then holds a FIN_WAIT2 TIME-WAIT. Returns the client.
+fn fin_wait2_timewait(
+    pair: &NetnsPair,
+    listener: &TcpListener,
+    srv: SocketAddr,
+) -> Result<TcpStream> {
+    let client = in_netns(pair.client_ns(), || {
+        TcpStream::connect_timeout(&srv, IO_TIMEOUT)
+    })
+    .context("connect")?;
     let cli = client.local_addr()?;
     let (accepted, _) = listener.accept()?;
     // Half-close first and close once the client's ACK is in: the orphan then becomes a
     // FIN_WAIT2 TIME-WAIT at close() itself, never racing the ACK into the keepalive path.
     accepted.shutdown(Shutdown::Write)?;
     wait_until("the server is in FIN_WAIT2", IO_TIMEOUT, || {
-        has_socket(srv_ns, srv, cli, TcpState::FinWait2)
+        has_socket(pair.server_ns(), srv, cli, TcpState::FinWait2)
     })?;
     drop(accepted);
+    Ok(client)
+}
+
+/// Data reaching a FIN_WAIT2 TIME-WAIT (the server closed its half, the client has not and
+/// writes afterwards): the kernel answers with a reset and kills the socket from
+/// tcp_v{4,6}_rcv (TCP_TW_RST), a kill whose call chain looks like a SYN replacement's. Every
+/// such exit is `killed_by_rst`, one per reset the server namespace sent (Tcp OutRsts).
+fn data_after_close_resets(tag: &str, f: Family) -> Result<()> {
+    let pair = NetnsPair::new(tag)?;
+    let srv_ns = pair.server_ns();
+    let ip = server_ip(&pair, f);
+    let srv = SocketAddr::new(ip, free_port(srv_ns, ip)?);
+    let listener = in_netns(srv_ns, || TcpListener::bind(srv)).context("bind")?;
+    let tracer = trace_netns(pair.server_inode())?;
+    let before = netstat(srv_ns)?;
+    let mut client = fin_wait2_timewait(&pair, &listener, srv)?;
+    let cli = client.local_addr()?;
     // The timewait sock exists from close() on; on kernels before 5.18 only the socket table
     // records its creation (tw_created), so look before the reset removes it.
     let created = tw_created(&before, &netstat(srv_ns)?);
@@ -750,23 +764,14 @@ fn data_after_close_resets_fin_wait2_timewait_v6() -> Result<()> {
 fn fin_wait2_timewaits_present_at_start() -> Result<()> {
     const N: usize = 4;
     let pair = NetnsPair::new("pfw2")?;
-    let (srv_ns, cli_ns) = (pair.server_ns(), pair.client_ns());
+    let srv_ns = pair.server_ns();
     let ip = server_ip(&pair, Family::V4);
     let srv = SocketAddr::new(ip, free_port(srv_ns, ip)?);
     let listener = in_netns(srv_ns, || TcpListener::bind(srv)).context("bind")?;
     // The clients stay open: their peers stay FIN_WAIT2 TIME-WAITs for tcp_fin_timeout.
     let mut clients = Vec::new();
     for _ in 0..N {
-        let client =
-            in_netns(cli_ns, || TcpStream::connect_timeout(&srv, IO_TIMEOUT)).context("connect")?;
-        let cli = client.local_addr()?;
-        let (accepted, _) = listener.accept()?;
-        accepted.shutdown(Shutdown::Write)?;
-        wait_until("the server is in FIN_WAIT2", IO_TIMEOUT, || {
-            has_socket(srv_ns, srv, cli, TcpState::FinWait2)
-        })?;
-        drop(accepted);
-        clients.push(client);
+        clients.push(fin_wait2_timewait(&pair, &listener, srv)?);
     }
     let at_start: BTreeSet<(SocketAddr, SocketAddr)> = tcp_sockets(srv_ns)?
         .into_iter()
