@@ -127,6 +127,10 @@ pub enum What {
     /// `server`: its local port had a listener then, so it is a server's TIME-WAIT (as a SYN
     /// arriving at that port would tell the aggregate later).
     TwPresent { substate: Substate, server: bool },
+    /// A port that had a listener when tracing started (`local`; `remote` is unspecified).
+    /// Start-up knowledge for the aggregate (TIME-WAITs on that port are a server's), read
+    /// with the TIME-WAITs already present; not an event, so no sink prints it.
+    Listening,
     /// A TIME-WAIT socket ended. `lifetime_ns` is None when its entry was not observed
     /// (it predates twtrace, or the in-kernel live table was full).
     TwExit {
@@ -198,6 +202,7 @@ impl Record {
         match self.what {
             What::TwEnter { .. } => "tw_enter",
             What::TwPresent { .. } => "tw_present",
+            What::Listening => "listening",
             What::TwExit {
                 cause: ExitCause::Reused,
                 ..

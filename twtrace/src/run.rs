@@ -15,7 +15,7 @@ use crate::{
     aggregate::Aggregate,
     cli::{Cli, Command, Common, EventsOpts, HookChoice, LiveOpts},
     doctor,
-    event::Record,
+    event::{Record, What},
     filter::{self, Filter, NetnsArg},
     loader::{self, LoadOptions, Loaded},
     pipeline::Pipeline,
@@ -476,7 +476,8 @@ async fn events(
             if let Some(r) = reporter.borrow_mut().as_mut() {
                 r.agg.apply(rec);
             }
-            if closed.get() {
+            // Start-up knowledge for the aggregate, not an event.
+            if closed.get() || rec.what == What::Listening {
                 return Ok(());
             }
             let mut out = out.borrow_mut();

@@ -126,8 +126,11 @@ impl Counters {
             What::TwOverflow => self.overflow += 1,
             What::ConnectAddrNotAvail { .. } => self.eaddrnotavail += 1,
             // PAWS and SYN records are aggregated per source IP in `aggregate::paws`.
-            What::Lost { .. } | What::PawsReject { .. } | What::Syn { .. } | What::TwSyn { .. } => {
-            }
+            What::Lost { .. }
+            | What::PawsReject { .. }
+            | What::Syn { .. }
+            | What::TwSyn { .. }
+            | What::Listening => {}
         }
     }
 

@@ -195,6 +195,10 @@ impl Aggregate {
                 *self.lost.entry(program).or_default() += count;
                 return;
             }
+            What::Listening => {
+                self.note_listening(rec.netns, rec.local.port());
+                return;
+            }
             What::Syn { .. } => {
                 self.note_listening(rec.netns, rec.local.port());
                 self.paws.apply(rec);

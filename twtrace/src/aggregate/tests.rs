@@ -114,6 +114,25 @@ fn present_server_timewaits_stay_out_of_destinations() {
     assert_eq!(agg.totals().live, 2);
 }
 
+/// A port that listened at start-up (read with the present TIME-WAITs, whether or not any
+/// were on it) keeps that port's TIME-WAITs out of the destination table before any traced
+/// SYN arrives there: a connection accepted before start-up closes after it. The listening
+/// record itself counts nowhere.
+#[test]
+fn listeners_read_at_start_keep_server_timewaits_out_of_destinations() {
+    let mut agg = Aggregate::new(16);
+    agg.apply(&rec("0.0.0.0:0", 8443, What::Listening));
+    assert_eq!(agg.totals().live, 0);
+    assert!(agg.top_by_port(10, Order::Live).is_empty());
+    agg.apply(&enter("192.0.2.1:41000", 8443));
+    agg.apply(&enter("198.51.100.9:8443", 40000)); // ours, toward a server
+    let dest: Vec<String> = (agg.top_by_dest(10, Order::Live).iter())
+        .map(|r| r.key.to_string())
+        .collect();
+    assert_eq!(dest, ["198.51.100.9:8443"]);
+    assert_eq!(agg.totals().live, 2);
+}
+
 /// TIME-WAITs read at start-up are live until their exit (entry unseen) arrives; one read
 /// twice, or whose traced enter arrives too (it entered between attach and the read), counts
 /// once; an unseen exit of a 4-tuple never read still does not take from `live`.

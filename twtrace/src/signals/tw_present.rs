@@ -8,7 +8,7 @@
 //! its entry unseen ends its snapshot entry; the aggregate does both by 4-tuple (see
 //! `aggregate::Aggregate::apply`). Records are handed on before any ring record.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use anyhow::Result;
 use tokio::task::JoinHandle;
@@ -92,7 +92,10 @@ impl Held {
         }
         self.active = false;
         announce(&snap);
-        let seeds = snap.records.iter().filter(|r| filter.matches(r));
+        // A listener passes whatever --port/--ip say: it is no event, only what tells a
+        // server's TIME-WAIT (which the filter judges by its own addresses) from a client's.
+        let seeds =
+            (snap.records.iter()).filter(|r| r.what == What::Listening || filter.matches(r));
         for rec in seeds.chain(std::mem::take(&mut self.records).iter()) {
             on_record(rec)?;
         }
@@ -103,7 +106,10 @@ impl Held {
 /// What one start-up read found.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The TIME-WAITs (`TwPresent`), then one `Listening` per listening port.
     pub records: Vec<Record>,
+    /// How many of `records` are TIME-WAITs.
+    pub timewaits: usize,
     /// Namespaces read.
     pub namespaces: usize,
     /// More sockets than the limit: the rest are not counted as live.
@@ -136,6 +142,7 @@ pub fn take(only: Option<&NetnsArg>, limit: usize, now_ns: u64) -> Snapshot {
 
 fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize, now_ns: u64) -> Snapshot {
     let mut snap = Snapshot::default();
+    let mut listeners = Vec::new();
     for (inode, path) in spaces {
         let room = limit.saturating_sub(snap.records.len());
         // One more than the room tells a full namespace from an exact fit.
@@ -165,7 +172,21 @@ fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize, now_ns: u6
             },
         });
         snap.records.extend(records);
+        snap.timewaits = snap.records.len();
+        // Every listener, not only those with TIME-WAITs now: a connection accepted before
+        // start-up leaves a server's TIME-WAIT later, possibly before any traced SYN says
+        // that its port listens (and never, where the syn signal is not traced).
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        listeners.extend(socks.listening.iter().map(|&port| Record {
+            ts_ns: now_ns,
+            netns: inode,
+            local: SocketAddr::new(unspecified.ip(), port),
+            remote: unspecified,
+            what: What::Listening,
+        }));
     }
+    // After the TIME-WAITs, which `records[..timewaits]` are.
+    snap.records.append(&mut listeners);
     snap
 }
 
@@ -175,7 +196,7 @@ fn announce(snap: &Snapshot) {
     if snap.namespaces > 0 || snap.failed.is_empty() {
         eprintln!(
             "twtrace: {} TIME-WAITs already present in {} network namespace{}",
-            snap.records.len(),
+            snap.timewaits,
             snap.namespaces,
             if snap.namespaces == 1 { "" } else { "s" }
         );
@@ -218,5 +239,38 @@ mod tests {
         };
         let snap = take(Some(&number), 16, 0);
         assert_eq!((snap.namespaces, snap.failed.len()), (0, 0), "{snap:?}");
+    }
+
+    /// Every listener of a namespace read comes with its TIME-WAITs, as a `Listening` record
+    /// after them (this test's own, on a port the kernel picked), not counted as one. Reading
+    /// a namespace takes root (setns); without it the read fails and says so.
+    #[test]
+    fn listeners_come_after_the_timewaits() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let file = NetnsArg {
+            inode: 7,
+            file: Some("/proc/self/ns/net".into()),
+        };
+        let snap = take(Some(&file), 1 << 20, 0);
+        if unsafe { libc::geteuid() } != 0 {
+            assert_eq!(snap.failed.len(), 1, "{snap:?}");
+            return;
+        }
+        let (timewaits, listening) = snap.records.split_at(snap.timewaits);
+        assert!(
+            timewaits
+                .iter()
+                .all(|r| matches!(r.what, What::TwPresent { .. }))
+        );
+        assert!(
+            listening
+                .iter()
+                .all(|r| r.what == What::Listening && r.netns == 7)
+        );
+        assert!(
+            listening.iter().any(|r| r.local.port() == port),
+            "port {port} not among {listening:?}"
+        );
     }
 }

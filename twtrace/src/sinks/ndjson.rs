@@ -84,6 +84,8 @@ fn write_fields(w: &mut impl Write, rec: &Record) -> io::Result<()> {
             w.write_all(br#"","timeout_ms":"#)?;
             w.num(timeout_ms)?;
         }
+        // Start-up knowledge, not an event: `twtrace events` does not print it.
+        What::Listening => {}
         What::TwPresent { substate, .. } => {
             w.write_all(br#","substate":""#)?;
             w.write_all(substate.as_str().as_bytes())?;

@@ -8,6 +8,7 @@ pub fn text_line(r: &Record) -> String {
             substate,
             timeout_ms,
         } => format!("enter  {} timeout={timeout_ms}ms", substate.as_str()),
+        What::Listening => "listening (at start)".to_owned(),
         What::TwPresent { substate, .. } => {
             format!("present {} (already at start)", substate.as_str())
         }
