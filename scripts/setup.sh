@@ -17,17 +17,24 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 export PATH="$CARGO_HOME/bin:$PATH"
 
-# Debian packages: eBPF compiler (rustc-web 1.96 + sources), LLVM 22 for bpf-linker, and the tools the
-# tests drive (iproute2 for netns/veth, nftables for the NAT router, procps for sysctl, kmod).
-APT_PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev g++ iproute2 nftables procps kmod curl ca-certificates dwarves wrk nginx-light bpftrace)
-# The test command's format and lint step: cargo-fmt and cargo-clippy for a machine without a
-# rustup toolchain (with one, its own come first in PATH and these go unused).
-if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
-  APT_PKGS+=(rustfmt-web rust-web-clippy)
+# What building twtrace needs: the eBPF compiler (rustc-web 1.96 + sources), LLVM 22 for
+# bpf-linker, and the CA roots cargo's HTTPS to crates.io checks against (not pulled in
+# without recommends). The quick start installs nothing more: it runs on production hosts.
+APT_PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev g++ ca-certificates)
+# TWTRACE_WITH_VM=1 (the test command): what the tests and the bench drive. iproute2 for
+# netns/veth, nftables for the NAT router, procps for sysctl, kmod, dwarves (pahole: the BTF
+# reader's cross-check), wrk, nginx-light and bpftrace (the bench); cargo-fmt and
+# cargo-clippy for the lint step on a machine without a rustup toolchain (with one, its own
+# come first in PATH); for the VM tests (`cargo xtask vm-test`) QEMU, busybox for the
+# initramfs, xz for 6.12's .ko.xz modules (xtask writes the cpio archive itself; kernels come
+# from `apt-get download`, nothing installed).
+if [ "${TWTRACE_WITH_VM:-0}" = 1 ]; then
+  APT_PKGS+=(iproute2 nftables procps kmod dwarves wrk nginx-light bpftrace)
+  APT_PKGS+=(qemu-system-x86 busybox-static xz-utils)
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    APT_PKGS+=(rustfmt-web rust-web-clippy)
+  fi
 fi
-# VM tests (`cargo xtask vm-test`): QEMU, busybox for the initramfs, xz for 6.12's .ko.xz modules
-# (xtask writes the cpio archive itself; kernels come from `apt-get download`, nothing installed).
-if [ "${TWTRACE_WITH_VM:-0}" = 1 ]; then APT_PKGS+=(qemu-system-x86 busybox-static xz-utils); fi
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -35,18 +42,42 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   say "apt: installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # nginx-light is only the bench's server, which runs its own instance: its package must not
+  # start (or enable at boot) a web server on port 80. A policy-rc.d refusing every start
+  # holds for this install only (one the machine already has is left alone).
+  own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    { [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d; die "apt-get install failed (see above)"; }
+  [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
+  if [[ " ${missing[*]} " == *" nginx-light "* ]] && command -v systemctl >/dev/null; then
+    say "nginx: not started at boot (installed for the bench only)"
+    systemctl disable nginx >/dev/null 2>&1 || true
+  fi
 else
   say "apt: all packages present"
 fi
 # The VM tests fetch stock kernels with `apt-get download`: they need current package lists,
 # including bookworm-security (the 6.12 kernels live there), even when nothing was missing.
-if [ "${TWTRACE_WITH_VM:-0}" = 1 ] && ! ls /var/lib/apt/lists/*security*Packages* >/dev/null 2>&1; then
-  say "apt: updating package lists for the VM kernels"
+# Lists older than a day may name a kernel build the archive has since dropped (a 404).
+if [ "${TWTRACE_WITH_VM:-0}" = 1 ] &&
+  [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*security*Packages*' -mmin -1440 2>/dev/null)" ]; then
+  say "apt: updating package lists for the VM kernels (none from bookworm-security in the last day)"
   apt-get update -qq
 fi
 [ -d /usr/lib/rustlib/src/rust/library ] || die "rust-web-src did not provide /usr/lib/rustlib/src/rust/library"
-/usr/bin/rustc --version | grep -q ' 1\.96' || die "expected Debian rustc 1.96 at /usr/bin/rustc, got: $(/usr/bin/rustc --version)"
+# An older rustc-web (installed before 1.96 reached bookworm-security) is upgraded; a newer one
+# may bring another LLVM major than bpf-linker's, so it is refused with what to do.
+if ! /usr/bin/rustc --version | grep -q ' 1\.96\.'; then
+  say "apt: upgrading rustc-web, cargo-web, rust-web-src to 1.96 (found: $(/usr/bin/rustc --version))"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --only-upgrade rustc-web cargo-web rust-web-src >/dev/null
+fi
+/usr/bin/rustc --version | grep -q ' 1\.96\.' ||
+  die "expected Debian rustc-web 1.96 (LLVM 22, as bpf-linker 0.13 is built) at /usr/bin/rustc, got: $(/usr/bin/rustc --version). Install it with: apt-get install rustc-web=1.96\* cargo-web=1.96\* rust-web-src=1.96\*"
 
 # bpf-linker 0.13.0 against the system LLVM 22 (same LLVM major as Debian's rustc).
 if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then

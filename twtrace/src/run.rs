@@ -122,8 +122,12 @@ struct PendingOutput {
 impl PendingOutput {
     fn start(mut self) -> Result<File> {
         let file = self.file.take().expect("started once");
-        file.set_len(0)
-            .with_context(|| format!("--output {}: cannot empty it", self.path.display()))?;
+        // Only a regular file holds an earlier capture; /dev/null, a tty or a pipe cannot be
+        // emptied (and need not be).
+        if file.metadata().is_ok_and(|m| m.is_file()) {
+            file.set_len(0)
+                .with_context(|| format!("--output {}: cannot empty it", self.path.display()))?;
+        }
         Ok(file)
     }
 }

@@ -14,11 +14,43 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use support::{Tracer, tracer_bin};
 
+/// Runs twtrace to its end, which must come within a minute: these are refusals and short
+/// commands, and one that starts tracing instead must fail the test, not hang it.
 fn run(args: &[&str]) -> Output {
-    Command::new(tracer_bin())
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let mut child = Command::new(tracer_bin())
         .args(args)
-        .output()
-        .expect("running twtrace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running twtrace");
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for twtrace") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("twtrace {args:?} still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
 }
 
 fn stderr(o: &Output) -> String {
@@ -362,6 +394,8 @@ fn output_paths_are_checked_before_tracing() {
             vec!["events", "--output", same, "--summary-json", same],
             "same file",
         ),
+        // Rewritten by rename: onto a device it would replace the device.
+        (vec!["--summary-json", "/dev/null"], "not a regular file"),
     ] {
         let o = run(&args);
         let err = stderr(&o);
@@ -372,6 +406,20 @@ fn output_paths_are_checked_before_tracing() {
             "attached first: {args:?}: {err}"
         );
     }
+}
+
+/// `events --output /dev/null` (or any device) is written, not emptied first: only a regular
+/// file holds an earlier capture. And /dev/null is still the device afterwards.
+#[test]
+fn output_to_a_device_is_written() -> Result<()> {
+    let mut t = Tracer::spawn_default(&["events", "--json", "--output", "/dev/null"])?;
+    t.wait_ready(Duration::from_secs(180))?;
+    let lines = t.stop_text()?;
+    ensure!(lines.is_empty(), "stdout: {lines:?}");
+    use std::os::unix::fs::FileTypeExt as _;
+    let null = std::fs::metadata("/dev/null")?;
+    ensure!(null.file_type().is_char_device(), "/dev/null: {null:?}");
+    Ok(())
 }
 
 /// A run that fails before tracing starts (here a mistyped --netns, found after the output

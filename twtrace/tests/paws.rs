@@ -21,6 +21,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use support::{
     NetnsPair, Server, TIMEWAIT_SOCKETS, TempDir, Tracer, delta, kernel_btf_has_name,
+    kernel_func_has_param,
     nat::{NatLab, Scenario, TsOrder},
     netns::VETH,
     netstat,
@@ -376,7 +377,7 @@ fn established_old_data_is_rejected() -> Result<()> {
     // here independently of twtrace. Function probes then still see the established path
     // (tcp_oow_rate_limited's mib index) and must count it exactly; a hook that sees only the
     // TIME-WAIT path must report none rather than guess.
-    let timewait_only = announced.contains("timewait path only");
+    let timewait_only = established_unseen(&announced);
     let by_function_probe = announced.contains("established and syn_recv paths only");
     assert_eq!(
         timewait_only || by_function_probe,
@@ -406,6 +407,23 @@ fn established_old_data_is_rejected() -> Result<()> {
     }
     assert!(rejects.iter().all(|r| r["path"] == "established"));
     Ok(())
+}
+
+/// Whether the tracer announced that it sees PAWS rejects at TIME-WAIT sockets only, checked
+/// against what the kernel and the hook family allow, independently of twtrace: exactly
+/// where the kernel has no TCP_RFC7323_PAWS drop reason and no function probe stands in
+/// (fentry and kprobe see the established path through `tcp_oow_rate_limited`).
+fn established_unseen(announced: &str) -> bool {
+    let timewait_only = announced.contains("timewait path only");
+    let family = hooks_of(announced, "paws_reject");
+    let by_function = ["fentry", "kprobe"].contains(&family.as_str());
+    assert_eq!(
+        timewait_only,
+        !kernel_btf_has_name("SKB_DROP_REASON_TCP_RFC7323_PAWS") && !by_function,
+        "\"timewait path only\" announced exactly where no reason or function sees the \
+         established path ({family}):\n{announced}"
+    );
+    timewait_only
 }
 
 /// Whether an established-path reject carries ts_recent: where kfree_skb names the dropping
@@ -551,13 +569,19 @@ fn request_socket_old_syn(tag: &str, v6: bool) -> Result<()> {
     // Before ~6.15 no drop reason names these rejects: only function probes see them
     // (tcp_oow_rate_limited's mib index), and the tracepoint routes must say so when they
     // start, and report none rather than guess.
-    if announced.contains("rejects at request sockets (syn_recv)")
-        || announced.contains("timewait path only")
-    {
-        assert!(
-            !["fentry", "kprobe"].contains(&hooks_of(&announced, "paws_reject").as_str()),
-            "function probes must see request sockets:\n{announced}"
-        );
+    // Whether they are seen is decided here from the kernel's BTF and the hook family, not
+    // from what twtrace says: a tracer that wrongly gave them up must fail.
+    let unseen = announced.contains("rejects at request sockets (syn_recv)")
+        || announced.contains("timewait path only");
+    let family = hooks_of(&announced, "paws_reject");
+    let by_function = ["fentry", "kprobe"].contains(&family.as_str());
+    assert_eq!(
+        unseen,
+        !by_function && !kernel_func_has_param("tcp_check_req", "drop_reason"),
+        "request-socket rejects announced unseen exactly where tcp_check_req names no drop \
+         reason and no function probe stands in ({family}):\n{announced}"
+    );
+    if unseen {
         assert_eq!(rejects.len(), 0, "{rejects:?}");
         return Ok(());
     }
@@ -729,7 +753,7 @@ fn established_old_pure_acks_are_rejected() -> Result<()> {
         "sanity: both ACKs 1000 ticks back are dropped ({estab} + {old_acks})"
     );
     let rejects = from(&events, "paws_reject", pair.client_v4());
-    if announced.contains("timewait path only") {
+    if established_unseen(&announced) {
         assert_eq!(rejects.len(), 0, "{rejects:?}");
         return Ok(());
     }

@@ -62,6 +62,17 @@ pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
         anyhow::bail!("--summary-json {}: is a directory", path.display());
     }
+    // Each rewrite renames a new file onto the path: onto a device (/dev/null, /dev/stdout,
+    // a pipe) that would replace the device itself with a JSON file.
+    if let Ok(m) = fs::metadata(path)
+        && !m.is_file()
+    {
+        anyhow::bail!(
+            "--summary-json {}: not a regular file (the summary is rewritten by replacing the \
+             file each interval; give a file's path)",
+            path.display()
+        );
+    }
     let tmp = tmp_path(&through_symlink(path));
     let _ = fs::remove_file(&tmp);
     fs::OpenOptions::new()

@@ -33,8 +33,8 @@ pub use netns::{
     NetnsPair, cleanup_stale, cleanup_stale_all, in_netns, netns_exists, netns_inode, try_in_netns,
 };
 pub use proc::{
-    TIMEWAIT_SOCKETS, TcpEntry, TcpState, delta, kernel_btf_has_name, netstat, sysctl, sysctl_get,
-    tcp_sockets, try_delta, tw_count, tw_counted_at_creation,
+    TIMEWAIT_SOCKETS, TcpEntry, TcpState, delta, kernel_btf_has_name, kernel_func_has_param,
+    netstat, sysctl, sysctl_get, tcp_sockets, try_delta, tw_count, tw_counted_at_creation,
 };
 pub use tracer::{READY_MARKER, STOP_TIMEOUT, Tracer, tracer_bin};
 pub use traffic::{

@@ -239,3 +239,18 @@ pub fn kernel_btf_has_name(name: &str) -> bool {
     let needle = [b"\0", name.as_bytes(), b"\0"].concat();
     btf.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Whether the running kernel's function `func` has a parameter named `param` (read with
+/// btf-rs straight from /sys/kernel/btf/vmlinux, not through twtrace's own BTF layer).
+pub fn kernel_func_has_param(func: &str, param: &str) -> bool {
+    use btf_rs::{Btf, Type};
+    let btf = Btf::from_file("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+    let funcs = btf.resolve_types_by_name(func).unwrap_or_default();
+    funcs.iter().any(|t| {
+        let Type::Func(f) = t else { return false };
+        let Ok(Type::FuncProto(proto)) = btf.resolve_chained_type(f) else {
+            return false;
+        };
+        (proto.parameters.iter()).any(|p| btf.resolve_name(p).is_ok_and(|n| n == param))
+    })
+}

@@ -155,6 +155,27 @@ fn emulator_text_poke_oops(opts: &GuestOpts, base: &std::path::Path, package: &s
     true
 }
 
+/// Removes the run directories (an initramfs each, 100+ MiB) of xtask processes that are gone:
+/// one interrupted (Ctrl-C, CI's kill) could not remove its own.
+fn remove_stale_runs(runs: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = (name.to_str())
+            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            eprintln!("[vm] removing {} (its xtask is gone)", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn run_one(
     opts: &GuestOpts,
     package: &str,
@@ -183,6 +204,7 @@ fn run_one(
         script,
     };
     let archive = rootfs::build(&guest)?;
+    remove_stale_runs(&base.join("run"));
     let run_dir: PathBuf = base
         .join("run")
         .join(format!("{package}-{}", std::process::id()));

@@ -109,8 +109,14 @@ pub fn boot(m: &Machine) -> Result<Outcome> {
 
     let mut timed_out = false;
     loop {
-        if child.try_wait()?.is_some() {
-            break;
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e).context("waiting for QEMU");
+            }
         }
         if start.elapsed() > m.timeout {
             timed_out = true;
