@@ -366,8 +366,11 @@ pub struct KernelLayout {
     pub tw_rst_traced: u32,
     /// inet_sock.inet_sport: a closing socket's local port after the kernel released skc_num.
     pub inet_sport: u32,
-    /// Keeps the u64 fields below 8-byte aligned (see the assertion after the struct).
-    pub _pad: u32,
+    /// sock_common.skc_hash: set only when a connecting socket gets its 4-tuple (inet_ehash_insert
+    /// or the established-table check), so still 0 (sk_alloc zeroes) at the close of a connect()
+    /// that failed with EADDRNOTAVAIL. The last u32 field: the u64 fields below stay 8-byte
+    /// aligned while the count of u32 fields is even (see the assertion after the struct).
+    pub skc_hash: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
     pub tw_timer_handler: u64,
     /// Address of `reqsk_timer_handler`: the filter for request-socket (SYN) timers.
@@ -436,7 +439,7 @@ impl KernelLayout {
             tw_status_syn: 0,
             tw_status_rst: 0,
             inet_sport: 0,
-            _pad: 0,
+            skc_hash: 0,
             btf_kfree_skb_reason_arg: 0,
             btf_kfree_skb_rx_sk_arg: 0,
             timer_expires: 0,
@@ -464,8 +467,8 @@ impl KernelLayout {
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(
     core::mem::offset_of!(KernelLayout, tw_timer_handler)
-        == core::mem::offset_of!(KernelLayout, _pad) + 4,
-    "an even number of u32 fields must precede the u64 ones (add or drop a _pad)"
+        == core::mem::offset_of!(KernelLayout, skc_hash) + 4,
+    "an even number of u32 fields must precede the u64 ones (add or drop a `_pad: u32`)"
 );
 
 /// Which signals the shared tp_btf dispatchers serve (bits of the `ROUTES` map, written by user

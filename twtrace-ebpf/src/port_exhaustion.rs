@@ -1,11 +1,11 @@
 //! Client port exhaustion: connect() failing with EADDRNOTAVAIL, per destination.
 //!
 //! tp_btf route (no syscall tracepoint: enabling one sends every syscall of every task through
-//! the slow path): `sock:inet_sock_set_state` SYN_SENT -> CLOSE of a socket that is not in the
-//! established table. tcp_v4/v6_connect moves the socket to SYN_SENT, then
-//! `inet_hash_connect` either hashes it with a free 4-tuple or fails with EADDRNOTAVAIL and the
-//! socket is closed unhashed; every later failure (route, timeout, reset) closes a hashed
-//! socket. The destination is still set at that moment (connect clears it right after).
+//! the slow path): `sock:inet_sock_set_state` SYN_SENT -> CLOSE of a socket that was never
+//! given a 4-tuple. tcp_v4/v6_connect moves the socket to SYN_SENT, then `inet_hash_connect`
+//! either hashes it with a free 4-tuple (setting `skc_hash`) or fails with EADDRNOTAVAIL and
+//! the socket is closed with `skc_hash` still 0; every later failure (route, timeout, reset,
+//! close() while connecting) closes a socket that had one. The destination is still set at that moment (connect clears it right after).
 //!
 //! Syscall route: the connect syscall tracepoints (stable on every kernel): remember the destination at
 //! entry, report it at exit when the result is -EADDRNOTAVAIL. Function probes on
@@ -76,11 +76,17 @@ pub fn connect_kretprobe(ctx: RetProbeContext) -> u32 {
     finish(ctx.ret::<i64>() as i32 as i64, HookFamily::Kprobe)
 }
 
-/// tp_btf route: a TCP socket went SYN_SENT -> CLOSE.
+/// tp_btf route: a TCP socket went SYN_SENT -> CLOSE. Whether it ever got its 4-tuple is told
+/// by `skc_hash`, which the kernel sets only when it hashes the socket into the established
+/// table (inet_ehash_insert, or the check of a bound port's 4-tuple) and sk_alloc zeroes.
+/// Not by the socket's place in that table: tcp_set_state unhashes before the tracepoint
+/// fires, so every close (a refused or timed-out connect, a close() while connecting) reads
+/// unhashed there. Misses one case: a socket reused after connect(AF_UNSPEC) keeps its
+/// earlier hash.
 #[inline(always)]
 pub fn syn_sent_closed(sk: u64) -> u32 {
-    let pprev: u64 = unsafe { read(sk, layout!(skc_nulls_pprev)) }.unwrap_or(1);
-    if pprev != 0 {
+    let hash: u32 = unsafe { read(sk, layout!(skc_hash)) }.unwrap_or(1);
+    if hash != 0 {
         return 0; // it got its 4-tuple: a later failure, not EADDRNOTAVAIL
     }
     let Some(flow) = (unsafe { read_flow(sk) }) else {
