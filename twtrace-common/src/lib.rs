@@ -312,6 +312,9 @@ pub struct KernelLayout {
     pub req_timer: u32,
     pub req_ts_recent: u32,
     pub req_rcv_isn: u32,
+    /// request_sock.num_retrans (u8): 0 only at the first arm of a request socket's timer;
+    /// every re-arm (SYN-ACK retransmit, a retransmitted SYN) comes after one more.
+    pub req_num_retrans: u32,
     /// Bit offset of inet_request_sock.tstamp_ok (a one-bit bitfield).
     pub ireq_tstamp_ok_bit: u32,
     pub tp_kfree_skb_skbaddr: u32,
@@ -368,9 +371,10 @@ pub struct KernelLayout {
     pub inet_sport: u32,
     /// sock_common.skc_hash: set only when a connecting socket gets its 4-tuple (inet_ehash_insert
     /// or the established-table check), so still 0 (sk_alloc zeroes) at the close of a connect()
-    /// that failed with EADDRNOTAVAIL. The last u32 field: the u64 fields below stay 8-byte
-    /// aligned while the count of u32 fields is even (see the assertion after the struct).
+    /// that failed with EADDRNOTAVAIL.
     pub skc_hash: u32,
+    /// Keeps the u64 fields below 8-byte aligned (see the assertion after the struct).
+    pub _pad: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
     pub tw_timer_handler: u64,
     /// Address of `reqsk_timer_handler`: the filter for request-socket (SYN) timers.
@@ -422,6 +426,7 @@ impl KernelLayout {
             req_timer: 0,
             req_ts_recent: 0,
             req_rcv_isn: 0,
+            req_num_retrans: 0,
             ireq_tstamp_ok_bit: 0,
             tp_kfree_skb_skbaddr: 0,
             tp_kfree_skb_protocol: 0,
@@ -440,6 +445,7 @@ impl KernelLayout {
             tw_status_rst: 0,
             inet_sport: 0,
             skc_hash: 0,
+            _pad: 0,
             btf_kfree_skb_reason_arg: 0,
             btf_kfree_skb_rx_sk_arg: 0,
             timer_expires: 0,
@@ -467,7 +473,7 @@ impl KernelLayout {
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(
     core::mem::offset_of!(KernelLayout, tw_timer_handler)
-        == core::mem::offset_of!(KernelLayout, skc_hash) + 4,
+        == core::mem::offset_of!(KernelLayout, _pad) + 4,
     "an even number of u32 fields must precede the u64 ones (add or drop a `_pad: u32`)"
 );
 

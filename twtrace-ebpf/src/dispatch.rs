@@ -67,6 +67,11 @@ fn request_timer_started(timer: u64) {
         return;
     }
     let req = timer - layout!(req_timer) as u64;
+    // Re-arms (SYN-ACK retransmits, retransmitted SYNs) are not a new SYN, and cannot settle an
+    // exit: the first arm of that request socket did, if any.
+    if !syn::first_arm(req) {
+        return;
+    }
     // A request_sock starts with its sock_common (addresses, ports, netns).
     let Some(flow) = (unsafe { read_flow(req) }) else {
         return;

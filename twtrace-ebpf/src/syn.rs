@@ -6,6 +6,7 @@
 //! timer is embedded in the request_sock, which holds the SYN's TSval (`ts_recent`), whether
 //! it carried timestamps (`tstamp_ok`) and its ISN (`rcv_isn`). This costs no extra hook on
 //! the receive path. SYN cookies and TCP Fast Open create no request socket and are not seen.
+//! Only the timer's first arm is the SYN (see [`first_arm`]).
 //!
 //! tp_btf route: the same timer, from the shared `timer_start` dispatcher.
 //!
@@ -39,7 +40,20 @@ pub fn syn_timer_start(ctx: TracePointContext) -> u32 {
     let Ok(timer) = (unsafe { ctx.read_at::<u64>(layout!(tp_timer_start_timer) as usize) }) else {
         return 0;
     };
-    report(timer - layout!(req_timer) as u64, HookFamily::Tracepoint)
+    let req = timer - layout!(req_timer) as u64;
+    if !first_arm(req) {
+        return 0;
+    }
+    report(req, HookFamily::Tracepoint)
+}
+
+/// Whether a request socket's timer starts for the first time: the SYN that created it. The
+/// timer is armed again at every SYN-ACK retransmit (by its own handler, the SYN's TSval then
+/// stale by seconds) and for every retransmitted SYN (tcp_check_req), each after
+/// `num_retrans` went up; the function-probe route sees the first arm only.
+#[inline(always)]
+pub fn first_arm(req: u64) -> bool {
+    unsafe { read::<u8>(req, layout!(req_num_retrans)) }.is_some_and(|n| n == 0)
 }
 
 #[fentry(function = "inet_csk_reqsk_queue_hash_add")]

@@ -613,6 +613,68 @@ fn request_socket_old_syn_is_rejected_v6() -> Result<()> {
     request_socket_old_syn("pwreq6", true)
 }
 
+/// One SYN makes one `syn`, however often its request socket's timer is armed again: the
+/// server retransmits its unanswered SYN-ACK (the timer re-armed by its own handler) and
+/// answers the client's retransmitted SYN (re-armed by tcp_check_req); each re-arm still holds
+/// the first SYN's TSval, seconds stale, which as a new SYN would pass for another clock.
+fn syn_once_per_request_socket(tag: &str, v6: bool) -> Result<()> {
+    const TSVAL: u32 = 5_000_000;
+    let pair = NetnsPair::new(tag)?;
+    let (srv, cli) = (pair.server_ns(), pair.client_ns());
+    let server_addr = SocketAddr::new(server_ip(&pair, v6), 5002);
+    let _server = Server::start(srv, server_addr)?;
+    let client_ip = if v6 {
+        pair.client_v6()
+    } else {
+        pair.client_v4()
+    };
+    let client = SocketAddr::new(client_ip, 41005);
+    // No socket behind the crafted SYN: the SYN-ACK stays unanswered (its reset is dropped).
+    let _block = RstBlock::install(cli)?;
+    let mut cap = Capture::start(cli, VETH)?;
+    let tracer = trace(pair.server_inode(), &[])?;
+    let before = netstat(srv)?;
+    let syn = Segment::syn(client, server_addr, 8_000_000, Some(TSVAL), 0);
+    let synack = |s: &Segment| s.is_from_to(server_addr, client) && s.has(support::raw::SYN);
+    let mark = cap.mark()?;
+    send_segment(cli, &syn)?;
+    cap.wait_for(mark, REPLY_TIMEOUT, synack)?
+        .context("SYN-ACK")?;
+    // The client's SYN again (same ISN): the request socket answers it with its SYN-ACK.
+    let again = Segment::syn(client, server_addr, 8_000_000, Some(TSVAL + 10), 0);
+    let mark = cap.mark()?;
+    send_segment(cli, &again)?;
+    cap.wait_for(mark, REPLY_TIMEOUT, synack)?
+        .context("SYN-ACK to the retransmitted SYN")?;
+    // The server's own retransmit, after its first timeout (1 s).
+    let mark = cap.mark()?;
+    cap.wait_for(mark, Duration::from_secs(4), synack)?
+        .context("the server's SYN-ACK retransmit")?;
+    let after = netstat(srv)?;
+    let events = stop(tracer)?;
+
+    let retransmits = delta(&before, &after, "TcpRetransSegs");
+    assert!(
+        retransmits >= 2,
+        "sanity: SYN-ACKs sent again: {retransmits}"
+    );
+    let syns = from(&events, "syn", client_ip);
+    assert_eq!(syns.len(), 1, "one SYN, one request socket: {syns:#?}");
+    assert_eq!(syns[0]["tsval"], TSVAL, "{}", syns[0]);
+    assert_eq!(syns[0]["remote"], client.to_string(), "{}", syns[0]);
+    Ok(())
+}
+
+#[test]
+fn syn_once_per_request_socket_v4() -> Result<()> {
+    syn_once_per_request_socket("pwsyn4", false)
+}
+
+#[test]
+fn syn_once_per_request_socket_v6() -> Result<()> {
+    syn_once_per_request_socket("pwsyn6", true)
+}
+
 /// A SYN-ACK whose TSecr is older than the SYN it answers (RFC 7323's check in SYN-SENT): the
 /// connecting socket rejects it and the kernel counts TcpExtPAWSActive. One `syn_sent` reject
 /// with the segment's TSval; ts_recent is null (a socket in SYN-SENT has none yet).

@@ -52,6 +52,7 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.req_timer = btf.member_offset("request_sock", "rsk_timer")?;
     layout.req_ts_recent = btf.member_offset("request_sock", "ts_recent")?;
     layout.req_rcv_isn = btf.member_offset("tcp_request_sock", "rcv_isn")?;
+    layout.req_num_retrans = btf.member_offset("request_sock", "num_retrans")?;
     layout.skb_dev = btf.member_offset("sk_buff", "dev")?;
     layout.dev_nd_net = btf.member_offset("net_device", "nd_net")?;
     layout.ireq_tstamp_ok_bit = btf.flag_bit_offset("inet_request_sock", "tstamp_ok")?;
