@@ -120,6 +120,15 @@ pub mod ts_flags {
     pub const BY_TSECR: u8 = 32;
 }
 
+/// [`Event::detail`] of a `TwOverflow` record.
+pub mod overflow_detail {
+    /// The close reported just before as an overflow (obj: the socket) was followed, in the
+    /// same call, by a reset the socket sent or received: it was an abort (close() with
+    /// unread data, SO_LINGER 0, TCP_LINGER2 < 0, data after close), not a refused
+    /// TIME-WAIT. The tracepoint routes only; user space drops the two.
+    pub const RETRACT: u8 = 1;
+}
+
 /// Call-chain classes the kernel side recognises while walking a stack. A frame that falls in a
 /// [`CodeRange`] yields its class; the innermost recognised frame wins.
 pub mod frame_class {

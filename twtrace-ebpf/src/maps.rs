@@ -33,9 +33,12 @@ pub static LIVE: HashMap<u64, LiveTw> = HashMap::with_max_entries(262_144, 0);
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct LastEnter {
-    pub ts_ns: u64,
-    pub rport: u16,
-    pub _pad: [u8; 6],
+    /// [0]: the mark of the call under way; [1]: of one nested in it (a softirq run at the
+    /// local_bh_enable of a task's tcp_time_wait, FIN from the socket backlog, closes its own
+    /// TIME-WAIT before the task's tcp_done). 0: consumed.
+    pub ts_ns: [u64; 2],
+    pub rport: [u16; 2],
+    pub _pad: [u8; 4],
 }
 
 #[map]
@@ -60,6 +63,11 @@ pub struct LastReset {
 
 #[map]
 pub static LAST_RESET: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tracepoint routes of TW overflow: the last close reported as an overflow on this CPU, which
+/// a reset of the same socket right after retracts (see `tw_overflow::reset_for`).
+#[map]
+pub static LAST_OVERFLOW: PerCpuArray<LastReset> = PerCpuArray::with_max_entries(1, 0);
 
 /// Call-chain routes of TW exit: what the last TIME-WAIT socket to process a segment on this
 /// CPU answered (`tcp_tw_status`), so that the kill `tcp_v{4,6}_rcv` performs right after it is

@@ -31,7 +31,7 @@ use crate::{
     kernel::{Head, flow_of, hooks_only, netns_wanted, routes, typed},
     layout,
     maps::{LAST_ENTER, LIVE, LiveTw, REARMING},
-    tw_flows,
+    tw_flows, tw_overflow,
 };
 
 /// Cancel and restart of a re-arm happen back to back under the timer base lock.
@@ -177,10 +177,16 @@ fn enter<C: EbpfContext>(
     // The mark tw_overflow's close looks for: this socket got its TIME-WAIT (it is needed
     // whether or not enters are reported).
     if let Some(last) = LAST_ENTER.get_ptr_mut(0) {
-        // Field by field: the padding is never read, and writing it costs a memset call.
+        // Field by field: the padding is never read, and writing it costs a memset call. An
+        // unconsumed mark of a moment ago is the call this one runs nested in: kept.
         unsafe {
-            (*last).ts_ns = ts;
-            (*last).rport = flow.rport;
+            if ts.saturating_sub((*last).ts_ns[0]) < tw_overflow::SAME_CALL_NS {
+                (*last).ts_ns[1] = ts;
+                (*last).rport[1] = flow.rport;
+            } else {
+                (*last).ts_ns[0] = ts;
+                (*last).rport[0] = flow.rport;
+            }
         }
     }
     if routes & route::TW_ENTER == 0 {

@@ -17,13 +17,13 @@ use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe, tracepoint},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use twtrace_common::{EventKind, HookFamily, LossSlot};
+use twtrace_common::{EventKind, HookFamily, LossSlot, overflow_detail};
 
 use crate::{
     emit::emit,
     kernel::{Flow, fexit_ret, hooks_only, netns_wanted, read, read_flow},
     layout,
-    maps::{LAST_ENTER, LAST_RESET, LastReset, OVERFLOW_SK},
+    maps::{LAST_ENTER, LAST_OVERFLOW, LAST_RESET, LastReset, OVERFLOW_SK},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -31,7 +31,7 @@ const TCP_FIN_WAIT2: i32 = 5;
 pub const TCP_CLOSE: i32 = 7;
 const TCP_CLOSING: i32 = 11;
 /// tcp_time_wait arms the timer and closes the socket within microseconds on one CPU.
-const SAME_CALL_NS: u64 = 1_000_000;
+pub const SAME_CALL_NS: u64 = 1_000_000;
 
 #[tracepoint]
 pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
@@ -73,8 +73,13 @@ pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
     let ts = unsafe { bpf_ktime_get_ns() };
     if let Some(last) = LAST_ENTER.get_ptr_mut(0) {
         let last = unsafe { &mut *last };
-        if last.rport == rport && ts.saturating_sub(last.ts_ns) < SAME_CALL_NS {
-            last.ts_ns = 0; // consumed: this close got its TIME-WAIT
+        // A nested call's mark first: its close comes first.
+        if last.rport[1] == rport && ts.saturating_sub(last.ts_ns[1]) < SAME_CALL_NS {
+            last.ts_ns[1] = 0; // consumed: this close got its TIME-WAIT
+            return 0;
+        }
+        if last.rport[0] == rport && ts.saturating_sub(last.ts_ns[0]) < SAME_CALL_NS {
+            last.ts_ns[0] = 0;
             return 0;
         }
     }
@@ -94,6 +99,11 @@ pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
     if flow.lport == 0 {
         // Closing released skc_num already; inet_sport still holds the port (network order).
         flow.lport = u16::from_be(unsafe { read::<u16>(sk, layout!(inet_sport)) }.unwrap_or(0));
+    }
+    // Aborts set the state before they send their reset (close() with unread data, SO_LINGER
+    // 0, TCP_LINGER2 < 0, data after close): reported now, retracted by that reset.
+    if let Some(slot) = LAST_OVERFLOW.get_ptr_mut(0) {
+        unsafe { *slot = LastReset { sk, ts_ns: ts } };
     }
     report(sk, &flow, ts, hook)
 }
@@ -124,16 +134,25 @@ fn remember_reset(ctx: &TracePointContext, off: u32) -> u32 {
     reset_for(sk)
 }
 
-/// A reset was received or sent for `sk`: its coming close is not an overflow.
+/// A reset was received or sent for `sk`: its coming close is not an overflow, nor was the
+/// close just reported as one (an abort closes first, then sends its reset).
 #[inline(always)]
 pub fn reset_for(sk: u64) -> u32 {
+    let ts = unsafe { bpf_ktime_get_ns() };
     if let Some(slot) = LAST_RESET.get_ptr_mut(0) {
-        unsafe {
-            *slot = LastReset {
-                sk,
-                ts_ns: bpf_ktime_get_ns(),
-            }
-        };
+        unsafe { *slot = LastReset { sk, ts_ns: ts } };
+    }
+    if let Some(last) = LAST_OVERFLOW.get_ptr_mut(0) {
+        let last = unsafe { &mut *last };
+        if last.sk == sk && ts.saturating_sub(last.ts_ns) < SAME_CALL_NS {
+            last.sk = 0;
+            emit(LossSlot::TwOverflow, |ev| {
+                ev.ts_ns = ts;
+                ev.obj = sk;
+                ev.kind = EventKind::TwOverflow as u8;
+                ev.detail = overflow_detail::RETRACT;
+            });
+        }
     }
     0
 }

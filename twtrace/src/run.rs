@@ -30,6 +30,9 @@ use crate::{
 /// How often the ring is drained when the kernel has not woken us (it wakes us only when the
 /// ring passes 1/8 full, to avoid a wake-up per event).
 const POLL: Duration = Duration::from_millis(100);
+/// How long after an overflow its retraction may still come: the kernel side retracts only
+/// within a millisecond (`SAME_CALL_NS`), and writes the record a moment later.
+const RETRACTION_NS: u64 = 5_000_000;
 /// How often the kernel's per-CPU loss counters are read.
 const LOSS_CHECK: Duration = Duration::from_secs(1);
 
@@ -275,14 +278,21 @@ async fn pump(
     let (mut reading, mut held) = tw_present::start(present);
     let mut batch = Vec::new();
     loop {
+        let before = monotonic_ns();
+        let mut drained = false;
         let stop = tokio::select! {
             _ = shutdown.wait() => true,
             snap = reading.done(), if reading.is_running() => {
                 held.release(snap, filter, &mut on_record)?;
                 false
             }
-            r = transport.drain(POLL, &mut batch) => { r?; false }
+            r = transport.drain(POLL, &mut batch) => { r?; drained = true; false }
         };
+        // A drain that emptied the ring read every record written before it began, so every
+        // retraction of an overflow from before that, less the moment one takes to follow.
+        if drained && transport.caught_up() {
+            pipeline.settled_before(before.saturating_sub(RETRACTION_NS));
+        }
         // What a completed drain took (a drain cancelled by another branch takes nothing).
         pipeline.feed_batch(&batch, filter, |rec| {
             if !held.hold(rec)
@@ -327,6 +337,11 @@ async fn pump(
                 batch.iter().copied().for_each(&mut last);
             }
             parked.into_iter().for_each(last);
+            // Nothing more can retract an overflow still held.
+            pipeline.settled_before(u64::MAX);
+            pipeline.feed_batch(&[], filter, |rec| {
+                let _ = on_record(rec);
+            });
             // Records the kernel could not store between the last check and the silence.
             for (program, count) in transport.new_losses() {
                 on_record(&Record::lost(program, count))?;

@@ -81,6 +81,11 @@ impl Transport {
         Ok(batch.len())
     }
 
+    /// Whether the last [`Transport::drain`] emptied the ring (it stops at a bound otherwise).
+    pub fn caught_up(&self) -> bool {
+        !self.more
+    }
+
     /// Losses counted by the kernel since the last call, as (slot name, count) for non-zero ones.
     pub fn new_losses(&mut self) -> Vec<(&'static str, u64)> {
         let mut out = Vec::new();

@@ -383,6 +383,126 @@ fn overflow_matches_kernel_counter() -> Result<()> {
     Ok(())
 }
 
+/// How a half-closed connection (FIN_WAIT2 on the client) is aborted instead of waiting for
+/// the server's FIN: the kernel closes such a socket before it sends its reset.
+#[derive(Clone, Copy, Debug)]
+enum Abort {
+    /// close() with data unread (TcpExtTCPAbortOnClose).
+    UnreadData,
+    /// SO_LINGER {on, 0} then close() (TcpExtTCPAbortOnData).
+    LingerZero,
+    /// TCP_LINGER2 -1 then close() (TcpExtTCPAbortOnLinger).
+    Linger2Negative,
+}
+
+/// Opens a connection from the client namespace, half-closes it (the server ACKs the FIN:
+/// FIN_WAIT2) and aborts it as `how` says; the server end closes after.
+fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Result<()> {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+    let srv = listener.local_addr()?;
+    let client = in_netns(pair.client_ns(), || TcpStream::connect(srv)).context("connect")?;
+    let (mut server, _) = listener.accept()?;
+    server.set_read_timeout(Some(IO_TIMEOUT))?;
+    let set = |level, name, value: &[i32]| -> Result<()> {
+        // SAFETY: setsockopt on a socket we own, with a buffer of the size we pass.
+        let rc = unsafe {
+            libc::setsockopt(
+                client.as_raw_fd(),
+                level,
+                name,
+                value.as_ptr().cast(),
+                std::mem::size_of_val(value) as libc::socklen_t,
+            )
+        };
+        ensure!(
+            rc == 0,
+            "setsockopt {how:?}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    };
+    if let Abort::Linger2Negative = how {
+        set(libc::IPPROTO_TCP, libc::TCP_LINGER2, &[-1])?;
+    }
+    client.shutdown(Shutdown::Write)?;
+    // The server reads the FIN (end of stream): it has ACKed it, the client is in FIN_WAIT2.
+    ensure!(server.read(&mut [0u8; 16])? == 0, "EOF expected");
+    match how {
+        Abort::UnreadData => {
+            server.write_all(b"unread")?;
+            thread::sleep(Duration::from_millis(50)); // arrives at the client
+        }
+        Abort::LingerZero => set(libc::SOL_SOCKET, libc::SO_LINGER, &[1, 0])?,
+        Abort::Linger2Negative => thread::sleep(Duration::from_millis(50)),
+    }
+    drop(client);
+    thread::sleep(Duration::from_millis(20));
+    drop(server);
+    Ok(())
+}
+
+/// Aborts of half-closed connections close a FIN_WAIT2 socket without TIME-WAIT too, but not
+/// for want of a bucket: they are no overflow, while real overflows (a tiny
+/// tcp_max_tw_buckets on the same client) all are. tw_overflow == TcpExtTCPTimeWaitOverflow.
+#[test]
+fn aborts_are_not_overflows() -> Result<()> {
+    const N: usize = 8;
+    const BUCKETS: usize = 3;
+    let pair = NetnsPair::new("abrt")?;
+    sysctl(
+        pair.client_ns(),
+        "net.ipv4.tcp_max_tw_buckets",
+        &BUCKETS.to_string(),
+    )?;
+    let srv_ip = pair.server_v4();
+    let srv = SocketAddr::new(srv_ip, free_port(pair.server_ns(), srv_ip)?);
+    let listener = in_netns(pair.server_ns(), || TcpListener::bind(srv)).context("bind")?;
+    let (srv2, server) = serve(&pair, Family::V4)?;
+    let inode = pair.client_inode();
+    let tracer = trace_netns(inode)?;
+    let before = netstat(pair.client_ns())?;
+    for how in [Abort::UnreadData, Abort::LingerZero, Abort::Linger2Negative] {
+        abort_half_closed(&pair, &listener, how)?;
+    }
+    all_ok(&connect_many(
+        pair.client_ns(),
+        srv2,
+        N,
+        CloseFirst::Client,
+        None,
+    )?)?;
+    let after = netstat(pair.client_ns())?;
+    let events = stop(tracer)?;
+    drop(server);
+
+    let aborts: u64 = [
+        "TcpExtTCPAbortOnClose",
+        "TcpExtTCPAbortOnData",
+        "TcpExtTCPAbortOnLinger",
+    ]
+    .iter()
+    .map(|c| delta(&before, &after, c))
+    .sum();
+    assert_eq!(aborts, 3, "sanity: the kernel aborted the three");
+    let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
+    assert_eq!(
+        kernel,
+        (N - BUCKETS) as u64,
+        "sanity: the bucket limit was hit"
+    );
+    let overflows = of(&events, "tw_overflow", inode);
+    assert_eq!(
+        overflows.len() as u64,
+        kernel,
+        "tw_overflow vs TcpExtTCPTimeWaitOverflow: {overflows:#?}"
+    );
+    for e in &overflows {
+        assert_eq!(addr(e, "remote"), srv2, "{e}");
+    }
+    Ok(())
+}
+
 /// A narrow ephemeral range on the client: once its ports sit in TIME-WAIT, connect() fails
 /// with EADDRNOTAVAIL; twtrace reports each failure, with its destination.
 fn port_exhaustion(tag: &str, f: Family) -> Result<()> {

@@ -9,7 +9,7 @@
 //! so it is kept free of allocation; `cargo bench -p twtrace` (benches/user_space.rs)
 //! measures it.
 
-use twtrace_common::{Event, EventKind, ts_flags};
+use twtrace_common::{Event, EventKind, HookFamily, overflow_detail, ts_flags};
 
 use crate::{
     event::Record,
@@ -30,7 +30,15 @@ pub struct Pipeline {
     lifetimes: Lifetimes,
     tw_syn: TwSynClassifier,
     request_ts: RequestTsvals,
+    /// Overflows a tracepoint route reported, until a retraction could no longer come (see
+    /// [`Pipeline::settled_before`]).
+    held_overflows: Vec<Event>,
+    settled_before: u64,
 }
+
+/// Held overflows beyond this many go at once (a ring kept full never lets the reader say
+/// that it has caught up).
+const MAX_HELD_OVERFLOWS: usize = 65_536;
 
 impl Pipeline {
     /// `max_live_tw` bounds the TIME-WAITs whose entry time is remembered (for lifetimes).
@@ -40,7 +48,19 @@ impl Pipeline {
             lifetimes: Lifetimes::new(max_live_tw),
             tw_syn: TwSynClassifier::default(),
             request_ts: RequestTsvals::default(),
+            held_overflows: Vec::new(),
+            settled_before: 0,
         }
+    }
+
+    /// Says that every record up to `ts_ns` has been read: an overflow from before then that
+    /// no retraction followed was one, and goes out with the next batch. On the tracepoint
+    /// routes an abort (close() with unread data, SO_LINGER 0, ...) closes a FIN_WAIT2 socket
+    /// before it sends its reset, so its close first reads as an overflow, which the kernel
+    /// side retracts when the reset comes, in the same call; until then the overflow is held.
+    /// `u64::MAX` at shutdown lets every held one go.
+    pub fn settled_before(&mut self, ts_ns: u64) {
+        self.settled_before = ts_ns;
     }
 
     /// [`Pipeline::feed`] for each record of a batch, in order, prefetching the state of the
@@ -57,6 +77,49 @@ impl Pipeline {
             }
             self.feed(*ev, filter, &mut f);
         }
+        self.release_overflows(filter, f);
+    }
+
+    /// Held overflows that no retraction can follow any more, decoded and handed to `f`.
+    fn release_overflows(&mut self, filter: &Filter, mut f: impl FnMut(&Record)) {
+        if self.held_overflows.is_empty() {
+            return;
+        }
+        let upto = if self.held_overflows.len() > MAX_HELD_OVERFLOWS {
+            u64::MAX
+        } else {
+            self.settled_before
+        };
+        let mut held = std::mem::take(&mut self.held_overflows);
+        held.retain(|ev| {
+            if ev.ts_ns > upto {
+                return true;
+            }
+            if let Some(rec) = signals::decode(ev, &self.ctx)
+                && filter.matches(&rec)
+            {
+                f(&rec);
+            }
+            false
+        });
+        self.held_overflows = held;
+    }
+
+    /// Keeps a tracepoint route's overflow back, or drops it with its retraction: true when
+    /// `ev` is taken care of here.
+    fn hold_overflow(&mut self, ev: &Event) -> bool {
+        if ev.detail == overflow_detail::RETRACT {
+            if let Some(i) = self.held_overflows.iter().position(|h| h.obj == ev.obj) {
+                self.held_overflows.remove(i);
+            }
+            return true;
+        }
+        let by_tracepoint =
+            ev.hook == HookFamily::Tracepoint as u8 || ev.hook == HookFamily::TpBtf as u8;
+        if by_tracepoint {
+            self.held_overflows.push(*ev);
+        }
+        by_tracepoint
     }
 
     /// Hands `f` the record decoded from `ev` (the ring's copy, taken over) and the verdict it
@@ -74,6 +137,9 @@ impl Pipeline {
 
     #[inline]
     fn feed_one(&mut self, mut ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
+        if ev.kind == EventKind::TwOverflow as u8 && self.hold_overflow(&ev) {
+            return;
+        }
         self.lifetimes.on_event(&mut ev);
         let forgotten = self.lifetimes.take_forgotten();
         if forgotten > 0 {
@@ -150,6 +216,48 @@ mod tests {
             // The enter, the exit, the SYN and its verdict.
             assert_eq!(one.len(), 4, "{one:?}");
         }
+    }
+
+    /// A tracepoint route's overflow is held until the reader says that its retraction can no
+    /// longer come: dropped with a retraction (an abort's reset), handed on otherwise. A
+    /// function probe's overflow is the overflow itself: handed on at once.
+    #[test]
+    fn tracepoint_overflows_wait_for_their_retraction() {
+        let filter = Filter {
+            ports: vec![],
+            nets: vec![],
+        };
+        let overflow = |sk: u64, ts_ns: u64, hook: HookFamily| {
+            let [_, _, mut ev] = connection(ts_ns, sk, 40_000);
+            ev.kind = EventKind::TwOverflow as u8;
+            ev.detail = 0;
+            ev.hook = hook as u8;
+            ev.obj = sk;
+            ev.ts_ns = ts_ns;
+            ev
+        };
+        let retract = |sk: u64, ts_ns: u64| {
+            let mut ev = overflow(sk, ts_ns, HookFamily::TpBtf);
+            ev.detail = overflow_detail::RETRACT;
+            ev
+        };
+        let mut p = Pipeline::new(DecodeCtx { hz: 250 }, 1024);
+        let mut out = Vec::new();
+        let batch = [
+            overflow(1, 1_000, HookFamily::TpBtf),
+            overflow(2, 2_000, HookFamily::Tracepoint),
+            retract(1, 1_500),
+            overflow(3, 3_000, HookFamily::Fentry),
+            overflow(4, 9_000, HookFamily::TpBtf),
+        ];
+        p.feed_batch(&batch, &filter, |r| out.push(r.ts_ns));
+        assert_eq!(out, [3_000], "only the function probe's at once");
+        p.settled_before(5_000);
+        p.feed_batch(&[], &filter, |r| out.push(r.ts_ns));
+        assert_eq!(out, [3_000, 2_000], "the unretracted one settled");
+        p.settled_before(u64::MAX);
+        p.feed_batch(&[], &filter, |r| out.push(r.ts_ns));
+        assert_eq!(out, [3_000, 2_000, 9_000], "all at shutdown");
     }
 
     /// Beyond `max_live_tw` live TIME-WAITs, enters forgotten for memory are reported as lost
