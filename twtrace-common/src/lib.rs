@@ -520,6 +520,9 @@ pub mod route {
 #[derive(Clone, Copy, Debug)]
 pub struct PendingExit {
     pub timer: u64,
+    /// When the timer was cancelled (tp_btf route): a start of the same timer soon after is
+    /// a re-arm; one later is a new TIME-WAIT in the freed socket's memory.
+    pub cancelled_ns: u64,
     pub ev: Event,
 }
 

@@ -32,7 +32,13 @@ pub fn tp_timer_start(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     if func == layout!(tw_timer_handler) {
-        tw_timer_started(&ctx, timer);
+        let routes = routes();
+        // Silenced (shutdown, --hooks-only): the parked exit is left for user space to read.
+        // The re-arm test here, not in tw_timer_started: ending a parked exit calls `finish`,
+        // whose chain on top of that frame would pass the 512-byte stack.
+        if routes != 0 && !tw_exit::rearmed(timer) {
+            tw_timer_started(&ctx, timer, routes);
+        }
         return 0;
     }
     if func == layout!(reqsk_timer_handler) {
@@ -46,13 +52,9 @@ pub fn tp_timer_start(ctx: BtfTracePointContext) -> u32 {
 // their buffers made one frame of nearly 512 bytes, and the 6.1 verifier adds the frame of any
 // call (memset, at least 32 bytes) to the caller's and refused the program.
 
-/// A TIME-WAIT timer started: a re-arm of the parked one, or a new TIME-WAIT.
+/// A TIME-WAIT timer started that re-arms no parked one: a new TIME-WAIT.
 #[inline(never)]
-fn tw_timer_started(ctx: &BtfTracePointContext, timer: u64) {
-    if tw_exit::rearmed(timer) {
-        return;
-    }
-    let routes = routes();
+fn tw_timer_started(ctx: &BtfTracePointContext, timer: u64, routes: u32) {
     // tw_overflow alone needs the mark a TIME-WAIT's start leaves (`LAST_ENTER`) too.
     if routes & (route::TW_ENTER | route::TW_FLOWS | route::TW_OVERFLOW) != 0 {
         tw_enter::started(ctx, timer, routes);

@@ -555,6 +555,7 @@ pub fn on_cancel(timer: u64, routes: u32) {
         settle(slot, ExitCause::Unknown);
     }
     slot.timer = timer;
+    slot.cancelled_ns = unsafe { bpf_ktime_get_ns() };
     slot.ev.kind = 0;
     // With only tw_enter on this route the slot just marks a re-arm in progress.
     let prepared = preparing && prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev);
@@ -604,14 +605,26 @@ fn parked() -> Option<&'static mut PendingExit> {
     if slot.timer == 0 { None } else { Some(slot) }
 }
 
+/// A re-arm cancels and starts its timer back to back, under the timer base's lock.
+const REARM_NS: u64 = 100_000;
+
 /// `timer_start` of a TIME-WAIT timer: true if it re-arms the parked one (no exit, no enter).
+/// The same timer started later is a new TIME-WAIT in the memory of the parked one, freed by
+/// an end nothing named (a SYN answered by a cookie, `ss -K`; sockets are reused at once on
+/// the CPU that freed them): that end is settled as unknown, and the start is an enter.
 #[inline(always)]
 pub fn rearmed(timer: u64) -> bool {
     match parked() {
         Some(slot) if slot.timer == timer => {
-            slot.timer = 0;
-            slot.ev.kind = 0;
-            true
+            let now = unsafe { bpf_ktime_get_ns() };
+            if now.saturating_sub(slot.cancelled_ns) < REARM_NS {
+                slot.timer = 0;
+                slot.ev.kind = 0;
+                true
+            } else {
+                settle(slot, ExitCause::Unknown);
+                false
+            }
         }
         _ => false,
     }
@@ -625,7 +638,9 @@ pub fn rearmed(timer: u64) -> bool {
 /// the freed socket's address would pass for a re-arm of it and go unreported.
 #[inline(always)]
 pub fn other_timer_started() {
-    if routes() & route::TW_EXIT != 0 {
+    // Silenced (routes 0): the parked exit is left for user space to read at shutdown.
+    let routes = routes();
+    if routes == 0 || routes & route::TW_EXIT != 0 {
         return;
     }
     if let Some(slot) = parked() {
@@ -636,6 +651,9 @@ pub fn other_timer_started() {
 /// `timer_expire_entry` of a TIME-WAIT timer.
 #[inline(always)]
 pub fn expiring(timer: u64) {
+    if routes() == 0 {
+        return; // silenced: left for user space (see other_timer_started)
+    }
     if let Some(slot) = parked()
         && slot.timer == timer
     {
