@@ -108,12 +108,16 @@ pub fn attach_all(
         }
         let mut choice = attach_signal(bpf, facts, signal, forced, &mut shared);
         if choice.chosen.is_none() {
-            let why = choice
-                .rejected
-                .iter()
-                .map(|(f, r)| format!("{}: {}", f.as_str(), r.lines().next().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join("; ");
+            // Each reason once: a family's hooks often fail for the same one (a field the
+            // kernel lacks rules out every program that reads it).
+            let mut why: Vec<String> = Vec::new();
+            for (f, r) in &choice.rejected {
+                let line = format!("{}: {}", f.as_str(), r.lines().next().unwrap_or(""));
+                if !why.contains(&line) {
+                    why.push(line);
+                }
+            }
+            let why = why.join("; ");
             match unserved(signal.name, forced, wanted) {
                 Unserved::Fatal(msg) => bail!("{msg} ({why})"),
                 Unserved::Warn(msg) => choice.warning = Some(format!("{msg} ({why})")),

@@ -461,11 +461,29 @@ fn a_namespace_named_by_digits_is_found_by_name() -> Result<()> {
         }
     }
     let _del = Del(name.clone());
+    support::netns::ip(&["-n", &name, "link", "set", "lo", "up"])?;
+    let inode = support::netns_inode(&name)?;
     let mut t = Tracer::spawn_default(&["events", "--json", "--netns", &name])?;
     t.wait_ready(Duration::from_secs(60))?;
     let said = t.stderr_text();
-    t.stop()?;
+    // One TIME-WAIT in that namespace (the server side closes first, on its loopback).
+    support::netns::try_in_netns(&name, || -> Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (server, _) = listener.accept()?;
+        drop(server);
+        std::thread::sleep(Duration::from_millis(50));
+        drop(client);
+        Ok(())
+    })??;
+    t.wait_for_event(|e| e["type"] == "tw_enter", Duration::from_secs(10))?;
+    let events = t.stop()?;
     ensure!(!said.contains("no such namespace"), "{said}");
+    let enters: Vec<_> = events.iter().filter(|e| e["type"] == "tw_enter").collect();
+    ensure!(
+        enters.len() == 1 && enters[0]["netns"] == inode,
+        "one TIME-WAIT in namespace {name} ({inode}): {events:?}"
+    );
     Ok(())
 }
 
@@ -475,12 +493,24 @@ fn a_namespace_named_by_digits_is_found_by_name() -> Result<()> {
 fn a_closed_pipe_stops_the_stream() -> Result<()> {
     use std::io::{BufRead as _, BufReader};
     use std::process::Stdio;
-    let mut child = Command::new(tracer_bin())
-        .args(["events", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning twtrace")?;
+    /// Killed if the test ends early (an error, a panic): never left running.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut guard = KillOnDrop(
+        Command::new(tracer_bin())
+            .args(["events", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning twtrace")?,
+    );
+    let child = &mut guard.0;
+    let pid = child.id();
     let stderr = child.stderr.take().context("stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -499,12 +529,14 @@ fn a_closed_pipe_stops_the_stream() -> Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => seen.push(line),
-            Err(_) => {
-                let _ = child.kill();
-                anyhow::bail!("twtrace never said it was tracing: {seen:?}");
-            }
+            Err(_) => anyhow::bail!("twtrace never said it was tracing: {seen:?}"),
         }
     }
+    let ours = prog_ids(pid)?;
+    ensure!(
+        ours.len() >= 4,
+        "expected the tracer to hold its programs, got {ours:?}"
+    );
     drop(child.stdout.take());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -512,12 +544,28 @@ fn a_closed_pipe_stops_the_stream() -> Result<()> {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
             anyhow::bail!("twtrace still running 10 s after its reader went away");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     ensure!(status.success(), "exit status {status}: {seen:?}");
+    // Its programs went with it (the kernel frees them once no fd or link holds them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let loaded = loaded_prog_ids();
+        let left: Vec<u32> = ours
+            .iter()
+            .copied()
+            .filter(|id| loaded.contains(id))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "programs left in the kernel: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Ok(())
 }

@@ -336,12 +336,11 @@ fn reconnect_replaces_server_timewait_v6() -> Result<()> {
 
 /// A tiny tcp_max_tw_buckets: every refused TIME-WAIT is an overflow event, exactly as many as
 /// TcpExtTCPTimeWaitOverflow counts.
-#[test]
-fn overflow_matches_kernel_counter() -> Result<()> {
+fn overflow_matches_kernel_counter(tag: &str, f: Family) -> Result<()> {
     const N: usize = 24;
-    let pair = NetnsPair::new("ovf")?;
+    let pair = NetnsPair::new(tag)?;
     sysctl(pair.server_ns(), "net.ipv4.tcp_max_tw_buckets", "5")?;
-    let (srv, server) = serve(&pair, Family::V4)?;
+    let (srv, server) = serve(&pair, f)?;
     let inode = pair.server_inode();
     let tracer = trace_netns(inode)?;
     let overflows_only = trace_netns_only(inode, "tw_overflow")?;
@@ -359,7 +358,8 @@ fn overflow_matches_kernel_counter() -> Result<()> {
     drop(server);
 
     let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
-    assert!(kernel > 0, "sanity: the bucket limit was hit");
+    // All N within the TIME-WAITs' 60 s: the first 5 fill the buckets, every other overflows.
+    assert_eq!(kernel, N as u64 - 5, "sanity: the bucket limit was hit");
     // Traced alone, closes that got their TIME-WAIT must not pass for overflows.
     assert_eq!(
         of(&overflows_only, "tw_overflow", inode).len() as u64,
@@ -377,10 +377,20 @@ fn overflow_matches_kernel_counter() -> Result<()> {
         tw_created(&before, &after)
     );
     for e in &overflows {
-        assert_eq!(addr(e, "remote").ip(), pair.client_v4(), "{e}");
+        assert_eq!(addr(e, "remote").ip(), client_ip(&pair, f), "{e}");
         assert_eq!(addr(e, "local"), srv, "{e}");
     }
     Ok(())
+}
+
+#[test]
+fn overflow_matches_kernel_counter_v4() -> Result<()> {
+    overflow_matches_kernel_counter("ovf4", Family::V4)
+}
+
+#[test]
+fn overflow_matches_kernel_counter_v6() -> Result<()> {
+    overflow_matches_kernel_counter("ovf6", Family::V6)
 }
 
 /// How a half-closed connection (FIN_WAIT2 on the client) is aborted instead of waiting for
@@ -560,10 +570,9 @@ fn eaddrnotavail_v6() -> Result<()> {
 
 /// With tcp_tw_reuse=1 a client connect() takes over its own TIME-WAIT 4-tuples: one tw_reuse
 /// per TcpExtTWRecycled.
-#[test]
-fn tw_reuse_matches_twrecycled() -> Result<()> {
+fn tw_reuse_matches_twrecycled(tag: &str, f: Family) -> Result<()> {
     const PORTS: usize = 4;
-    let pair = NetnsPair::new("reuse")?;
+    let pair = NetnsPair::new(tag)?;
     sysctl(
         pair.client_ns(),
         "net.ipv4.ip_local_port_range",
@@ -572,7 +581,7 @@ fn tw_reuse_matches_twrecycled() -> Result<()> {
     sysctl(pair.client_ns(), "net.ipv4.tcp_tw_reuse", "1")?;
     // 6.14+: reuse is allowed after tcp_tw_reuse_delay ms (default 1 s); older kernels: 1 s.
     let _ = sysctl(pair.client_ns(), "net.ipv4.tcp_tw_reuse_delay", "1");
-    let (srv, server) = serve(&pair, Family::V4)?;
+    let (srv, server) = serve(&pair, f)?;
     let inode = pair.client_inode();
     let tracer = trace_netns(inode)?;
     let before = netstat(pair.client_ns())?;
@@ -596,7 +605,11 @@ fn tw_reuse_matches_twrecycled() -> Result<()> {
     drop(server);
 
     let kernel = delta(&before, &after, "TcpExtTWRecycled");
-    assert!(kernel > 0, "sanity: the kernel reused TIME-WAIT ports");
+    // Every port was in TIME-WAIT and every second-round connect succeeded: each reused one.
+    assert_eq!(
+        kernel, PORTS as u64,
+        "sanity: the kernel reused TIME-WAIT ports"
+    );
     let reuses = of(&events, "tw_reuse", inode);
     assert_eq!(reuses.len() as u64, kernel, "tw_reuse vs TcpExtTWRecycled");
     for e in &reuses {
@@ -604,6 +617,16 @@ fn tw_reuse_matches_twrecycled() -> Result<()> {
         assert_eq!(addr(e, "remote"), srv, "{e}");
     }
     Ok(())
+}
+
+#[test]
+fn tw_reuse_matches_twrecycled_v4() -> Result<()> {
+    tw_reuse_matches_twrecycled("reuse4", Family::V4)
+}
+
+#[test]
+fn tw_reuse_matches_twrecycled_v6() -> Result<()> {
+    tw_reuse_matches_twrecycled("reuse6", Family::V6)
 }
 
 /// A pair with `n` server-side TIME-WAITs made while a tracer watches the server namespace;
@@ -634,6 +657,7 @@ struct Created {
 #[test]
 fn real_expiry_after_sixty_seconds() -> Result<()> {
     let (pair, server, mut tracer, Created { n: created, before }) = server_timewaits("exp", 6)?;
+    assert_eq!(created, 6, "sanity: one TIME-WAIT per connection");
     let inode = pair.server_inode();
     drop(server);
     // Bounded wait: 60 s TIME-WAIT plus timer slack.
@@ -673,6 +697,7 @@ fn real_expiry_after_sixty_seconds() -> Result<()> {
 #[test]
 fn namespace_teardown_purges() -> Result<()> {
     let (pair, server, mut tracer, Created { n: created, .. }) = server_timewaits("purge", 8)?;
+    assert_eq!(created, 8, "sanity: one TIME-WAIT per connection");
     let inode = pair.server_inode();
     drop(server);
     drop(pair); // deletes both namespaces; the kernel purges their TIME-WAITs asynchronously

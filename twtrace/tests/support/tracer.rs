@@ -60,6 +60,8 @@ pub struct Tracer {
     bad_stdout: Arc<Shared<String>>,
     stderr: Arc<Shared<String>>,
     readers: Vec<JoinHandle<()>>,
+    /// The namespace inode given as `--netns N`, if any.
+    netns: Option<u32>,
 }
 
 impl Tracer {
@@ -135,6 +137,10 @@ impl Tracer {
                     })?,
             );
         }
+        let netns = (args.iter())
+            .skip_while(|a| **a != "--netns")
+            .nth(1)
+            .and_then(|n| n.parse().ok());
         Ok(Tracer {
             child: Some(child),
             cmdline,
@@ -142,7 +148,13 @@ impl Tracer {
             bad_stdout,
             stderr: err_lines,
             readers,
+            netns,
         })
+    }
+
+    /// The namespace inode this tracer was given as `--netns N` (None: all, or by name).
+    pub fn netns(&self) -> Option<u32> {
+        self.netns
     }
 
     /// Spawns [`tracer_bin`] with `args`.

@@ -20,6 +20,7 @@ fn sweep() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
+    assert!(seeds >= 1, "TWTRACE_SWEEP_SEEDS must be at least 1");
     use Offsets::{PerHost, PerTuple};
     use Ports::{Pool, Random};
     let one = |o, p| Scenario::new(0, 1, o, p).syns(300, 250.0);
@@ -135,8 +136,11 @@ fn sweep() {
             }
         }
         println!("{name:26} exact {exact:3} over {over:3} under {under:3} outside {outside:3}");
-        if base.hosts == 1 {
-            assert_eq!(over, 0, "{name}");
-        }
+        // Never more clocks than there are (the false-positive guard: a NAT flag on one host
+        // is the costly mistake), and the hosts always within [clocks_low, clocks_high], in
+        // every scenario, beyond-spec jitter included. Undercounts are allowed (per-4-tuple
+        // offsets over many ports cannot be told apart sooner), and reported above.
+        assert_eq!(over, 0, "{name}: overcounted");
+        assert_eq!(outside, 0, "{name}: the truth outside the bounds");
     }
 }
