@@ -49,9 +49,10 @@ pub static LAST_ENTER: PerCpuArray<LastEnter> = PerCpuArray::with_max_entries(1,
 pub static CONNECTS: LruHashMap<u64, [u8; 28]> = LruHashMap::with_max_entries(16_384, 0);
 
 /// kprobe route of TW overflow: the socket passed to `inet_twsk_alloc`, until it returns.
-/// Safe per CPU: inet_twsk_alloc does not sleep.
+/// Per CPU (inet_twsk_alloc does not sleep), two deep: [0] for the call under way, [1] for
+/// one nested in it (a task's call, FIN from the socket backlog, interrupted by a softirq's).
 #[map]
-pub static OVERFLOW_SK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static OVERFLOW_SK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// The last socket a reset was received or sent for, on this CPU (see tw_overflow.rs).
 #[repr(C)]

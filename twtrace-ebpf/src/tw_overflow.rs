@@ -174,8 +174,15 @@ pub fn tw_overflow_kprobe(ctx: ProbeContext) -> u32 {
     if hooks_only() {
         return 0;
     }
-    if let (Some(sk), Some(slot)) = (ctx.arg::<u64>(0), OVERFLOW_SK.get_ptr_mut(0)) {
-        unsafe { *slot = sk };
+    let (Some(sk), Some(outer)) = (ctx.arg::<u64>(0), OVERFLOW_SK.get_ptr_mut(0)) else {
+        return 0;
+    };
+    unsafe {
+        if *outer == 0 {
+            *outer = sk;
+        } else if let Some(nested) = OVERFLOW_SK.get_ptr_mut(1) {
+            *nested = sk;
+        }
     }
     0
 }
@@ -186,8 +193,13 @@ pub fn tw_overflow_kretprobe(ctx: RetProbeContext) -> u32 {
     if hooks_only() {
         return 0;
     }
-    let Some(slot) = OVERFLOW_SK.get_ptr_mut(0) else {
-        return 0;
+    // The innermost call returns first.
+    let slot = match OVERFLOW_SK.get_ptr_mut(1) {
+        Some(nested) if unsafe { *nested } != 0 => nested,
+        _ => match OVERFLOW_SK.get_ptr_mut(0) {
+            Some(outer) => outer,
+            None => return 0,
+        },
     };
     let sk = unsafe { core::mem::replace(&mut *slot, 0) };
     if sk == 0 || ctx.ret::<u64>() != 0 {

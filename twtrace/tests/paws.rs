@@ -556,6 +556,42 @@ fn hooks_of(announced: &str, signal: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A listener on `server_port` in a fresh namespace pair, a traced server namespace, and a
+/// client address with no socket behind it for crafted SYNs: its kernel's resets to the
+/// SYN-ACKs are dropped (they would remove the request socket), and a capture on the client
+/// side sees the replies.
+struct RawSynLab {
+    server: SocketAddr,
+    client: SocketAddr,
+    cap: Capture,
+    tracer: Tracer,
+    _listener: Server,
+    _block: RstBlock,
+    /// Last: fields drop in order, and the namespaces go after what lives in them.
+    pair: NetnsPair,
+}
+
+impl RawSynLab {
+    fn new(tag: &str, v6: bool, server_port: u16, client_port: u16) -> Result<Self> {
+        let pair = NetnsPair::new(tag)?;
+        let server = SocketAddr::new(server_ip(&pair, v6), server_port);
+        let listener = Server::start(pair.server_ns(), server)?;
+        let client = SocketAddr::new(client_ip(&pair, v6), client_port);
+        let block = RstBlock::install(pair.client_ns())?;
+        let cap = Capture::start(pair.client_ns(), VETH)?;
+        let tracer = trace(pair.server_inode(), &[])?;
+        Ok(RawSynLab {
+            server,
+            client,
+            cap,
+            tracer,
+            _listener: listener,
+            _block: block,
+            pair,
+        })
+    }
+}
+
 /// A SYN that repeats a queued SYN (same 4-tuple, same ISN) with an older TSval: the request
 /// socket (SYN-RECV) rejects it by PAWS (tcp_check_req) and the kernel counts PAWSEstab. One
 /// `syn_recv` reject with the exact regression and the first SYN's TSval as ts_recent.
@@ -564,21 +600,19 @@ fn hooks_of(announced: &str, signal: &str) -> String {
 fn request_socket_old_syn(tag: &str, v6: bool) -> Result<()> {
     const REGRESSION: i32 = 1000;
     const TSVAL: u32 = 3_000_000;
-    let pair = NetnsPair::new(tag)?;
+    // Bound first: the fields not moved out below (the namespaces, the listener, the reset
+    // block) live on with `lab`.
+    let lab = RawSynLab::new(tag, v6, 5000, 41003)?;
+    let RawSynLab {
+        ref pair,
+        server: server_addr,
+        client,
+        mut cap,
+        tracer,
+        ..
+    } = lab;
     let (srv, cli) = (pair.server_ns(), pair.client_ns());
-    let server_addr = SocketAddr::new(server_ip(&pair, v6), 5000);
-    let _server = Server::start(srv, server_addr)?;
-    let client_ip = if v6 {
-        pair.client_v6()
-    } else {
-        pair.client_v4()
-    };
-    let client = SocketAddr::new(client_ip, 41003);
-    // No socket behind the crafted SYN: the client kernel would reset the SYN-ACK, and the
-    // reset would remove the request socket.
-    let _block = RstBlock::install(cli)?;
-    let mut cap = Capture::start(cli, VETH)?;
-    let tracer = trace(pair.server_inode(), &[])?;
+    let client_ip = client.ip();
     let announced = tracer.stderr_text();
     let mark = monotonic_ns();
     let first = Segment::syn(client, server_addr, 7_000_000, Some(TSVAL), 0);
@@ -655,20 +689,20 @@ fn request_socket_old_syn_is_rejected_v6() -> Result<()> {
 /// the first SYN's TSval, seconds stale, which as a new SYN would pass for another clock.
 fn syn_once_per_request_socket(tag: &str, v6: bool) -> Result<()> {
     const TSVAL: u32 = 5_000_000;
-    let pair = NetnsPair::new(tag)?;
+    // No socket behind the crafted SYN: the SYN-ACK stays unanswered.
+    // Bound first: the fields not moved out below (the namespaces, the listener, the reset
+    // block) live on with `lab`.
+    let lab = RawSynLab::new(tag, v6, 5002, 41005)?;
+    let RawSynLab {
+        ref pair,
+        server: server_addr,
+        client,
+        mut cap,
+        tracer,
+        ..
+    } = lab;
     let (srv, cli) = (pair.server_ns(), pair.client_ns());
-    let server_addr = SocketAddr::new(server_ip(&pair, v6), 5002);
-    let _server = Server::start(srv, server_addr)?;
-    let client_ip = if v6 {
-        pair.client_v6()
-    } else {
-        pair.client_v4()
-    };
-    let client = SocketAddr::new(client_ip, 41005);
-    // No socket behind the crafted SYN: the SYN-ACK stays unanswered (its reset is dropped).
-    let _block = RstBlock::install(cli)?;
-    let mut cap = Capture::start(cli, VETH)?;
-    let tracer = trace(pair.server_inode(), &[])?;
+    let client_ip = client.ip();
     let before = netstat(srv)?;
     let syn = Segment::syn(client, server_addr, 8_000_000, Some(TSVAL), 0);
     let synack = |s: &Segment| s.is_from_to(server_addr, client) && s.has(support::raw::SYN);
@@ -718,11 +752,7 @@ fn syn_sent_old_tsecr(tag: &str, v6: bool) -> Result<()> {
     let pair = NetnsPair::new(tag)?;
     let (srv, cli) = (pair.server_ns(), pair.client_ns());
     let server = SocketAddr::new(server_ip(&pair, v6), 5001);
-    let client_ip = if v6 {
-        pair.client_v6()
-    } else {
-        pair.client_v4()
-    };
+    let client_ip = client_ip(&pair, v6);
     let client = SocketAddr::new(client_ip, 41004);
     // Nothing listens on `server`: the server namespace's reset to the SYN is dropped, so the
     // socket stays in SYN-SENT for the crafted SYN-ACK.
