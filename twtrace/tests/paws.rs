@@ -600,23 +600,14 @@ impl RawSynLab {
 fn request_socket_old_syn(tag: &str, v6: bool) -> Result<()> {
     const REGRESSION: i32 = 1000;
     const TSVAL: u32 = 3_000_000;
-    // Bound first: the fields not moved out below (the namespaces, the listener, the reset
-    // block) live on with `lab`.
-    let lab = RawSynLab::new(tag, v6, 5000, 41003)?;
-    let RawSynLab {
-        ref pair,
-        server: server_addr,
-        client,
-        mut cap,
-        tracer,
-        ..
-    } = lab;
-    let (srv, cli) = (pair.server_ns(), pair.client_ns());
+    let mut lab = RawSynLab::new(tag, v6, 5000, 41003)?;
+    let (server_addr, client) = (lab.server, lab.client);
+    let (srv, cli) = (lab.pair.server_ns(), lab.pair.client_ns());
     let client_ip = client.ip();
-    let announced = tracer.stderr_text();
+    let announced = lab.tracer.stderr_text();
     let mark = monotonic_ns();
     let first = Segment::syn(client, server_addr, 7_000_000, Some(TSVAL), 0);
-    let synack = probe(cli, &mut cap, &first, REPLY_TIMEOUT)?.context("SYN-ACK")?;
+    let synack = probe(cli, &mut lab.cap, &first, REPLY_TIMEOUT)?.context("SYN-ACK")?;
     ensure!(
         synack.has(support::raw::SYN | support::raw::ACK),
         "{synack:?}"
@@ -629,9 +620,10 @@ fn request_socket_old_syn(tag: &str, v6: bool) -> Result<()> {
         Some(TSVAL.wrapping_sub(REGRESSION as u32)),
         0,
     );
-    probe(cli, &mut cap, &old, REPLY_TIMEOUT)?.context("the request socket answers the reject")?;
+    probe(cli, &mut lab.cap, &old, REPLY_TIMEOUT)?
+        .context("the request socket answers the reject")?;
     let after = netstat(srv)?;
-    let events = since(stop(tracer)?, mark);
+    let events = since(stop(lab.tracer)?, mark);
 
     let kernel = delta(&before, &after, "TcpExtPAWSEstab");
     assert_eq!(kernel, 1, "sanity: the request socket rejected it");
@@ -690,38 +682,32 @@ fn request_socket_old_syn_is_rejected_v6() -> Result<()> {
 fn syn_once_per_request_socket(tag: &str, v6: bool) -> Result<()> {
     const TSVAL: u32 = 5_000_000;
     // No socket behind the crafted SYN: the SYN-ACK stays unanswered.
-    // Bound first: the fields not moved out below (the namespaces, the listener, the reset
-    // block) live on with `lab`.
-    let lab = RawSynLab::new(tag, v6, 5002, 41005)?;
-    let RawSynLab {
-        ref pair,
-        server: server_addr,
-        client,
-        mut cap,
-        tracer,
-        ..
-    } = lab;
-    let (srv, cli) = (pair.server_ns(), pair.client_ns());
+    let mut lab = RawSynLab::new(tag, v6, 5002, 41005)?;
+    let (server_addr, client) = (lab.server, lab.client);
+    let (srv, cli) = (lab.pair.server_ns(), lab.pair.client_ns());
     let client_ip = client.ip();
     let before = netstat(srv)?;
     let syn = Segment::syn(client, server_addr, 8_000_000, Some(TSVAL), 0);
     let synack = |s: &Segment| s.is_from_to(server_addr, client) && s.has(support::raw::SYN);
-    let mark = cap.mark()?;
+    let mark = lab.cap.mark()?;
     send_segment(cli, &syn)?;
-    cap.wait_for(mark, REPLY_TIMEOUT, synack)?
+    lab.cap
+        .wait_for(mark, REPLY_TIMEOUT, synack)?
         .context("SYN-ACK")?;
     // The client's SYN again (same ISN): the request socket answers it with its SYN-ACK.
     let again = Segment::syn(client, server_addr, 8_000_000, Some(TSVAL + 10), 0);
-    let mark = cap.mark()?;
+    let mark = lab.cap.mark()?;
     send_segment(cli, &again)?;
-    cap.wait_for(mark, REPLY_TIMEOUT, synack)?
+    lab.cap
+        .wait_for(mark, REPLY_TIMEOUT, synack)?
         .context("SYN-ACK to the retransmitted SYN")?;
     // The server's own retransmit, after its first timeout (1 s).
-    let mark = cap.mark()?;
-    cap.wait_for(mark, Duration::from_secs(4), synack)?
+    let mark = lab.cap.mark()?;
+    lab.cap
+        .wait_for(mark, Duration::from_secs(4), synack)?
         .context("the server's SYN-ACK retransmit")?;
     let after = netstat(srv)?;
-    let events = stop(tracer)?;
+    let events = stop(lab.tracer)?;
 
     let retransmits = delta(&before, &after, "TcpRetransSegs");
     assert!(
