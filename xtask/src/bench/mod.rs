@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: what twtrace costs a connection-churn workload. nginx in one network
 //! namespace, wrk with `Connection: close` in another (so every request is a connection and a
-//! server-side TIME-WAIT), and up to seven conditions — no tracer, `twtrace`, `twtrace` without
-//! the PAWS and SYN signals (their cost is the difference), `twtrace events --json`, `twtrace
-//! --hooks-only` (what the hooks alone cost), a bpftrace one-liner, bpftrace counting in maps
+//! server-side TIME-WAIT), and up to nine conditions — no tracer, `twtrace`, `twtrace` without
+//! the PAWS and SYN signals (their cost is the difference), `twtrace` without the state-change
+//! signals, `twtrace events --json`, `twtrace --hooks-only` (what the hooks alone cost), the
+//! same for TIME-WAIT entry and exit only, a bpftrace one-liner, bpftrace counting in maps
 //! — interleaved in rounds with a rotated order, so slow drifts of the machine hit every
 //! condition alike and each tracer is compared with its own round's baseline. Two measures per
 //! pair: connections/s, and machine CPU per connection (which idle and stolen time on shared
@@ -199,7 +200,8 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             "pause": args.pause, "max_background": args.max_background,
             "quiet_timeout": args.quiet_timeout, "wrk_args": ctx.load.args(args.seconds),
             "sysctls": netns::Pair::settings(), "bpf_stats": !args.no_bpf_stats,
-            "pinning": "none", "twtrace": binary, "hooks": args.hooks, "bpftrace_scripts": scripts,
+            "pinning": if args.pin { "nginx on CPU 0, wrk on CPU 1" } else { "none" },
+            "twtrace": binary, "hooks": args.hooks, "bpftrace_scripts": scripts,
             "git": git,
             "conditions": conds,
         },
