@@ -76,7 +76,7 @@ fn stop(t: Tracer) -> Result<Vec<Value>> {
         "the tracer lost events"
     );
     // Every event is of the namespace traced, or of none the kernel could name (a drop before
-    // 6.11 that names no socket nor device; README "Filters").
+    // 6.11 that names no socket nor device: kept with netns 0, README "Using it").
     if let Some(ns) = netns {
         let other: Vec<&Value> = (events.iter())
             .filter(|e| e["netns"] != ns && e["netns"] != 0)
