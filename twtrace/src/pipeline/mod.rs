@@ -109,7 +109,8 @@ impl Pipeline {
     /// `ev` is taken care of here.
     fn hold_overflow(&mut self, ev: &Event) -> bool {
         if ev.detail == overflow_detail::RETRACT {
-            if let Some(i) = self.held_overflows.iter().position(|h| h.obj == ev.obj) {
+            // The latest of that socket: its memory may have served an earlier overflow.
+            if let Some(i) = self.held_overflows.iter().rposition(|h| h.obj == ev.obj) {
                 self.held_overflows.remove(i);
             }
             return true;
