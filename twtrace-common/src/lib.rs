@@ -520,9 +520,11 @@ pub mod route {
 #[derive(Clone, Copy, Debug)]
 pub struct PendingExit {
     pub timer: u64,
-    /// When the timer was cancelled (tp_btf route): a start of the same timer soon after is
-    /// a re-arm; one later is a new TIME-WAIT in the freed socket's memory.
-    pub cancelled_ns: u64,
+    /// tp_btf route: 1 while the cancel is the last timer event on this CPU. A re-arm cancels
+    /// and starts its timer back to back (one call, base lock held, interrupts off); a start
+    /// of that timer after any other timer started is a new TIME-WAIT in the freed socket's
+    /// memory.
+    pub rearmable: u64,
     pub ev: Event,
 }
 

@@ -555,7 +555,7 @@ pub fn on_cancel(timer: u64, routes: u32) {
         settle(slot, ExitCause::Unknown);
     }
     slot.timer = timer;
-    slot.cancelled_ns = unsafe { bpf_ktime_get_ns() };
+    slot.rearmable = 1;
     slot.ev.kind = 0;
     // With only tw_enter on this route the slot just marks a re-arm in progress.
     let prepared = preparing && prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev);
@@ -605,45 +605,51 @@ fn parked() -> Option<&'static mut PendingExit> {
     if slot.timer == 0 { None } else { Some(slot) }
 }
 
-/// A re-arm cancels and starts its timer back to back, under the timer base's lock.
-const REARM_NS: u64 = 100_000;
-
 /// `timer_start` of a TIME-WAIT timer: true if it re-arms the parked one (no exit, no enter).
-/// The same timer started later is a new TIME-WAIT in the memory of the parked one, freed by
-/// an end nothing named (a SYN answered by a cookie, `ss -K`; sockets are reused at once on
-/// the CPU that freed them): that end is settled as unknown, and the start is an enter.
+/// A re-arm starts the timer right after its cancel, with no other timer event between (see
+/// `PendingExit::rearmable`; not a time window: under QEMU's TCG, or a preempted vCPU, the
+/// two are milliseconds apart). The same timer started otherwise is a new TIME-WAIT in the
+/// memory of the parked one, freed by an end nothing named (a SYN answered by a cookie,
+/// `ss -K`; sockets are reused at once on the CPU that freed them): that end is settled as
+/// unknown, and the start is an enter.
 #[inline(always)]
 pub fn rearmed(timer: u64) -> bool {
-    match parked() {
-        Some(slot) if slot.timer == timer => {
-            let now = unsafe { bpf_ktime_get_ns() };
-            if now.saturating_sub(slot.cancelled_ns) < REARM_NS {
-                slot.timer = 0;
-                slot.ev.kind = 0;
-                true
-            } else {
-                settle(slot, ExitCause::Unknown);
-                false
-            }
-        }
-        _ => false,
+    let Some(slot) = parked() else {
+        return false;
+    };
+    if slot.timer != timer {
+        slot.rearmable = 0; // another TIME-WAIT's start came between
+        return false;
     }
+    if slot.rearmable != 0 {
+        slot.timer = 0;
+        slot.ev.kind = 0;
+        return true;
+    }
+    settle(slot, ExitCause::Unknown);
+    false
 }
 
 /// `timer_start` of any timer but a TIME-WAIT's. A re-arm cancels and starts its timer in one
 /// call under the timer base's lock: no other timer starts between on this CPU, so one that
 /// does means the parked cancel was an end. Where exits are traced, the end's own events
-/// (expiry, the SYN or reset that killed it) settle it; without them (tw_enter alone) this
-/// does (forgetting its flow where one is kept), or a new TIME-WAIT made later on this CPU at
+/// (expiry, the SYN or reset that killed it) settle it, and a later start of its timer is
+/// no re-arm of it (see [`rearmed`]); without them (tw_enter alone) this settles it (forgetting its flow where one is kept), or a new TIME-WAIT made later on this CPU at
 /// the freed socket's address would pass for a re-arm of it and go unreported.
 #[inline(always)]
 pub fn other_timer_started() {
     // Silenced (routes 0): the parked exit is left for user space to read at shutdown.
     let routes = routes();
-    if routes == 0 || routes & route::TW_EXIT != 0 {
+    if routes == 0 {
         return;
     }
-    if let Some(slot) = parked() {
+    let Some(slot) = parked() else {
+        return;
+    };
+    if routes & route::TW_EXIT != 0 {
+        // Its own events will settle it; a start of its timer from now on is no re-arm.
+        slot.rearmable = 0;
+    } else {
         settle(slot, ExitCause::Unknown);
     }
 }
