@@ -30,8 +30,12 @@ const IPPROTO_TCP: u16 = 6;
 const TCP_FIN_WAIT2: i32 = 5;
 pub const TCP_CLOSE: i32 = 7;
 const TCP_CLOSING: i32 = 11;
-/// tcp_time_wait arms the timer and closes the socket within microseconds on one CPU.
-pub const SAME_CALL_NS: u64 = 1_000_000;
+/// tcp_time_wait arms the timer and closes the socket within microseconds on one CPU; an abort
+/// closes and resets as fast. Milliseconds of slack: under QEMU's TCG a kernel path run for
+/// the first time is translated first (a first abort's reset came more than 1 ms after its
+/// close), and a vCPU can be preempted. Marks match their own socket or port, and a close
+/// consumes its mark, so the width costs nothing in precision.
+pub const SAME_CALL_NS: u64 = 10_000_000;
 
 #[tracepoint]
 pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
@@ -144,7 +148,12 @@ pub fn reset_for(sk: u64) -> u32 {
     }
     if let Some(last) = LAST_OVERFLOW.get_ptr_mut(0) {
         let last = unsafe { &mut *last };
-        if last.sk == sk && ts.saturating_sub(last.ts_ns) < SAME_CALL_NS {
+        // Still closed: a reset of that socket from before its close, or of another socket
+        // in its memory since, does not retract it.
+        if last.sk == sk
+            && ts.saturating_sub(last.ts_ns) < SAME_CALL_NS
+            && unsafe { read::<u8>(sk, layout!(skc_state)) } == Some(TCP_CLOSE as u8)
+        {
             last.sk = 0;
             emit(LossSlot::TwOverflow, |ev| {
                 ev.ts_ns = ts;
