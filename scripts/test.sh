@@ -2,8 +2,9 @@
 # README command (2), and what CI runs (.ci/run): install what is missing, then the whole suite:
 # format and lint checks, unit tests, end-to-end tests on this kernel (real eBPF, real netns
 # traffic, compared with the kernel's counters), and the same end-to-end suite inside stock
-# Debian 5.10, 6.1 and 6.12 kernels under QEMU, with automatic hook choice (fentry there), with
-# kprobes forced, with tp_btf forced, and (6.1) with classic tracepoints forced. Where a forced
+# Debian 5.10, 6.1, 6.12 and 7.3 (trixie-backports) kernels under QEMU, with automatic hook
+# choice (fentry there), with kprobes forced, with tp_btf forced, and (6.1) with classic
+# tracepoints forced. Where a forced
 # family cannot serve a signal on a kernel (PAWS on tracepoints before drop reasons), that
 # signal and its tests are left out of that stage by name, below; every other failure, and any
 # eBPF program that does not load, fails the run.
@@ -49,7 +50,7 @@ unset TWTRACE_SIGNALS
 step "end-to-end tests in stock kernels under QEMU"
 cargo xtask vm-test --release --timeout 10m --kernel all --hooks auto
 cargo xtask vm-test --release --timeout 10m --kernel all --hooks kprobe
-cargo xtask vm-test --release --timeout 10m --kernel 6.1,6.12 --hooks tp_btf
+cargo xtask vm-test --release --timeout 10m --kernel 6.1,6.12,7.3 --hooks tp_btf
 # tp_btf before drop reasons (5.17): tw_exit partial (reset kills read `unknown`, announced);
 # PAWS needs drop reasons on this route, so that signal and its tests stay out.
 cargo xtask vm-test --release --timeout 10m --kernel 5.10 --hooks tp_btf \

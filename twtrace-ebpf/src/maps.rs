@@ -60,6 +60,10 @@ pub static OVERFLOW_SK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 pub struct LastReset {
     pub sk: u64,
     pub ts_ns: u64,
+    /// The socket's remote port (host order) then: a freed socket's memory is often the next
+    /// socket allocated on that CPU, within the marks' window, and the port tells them apart.
+    pub rport: u16,
+    pub _pad: [u8; 6],
 }
 
 #[map]

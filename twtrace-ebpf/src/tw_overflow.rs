@@ -15,6 +15,7 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{fexit, kprobe, kretprobe, tracepoint},
+    maps::PerCpuArray,
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use twtrace_common::{EventKind, HookFamily, LossSlot, overflow_detail};
@@ -89,7 +90,7 @@ pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
     }
     if let Some(rst) = LAST_RESET.get_ptr_mut(0) {
         let rst = unsafe { &mut *rst };
-        if rst.sk == sk && ts.saturating_sub(rst.ts_ns) < SAME_CALL_NS {
+        if rst.sk == sk && rst.rport == rport && ts.saturating_sub(rst.ts_ns) < SAME_CALL_NS {
             rst.sk = 0;
             return 0;
         }
@@ -106,9 +107,7 @@ pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
     }
     // Aborts set the state before they send their reset (close() with unread data, SO_LINGER
     // 0, TCP_LINGER2 < 0, data after close): reported now, retracted by that reset.
-    if let Some(slot) = LAST_OVERFLOW.get_ptr_mut(0) {
-        unsafe { *slot = LastReset { sk, ts_ns: ts } };
-    }
+    mark(&LAST_OVERFLOW, sk, ts, rport);
     report(sk, &flow, ts, hook)
 }
 
@@ -143,14 +142,18 @@ fn remember_reset(ctx: &TracePointContext, off: u32) -> u32 {
 #[inline(always)]
 pub fn reset_for(sk: u64) -> u32 {
     let ts = unsafe { bpf_ktime_get_ns() };
-    if let Some(slot) = LAST_RESET.get_ptr_mut(0) {
-        unsafe { *slot = LastReset { sk, ts_ns: ts } };
-    }
+    // Marks name the socket by address and remote port: a socket freed after its reset (a
+    // client's, in LAST_ACK) is often reallocated at once on that CPU as the next accepted
+    // socket, which can reach its own close within the window (a 7.3 guest under TCG missed
+    // an overflow so).
+    let rport = u16::from_be(unsafe { read::<u16>(sk, layout!(skc_dport)) }.unwrap_or(0));
+    mark(&LAST_RESET, sk, ts, rport);
     if let Some(last) = LAST_OVERFLOW.get_ptr_mut(0) {
         let last = unsafe { &mut *last };
         // Still closed: a reset of that socket from before its close, or of another socket
         // in its memory since, does not retract it.
         if last.sk == sk
+            && last.rport == rport
             && ts.saturating_sub(last.ts_ns) < SAME_CALL_NS
             && unsafe { read::<u8>(sk, layout!(skc_state)) } == Some(TCP_CLOSE as u8)
         {
@@ -164,6 +167,18 @@ pub fn reset_for(sk: u64) -> u32 {
         }
     }
     0
+}
+
+#[inline(always)]
+fn mark(map: &PerCpuArray<LastReset>, sk: u64, ts_ns: u64, rport: u16) {
+    if let Some(slot) = map.get_ptr_mut(0) {
+        // Field by field: writing the padding would cost a memset call.
+        unsafe {
+            (*slot).sk = sk;
+            (*slot).ts_ns = ts_ns;
+            (*slot).rport = rport;
+        }
+    }
 }
 
 #[fexit(function = "inet_twsk_alloc")]

@@ -2,8 +2,10 @@
 //! into the cache: nothing is installed on the host. Bookworm ships 6.1 (main) and 6.12
 //! (bookworm-security); both have KPROBES, BTF and fentry support (see shared/KERNEL.md).
 //! Bullseye's 5.10 (BTF and fentry too, but no drop reasons) stands for the kernels before 5.17
-//! that LTS distributions still run; its package lists live in the cache, apart from the host's
-//! apt, so nothing from bullseye can reach the host's own upgrades.
+//! that LTS distributions still run. Trixie-backports' 7.3 stands for the newest kernels, with
+//! function probes: the 6.16+ drop reasons (TCP_RFC7323_TW_PAWS) and tcp_check_req's
+//! drop_reason argument, which this machine's own kernel shows only through tracepoints. Private series' package lists live in the cache, apart from
+//! the host's apt, so nothing from them can reach the host's own upgrades.
 
 use super::util;
 use anyhow::{Context as _, Result, bail};
@@ -19,6 +21,32 @@ struct Series {
     /// Where apt finds it: the host's own lists, or a private set (a release the host does not
     /// run).
     apt: Apt,
+    /// How the kernel is packaged.
+    packaging: Packaging,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Packaging {
+    /// One package holds boot/vmlinuz-*, boot/config-* and lib/modules (up to Debian 13's 6.12).
+    Whole,
+    /// `linux-image-V` is an empty package depending on `linux-binary-V` (the signed
+    /// usr/lib/modules/V/vmlinuz), `linux-modules-V` and `linux-base-V` (config, modules.builtin):
+    /// Debian's packaging since 6.16.
+    Split,
+}
+
+/// The packages to download for a kernel package name.
+fn parts(package: &str) -> Vec<String> {
+    let split = SERIES
+        .iter()
+        .any(|s| s.packaging == Packaging::Split && number_in(s, package).is_some());
+    let Some(version) = package.strip_prefix("linux-image-").filter(|_| split) else {
+        return vec![package.to_string()];
+    };
+    ["linux-binary-", "linux-modules-", "linux-base-"]
+        .iter()
+        .map(|p| format!("{p}{version}"))
+        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -31,7 +59,7 @@ enum Apt {
     },
 }
 
-const SERIES: [Series; 3] = [
+const SERIES: [Series; 4] = [
     Series {
         name: "5.10",
         prefix: "linux-image-5.10.0-",
@@ -41,18 +69,32 @@ const SERIES: [Series; 3] = [
             name: "bullseye",
             sources: "deb http://deb.debian.org/debian bullseye main\n",
         },
+        packaging: Packaging::Whole,
     },
     Series {
         name: "6.1",
         prefix: "linux-image-6.1.0-",
         suffix: "-cloud-amd64-unsigned",
         apt: Apt::Host,
+        packaging: Packaging::Whole,
     },
     Series {
         name: "6.12",
         prefix: "linux-image-6.12.",
         suffix: "+deb12-cloud-amd64-unsigned",
         apt: Apt::Host,
+        packaging: Packaging::Whole,
+    },
+    Series {
+        name: "7.3",
+        prefix: "linux-image-7.3.",
+        suffix: "+deb13-cloud-amd64",
+        // Signed by the trixie keys, which bookworm's debian-archive-keyring carries.
+        apt: Apt::Private {
+            name: "trixie-backports",
+            sources: "deb http://deb.debian.org/debian trixie-backports main\n",
+        },
+        packaging: Packaging::Split,
     },
 ];
 
@@ -115,8 +157,8 @@ pub struct Kernel {
     pub modules: PathBuf,
 }
 
-/// Turns `--kernel` (5.10, 6.1, 6.12, all, an exact 5.10.0-32 / 6.1.0-56 / 6.12.117, a full
-/// package name, or a comma list of those) into package names.
+/// Turns `--kernel` (5.10, 6.1, 6.12, 7.3, all, an exact 5.10.0-32 / 6.1.0-56 / 6.12.117 /
+/// 7.3.4, a full package name, or a comma list of those) into package names.
 pub fn select(spec: &str, cache: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for tok in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
@@ -136,8 +178,8 @@ pub fn select(spec: &str, cache: &Path) -> Result<Vec<String>> {
             out.push(format!("linux-image-{tok}{}", s.suffix));
         } else {
             bail!(
-                "unknown kernel `{tok}`: use 5.10, 6.1, 6.12, all, or an exact 5.10.0-NN / \
-                 6.1.0-NN / 6.12.NNN"
+                "unknown kernel `{tok}`: use 5.10, 6.1, 6.12, 7.3, all, or an exact 5.10.0-NN / \
+                 6.1.0-NN / 6.12.NNN / 7.3.N"
             );
         }
     }
@@ -184,37 +226,63 @@ fn newest(s: &Series, cache: &Path) -> Result<String> {
         .with_context(|| {
             format!(
                 "apt knows no {}NN{} package: run `apt-get update` (bookworm and \
-                 bookworm-security; bullseye's lists are kept in the cache)",
+                 bookworm-security; bullseye's and trixie-backports' lists are kept in the \
+                 cache)",
                 s.prefix, s.suffix
             )
         })
 }
 
-/// Downloads (once) and unpacks (once) a kernel package.
+/// Downloads (once) and unpacks (once) a kernel package (all its parts, into one tree).
 pub fn fetch(package: &str, cache: &Path) -> Result<Kernel> {
     let root = cache.join("kernels").join(package);
     util::build_once(&root, |tmp| {
-        let deb = download(package, cache)?;
-        eprintln!("[vm] unpacking {}", deb.display());
-        util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp))
+        for part in parts(package) {
+            let deb = download(&part, apt_of(package), cache)?;
+            eprintln!("[vm] unpacking {}", deb.display());
+            util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp))?;
+        }
+        Ok(())
     })?;
-    let boot = root.join("boot");
-    let vmlinuz = std::fs::read_dir(&boot)
-        .with_context(|| format!("{} has no boot/", root.display()))?
+    let module_dirs = ["lib/modules", "usr/lib/modules"].map(|d| root.join(d));
+    // boot/vmlinuz-<release> in whole packages, usr/lib/modules/<release>/vmlinuz in split ones.
+    let vmlinuz = std::fs::read_dir(root.join("boot"))
+        .into_iter()
+        .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
         })
-        .with_context(|| format!("no vmlinuz in {}", boot.display()))?;
-    let release =
-        vmlinuz.file_name().unwrap_or_default().to_string_lossy()["vmlinuz-".len()..].to_string();
-    let modules = ["lib/modules", "usr/lib/modules"]
+        .or_else(|| {
+            module_dirs
+                .iter()
+                .flat_map(|d| std::fs::read_dir(d).into_iter().flatten())
+                .filter_map(|e| e.ok().map(|e| e.path().join("vmlinuz")))
+                .find(|p| p.is_file())
+        })
+        .with_context(|| format!("no vmlinuz in {}", root.display()))?;
+    let release = match vmlinuz.file_name().unwrap_or_default().to_string_lossy() {
+        n if n == "vmlinuz" => vmlinuz
+            .parent()
+            .and_then(Path::file_name)
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+        n => n["vmlinuz-".len()..].to_string(),
+    };
+    let modules = module_dirs
         .iter()
-        .map(|d| root.join(d).join(&release))
+        .map(|d| d.join(&release))
         .find(|p| p.is_dir())
         .with_context(|| format!("no lib/modules/{release} in {}", root.display()))?;
-    let config = boot.join(format!("config-{release}"));
+    let config = [
+        root.join("boot").join(format!("config-{release}")),
+        modules.join("config"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .with_context(|| format!("no kernel config for {release} in {}", root.display()))?;
     Ok(Kernel {
         package: package.to_string(),
         release,
@@ -224,7 +292,15 @@ pub fn fetch(package: &str, cache: &Path) -> Result<Kernel> {
     })
 }
 
-fn download(package: &str, cache: &Path) -> Result<PathBuf> {
+/// The lists that know a kernel package: those of the series that names it.
+fn apt_of(package: &str) -> Apt {
+    SERIES
+        .iter()
+        .find(|s| package.starts_with(s.prefix) && package.ends_with(s.suffix))
+        .map_or(Apt::Host, |s| s.apt)
+}
+
+fn download(package: &str, apt: Apt, cache: &Path) -> Result<PathBuf> {
     let debs = &cache.join("debs");
     let find = || -> Option<PathBuf> {
         let prefix = format!("{package}_");
@@ -242,11 +318,6 @@ fn download(package: &str, cache: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(debs)?;
     eprintln!("[vm] apt-get download {package}");
     let mut cmd = Command::new("apt-get");
-    // The series that names this package says which lists know it.
-    let apt = SERIES
-        .iter()
-        .find(|s| package.starts_with(s.prefix) && package.ends_with(s.suffix))
-        .map_or(Apt::Host, |s| s.apt);
     cmd.args(apt.options(cache)?);
     cmd.current_dir(debs).args(["-q", "download", package]);
     util::run(&mut cmd).context("run `apt-get update` first if apt does not know the package")?;
@@ -268,17 +339,36 @@ mod tests {
         );
         assert_eq!(n(1, "linux-image-6.1.0-56-cloud-amd64"), None);
         assert_eq!(n(1, "linux-image-5.10.0-32-cloud-amd64-unsigned"), None);
+        assert_eq!(n(3, "linux-image-7.3.4+deb13-cloud-amd64"), Some(4));
+        assert_eq!(n(3, "linux-image-7.3.4+deb13-cloud-amd64-dbg"), None);
+    }
+
+    #[test]
+    fn split_packages() {
+        assert_eq!(
+            parts("linux-image-7.3.4+deb13-cloud-amd64"),
+            [
+                "linux-binary-7.3.4+deb13-cloud-amd64",
+                "linux-modules-7.3.4+deb13-cloud-amd64",
+                "linux-base-7.3.4+deb13-cloud-amd64"
+            ]
+        );
+        assert_eq!(
+            parts("linux-image-6.1.0-56-cloud-amd64-unsigned"),
+            ["linux-image-6.1.0-56-cloud-amd64-unsigned"]
+        );
     }
 
     #[test]
     fn exact_versions() {
         let cache = Path::new("/nonexistent");
         assert_eq!(
-            select("6.1.0-55,6.12.115,5.10.0-32", cache).unwrap(),
+            select("6.1.0-55,6.12.115,5.10.0-32,7.3.4", cache).unwrap(),
             [
                 "linux-image-6.1.0-55-cloud-amd64-unsigned",
                 "linux-image-6.12.115+deb12-cloud-amd64-unsigned",
-                "linux-image-5.10.0-32-cloud-amd64-unsigned"
+                "linux-image-5.10.0-32-cloud-amd64-unsigned",
+                "linux-image-7.3.4+deb13-cloud-amd64"
             ]
         );
         assert!(select("4.19", cache).is_err());

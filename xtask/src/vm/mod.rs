@@ -1,4 +1,4 @@
-//! `cargo xtask vm`: boots stock Debian cloud kernels (5.10, 6.1, 6.12) under QEMU with a
+//! `cargo xtask vm`: boots stock Debian cloud kernels (5.10, 6.1, 6.12, 7.3) under QEMU with a
 //! throw-away initramfs and runs one command in each, so the hook types this machine's kernel
 //! refuses (kprobes, fentry/fexit) get tested on real distribution kernels. Nothing is installed
 //! on the host: packages are downloaded and unpacked into .vm/cache.
@@ -19,8 +19,8 @@ use std::time::Duration;
 /// Options shared by `vm` and `vm-test`.
 #[derive(clap::Args, Clone)]
 pub struct GuestOpts {
-    /// Kernels: 5.10, 6.1, 6.12 (newest of the series apt knows), an exact 5.10.0-32, 6.1.0-56
-    /// or 6.12.117, a comma list, or all.
+    /// Kernels: 5.10, 6.1, 6.12, 7.3 (newest of the series apt knows), an exact 5.10.0-32,
+    /// 6.1.0-56, 6.12.117 or 7.3.4, a comma list, or all.
     #[arg(long, default_value = "all")]
     kernel: String,
     /// Copy a host file or directory into the guest (default GUEST_PATH: /root/<name>);
