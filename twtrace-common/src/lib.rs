@@ -524,7 +524,11 @@ pub struct PendingExit {
     /// and starts its timer back to back (one call, base lock held, interrupts off); a start
     /// of that timer after any other timer started is a new TIME-WAIT in the freed socket's
     /// memory.
-    pub rearmable: u64,
+    pub rearmable: u32,
+    /// The cancelled socket's ports (remote port, then local, as in sock_common): a re-arm
+    /// starts the timer of the same socket, and a new TIME-WAIT in its memory right after an
+    /// end nothing announced (a SYN dropped by a full accept queue) almost never has them.
+    pub ports: u32,
     pub ev: Event,
 }
 

@@ -91,7 +91,9 @@ pub fn tp_timer_cancel(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let routes = routes();
-    if routes & (route::TW_EXIT | route::TW_ENTER | route::TW_FLOWS) != 0 {
+    // tw_overflow alone needs it too: a re-arm not told apart would leave a TIME-WAIT mark
+    // (`LAST_ENTER`) that a later close with that remote port would take for its own.
+    if routes & (route::TW_EXIT | route::TW_ENTER | route::TW_FLOWS | route::TW_OVERFLOW) != 0 {
         tw_exit::on_cancel(timer, routes);
     }
     0

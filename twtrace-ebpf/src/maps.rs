@@ -60,10 +60,12 @@ pub static OVERFLOW_SK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 pub struct LastReset {
     pub sk: u64,
     pub ts_ns: u64,
-    /// The socket's remote port (host order) then: a freed socket's memory is often the next
-    /// socket allocated on that CPU, within the marks' window, and the port tells them apart.
+    /// The socket's ports (host order) then: a freed socket's memory is often the next
+    /// socket allocated on that CPU, within the marks' window, and its ports tell them apart
+    /// (the remote port alone does not on the connecting side: one backend port for all).
     pub rport: u16,
-    pub _pad: [u8; 6],
+    pub lport: u16,
+    pub _pad: [u8; 4],
 }
 
 #[map]

@@ -556,6 +556,10 @@ pub fn on_cancel(timer: u64, routes: u32) {
     }
     slot.timer = timer;
     slot.rearmable = 1;
+    slot.ports = ports_of(
+        unsafe { h.get(skc + layout!(skc_dport)) }.unwrap_or(0),
+        unsafe { h.get(skc + layout!(skc_num)) }.unwrap_or(0),
+    );
     slot.ev.kind = 0;
     // With only tw_enter on this route the slot just marks a re-arm in progress.
     let prepared = preparing && prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev);
@@ -608,10 +612,11 @@ fn parked() -> Option<&'static mut PendingExit> {
 /// `timer_start` of a TIME-WAIT timer: true if it re-arms the parked one (no exit, no enter).
 /// A re-arm starts the timer right after its cancel, with no other timer event between (see
 /// `PendingExit::rearmable`; not a time window: under QEMU's TCG, or a preempted vCPU, the
-/// two are milliseconds apart). The same timer started otherwise is a new TIME-WAIT in the
-/// memory of the parked one, freed by an end nothing named (a SYN answered by a cookie,
-/// `ss -K`; sockets are reused at once on the CPU that freed them): that end is settled as
-/// unknown, and the start is an enter.
+/// two are milliseconds apart), and of the same socket (its ports). The same timer started
+/// otherwise is a new TIME-WAIT in the memory of the parked one, freed by an end nothing named
+/// (`ss -K`, a replacing SYN dropped by a full accept queue: with no timer event between when
+/// the next segment of that poll makes the new TIME-WAIT; sockets are reused at once on the
+/// CPU that freed them): that end is settled as unknown, and the start is an enter.
 #[inline(always)]
 pub fn rearmed(timer: u64) -> bool {
     let Some(slot) = parked() else {
@@ -621,13 +626,27 @@ pub fn rearmed(timer: u64) -> bool {
         slot.rearmable = 0; // another TIME-WAIT's start came between
         return false;
     }
-    if slot.rearmable != 0 {
+    if slot.rearmable != 0 && slot.ports == ports_at(timer - layout!(tw_timer) as u64) {
         slot.timer = 0;
         slot.ev.kind = 0;
         return true;
     }
     settle(slot, ExitCause::Unknown);
     false
+}
+
+#[inline(always)]
+fn ports_of(dport: u16, num: u16) -> u32 {
+    (dport as u32) << 16 | num as u32
+}
+
+/// The ports of the TIME-WAIT socket at `tw` (a re-arm's is unchanged since its cancel).
+#[inline(always)]
+fn ports_at(tw: u64) -> u32 {
+    let skc = layout!(tw_common);
+    let dport: u16 = unsafe { read(tw, skc + layout!(skc_dport)) }.unwrap_or(0);
+    let num: u16 = unsafe { read(tw, skc + layout!(skc_num)) }.unwrap_or(0);
+    ports_of(dport, num)
 }
 
 /// `timer_start` of any timer but a TIME-WAIT's. A re-arm cancels and starts its timer in one

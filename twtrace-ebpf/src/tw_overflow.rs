@@ -90,7 +90,11 @@ pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
     }
     if let Some(rst) = LAST_RESET.get_ptr_mut(0) {
         let rst = unsafe { &mut *rst };
-        if rst.sk == sk && rst.rport == rport && ts.saturating_sub(rst.ts_ns) < SAME_CALL_NS {
+        if rst.sk == sk
+            && rst.rport == rport
+            && ts.saturating_sub(rst.ts_ns) < SAME_CALL_NS
+            && rst.lport == local_port(sk)
+        {
             rst.sk = 0;
             return 0;
         }
@@ -102,12 +106,11 @@ pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
         return 0;
     }
     if flow.lport == 0 {
-        // Closing released skc_num already; inet_sport still holds the port (network order).
-        flow.lport = u16::from_be(unsafe { read::<u16>(sk, layout!(inet_sport)) }.unwrap_or(0));
+        flow.lport = local_port(sk);
     }
     // Aborts set the state before they send their reset (close() with unread data, SO_LINGER
     // 0, TCP_LINGER2 < 0, data after close): reported now, retracted by that reset.
-    mark(&LAST_OVERFLOW, sk, ts, rport);
+    mark(&LAST_OVERFLOW, sk, ts, rport, flow.lport);
     report(sk, &flow, ts, hook)
 }
 
@@ -142,18 +145,20 @@ fn remember_reset(ctx: &TracePointContext, off: u32) -> u32 {
 #[inline(always)]
 pub fn reset_for(sk: u64) -> u32 {
     let ts = unsafe { bpf_ktime_get_ns() };
-    // Marks name the socket by address and remote port: a socket freed after its reset (a
-    // client's, in LAST_ACK) is often reallocated at once on that CPU as the next accepted
+    // Marks name the socket by address and ports: a socket freed after its reset (a client's,
+    // in LAST_ACK) is often reallocated at once on that CPU as the next accepted or connecting
     // socket, which can reach its own close within the window (a 7.3 guest under TCG missed
     // an overflow so).
     let rport = u16::from_be(unsafe { read::<u16>(sk, layout!(skc_dport)) }.unwrap_or(0));
-    mark(&LAST_RESET, sk, ts, rport);
+    let lport = local_port(sk);
+    mark(&LAST_RESET, sk, ts, rport, lport);
     if let Some(last) = LAST_OVERFLOW.get_ptr_mut(0) {
         let last = unsafe { &mut *last };
         // Still closed: a reset of that socket from before its close, or of another socket
         // in its memory since, does not retract it.
         if last.sk == sk
             && last.rport == rport
+            && last.lport == lport
             && ts.saturating_sub(last.ts_ns) < SAME_CALL_NS
             && unsafe { read::<u8>(sk, layout!(skc_state)) } == Some(TCP_CLOSE as u8)
         {
@@ -170,15 +175,23 @@ pub fn reset_for(sk: u64) -> u32 {
 }
 
 #[inline(always)]
-fn mark(map: &PerCpuArray<LastReset>, sk: u64, ts_ns: u64, rport: u16) {
+fn mark(map: &PerCpuArray<LastReset>, sk: u64, ts_ns: u64, rport: u16, lport: u16) {
     if let Some(slot) = map.get_ptr_mut(0) {
         // Field by field: writing the padding would cost a memset call.
         unsafe {
             (*slot).sk = sk;
             (*slot).ts_ns = ts_ns;
             (*slot).rport = rport;
+            (*slot).lport = lport;
         }
     }
+}
+
+/// A socket's local port, host order. Closing releases skc_num first (tcp_set_state puts the
+/// port before the state tracepoint); inet_sport keeps it.
+#[inline(always)]
+fn local_port(sk: u64) -> u16 {
+    u16::from_be(unsafe { read::<u16>(sk, layout!(inet_sport)) }.unwrap_or(0))
 }
 
 #[fexit(function = "inet_twsk_alloc")]

@@ -2,7 +2,9 @@
 
 use twtrace_common::Event;
 
-use super::{Attach, Family, Hook, Program, Signal, TP_TIMER_START, TW_TIMER_START, record};
+use super::{
+    Attach, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START, TW_TIMER_START, record,
+};
 use crate::event::{Record, What};
 
 pub static SIGNAL: Signal = Signal {
@@ -64,8 +66,10 @@ pub static SIGNAL: Signal = Signal {
                     },
                 },
                 // A close that got its TIME-WAIT is told by that TIME-WAIT's timer start just
-                // before, on its CPU: needed even when tw_enter is not traced.
+                // before, on its CPU: needed even when tw_enter is not traced, with the
+                // cancels that tell a re-arm from a new TIME-WAIT.
                 TP_TIMER_START,
+                TP_TIMER_CANCEL,
             ],
         },
         Hook {
