@@ -31,7 +31,7 @@ use crate::{
     kernel::{Head, flow_of, hooks_only, netns_wanted, routes, typed},
     layout,
     maps::{LAST_ENTER, LIVE, LiveTw, REARMING},
-    tw_flows, tw_overflow,
+    tw_exit, tw_flows, tw_overflow,
 };
 
 /// Cancel and restart of a re-arm happen back to back under the timer base lock.
@@ -159,6 +159,9 @@ fn enter<C: EbpfContext>(
     hook: HookFamily,
     routes: u32,
 ) -> u32 {
+    if matches!(hook, HookFamily::Fentry | HookFamily::Kprobe) {
+        tw_exit::parked_at(tw);
+    }
     // One copy for the flow and the substate (sock_common, then tw_substate right after it).
     let mut h = Head::<TW_ENTER_HEAD>::at(tw, 0);
     if !unsafe { h.fill() } {

@@ -447,6 +447,22 @@ fn park_replaced(tw: u64, hook: HookFamily) -> u32 {
     0
 }
 
+/// Function-probe routes: a new TIME-WAIT at `tw` while the exit parked on this CPU is of a
+/// socket at that address (its SYN never came: dropped by a full accept queue, and the socket
+/// freed and reused at once). That exit is reported first, so that records come in order and
+/// user space, which pairs an enter with its exit by address, pairs each with its own.
+#[inline(never)]
+pub fn parked_at(tw: u64) {
+    let Some(slot) = PARKED.get_ptr_mut(0) else {
+        return;
+    };
+    let slot = unsafe { &mut *slot };
+    if slot.timer == tw {
+        report(&slot.ev, ExitCause::ReplacedBySyn);
+        slot.timer = 0;
+    }
+}
+
 /// Function-probe routes: the exit parked on this CPU for the SYN with flow `flow`, if any
 /// (`route::MERGE_EXIT_SYN`). The caller reports both and then frees the slot.
 #[inline(always)]
