@@ -513,6 +513,110 @@ fn aborts_are_not_overflows() -> Result<()> {
     Ok(())
 }
 
+/// A TIME-WAIT's re-arm (FIN_WAIT2 -> TIME_WAIT: the peer's FIN reaches it) is no new
+/// TIME-WAIT: read as one, on the tracepoint routes it leaves the mark a close that got its
+/// TIME-WAIT consumes, and the next close toward the same remote port on that CPU, an
+/// overflow, passes for the owner of that mark. Client side, buckets full of FIN_WAIT2
+/// TIME-WAITs; per round, the server closes one of them (a re-arm at the client) and the
+/// client closes another connection right after (an overflow), on one CPU. tw_overflow,
+/// traced alone (its hooks must tell re-arms apart by themselves), must equal
+/// TcpExtTCPTimeWaitOverflow.
+#[test]
+fn overflow_after_a_rearm() -> Result<()> {
+    const ROUNDS: usize = 6;
+    let pair = NetnsPair::new("rearm")?;
+    sysctl(
+        pair.client_ns(),
+        "net.ipv4.tcp_max_tw_buckets",
+        &ROUNDS.to_string(),
+    )?;
+    // FIN_WAIT2 TIME-WAITs last tcp_fin_timeout; 60 s (the default) is also TIME-WAIT's own
+    // length, and the timer wheel keeps a timer moved within its bucket without a cancel and
+    // start: no re-arm to see. A shorter one (a common tuning) moves it.
+    sysctl(pair.client_ns(), "net.ipv4.tcp_fin_timeout", "5")?;
+    let srv_ip = pair.server_v4();
+    let srv = SocketAddr::new(srv_ip, free_port(pair.server_ns(), srv_ip)?);
+    let listener = in_netns(pair.server_ns(), || TcpListener::bind(srv)).context("bind")?;
+    let connect = || -> Result<(TcpStream, TcpStream)> {
+        let client = in_netns(pair.client_ns(), || TcpStream::connect(srv)).context("connect")?;
+        Ok((client, listener.accept()?.0))
+    };
+    let held: Vec<_> = (0..ROUNDS).map(|_| connect()).collect::<Result<_>>()?;
+    let closing: Vec<_> = (0..ROUNDS).map(|_| connect()).collect::<Result<_>>()?;
+    let inode = pair.client_inode();
+    let tracer = trace_netns_only(inode, "tw_overflow")?;
+    let before = netstat(pair.client_ns())?;
+    // The held connections' clients close first: FIN_WAIT2 TIME-WAITs fill the buckets.
+    let servers: Vec<TcpStream> = held
+        .into_iter()
+        .map(|(c, s)| {
+            drop(c);
+            s
+        })
+        .collect();
+    // Acked (at once, or after a delayed ACK's 40 ms): FIN_WAIT2 TIME-WAITs, which /proc
+    // lists as FIN_WAIT2; the sanity check below fails if they were not there in time.
+    thread::sleep(Duration::from_millis(200));
+    let _pin = PinnedToCpu::first_allowed()?;
+    for (server_side, (client, accepted)) in servers.into_iter().zip(closing) {
+        drop(server_side); // its FIN re-arms a client TIME-WAIT (softirq on this CPU)
+        drop(client); // the server's ACK of this FIN makes it an overflow, on this CPU
+        thread::sleep(Duration::from_millis(30));
+        drop(accepted);
+    }
+    thread::sleep(Duration::from_millis(100));
+    let after = netstat(pair.client_ns())?;
+    let events = stop(tracer)?;
+
+    let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
+    assert_eq!(kernel, ROUNDS as u64, "sanity: each round overflowed once");
+    let overflows = of(&events, "tw_overflow", inode);
+    assert_eq!(
+        overflows.len() as u64,
+        kernel,
+        "tw_overflow traced alone vs TcpExtTCPTimeWaitOverflow: {overflows:#?}"
+    );
+    for e in &overflows {
+        assert_eq!(addr(e, "remote"), srv, "{e}");
+    }
+    Ok(())
+}
+
+/// Pins the calling thread to one CPU (the first it may run on) while alive: kernel work its
+/// syscalls start on veth (softirqs of both namespaces) then runs on that CPU too.
+struct PinnedToCpu(libc::cpu_set_t);
+
+impl PinnedToCpu {
+    fn first_allowed() -> Result<PinnedToCpu> {
+        // SAFETY: cpu_set_t is plain data; sched_{get,set}affinity on this thread with its size.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            ensure!(
+                libc::sched_getaffinity(0, size, &mut old) == 0,
+                "sched_getaffinity"
+            );
+            let cpu = (0..libc::CPU_SETSIZE as usize)
+                .find(|&c| libc::CPU_ISSET(c, &old))
+                .context("no CPU allowed")?;
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            ensure!(
+                libc::sched_setaffinity(0, size, &one) == 0,
+                "sched_setaffinity"
+            );
+            Ok(PinnedToCpu(old))
+        }
+    }
+}
+
+impl Drop for PinnedToCpu {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask read in `first_allowed`.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+    }
+}
+
 /// A narrow ephemeral range on the client: once its ports sit in TIME-WAIT, connect() fails
 /// with EADDRNOTAVAIL; twtrace reports each failure, with its destination.
 fn port_exhaustion(tag: &str, f: Family) -> Result<()> {

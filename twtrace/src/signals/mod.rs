@@ -152,7 +152,9 @@ pub const TP_TIMER_EXPIRE: Program = Program {
 /// tp_btf dispatchers). A TIME-WAIT's timer start marks, on its CPU, that the closing socket
 /// got its TIME-WAIT (without it tw_overflow takes every close for an overflow); its cancel
 /// takes it out of the kernel's live table (without it tw_enter takes every new TIME-WAIT at a
-/// reused address for a re-arm). What they report is gated on `route::classic` bits.
+/// reused address for a re-arm) and marks re-arms (without it a re-arm passes for a new
+/// TIME-WAIT, whose mark hides the next overflow toward that remote port). What they report
+/// is gated on `route::classic` bits.
 pub const TW_TIMER_START: Program = Program {
     name: "tw_enter_timer_start",
     attach: Attach::Tracepoint {

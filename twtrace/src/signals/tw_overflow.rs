@@ -3,7 +3,8 @@
 use twtrace_common::Event;
 
 use super::{
-    Attach, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START, TW_TIMER_START, record,
+    Attach, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START, TW_TIMER_CANCEL,
+    TW_TIMER_START, record,
 };
 use crate::event::{Record, What};
 
@@ -98,7 +99,9 @@ pub static SIGNAL: Signal = Signal {
                         name: "inet_sock_set_state",
                     },
                 },
+                // Same as tp_btf: the cancel marks a re-arm (REARMING) for the start.
                 TW_TIMER_START,
+                TW_TIMER_CANCEL,
             ],
         },
     ],
