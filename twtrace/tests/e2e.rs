@@ -501,16 +501,22 @@ fn aborts_are_not_overflows() -> Result<()> {
         (N - BUCKETS) as u64,
         "sanity: the bucket limit was hit"
     );
-    let overflows = of(&events, "tw_overflow", inode);
+    assert_overflows(&events, inode, kernel, srv2);
+    Ok(())
+}
+
+/// tw_overflow of namespace `inode` == the kernel's TcpExtTCPTimeWaitOverflow delta, each
+/// toward `remote`.
+fn assert_overflows(events: &[Value], inode: u32, kernel: u64, remote: SocketAddr) {
+    let overflows = of(events, "tw_overflow", inode);
     assert_eq!(
         overflows.len() as u64,
         kernel,
         "tw_overflow vs TcpExtTCPTimeWaitOverflow: {overflows:#?}"
     );
     for e in &overflows {
-        assert_eq!(addr(e, "remote"), srv2, "{e}");
+        assert_eq!(addr(e, "remote"), remote, "{e}");
     }
-    Ok(())
 }
 
 /// A TIME-WAIT's re-arm (FIN_WAIT2 -> TIME_WAIT: the peer's FIN reaches it) is no new
@@ -570,15 +576,7 @@ fn overflow_after_a_rearm() -> Result<()> {
 
     let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
     assert_eq!(kernel, ROUNDS as u64, "sanity: each round overflowed once");
-    let overflows = of(&events, "tw_overflow", inode);
-    assert_eq!(
-        overflows.len() as u64,
-        kernel,
-        "tw_overflow traced alone vs TcpExtTCPTimeWaitOverflow: {overflows:#?}"
-    );
-    for e in &overflows {
-        assert_eq!(addr(e, "remote"), srv, "{e}");
-    }
+    assert_overflows(&events, inode, kernel, srv);
     Ok(())
 }
 
