@@ -4,8 +4,9 @@
 //! Bullseye's 5.10 (BTF and fentry too, but no drop reasons) stands for the kernels before 5.17
 //! that LTS distributions still run. Trixie-backports' 7.3 stands for the newest kernels, with
 //! function probes: the 6.16+ drop reasons (TCP_RFC7323_TW_PAWS) and tcp_check_req's
-//! drop_reason argument, which this machine's own kernel shows only through tracepoints. Private series' package lists live in the cache, apart from
-//! the host's apt, so nothing from them can reach the host's own upgrades.
+//! drop_reason argument, which this machine's own kernel shows only through tracepoints.
+//! Private series' package lists live in the cache, apart from the host's apt, so nothing
+//! from them can reach the host's own upgrades.
 
 use super::util;
 use anyhow::{Context as _, Result, bail};
@@ -35,11 +36,14 @@ enum Packaging {
     Split,
 }
 
+/// The series a kernel package belongs to, if any.
+fn series_of(package: &str) -> Option<&'static Series> {
+    SERIES.iter().find(|s| number_in(s, package).is_some())
+}
+
 /// The packages to download for a kernel package name.
 fn parts(package: &str) -> Vec<String> {
-    let split = SERIES
-        .iter()
-        .any(|s| s.packaging == Packaging::Split && number_in(s, package).is_some());
+    let split = series_of(package).is_some_and(|s| s.packaging == Packaging::Split);
     let Some(version) = package.strip_prefix("linux-image-").filter(|_| split) else {
         return vec![package.to_string()];
     };
@@ -238,7 +242,8 @@ pub fn fetch(package: &str, cache: &Path) -> Result<Kernel> {
     let root = cache.join("kernels").join(package);
     util::build_once(&root, |tmp| {
         for part in parts(package) {
-            let deb = download(&part, apt_of(package), cache)?;
+            let apt = series_of(package).map_or(Apt::Host, |s| s.apt);
+            let deb = download(&part, apt, cache)?;
             eprintln!("[vm] unpacking {}", deb.display());
             util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp))?;
         }
@@ -290,14 +295,6 @@ pub fn fetch(package: &str, cache: &Path) -> Result<Kernel> {
         config,
         modules,
     })
-}
-
-/// The lists that know a kernel package: those of the series that names it.
-fn apt_of(package: &str) -> Apt {
-    SERIES
-        .iter()
-        .find(|s| package.starts_with(s.prefix) && package.ends_with(s.suffix))
-        .map_or(Apt::Host, |s| s.apt)
 }
 
 fn download(package: &str, apt: Apt, cache: &Path) -> Result<PathBuf> {
