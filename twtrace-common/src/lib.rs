@@ -525,7 +525,8 @@ pub struct PendingExit {
     /// of that timer after any other timer started is a new TIME-WAIT in the freed socket's
     /// memory.
     pub rearmable: u32,
-    /// The cancelled socket's ports (remote port, then local, as in sock_common): a re-arm
+    /// The cancelled socket's port pair (skc_portpair: the remote port, then the local one, as
+    /// read from skc_dport's offset): a re-arm
     /// starts the timer of the same socket, and a new TIME-WAIT in its memory right after an
     /// end nothing announced (a SYN dropped by a full accept queue) almost never has them.
     pub ports: u32,

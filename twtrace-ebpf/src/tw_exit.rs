@@ -572,10 +572,7 @@ pub fn on_cancel(timer: u64, routes: u32) {
     }
     slot.timer = timer;
     slot.rearmable = 1;
-    slot.ports = ports_of(
-        unsafe { h.get(skc + layout!(skc_dport)) }.unwrap_or(0),
-        unsafe { h.get(skc + layout!(skc_num)) }.unwrap_or(0),
-    );
+    slot.ports = unsafe { h.get(skc + layout!(skc_dport)) }.unwrap_or(0);
     slot.ev.kind = 0;
     // With only tw_enter on this route the slot just marks a re-arm in progress.
     let prepared = preparing && prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev);
@@ -651,18 +648,11 @@ pub fn rearmed(timer: u64) -> bool {
     false
 }
 
-#[inline(always)]
-fn ports_of(dport: u16, num: u16) -> u32 {
-    (dport as u32) << 16 | num as u32
-}
-
-/// The ports of the TIME-WAIT socket at `tw` (a re-arm's is unchanged since its cancel).
+/// The ports of the TIME-WAIT socket at `tw` (a re-arm's are unchanged since its cancel): one
+/// read of sock_common's port pair (skc_dport, then skc_num, in one union with it).
 #[inline(always)]
 fn ports_at(tw: u64) -> u32 {
-    let skc = layout!(tw_common);
-    let dport: u16 = unsafe { read(tw, skc + layout!(skc_dport)) }.unwrap_or(0);
-    let num: u16 = unsafe { read(tw, skc + layout!(skc_num)) }.unwrap_or(0);
-    ports_of(dport, num)
+    unsafe { read(tw, layout!(tw_common) + layout!(skc_dport)) }.unwrap_or(0)
 }
 
 /// `timer_start` of any timer but a TIME-WAIT's. A re-arm cancels and starts its timer in one
