@@ -54,8 +54,14 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let tw = timer - layout!(tw_timer) as u64;
-    if unsafe { LIVE.get(&tw) }.is_some() {
-        return 0; // re-arm of a TIME-WAIT we already know
+    if let Some(live) = unsafe { LIVE.get(&tw) } {
+        // A re-arm of a TIME-WAIT we know, unless the kernel skipped our program at its end
+        // (a softirq nested in a BPF program; user space reports those runs) and this is a
+        // new TIME-WAIT in its memory: its ports tell (the entry is then replaced below).
+        // One with the very same ports still passes for a re-arm.
+        if live.ports == tw_exit::ports_at(tw) {
+            return 0;
+        }
     }
     // Unknown socket: a new TIME-WAIT, or a re-arm of one from before twtrace started. A
     // re-arm cancels the pending timer first, on this CPU, which tw_exit's timer_cancel
@@ -200,14 +206,21 @@ fn enter<C: EbpfContext>(
     // which pairs this enter with the exit by socket address: a hash insert, lookup and delete
     // per TIME-WAIT cost about 750 instructions here (fentry, stock 6.12), more than user
     // space's pairing.
-    if hook == HookFamily::Tracepoint && LIVE.insert(&tw, &LiveTw { enter_ts: ts }, 0).is_err() {
-        let n = count_loss(LossSlot::LiveTableFull);
-        if n.is_power_of_two() {
-            warn!(
-                ctx,
-                "live TIME-WAIT table full ({} times on this CPU): lifetimes unknown; raise --max-live-tw",
-                n
-            );
+    if hook == HookFamily::Tracepoint {
+        let live = LiveTw {
+            enter_ts: ts,
+            ports: unsafe { h.get(layout!(tw_common) + layout!(skc_dport)) }.unwrap_or(0),
+            _pad: 0,
+        };
+        if LIVE.insert(&tw, &live, 0).is_err() {
+            let n = count_loss(LossSlot::LiveTableFull);
+            if n.is_power_of_two() {
+                warn!(
+                    ctx,
+                    "live TIME-WAIT table full ({} times on this CPU): lifetimes unknown; raise --max-live-tw",
+                    n
+                );
+            }
         }
     }
     let substate: u8 = unsafe { h.get(layout!(tw_substate)) }.unwrap_or(0);

@@ -651,7 +651,7 @@ pub fn rearmed(timer: u64) -> bool {
 /// The ports of the TIME-WAIT socket at `tw` (a re-arm's are unchanged since its cancel): one
 /// read of sock_common's port pair (skc_dport, then skc_num, in one union with it).
 #[inline(always)]
-fn ports_at(tw: u64) -> u32 {
+pub fn ports_at(tw: u64) -> u32 {
     unsafe { read(tw, layout!(tw_common) + layout!(skc_dport)) }.unwrap_or(0)
 }
 

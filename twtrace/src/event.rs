@@ -141,8 +141,12 @@ pub enum What {
     TwOverflow,
     /// connect() failed with EADDRNOTAVAIL toward `remote`.
     ConnectAddrNotAvail { pid: u32 },
-    /// The kernel could not hand `count` events to user space (ring buffer full).
-    Lost { program: &'static str, count: u64 },
+    /// `count` events of `program` never reached user space, for `reason`.
+    Lost {
+        program: &'static str,
+        count: u64,
+        reason: LossReason,
+    },
     /// A segment dropped by a PAWS check. `local` is the receiver.
     PawsReject {
         path: PawsPath,
@@ -164,6 +168,29 @@ pub enum What {
     },
 }
 
+/// Why records were lost (`lost` records say it as `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossReason {
+    /// A program found the ring buffer full: `count` is events.
+    RingFull,
+    /// A bounded table (the kernel's live TIME-WAITs, or `--max-live-tw`) had no room: `count`
+    /// is events whose pairing or lookup was lost.
+    TableFull,
+    /// The kernel skipped `count` runs of the program, because a BPF program was already
+    /// running on that CPU (an interrupt nested in it). Each may have carried an event.
+    SkippedRuns,
+}
+
+impl LossReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossReason::RingFull => "ring_full",
+            LossReason::TableFull => "table_full",
+            LossReason::SkippedRuns => "skipped_runs",
+        }
+    }
+}
+
 /// One decoded event.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Record {
@@ -179,14 +206,18 @@ pub struct Record {
 }
 
 impl Record {
-    /// `count` events `program` lost (the ring was full, or a bounded table dropped them).
-    pub fn lost(program: &'static str, count: u64) -> Self {
+    /// `count` events `program` lost, for `reason`.
+    pub fn lost(program: &'static str, count: u64, reason: LossReason) -> Self {
         Record {
             ts_ns: 0,
             netns: 0,
             local: ([0, 0, 0, 0], 0).into(),
             remote: ([0, 0, 0, 0], 0).into(),
-            what: What::Lost { program, count },
+            what: What::Lost {
+                program,
+                count,
+                reason,
+            },
         }
     }
 

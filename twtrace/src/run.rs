@@ -313,8 +313,8 @@ async fn pump(
         } else {
             Vec::new()
         };
-        for (program, count) in losses {
-            on_record(&Record::lost(program, count))?;
+        for rec in &losses {
+            on_record(rec)?;
         }
         if let Some(e) = failed.take() {
             return Err(e);
@@ -344,8 +344,8 @@ async fn pump(
                 let _ = on_record(rec);
             });
             // Records the kernel could not store between the last check and the silence.
-            for (program, count) in transport.new_losses() {
-                on_record(&Record::lost(program, count))?;
+            for rec in &transport.new_losses() {
+                on_record(rec)?;
             }
             on_tick(true)?;
             break;

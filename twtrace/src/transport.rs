@@ -1,4 +1,5 @@
-//! Kernel to user: the ring buffer, read through tokio, and the per-CPU loss counters.
+//! Kernel to user: the ring buffer, read through tokio, the per-CPU loss counters, and the
+//! runs of our programs the kernel skipped (see `kernel::skipped_runs`).
 //!
 //! The kernel side does not wake us per event (BPF_RB_NO_WAKEUP), only when the ring passes a
 //! fill threshold, so we also drain on a short timer. Records are decoded in place: nothing is
@@ -12,7 +13,12 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
 };
 use tokio::io::unix::AsyncFd;
-use twtrace_common::{Event, LOSS_SLOTS};
+use twtrace_common::{Event, LOSS_SLOTS, LossSlot};
+
+use crate::{
+    event::{LossReason, Record},
+    kernel::skipped_runs::SkippedRuns,
+};
 
 /// Names of the loss slots (index = twtrace_common::LossSlot).
 pub const LOSS_NAMES: [&str; LOSS_SLOTS as usize] = [
@@ -32,6 +38,7 @@ pub struct Transport {
     ring: AsyncFd<RingBuf<MapData>>,
     losses: PerCpuArray<MapData, u64>,
     seen_losses: [u64; LOSS_SLOTS as usize],
+    skipped: SkippedRuns,
     /// Records were left in the ring by the last drain (batch bound reached).
     more: bool,
 }
@@ -47,6 +54,7 @@ impl Transport {
                 .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?,
             losses,
             seen_losses: [0; LOSS_SLOTS as usize],
+            skipped: SkippedRuns::new(bpf),
             more: false,
         })
     }
@@ -86,8 +94,10 @@ impl Transport {
         !self.more
     }
 
-    /// Losses counted by the kernel since the last call, as (slot name, count) for non-zero ones.
-    pub fn new_losses(&mut self) -> Vec<(&'static str, u64)> {
+    /// Losses since the last call, as `lost` records for the non-zero ones: events our
+    /// programs could not store (counted per CPU by them), then runs of them the kernel
+    /// skipped.
+    pub fn new_losses(&mut self) -> Vec<Record> {
         let mut out = Vec::new();
         for (i, seen) in self.seen_losses.iter_mut().enumerate() {
             let Ok(per_cpu) = self.losses.get(&(i as u32), 0) else {
@@ -95,9 +105,17 @@ impl Transport {
             };
             let total: u64 = per_cpu.iter().sum();
             if total > *seen {
-                out.push((LOSS_NAMES[i], total - *seen));
+                let reason = if i == LossSlot::LiveTableFull as usize {
+                    LossReason::TableFull
+                } else {
+                    LossReason::RingFull
+                };
+                out.push(Record::lost(LOSS_NAMES[i], total - *seen, reason));
                 *seen = total;
             }
+        }
+        for (program, count) in self.skipped.new_skips() {
+            out.push(Record::lost(program, count, LossReason::SkippedRuns));
         }
         out
     }

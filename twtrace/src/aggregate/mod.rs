@@ -27,7 +27,7 @@ use foldhash::fast::RandomState;
 
 use schnellru::{ByLength, LruMap};
 
-use crate::event::{Record, What};
+use crate::event::{LossReason, Record, What};
 
 pub use counters::Counters;
 pub use order::Order;
@@ -156,6 +156,9 @@ pub struct Aggregate {
     pub paws: paws::PawsTable,
     // Program names are a small fixed set of static strings; a BTreeMap keeps them sorted.
     lost: BTreeMap<&'static str, u64>,
+    /// Runs of each program the kernel skipped (`LossReason::SkippedRuns`): apart from `lost`,
+    /// as most were not about TIME-WAITs (a timer program runs for every timer).
+    skipped: BTreeMap<&'static str, u64>,
     /// (netns, port) pairs that SYNs were seen arriving at: listening ports.
     listening: HashSet<(u32, u16), RandomState>,
     /// TIME-WAITs present at start-up (`TwPresent`) that have not ended yet, by
@@ -177,6 +180,7 @@ impl Aggregate {
             by_dest: Table::new(cap),
             totals: Counters::default(),
             lost: BTreeMap::new(),
+            skipped: BTreeMap::new(),
             listening: HashSet::default(),
             present: HashSet::default(),
             present_at_start: 0,
@@ -191,8 +195,16 @@ impl Aggregate {
     pub fn apply(&mut self, rec: &Record) {
         let what = &rec.what;
         match *what {
-            What::Lost { program, count } => {
-                *self.lost.entry(program).or_default() += count;
+            What::Lost {
+                program,
+                count,
+                reason,
+            } => {
+                let counts = match reason {
+                    LossReason::SkippedRuns => &mut self.skipped,
+                    LossReason::RingFull | LossReason::TableFull => &mut self.lost,
+                };
+                *counts.entry(program).or_default() += count;
                 return;
             }
             What::Listening => {
@@ -295,6 +307,14 @@ impl Aggregate {
     /// Lost events per program, sorted by program name.
     pub fn lost(&self) -> Vec<LostRow> {
         self.lost
+            .iter()
+            .map(|(&program, &count)| LostRow { program, count })
+            .collect()
+    }
+
+    /// Runs the kernel skipped per program, sorted by program name.
+    pub fn skipped(&self) -> Vec<LostRow> {
+        self.skipped
             .iter()
             .map(|(&program, &count)| LostRow { program, count })
             .collect()

@@ -261,7 +261,18 @@ fn overflow_eaddrnotavail_and_lost() {
             What::ConnectAddrNotAvail { pid: 42 },
         ));
     }
-    let lost = |program, count| rec("0.0.0.0:0", 0, What::Lost { program, count });
+    let lost = |program, count| {
+        let reason = crate::event::LossReason::RingFull;
+        rec(
+            "0.0.0.0:0",
+            0,
+            What::Lost {
+                program,
+                count,
+                reason,
+            },
+        )
+    };
     agg.apply(&lost("tw_exit", 3));
     agg.apply(&lost("tw_enter", 1));
     agg.apply(&lost("tw_exit", 4));

@@ -6,6 +6,7 @@ pub mod caps;
 pub mod kallsyms;
 pub mod layout;
 pub mod netns;
+pub mod skipped_runs;
 pub mod sock_diag;
 pub mod sysinfo;
 pub mod tracefs;

@@ -12,7 +12,7 @@
 use twtrace_common::{Event, EventKind, HookFamily, overflow_detail, ts_flags};
 
 use crate::{
-    event::Record,
+    event::{LossReason, Record},
     filter::Filter,
     signals::{
         self, DecodeCtx,
@@ -145,7 +145,11 @@ impl Pipeline {
         let forgotten = self.lifetimes.take_forgotten();
         if forgotten > 0 {
             // A loss names no flow: never filtered out.
-            f(&Record::lost(tw_exit::FORGOTTEN, forgotten));
+            f(&Record::lost(
+                tw_exit::FORGOTTEN,
+                forgotten,
+                LossReason::TableFull,
+            ));
         }
         self.request_ts.on_event(&mut ev);
         let derived = self.tw_syn.on_event(&ev);
@@ -280,7 +284,7 @@ mod tests {
             })
             .collect();
         p.feed_batch(&enters, &filter, |r| {
-            if let crate::event::What::Lost { program, count } = r.what {
+            if let crate::event::What::Lost { program, count, .. } = r.what {
                 lost.push((program, count));
             }
         });

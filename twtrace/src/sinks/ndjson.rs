@@ -117,11 +117,18 @@ fn write_fields(w: &mut impl Write, rec: &Record) -> io::Result<()> {
             w.write_all(br#","pid":"#)?;
             w.num(pid)?;
         }
-        What::Lost { program, count } => {
+        What::Lost {
+            program,
+            count,
+            reason,
+        } => {
             w.write_all(br#","program":"#)?;
             write_json_str(w, program)?;
             w.write_all(br#","count":"#)?;
             w.num(count)?;
+            w.write_all(br#","reason":""#)?;
+            w.write_all(reason.as_str().as_bytes())?;
+            w.write_all(b"\"")?;
         }
         What::PawsReject {
             path,
@@ -259,7 +266,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::event::{ExitCause, Substate};
+    use crate::event::{ExitCause, LossReason, Substate};
 
     /// Counts this thread's allocations, to check the steady state allocates nothing. Per
     /// thread because the test harness runs tests in parallel.
@@ -435,14 +442,25 @@ mod tests {
         let what = What::Lost {
             program: "tw_exit",
             count: 17,
+            reason: LossReason::RingFull,
         };
         let mut r = rec("0.0.0.0:0", "0.0.0.0:0", what);
         r.netns = 0;
         let v = line(&r);
-        assert_eq!(keys(&v), fields(&["program", "count"]));
+        assert_eq!(keys(&v), fields(&["program", "count", "reason"]));
         assert_eq!(v["type"], "lost");
         assert_eq!(v["program"], "tw_exit");
         assert_eq!(v["count"], 17);
+        assert_eq!(v["reason"], "ring_full");
+        // Runs the kernel skipped name the kernel program.
+        let what = What::Lost {
+            program: "tw_exit_timer_cancel",
+            count: 2,
+            reason: LossReason::SkippedRuns,
+        };
+        let v = line(&rec("0.0.0.0:0", "0.0.0.0:0", what));
+        assert_eq!(v["program"], "tw_exit_timer_cancel");
+        assert_eq!(v["reason"], "skipped_runs");
         assert_eq!(v["family"], "ipv4");
         assert_eq!(v["local"], "0.0.0.0:0");
         assert_eq!(v["remote"], "0.0.0.0:0");
@@ -466,6 +484,7 @@ mod tests {
         let what = What::Lost {
             program: LONG,
             count: 1,
+            reason: LossReason::RingFull,
         };
         let v = line(&rec("0.0.0.0:0", "0.0.0.0:0", what));
         assert_eq!(v["program"], LONG);
@@ -538,6 +557,7 @@ mod tests {
                 What::Lost {
                     program: "tw_enter",
                     count: 3,
+                    reason: LossReason::RingFull,
                 },
             ),
         ];

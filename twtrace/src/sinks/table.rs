@@ -154,6 +154,14 @@ fn header(agg: &Aggregate, out: &mut String) {
         }
         out.push('\n');
     }
+    let skipped = agg.skipped();
+    if !skipped.is_empty() {
+        out.push_str("runs skipped by the kernel (each may have been an event):");
+        for l in &skipped {
+            let _ = write!(out, " {} {}", l.program, l.count);
+        }
+        out.push('\n');
+    }
     let ev = agg.evictions();
     if ev.total() > 0 {
         let _ = writeln!(
@@ -577,19 +585,33 @@ mod tests {
         let mut agg = Aggregate::new(1);
         agg.apply(&enter("10.0.0.1:1", "192.0.2.1:80"));
         agg.apply(&enter("10.0.0.1:2", "192.0.2.2:80"));
-        for (program, count) in [("tw_exit", 5), ("tw_enter", 2)] {
+        use crate::event::LossReason::{RingFull, SkippedRuns};
+        for (program, count, reason) in [
+            ("tw_exit", 5, RingFull),
+            ("tw_enter", 2, RingFull),
+            ("tw_exit_timer_cancel", 9, SkippedRuns),
+        ] {
             agg.apply(&rec(
                 "0.0.0.0:0",
                 "0.0.0.0:0",
-                What::Lost { program, count },
+                What::Lost {
+                    program,
+                    count,
+                    reason,
+                },
             ));
         }
         let text = render_str(&agg, &TableOpts::default());
         let lines: Vec<_> = text.lines().collect();
+        // Skipped runs are not counted as lost events (most were about other timers), but said.
         assert!(lines[1].ends_with("lost 7  evictions 3"), "{}", lines[1]);
         assert_eq!(lines[3], "lost: tw_enter 2  tw_exit 5");
-        assert!(lines[4].starts_with("evictions: remote_ip 1  local_port 1  destination 1"));
-        assert!(lines[4].contains("capacity 1"));
+        assert_eq!(
+            lines[4],
+            "runs skipped by the kernel (each may have been an event): tw_exit_timer_cancel 9"
+        );
+        assert!(lines[5].starts_with("evictions: remote_ip 1  local_port 1  destination 1"));
+        assert!(lines[5].contains("capacity 1"));
         // The lost records did not create a 0.0.0.0 row.
         assert!(
             !section(&text, "REMOTE_IP")

@@ -1,6 +1,6 @@
 //! One human-readable line per event (`twtrace events` without --json).
 
-use crate::event::{Record, What};
+use crate::event::{LossReason, Record, What};
 
 pub fn text_line(r: &Record) -> String {
     let what = match r.what {
@@ -18,7 +18,16 @@ pub fn text_line(r: &Record) -> String {
         },
         What::TwOverflow => "overflow (tcp_max_tw_buckets full: no TIME-WAIT)".to_owned(),
         What::ConnectAddrNotAvail { pid } => format!("connect EADDRNOTAVAIL pid={pid}"),
-        What::Lost { program, count } => return format!("LOST {count} events from {program}"),
+        What::Lost {
+            program,
+            count,
+            reason: LossReason::SkippedRuns,
+        } => {
+            return format!(
+                "LOST {count} runs of {program} skipped by the kernel (each may have been an event)"
+            );
+        }
+        What::Lost { program, count, .. } => return format!("LOST {count} events from {program}"),
         What::PawsReject {
             path,
             tsval,

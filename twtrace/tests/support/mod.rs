@@ -36,7 +36,7 @@ pub use proc::{
     TIMEWAIT_SOCKETS, TcpEntry, TcpState, delta, kernel_btf_has_name, kernel_func_has_param,
     netstat, sysctl, sysctl_get, tcp_sockets, try_delta, tw_count, tw_counted_at_creation,
 };
-pub use tracer::{READY_MARKER, STOP_TIMEOUT, Tracer, tracer_bin};
+pub use tracer::{READY_MARKER, STOP_TIMEOUT, SkippedRuns, Tracer, tracer_bin};
 pub use traffic::{
     CloseFirst, ConnOutcome, ConnectOptions, IO_TIMEOUT, Server, ServerStats, connect_many,
     connect_many_opts, free_port, wait_tw_count, wait_tw_settled,

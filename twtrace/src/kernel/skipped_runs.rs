@@ -1,0 +1,91 @@
+//! Runs of twtrace's programs that the kernel skipped: losses no program of ours can count.
+//!
+//! The kernel runs at most one classic tracepoint or kprobe BPF program per CPU at a time
+//! (`bpf_prog_active`), and a BTF-typed tracepoint or function-probe program at most once per
+//! CPU (its own recursion guard). An interrupt that lands while a BPF program runs (ours or
+//! anyone's: the kernel is shared) and runs softirqs on its way out, expiring timers or
+//! receiving segments, has our programs skipped in there. On a busy host that is a run in
+//! tens of thousands; all the TIME-WAITs of one timer tick expire in one such softirq.
+//! Nothing of ours runs, so no loss counter of ours sees it; the kernel counts skipped runs
+//! per program (`recursion_misses` in the program's fdinfo: function probes since 5.12,
+//! BTF-typed tracepoints since 6.2, classic tracepoints and kprobes since 6.7; older kernels
+//! skip without counting). Each skipped run may have carried an event, so they are losses.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+};
+
+use aya::Ebpf;
+
+/// The loaded programs' skipped-run counters, and what was already reported of them.
+pub struct SkippedRuns {
+    /// (program name, its fd in this process, skipped runs already reported).
+    programs: Vec<(&'static str, RawFd, u64)>,
+}
+
+impl SkippedRuns {
+    /// Every program of `bpf` that is loaded. The fds stay valid while `bpf` lives, which
+    /// must outlive this.
+    pub fn new(bpf: &Ebpf) -> Self {
+        let mut programs = Vec::new();
+        for (name, prog) in bpf.programs() {
+            let Ok(fd) = prog.fd() else {
+                continue; // not loaded: never runs
+            };
+            // Leaked once per program at start-up (a few dozen names): `lost` records name
+            // their program with a &'static str, like the loss slots'.
+            let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+            let raw = fd.as_fd().as_raw_fd();
+            let base = recursion_misses(raw).unwrap_or(0);
+            programs.push((name, raw, base));
+        }
+        Self { programs }
+    }
+
+    /// Runs skipped since the last call, per program, for those with any. A program loaded
+    /// before (by this process, not another) starts from its count at [`SkippedRuns::new`].
+    pub fn new_skips(&mut self) -> Vec<(&'static str, u64)> {
+        let mut out = BTreeMap::new();
+        for (name, fd, seen) in &mut self.programs {
+            let Some(now) = recursion_misses(*fd) else {
+                continue;
+            };
+            if now > *seen {
+                *out.entry(*name).or_default() += now - *seen;
+                *seen = now;
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+/// The kernel's count of skipped runs of the program behind `fd`; None where the kernel
+/// does not say (before 5.12) or the fd is gone.
+fn recursion_misses(fd: RawFd) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    parse_recursion_misses(&text)
+}
+
+fn parse_recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_count_from_a_program_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2072\nlink_type:\tperf\n\
+                      prog_type:\t5\nprog_jited:\t1\nprog_tag:\t4b5c0f2ce4f3c7a1\n\
+                      memlock:\t4096\nprog_id:\t31844\nrun_time_ns:\t0\nrun_cnt:\t0\n\
+                      recursion_misses:\t18\nverified_insns:\t212\n";
+        assert_eq!(parse_recursion_misses(fdinfo), Some(18));
+        // Before 5.12 the line is not there: unknown, not zero.
+        assert_eq!(parse_recursion_misses("prog_type:\t5\nrun_cnt:\t0\n"), None);
+    }
+}
