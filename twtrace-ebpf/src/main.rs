@@ -12,6 +12,9 @@ mod stack;
 
 mod dispatch;
 
+// Test support (never attached by twtrace).
+mod hold_cpu;
+
 mod paws;
 mod port_exhaustion;
 mod segment;

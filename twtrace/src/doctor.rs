@@ -99,6 +99,15 @@ fn write_report(loaded: &loader::Loaded, verbose: bool, out: &mut String) {
         }
         println!("TcpExtTW    {}", tw_counter_meaning(&btf));
     }
+    println!(
+        "skipped runs {}",
+        if f.skips_counted {
+            "counted by the kernel for every route, reported as lost (reason skipped_runs)"
+        } else {
+            "not counted for classic tracepoints and kprobes here (6.7+): their runs skipped \
+             under another BPF program go unreported; fentry and tp_btf ones are"
+        }
+    );
     println!();
     let order: Vec<&str> = Family::ALL.iter().map(|f| f.as_str()).collect();
     println!("signal plan (best family first: {})", order.join(", "));

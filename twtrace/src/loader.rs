@@ -10,8 +10,9 @@ use crate::{
     signals::{DecodeCtx, Family},
 };
 
-/// The compiled eBPF object, built by build.rs (aya-build).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twtrace"));
+/// The compiled eBPF object, built by build.rs (aya-build). Public for the end-to-end tests,
+/// which load its test program `hold_cpu` themselves.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twtrace"));
 
 /// Sizing and filtering knobs that reach the kernel side.
 #[derive(Clone, Debug)]
@@ -39,6 +40,9 @@ pub struct KernelFacts {
     pub missing_frames: Vec<&'static str>,
     /// Tracepoints whose format cannot be read, and why: the classic hooks on them are out.
     pub unreadable_tracepoints: Vec<(&'static str, &'static str, String)>,
+    /// The kernel counts the runs of classic tracepoint and kprobe programs it skips (6.7+;
+    /// see `kernel::skipped_runs`).
+    pub skips_counted: bool,
 }
 
 impl KernelFacts {
@@ -58,6 +62,7 @@ impl KernelFacts {
             ranges,
             missing_frames,
             unreadable_tracepoints,
+            skips_counted: kernel::skipped_runs::counted_for_classic_and_kprobe(btf),
         })
     }
 

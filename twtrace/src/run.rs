@@ -19,7 +19,7 @@ use crate::{
     filter::{self, Filter, NetnsArg},
     loader::{self, LoadOptions, Loaded},
     pipeline::Pipeline,
-    signals::{self, tw_present},
+    signals::{self, Family, tw_present},
     sinks::{
         self,
         alerts::{AlertRules, Alerter},
@@ -237,6 +237,15 @@ fn announce(l: &Loaded) {
         })
         .collect();
     eprintln!("twtrace: tracing ({})", hooks.join(" "));
+    let shared_guard =
+        (l.choices.iter()).any(|c| matches!(c.chosen, Some(Family::Tracepoint | Family::Kprobe)));
+    if shared_guard && !l.facts.skips_counted {
+        eprintln!(
+            "twtrace: note: this kernel does not count the runs of classic tracepoint and kprobe \
+             programs it skips (6.7 does): events missed while an interrupt is nested in another \
+             BPF program on a CPU go unreported"
+        );
+    }
 }
 
 /// Stops the loop on SIGINT or SIGTERM.

@@ -18,6 +18,15 @@ use std::{
 
 use aya::Ebpf;
 
+use super::btf::KernelBtf;
+
+/// Whether this kernel counts the skipped runs of classic tracepoint and kprobe programs
+/// (`trace_call_bpf` does since 6.7). The same change gave kprobe links their `missed` count
+/// in `bpf_link_info`, which BTF shows: found by feature, so a backport counts too.
+pub fn counted_for_classic_and_kprobe(btf: &KernelBtf) -> bool {
+    btf.has_member("bpf_link_info", "perf_event.kprobe.missed")
+}
+
 /// The loaded programs' skipped-run counters, and what was already reported of them.
 pub struct SkippedRuns {
     /// (program name, its fd in this process, skipped runs already reported).
@@ -77,6 +86,21 @@ fn parse_recursion_misses(fdinfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This host's kernel (6.7 or later on every machine the suite runs on directly) counts them.
+    #[test]
+    fn the_running_kernel_says_whether_it_counts_skips() {
+        let btf = KernelBtf::from_sysfs().expect("kernel BTF");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut parts = release.trim().split(['.', '-']);
+        let major: u32 = parts.next().unwrap().parse().unwrap();
+        let minor: u32 = parts.next().unwrap().parse().unwrap();
+        assert_eq!(
+            counted_for_classic_and_kprobe(&btf),
+            (major, minor) >= (6, 7),
+            "{release}"
+        );
+    }
 
     #[test]
     fn reads_the_count_from_a_program_fdinfo() {

@@ -21,6 +21,7 @@
 // without this every test would warn (and `clippy -D warnings` fail) about the rest.
 #![allow(dead_code, unused_imports)]
 
+pub mod cpu;
 pub mod nat;
 pub mod netns;
 pub mod proc;
@@ -33,10 +34,11 @@ pub use netns::{
     NetnsPair, cleanup_stale, cleanup_stale_all, in_netns, netns_exists, netns_inode, try_in_netns,
 };
 pub use proc::{
-    TIMEWAIT_SOCKETS, TcpEntry, TcpState, delta, kernel_btf_has_name, kernel_func_has_param,
-    netstat, sysctl, sysctl_get, tcp_sockets, try_delta, tw_count, tw_counted_at_creation,
+    TIMEWAIT_SOCKETS, TcpEntry, TcpState, delta, kernel_btf_has_name, kernel_counts_classic_skips,
+    kernel_func_has_param, netstat, sysctl, sysctl_get, tcp_sockets, try_delta, tw_count,
+    tw_counted_at_creation,
 };
-pub use tracer::{READY_MARKER, STOP_TIMEOUT, SkippedRuns, Tracer, tracer_bin};
+pub use tracer::{READY_MARKER, STOP_TIMEOUT, SkippedRuns, Tracer, rerun_if_skipped, tracer_bin};
 pub use traffic::{
     CloseFirst, ConnOutcome, ConnectOptions, IO_TIMEOUT, Server, ServerStats, connect_many,
     connect_many_opts, free_port, wait_tw_count, wait_tw_settled,

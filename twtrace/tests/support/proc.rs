@@ -223,6 +223,21 @@ pub fn timewait_count(ns: &str) -> Result<u64> {
     Ok(tcp_sockets(ns)?.iter().filter(|e| e.timewait).count() as u64)
 }
 
+/// Whether the kernel counts the runs of classic tracepoint and kprobe programs it skips
+/// (`recursion_misses`, from 6.7), by its release number: the test's own check, apart from
+/// twtrace's (which looks for the feature in BTF).
+pub fn kernel_counts_classic_skips() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']);
+    let mut num = || {
+        parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    (num(), num()) >= (6, 7)
+}
+
 /// Whether TcpExtTW/TWKilled count a TIME-WAIT when it is created. Before 5.18 (commit
 /// "tcp/dccp: no longer use twsk_net(tw) from tw_timer_handler()") they counted it when its
 /// timer expired, remembered in `inet_timewait_sock.tw_kill`, a field that went with that

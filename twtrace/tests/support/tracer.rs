@@ -385,8 +385,9 @@ impl std::error::Error for SkippedRuns {}
 
 /// Runs `test`, and once more if it failed because the kernel skipped runs of the tracer's
 /// programs ([`SkippedRuns`]): that run was void, not wrong, and the second one is held to the
-/// same exact comparisons. For the tests with long windows (a real 60 s expiry), where a
-/// shared kernel's other BPF users make a skip likeliest. Any other failure is final.
+/// same exact comparisons. Every end-to-end test runs under it: a skip is likeliest in the
+/// long windows (a real 60 s expiry), but any test can meet one on a shared kernel whose
+/// other BPF users are busy. Any other failure is final.
 pub fn rerun_if_skipped(test: impl Fn() -> Result<()>) -> Result<()> {
     match test() {
         Err(e) if e.downcast_ref::<SkippedRuns>().is_some() => {
