@@ -1,5 +1,5 @@
 //! Test support, never attached by twtrace itself: a program that keeps one thread's CPU
-//! inside BPF for a millisecond or so per system call. The end-to-end tests attach it to
+//! inside BPF for a while on every system call it makes. The end-to-end tests attach it to
 //! `syscalls:sys_enter_getppid` and call getppid in a loop on a pinned CPU: interrupts there
 //! then land inside a BPF program and run their softirqs (timer expiry) nested in it, which
 //! has the kernel skip every classic tracepoint and kprobe program in them, as a busy host's
@@ -7,18 +7,18 @@
 //! that the function-probe and BTF-tracepoint routes (guarded per program) are immune.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
 /// The thread (kernel task id) to hold; 0 holds none. Set by the test at load time.
 #[unsafe(no_mangle)]
 static HOLD_TID: u32 = 0;
 
-/// Helper calls per run: about a millisecond of CPU, and few enough for the verifier, which
-/// walks every iteration of a bounded loop (a million instructions at most).
-const SPINS: u32 = 40_000;
+/// Loop turns per run: a tenth of a millisecond natively (more under emulation), and few
+/// enough for the verifier, which walks every turn of a bounded loop (a million instructions
+/// at most). Plain loads, not helper calls: a clock read can be an emulated device's under
+/// QEMU, whose cost would set the pace instead.
+const SPINS: u32 = 100_000;
 
 #[tracepoint]
 pub fn hold_cpu(_ctx: TracePointContext) -> u32 {
@@ -26,10 +26,10 @@ pub fn hold_cpu(_ctx: TracePointContext) -> u32 {
     if want == 0 || bpf_get_current_pid_tgid() as u32 != want {
         return 0;
     }
-    let mut last = 0u64;
+    let mut sum = 0u32;
     for _ in 0..SPINS {
-        // A helper call: the loop cannot be folded away, and each iteration costs tens of ns.
-        last = unsafe { bpf_ktime_get_ns() };
+        // A volatile load: the loop cannot be folded away.
+        sum = sum.wrapping_add(unsafe { core::ptr::read_volatile(&HOLD_TID) });
     }
-    (last & 1) as u32
+    sum & 1
 }

@@ -60,7 +60,7 @@ fn pin_to(cpu: usize) -> Result<()> {
 }
 
 /// A CPU kept inside BPF: a thread pinned there calls getppid(2) in a loop, and each call
-/// spends about a millisecond in the eBPF object's test program `hold_cpu` (a classic
+/// spends a while (a tenth of a millisecond natively) in the eBPF object's test program `hold_cpu` (a classic
 /// tracepoint program on `syscalls:sys_enter_getppid`, which holds the CPU's
 /// `bpf_prog_active`). A softirq run at the end of an interrupt there (a timer tick expiring
 /// TIME-WAITs) runs nested in it: the kernel skips every classic tracepoint and kprobe
