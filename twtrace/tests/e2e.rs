@@ -20,8 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use support::{
-    CloseFirst, IO_TIMEOUT, NetnsPair, Server, SkippedRuns, TIMEWAIT_SOCKETS, TcpState, Tracer,
-    connect_many,
+    CloseFirst, IO_TIMEOUT, NetnsPair, Server, TIMEWAIT_SOCKETS, TcpState, Tracer, connect_many,
     cpu::{HeldCpu, PinnedToCpu},
     delta, free_port, in_netns, kernel_btf_has_name, kernel_counts_classic_skips, netstat,
     rerun_if_skipped, sysctl, tcp_sockets, tw_counted_at_creation,
@@ -80,10 +79,11 @@ fn trace_netns_only(inode: u32, signal: &str) -> Result<Tracer> {
 fn stop(t: Tracer) -> Result<Vec<Value>> {
     thread::sleep(SETTLE);
     let events = t.stop()?;
-    if let Some(skipped) = SkippedRuns::among(&events) {
-        return Err(skipped.into());
-    }
-    let lost: Vec<&Value> = events.iter().filter(|e| e["type"] == "lost").collect();
+    // Skipped runs are the kernel's count for all traffic, not only this test's: the test's
+    // own comparisons say whether they mattered (see `rerun_if_skipped`).
+    let lost: Vec<&Value> = (events.iter())
+        .filter(|e| e["type"] == "lost" && e["reason"] != "skipped_runs")
+        .collect();
     ensure!(lost.is_empty(), "the tracer lost events: {lost:?}");
     Ok(events)
 }
@@ -605,6 +605,8 @@ fn overflow_after_a_rearm() -> Result<()> {
 fn skipped_runs_are_reported() -> Result<()> {
     const N: usize = 8;
     const ROUNDS: usize = 3;
+    // Every tracer running meanwhile would have its runs skipped too.
+    let _alone = support::tracer::alone();
     let pair = NetnsPair::new("skip")?;
     sysctl(pair.client_ns(), "net.ipv4.tcp_fin_timeout", "5")?;
     let srv_ip = pair.server_v4();

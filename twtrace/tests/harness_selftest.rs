@@ -402,3 +402,63 @@ fn tracer_helper_reports_early_exit_and_bad_status() {
     let err = format!("{:#}", t.stop().unwrap_err());
     assert!(err.contains("non-JSON"), "{err}");
 }
+
+/// A lost record of the kind the tracer writes for runs the kernel skipped.
+fn skipped_runs_record() -> serde_json::Value {
+    serde_json::json!({"type": "lost", "program": "tw_exit_timer_cancel", "count": 3,
+        "reason": "skipped_runs"})
+}
+
+/// A run that fails while the tracer reported skipped runs is made again, once, and the second
+/// run's result stands (pass or fail); a failure without them is final after one run; an
+/// assertion that fails (a panic) counts as a failure. The lost record's reason is checked too:
+/// only `skipped_runs` voids a run.
+#[test]
+fn a_failure_with_skipped_runs_is_run_again_once() {
+    use std::cell::Cell;
+    use support::tracer::SkippedRuns;
+
+    let runs = Cell::new(0);
+    let flaky = || -> anyhow::Result<()> {
+        runs.set(runs.get() + 1);
+        if runs.get() == 1 {
+            assert!(SkippedRuns::among(&[skipped_runs_record()]).is_some());
+            anyhow::bail!("first run: counts off");
+        }
+        Ok(())
+    };
+    assert!(rerun_if_skipped(flaky).is_ok());
+    assert_eq!(runs.get(), 2);
+
+    runs.set(0);
+    let always = || -> anyhow::Result<()> {
+        runs.set(runs.get() + 1);
+        let _ = SkippedRuns::among(&[skipped_runs_record()]);
+        anyhow::bail!("counts off")
+    };
+    assert!(rerun_if_skipped(always).is_err());
+    assert_eq!(runs.get(), 2, "run again once, not more");
+
+    runs.set(0);
+    let ring_full = || -> anyhow::Result<()> {
+        runs.set(runs.get() + 1);
+        let mut rec = skipped_runs_record();
+        rec["reason"] = "ring_full".into();
+        assert!(SkippedRuns::among(&[rec]).is_none());
+        anyhow::bail!("counts off")
+    };
+    assert!(rerun_if_skipped(ring_full).is_err());
+    assert_eq!(runs.get(), 1, "a failure without skipped runs is final");
+
+    runs.set(0);
+    let panics_first = || -> anyhow::Result<()> {
+        runs.set(runs.get() + 1);
+        if runs.get() == 1 {
+            let _ = SkippedRuns::among(&[skipped_runs_record()]);
+            panic!("an assertion failed (expected by this self-test)");
+        }
+        Ok(())
+    };
+    assert!(rerun_if_skipped(panics_first).is_ok());
+    assert_eq!(runs.get(), 2);
+}

@@ -38,7 +38,7 @@ pub use proc::{
     kernel_func_has_param, netstat, sysctl, sysctl_get, tcp_sockets, try_delta, tw_count,
     tw_counted_at_creation,
 };
-pub use tracer::{READY_MARKER, STOP_TIMEOUT, SkippedRuns, Tracer, rerun_if_skipped, tracer_bin};
+pub use tracer::{READY_MARKER, STOP_TIMEOUT, Tracer, rerun_if_skipped, tracer_bin};
 pub use traffic::{
     CloseFirst, ConnOutcome, ConnectOptions, IO_TIMEOUT, Server, ServerStats, connect_many,
     connect_many_opts, free_port, wait_tw_count, wait_tw_settled,
