@@ -44,7 +44,9 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(bpf: &mut Ebpf) -> Result<Self> {
+    /// Takes the ring and loss maps from `bpf`; `attached` names the programs whose skipped
+    /// runs to report.
+    pub fn new(bpf: &mut Ebpf, attached: impl IntoIterator<Item = &'static str>) -> Result<Self> {
         let ring = RingBuf::try_from(bpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let losses = PerCpuArray::try_from(bpf.take_map("LOSSES").context("LOSSES map missing")?)?;
         Ok(Self {
@@ -54,7 +56,7 @@ impl Transport {
                 .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?,
             losses,
             seen_losses: [0; LOSS_SLOTS as usize],
-            skipped: SkippedRuns::new(bpf),
+            skipped: SkippedRuns::new(bpf, attached),
             more: false,
         })
     }

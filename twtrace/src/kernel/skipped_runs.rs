@@ -11,10 +11,7 @@
 //! BTF-typed tracepoints since 6.2, classic tracepoints and kprobes since 6.7; older kernels
 //! skip without counting). Each skipped run may have carried an event, so they are losses.
 
-use std::{
-    collections::BTreeMap,
-    os::fd::{AsFd as _, AsRawFd as _, RawFd},
-};
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use aya::Ebpf;
 
@@ -34,38 +31,35 @@ pub struct SkippedRuns {
 }
 
 impl SkippedRuns {
-    /// Every program of `bpf` that is loaded. The fds stay valid while `bpf` lives, which
-    /// must outlive this.
-    pub fn new(bpf: &Ebpf) -> Self {
-        let mut programs = Vec::new();
-        for (name, prog) in bpf.programs() {
-            let Ok(fd) = prog.fd() else {
+    /// The programs of `bpf` named in `attached` (the plan's, each once however many signals
+    /// share it). Their fds stay valid while `bpf` lives, which must outlive this.
+    pub fn new(bpf: &Ebpf, attached: impl IntoIterator<Item = &'static str>) -> Self {
+        let mut programs: Vec<(&'static str, RawFd, u64)> = Vec::new();
+        for name in attached {
+            if programs.iter().any(|&(n, _, _)| n == name) {
+                continue;
+            }
+            let Some(Ok(fd)) = bpf.program(name).map(|p| p.fd()) else {
                 continue; // not loaded: never runs
             };
-            // Leaked once per program at start-up (a few dozen names): `lost` records name
-            // their program with a &'static str, like the loss slots'.
-            let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
             let raw = fd.as_fd().as_raw_fd();
-            let base = recursion_misses(raw).unwrap_or(0);
-            programs.push((name, raw, base));
+            programs.push((name, raw, recursion_misses(raw).unwrap_or(0)));
         }
         Self { programs }
     }
 
-    /// Runs skipped since the last call, per program, for those with any. A program loaded
-    /// before (by this process, not another) starts from its count at [`SkippedRuns::new`].
+    /// Runs skipped since the last call, per program, for those with any.
     pub fn new_skips(&mut self) -> Vec<(&'static str, u64)> {
-        let mut out = BTreeMap::new();
+        let mut out = Vec::new();
         for (name, fd, seen) in &mut self.programs {
-            let Some(now) = recursion_misses(*fd) else {
-                continue;
-            };
-            if now > *seen {
-                *out.entry(*name).or_default() += now - *seen;
+            if let Some(now) = recursion_misses(*fd)
+                && now > *seen
+            {
+                out.push((*name, now - *seen));
                 *seen = now;
             }
         }
-        out.into_iter().collect()
+        out
     }
 }
 

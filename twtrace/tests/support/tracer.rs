@@ -436,7 +436,7 @@ pub fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
 }
 
 /// "type: count" for each event type, to say in a failure what did arrive.
-pub fn count_by_type(events: &[Value]) -> String {
+fn count_by_type(events: &[Value]) -> String {
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for e in events {
         *counts.entry(e["type"].to_string()).or_default() += 1;
