@@ -5,9 +5,14 @@
 //! has the kernel skip every classic tracepoint and kprobe program in them, as a busy host's
 //! BPF users do now and then. The tests check that twtrace reports such skipped runs, and
 //! that the function-probe and BTF-tracepoint routes (guarded per program) are immune.
+//! The same loop as a kprobe on the syscall (`hold_cpu_kprobe`, where kernels have kprobes)
+//! also holds the CPU's running kprobe: every kprobe hit in a softirq nested there is missed
+//! by the kprobe itself, before any program.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{kprobe, tracepoint},
+    programs::{ProbeContext, TracePointContext},
 };
 
 /// The thread (kernel task id) to hold; 0 holds none. Set by the test at load time.
@@ -22,6 +27,16 @@ const SPINS: u32 = 100_000;
 
 #[tracepoint]
 pub fn hold_cpu(_ctx: TracePointContext) -> u32 {
+    hold()
+}
+
+#[kprobe]
+pub fn hold_cpu_kprobe(_ctx: ProbeContext) -> u32 {
+    hold()
+}
+
+#[inline(always)]
+fn hold() -> u32 {
     let want = unsafe { core::ptr::read_volatile(&HOLD_TID) };
     if want == 0 || bpf_get_current_pid_tgid() as u32 != want {
         return 0;

@@ -10,10 +10,17 @@
 //! per program (`recursion_misses` in the program's fdinfo: function probes since 5.12,
 //! BTF-typed tracepoints since 6.2, classic tracepoints and kprobes since 6.7; older kernels
 //! skip without counting). Each skipped run may have carried an event, so they are losses.
+//!
+//! A kprobe has a guard of its own before that: a kprobe hit while another kprobe's handler
+//! runs on that CPU (a softirq nested in one of our kprobe programs, say) is missed by the
+//! kprobe itself and never reaches any program, so no program's counter sees it either. Its
+//! link counts those (`missed` in `bpf_link_info`, 6.7+, with the kretprobe's own misses):
+//! they are added to the program's skipped runs.
 
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
-use aya::Ebpf;
+use aya::{Ebpf, programs::Program};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_perf_event_type};
 
 use super::btf::KernelBtf;
 
@@ -26,40 +33,160 @@ pub fn counted_for_classic_and_kprobe(btf: &KernelBtf) -> bool {
 
 /// The loaded programs' skipped-run counters, and what was already reported of them.
 pub struct SkippedRuns {
-    /// (program name, its fd in this process, skipped runs already reported).
-    programs: Vec<(&'static str, RawFd, u64)>,
+    programs: Vec<Counted>,
+}
+
+struct Counted {
+    name: &'static str,
+    /// The program's fd in this process.
+    fd: RawFd,
+    /// Its kprobe links' fds in this process (none for other program types).
+    kprobe_links: Vec<RawFd>,
+    /// Skipped runs already reported (none at first).
+    seen: u64,
+}
+
+impl Counted {
+    /// The kernel's count, or None where it keeps none (or the fds are gone).
+    fn skipped(&self) -> Option<u64> {
+        let links = self
+            .kprobe_links
+            .iter()
+            .filter_map(|&l| kprobe_link_missed(l));
+        let counts: Vec<u64> = recursion_misses(self.fd).into_iter().chain(links).collect();
+        (!counts.is_empty()).then(|| counts.iter().sum())
+    }
 }
 
 impl SkippedRuns {
     /// The programs of `bpf` named in `attached` (the plan's, each once however many signals
-    /// share it). Their fds stay valid while `bpf` lives, which must outlive this.
+    /// share it). Their fds (and their links') stay valid while `bpf` lives, which must
+    /// outlive this.
     pub fn new(bpf: &Ebpf, attached: impl IntoIterator<Item = &'static str>) -> Self {
-        let mut programs: Vec<(&'static str, RawFd, u64)> = Vec::new();
+        let mut programs: Vec<Counted> = Vec::new();
+        let mut kprobes = Vec::new();
         for name in attached {
-            if programs.iter().any(|&(n, _, _)| n == name) {
+            if programs.iter().any(|c| c.name == name) {
                 continue;
             }
-            let Some(Ok(fd)) = bpf.program(name).map(|p| p.fd()) else {
+            let Some(program) = bpf.program(name) else {
                 continue; // not loaded: never runs
             };
-            let raw = fd.as_fd().as_raw_fd();
-            programs.push((name, raw, recursion_misses(raw).unwrap_or(0)));
+            let Ok(fd) = program.fd() else {
+                continue;
+            };
+            let fd = fd.as_fd().as_raw_fd();
+            if matches!(program, Program::KProbe(_)) {
+                kprobes.push((programs.len(), fd));
+            }
+            programs.push(Counted {
+                name,
+                fd,
+                kprobe_links: Vec::new(),
+                seen: 0,
+            });
         }
+        for (link, prog_fd) in kprobe_links_here() {
+            if let Some(&(i, _)) = kprobes
+                .iter()
+                .find(|&&(_, fd)| prog_id(fd) == Some(prog_fd))
+            {
+                programs[i].kprobe_links.push(link);
+            }
+        }
+        // Nothing is taken as already reported: the programs and their links are this
+        // process's own, so every run skipped since they were attached (before "tracing" was
+        // announced, or while user space was still starting) is a loss to report.
         Self { programs }
     }
 
     /// Runs skipped since the last call, per program, for those with any.
     pub fn new_skips(&mut self) -> Vec<(&'static str, u64)> {
         let mut out = Vec::new();
-        for (name, fd, seen) in &mut self.programs {
-            if let Some(now) = recursion_misses(*fd)
-                && now > *seen
+        for c in &mut self.programs {
+            if let Some(now) = c.skipped()
+                && now > c.seen
             {
-                out.push((*name, now - *seen));
-                *seen = now;
+                out.push((c.name, now - c.seen));
+                c.seen = now;
             }
         }
         out
+    }
+}
+
+/// This process's BPF links whose kernel object is a kprobe or kretprobe, as (link fd, id of
+/// the program on it). aya keeps the link fds of the programs it attached but does not hand
+/// them out; they are found among this process's open fds, by their fdinfo.
+fn kprobe_links_here() -> Vec<(RawFd, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let fds = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok());
+    fds.filter_map(|fd| {
+        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let prog = parse_link_prog_id(&text)?;
+        kprobe_link_missed(fd)?; // not a kprobe's link (or the kernel keeps no count)
+        Some((fd, prog))
+    })
+    .collect()
+}
+
+/// The id of the program behind `fd`.
+fn prog_id(fd: RawFd) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    field(&text, "prog_id:")
+}
+
+/// A link's fdinfo names its type and its program; a program's has no `link_type`.
+fn parse_link_prog_id(fdinfo: &str) -> Option<u32> {
+    fdinfo
+        .lines()
+        .any(|l| l.starts_with("link_type:"))
+        .then_some(())?;
+    field(fdinfo, "prog_id:")
+}
+
+fn field<T: std::str::FromStr>(fdinfo: &str, key: &str) -> Option<T> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The hits the kprobe behind link `fd` missed (its own and, for a kretprobe, its return
+/// probe's); None if `fd` is not a kprobe's perf link or the kernel keeps no such count
+/// (before 6.7: zero there, so those kernels are told apart by BTF, see above).
+fn kprobe_link_missed(fd: RawFd) -> Option<u64> {
+    // SAFETY: both are plain C data, valid zeroed (a zeroed info asks for no function name).
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = u32::try_from(fd).ok()?;
+    attr.info.info_len = std::mem::size_of::<bpf_link_info>() as u32;
+    attr.info.info = std::ptr::from_mut(&mut info) as u64;
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most info_len bytes to `info`, which lives
+    // across the call; the kernel reads the attr's first bytes only.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: the union members read are the ones the kernel filled for a perf link.
+    unsafe {
+        let perf = info.__bindgen_anon_1.perf_event;
+        let kprobe = [
+            bpf_perf_event_type::BPF_PERF_EVENT_KPROBE as u32,
+            bpf_perf_event_type::BPF_PERF_EVENT_KRETPROBE as u32,
+        ];
+        let is_perf =
+            info.type_ == aya_obj::generated::bpf_link_type::BPF_LINK_TYPE_PERF_EVENT as u32;
+        (is_perf && kprobe.contains(&perf.type_)).then_some(perf.__bindgen_anon_1.kprobe.missed)
     }
 }
 
@@ -71,10 +198,7 @@ fn recursion_misses(fd: RawFd) -> Option<u64> {
 }
 
 fn parse_recursion_misses(fdinfo: &str) -> Option<u64> {
-    fdinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("recursion_misses:"))
-        .and_then(|v| v.trim().parse().ok())
+    field(fdinfo, "recursion_misses:")
 }
 
 #[cfg(test)]
@@ -105,5 +229,22 @@ mod tests {
         assert_eq!(parse_recursion_misses(fdinfo), Some(18));
         // Before 5.12 the line is not there: unknown, not zero.
         assert_eq!(parse_recursion_misses("prog_type:\t5\nrun_cnt:\t0\n"), None);
+    }
+
+    #[test]
+    fn tells_a_link_fdinfo_from_a_program_fdinfo() {
+        let link = "pos:\t0\nflags:\t02000000\nmnt_id:\t16\nino:\t2072\nlink_type:\tperf\n\
+                    link_id:\t77\nprog_tag:\t4b5c0f2ce4f3c7a1\nprog_id:\t31844\n";
+        assert_eq!(parse_link_prog_id(link), Some(31844));
+        let program = "prog_type:\t2\nprog_jited:\t1\nprog_id:\t31844\nrun_cnt:\t0\n";
+        assert_eq!(parse_link_prog_id(program), None);
+    }
+
+    /// Not a link (/dev/null, or no fd at all): no kprobe count, rather than zero.
+    #[test]
+    fn only_a_kprobe_link_has_a_missed_count() {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(kprobe_link_missed(null.as_raw_fd()), None);
+        assert_eq!(kprobe_link_missed(-1), None);
     }
 }

@@ -11,7 +11,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use aya::{EbpfLoader, programs::TracePoint};
+use aya::{
+    EbpfLoader,
+    programs::{KProbe, TracePoint},
+};
 
 /// Pins the calling thread to one CPU (the first it may run on) while alive: kernel work its
 /// syscalls start on veth (softirqs of both namespaces) then runs on that CPU too.
@@ -60,13 +63,12 @@ fn pin_to(cpu: usize) -> Result<()> {
 }
 
 /// A CPU kept inside BPF: a thread pinned there calls getppid(2) in a loop, and each call
-/// spends a while (a tenth of a millisecond natively) in the eBPF object's test program `hold_cpu` (a classic
-/// tracepoint program on `syscalls:sys_enter_getppid`, which holds the CPU's
-/// `bpf_prog_active`). A softirq run at the end of an interrupt there (a timer tick expiring
+/// spends a while (a tenth of a millisecond natively) in the eBPF object's test program
+/// `hold_cpu`. A softirq run at the end of an interrupt there (a timer tick expiring
 /// TIME-WAITs) runs nested in it: the kernel skips every classic tracepoint and kprobe
-/// program in it, and counts the skips (6.7+). Function-probe and BTF-tracepoint programs have
-/// a guard of their own and still run. Released (program detached, thread ended) on drop, or
-/// after `limit` in any case.
+/// program in it (one `bpf_prog_active` per CPU), and counts the skips (6.7+).
+/// Function-probe and BTF-tracepoint programs have a guard of their own and still run.
+/// Released (program detached, thread ended) on drop, or after `limit` in any case.
 pub struct HeldCpu {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<u64>>,
@@ -74,8 +76,29 @@ pub struct HeldCpu {
     _bpf: aya::Ebpf,
 }
 
+/// getppid(2)'s function on x86-64 (its syscall wrapper since 4.17).
+const SYS_GETPPID: &str = "__x64_sys_getppid";
+
+/// Where `hold_cpu` runs on each getppid(2) call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Hold {
+    /// A classic tracepoint program on `syscalls:sys_enter_getppid`.
+    Tracepoint,
+    /// A kprobe program on the syscall's function (kernels with kprobes): it also holds the
+    /// CPU's running kprobe, so every kprobe hit nested there is missed by the kprobe itself
+    /// before any program (counted on the kprobe's link, 6.7+).
+    Kprobe,
+}
+
+impl Hold {
+    /// Whether this kernel has kprobes (the kprobe PMU aya attaches through).
+    pub fn kprobes_here() -> bool {
+        std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+    }
+}
+
 impl HeldCpu {
-    pub fn start(cpu: usize, limit: Duration) -> Result<HeldCpu> {
+    pub fn start(cpu: usize, limit: Duration, how: Hold) -> Result<HeldCpu> {
         let (tid_tx, tid_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -107,13 +130,26 @@ impl HeldCpu {
             .map_max_entries("TW_BY_FLOW", 1)
             .load(twtrace::loader::EBPF_OBJECT)
             .context("loading the eBPF object for hold_cpu")?;
-        let prog: &mut TracePoint = bpf
-            .program_mut("hold_cpu")
-            .context("no hold_cpu program in the eBPF object")?
-            .try_into()?;
-        prog.load().context("loading hold_cpu")?;
-        prog.attach("syscalls", "sys_enter_getppid")
-            .context("attaching hold_cpu to syscalls:sys_enter_getppid")?;
+        match how {
+            Hold::Tracepoint => {
+                let prog: &mut TracePoint = bpf
+                    .program_mut("hold_cpu")
+                    .context("no hold_cpu program in the eBPF object")?
+                    .try_into()?;
+                prog.load().context("loading hold_cpu")?;
+                prog.attach("syscalls", "sys_enter_getppid")
+                    .context("attaching hold_cpu to syscalls:sys_enter_getppid")?;
+            }
+            Hold::Kprobe => {
+                let prog: &mut KProbe = bpf
+                    .program_mut("hold_cpu_kprobe")
+                    .context("no hold_cpu_kprobe program in the eBPF object")?
+                    .try_into()?;
+                prog.load().context("loading hold_cpu_kprobe")?;
+                prog.attach(SYS_GETPPID, 0)
+                    .with_context(|| format!("attaching hold_cpu_kprobe to {SYS_GETPPID}"))?;
+            }
+        }
         go_tx.send(()).context("the holding thread died")?;
         Ok(HeldCpu {
             stop,

@@ -38,10 +38,12 @@ pub use proc::{
     kernel_func_has_param, netstat, sysctl, sysctl_get, tcp_sockets, try_delta, tw_count,
     tw_counted_at_creation,
 };
-pub use tracer::{READY_MARKER, STOP_TIMEOUT, Tracer, rerun_if_skipped, tracer_bin};
+pub use tracer::{
+    READY_MARKER, STOP_TIMEOUT, Tracer, rerun_alone_if_skipped, rerun_if_skipped, tracer_bin,
+};
 pub use traffic::{
-    CloseFirst, ConnOutcome, ConnectOptions, IO_TIMEOUT, Server, ServerStats, connect_many,
-    connect_many_opts, free_port, wait_tw_count, wait_tw_settled,
+    CloseFirst, ConnOutcome, ConnectOptions, HangingConnects, IO_TIMEOUT, Server, ServerStats,
+    connect_many, connect_many_opts, free_port, wait_tw_count, wait_tw_settled,
 };
 
 /// A scratch directory of one test, removed when the test ends, passing or failing.

@@ -405,6 +405,17 @@ impl std::error::Error for SkippedRuns {}
 /// other tests of its binary, but never alongside one holding [`alone`].
 pub fn rerun_if_skipped(test: impl Fn() -> Result<()>) -> Result<()> {
     let _beside_others = ALONE.read().unwrap_or_else(|e| e.into_inner());
+    rerun_once_if_skipped(test)
+}
+
+/// [`rerun_if_skipped`] for a test that must run [`alone`] (it makes the kernel skip runs on
+/// purpose): the same rule, with no other test running meanwhile.
+pub fn rerun_alone_if_skipped(test: impl Fn() -> Result<()>) -> Result<()> {
+    let _alone = alone();
+    rerun_once_if_skipped(test)
+}
+
+fn rerun_once_if_skipped(test: impl Fn() -> Result<()>) -> Result<()> {
     SKIPS_SEEN.set(false);
     let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&test));
     if !matches!(first, Ok(Ok(()))) && SKIPS_SEEN.get() {
@@ -425,13 +436,13 @@ pub fn rerun_if_skipped(test: impl Fn() -> Result<()>) -> Result<()> {
 }
 
 /// Tests run as threads of one process: [`rerun_if_skipped`] runs each under a shared hold
-/// of this, [`alone`] under the only one.
+/// of this, [`rerun_alone_if_skipped`] under the only one.
 static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// While the guard lives, no other test of this binary runs (they wait): for a test that
 /// makes the kernel skip BPF programs on purpose (a held CPU), which would have every other
 /// test's tracer skipped too (the kernel counts skips per program, not per namespace).
-pub fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
     ALONE.write().unwrap_or_else(|e| e.into_inner())
 }
 

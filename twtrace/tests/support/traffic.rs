@@ -596,3 +596,89 @@ pub fn free_port(ns: &str, ip: std::net::IpAddr) -> Result<u16> {
         Ok(l.local_addr()?.port())
     })?
 }
+
+/// `n` connect(2) calls that stay in the kernel together, from namespace `ns` to `dst`, an
+/// address on its link that nobody has: a permanent neighbour entry gives it a MAC no
+/// interface has, so the SYNs leave and the peer drops them. Each socket's SO_SNDTIMEO
+/// (`hold`) ends its wait. For what keeps a record per call in flight: a kretprobe has
+/// max(10, 2 per possible CPU) and misses the calls beyond them.
+pub struct HangingConnects {
+    ns: String,
+    dst: std::net::IpAddr,
+    threads: Vec<JoinHandle<Result<i32>>>,
+}
+
+impl HangingConnects {
+    /// Starts them, and returns once all `n` are waiting (SYN-SENT), or fails.
+    pub fn start(
+        ns: &str,
+        dst: std::net::IpAddr,
+        n: usize,
+        hold: Duration,
+    ) -> Result<HangingConnects> {
+        let dev = super::netns::VETH;
+        let to = dst.to_string();
+        let mac = "02:00:5e:00:53:01"; // locally administered, documentation range
+        super::netns::ip(&[
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            &to,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])?;
+        let threads = (0..n)
+            .map(|i| {
+                let ns = ns.to_owned();
+                thread::spawn(move || {
+                    try_in_netns(&ns, || -> Result<i32> {
+                        let to = SocketAddr::new(dst, 9000 + i as u16);
+                        let fd = sys::tcp_socket(&to)?;
+                        sys::set_timeouts(&fd, hold)?;
+                        Ok(match sys::connect(&fd, &to) {
+                            Ok(()) => 0,
+                            Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+                        })
+                    })?
+                })
+            })
+            .collect();
+        let hanging = HangingConnects {
+            ns: ns.to_owned(),
+            dst,
+            threads,
+        };
+        let deadline = Instant::now() + hold / 2;
+        while hanging.waiting()? < n {
+            if Instant::now() > deadline {
+                bail!("sanity: {n} connects to {dst} should be waiting");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(hanging)
+    }
+
+    /// How many are waiting now (SYN-SENT toward `dst`).
+    pub fn waiting(&self) -> Result<usize> {
+        let socks = super::proc::tcp_sockets(&self.ns)?;
+        Ok(socks
+            .iter()
+            .filter(|s| s.state == super::proc::TcpState::SynSent && s.remote.ip() == self.dst)
+            .count())
+    }
+
+    /// Waits for every call to return; their errnos (EINPROGRESS: `hold` ran out, as meant).
+    pub fn join(self) -> Result<Vec<i32>> {
+        (self.threads.into_iter())
+            .map(|t| {
+                t.join()
+                    .map_err(|_| anyhow!("a connecting thread panicked"))?
+            })
+            .collect()
+    }
+}
