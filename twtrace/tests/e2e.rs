@@ -775,9 +775,20 @@ fn skipped_runs() -> Result<()> {
     Ok(())
 }
 
-/// A narrow ephemeral range on the client: once its ports sit in TIME-WAIT, connect() fails
-/// with EADDRNOTAVAIL; twtrace reports each failure, with its destination.
-fn port_exhaustion(tag: &str, f: Family) -> Result<()> {
+/// A pair whose client has 4 ephemeral ports and no TIME-WAIT reuse, a server, and a tracer
+/// of the client's namespace: of [`CONNECTS`] connects to the server, the first 4 take the
+/// ports into TIME-WAIT and each later one fails with EADDRNOTAVAIL.
+struct FewPorts {
+    pair: NetnsPair,
+    srv: SocketAddr,
+    server: Server,
+    inode: u32,
+    tracer: Tracer,
+}
+
+const CONNECTS: usize = 10;
+
+fn few_ports(tag: &str, f: Family) -> Result<FewPorts> {
     let pair = NetnsPair::new(tag)?;
     sysctl(
         pair.client_ns(),
@@ -788,6 +799,38 @@ fn port_exhaustion(tag: &str, f: Family) -> Result<()> {
     let (srv, server) = serve(&pair, f)?;
     let inode = pair.client_inode();
     let tracer = trace_netns(inode)?;
+    Ok(FewPorts {
+        pair,
+        srv,
+        server,
+        inode,
+        tracer,
+    })
+}
+
+/// The EADDRNOTAVAIL failures among `outcomes` of [`FewPorts`]' connects: all but 4.
+fn port_range_ran_out(outcomes: &[support::ConnOutcome]) -> usize {
+    let failures = (outcomes.iter())
+        .filter(|o| o.errno() == Some(libc::EADDRNOTAVAIL))
+        .count();
+    assert_eq!(
+        failures,
+        CONNECTS - 4,
+        "sanity: the port range ran out: {outcomes:?}"
+    );
+    failures
+}
+
+/// A narrow ephemeral range on the client: once its ports sit in TIME-WAIT, connect() fails
+/// with EADDRNOTAVAIL; twtrace reports each failure, with its destination.
+fn port_exhaustion(tag: &str, f: Family) -> Result<()> {
+    let FewPorts {
+        pair,
+        srv,
+        server,
+        inode,
+        tracer,
+    } = few_ports(tag, f)?;
     // Connects refused by a reset (nothing listens there) fail too, but not for want of a
     // port: no connect_eaddrnotavail (they took a port and sent a SYN before failing).
     let closed = SocketAddr::new(srv.ip(), srv.port() + 1);
@@ -798,16 +841,11 @@ fn port_exhaustion(tag: &str, f: Family) -> Result<()> {
             .all(|o| o.errno() == Some(libc::ECONNREFUSED)),
         "sanity: refused: {refused:?}"
     );
-    let outcomes = connect_many(pair.client_ns(), srv, 10, CloseFirst::Client, None)?;
+    let outcomes = connect_many(pair.client_ns(), srv, CONNECTS, CloseFirst::Client, None)?;
     let events = stop(tracer)?;
     drop(server);
 
-    let failures = outcomes
-        .iter()
-        .filter(|o| o.errno() == Some(libc::EADDRNOTAVAIL))
-        .count();
-    // 4 ports: the first 4 connects take them into TIME-WAIT, each later one finds none.
-    assert_eq!(failures, 6, "sanity: the port range ran out: {outcomes:?}");
+    let failures = port_range_ran_out(&outcomes);
     let reported = of(&events, "connect_eaddrnotavail", inode);
     assert_eq!(
         reported.len(),
@@ -829,16 +867,13 @@ fn port_exhaustion(tag: &str, f: Family) -> Result<()> {
 #[test]
 fn eaddrnotavail_beside_waiting_connects() -> Result<()> {
     rerun_alone_if_skipped(|| {
-        let pair = NetnsPair::new("pexw")?;
-        sysctl(
-            pair.client_ns(),
-            "net.ipv4.ip_local_port_range",
-            "40000 40003",
-        )?;
-        sysctl(pair.client_ns(), "net.ipv4.tcp_tw_reuse", "0")?;
-        let (srv, server) = serve(&pair, Family::V4)?;
-        let inode = pair.client_inode();
-        let tracer = trace_netns(inode)?;
+        let FewPorts {
+            pair,
+            srv,
+            server,
+            inode,
+            tracer,
+        } = few_ports("pexw", Family::V4)?;
         let announced = tracer.stderr_text();
         // From the server's namespace (its ports are not the ones running out), to an
         // address on the link nobody has; more than any kretprobe keeps records for.
@@ -848,7 +883,7 @@ fn eaddrnotavail_beside_waiting_connects() -> Result<()> {
         let nobody = IpAddr::V4(std::net::Ipv4Addr::from(u32::from(ip) + 2));
         let n = kretprobe_records()? + 4;
         let waiting = HangingConnects::start(pair.server_ns(), nobody, n, Duration::from_secs(10))?;
-        let outcomes = connect_many(pair.client_ns(), srv, 10, CloseFirst::Client, None)?;
+        let outcomes = connect_many(pair.client_ns(), srv, CONNECTS, CloseFirst::Client, None)?;
         let still = waiting.waiting()?;
         let ended = waiting.join()?;
         // All it said at start-up, read well after the "tracing" line readiness waits for.
@@ -864,10 +899,7 @@ fn eaddrnotavail_beside_waiting_connects() -> Result<()> {
             ended.iter().all(|&e| e == libc::EINPROGRESS),
             "sanity: they waited until SO_SNDTIMEO: {ended:?}"
         );
-        let failures = (outcomes.iter())
-            .filter(|o| o.errno() == Some(libc::EADDRNOTAVAIL))
-            .count();
-        assert_eq!(failures, 6, "sanity: the port range ran out: {outcomes:?}");
+        let failures = port_range_ran_out(&outcomes);
         let reported = of(&events, "connect_eaddrnotavail", inode).len();
         let skipped: u64 = (events.iter())
             .filter(|e| e["type"] == "lost" && e["reason"] == "skipped_runs")

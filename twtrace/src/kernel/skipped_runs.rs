@@ -53,8 +53,10 @@ impl Counted {
             .kprobe_links
             .iter()
             .filter_map(|&l| kprobe_link_missed(l));
-        let counts: Vec<u64> = recursion_misses(self.fd).into_iter().chain(links).collect();
-        (!counts.is_empty()).then(|| counts.iter().sum())
+        recursion_misses(self.fd)
+            .into_iter()
+            .chain(links)
+            .reduce(|a, b| a + b)
     }
 }
 
@@ -222,7 +224,7 @@ mod tests {
 
     #[test]
     fn reads_the_count_from_a_program_fdinfo() {
-        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2072\nlink_type:\tperf\n\
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2072\n\
                       prog_type:\t5\nprog_jited:\t1\nprog_tag:\t4b5c0f2ce4f3c7a1\n\
                       memlock:\t4096\nprog_id:\t31844\nrun_time_ns:\t0\nrun_cnt:\t0\n\
                       recursion_misses:\t18\nverified_insns:\t212\n";
