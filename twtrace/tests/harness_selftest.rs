@@ -409,10 +409,10 @@ fn skipped_runs_record() -> serde_json::Value {
         "reason": "skipped_runs"})
 }
 
-/// A run that fails while the tracer reported skipped runs is made again, once, and the second
-/// run's result stands (pass or fail); a failure without them is final after one run; an
-/// assertion that fails (a panic) counts as a failure. The lost record's reason is checked too:
-/// only `skipped_runs` voids a run.
+/// A run that fails while the tracer reported skipped runs (or said the kernel skips without
+/// counting) is made again, once, and the second run's result stands (pass or fail); a failure
+/// without them is final after one run; an assertion that fails (a panic) counts as a failure.
+/// The lost record's reason is checked too: only `skipped_runs` voids a run.
 #[test]
 fn a_failure_with_skipped_runs_is_run_again_once() {
     use std::cell::Cell;
@@ -461,4 +461,27 @@ fn a_failure_with_skipped_runs_is_run_again_once() {
     };
     assert!(rerun_if_skipped(panics_first).is_ok());
     assert_eq!(runs.get(), 2);
+
+    // A kernel that skips without counting (twtrace's start-up note): as void as reported
+    // skips; any other stderr is not.
+    runs.set(0);
+    let uncounted = || -> anyhow::Result<()> {
+        runs.set(runs.get() + 1);
+        SkippedRuns::note_if_uncounted(&format!(
+            "twtrace: tracing (tw_enter=kprobe)\ntwtrace: note: this kernel {} ...",
+            support::tracer::UNCOUNTED
+        ));
+        anyhow::ensure!(runs.get() > 1, "first run: counts off");
+        Ok(())
+    };
+    assert!(rerun_if_skipped(uncounted).is_ok());
+    assert_eq!(runs.get(), 2);
+    runs.set(0);
+    let other_stderr = || -> anyhow::Result<()> {
+        runs.set(runs.get() + 1);
+        SkippedRuns::note_if_uncounted("twtrace: tracing (tw_enter=kprobe)");
+        anyhow::bail!("counts off")
+    };
+    assert!(rerun_if_skipped(other_stderr).is_err());
+    assert_eq!(runs.get(), 1);
 }

@@ -255,6 +255,7 @@ impl Tracer {
                     self.stderr_text()
                 );
                 // Missing because the kernel skipped the program that would have sent it?
+                SkippedRuns::note_if_uncounted(&self.stderr_text());
                 return Err(match SkippedRuns::among(&events) {
                     Some(skipped) => anyhow::Error::new(skipped).context(err),
                     None => err,
@@ -294,7 +295,9 @@ impl Tracer {
             ));
         }
         let events = self.events.snapshot();
-        let _ = SkippedRuns::among(&events); // noted for rerun_if_skipped
+        // Noted for rerun_if_skipped: skips reported, or possible unseen.
+        let _ = SkippedRuns::among(&events);
+        SkippedRuns::note_if_uncounted(&self.stderr_text());
         Ok(events)
     }
 
@@ -376,7 +379,19 @@ impl SkippedRuns {
         SKIPS_SEEN.set(true);
         Some(Self(skipped))
     }
+
+    /// Where the kernel skips classic tracepoint and kprobe runs without counting them
+    /// (before 6.7; twtrace says so at start-up, `stderr`), any run may have been skipped
+    /// unseen: noted for [`rerun_if_skipped`] as if skips had been reported.
+    pub fn note_if_uncounted(stderr: &str) {
+        if stderr.contains(UNCOUNTED) {
+            SKIPS_SEEN.set(true);
+        }
+    }
 }
+
+/// twtrace's start-up note on a kernel that skips runs without counting them.
+pub const UNCOUNTED: &str = "does not count the runs";
 
 thread_local! {
     /// Whether a tracer of the test running on this thread reported skipped runs.
@@ -397,8 +412,8 @@ impl std::error::Error for SkippedRuns {}
 
 /// Runs `test`, and once more if it failed (an error or a failed assertion) while a tracer of
 /// it reported runs the kernel skipped ([`SkippedRuns`], seen by [`Tracer::stop`] or
-/// [`Tracer::wait_for_event`]): that run was void, not wrong, and the second one is held to
-/// the same exact comparisons. A failure without skipped runs is final, and so is the second
+/// [`Tracer::wait_for_event`]), or said that this kernel skips runs without counting them:
+/// that run was void, not wrong, and the second one is held to the same exact comparisons. A failure without skipped runs is final, and so is the second
 /// run's. Every end-to-end test runs under it: a skip is likeliest in the long windows (a
 /// real 60 s expiry) and beside other tests' tracers (their programs in task context are
 /// where softirqs nest), and any test can meet one on a shared kernel. Runs alongside the
@@ -425,7 +440,7 @@ fn rerun_once_if_skipped(test: impl Fn() -> Result<()>) -> Result<()> {
         };
         eprintln!(
             "first run void: it failed ({why}) while the kernel skipped runs of the tracer's \
-             programs; running it again, once"
+             programs (or may have, uncounted); running it again, once"
         );
         return test();
     }
