@@ -282,7 +282,8 @@ async fn pump(
     mut on_tick: impl FnMut(bool) -> Result<bool>,
 ) -> Result<()> {
     let attached = (loaded.choices.iter()).flat_map(|c| c.attached.iter().map(|a| a.program));
-    let mut transport = crate::transport::Transport::new(&mut loaded.bpf, attached)?;
+    let mut transport =
+        crate::transport::Transport::new(&mut loaded.bpf, attached, loaded.facts.skips_counted)?;
     let mut pipeline = Pipeline::new(loaded.facts.decode_ctx(), loaded.max_live_tw);
     let mut failed = None;
     let mut next_loss_check = Instant::now();

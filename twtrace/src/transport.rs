@@ -45,8 +45,12 @@ pub struct Transport {
 
 impl Transport {
     /// Takes the ring and loss maps from `bpf`; `attached` names the programs whose skipped
-    /// runs to report.
-    pub fn new(bpf: &mut Ebpf, attached: impl IntoIterator<Item = &'static str>) -> Result<Self> {
+    /// runs to report (with their kprobes' own misses where `kprobe_misses_counted`).
+    pub fn new(
+        bpf: &mut Ebpf,
+        attached: impl IntoIterator<Item = &'static str>,
+        kprobe_misses_counted: bool,
+    ) -> Result<Self> {
         let ring = RingBuf::try_from(bpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let losses = PerCpuArray::try_from(bpf.take_map("LOSSES").context("LOSSES map missing")?)?;
         Ok(Self {
@@ -56,7 +60,7 @@ impl Transport {
                 .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?,
             losses,
             seen_losses: [0; LOSS_SLOTS as usize],
-            skipped: SkippedRuns::new(bpf, attached),
+            skipped: SkippedRuns::new(bpf, attached, kprobe_misses_counted),
             more: false,
         })
     }

@@ -62,9 +62,14 @@ impl Counted {
 
 impl SkippedRuns {
     /// The programs of `bpf` named in `attached` (the plan's, each once however many signals
-    /// share it). Their fds (and their links') stay valid while `bpf` lives, which must
-    /// outlive this.
-    pub fn new(bpf: &Ebpf, attached: impl IntoIterator<Item = &'static str>) -> Self {
+    /// share it), with their kprobe links' counts where the kernel keeps them
+    /// (`kprobe_misses_counted`: [`counted_for_classic_and_kprobe`]; before, a link reads 0).
+    /// Their fds (and their links') stay valid while `bpf` lives, which must outlive this.
+    pub fn new(
+        bpf: &Ebpf,
+        attached: impl IntoIterator<Item = &'static str>,
+        kprobe_misses_counted: bool,
+    ) -> Self {
         let mut programs: Vec<Counted> = Vec::new();
         let mut kprobes = Vec::new();
         for name in attached {
@@ -88,12 +93,14 @@ impl SkippedRuns {
                 seen: 0,
             });
         }
-        for (link, prog_fd) in kprobe_links_here() {
-            if let Some(&(i, _)) = kprobes
-                .iter()
-                .find(|&&(_, fd)| prog_id(fd) == Some(prog_fd))
-            {
-                programs[i].kprobe_links.push(link);
+        if !kprobes.is_empty() && kprobe_misses_counted {
+            for (link, its_prog_id) in kprobe_links_here() {
+                if let Some(&(i, _)) = kprobes
+                    .iter()
+                    .find(|&&(_, fd)| prog_id(fd) == Some(its_prog_id))
+                {
+                    programs[i].kprobe_links.push(link);
+                }
             }
         }
         // Nothing is taken as already reported: the programs and their links are this
@@ -167,7 +174,8 @@ fn kprobe_link_missed(fd: RawFd) -> Option<u64> {
     attr.info.info_len = std::mem::size_of::<bpf_link_info>() as u32;
     attr.info.info = std::ptr::from_mut(&mut info) as u64;
     // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most info_len bytes to `info`, which lives
-    // across the call; the kernel reads the attr's first bytes only.
+    // across the call, and writes back the length it filled into `attr` (passed mutable);
+    // the kernel requires the rest of `attr` past its own size to be zero, which it is.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -179,7 +187,8 @@ fn kprobe_link_missed(fd: RawFd) -> Option<u64> {
     if rc != 0 {
         return None;
     }
-    // SAFETY: the union members read are the ones the kernel filled for a perf link.
+    // SAFETY: the union's members are plain integers, valid whatever the bytes; they are a
+    // kprobe's count only for a kprobe perf link, checked before the count is used.
     unsafe {
         let perf = info.__bindgen_anon_1.perf_event;
         let kprobe = [
@@ -188,7 +197,10 @@ fn kprobe_link_missed(fd: RawFd) -> Option<u64> {
         ];
         let is_perf =
             info.type_ == aya_obj::generated::bpf_link_type::BPF_LINK_TYPE_PERF_EVENT as u32;
-        (is_perf && kprobe.contains(&perf.type_)).then_some(perf.__bindgen_anon_1.kprobe.missed)
+        if !(is_perf && kprobe.contains(&perf.type_)) {
+            return None;
+        }
+        Some(perf.__bindgen_anon_1.kprobe.missed)
     }
 }
 

@@ -76,8 +76,11 @@ pub struct HeldCpu {
     _bpf: aya::Ebpf,
 }
 
-/// getppid(2)'s function on x86-64 (its syscall wrapper since 4.17).
+/// getppid(2)'s syscall wrapper function (x86-64 since 4.17, arm64 since 4.19).
+#[cfg(target_arch = "x86_64")]
 const SYS_GETPPID: &str = "__x64_sys_getppid";
+#[cfg(target_arch = "aarch64")]
+const SYS_GETPPID: &str = "__arm64_sys_getppid";
 
 /// Where `hold_cpu` runs on each getppid(2) call.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -91,9 +94,14 @@ pub enum Hold {
 }
 
 impl Hold {
-    /// Whether this kernel has kprobes (the kprobe PMU aya attaches through).
-    pub fn kprobes_here() -> bool {
+    /// Whether a kprobe can hold the CPU here: the kernel has kprobes (the kprobe PMU aya
+    /// attaches through) and getppid(2)'s wrapper function by the name this build knows.
+    pub fn kprobe_available() -> bool {
         std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+            && std::fs::read_to_string("/proc/kallsyms").is_ok_and(|syms| {
+                syms.lines()
+                    .any(|l| l.split_whitespace().nth(2) == Some(SYS_GETPPID))
+            })
     }
 }
 

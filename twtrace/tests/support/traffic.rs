@@ -637,7 +637,9 @@ impl HangingConnects {
                 let ns = ns.to_owned();
                 thread::spawn(move || {
                     try_in_netns(&ns, || -> Result<i32> {
-                        let to = SocketAddr::new(dst, 9000 + i as u16);
+                        // Ports 9000 and up, one per call (each its own 4-tuple).
+                        let port = u16::try_from(9000 + i).context("too many connects")?;
+                        let to = SocketAddr::new(dst, port);
                         let fd = sys::tcp_socket(&to)?;
                         sys::set_timeouts(&fd, hold)?;
                         Ok(match sys::connect(&fd, &to) {
@@ -673,12 +675,22 @@ impl HangingConnects {
     }
 
     /// Waits for every call to return; their errnos (EINPROGRESS: `hold` ran out, as meant).
-    pub fn join(self) -> Result<Vec<i32>> {
-        (self.threads.into_iter())
+    pub fn join(mut self) -> Result<Vec<i32>> {
+        (self.threads.drain(..))
             .map(|t| {
                 t.join()
                     .map_err(|_| anyhow!("a connecting thread panicked"))?
             })
             .collect()
+    }
+}
+
+impl Drop for HangingConnects {
+    /// A test that failed midway still waits for its calls (at most `hold` each): none
+    /// outlives it to hold a kretprobe's records during the next test.
+    fn drop(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
