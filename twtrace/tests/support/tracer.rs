@@ -413,8 +413,8 @@ impl std::error::Error for SkippedRuns {}
 /// Runs `test`, and once more if it failed (an error or a failed assertion) while a tracer of
 /// it reported runs the kernel skipped ([`SkippedRuns`], seen by [`Tracer::stop`] or
 /// [`Tracer::wait_for_event`]), or said that this kernel skips runs without counting them:
-/// that run was void, not wrong, and the second one is held to the same exact comparisons. A failure without skipped runs is final, and so is the second
-/// run's. Every end-to-end test runs under it: a skip is likeliest in the long windows (a
+/// that run was void, not wrong, and the second one is held to the same exact comparisons.
+/// A failure without skipped runs is final, and so is the second run's. Every end-to-end test runs under it: a skip is likeliest in the long windows (a
 /// real 60 s expiry) and beside other tests' tracers (their programs in task context are
 /// where softirqs nest), and any test can meet one on a shared kernel. Runs alongside the
 /// other tests of its binary, but never alongside one holding [`alone`].
