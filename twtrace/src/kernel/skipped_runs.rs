@@ -83,8 +83,8 @@ impl SkippedRuns {
                 continue;
             };
             let fd = fd.as_fd().as_raw_fd();
-            if matches!(program, Program::KProbe(_)) {
-                kprobes.push((programs.len(), fd));
+            if let (Program::KProbe(_), Ok(info)) = (program, program.info()) {
+                kprobes.push((programs.len(), info.id()));
             }
             programs.push(Counted {
                 name,
@@ -95,10 +95,7 @@ impl SkippedRuns {
         }
         if !kprobes.is_empty() && kprobe_misses_counted {
             for (link, its_prog_id) in kprobe_links_here() {
-                if let Some(&(i, _)) = kprobes
-                    .iter()
-                    .find(|&&(_, fd)| prog_id(fd) == Some(its_prog_id))
-                {
+                if let Some(&(i, _)) = kprobes.iter().find(|&&(_, id)| id == its_prog_id) {
                     programs[i].kprobe_links.push(link);
                 }
             }
@@ -139,12 +136,6 @@ fn kprobe_links_here() -> Vec<(RawFd, u32)> {
         Some((fd, prog))
     })
     .collect()
-}
-
-/// The id of the program behind `fd`.
-fn prog_id(fd: RawFd) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-    field(&text, "prog_id:")
 }
 
 /// A link's fdinfo names its type and its program; a program's has no `link_type`.
