@@ -98,10 +98,7 @@ impl Hold {
     /// attaches through) and getppid(2)'s wrapper function by the name this build knows.
     pub fn kprobe_available() -> bool {
         std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
-            && std::fs::read_to_string("/proc/kallsyms").is_ok_and(|syms| {
-                syms.lines()
-                    .any(|l| l.split_whitespace().nth(2) == Some(SYS_GETPPID))
-            })
+            && twtrace::kernel::kallsyms::Kallsyms::load().is_ok_and(|k| k.contains(SYS_GETPPID))
     }
 }
 
