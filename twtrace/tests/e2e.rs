@@ -953,12 +953,7 @@ fn eaddrnotavail_beside_waiting_connects() -> Result<()> {
 /// for, as for aya's): max(10, 2 per possible CPU); some kernels keep fewer (one per possible
 /// CPU without kernel preemption), never more.
 fn kretprobe_records() -> Result<usize> {
-    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    let mut cpus = 0;
-    for range in possible.trim().split(',') {
-        let (a, b) = range.split_once('-').unwrap_or((range, range));
-        cpus += b.parse::<usize>()? - a.parse::<usize>()? + 1;
-    }
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
     Ok((2 * cpus).max(10))
 }
 
