@@ -182,7 +182,7 @@ pub fn tp_set_state(ctx: BtfTracePointContext) -> u32 {
         let rport = u16::from_be(unsafe { typed(sk, layout!(skc_dport)) });
         tw_overflow::closed(sk, rport, HookFamily::TpBtf)
     } else {
-        port_exhaustion::syn_sent_closed(sk)
+        port_exhaustion::syn_sent_closed(sk, HookFamily::TpBtf)
     }
 }
 

@@ -7,14 +7,20 @@
 //! the socket is closed with `skc_hash` still 0; every later failure (route, timeout, reset,
 //! close() while connecting) closes a socket that had one. The destination is still set at that moment (connect clears it right after).
 //!
+//! kprobe route: the same test at the entry of `tcp_set_state(sk, TCP_CLOSE)`, which is where
+//! that tracepoint fires. Not a kretprobe on connect: a kretprobe keeps records for at most
+//! max(10, 2 per possible CPU) calls in flight, and connect() blocks, so a client with more
+//! threads connecting at once than that (the very load that runs out of ports) would see
+//! its failures missed at return.
+//!
 //! Syscall route: the connect syscall tracepoints (stable on every kernel): remember the destination at
-//! entry, report it at exit when the result is -EADDRNOTAVAIL. Function probes on
-//! `__sys_connect(fd, uservaddr, addrlen)` do the same where a family is forced.
+//! entry, report it at exit when the result is -EADDRNOTAVAIL. fexit on
+//! `__sys_connect(fd, uservaddr, addrlen)` reads both at once.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf},
-    macros::{fexit, kprobe, kretprobe, tracepoint},
-    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    macros::{fexit, kprobe, tracepoint},
+    programs::{FExitContext, ProbeContext, TracePointContext},
 };
 use twtrace_common::{AF_INET, AF_INET6, EventKind, HookFamily, LossSlot};
 
@@ -23,9 +29,11 @@ use crate::{
     kernel::{current_netns, fexit_ret, hooks_only, netns_wanted, read, read_flow, zero_words},
     layout,
     maps::CONNECTS,
+    tw_overflow::TCP_CLOSE,
 };
 
 const EADDRNOTAVAIL: i64 = 99;
+const TCP_SYN_SENT: u8 = 2;
 
 #[tracepoint]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
@@ -60,20 +68,21 @@ pub fn connect_fexit(ctx: FExitContext) -> u32 {
     finish(ret, HookFamily::Fentry)
 }
 
+/// `tcp_set_state(sk, state)`: runs for every TCP state change on the machine, so the new
+/// state (an argument, no memory read) is tested first.
 #[kprobe]
-pub fn connect_kprobe(ctx: ProbeContext) -> u32 {
-    if hooks_only() {
+pub fn connect_close_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() || ctx.arg::<i32>(1) != Some(TCP_CLOSE) {
         return 0;
     }
-    ctx.arg::<u64>(1).map_or(0, remember)
-}
-
-#[kretprobe]
-pub fn connect_kretprobe(ctx: RetProbeContext) -> u32 {
-    if hooks_only() {
+    let Some(sk) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    // The state it leaves is still the socket's own at entry.
+    if unsafe { read::<u8>(sk, layout!(skc_state)) } != Some(TCP_SYN_SENT) {
         return 0;
     }
-    finish(ctx.ret::<i64>() as i32 as i64, HookFamily::Kprobe)
+    syn_sent_closed(sk, HookFamily::Kprobe)
 }
 
 /// tp_btf route: a TCP socket went SYN_SENT -> CLOSE. Whether it ever got its 4-tuple is told
@@ -84,7 +93,7 @@ pub fn connect_kretprobe(ctx: RetProbeContext) -> u32 {
 /// unhashed there. Misses one case: a socket reused after connect(AF_UNSPEC) keeps its
 /// earlier hash.
 #[inline(always)]
-pub fn syn_sent_closed(sk: u64) -> u32 {
+pub fn syn_sent_closed(sk: u64, hook: HookFamily) -> u32 {
     let hash: u32 = unsafe { read(sk, layout!(skc_hash)) }.unwrap_or(1);
     if hash != 0 {
         return 0; // it got its 4-tuple: a later failure, not EADDRNOTAVAIL
@@ -101,7 +110,7 @@ pub fn syn_sent_closed(sk: u64) -> u32 {
         ev.obj = bpf_get_current_pid_tgid();
         flow.fill(ev);
         ev.kind = EventKind::ConnectAddrNotAvail as u8;
-        ev.hook = HookFamily::TpBtf as u8;
+        ev.hook = hook as u8;
         ev.errno = EADDRNOTAVAIL as u32;
     });
     0

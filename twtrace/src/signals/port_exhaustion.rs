@@ -26,20 +26,13 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Kprobe,
             needs: &[],
             limits: None,
-            programs: &[
-                Program {
-                    name: "connect_kprobe",
-                    attach: Attach::Kprobe {
-                        function: "__sys_connect",
-                    },
+            // Not a kretprobe on connect: see twtrace-ebpf/src/port_exhaustion.rs.
+            programs: &[Program {
+                name: "connect_close_kprobe",
+                attach: Attach::Kprobe {
+                    function: "tcp_set_state",
                 },
-                Program {
-                    name: "connect_kretprobe",
-                    attach: Attach::Kretprobe {
-                        function: "__sys_connect",
-                    },
-                },
-            ],
+            }],
         },
         Hook {
             family: Family::TpBtf,
