@@ -668,9 +668,18 @@ fn skipped_runs() -> Result<()> {
     for hold in holds {
         let (cpu, ports) = make_timewaits()?;
         let made = Instant::now();
+        // A close becomes a TIME-WAIT once the server's ACK of its FIN is processed: at once
+        // on an idle machine, up to seconds later in a TCG guest whose host is busy (bounded:
+        // expiry comes 5 s after, and the hold starts 3.5 s after `made`).
+        wait_until(
+            &format!("{N} client TIME-WAITs"),
+            Duration::from_secs(2),
+            || Ok(support::proc::timewait_count(pair.client_ns())? >= N as u64),
+        )?;
+        let count = support::proc::timewait_count(pair.client_ns())?;
         ensure!(
-            support::proc::timewait_count(pair.client_ns())? == N as u64,
-            "sanity: {N} client TIME-WAITs"
+            count == N as u64,
+            "sanity: {N} client TIME-WAITs, not {count}"
         );
         // Held from well before their expiry until they are all gone (bounded).
         thread::sleep(Duration::from_millis(3500).saturating_sub(made.elapsed()));
