@@ -39,7 +39,7 @@ use crate::{
     segment::{self, Segment},
 };
 
-const TCP_SYN_SENT: u8 = 2;
+pub const TCP_SYN_SENT: u8 = 2;
 const TCP_SYN_RECV: u8 = 3;
 const TCP_LISTEN: u8 = 10;
 const TCP_NEW_SYN_RECV: u8 = 12;

@@ -29,11 +29,11 @@ use crate::{
     kernel::{current_netns, fexit_ret, hooks_only, netns_wanted, read, read_flow, zero_words},
     layout,
     maps::CONNECTS,
+    paws::TCP_SYN_SENT,
     tw_overflow::TCP_CLOSE,
 };
 
 const EADDRNOTAVAIL: i64 = 99;
-const TCP_SYN_SENT: u8 = 2;
 
 #[tracepoint]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
