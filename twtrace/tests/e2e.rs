@@ -823,6 +823,25 @@ fn few_ports(tag: &str, f: Family) -> Result<FewPorts> {
     })
 }
 
+/// Every EADDRNOTAVAIL the client saw is reported once, toward `srv`.
+fn assert_failures_reported(
+    events: &[Value],
+    inode: u32,
+    outcomes: &[support::ConnOutcome],
+    srv: SocketAddr,
+    during: &str,
+) {
+    let reported = of(events, "connect_eaddrnotavail", inode);
+    assert_eq!(
+        reported.len(),
+        port_range_ran_out(outcomes),
+        "connect_eaddrnotavail vs failures the client saw{during}"
+    );
+    for e in reported {
+        assert_eq!(addr(e, "remote"), srv, "{e}");
+    }
+}
+
 /// The EADDRNOTAVAIL failures among `outcomes` of [`FewPorts`]' connects: all but 4.
 fn port_range_ran_out(outcomes: &[support::ConnOutcome]) -> usize {
     let failures = (outcomes.iter())
@@ -860,16 +879,7 @@ fn port_exhaustion(tag: &str, f: Family) -> Result<()> {
     let events = stop(tracer)?;
     drop(server);
 
-    let failures = port_range_ran_out(&outcomes);
-    let reported = of(&events, "connect_eaddrnotavail", inode);
-    assert_eq!(
-        reported.len(),
-        failures,
-        "connect_eaddrnotavail vs failures the client saw"
-    );
-    for e in &reported {
-        assert_eq!(addr(e, "remote"), srv, "{e}");
-    }
+    assert_failures_reported(&events, inode, &outcomes, srv, "");
     Ok(())
 }
 
@@ -916,19 +926,11 @@ fn eaddrnotavail_beside_waiting_connects() -> Result<()> {
             ended.iter().all(|&e| e == libc::EINPROGRESS),
             "sanity: they waited until SO_SNDTIMEO: {ended:?}"
         );
-        let failures = port_range_ran_out(&outcomes);
-        let reported = of(&events, "connect_eaddrnotavail", inode);
         let family = (announced.split_whitespace())
             .find_map(|w| w.strip_prefix("connect_eaddrnotavail="))
             .context("connect_eaddrnotavail's hook announced")?;
-        assert_eq!(
-            reported.len(),
-            failures,
-            "connect_eaddrnotavail on {family}, {n} connects waiting"
-        );
-        for e in &reported {
-            assert_eq!(addr(e, "remote"), srv, "{e}");
-        }
+        let during = format!(" on {family}, {n} connects waiting");
+        assert_failures_reported(&events, inode, &outcomes, srv, &during);
         Ok(())
     })
 }
