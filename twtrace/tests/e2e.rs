@@ -572,9 +572,14 @@ fn overflow_after_a_rearm() -> Result<()> {
                 s
             })
             .collect();
-        // Acked (at once, or after a delayed ACK's 40 ms): FIN_WAIT2 TIME-WAITs, which /proc
-        // lists as FIN_WAIT2; the sanity check below fails if they were not there in time.
-        thread::sleep(Duration::from_millis(200));
+        // Acked (at once, or after a delayed ACK's 40 ms; seconds in a TCG guest on a busy
+        // host): FIN_WAIT2 TIME-WAITs, which fill the buckets. Waited for, bounded: the first
+        // re-arm below must find every bucket taken, and 5 s of tcp_fin_timeout ends them.
+        wait_until(
+            &format!("{ROUNDS} client FIN_WAIT2 TIME-WAITs"),
+            Duration::from_secs(2),
+            || Ok(support::proc::timewait_count(pair.client_ns())? >= ROUNDS as u64),
+        )?;
         let _pin = PinnedToCpu::first_allowed()?;
         for (server_side, (client, accepted)) in servers.into_iter().zip(closing) {
             drop(server_side); // its FIN re-arms a client TIME-WAIT (softirq on this CPU)

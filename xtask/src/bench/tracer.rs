@@ -27,6 +27,11 @@ pub enum Condition {
     /// its difference to `table` is what that hook costs.
     #[value(name = "table-no-state")]
     TableNoState,
+    /// The live table with only the PAWS and SYN-timestamp signals: no TIME-WAIT signal at
+    /// all. What streaming one record per SYN to the clock estimator costs on its own: the
+    /// floor of a design that would count TIME-WAITs in the kernel and stream only SYNs.
+    #[value(name = "table-syn-only")]
+    TableSynOnly,
     /// `twtrace events --json` (NDJSON to a file, counted afterwards).
     Events,
     /// `twtrace --hooks-only`: every program attached and running its first filter, no
@@ -59,6 +64,7 @@ impl Condition {
             Self::TableNoState => {
                 "`twtrace --signals tw_enter,tw_exit,paws_reject,syn` (live table)"
             }
+            Self::TableSynOnly => "`twtrace --signals paws_reject,syn` (live table)",
             Self::Events => "`twtrace events --json > file`",
             Self::HooksOnly => "`twtrace --hooks-only` (programs attached, no signal routed)",
             Self::HooksOnlyTw => "`twtrace --hooks-only --signals tw_enter,tw_exit`",
@@ -165,6 +171,12 @@ impl Tracer {
             Condition::TableNoState => {
                 let mut c = Command::new(&setup.twtrace);
                 c.args(["--signals", "tw_enter,tw_exit,paws_reject,syn"])
+                    .stdout(Stdio::null());
+                (c, None)
+            }
+            Condition::TableSynOnly => {
+                let mut c = Command::new(&setup.twtrace);
+                c.args(["--signals", "paws_reject,syn"])
                     .stdout(Stdio::null());
                 (c, None)
             }
