@@ -14,6 +14,11 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The integration tests that need a kernel, run in this order. `e2e` is required; the others
 /// run when the package has them.
 const SUITES: [&str; 3] = ["e2e", "cli", "paws"];
+/// The e2e test that waits out a real 60 s TIME-WAIT, idle nearly all that time. The guest has
+/// one vCPU and runs each suite with one test thread, so this test alone was a minute of every
+/// stage (14 stages in CI); it runs in the background while the cli and paws suites run, and
+/// is waited for before the rest of e2e, whose CPU-holding tests must run with nothing beside.
+const BESIDE: &str = "real_expiry_after_sixty_seconds";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Hooks {
@@ -85,25 +90,7 @@ pub fn run(args: &VmTestArgs) -> Result<i32> {
     if let Some(s) = &args.signals {
         env.push(("TWTRACE_SIGNALS".to_string(), s.clone()));
     }
-    let test_args: String = args
-        .test_args
-        .iter()
-        .map(|a| format!(" {}", util::shell_quote(a)))
-        .collect();
-    let runs: Vec<String> = suites
-        .iter()
-        .map(|bin| {
-            format!(
-                "{} --test-threads=1{test_args}",
-                util::shell_quote(&bin.to_string_lossy())
-            )
-        })
-        .collect();
-    let script = format!(
-        "mkdir -p {dir} && cd {dir} && {}",
-        runs.join(" && "),
-        dir = util::shell_quote(&pkg_dir.to_string_lossy()),
-    );
+    let script = guest_script(&pkg_dir.to_string_lossy(), &suites, &args.test_args);
     super::run_in_kernels(&args.guest, &adds, &env, &script)
 }
 
@@ -227,4 +214,103 @@ fn ensure_static(bin: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The guest command: every suite with one test thread, and [`BESIDE`] in the background
+/// while the suites after e2e run, before e2e's other tests. Only when the test arguments
+/// filter nothing in (only `--skip NAME` and output flags): a run of named tests runs as asked.
+fn guest_script(dir: &str, suites: &[PathBuf], test_args: &[String]) -> String {
+    let args: String = test_args
+        .iter()
+        .map(|a| format!(" {}", util::shell_quote(a)))
+        .collect();
+    let run = |bin: &PathBuf, extra: &str| {
+        format!(
+            "{} --test-threads=1{args}{extra}",
+            util::shell_quote(&bin.to_string_lossy())
+        )
+    };
+    let cd = format!("mkdir -p {dir} && cd {dir}", dir = util::shell_quote(dir));
+    let (e2e, others) = suites.split_first().expect("e2e is always built");
+    if others.is_empty() || !only_skips(test_args) {
+        let runs: Vec<String> = suites.iter().map(|b| run(b, "")).collect();
+        return format!("{cd} && {}", runs.join(" && "));
+    }
+    let mut s = format!("{cd} || exit 1\n");
+    s += &format!(
+        "{} > /tmp/beside.log 2>&1 &\nbeside=$!\nrc=0\n",
+        run(e2e, &format!(" --exact {BESIDE}"))
+    );
+    for bin in others {
+        s += &format!("{} || rc=1\n", run(bin, ""));
+    }
+    s += &format!(
+        "wait $beside || rc=1\necho '--- e2e {BESIDE} (ran beside the suites above):'\n\
+         cat /tmp/beside.log\n[ $rc -eq 0 ] && {}",
+        run(e2e, &format!(" --skip {BESIDE}"))
+    );
+    s
+}
+
+/// Whether libtest arguments select every test but skipped ones (no name filter), and skip
+/// not [`BESIDE`] (which runs with `--exact`, where a skip must name a test in full).
+fn only_skips(test_args: &[String]) -> bool {
+    let mut it = test_args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--skip" => match it.next() {
+                Some(skip) if !BESIDE.contains(skip.as_str()) => {}
+                _ => return false,
+            },
+            "--nocapture" | "--show-output" | "--quiet" | "-q" => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suites() -> Vec<PathBuf> {
+        ["/t/e2e", "/t/cli", "/t/paws"].map(PathBuf::from).into()
+    }
+
+    #[test]
+    fn the_long_wait_runs_beside_the_other_suites() {
+        let s = guest_script("/w", &suites(), &["--skip".into(), "nat".into()]);
+        let lines: Vec<&str> = s.lines().collect();
+        assert!(lines[1].starts_with("/t/e2e --test-threads=1 --skip nat --exact real_expiry"));
+        assert!(lines[1].ends_with(" &"), "{s}");
+        let cli = s.find("/t/cli").unwrap();
+        let paws = s.find("/t/paws").unwrap();
+        let wait = s.find("wait $beside").unwrap();
+        let rest = s.find("--skip real_expiry_after_sixty_seconds").unwrap();
+        assert!(cli < paws && paws < wait && wait < rest, "{s}");
+        assert!(
+            s.ends_with("--skip nat --skip real_expiry_after_sixty_seconds"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn a_name_filter_runs_as_asked() {
+        let s = guest_script(
+            "/w",
+            &suites(),
+            &["skipped_runs".into(), "--nocapture".into()],
+        );
+        assert!(!s.contains("beside") && !s.contains(BESIDE), "{s}");
+        assert_eq!(
+            s.matches("--test-threads=1 skipped_runs --nocapture")
+                .count(),
+            3
+        );
+        let only_e2e = guest_script("/w", &suites()[..1], &[]);
+        assert!(!only_e2e.contains(BESIDE), "{only_e2e}");
+        assert!(!only_skips(&["--skip".into()]));
+        assert!(!only_skips(&["--skip".into(), "real_expiry".into()]));
+        assert!(only_skips(&[]));
+    }
 }
