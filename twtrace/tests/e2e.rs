@@ -1049,6 +1049,8 @@ struct Created {
 /// Waits out a real TIME-WAIT (60 s): every socket exits `expired`, after about 60 s.
 /// All of them expire in one timer softirq: one that the kernel had to skip our programs in
 /// (nested in someone's BPF program) voids the run, which is then made once more.
+/// `cargo xtask vm-test` names this test (`BESIDE` in xtask/src/vm/test.rs) to run it beside
+/// the other suites; renamed, it would only run in turn again.
 #[test]
 fn real_expiry_after_sixty_seconds() -> Result<()> {
     rerun_if_skipped(real_expiry)

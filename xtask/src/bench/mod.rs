@@ -2,8 +2,9 @@
 //! namespace, wrk with `Connection: close` in another (so every request is a connection and a
 //! server-side TIME-WAIT), and up to ten conditions — no tracer, `twtrace`, `twtrace` without
 //! the PAWS and SYN signals (their cost is the difference), `twtrace` without the state-change
-//! signals, `twtrace` with only the PAWS and SYN signals, `twtrace events --json`, `twtrace --hooks-only` (what the hooks alone cost), the
-//! same for TIME-WAIT entry and exit only, a bpftrace one-liner, bpftrace counting in maps
+//! signals, `twtrace` with only the PAWS and SYN signals, `twtrace events --json`, `twtrace
+//! --hooks-only` (what the hooks alone cost), the same for TIME-WAIT entry and exit only, a
+//! bpftrace one-liner, bpftrace counting in maps
 //! — interleaved in rounds with a rotated order, so slow drifts of the machine hit every
 //! condition alike and each tracer is compared with its own round's baseline. Two measures per
 //! pair: connections/s, and machine CPU per connection (which idle and stolen time on shared
