@@ -382,6 +382,11 @@ pub struct KernelLayout {
     /// or the established-table check), so still 0 (sk_alloc zeroes) at the close of a connect()
     /// that failed with EADDRNOTAVAIL.
     pub skc_hash: u32,
+    /// Sizes of struct inet_timewait_sock and struct request_sock: where a direct load
+    /// through a BTF-typed pointer of that type must end (the verifier refuses one beyond, e.g.
+    /// tcp_timewait_sock's tw_ts_recent behind an inet_timewait_sock argument).
+    pub tw_size: u32,
+    pub req_size: u32,
     /// Keeps the u64 fields below 8-byte aligned (see the assertion after the struct).
     pub _pad: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
@@ -454,6 +459,8 @@ impl KernelLayout {
             tw_status_rst: 0,
             inet_sport: 0,
             skc_hash: 0,
+            tw_size: 0,
+            req_size: 0,
             _pad: 0,
             btf_kfree_skb_reason_arg: 0,
             btf_kfree_skb_rx_sk_arg: 0,

@@ -135,6 +135,66 @@ pub struct Head<const N: usize> {
     from: u32,
 }
 
+/// How a program may read a kernel struct it holds the address of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The address is a BTF-typed argument of the struct's own type (fentry/fexit): direct
+    /// loads ([`Typed`]).
+    Typed,
+    /// Anything else (kprobe arguments, tracepoint records, container_of from a timer's
+    /// address): copied with the helper ([`Head`]).
+    Copied,
+}
+
+/// Fields of one kernel struct at load-time-constant offsets, read from a copy ([`Head`]) or
+/// straight through a BTF-typed pointer ([`Typed`]); the code that reads a socket's flow is the
+/// same for both.
+pub trait Fields {
+    /// The field of type `T` at byte `off` of the struct.
+    unsafe fn get<T: Copy>(&self, off: u32) -> Option<T>;
+    /// The namespace inode of `net`, a `struct net *` got from these fields (0 if unreadable).
+    unsafe fn ns_inum(&self, net: u64) -> u32;
+}
+
+/// A struct behind a BTF-typed pointer of its own type (an fentry/fexit argument), read with
+/// direct loads: the verifier checks each against BTF and makes it a fault-safe load (0 on a
+/// fault), with no helper call. A `bpf_probe_read_kernel` is a call, a range check and a
+/// checked copy; the fentry route made nine per connection for socket fields. A field past
+/// `size` (of a container, e.g. tcp_timewait_sock's tw_ts_recent behind an
+/// inet_timewait_sock argument) is read with the helper: the verifier refuses a direct load
+/// beyond the pointer's type. Not for addresses computed from another type's pointer
+/// (container_of from a timer): those are refused too.
+pub struct Typed {
+    ptr: u64,
+    size: u32,
+}
+
+impl Typed {
+    /// `ptr`, a BTF-typed pointer to a struct of `size` bytes (from the layout).
+    #[inline(always)]
+    pub fn new(ptr: u64, size: u32) -> Self {
+        Self { ptr, size }
+    }
+}
+
+impl Fields for Typed {
+    #[inline(always)]
+    unsafe fn get<T: Copy>(&self, off: u32) -> Option<T> {
+        // Both sides are load-time constants: the verifier walks one arm.
+        if off as usize + core::mem::size_of::<T>() <= self.size as usize {
+            Some(unsafe { typed(self.ptr, off) })
+        } else {
+            unsafe { read(self.ptr, off) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn ns_inum(&self, net: u64) -> u32 {
+        // A pointer loaded from a typed struct is typed too (struct net).
+        unsafe { typed(net, layout!(net_ns_inum)) }
+    }
+}
+
 /// A byte buffer moved with 8-byte loads and stores rather than byte by byte.
 #[repr(C, align(8))]
 struct Aligned<const N: usize>([u8; N]);
@@ -162,12 +222,14 @@ impl<const N: usize> Head<N> {
             ) == 0
         }
     }
+}
 
+impl<const N: usize> Fields for Head<N> {
     /// The field at `off` (from `base`): from the copy when it lies there, else read on its
     /// own. The offsets are load-time constants to the verifier (frozen .rodata), so it
     /// follows one branch.
     #[inline(always)]
-    pub unsafe fn get<T: Copy>(&self, off: u32) -> Option<T> {
+    unsafe fn get<T: Copy>(&self, off: u32) -> Option<T> {
         if off >= self.from && (off - self.from) as usize + core::mem::size_of::<T>() <= N {
             // `from` is a field offset too, so `off - from` keeps the field's alignment when
             // `from` is 8-aligned; otherwise `load` takes its byte-wise arm.
@@ -176,6 +238,11 @@ impl<const N: usize> Head<N> {
         } else {
             unsafe { read(self.base, off) }
         }
+    }
+
+    #[inline(always)]
+    unsafe fn ns_inum(&self, net: u64) -> u32 {
+        unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0)
     }
 }
 
@@ -240,9 +307,9 @@ unsafe fn field<T: Copy>(b: *const u8, base: u64, off: u32) -> Option<T> {
     }
 }
 
-/// The flow of the `sock_common` at offset `at` of the struct `h` copies.
+/// The flow of the `sock_common` at offset `at` of the struct `h` reads.
 #[inline(always)]
-pub unsafe fn flow_of<const N: usize>(h: &Head<N>, at: u32) -> Option<Flow> {
+pub unsafe fn flow_of<F: Fields>(h: &F, at: u32) -> Option<Flow> {
     let family: u16 = unsafe { h.get(at + layout!(skc_family))? };
     // Addresses chosen before the struct is built: a zeroed array overwritten later costs a
     // memset call (see `v4_in_16`).
@@ -264,7 +331,7 @@ pub unsafe fn flow_of<const N: usize>(h: &Head<N>, at: u32) -> Option<Flow> {
         rport: u16::from_be(unsafe { h.get::<u16>(at + layout!(skc_dport))? }),
         laddr,
         raddr,
-        netns: unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0),
+        netns: unsafe { h.ns_inum(net) },
     })
 }
 

@@ -21,7 +21,9 @@ use twtrace_common::{Event, EventKind, ExitCause, HookFamily, LossSlot, ts_flags
 
 use crate::{
     emit::{count_loss, emit},
-    kernel::{Flow, Head, hooks_only, netns_wanted, read, read_flow},
+    kernel::{
+        Access, Fields, Flow, Head, Typed, flow_of, hooks_only, netns_wanted, read, read_flow,
+    },
     layout,
 };
 
@@ -44,7 +46,7 @@ pub fn syn_timer_start(ctx: TracePointContext) -> u32 {
     if !first_arm(req) {
         return 0;
     }
-    report(req, HookFamily::Tracepoint)
+    report(req, HookFamily::Tracepoint, Access::Copied)
 }
 
 /// Whether a request socket's timer starts for the first time: the SYN that created it. The
@@ -61,7 +63,7 @@ pub fn syn_fentry(ctx: FEntryContext) -> u32 {
     if hooks_only() {
         return 0;
     }
-    report(ctx.arg(1), HookFamily::Fentry)
+    report(ctx.arg(1), HookFamily::Fentry, Access::Typed)
 }
 
 #[kprobe]
@@ -70,7 +72,7 @@ pub fn syn_kprobe(ctx: ProbeContext) -> u32 {
         return 0;
     }
     ctx.arg::<u64>(1)
-        .map_or(0, |req| report(req, HookFamily::Kprobe))
+        .map_or(0, |req| report(req, HookFamily::Kprobe, Access::Copied))
 }
 
 /// Bytes copied from a request socket for the SYN's fields: they span 136 on 6.x kernels, and
@@ -83,9 +85,13 @@ fn min3(a: u32, b: u32, c: u32) -> u32 {
 }
 
 #[inline(always)]
-fn report(req: u64, hook: HookFamily) -> u32 {
+fn report(req: u64, hook: HookFamily, access: Access) -> u32 {
     // A request_sock starts with its sock_common (addresses, ports, netns).
-    let Some(flow) = (unsafe { read_flow(req) }) else {
+    let flow = match access {
+        Access::Typed => unsafe { flow_of(&Typed::new(req, layout!(req_size)), 0) },
+        Access::Copied => unsafe { read_flow(req) },
+    };
+    let Some(flow) = flow else {
         return 0;
     };
     // The TIME-WAIT this SYN replaced, if its exit waits here for it: one record for both.

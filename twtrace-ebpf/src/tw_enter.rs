@@ -28,7 +28,7 @@ use twtrace_common::{EventKind, HookFamily, LossSlot, route};
 
 use crate::{
     emit::{count_loss, emit},
-    kernel::{Head, flow_of, hooks_only, netns_wanted, routes, typed},
+    kernel::{Access, Fields, Head, Typed, flow_of, hooks_only, netns_wanted, routes, typed},
     layout,
     maps::{LAST_ENTER, LIVE, LiveTw, REARMING},
     tw_exit, tw_flows, tw_overflow,
@@ -89,6 +89,7 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
         expires.wrapping_sub(now),
         HookFamily::Tracepoint,
         routes,
+        Access::Copied,
     )
 }
 
@@ -106,6 +107,7 @@ pub fn started<C: EbpfContext>(ctx: &C, timer: u64, routes: u32) {
         expires.wrapping_sub(now),
         HookFamily::TpBtf,
         routes,
+        Access::Copied,
     );
 }
 
@@ -126,6 +128,7 @@ pub fn tw_enter_fentry(ctx: FEntryContext) -> u32 {
         timeo & 0xffff_ffff,
         HookFamily::Fentry,
         route::TW_ENTER,
+        Access::Typed,
     )
 }
 
@@ -148,6 +151,7 @@ pub fn tw_enter_kprobe(ctx: ProbeContext) -> u32 {
         timeo & 0xffff_ffff,
         HookFamily::Kprobe,
         route::TW_ENTER,
+        Access::Copied,
     )
 }
 
@@ -164,16 +168,34 @@ fn enter<C: EbpfContext>(
     timeout_jiffies: u64,
     hook: HookFamily,
     routes: u32,
+    access: Access,
 ) -> u32 {
     if matches!(hook, HookFamily::Fentry | HookFamily::Kprobe) {
         tw_exit::parked_at(tw);
+    }
+    if access == Access::Typed {
+        let h = Typed::new(tw, layout!(tw_size));
+        return enter_from(ctx, &h, tw, timeout_jiffies, hook, routes);
     }
     // One copy for the flow and the substate (sock_common, then tw_substate right after it).
     let mut h = Head::<TW_ENTER_HEAD>::at(tw, 0);
     if !unsafe { h.fill() } {
         return 0;
     }
-    let Some(flow) = (unsafe { flow_of(&h, layout!(tw_common)) }) else {
+    enter_from(ctx, &h, tw, timeout_jiffies, hook, routes)
+}
+
+/// [`enter`], reading the socket's fields through `h`.
+#[inline(always)]
+fn enter_from<C: EbpfContext, F: Fields>(
+    ctx: &C,
+    h: &F,
+    tw: u64,
+    timeout_jiffies: u64,
+    hook: HookFamily,
+    routes: u32,
+) -> u32 {
+    let Some(flow) = (unsafe { flow_of(h, layout!(tw_common)) }) else {
         return 0;
     };
     if !netns_wanted(flow.netns) {

@@ -53,8 +53,8 @@ use twtrace_common::{
 use crate::{
     emit::emit,
     kernel::{
-        Flow, Head, ctx_word, fexit_ret, flow_of, hooks_only, netns_filtering, netns_wanted, read,
-        routes, sock_netns, zero_words,
+        Access, Fields, Flow, Head, Typed, ctx_word, fexit_ret, flow_of, hooks_only,
+        netns_filtering, netns_wanted, read, routes, sock_netns, zero_words,
     },
     layout,
     maps::{EXPIRING, LIVE, PARKED, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
@@ -102,7 +102,7 @@ pub fn tw_exit_timer_cancel(ctx: TracePointContext) -> u32 {
             None => return rearming(timer),
         },
     };
-    exit(tw, cause, HookFamily::Tracepoint)
+    exit(tw, cause, HookFamily::Tracepoint, Access::Copied)
 }
 
 /// A re-arm cancels then restarts the timer on this CPU: tell tw_enter's timer_start that
@@ -127,7 +127,7 @@ pub fn tw_exit_fentry(ctx: FEntryContext) -> u32 {
     }
     let tw: u64 = ctx.arg(0);
     let cause = cause_from_chain(&ctx, tw, HookFamily::Fentry).unwrap_or(ExitCause::Unknown);
-    exit(tw, cause, HookFamily::Fentry)
+    exit(tw, cause, HookFamily::Fentry, Access::Typed)
 }
 
 #[kprobe]
@@ -139,7 +139,7 @@ pub fn tw_exit_kprobe(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let cause = cause_from_chain(&ctx, tw, HookFamily::Kprobe).unwrap_or(ExitCause::Unknown);
-    exit(tw, cause, HookFamily::Kprobe)
+    exit(tw, cause, HookFamily::Kprobe, Access::Copied)
 }
 
 /// Kill route: the expiry about to call `inet_twsk_kill` on this CPU (see `EXPIRING`).
@@ -192,10 +192,12 @@ pub fn tw_exit_timer_fentry(ctx: FEntryContext) -> u32 {
         return 0;
     }
     let timer: u64 = ctx.arg(0);
+    // The socket's address comes from the timer's (container_of): not typed as a socket.
     exit(
         timer - layout!(tw_timer) as u64,
         ExitCause::Expired,
         HookFamily::Fentry,
+        Access::Copied,
     )
 }
 
@@ -211,6 +213,7 @@ pub fn tw_exit_timer_kprobe(ctx: ProbeContext) -> u32 {
         timer - layout!(tw_timer) as u64,
         ExitCause::Expired,
         HookFamily::Kprobe,
+        Access::Copied,
     )
 }
 
@@ -220,7 +223,7 @@ pub fn tw_exit_deschedule_fentry(ctx: FEntryContext) -> u32 {
         return 0;
     }
     let tw: u64 = ctx.arg(0);
-    deschedule(&ctx, tw, HookFamily::Fentry)
+    deschedule(&ctx, tw, HookFamily::Fentry, Access::Typed)
 }
 
 #[kprobe]
@@ -231,20 +234,24 @@ pub fn tw_exit_deschedule_kprobe(ctx: ProbeContext) -> u32 {
     let Some(tw) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    deschedule(&ctx, tw, HookFamily::Kprobe)
+    deschedule(&ctx, tw, HookFamily::Kprobe, Access::Copied)
 }
 
 /// `inet_twsk_deschedule_put` kills only if it can still cancel the timer; a timer no longer
 /// pending is expiring on another CPU and `tw_timer_handler` reports it.
 #[inline(always)]
-fn deschedule<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily) -> u32 {
-    let timer = tw + layout!(tw_timer) as u64;
-    let pprev: u64 = unsafe { read(timer, layout!(timer_entry_pprev)) }.unwrap_or(0);
+fn deschedule<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily, access: Access) -> u32 {
+    let pending = layout!(tw_timer) + layout!(timer_entry_pprev);
+    let pprev: u64 = match access {
+        Access::Typed => unsafe { Typed::new(tw, layout!(tw_size)).get(pending) },
+        Access::Copied => unsafe { read(tw, pending) },
+    }
+    .unwrap_or(0);
     if pprev == 0 {
         return 0;
     }
     let cause = cause_from_chain(ctx, tw, hook).unwrap_or(ExitCause::Unknown);
-    exit(tw, cause, hook)
+    exit(tw, cause, hook, access)
 }
 
 /// Names the cause of `tw`'s end from the call chain; None for a timer re-arm (the socket
@@ -403,12 +410,12 @@ fn after_verdict(tw: u64, hook: HookFamily) -> ExitCause {
 
 /// Reports the end of TIME-WAIT socket `tw` (shared by every hook of this signal).
 #[inline(always)]
-fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
+fn exit(tw: u64, cause: ExitCause, hook: HookFamily, access: Access) -> u32 {
     if cause == ExitCause::ReplacedBySyn
         && hook != HookFamily::Tracepoint
         && routes() & route::MERGE_EXIT_SYN != 0
     {
-        return park_replaced(tw, hook);
+        return park_replaced(tw, hook, access);
     }
     let mut slot = core::mem::MaybeUninit::<Event>::uninit();
     // SAFETY: an all-zero Event is `Event::zeroed()`, zeroed in place: moved out of the
@@ -417,7 +424,7 @@ fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
         zero_words(slot.as_mut_ptr());
         &mut *slot.as_mut_ptr()
     };
-    if !prepare(tw, hook, ev) {
+    if !prepare(tw, hook, ev, access) {
         return 0;
     }
     report(ev, cause);
@@ -430,7 +437,7 @@ fn exit(tw: u64, cause: ExitCause, hook: HookFamily) -> u32 {
 /// whose SYN never came (answered by a SYN cookie, or dropped by a full listener) is reported
 /// alone when the next one is parked, or read by user space at shutdown: late, never lost.
 #[inline(always)]
-fn park_replaced(tw: u64, hook: HookFamily) -> u32 {
+fn park_replaced(tw: u64, hook: HookFamily, access: Access) -> u32 {
     let Some(slot) = PARKED.get_ptr_mut(0) else {
         return 0;
     };
@@ -440,7 +447,7 @@ fn park_replaced(tw: u64, hook: HookFamily) -> u32 {
     }
     // Zeroed first: `prepare` sets the fields it has, and the previous exit's must not stay.
     unsafe { zero_words(slot) };
-    if prepare(tw, hook, &mut slot.ev) {
+    if prepare(tw, hook, &mut slot.ev, access) {
         slot.ev.detail = ExitCause::ReplacedBySyn as u8;
         slot.timer = tw;
     }
@@ -476,7 +483,10 @@ pub fn take_replaced(flow: &Flow) -> Option<&'static mut PendingExit> {
 
 /// Fills the exit event of `tw` while the socket is intact; false if it is not wanted.
 #[inline(always)]
-fn prepare(tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
+fn prepare(tw: u64, hook: HookFamily, ev: &mut Event, access: Access) -> bool {
+    if access == Access::Typed {
+        return prepare_from(&Typed::new(tw, layout!(tw_size)), tw, hook, ev);
+    }
     // The call-chain routes come here with a stack walk's buffer and an event on the BPF stack:
     // a smaller copy (the flow's fields) keeps them under the 512-byte limit.
     let mut h = Head::<96>::at(tw, layout!(tw_common));
@@ -484,9 +494,9 @@ fn prepare(tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
     copied && prepare_from(&h, tw, hook, ev)
 }
 
-/// [`prepare`] from a copy of the head of the timewait socket `tw`.
+/// [`prepare`], reading the timewait socket `tw` through `h`.
 #[inline(always)]
-fn prepare_from<const N: usize>(h: &Head<N>, tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
+fn prepare_from<F: Fields>(h: &F, tw: u64, hook: HookFamily, ev: &mut Event) -> bool {
     let Some(flow) = (unsafe { flow_of(h, layout!(tw_common)) }) else {
         return false;
     };

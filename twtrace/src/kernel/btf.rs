@@ -88,6 +88,11 @@ impl KernelBtf {
         Ok(found.bit_offset / 8)
     }
 
+    /// Size in bytes of a struct.
+    pub fn struct_size(&self, strukt: &str) -> Result<u32> {
+        Ok(self.find_struct(strukt)?.size() as u32)
+    }
+
     /// Whether a struct has this member (bitfields included).
     pub fn has_member(&self, strukt: &str, path: &str) -> bool {
         self.find_member(strukt, path).is_ok()
@@ -593,6 +598,14 @@ mod tests {
             timer + function
         );
         assert_eq!(size("timer_list", "expires"), 8);
+        // Where direct loads through an inet_timewait_sock pointer end: tw_ts_recent lies
+        // beyond, in the tcp_timewait_sock around it.
+        let tw_size = kernel().struct_size("inet_timewait_sock").unwrap();
+        assert!(tw_size >= timer + size("inet_timewait_sock", "tw_timer"));
+        assert!(off("tcp_timewait_sock", "tw_ts_recent") >= tw_size);
+        let req_size = kernel().struct_size("request_sock").unwrap();
+        assert!(req_size >= off("request_sock", "ts_recent") + 4);
+        assert!(off("tcp_request_sock", "rcv_isn") >= req_size);
     }
 
     #[test]
@@ -922,6 +935,9 @@ mod tests {
     fn crafted_blob_brief_cases() {
         let k = crafted();
         assert_eq!(k.member_offset("outer", "first").unwrap(), 0);
+        // The definition's size, not the empty one's or the forward declaration's.
+        assert_eq!(k.struct_size("outer").unwrap(), 12);
+        assert_eq!(k.struct_size("wrap").unwrap(), 48);
         assert_eq!(k.member_offset("outer", "u_a").unwrap(), 8);
         assert_eq!(k.member_offset("outer", "u_b").unwrap(), 8);
         assert_eq!(k.member_size("outer", "u_b").unwrap(), 4);

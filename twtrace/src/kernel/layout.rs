@@ -61,6 +61,8 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.inet_sport = btf.member_offset("inet_sock", "inet_sport")?;
     layout.skc_nulls_pprev = sc("skc_nulls_node.pprev")?;
     layout.skc_hash = sc("skc_hash")?;
+    layout.tw_size = btf.struct_size("inet_timewait_sock")?;
+    layout.req_size = btf.struct_size("request_sock")?;
     // The namespace's own reference count moved: net.count (< 5.17), net.ns.count, and
     // net.ns.__ns_ref (6.18+).
     layout.net_refcount = ["ns.__ns_ref", "ns.count", "count"]
