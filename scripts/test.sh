@@ -34,13 +34,18 @@ fi
 step "unit and end-to-end tests on $(uname -r) (automatic hook choice, expected: $host_family)"
 TWTRACE_EXPECT_FAMILY="$host_family" cargo test --locked --workspace --exclude twtrace-ebpf
 
+# Where a route cannot serve PAWS rejects, every signal but paws_reject is traced and the tests
+# that need it stay out (the stages below say which routes and kernels).
+no_paws_signals=tw_enter,tw_exit,syn,tw_overflow,connect_eaddrnotavail
+no_paws_tests=(--skip timewait_old_syn --skip established_old --skip nat_clients
+  --skip dual_stack --skip request_socket --skip syn_sent)
+
 # Classic tracepoints serve PAWS only where kfree_skb names the dropping socket (rx_sk, 6.11+);
 # before, that signal and its tests stay out, as in the 6.1 VM stage below.
 classic_limits=()
 if ! grep -q rx_sk /sys/kernel/tracing/events/skb/kfree_skb/format; then
-  export TWTRACE_SIGNALS=tw_enter,tw_exit,syn,tw_overflow,connect_eaddrnotavail
-  classic_limits=(-- --skip timewait_old_syn --skip established_old --skip nat_clients
-    --skip dual_stack --skip request_socket --skip syn_sent)
+  export TWTRACE_SIGNALS="$no_paws_signals"
+  classic_limits=(-- "${no_paws_tests[@]}")
 fi
 step "end-to-end tests on $(uname -r) with classic tracepoints forced${TWTRACE_SIGNALS:+ (signals: $TWTRACE_SIGNALS)}"
 TWTRACE_HOOKS=tracepoint TWTRACE_EXPECT_FAMILY=tracepoint \
@@ -54,14 +59,10 @@ cargo xtask vm-test --release --timeout 10m --kernel 6.1,6.12,7.3 --hooks tp_btf
 # tp_btf before drop reasons (5.17): tw_exit partial (reset kills read `unknown`, announced);
 # PAWS needs drop reasons on this route, so that signal and its tests stay out.
 cargo xtask vm-test --release --timeout 10m --kernel 5.10 --hooks tp_btf \
-  --signals tw_enter,tw_exit,syn,tw_overflow,connect_eaddrnotavail \
-  -- --skip timewait_old_syn --skip established_old --skip nat_clients --skip dual_stack \
-  --skip request_socket --skip syn_sent
+  --signals "$no_paws_signals" -- "${no_paws_tests[@]}"
 # Classic tracepoints before 6.10 (partial tw_exit, announced); they cannot serve PAWS at
 # TIME-WAIT there (kfree_skb names no socket before 6.11), so that signal and its tests stay out.
 cargo xtask vm-test --release --timeout 10m --kernel 6.1 --hooks tracepoint \
-  --signals tw_enter,tw_exit,syn,tw_overflow,connect_eaddrnotavail \
-  -- --skip timewait_old_syn --skip established_old --skip nat_clients --skip dual_stack \
-  --skip request_socket --skip syn_sent
+  --signals "$no_paws_signals" -- "${no_paws_tests[@]}"
 
 step "all green"
