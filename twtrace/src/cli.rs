@@ -165,6 +165,12 @@ pub struct DoctorOpts {
     /// Print every rejection in full (verifier logs included), not just its first line.
     #[arg(long, short)]
     pub verbose: bool,
+
+    /// Load and attach every hook of every signal (of --signals), one at a time, and detach
+    /// each again, instead of only the one chosen: shows which fallbacks this kernel would
+    /// take. Fails if a hook this kernel could run is refused
+    #[arg(long)]
+    pub all_hooks: bool,
 }
 
 impl Cli {

@@ -6,13 +6,21 @@ use anyhow::Result;
 use crate::{
     cli::Common,
     kernel::{self, btf::KernelBtf, layout::drop_reason},
-    loader, run,
+    loader,
+    plan::Trial,
+    run,
     signals::Family,
 };
 
-pub fn run(common: &Common, verbose: bool) -> Result<()> {
+pub fn run(common: &Common, verbose: bool, all_hooks: bool) -> Result<()> {
     kernel::preflight()?;
     let options = run::load_options(common, run::netns_arg(common)?.as_ref());
+    if all_hooks {
+        if options.forced.is_some() {
+            anyhow::bail!("doctor --all-hooks tries every hook family: drop --hooks");
+        }
+        return every_hook(&options, verbose);
+    }
     match loader::load(&options) {
         Ok(loaded) => {
             report(&loaded, verbose);
@@ -31,6 +39,63 @@ pub fn run(common: &Common, verbose: bool) -> Result<()> {
             Err(e)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// `doctor --all-hooks`: every hook of every signal, tried one at a time. An error when one
+/// this kernel could run was refused (a fallback that would fail the day it is needed).
+fn every_hook(options: &loader::LoadOptions, verbose: bool) -> Result<()> {
+    use std::fmt::Write as _;
+    let (facts, trials) = loader::try_every_hook(options)?;
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "kernel      {}", facts.release);
+    let _ = writeln!(
+        out,
+        "every hook of every signal, loaded and attached one at a time, then detached:"
+    );
+    let mut refused = 0;
+    for t in &trials {
+        let outcome = match &t.outcome {
+            Trial::Loaded => "loads".to_string(),
+            Trial::NotHere(why) => format!("not here: {}", first_line(why, verbose)),
+            Trial::Refused(why) => {
+                refused += 1;
+                format!("REFUSED: {}", first_line(why, verbose))
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  {:<22} {:<10} {outcome}",
+            t.signal,
+            t.family.as_str()
+        );
+        let _ = writeln!(out, "  {:<33} at: {}", "", t.points.join(", "));
+        if let Some(limits) = t.limits {
+            let _ = writeln!(out, "  {:<33} partial: {limits}", "");
+        }
+    }
+    let loaded = trials
+        .iter()
+        .filter(|t| matches!(t.outcome, Trial::Loaded))
+        .count();
+    let _ = writeln!(
+        out,
+        "{loaded} of {} hooks load here, {refused} refused",
+        trials.len()
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+    if refused > 0 {
+        anyhow::bail!("{refused} hook(s) this kernel could run were refused (see above)");
+    }
+    Ok(())
+}
+
+fn first_line(why: &str, verbose: bool) -> &str {
+    if verbose {
+        why
+    } else {
+        why.lines().next().unwrap_or("")
     }
 }
 

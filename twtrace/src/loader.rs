@@ -91,7 +91,31 @@ pub struct Loaded {
     pub max_live_tw: usize,
 }
 
-pub fn load(opts: &LoadOptions) -> Result<Loaded> {
+/// The eBPF object in memory with this kernel's layout injected, nothing attached yet, and
+/// what was learnt of the kernel on the way.
+struct Opened {
+    kbtf: KernelBtf,
+    facts: KernelFacts,
+    btf: Btf,
+    bpf: Ebpf,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Opened {
+    /// What hook choice needs (borrowed field by field, so that `bpf` stays free to mutate).
+    fn plan_facts<'a>(btf: &'a Btf, kbtf: &'a KernelBtf, facts: &'a KernelFacts) -> Facts<'a> {
+        Facts {
+            btf,
+            kbtf,
+            syms: &facts.syms,
+            caps: &facts.caps,
+            tw_flows: facts.tw_flows(),
+            unreadable_tracepoints: &facts.unreadable_tracepoints,
+        }
+    }
+}
+
+fn open(opts: &LoadOptions) -> Result<Opened> {
     let t0 = std::time::Instant::now();
     kernel::preflight()?;
     let kbtf = KernelBtf::from_sysfs()?;
@@ -127,20 +151,31 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .map_err(|e| log::warn!("eBPF diagnostics unavailable (aya-log): {e}"))
         .ok();
     log::info!("object loaded at {:?}", t0.elapsed());
+    Ok(Opened {
+        kbtf,
+        facts,
+        btf,
+        bpf,
+        logger,
+    })
+}
+
+pub fn load(opts: &LoadOptions) -> Result<Loaded> {
+    let t0 = std::time::Instant::now();
+    let Opened {
+        kbtf,
+        facts,
+        btf,
+        mut bpf,
+        logger,
+    } = open(opts)?;
     let choices = plan::attach_all(
         &mut bpf,
-        &Facts {
-            btf: &btf,
-            kbtf: &kbtf,
-            syms: &facts.syms,
-            caps: &facts.caps,
-            tw_flows: facts.tw_flows(),
-            unreadable_tracepoints: &facts.unreadable_tracepoints,
-        },
+        &Opened::plan_facts(&btf, &kbtf, &facts),
         opts.forced,
         &opts.signals,
     )?;
-    log::info!("programs attached at {:?}", t0.elapsed());
+    log::info!("programs attached in {:?}", t0.elapsed());
     for w in choices.iter().filter_map(|c| c.warning.as_ref()) {
         eprintln!("twtrace: warning: {w}");
     }
@@ -164,6 +199,25 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         facts,
         max_live_tw: opts.max_live_tw as usize,
     })
+}
+
+/// Every hook of every signal, loaded and attached one at a time and detached again
+/// (`twtrace doctor --all-hooks`), with what was learnt of the kernel.
+pub fn try_every_hook(opts: &LoadOptions) -> Result<(KernelFacts, Vec<plan::HookTrial>)> {
+    let Opened {
+        kbtf,
+        facts,
+        btf,
+        mut bpf,
+        // Held until the end: the programs write to its map, whose fd dropping it would close.
+        logger: _logger,
+    } = open(opts)?;
+    let trials = plan::try_every_hook(
+        &mut bpf,
+        &Opened::plan_facts(&btf, &kbtf, &facts),
+        &opts.signals,
+    );
+    Ok((facts, trials))
 }
 
 #[cfg(test)]

@@ -252,6 +252,65 @@ fn attach_signal(
     choice
 }
 
+/// One hook of one signal as [`try_every_hook`] found it.
+pub struct HookTrial {
+    pub signal: &'static str,
+    pub family: Family,
+    /// Where its programs attach, in order.
+    pub points: Vec<String>,
+    /// What it does not see of the signal (a partial hook).
+    pub limits: Option<&'static str>,
+    pub outcome: Trial,
+}
+
+pub enum Trial {
+    /// Every program loaded and attached (then detached again).
+    Loaded,
+    /// Not tried: this kernel cannot offer it (a family it refuses, a function it lacks).
+    NotHere(String),
+    /// Tried and refused (a verifier log, an attach error).
+    Refused(String),
+}
+
+/// Loads and attaches every hook of every signal that this kernel could run, one at a time,
+/// detaching each again: the automatic choice loads only the first that works, so a fallback
+/// (a second hook for an inlined function, a partial one) would otherwise never be proven.
+/// `wanted` names the signals (empty: all).
+pub fn try_every_hook(bpf: &mut Ebpf, facts: &Facts<'_>, wanted: &[&str]) -> Vec<HookTrial> {
+    let mut trials = Vec::new();
+    let chosen = signals::ALL
+        .iter()
+        .filter(|s| wanted.is_empty() || wanted.contains(&s.name));
+    for signal in chosen {
+        for hook in signal.hooks {
+            let outcome = match precheck(facts, hook) {
+                Err(e) => Trial::NotHere(format!("{e:#}")),
+                Ok(()) => match try_hook(bpf, facts, hook, &mut HashSet::new()) {
+                    Ok(_) => {
+                        for p in hook.programs {
+                            unload(bpf, p);
+                        }
+                        Trial::Loaded
+                    }
+                    // This kernel's policy refuses the whole family: not the hook's fault.
+                    Err(e) if e.chain().any(|c| c.is::<PolicyRefusal>()) => {
+                        Trial::NotHere(format!("{e:#}"))
+                    }
+                    Err(e) => Trial::Refused(format!("{e:#}")),
+                },
+            };
+            trials.push(HookTrial {
+                signal: signal.name,
+                family: hook.family,
+                points: hook.programs.iter().map(|p| p.attach.describe()).collect(),
+                limits: hook.limits,
+                outcome,
+            });
+        }
+    }
+    trials
+}
+
 /// Loads and attaches all programs of a hook, or none of them (programs another signal
 /// already attached are reused and left alone).
 fn try_hook(
@@ -404,6 +463,19 @@ fn load_attach(bpf: &mut Ebpf, btf: &Btf, p: &Program) -> Result<()> {
     r.map_err(explain)
 }
 
+/// The kernel refused a program by policy (lockdown, an LSM, a sandbox), before verifying it:
+/// not a fault of the program.
+#[derive(Debug)]
+struct PolicyRefusal;
+
+impl std::fmt::Display for PolicyRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("refused by kernel policy (EPERM with an empty verifier log)")
+    }
+}
+
+impl std::error::Error for PolicyRefusal {}
+
 /// Makes the kernel's refusals readable; an EPERM with an empty verifier log is a policy
 /// refusal (lockdown, LSM, sandbox), not a bug in the program.
 fn explain(e: ProgramError) -> anyhow::Error {
@@ -414,7 +486,7 @@ fn explain(e: ProgramError) -> anyhow::Error {
     {
         let log = verifier_log.to_string();
         if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
-            return anyhow!("refused by kernel policy (EPERM with an empty verifier log)");
+            return anyhow::Error::new(PolicyRefusal);
         }
         return anyhow!("verifier rejected it: {io_error}\n{log}");
     }

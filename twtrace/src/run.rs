@@ -48,7 +48,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         anyhow::bail!("{mode} does not use {}", unused.join(", "));
     }
     if let Some(Command::Doctor(opts)) = &cli.command {
-        return doctor::run(&cli.common, opts.verbose);
+        return doctor::run(&cli.common, opts.verbose, opts.all_hooks);
     }
     // Root, BTF and lockdown first: nothing (an --output file truncated, say) may happen for
     // a run that cannot trace at all.

@@ -264,6 +264,62 @@ fn flow_table_note_exactly_where_it_is_used() {
     );
 }
 
+/// `doctor --all-hooks` loads and attaches every hook of every signal, not only the chosen
+/// one: a fallback (a second hook where a function is inlined, a partial one) must load on
+/// every kernel that could need it, not just be compiled. In the VM stages this proves the
+/// function-probe fallbacks that stock kernels never choose.
+#[test]
+fn every_hook_this_kernel_could_run_loads() {
+    let o = run(&["doctor", "--all-hooks"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{out}", stderr(&o));
+    let hooks: Vec<(&str, &str, &str)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (signal, family) = (w.next()?, w.next()?);
+            let outcome = w.next()?;
+            // Not the `at: ...` and `partial: ...` lines under each hook.
+            let hook_line = !signal.ends_with(':')
+                && ["fentry", "kprobe", "tp_btf", "tracepoint"].contains(&family);
+            hook_line.then_some((signal, family, outcome))
+        })
+        .collect();
+    let total = out
+        .lines()
+        .last()
+        .and_then(|l| l.split(" of ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    assert_eq!(Some(hooks.len()), total, "one line per hook:\n{out}");
+    assert!(out.ends_with(", 0 refused\n"), "{out}");
+    for signal in [
+        "tw_enter",
+        "tw_exit",
+        "tw_overflow",
+        "connect_eaddrnotavail",
+        "paws_reject",
+        "syn",
+    ] {
+        assert!(
+            hooks.iter().any(|&(s, _, o)| s == signal && o == "loads"),
+            "no hook of {signal} loads:\n{out}"
+        );
+    }
+    // The family this run expects the automatic choice to take must load somewhere, so a
+    // policy refusal read as `not here` cannot hide a family that should work.
+    if let Ok(family) = std::env::var("TWTRACE_EXPECT_FAMILY") {
+        assert!(
+            hooks.iter().any(|&(_, f, o)| f == family && o == "loads"),
+            "no {family} hook loads:\n{out}"
+        );
+    }
+    // It tries every family: naming one is refused, clearly.
+    let o = run(&["doctor", "--all-hooks", "--hooks", "tp_btf"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("drop --hooks"), "{}", stderr(&o));
+}
+
 #[test]
 fn doctor_names_the_hook_of_every_signal() {
     let o = run(&["doctor"]);
