@@ -56,6 +56,22 @@ impl Condition {
         matches!(self, Self::Bpftrace | Self::BpftraceCount)
     }
 
+    /// twtrace's arguments in the conditions that run its live table (to /dev/null).
+    fn table_args(self) -> &'static [&'static str] {
+        match self {
+            Self::TableNoPaws => &[
+                "--signals",
+                "tw_enter,tw_exit,tw_overflow,connect_eaddrnotavail",
+            ],
+            Self::TableNoState => &["--signals", "tw_enter,tw_exit,paws_reject,syn"],
+            Self::TableSynOnly => &["--signals", "paws_reject,syn"],
+            Self::HooksOnly => &["--hooks-only"],
+            Self::HooksOnlyTw => &["--hooks-only", "--signals", "tw_enter,tw_exit"],
+            // The live table as users run it; the other conditions are not tables.
+            _ => &[],
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Baseline => "no tracer",
@@ -154,41 +170,14 @@ impl Tracer {
     pub fn start(cond: Condition, setup: &Setup, scripts: &Scripts) -> Result<Option<Self>> {
         let (mut cmd, ndjson) = match cond {
             Condition::Baseline => return Ok(None),
-            Condition::Table => {
+            Condition::Table
+            | Condition::TableNoPaws
+            | Condition::TableNoState
+            | Condition::TableSynOnly
+            | Condition::HooksOnly
+            | Condition::HooksOnlyTw => {
                 let mut c = Command::new(&setup.twtrace);
-                c.stdout(Stdio::null());
-                (c, None)
-            }
-            Condition::TableNoPaws => {
-                let mut c = Command::new(&setup.twtrace);
-                c.args([
-                    "--signals",
-                    "tw_enter,tw_exit,tw_overflow,connect_eaddrnotavail",
-                ])
-                .stdout(Stdio::null());
-                (c, None)
-            }
-            Condition::TableNoState => {
-                let mut c = Command::new(&setup.twtrace);
-                c.args(["--signals", "tw_enter,tw_exit,paws_reject,syn"])
-                    .stdout(Stdio::null());
-                (c, None)
-            }
-            Condition::TableSynOnly => {
-                let mut c = Command::new(&setup.twtrace);
-                c.args(["--signals", "paws_reject,syn"])
-                    .stdout(Stdio::null());
-                (c, None)
-            }
-            Condition::HooksOnly => {
-                let mut c = Command::new(&setup.twtrace);
-                c.arg("--hooks-only").stdout(Stdio::null());
-                (c, None)
-            }
-            Condition::HooksOnlyTw => {
-                let mut c = Command::new(&setup.twtrace);
-                c.args(["--hooks-only", "--signals", "tw_enter,tw_exit"])
-                    .stdout(Stdio::null());
+                c.args(cond.table_args()).stdout(Stdio::null());
                 (c, None)
             }
             Condition::Events => {
