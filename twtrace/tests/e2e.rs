@@ -549,8 +549,9 @@ fn overflow_after_a_rearm() -> Result<()> {
         )?;
         // FIN_WAIT2 TIME-WAITs last tcp_fin_timeout; 60 s (the default) is also TIME-WAIT's own
         // length, and the timer wheel keeps a timer moved within its bucket without a cancel and
-        // start: no re-arm to see. A shorter one (a common tuning) moves it.
-        sysctl(pair.client_ns(), "net.ipv4.tcp_fin_timeout", "5")?;
+        // start: no re-arm to see. A shorter one (a common tuning) moves it; 10 s leaves time
+        // for the wait below on a slow guest.
+        sysctl(pair.client_ns(), "net.ipv4.tcp_fin_timeout", "10")?;
         let srv_ip = pair.server_v4();
         let srv = SocketAddr::new(srv_ip, free_port(pair.server_ns(), srv_ip)?);
         let listener = in_netns(pair.server_ns(), || TcpListener::bind(srv)).context("bind")?;
@@ -574,10 +575,11 @@ fn overflow_after_a_rearm() -> Result<()> {
             .collect();
         // Acked (at once, or after a delayed ACK's 40 ms; seconds in a TCG guest on a busy
         // host): FIN_WAIT2 TIME-WAITs, which fill the buckets. Waited for, bounded: the first
-        // re-arm below must find every bucket taken, and 5 s of tcp_fin_timeout ends them.
+        // re-arm below must find every bucket taken, and 10 s of tcp_fin_timeout ends them
+        // (a TCG guest beside other load took over 2 s here once).
         wait_until(
             &format!("{ROUNDS} client FIN_WAIT2 TIME-WAITs"),
-            Duration::from_secs(2),
+            Duration::from_secs(5),
             || Ok(support::proc::timewait_count(pair.client_ns())? >= ROUNDS as u64),
         )?;
         let _pin = PinnedToCpu::first_allowed()?;
