@@ -170,10 +170,22 @@ pub struct Typed {
 }
 
 impl Typed {
-    /// `ptr`, a BTF-typed pointer to a struct of `size` bytes (from the layout).
+    /// `tw`, an fentry argument typed `struct inet_timewait_sock *`.
     #[inline(always)]
-    pub fn new(ptr: u64, size: u32) -> Self {
-        Self { ptr, size }
+    pub fn timewait(tw: u64) -> Self {
+        Self {
+            ptr: tw,
+            size: layout!(tw_size),
+        }
+    }
+
+    /// `req`, an fentry argument typed `struct request_sock *`.
+    #[inline(always)]
+    pub fn request(req: u64) -> Self {
+        Self {
+            ptr: req,
+            size: layout!(req_size),
+        }
     }
 }
 

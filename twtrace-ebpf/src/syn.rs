@@ -88,7 +88,7 @@ fn min3(a: u32, b: u32, c: u32) -> u32 {
 fn report(req: u64, hook: HookFamily, access: Access) -> u32 {
     // A request_sock starts with its sock_common (addresses, ports, netns).
     let flow = match access {
-        Access::Typed => unsafe { flow_of(&Typed::new(req, layout!(req_size)), 0) },
+        Access::Typed => unsafe { flow_of(&Typed::request(req), 0) },
         Access::Copied => unsafe { read_flow(req) },
     };
     let Some(flow) = flow else {

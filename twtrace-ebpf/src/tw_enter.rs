@@ -174,7 +174,7 @@ fn enter<C: EbpfContext>(
         tw_exit::parked_at(tw);
     }
     if access == Access::Typed {
-        let h = Typed::new(tw, layout!(tw_size));
+        let h = Typed::timewait(tw);
         return enter_from(ctx, &h, tw, timeout_jiffies, hook, routes);
     }
     // One copy for the flow and the substate (sock_common, then tw_substate right after it).

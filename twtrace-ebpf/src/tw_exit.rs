@@ -243,7 +243,7 @@ pub fn tw_exit_deschedule_kprobe(ctx: ProbeContext) -> u32 {
 fn deschedule<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily, access: Access) -> u32 {
     let pending = layout!(tw_timer) + layout!(timer_entry_pprev);
     let pprev: u64 = match access {
-        Access::Typed => unsafe { Typed::new(tw, layout!(tw_size)).get(pending) },
+        Access::Typed => unsafe { Typed::timewait(tw).get(pending) },
         Access::Copied => unsafe { read(tw, pending) },
     }
     .unwrap_or(0);
@@ -485,7 +485,7 @@ pub fn take_replaced(flow: &Flow) -> Option<&'static mut PendingExit> {
 #[inline(always)]
 fn prepare(tw: u64, hook: HookFamily, ev: &mut Event, access: Access) -> bool {
     if access == Access::Typed {
-        return prepare_from(&Typed::new(tw, layout!(tw_size)), tw, hook, ev);
+        return prepare_from(&Typed::timewait(tw), tw, hook, ev);
     }
     // The call-chain routes come here with a stack walk's buffer and an event on the BPF stack:
     // a smaller copy (the flow's fields) keeps them under the 512-byte limit.

@@ -285,7 +285,7 @@ pub fn try_every_hook(bpf: &mut Ebpf, facts: &Facts<'_>, wanted: &[&str]) -> Vec
         for hook in signal.hooks {
             let outcome = match precheck(facts, hook) {
                 Err(e) => Trial::NotHere(format!("{e:#}")),
-                Ok(()) => match try_hook(bpf, facts, hook, &mut HashSet::new()) {
+                Ok(()) => match load_hook(bpf, facts, hook, &mut HashSet::new()) {
                     Ok(_) => {
                         for p in hook.programs {
                             unload(bpf, p);
@@ -320,6 +320,16 @@ fn try_hook(
     attached: &mut HashSet<&'static str>,
 ) -> Result<Vec<Attached>> {
     precheck(facts, hook)?;
+    load_hook(bpf, facts, hook, attached)
+}
+
+/// [`try_hook`] once its [`precheck`] passed.
+fn load_hook(
+    bpf: &mut Ebpf,
+    facts: &Facts<'_>,
+    hook: &Hook,
+    attached: &mut HashSet<&'static str>,
+) -> Result<Vec<Attached>> {
     let mut done = Vec::new();
     let mut mine = Vec::new();
     for p in hook.programs {
