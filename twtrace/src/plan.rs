@@ -225,7 +225,9 @@ fn attach_signal(
     for family in families {
         // A family may offer several hooks (one function, or two where it is inlined).
         for hook in signal.hooks.iter().filter(|h| h.family == family) {
-            match try_hook(bpf, facts, hook, &mut shared.attached) {
+            let tried = precheck(facts, hook)
+                .and_then(|()| load_hook(bpf, facts, hook, &mut shared.attached));
+            match tried {
                 Ok(attached) => {
                     match family {
                         Family::TpBtf => shared.routes |= signal.route,
@@ -311,19 +313,8 @@ pub fn try_every_hook(bpf: &mut Ebpf, facts: &Facts<'_>, wanted: &[&str]) -> Vec
     trials
 }
 
-/// Loads and attaches all programs of a hook, or none of them (programs another signal
-/// already attached are reused and left alone).
-fn try_hook(
-    bpf: &mut Ebpf,
-    facts: &Facts<'_>,
-    hook: &Hook,
-    attached: &mut HashSet<&'static str>,
-) -> Result<Vec<Attached>> {
-    precheck(facts, hook)?;
-    load_hook(bpf, facts, hook, attached)
-}
-
-/// [`try_hook`] once its [`precheck`] passed.
+/// Loads and attaches all programs of a hook whose [`precheck`] passed, or none of them
+/// (programs another signal already attached are reused and left alone).
 fn load_hook(
     bpf: &mut Ebpf,
     facts: &Facts<'_>,
