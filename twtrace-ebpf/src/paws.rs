@@ -23,8 +23,11 @@
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 use twtrace_common::{EventKind, HookFamily, LossSlot, PawsPath, TCP_TIME_WAIT, ts_flags};
 
@@ -63,6 +66,28 @@ pub fn paws_kfree_skb_nontw(ctx: TracePointContext) -> u32 {
         return 0;
     }
     on_drop_tp(&ctx, false)
+}
+
+/// The same, BTF-typed (function-probe routes, where tracing programs load): the program runs
+/// straight from the tracepoint site with the raw arguments, without the perf record a classic
+/// run fills first, for every drop of the machine (about one per connection under churn).
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn paws_kfree_skb_nontw_btf(ctx: BtfTracePointContext) -> u32 {
+    let reason_arg = layout!(btf_kfree_skb_reason_arg);
+    if hooks_only() || reason_arg == u32::MAX {
+        return 0; // no drop reasons (before 5.17): the plan did not pick this hook
+    }
+    let reason = ctx_word(&ctx, reason_arg).unwrap_or(u64::MAX) as u32;
+    if !wanted_reason(reason, false) {
+        return 0;
+    }
+    let rx_arg = layout!(btf_kfree_skb_rx_sk_arg);
+    let rx_sk = if rx_arg == u32::MAX {
+        0
+    } else {
+        ctx_word(&ctx, rx_arg).unwrap_or(0)
+    };
+    on_drop(scalar_arg(&ctx, 0), reason, rx_sk, false, HookFamily::TpBtf)
 }
 
 #[inline(always)]

@@ -19,6 +19,13 @@ const KFREE_SKB_NON_TW: Program = Program {
     },
 };
 
+/// The same, BTF-typed: no perf record filled per drop (tracing programs load wherever fentry
+/// does; the kprobe family keeps the classic one, for kernels that refuse tracing programs).
+const KFREE_SKB_NON_TW_BTF: Program = Program {
+    name: "paws_kfree_skb_nontw_btf",
+    attach: Attach::BtfTracepoint { name: "kfree_skb" },
+};
+
 /// kfree_skb's dropping socket: how the tracepoint routes recognise a TIME-WAIT reject.
 const RX_SK: Need = Need::TracepointField {
     category: "skb",
@@ -173,19 +180,19 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Fentry,
             needs: &[PAWS_REASON, REQ_REASON, SYN_SENT_REASON],
             limits: None,
-            programs: &[TW_FEXIT, KFREE_SKB_NON_TW],
+            programs: &[TW_FEXIT, KFREE_SKB_NON_TW_BTF],
         },
         Hook {
             family: Family::Fentry,
             needs: &[PAWS_REASON, SYNRECV_MIB, SYN_SENT_REASON],
             limits: NO_REQUEST_RESETS,
-            programs: &[TW_FEXIT, KFREE_SKB_NON_TW, OOW_FENTRY],
+            programs: &[TW_FEXIT, KFREE_SKB_NON_TW_BTF, OOW_FENTRY],
         },
         Hook {
             family: Family::Fentry,
             needs: &[PAWS_REASON, SYNRECV_MIB],
             limits: NO_SYN_SENT_REASON,
-            programs: &[TW_FEXIT, KFREE_SKB_NON_TW, OOW_FENTRY],
+            programs: &[TW_FEXIT, KFREE_SKB_NON_TW_BTF, OOW_FENTRY],
         },
         // Before drop reasons (5.10, 5.15): the TIME-WAIT path, and the established and
         // request-socket ones from tcp_oow_rate_limited's mib index, said to be partial;
