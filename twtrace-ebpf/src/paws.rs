@@ -239,6 +239,26 @@ fn fails_paws(seg: &Segment, ts_recent: u32) -> bool {
     }
 }
 
+/// A PAWS reject at a TIME-WAIT socket, as far as the segment tells. An RST with an old TSval
+/// is not PAWS-rejected once ts_recent is older than 60 s; the kernel keeps that stamp, we do
+/// not, so RSTs are left to the counters.
+#[inline(always)]
+fn paws_at_timewait(seg: &Segment, ts_recent: u32) -> bool {
+    fails_paws(seg, ts_recent) && seg.flags & TH_RST == 0
+}
+
+#[inline(always)]
+fn pure_syn(seg: &Segment) -> bool {
+    seg.flags & (TH_SYN | TH_RST | TH_ACK) == TH_SYN
+}
+
+/// Whether [`timewait_verdict`] can report anything for this segment (a segment the kernel
+/// did not take as a SYN to accept, which the callers test first).
+#[inline(always)]
+fn worth_a_verdict(seg: &Segment, ts_recent: u32) -> bool {
+    paws_at_timewait(seg, ts_recent) || pure_syn(seg)
+}
+
 /// TIME-WAIT verdict from the segment and the socket's ts_recent, as tcp_timewait_state_process
 /// decides it: a PAWS reject when TSval is older than ts_recent; otherwise a SYN that was not
 /// accepted (`syn_accepted == Some(false)`, or unknown and no TSval news) is refused for
@@ -251,14 +271,10 @@ fn timewait_verdict(
     syn_accepted: Option<bool>,
     hook: HookFamily,
 ) -> u32 {
-    let paws = fails_paws(seg, ts_recent);
-    // An RST with an old TSval is not PAWS-rejected once ts_recent is older than 60 s; the
-    // kernel keeps that stamp, we do not, so RSTs are left to the counters.
-    if paws && seg.flags & TH_RST == 0 {
+    if paws_at_timewait(seg, ts_recent) {
         return report(seg, netns, PawsPath::Timewait, Some(ts_recent), hook);
     }
-    let pure_syn = seg.flags & (TH_SYN | TH_RST | TH_ACK) == TH_SYN;
-    if pure_syn && syn_accepted != Some(true) {
+    if pure_syn(seg) && syn_accepted != Some(true) {
         emit(LossSlot::Paws, |ev| {
             fill(ev, seg, netns, Some(ts_recent), hook);
             ev.kind = EventKind::TwSynRejected as u8;
@@ -376,19 +392,24 @@ fn tw_processed(tw: u64, th: u64, status: u32, hook: HookFamily) -> u32 {
     if status == layout!(tw_status_syn) {
         return 0;
     }
+    let Some(mut seg) = (unsafe { segment::tcp_header(th) }) else {
+        return 0;
+    };
+    let ts_recent: u32 = unsafe { read(tw, layout!(tw_ts_recent)) }.unwrap_or(0);
+    // The socket's flow only for a segment reported: the other runs (under churn, one per
+    // connection: the peer's FIN that moves a FIN_WAIT2 TIME-WAIT on) end here without it.
+    if !worth_a_verdict(&seg, ts_recent) {
+        return 0;
+    }
     let Some(flow) = (unsafe { read_flow(tw + layout!(tw_common) as u64) }) else {
         return 0;
     };
     if !netns_wanted(flow.netns) {
         return 0;
     }
-    let Some(mut seg) = (unsafe { segment::tcp_header(th) }) else {
-        return 0;
-    };
     seg.family = flow.family;
     seg.saddr = flow.raddr;
     seg.daddr = flow.laddr;
-    let ts_recent: u32 = unsafe { read(tw, layout!(tw_ts_recent)) }.unwrap_or(0);
     // Always false here, but passed as read: folded to a constant, it let LLVM reorder the
     // code so that one path read a stack slot it had not written, which 5.10's verifier
     // refuses ("invalid read from stack") where later ones allow it.
