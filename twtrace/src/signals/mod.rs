@@ -319,7 +319,8 @@ mod tests {
         // The partial fallbacks today: tw_exit on tp_btf before drop reasons (5.17: resets
         // not found) and on classic tracepoints before 6.10 (no TIME-WAIT resets traced); PAWS with function probes where request sockets name no drop (before
         // ~6.15: their refused resets), and SYN-SENT drops none (syn_sent), with and without
-        // drop reasons, then timewait alone; PAWS on the tracepoint routes where request
+        // drop reasons, then timewait alone (with kprobes, the two with drop reasons each
+        // twice: kfree_skb BTF-typed, then classic); PAWS on the tracepoint routes where request
         // sockets, and SYN-SENT, give no drop reason.
         let mut partial: Vec<(&str, Family)> = ALL
             .iter()
@@ -338,6 +339,8 @@ mod tests {
                 ("paws_reject", Family::Fentry),
                 ("paws_reject", Family::Fentry),
                 ("paws_reject", Family::Fentry),
+                ("paws_reject", Family::Kprobe),
+                ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::Kprobe),
                 ("paws_reject", Family::Kprobe),

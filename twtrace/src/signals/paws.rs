@@ -20,7 +20,7 @@ const KFREE_SKB_NON_TW: Program = Program {
 };
 
 /// The same, BTF-typed: no perf record filled per drop (tracing programs load wherever fentry
-/// does; the kprobe family keeps the classic one, for kernels that refuse tracing programs).
+/// does; the kprobe family falls back to the classic one, for kernels that refuse them).
 const KFREE_SKB_NON_TW_BTF: Program = Program {
     name: "paws_kfree_skb_nontw_btf",
     attach: Attach::BtfTracepoint { name: "kfree_skb" },
@@ -209,6 +209,14 @@ pub static SIGNAL: Signal = Signal {
             limits: TIMEWAIT_ONLY,
             programs: &[TW_FEXIT],
         },
+        // Each with kfree_skb BTF-typed first, then classic (a kernel may allow kprobes and
+        // refuse tracing programs).
+        Hook {
+            family: Family::Kprobe,
+            needs: &[PAWS_REASON, REQ_REASON, SYN_SENT_REASON],
+            limits: None,
+            programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW_BTF],
+        },
         Hook {
             family: Family::Kprobe,
             needs: &[PAWS_REASON, REQ_REASON, SYN_SENT_REASON],
@@ -219,7 +227,29 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Kprobe,
             needs: &[PAWS_REASON, SYNRECV_MIB, SYN_SENT_REASON],
             limits: NO_REQUEST_RESETS,
+            programs: &[
+                TW_KPROBES[0],
+                TW_KPROBES[1],
+                KFREE_SKB_NON_TW_BTF,
+                OOW_KPROBE,
+            ],
+        },
+        Hook {
+            family: Family::Kprobe,
+            needs: &[PAWS_REASON, SYNRECV_MIB, SYN_SENT_REASON],
+            limits: NO_REQUEST_RESETS,
             programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW, OOW_KPROBE],
+        },
+        Hook {
+            family: Family::Kprobe,
+            needs: &[PAWS_REASON, SYNRECV_MIB],
+            limits: NO_SYN_SENT_REASON,
+            programs: &[
+                TW_KPROBES[0],
+                TW_KPROBES[1],
+                KFREE_SKB_NON_TW_BTF,
+                OOW_KPROBE,
+            ],
         },
         Hook {
             family: Family::Kprobe,
