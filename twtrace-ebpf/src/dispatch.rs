@@ -10,7 +10,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use twtrace_common::{HookFamily, route};
 
 use crate::{
-    kernel::{ctx_word, read_flow, routes, scalar_arg, typed},
+    kernel::{read_flow, routes, scalar_arg, typed},
     layout, paws, port_exhaustion, syn, tw_enter, tw_exit, tw_flows, tw_overflow,
 };
 
@@ -110,20 +110,8 @@ pub fn tp_timer_expire(ctx: BtfTracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn tp_kfree_skb(ctx: BtfTracePointContext) -> u32 {
-    // No reason argument (before 5.17): u32::MAX, which no wanted reason equals there.
-    let reason_arg = layout!(btf_kfree_skb_reason_arg);
-    let reason = if reason_arg == u32::MAX {
-        u32::MAX
-    } else {
-        ctx_word(&ctx, reason_arg).unwrap_or(u64::MAX) as u32
-    };
-    let rx_arg = layout!(btf_kfree_skb_rx_sk_arg);
-    let rx_sk = if rx_arg == u32::MAX {
-        0
-    } else {
-        // Only compared with the parked exit's socket: a direct read will do.
-        ctx_word(&ctx, rx_arg).unwrap_or(0)
-    };
+    let reason = paws::btf_drop_reason(&ctx);
+    let rx_sk = paws::btf_drop_socket(&ctx);
     let routes = routes();
     // Before 6.11 the dropping socket is not named: find the TIME-WAIT by the segment's
     // connection (only drops without a reason can be a TIME-WAIT's, see tw_flows.rs).

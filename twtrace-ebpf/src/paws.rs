@@ -73,21 +73,36 @@ pub fn paws_kfree_skb_nontw(ctx: TracePointContext) -> u32 {
 /// run fills first, for every drop of the machine (about one per connection under churn).
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn paws_kfree_skb_nontw_btf(ctx: BtfTracePointContext) -> u32 {
-    let reason_arg = layout!(btf_kfree_skb_reason_arg);
-    if hooks_only() || reason_arg == u32::MAX {
-        return 0; // no drop reasons (before 5.17): the plan did not pick this hook
+    if hooks_only() {
+        return 0;
     }
-    let reason = ctx_word(&ctx, reason_arg).unwrap_or(u64::MAX) as u32;
+    let reason = btf_drop_reason(&ctx);
     if !wanted_reason(reason, false) {
         return 0;
     }
-    let rx_arg = layout!(btf_kfree_skb_rx_sk_arg);
-    let rx_sk = if rx_arg == u32::MAX {
-        0
-    } else {
-        ctx_word(&ctx, rx_arg).unwrap_or(0)
-    };
+    let rx_sk = btf_drop_socket(&ctx);
     on_drop(scalar_arg(&ctx, 0), reason, rx_sk, false, HookFamily::TpBtf)
+}
+
+/// The BTF-typed kfree_skb's drop reason; u32::MAX where it has none (before 5.17), which no
+/// wanted reason equals.
+#[inline(always)]
+pub fn btf_drop_reason(ctx: &BtfTracePointContext) -> u32 {
+    let arg = layout!(btf_kfree_skb_reason_arg);
+    if arg == u32::MAX {
+        return u32::MAX;
+    }
+    ctx_word(ctx, arg).unwrap_or(u64::MAX) as u32
+}
+
+/// The BTF-typed kfree_skb's dropping socket; 0 where it names none (before 6.11).
+#[inline(always)]
+pub fn btf_drop_socket(ctx: &BtfTracePointContext) -> u64 {
+    let arg = layout!(btf_kfree_skb_rx_sk_arg);
+    if arg == u32::MAX {
+        return 0;
+    }
+    ctx_word(ctx, arg).unwrap_or(0)
 }
 
 #[inline(always)]
