@@ -153,6 +153,16 @@ const TW_KPROBES: [Program; 2] = [
     },
 ];
 
+/// The kprobe family's TIME-WAIT verdict, the other paths by drop reason, and request
+/// sockets by tcp_oow_rate_limited: with kfree_skb BTF-typed, and with it classic.
+const KPROBES_OOW_BTF: [Program; 4] = [
+    TW_KPROBES[0],
+    TW_KPROBES[1],
+    KFREE_SKB_NON_TW_BTF,
+    OOW_KPROBE,
+];
+const KPROBES_OOW: [Program; 4] = [TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW, OOW_KPROBE];
+
 const TP_BTF_BEFORE_RX_SK: [Program; 4] = [
     TP_KFREE_SKB,
     TP_TIMER_START,
@@ -227,35 +237,25 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Kprobe,
             needs: &[PAWS_REASON, SYNRECV_MIB, SYN_SENT_REASON],
             limits: NO_REQUEST_RESETS,
-            programs: &[
-                TW_KPROBES[0],
-                TW_KPROBES[1],
-                KFREE_SKB_NON_TW_BTF,
-                OOW_KPROBE,
-            ],
+            programs: &KPROBES_OOW_BTF,
         },
         Hook {
             family: Family::Kprobe,
             needs: &[PAWS_REASON, SYNRECV_MIB, SYN_SENT_REASON],
             limits: NO_REQUEST_RESETS,
-            programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW, OOW_KPROBE],
+            programs: &KPROBES_OOW,
         },
         Hook {
             family: Family::Kprobe,
             needs: &[PAWS_REASON, SYNRECV_MIB],
             limits: NO_SYN_SENT_REASON,
-            programs: &[
-                TW_KPROBES[0],
-                TW_KPROBES[1],
-                KFREE_SKB_NON_TW_BTF,
-                OOW_KPROBE,
-            ],
+            programs: &KPROBES_OOW_BTF,
         },
         Hook {
             family: Family::Kprobe,
             needs: &[PAWS_REASON, SYNRECV_MIB],
             limits: NO_SYN_SENT_REASON,
-            programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW, OOW_KPROBE],
+            programs: &KPROBES_OOW,
         },
         Hook {
             family: Family::Kprobe,
