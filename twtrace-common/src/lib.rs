@@ -493,9 +493,10 @@ const _: () = assert!(
     "an even number of u32 fields must precede the u64 ones (add or drop a `_pad: u32`)"
 );
 
-/// Which signals the shared tp_btf dispatchers serve (bits of the `ROUTES` map, written by user
-/// space once each signal's hook is chosen: a dispatcher may be attached for one signal while
-/// another signal on the same tracepoint uses a function probe).
+/// Which signals the shared programs serve (bits of the `ROUTES` map, written by user space once
+/// each signal's hook is chosen: a tp_btf dispatcher may be attached for one signal while
+/// another signal on the same tracepoint uses a function probe). One byte per family: tp_btf
+/// (the signal bits themselves), fentry, classic tracepoints, kprobes.
 pub mod route {
     pub const TW_ENTER: u32 = 1;
     pub const TW_EXIT: u32 = 2;
@@ -517,6 +518,18 @@ pub mod route {
     /// for tw_enter): they report only what these bits say is traced there.
     pub const fn classic(bit: u32) -> u32 {
         bit << 16
+    }
+
+    /// The bit of signal `bit` served by fentry/fexit programs. Only the programs shared by
+    /// two signals read these (`tcp_timewait_state_process`'s exit serves tw_exit's verdict
+    /// and PAWS at TIME-WAIT): each serves what the signals that chose its family ask for.
+    pub const fn fentry(bit: u32) -> u32 {
+        bit << 8
+    }
+
+    /// The bit of signal `bit` served by kprobe programs (see [`fentry`]).
+    pub const fn kprobe(bit: u32) -> u32 {
+        bit << 24
     }
 }
 

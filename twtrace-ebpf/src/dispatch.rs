@@ -1,4 +1,6 @@
-//! The tp_btf route: one program per tracepoint, shared by every signal that reads it.
+//! Programs shared between signals: on the tp_btf route one program per tracepoint, shared by
+//! every signal that reads it; on the function-probe routes the programs on
+//! `tcp_timewait_state_process`, whose verdict both tw_exit and PAWS read (at the end).
 //!
 //! BTF-typed raw tracepoints run the program straight from the tracepoint site with the raw
 //! arguments: no perf record is filled, which is most of a classic tracepoint's cost (timer
@@ -6,12 +8,17 @@
 //! site is paid for once. `ROUTES` (written by user space after the hook choice) says which
 //! signals each program serves; it is read only past the cheap first filter.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe},
+    programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
+};
 use twtrace_common::{HookFamily, route};
 
 use crate::{
-    kernel::{read_flow, routes, scalar_arg, typed},
-    layout, paws, port_exhaustion, syn, tw_enter, tw_exit, tw_flows, tw_overflow,
+    kernel::{ctx_word, fexit_ret, hooks_only, read_flow, routes, scalar_arg, typed},
+    layout,
+    maps::TwVerdict,
+    paws, port_exhaustion, syn, tw_enter, tw_exit, tw_flows, tw_overflow,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -182,4 +189,74 @@ pub fn tp_rst_rx(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tp_rst_tx(ctx: BtfTracePointContext) -> u32 {
     tw_overflow::reset_for(scalar_arg(&ctx, 0))
+}
+
+// Function-probe routes: `tcp_timewait_state_process(tw, skb, th, ...)`, once per segment that
+// reaches a TIME-WAIT socket (twice per connection under churn: the peer's FIN, then the SYN
+// that replaces it). tw_exit keeps its verdict for the kill that may follow; PAWS reports a
+// reject (or a refused SYN) from it. One program per attach point rather than one per signal:
+// each program a trampoline or kprobe runs costs its own entry and exit (a kretprobe's are
+// the dearest), paid on every segment. `ROUTES` says which of the two each family serves
+// (`route::fentry`, `route::kprobe`): the other family's programs may be attached too when
+// the two signals chose differently.
+
+/// fentry route: the verdict, at the function's exit.
+#[fexit(function = "tcp_timewait_state_process")]
+pub fn tw_process_fexit(ctx: FExitContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
+    let routes = routes();
+    let status = fexit_ret(&ctx, layout!(ret_slot_tw_process)).unwrap_or(u64::MAX) as u32;
+    if routes & route::fentry(route::TW_EXIT) != 0 {
+        // The socket is only stored and compared: read directly, not through a helper call.
+        tw_exit::remember_verdict(ctx_word(&ctx, 0).unwrap_or(0), status);
+    }
+    // Tested before the arguments are read (a helper call each): nearly every run under churn
+    // is an accepted SYN, which PAWS has nothing to say about.
+    if routes & route::fentry(route::PAWS) != 0 && status != layout!(tw_status_syn) {
+        paws::tw_verdict(
+            scalar_arg(&ctx, 0),
+            scalar_arg(&ctx, 2),
+            status,
+            HookFamily::Fentry,
+        );
+    }
+    0
+}
+
+/// kprobe route, entry half: what the return half will need, per signal served.
+#[kprobe]
+pub fn tw_process_kprobe(ctx: ProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
+    let routes = routes();
+    let tw = ctx.arg::<u64>(0).unwrap_or(0);
+    if routes & route::kprobe(route::TW_EXIT) != 0 {
+        tw_exit::remember_verdict(tw, TwVerdict::PENDING);
+    }
+    if routes & route::kprobe(route::PAWS) != 0
+        && let Some(th) = ctx.arg::<u64>(2)
+    {
+        paws::tw_process_entered(tw, th);
+    }
+    0
+}
+
+/// kprobe route, return half: the verdict.
+#[kretprobe]
+pub fn tw_process_kretprobe(ctx: RetProbeContext) -> u32 {
+    if hooks_only() {
+        return 0;
+    }
+    let routes = routes();
+    let status = ctx.ret::<u64>() as u32;
+    if routes & route::kprobe(route::TW_EXIT) != 0 {
+        tw_exit::verdict_returned(status);
+    }
+    if routes & route::kprobe(route::PAWS) != 0 {
+        paws::tw_process_returned(status);
+    }
+    0
 }

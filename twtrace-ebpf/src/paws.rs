@@ -8,7 +8,8 @@
 //! own ts_recent. A SYN such a socket refuses without PAWS is reported as well.
 //!
 //! Function-probe route for TIME-WAIT: `tcp_timewait_state_process(tw, skb, th, ...)` on
-//! exit, with its verdict; kfree_skb then serves only the other paths.
+//! exit, with its verdict (one program there serves tw_exit too: dispatch.rs); kfree_skb then
+//! serves only the other paths.
 //!
 //! Function-probe route without drop reasons (before 5.17/5.18): an established-path reject
 //! (any state a full socket checks PAWS in, SYN-RECV included) counts PAWSEstab and then,
@@ -23,19 +24,15 @@
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, tracepoint},
-    programs::{
-        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
-        TracePointContext,
-    },
+    macros::{btf_tracepoint, fentry, kprobe, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 use twtrace_common::{EventKind, HookFamily, LossSlot, PawsPath, TCP_TIME_WAIT, ts_flags};
 
 use crate::{
     emit::emit,
     kernel::{
-        ctx_word, fexit_ret, hooks_only, netns_wanted, read, read_flow, scalar_arg, sock_netns,
-        zero_words,
+        ctx_word, hooks_only, netns_wanted, read, read_flow, scalar_arg, sock_netns, zero_words,
     },
     layout,
     maps::TW_PROCESS_ARGS,
@@ -343,61 +340,34 @@ fn fill(
     }
 }
 
-/// Function-probe route: the kernel's own verdict for a segment reaching a TIME-WAIT socket.
-#[fexit(function = "tcp_timewait_state_process")]
-pub fn paws_tw_fexit(ctx: FExitContext) -> u32 {
-    if hooks_only() {
-        return 0;
-    }
-    let status = fexit_ret(&ctx, layout!(ret_slot_tw_process)).unwrap_or(u64::MAX) as u32;
-    // Tested before the arguments are read: they cost a helper call each, and nearly every run
-    // is an accepted SYN (see `tw_processed`).
-    if status == layout!(tw_status_syn) {
-        return 0;
-    }
-    tw_processed(
-        scalar_arg(&ctx, 0),
-        scalar_arg(&ctx, 2),
-        status,
-        HookFamily::Fentry,
-    )
-}
-
-/// kprobe half: remember the arguments until the function returns (no sleeping inside).
-#[kprobe]
-pub fn paws_tw_kprobe(ctx: ProbeContext) -> u32 {
-    if hooks_only() {
-        return 0;
-    }
-    if let (Some(tw), Some(th), Some(slot)) = (
-        ctx.arg::<u64>(0),
-        ctx.arg::<u64>(2),
-        TW_PROCESS_ARGS.get_ptr_mut(0),
-    ) {
+/// kprobe route, entry half: remember the arguments until the function returns (no sleeping
+/// inside).
+#[inline(always)]
+pub fn tw_process_entered(tw: u64, th: u64) {
+    if let Some(slot) = TW_PROCESS_ARGS.get_ptr_mut(0) {
         unsafe { *slot = [tw, th] };
     }
-    0
 }
 
-#[kretprobe]
-pub fn paws_tw_kretprobe(ctx: RetProbeContext) -> u32 {
-    if hooks_only() {
-        return 0;
-    }
+/// kprobe route, return half: the verdict for the arguments the entry half left.
+#[inline(always)]
+pub fn tw_process_returned(status: u32) {
     let Some(slot) = TW_PROCESS_ARGS.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
     // Read, then cleared word by word (`mem::replace` with `[0, 0]` is a memset call).
     let [tw, th] = unsafe { *slot };
     unsafe { zero_words(slot) };
-    if tw == 0 {
-        return 0;
+    if tw != 0 {
+        tw_verdict(tw, th, status, HookFamily::Kprobe);
     }
-    tw_processed(tw, th, ctx.ret::<u64>() as u32, HookFamily::Kprobe)
 }
 
+/// Function-probe routes: the kernel's own verdict (`status`) for the segment at `th` that
+/// reached TIME-WAIT socket `tw`. The fentry route calls it from the program on
+/// `tcp_timewait_state_process` that this signal shares with tw_exit (dispatch.rs).
 #[inline(always)]
-fn tw_processed(tw: u64, th: u64, status: u32, hook: HookFamily) -> u32 {
+pub fn tw_verdict(tw: u64, th: u64, status: u32, hook: HookFamily) -> u32 {
     // A SYN the TIME-WAIT accepted (it gives way to a new connection) passed the kernel's own
     // PAWS test: nothing to report (user space classifies it from the exit and the SYN).
     // Under churn nearly every run is one (bpf_stats: one run per TIME-WAIT), and all of its

@@ -42,8 +42,8 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::bpf_ktime_get_ns,
-    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    macros::{fentry, kprobe, tracepoint},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use twtrace_common::{
     Event, EventKind, ExitCause, HookFamily, LossSlot, PendingExit, TCP_TIME_WAIT,
@@ -53,8 +53,8 @@ use twtrace_common::{
 use crate::{
     emit::emit,
     kernel::{
-        Access, Fields, Flow, Head, Typed, ctx_word, fexit_ret, flow_of, hooks_only,
-        netns_filtering, netns_wanted, read, routes, sock_netns, zero_words,
+        Access, Fields, Flow, Head, Typed, flow_of, hooks_only, netns_filtering, netns_wanted,
+        read, routes, sock_netns, zero_words,
     },
     layout,
     maps::{EXPIRING, LIVE, PARKED, PENDING, REARMING, Rearming, TW_VERDICT, TwVerdict},
@@ -278,41 +278,17 @@ fn cause_from_chain<C: EbpfContext>(ctx: &C, tw: u64, hook: HookFamily) -> Optio
     })
 }
 
-/// fentry route: the verdict of a TIME-WAIT socket on the segment it just processed.
-#[fexit(function = "tcp_timewait_state_process")]
-pub fn tw_exit_verdict_fexit(ctx: FExitContext) -> u32 {
-    if hooks_only() {
-        return 0;
-    }
-    let status = fexit_ret(&ctx, layout!(ret_slot_tw_process)).unwrap_or(u64::MAX) as u32;
-    // The socket is only stored and compared: read directly, not through a helper call.
-    remember_verdict(ctx_word(&ctx, 0).unwrap_or(0), status)
-}
-
-/// kprobe route, entry half: which TIME-WAIT socket the verdict will be about.
-#[kprobe]
-pub fn tw_exit_verdict_kprobe(ctx: ProbeContext) -> u32 {
-    if hooks_only() {
-        return 0;
-    }
-    remember_verdict(ctx.arg::<u64>(0).unwrap_or(0), TwVerdict::PENDING)
-}
-
-/// kprobe route, return half: the verdict (tcp_timewait_state_process does not sleep, so the
-/// entry half's slot on this CPU is this call's).
-#[kretprobe]
-pub fn tw_exit_verdict_kretprobe(ctx: RetProbeContext) -> u32 {
-    if hooks_only() {
-        return 0;
-    }
+/// kprobe route, return half: the verdict of the call whose entry half left the socket in
+/// this CPU's slot (tcp_timewait_state_process does not sleep, so the slot is this call's).
+#[inline(always)]
+pub fn verdict_returned(status: u32) {
     if let Some(slot) = TW_VERDICT.get_ptr_mut(0) {
         let slot = unsafe { &mut *slot };
         if slot.tw != 0 && slot.status == TwVerdict::PENDING {
-            slot.status = ctx.ret::<u64>() as u32;
-            slot.at_ns = kill_announced_at(slot.status);
+            slot.status = status;
+            slot.at_ns = kill_announced_at(status);
         }
     }
-    0
 }
 
 /// Tracepoint route: a reset sent on behalf of a TIME-WAIT socket (traced since 6.10) is its
@@ -328,11 +304,16 @@ pub fn tw_exit_rst_tx(ctx: TracePointContext) -> u32 {
     if sk == 0 || unsafe { read::<u8>(sk, layout!(skc_state)) }.unwrap_or(0) != TCP_TIME_WAIT {
         return 0;
     }
-    remember_verdict(sk, layout!(tw_status_rst))
+    remember_verdict(sk, layout!(tw_status_rst));
+    0
 }
 
+/// The verdict of TIME-WAIT socket `tw` on the segment it just processed (`status`;
+/// [`TwVerdict::PENDING`] from a kprobe's entry half), for a kill of it that follows. The
+/// function-probe routes call it from the programs on `tcp_timewait_state_process` that this
+/// signal shares with PAWS (dispatch.rs).
 #[inline(always)]
-fn remember_verdict(tw: u64, status: u32) -> u32 {
+pub fn remember_verdict(tw: u64, status: u32) {
     if let Some(slot) = TW_VERDICT.get_ptr_mut(0) {
         unsafe {
             *slot = TwVerdict {
@@ -343,7 +324,6 @@ fn remember_verdict(tw: u64, status: u32) -> u32 {
             }
         };
     }
-    0
 }
 
 /// The time of a verdict after which `tcp_v{4,6}_rcv` kills the socket (TCP_TW_SYN with a

@@ -136,7 +136,7 @@ pub fn attach_all(
     if merges_exit_and_syn(&choices) {
         shared.routes |= route::MERGE_EXIT_SYN;
     }
-    // The tp_btf programs are already running; until now they served no signal.
+    // The shared programs are already running; until now they served no signal.
     let mut routes: Array<_, u32> = bpf
         .map_mut("ROUTES")
         .ok_or_else(|| anyhow!("map ROUTES is missing from the eBPF object"))?
@@ -193,8 +193,9 @@ pub fn silence(bpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// Programs shared between signals (the tp_btf dispatchers): attached once, by the first
-/// signal that chooses them, and told which signals they serve through `ROUTES`.
+/// Programs shared between signals (the tp_btf dispatchers, the function probes on
+/// `tcp_timewait_state_process`): attached once, by the first signal that chooses them, and
+/// told which signals they serve through `ROUTES`.
 #[derive(Default)]
 struct Shared {
     attached: HashSet<&'static str>,
@@ -232,7 +233,8 @@ fn attach_signal(
                     match family {
                         Family::TpBtf => shared.routes |= signal.route,
                         Family::Tracepoint => shared.routes |= route::classic(signal.route),
-                        Family::Fentry | Family::Kprobe => {}
+                        Family::Fentry => shared.routes |= route::fentry(signal.route),
+                        Family::Kprobe => shared.routes |= route::kprobe(signal.route),
                     }
                     choice.chosen = Some(family);
                     choice.attached = attached;

@@ -9,6 +9,8 @@
 //! so it is kept free of allocation; `cargo bench -p twtrace` (benches/user_space.rs)
 //! measures it.
 
+use std::net::SocketAddr;
+
 use twtrace_common::{Event, EventKind, HookFamily, overflow_detail, ts_flags};
 
 use crate::{
@@ -127,17 +129,27 @@ impl Pipeline {
     /// completes, if any, when the filter keeps them.
     #[inline]
     pub fn feed(&mut self, ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
+        // Built once for every record of this connection the raw one gives (up to four: an
+        // exit, its SYN, their verdict; two `SocketAddr`s each were a tenth of decoding).
+        let ends = signals::endpoints(&ev);
         match split_exit_and_syn(&ev) {
             Some((exit, syn)) => {
-                self.feed_one(exit, filter, &mut f);
-                self.feed_one(syn, filter, &mut f);
+                self.feed_one(exit, ends, filter, &mut f);
+                self.feed_one(syn, ends, filter, &mut f);
             }
-            None => self.feed_one(ev, filter, f),
+            None => self.feed_one(ev, ends, filter, f),
         }
     }
 
+    /// `ends`: `ev`'s endpoints, which nothing here changes.
     #[inline]
-    fn feed_one(&mut self, mut ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
+    fn feed_one(
+        &mut self,
+        mut ev: Event,
+        ends: (SocketAddr, SocketAddr),
+        filter: &Filter,
+        mut f: impl FnMut(&Record),
+    ) {
         if ev.kind == EventKind::TwOverflow as u8 && self.hold_overflow(&ev) {
             return;
         }
@@ -153,7 +165,11 @@ impl Pipeline {
         }
         self.request_ts.on_event(&mut ev);
         let derived = self.tw_syn.on_event(&ev);
-        for rec in signals::decode(&ev, &self.ctx).into_iter().chain(derived) {
+        for what in signals::decode_what(&ev, &self.ctx)
+            .into_iter()
+            .chain(derived)
+        {
+            let rec = signals::record_at(&ev, ends, what);
             if filter.matches(&rec) {
                 f(&rec);
             }

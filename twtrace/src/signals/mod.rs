@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use twtrace_common::{AF_INET6, Event, EventKind};
 
-use crate::event::Record;
+use crate::event::{Record, What};
 
 /// Hook families, best first: fentry/fexit (BPF trampoline, cheapest, typed args), kprobes,
 /// then tracepoints (stable ABI, always allowed, but TIME-WAIT has none of its own): BTF-typed
@@ -170,6 +170,31 @@ pub const TW_TIMER_CANCEL: Program = Program {
     },
 };
 
+/// The programs on `tcp_timewait_state_process` (twtrace-ebpf/src/dispatch.rs), shared by
+/// tw_exit (the verdict names the kill that follows) and PAWS (the verdict on a segment at a
+/// TIME-WAIT): a program costs its entry and exit on every segment, so one per attach point,
+/// told which signals it serves through `ROUTES` (`route::fentry`, `route::kprobe`).
+pub const TW_PROCESS_FEXIT: Program = Program {
+    name: "tw_process_fexit",
+    attach: Attach::Fexit {
+        function: "tcp_timewait_state_process",
+    },
+};
+pub const TW_PROCESS_KPROBES: [Program; 2] = [
+    Program {
+        name: "tw_process_kprobe",
+        attach: Attach::Kprobe {
+            function: "tcp_timewait_state_process",
+        },
+    },
+    Program {
+        name: "tw_process_kretprobe",
+        attach: Attach::Kretprobe {
+            function: "tcp_timewait_state_process",
+        },
+    },
+];
+
 /// One way to observe a signal: all of its programs must load and attach.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {
@@ -209,6 +234,13 @@ pub struct DecodeCtx {
 
 /// Turns one ring-buffer record into a [`Record`]; None for a record of unknown kind.
 pub fn decode(ev: &Event, ctx: &DecodeCtx) -> Option<Record> {
+    decode_what(ev, ctx).map(|what| record(ev, what))
+}
+
+/// What one ring-buffer record says, its kind's own fields: [`decode`] without the common
+/// ones, for a caller that builds several records of one connection (the pipeline: a
+/// TIME-WAIT exit, the SYN that replaced it and their verdict) from one [`endpoints`].
+pub fn decode_what(ev: &Event, ctx: &DecodeCtx) -> Option<What> {
     match EventKind::from_u8(ev.kind)? {
         EventKind::TwEnter => Some(tw_enter::decode(ev, ctx)),
         EventKind::TwExit => Some(tw_exit::decode(ev)),
@@ -242,8 +274,12 @@ pub fn endpoints(ev: &Event) -> (SocketAddr, SocketAddr) {
 }
 
 /// A [`Record`] with the common fields of `ev` and the given specifics.
-pub fn record(ev: &Event, what: crate::event::What) -> Record {
-    let (local, remote) = endpoints(ev);
+pub fn record(ev: &Event, what: What) -> Record {
+    record_at(ev, endpoints(ev), what)
+}
+
+/// [`record`] with `ev`'s [`endpoints`] already built.
+pub fn record_at(ev: &Event, (local, remote): (SocketAddr, SocketAddr), what: What) -> Record {
     Record {
         ts_ns: ev.ts_ns,
         netns: ev.netns,

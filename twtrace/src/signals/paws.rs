@@ -4,10 +4,10 @@ use twtrace_common::{Event, PawsPath as RawPath, ts_flags};
 
 use super::{
     Attach, Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
-    flagged, record,
+    TW_PROCESS_FEXIT, TW_PROCESS_KPROBES, flagged,
 };
 use crate::{
-    event::{PawsPath, Record, TwSynVerdict, What},
+    event::{PawsPath, TwSynVerdict, What},
     kernel::layout,
 };
 
@@ -131,37 +131,20 @@ const TP_KFREE_SKB: Program = Program {
     attach: Attach::BtfTracepoint { name: "kfree_skb" },
 };
 
-const TW_FEXIT: Program = Program {
-    name: "paws_tw_fexit",
-    attach: Attach::Fexit {
-        function: "tcp_timewait_state_process",
-    },
-};
-
-const TW_KPROBES: [Program; 2] = [
-    Program {
-        name: "paws_tw_kprobe",
-        attach: Attach::Kprobe {
-            function: "tcp_timewait_state_process",
-        },
-    },
-    Program {
-        name: "paws_tw_kretprobe",
-        attach: Attach::Kretprobe {
-            function: "tcp_timewait_state_process",
-        },
-    },
-];
-
 /// The kprobe family's TIME-WAIT verdict, the other paths by drop reason, and request
 /// sockets by tcp_oow_rate_limited: with kfree_skb BTF-typed, and with it classic.
 const KPROBES_OOW_BTF: [Program; 4] = [
-    TW_KPROBES[0],
-    TW_KPROBES[1],
+    TW_PROCESS_KPROBES[0],
+    TW_PROCESS_KPROBES[1],
     KFREE_SKB_NON_TW_BTF,
     OOW_KPROBE,
 ];
-const KPROBES_OOW: [Program; 4] = [TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW, OOW_KPROBE];
+const KPROBES_OOW: [Program; 4] = [
+    TW_PROCESS_KPROBES[0],
+    TW_PROCESS_KPROBES[1],
+    KFREE_SKB_NON_TW,
+    OOW_KPROBE,
+];
 
 const TP_BTF_BEFORE_RX_SK: [Program; 4] = [
     TP_KFREE_SKB,
@@ -190,19 +173,19 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Fentry,
             needs: &[PAWS_REASON, REQ_REASON, SYN_SENT_REASON],
             limits: None,
-            programs: &[TW_FEXIT, KFREE_SKB_NON_TW_BTF],
+            programs: &[TW_PROCESS_FEXIT, KFREE_SKB_NON_TW_BTF],
         },
         Hook {
             family: Family::Fentry,
             needs: &[PAWS_REASON, SYNRECV_MIB, SYN_SENT_REASON],
             limits: NO_REQUEST_RESETS,
-            programs: &[TW_FEXIT, KFREE_SKB_NON_TW_BTF, OOW_FENTRY],
+            programs: &[TW_PROCESS_FEXIT, KFREE_SKB_NON_TW_BTF, OOW_FENTRY],
         },
         Hook {
             family: Family::Fentry,
             needs: &[PAWS_REASON, SYNRECV_MIB],
             limits: NO_SYN_SENT_REASON,
-            programs: &[TW_FEXIT, KFREE_SKB_NON_TW_BTF, OOW_FENTRY],
+            programs: &[TW_PROCESS_FEXIT, KFREE_SKB_NON_TW_BTF, OOW_FENTRY],
         },
         // Before drop reasons (5.10, 5.15): the TIME-WAIT path, and the established and
         // request-socket ones from tcp_oow_rate_limited's mib index, said to be partial;
@@ -211,13 +194,13 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Fentry,
             needs: &[OOW_MIB, SYNRECV_MIB],
             limits: NO_SYN_SENT,
-            programs: &[TW_FEXIT, OOW_FENTRY],
+            programs: &[TW_PROCESS_FEXIT, OOW_FENTRY],
         },
         Hook {
             family: Family::Fentry,
             needs: &[],
             limits: TIMEWAIT_ONLY,
-            programs: &[TW_FEXIT],
+            programs: &[TW_PROCESS_FEXIT],
         },
         // Each with kfree_skb BTF-typed first, then classic (a kernel may allow kprobes and
         // refuse tracing programs).
@@ -225,13 +208,21 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Kprobe,
             needs: &[PAWS_REASON, REQ_REASON, SYN_SENT_REASON],
             limits: None,
-            programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW_BTF],
+            programs: &[
+                TW_PROCESS_KPROBES[0],
+                TW_PROCESS_KPROBES[1],
+                KFREE_SKB_NON_TW_BTF,
+            ],
         },
         Hook {
             family: Family::Kprobe,
             needs: &[PAWS_REASON, REQ_REASON, SYN_SENT_REASON],
             limits: None,
-            programs: &[TW_KPROBES[0], TW_KPROBES[1], KFREE_SKB_NON_TW],
+            programs: &[
+                TW_PROCESS_KPROBES[0],
+                TW_PROCESS_KPROBES[1],
+                KFREE_SKB_NON_TW,
+            ],
         },
         Hook {
             family: Family::Kprobe,
@@ -261,13 +252,13 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Kprobe,
             needs: &[OOW_MIB, SYNRECV_MIB],
             limits: NO_SYN_SENT,
-            programs: &[TW_KPROBES[0], TW_KPROBES[1], OOW_KPROBE],
+            programs: &[TW_PROCESS_KPROBES[0], TW_PROCESS_KPROBES[1], OOW_KPROBE],
         },
         Hook {
             family: Family::Kprobe,
             needs: &[],
             limits: TIMEWAIT_ONLY,
-            programs: &TW_KPROBES,
+            programs: &TW_PROCESS_KPROBES,
         },
         Hook {
             family: Family::TpBtf,
@@ -317,32 +308,26 @@ pub static SIGNAL: Signal = Signal {
     ],
 };
 
-pub fn decode(ev: &Event) -> Option<Record> {
+pub fn decode(ev: &Event) -> Option<What> {
     let path = match RawPath::from_u8(ev.detail)? {
         RawPath::Timewait => PawsPath::Timewait,
         RawPath::Established => PawsPath::Established,
         RawPath::SynRecv => PawsPath::SynRecv,
         RawPath::SynSent => PawsPath::SynSent,
     };
-    Some(record(
-        ev,
-        What::PawsReject {
-            path,
-            tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
-            ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
-            tcp_flags: ev.tcp_flags,
-            old_ack: ev.ts_flags & ts_flags::OLD_ACK != 0,
-        },
-    ))
+    Some(What::PawsReject {
+        path,
+        tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
+        ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
+        tcp_flags: ev.tcp_flags,
+        old_ack: ev.ts_flags & ts_flags::OLD_ACK != 0,
+    })
 }
 
-pub fn decode_tw_syn_rejected(ev: &Event) -> Record {
-    record(
-        ev,
-        What::TwSyn {
-            verdict: TwSynVerdict::RejectedOther,
-            tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
-            ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
-        },
-    )
+pub fn decode_tw_syn_rejected(ev: &Event) -> What {
+    What::TwSyn {
+        verdict: TwSynVerdict::RejectedOther,
+        tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
+        ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
+    }
 }

@@ -3,8 +3,8 @@
 
 use twtrace_common::Event;
 
-use super::{Attach, Family, Hook, Program, Signal, record};
-use crate::event::{Record, What};
+use super::{Attach, Family, Hook, Program, Signal};
+use crate::event::What;
 
 pub static SIGNAL: Signal = Signal {
     name: "connect_eaddrnotavail",
@@ -69,11 +69,8 @@ pub static SIGNAL: Signal = Signal {
     ],
 };
 
-pub fn decode(ev: &Event) -> Record {
-    record(
-        ev,
-        What::ConnectAddrNotAvail {
-            pid: (ev.obj >> 32) as u32,
-        },
-    )
+pub fn decode(ev: &Event) -> What {
+    What::ConnectAddrNotAvail {
+        pid: (ev.obj >> 32) as u32,
+    }
 }

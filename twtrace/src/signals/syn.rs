@@ -2,8 +2,8 @@
 
 use twtrace_common::{Event, ts_flags};
 
-use super::{Attach, Family, Hook, Need, Program, Signal, TP_TIMER_START, flagged, record};
-use crate::event::{Record, What};
+use super::{Attach, Family, Hook, Need, Program, Signal, TP_TIMER_START, flagged};
+use crate::event::What;
 
 pub static SIGNAL: Signal = Signal {
     name: "syn",
@@ -53,11 +53,8 @@ pub static SIGNAL: Signal = Signal {
     ],
 };
 
-pub fn decode(ev: &Event) -> Record {
-    record(
-        ev,
-        What::Syn {
-            tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
-        },
-    )
+pub fn decode(ev: &Event) -> What {
+    What::Syn {
+        tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
+    }
 }

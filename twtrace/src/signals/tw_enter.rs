@@ -4,9 +4,9 @@ use twtrace_common::{Event, TCP_FIN_WAIT2};
 
 use super::{
     Attach, DecodeCtx, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START,
-    TW_TIMER_CANCEL, TW_TIMER_START, record,
+    TW_TIMER_CANCEL, TW_TIMER_START,
 };
-use crate::event::{Record, Substate, What};
+use crate::event::{Substate, What};
 
 pub static SIGNAL: Signal = Signal {
     name: "tw_enter",
@@ -53,17 +53,14 @@ pub static SIGNAL: Signal = Signal {
     ],
 };
 
-pub fn decode(ev: &Event, ctx: &DecodeCtx) -> Record {
+pub fn decode(ev: &Event, ctx: &DecodeCtx) -> What {
     let substate = if ev.detail == TCP_FIN_WAIT2 {
         Substate::FinWait2
     } else {
         Substate::TimeWait
     };
-    record(
-        ev,
-        What::TwEnter {
-            substate,
-            timeout_ms: ev.timeout_jiffies.saturating_mul(1000) / ctx.hz.max(1),
-        },
-    )
+    What::TwEnter {
+        substate,
+        timeout_ms: ev.timeout_jiffies.saturating_mul(1000) / ctx.hz.max(1),
+    }
 }

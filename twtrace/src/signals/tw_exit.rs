@@ -4,9 +4,9 @@ use twtrace_common::{Event, ExitCause as RawCause};
 
 use super::{
     Attach, Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
-    TW_TIMER_CANCEL, addr_map::AddrMap, record,
+    TW_PROCESS_FEXIT, TW_PROCESS_KPROBES, TW_TIMER_CANCEL, addr_map::AddrMap,
 };
-use crate::event::{ExitCause, Record, What};
+use crate::event::{ExitCause, What};
 
 pub static SIGNAL: Signal = Signal {
     name: "tw_exit",
@@ -32,12 +32,7 @@ pub static SIGNAL: Signal = Signal {
                         function: "tw_timer_handler",
                     },
                 },
-                Program {
-                    name: "tw_exit_verdict_fexit",
-                    attach: Attach::Fexit {
-                        function: "tcp_timewait_state_process",
-                    },
-                },
+                TW_PROCESS_FEXIT,
             ],
         },
         Hook {
@@ -57,12 +52,7 @@ pub static SIGNAL: Signal = Signal {
                         function: "inet_twsk_deschedule_put",
                     },
                 },
-                Program {
-                    name: "tw_exit_verdict_fexit",
-                    attach: Attach::Fexit {
-                        function: "tcp_timewait_state_process",
-                    },
-                },
+                TW_PROCESS_FEXIT,
             ],
         },
         Hook {
@@ -82,18 +72,8 @@ pub static SIGNAL: Signal = Signal {
                         function: "tw_timer_handler",
                     },
                 },
-                Program {
-                    name: "tw_exit_verdict_kprobe",
-                    attach: Attach::Kprobe {
-                        function: "tcp_timewait_state_process",
-                    },
-                },
-                Program {
-                    name: "tw_exit_verdict_kretprobe",
-                    attach: Attach::Kretprobe {
-                        function: "tcp_timewait_state_process",
-                    },
-                },
+                TW_PROCESS_KPROBES[0],
+                TW_PROCESS_KPROBES[1],
             ],
         },
         Hook {
@@ -113,18 +93,8 @@ pub static SIGNAL: Signal = Signal {
                         function: "inet_twsk_deschedule_put",
                     },
                 },
-                Program {
-                    name: "tw_exit_verdict_kprobe",
-                    attach: Attach::Kprobe {
-                        function: "tcp_timewait_state_process",
-                    },
-                },
-                Program {
-                    name: "tw_exit_verdict_kretprobe",
-                    attach: Attach::Kretprobe {
-                        function: "tcp_timewait_state_process",
-                    },
-                },
+                TW_PROCESS_KPROBES[0],
+                TW_PROCESS_KPROBES[1],
             ],
         },
         Hook {
@@ -215,14 +185,11 @@ pub fn cause(raw: u8) -> ExitCause {
     }
 }
 
-pub fn decode(ev: &Event) -> Record {
-    record(
-        ev,
-        What::TwExit {
-            cause: cause(ev.detail),
-            lifetime_ns: (ev.lifetime_ns != 0).then_some(ev.lifetime_ns),
-        },
-    )
+pub fn decode(ev: &Event) -> What {
+    What::TwExit {
+        cause: cause(ev.detail),
+        lifetime_ns: (ev.lifetime_ns != 0).then_some(ev.lifetime_ns),
+    }
 }
 
 /// TIME-WAIT exits still parked in the kernel at shutdown (see twtrace-ebpf/src/tw_exit.rs),

@@ -4,9 +4,9 @@ use twtrace_common::Event;
 
 use super::{
     Attach, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START, TW_TIMER_CANCEL,
-    TW_TIMER_START, record,
+    TW_TIMER_START,
 };
-use crate::event::{Record, What};
+use crate::event::What;
 
 pub static SIGNAL: Signal = Signal {
     name: "tw_overflow",
@@ -107,6 +107,6 @@ pub static SIGNAL: Signal = Signal {
     ],
 };
 
-pub fn decode(ev: &Event) -> Record {
-    record(ev, What::TwOverflow)
+pub fn decode(_: &Event) -> What {
+    What::TwOverflow
 }

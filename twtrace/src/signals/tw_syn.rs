@@ -13,10 +13,10 @@ use std::num::NonZeroUsize;
 
 use twtrace_common::{Event, EventKind, ExitCause, PawsPath, ts_flags};
 
-use super::{RawFlow, flagged, raw_flow, record};
+use super::{RawFlow, flagged, raw_flow};
 use crate::{
     aggregate::{Lru, lru},
-    event::{Record, TwSynVerdict, What},
+    event::{TwSynVerdict, What},
 };
 
 /// A replacing SYN follows its TIME-WAIT's exit within microseconds; anything older is stale.
@@ -50,8 +50,9 @@ impl Default for TwSynClassifier {
 }
 
 impl TwSynClassifier {
-    /// Looks at one raw record; returns the `tw_syn` record it completes, if any.
-    pub fn on_event(&mut self, ev: &Event) -> Option<Record> {
+    /// Looks at one raw record; returns the `tw_syn` verdict it completes, if any (a record
+    /// about the same connection as `ev`, at the same time).
+    pub fn on_event(&mut self, ev: &Event) -> Option<What> {
         let kind = EventKind::from_u8(ev.kind)?;
         // Most records (TIME-WAIT enters, other exits) play no part: leave before any work.
         if !matches!(
@@ -62,15 +63,10 @@ impl TwSynClassifier {
         }
         let key = raw_flow(ev);
         let pure_syn = ev.tcp_flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN;
-        let verdict_of = |verdict, tsval, ts_recent| {
-            record(
-                ev,
-                What::TwSyn {
-                    verdict,
-                    tsval,
-                    ts_recent,
-                },
-            )
+        let verdict_of = |verdict, tsval, ts_recent| What::TwSyn {
+            verdict,
+            tsval,
+            ts_recent,
         };
         match kind {
             EventKind::TwExit if ExitCause::from_u8(ev.detail) == ExitCause::ReplacedBySyn => {
@@ -174,8 +170,8 @@ mod tests {
         e
     }
 
-    fn verdict(r: Option<Record>) -> Option<TwSynVerdict> {
-        match r?.what {
+    fn verdict(w: Option<What>) -> Option<TwSynVerdict> {
+        match w? {
             What::TwSyn { verdict, .. } => Some(verdict),
             _ => None,
         }
@@ -199,7 +195,7 @@ mod tests {
     fn no_timestamps_at_time_wait_means_accepted_by_sequence() {
         let mut c = TwSynClassifier::default();
         c.on_event(&exit(0));
-        match c.on_event(&syn(Some(0x1000_0000), 2_000)).map(|r| r.what) {
+        match c.on_event(&syn(Some(0x1000_0000), 2_000)) {
             Some(What::TwSyn {
                 verdict, ts_recent, ..
             }) => {
