@@ -355,7 +355,8 @@ impl ClockEstimator {
         self.now_ns = self.now_ns.max(t_ns);
         self.expire();
         let key = u32::from(sport) << 16 | u32::from(dport);
-        let (tol, q) = (self.tol, self.quick);
+        // Borrowed, not copied: the bounds are 200 bytes, a copy per SYN.
+        let (tol, q) = (&self.tol, &self.quick);
 
         // 0. The TSval a line of this port ended on, again: a SYN retransmitted without a
         // fresh TSval (or seen twice). Same clock; as a sample it would bend the line.
@@ -390,8 +391,8 @@ impl ClockEstimator {
                     .filter(|(_, l)| l.key == key)
                     .map(|(i, l)| (i, &l.track)),
                 s,
-                &tol,
-                &q,
+                tol,
+                q,
             )
         } else {
             None
@@ -403,7 +404,7 @@ impl ClockEstimator {
             if let Some(j) = self.clusters.iter().position(|c| c.id == id) {
                 let c = &mut self.clusters[j];
                 c.syns += 1;
-                if let Some((m, _)) = c.track.fit_with(s, &tol, &q) {
+                if let Some((m, _)) = c.track.fit_with(s, tol, q) {
                     c.track.push(s, m);
                     self.cluster_tsvals[j] = c.track.last.tsval;
                 }
@@ -442,8 +443,8 @@ impl ClockEstimator {
                     .filter(|(_, (_, last))| window.is_none_or(|w| in_reach(w, **last)))
                     .map(|(j, (c, _))| (j, &c.track)),
                 s,
-                &tol,
-                &q,
+                tol,
+                q,
             )
         } else {
             None
