@@ -272,6 +272,8 @@ pub struct ClockEstimator {
     /// are passed over with one integer compare. Only ever earlier than the truth between
     /// recomputations (a cluster's latest sample only moves later).
     cluster_floor_ns: u64,
+    /// Clusters at the floor removed since it was last recomputed (see `remove_line`).
+    floor_behind: u32,
     /// Tests only: always test every cluster in full (the reference for the shortcut).
     #[cfg(test)]
     full_scan: bool,
@@ -303,6 +305,9 @@ pub struct ClockEstimator {
     quiet_until: u64,
 }
 
+/// Removals of the oldest cluster after which `ClockEstimator::cluster_floor_ns` is recomputed.
+const FLOOR_REFRESH: u32 = 8;
+
 /// The track (by index) that takes `s` best: the lowest score, the first of equals; with
 /// the rates it was taken under.
 fn best_fit<'a>(
@@ -323,6 +328,7 @@ impl ClockEstimator {
             tol: cfg.tolerance(),
             quick: QuickBounds::new(&cfg.tolerance()),
             cluster_floor_ns: u64::MAX,
+            floor_behind: 0,
             #[cfg(test)]
             full_scan: false,
             lines: Vec::with_capacity(cfg.max_lines + 1),
@@ -650,16 +656,25 @@ impl ClockEstimator {
         if self.clusters[j].lines > 0 {
             return;
         }
-        self.clusters.swap_remove(j);
+        let gone = self.clusters.swap_remove(j);
         self.cluster_tsvals.swap_remove(j);
-        // The floor moves up with the oldest cluster gone (under churn every SYN evicts
-        // one, and a floor left behind would soon widen the candidate window to all).
-        self.cluster_floor_ns = self
-            .clusters
-            .iter()
-            .map(|c| c.track.last.t_ns)
-            .min()
-            .unwrap_or(u64::MAX);
+        // The floor moves up with the oldest cluster gone, or a floor left behind would soon
+        // widen the candidate window to all. But not at once: under per-4-tuple churn every
+        // SYN evicts the oldest, and the scan of every cluster was a tenth of the cost per
+        // SYN. Left up to `FLOOR_REFRESH` removals behind, the window is wider by what they
+        // span (milliseconds under churn); an older floor is still a floor.
+        if gone.track.last.t_ns <= self.cluster_floor_ns {
+            self.floor_behind += 1;
+        }
+        if self.floor_behind >= FLOOR_REFRESH || self.clusters.is_empty() {
+            self.floor_behind = 0;
+            self.cluster_floor_ns = self
+                .clusters
+                .iter()
+                .map(|c| c.track.last.t_ns)
+                .min()
+                .unwrap_or(u64::MAX);
+        }
         if evicted {
             if self.dropped.len() >= 4 * self.cfg.max_lines
                 && let Some(old) = self.dropped.pop_front()
