@@ -165,6 +165,11 @@ pub struct Aggregate {
     /// (netns, local, remote): one TIME-WAIT per 4-tuple at a time.
     present: HashSet<(u32, SocketAddr, SocketAddr), RandomState>,
     present_at_start: u64,
+    /// The latest time a start-up read ended (the `TwPresent` records' time): an enter traced
+    /// after it cannot be one of `present`, and skips the lookup (a hash of two addresses in
+    /// a table of up to `--max-live-tw`, for every enter while present ones remain: a minute
+    /// after start-up on a busy host).
+    present_read_ns: u64,
 }
 
 /// Listening ports remembered at most (a bound, not a tuning knob: hosts listen on few).
@@ -184,6 +189,7 @@ impl Aggregate {
             listening: HashSet::default(),
             present: HashSet::default(),
             present_at_start: 0,
+            present_read_ns: 0,
             paws: paws::PawsTable::new(cap.get(), clocks::ClockConfig::default()),
         }
     }
@@ -229,6 +235,7 @@ impl Aggregate {
                     return; // the same socket read twice: counted once
                 }
                 self.present_at_start += 1;
+                self.present_read_ns = self.present_read_ns.max(rec.ts_ns);
                 if *server {
                     self.note_listening(rec.netns, rec.local.port());
                 }
@@ -237,8 +244,8 @@ impl Aggregate {
             // An exit whose entry was not seen is a present socket's end. A traced enter of a
             // present 4-tuple means the start-up read saw a socket that entered after the
             // programs attached: one TIME-WAIT, which `live` must not count twice.
-            What::TwEnter { .. }
-            | What::TwExit {
+            What::TwEnter { .. } if rec.ts_ns <= self.present_read_ns => self.end_present(&key),
+            What::TwExit {
                 lifetime_ns: None, ..
             } => self.end_present(&key),
             _ => false,

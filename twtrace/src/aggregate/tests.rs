@@ -169,6 +169,26 @@ fn present_at_start_counts_once_until_its_exit() {
     assert_eq!(agg.present_at_start(), 3);
 }
 
+/// Only an enter from before the start-up read ended can be a socket the read saw: a later
+/// one is a new TIME-WAIT (its 4-tuple's present one ended first, its exit lost here), not
+/// looked up.
+#[test]
+fn only_enters_before_the_read_ended_can_be_present_ones() {
+    let at = |mut r: Record, ts_ns: u64| {
+        r.ts_ns = ts_ns;
+        r
+    };
+    let mut agg = Aggregate::new(16);
+    agg.apply(&at(present("192.0.2.1:443", 40000), 1_000));
+    agg.apply(&at(present("192.0.2.1:443", 40001), 1_000));
+    // Entered while the read ran: the socket it read.
+    agg.apply(&at(enter("192.0.2.1:443", 40000), 900));
+    assert_eq!((agg.totals().live, agg.totals().tw_created), (2, 1));
+    // Entered after: another TIME-WAIT.
+    agg.apply(&at(enter("192.0.2.1:443", 40001), 1_001));
+    assert_eq!((agg.totals().live, agg.totals().tw_created), (3, 2));
+}
+
 #[test]
 fn seen_exit_after_eviction_saturates_at_zero() {
     let mut agg = Aggregate::new(1);

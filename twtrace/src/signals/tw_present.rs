@@ -28,11 +28,7 @@ pub struct Wanted {
 /// Starts the start-up read beside the ring (which must not fill up meanwhile); None reads
 /// nothing. Ring records wait in the [`Held`] until the read's own records have gone first.
 pub fn start(what: Option<Wanted>) -> (Reading, Held) {
-    let task = what.map(|w| {
-        tokio::task::spawn_blocking(move || {
-            take(w.netns.as_ref(), w.limit, crate::run::monotonic_ns())
-        })
-    });
+    let task = what.map(|w| tokio::task::spawn_blocking(move || take(w.netns.as_ref(), w.limit)));
     let held = Held {
         active: task.is_some(),
         records: Vec::new(),
@@ -120,7 +116,7 @@ pub struct Snapshot {
 
 /// Reads the TIME-WAITs of every namespace (`only` None), or of the `--netns` one, at most
 /// `limit` in all.
-pub fn take(only: Option<&NetnsArg>, limit: usize, now_ns: u64) -> Snapshot {
+pub fn take(only: Option<&NetnsArg>, limit: usize) -> Snapshot {
     let spaces = match only {
         None => netns::all(),
         // Given as a file: entered by that file, which may be the only one naming it (a
@@ -137,10 +133,13 @@ pub fn take(only: Option<&NetnsArg>, limit: usize, now_ns: u64) -> Snapshot {
             all
         }
     };
-    take_from(spaces, limit, now_ns)
+    take_from(spaces, limit)
 }
 
-fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize, now_ns: u64) -> Snapshot {
+/// Each namespace's records carry the time its read ended: every TIME-WAIT in them had entered
+/// by then, so a traced enter after it is no socket of the read (`Aggregate` tests enters
+/// against the read's sockets only up to that time).
+fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize) -> Snapshot {
     let mut snap = Snapshot::default();
     let mut listeners = Vec::new();
     for (inode, path) in spaces {
@@ -154,6 +153,7 @@ fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize, now_ns: u6
                 continue;
             }
         };
+        let now_ns = crate::run::monotonic_ns();
         snap.namespaces += 1;
         snap.truncated |= socks.timewaits.len() > room;
         let listening = &socks.listening;
@@ -227,7 +227,7 @@ mod tests {
             inode: 1,
             file: Some("/proc/self/ns/net".into()),
         };
-        let snap = take(Some(&file), 16, 0);
+        let snap = take(Some(&file), 16);
         assert_eq!(snap.namespaces + snap.failed.len(), 1, "{snap:?}");
         if unsafe { libc::geteuid() } == 0 {
             assert_eq!(snap.namespaces, 1, "{snap:?}");
@@ -237,7 +237,7 @@ mod tests {
             inode: 1,
             file: None,
         };
-        let snap = take(Some(&number), 16, 0);
+        let snap = take(Some(&number), 16);
         assert_eq!((snap.namespaces, snap.failed.len()), (0, 0), "{snap:?}");
     }
 
@@ -252,7 +252,7 @@ mod tests {
             inode: 7,
             file: Some("/proc/self/ns/net".into()),
         };
-        let snap = take(Some(&file), 1 << 20, 0);
+        let snap = take(Some(&file), 1 << 20);
         if unsafe { libc::geteuid() } != 0 {
             assert_eq!(snap.failed.len(), 1, "{snap:?}");
             return;
