@@ -11,6 +11,7 @@
 
 pub mod clocks;
 pub mod counters;
+mod listening;
 pub mod order;
 pub mod paws;
 mod rows;
@@ -160,7 +161,7 @@ pub struct Aggregate {
     /// as most were not about TIME-WAITs (a timer program runs for every timer).
     skipped: BTreeMap<&'static str, u64>,
     /// (netns, port) pairs that SYNs were seen arriving at: listening ports.
-    listening: HashSet<(u32, u16), RandomState>,
+    listening: listening::Listening,
     /// TIME-WAITs present at start-up (`TwPresent`) that have not ended yet, by
     /// (netns, local, remote): one TIME-WAIT per 4-tuple at a time.
     present: HashSet<(u32, SocketAddr, SocketAddr), RandomState>,
@@ -171,9 +172,6 @@ pub struct Aggregate {
     /// after start-up on a busy host).
     present_read_ns: u64,
 }
-
-/// Listening ports remembered at most (a bound, not a tuning knob: hosts listen on few).
-const MAX_LISTENING: usize = 4096;
 
 impl Aggregate {
     /// `capacity` is the number of keys each table keeps (0 is taken as 1).
@@ -186,7 +184,7 @@ impl Aggregate {
             totals: Counters::default(),
             lost: BTreeMap::new(),
             skipped: BTreeMap::new(),
-            listening: HashSet::default(),
+            listening: listening::Listening::default(),
             present: HashSet::default(),
             present_at_start: 0,
             present_read_ns: 0,
@@ -258,7 +256,7 @@ impl Aggregate {
         // where the local side is a listening port: that TIME-WAIT is a server's, its "remote"
         // a client's ephemeral port, never a destination anything connects to (and keying
         // every one would churn the table at the connection rate).
-        if !self.listening.contains(&(rec.netns, rec.local.port())) {
+        if !self.listening.contains(rec.netns, rec.local.port()) {
             self.by_dest.apply(rec.remote, what, ends_present);
         }
         if !matches!(what, What::ConnectAddrNotAvail { .. }) {
@@ -280,9 +278,7 @@ impl Aggregate {
 
     /// Remembers a port that listens (SYNs arrive at it): TIME-WAITs on it are a server's.
     fn note_listening(&mut self, netns: u32, port: u16) {
-        if self.listening.len() < MAX_LISTENING {
-            self.listening.insert((netns, port));
-        }
+        self.listening.note(netns, port);
     }
 
     /// TIME-WAITs that were already there when tracing started (counted in `live` until they
