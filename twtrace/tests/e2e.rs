@@ -23,8 +23,8 @@ use support::{
     CloseFirst, HangingConnects, IO_TIMEOUT, NetnsPair, Server, TIMEWAIT_SOCKETS, TcpState, Tracer,
     connect_many,
     cpu::{HeldCpu, Hold, PinnedToCpu},
-    delta, free_port, in_netns, kernel_btf_has_name, kernel_counts_classic_skips, netstat,
-    rerun_alone_if_skipped, rerun_if_skipped, sysctl, tcp_sockets,
+    delta, free_port, in_netns, kernel_btf_has_name, kernel_counts_classic_skips, listen_free,
+    netstat, rerun_alone_if_skipped, rerun_if_skipped, sysctl, tcp_sockets,
     tracer::SkippedRuns,
     tw_counted_at_creation,
 };
@@ -475,8 +475,7 @@ fn aborts_are_not_overflows() -> Result<()> {
             &BUCKETS.to_string(),
         )?;
         let srv_ip = pair.server_v4();
-        let srv = SocketAddr::new(srv_ip, free_port(pair.server_ns(), srv_ip)?);
-        let listener = in_netns(pair.server_ns(), || TcpListener::bind(srv)).context("bind")?;
+        let (_, listener) = listen_free(pair.server_ns(), srv_ip)?;
         let (srv2, server) = serve(&pair, Family::V4)?;
         let inode = pair.client_inode();
         let tracer = trace_netns(inode)?;
@@ -553,8 +552,7 @@ fn overflow_after_a_rearm() -> Result<()> {
         // for the wait below on a slow guest.
         sysctl(pair.client_ns(), "net.ipv4.tcp_fin_timeout", "10")?;
         let srv_ip = pair.server_v4();
-        let srv = SocketAddr::new(srv_ip, free_port(pair.server_ns(), srv_ip)?);
-        let listener = in_netns(pair.server_ns(), || TcpListener::bind(srv)).context("bind")?;
+        let (srv, listener) = listen_free(pair.server_ns(), srv_ip)?;
         let connect = || -> Result<(TcpStream, TcpStream)> {
             let client =
                 in_netns(pair.client_ns(), || TcpStream::connect(srv)).context("connect")?;
@@ -626,8 +624,7 @@ fn skipped_runs() -> Result<()> {
     let pair = NetnsPair::new("skip")?;
     sysctl(pair.client_ns(), "net.ipv4.tcp_fin_timeout", "5")?;
     let srv_ip = pair.server_v4();
-    let srv = SocketAddr::new(srv_ip, free_port(pair.server_ns(), srv_ip)?);
-    let listener = in_netns(pair.server_ns(), || TcpListener::bind(srv)).context("bind")?;
+    let (srv, listener) = listen_free(pair.server_ns(), srv_ip)?;
     let inode = pair.client_inode();
     let tracer = trace_netns(inode)?;
     let announced = tracer.stderr_text();
@@ -1271,8 +1268,7 @@ fn data_after_close_resets(tag: &str, f: Family) -> Result<()> {
     let pair = NetnsPair::new(tag)?;
     let srv_ns = pair.server_ns();
     let ip = server_ip(&pair, f);
-    let srv = SocketAddr::new(ip, free_port(srv_ns, ip)?);
-    let listener = in_netns(srv_ns, || TcpListener::bind(srv)).context("bind")?;
+    let (srv, listener) = listen_free(srv_ns, ip)?;
     let tracer = trace_netns(pair.server_inode())?;
     let before = netstat(srv_ns)?;
     let mut client = fin_wait2_timewait(&pair, &listener, srv)?;
@@ -1330,8 +1326,7 @@ fn fin_wait2_timewaits_present_at_start() -> Result<()> {
         let pair = NetnsPair::new("pfw2")?;
         let srv_ns = pair.server_ns();
         let ip = server_ip(&pair, Family::V4);
-        let srv = SocketAddr::new(ip, free_port(srv_ns, ip)?);
-        let listener = in_netns(srv_ns, || TcpListener::bind(srv)).context("bind")?;
+        let (srv, listener) = listen_free(srv_ns, ip)?;
         // The clients stay open: their peers stay FIN_WAIT2 TIME-WAITs for tcp_fin_timeout.
         let mut clients = Vec::new();
         for _ in 0..N {

@@ -239,6 +239,21 @@ impl Drop for Server {
     }
 }
 
+/// A listener on a free port of `ip` in namespace `ns`, for a test that accepts itself: bound
+/// once to port 0, not to a port found free a moment before (a concurrent test's fork may
+/// still hold the socket that found it, see [`bind_retrying`]: its port is then in use).
+pub fn listen_free(ns: &str, ip: std::net::IpAddr) -> Result<(SocketAddr, std::net::TcpListener)> {
+    try_in_netns(ns, || -> Result<_> {
+        let any = SocketAddr::new(ip, 0);
+        let fd = sys::tcp_socket(&any)?;
+        sys::set_reuseaddr(&fd)?;
+        sys::bind(&fd, &any).with_context(|| format!("bind {any}"))?;
+        sys::listen(&fd, 128)?;
+        let l = sys::into_listener(fd);
+        Ok((l.local_addr()?, l))
+    })?
+}
+
 /// bind() that retries EADDRINUSE for a while: the previous listener on this port may still be
 /// referenced by a concurrent test's fork that has not reached exec yet.
 fn bind_retrying(fd: &std::os::fd::OwnedFd, addr: &SocketAddr) -> Result<()> {
