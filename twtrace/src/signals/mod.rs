@@ -234,7 +234,7 @@ pub struct DecodeCtx {
 
 /// Turns one ring-buffer record into a [`Record`]; None for a record of unknown kind.
 pub fn decode(ev: &Event, ctx: &DecodeCtx) -> Option<Record> {
-    decode_what(ev, ctx).map(|what| record(ev, what))
+    decode_what(ev, ctx).map(|what| record_at(ev, endpoints(ev), what))
 }
 
 /// What one ring-buffer record says, its kind's own fields: [`decode`] without the common
@@ -273,12 +273,8 @@ pub fn endpoints(ev: &Event) -> (SocketAddr, SocketAddr) {
     )
 }
 
-/// A [`Record`] with the common fields of `ev` and the given specifics.
-pub fn record(ev: &Event, what: What) -> Record {
-    record_at(ev, endpoints(ev), what)
-}
-
-/// [`record`] with `ev`'s [`endpoints`] already built.
+/// A [`Record`] with the common fields of `ev`, its [`endpoints`] (built by the caller, once
+/// for all the records one raw record gives) and the given specifics.
 pub fn record_at(ev: &Event, (local, remote): (SocketAddr, SocketAddr), what: What) -> Record {
     Record {
         ts_ns: ev.ts_ns,
