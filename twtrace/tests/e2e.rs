@@ -23,8 +23,8 @@ use support::{
     CloseFirst, HangingConnects, IO_TIMEOUT, NetnsPair, Server, TIMEWAIT_SOCKETS, TcpState, Tracer,
     connect_many,
     cpu::{HeldCpu, Hold, PinnedToCpu},
-    delta, free_port, in_netns, kernel_btf_has_name, kernel_counts_classic_skips, listen_free,
-    netstat, rerun_alone_if_skipped, rerun_if_skipped, sysctl, tcp_sockets,
+    delta, in_netns, kernel_btf_has_name, kernel_counts_classic_skips, listen_free, netstat,
+    rerun_alone_if_skipped, rerun_if_skipped, sysctl, tcp_sockets,
     tracer::SkippedRuns,
     tw_counted_at_creation,
 };
@@ -57,8 +57,9 @@ fn client_ip(p: &NetnsPair, f: Family) -> IpAddr {
 /// A harness server on a free port of the pair's server address of family `f`.
 fn serve(pair: &NetnsPair, f: Family) -> Result<(SocketAddr, Server)> {
     let ip = server_ip(pair, f);
-    let srv = SocketAddr::new(ip, free_port(pair.server_ns(), ip)?);
-    Ok((srv, Server::start(pair.server_ns(), srv)?))
+    // Port 0: the server binds once and says where (no port found free, then bound again).
+    let server = Server::start(pair.server_ns(), SocketAddr::new(ip, 0))?;
+    Ok((server.addr(), server))
 }
 
 /// Starts `twtrace events --json` restricted (in the kernel) to one namespace.

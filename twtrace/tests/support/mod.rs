@@ -43,7 +43,7 @@ pub use tracer::{
 };
 pub use traffic::{
     CloseFirst, ConnOutcome, ConnectOptions, HangingConnects, IO_TIMEOUT, Server, ServerStats,
-    connect_many, connect_many_opts, free_port, listen_free, wait_tw_count, wait_tw_settled,
+    connect_many, connect_many_opts, listen_free, wait_tw_count, wait_tw_settled,
 };
 
 /// A scratch directory of one test, removed when the test ends, passing or failing.

@@ -241,7 +241,7 @@ impl Drop for Server {
 
 /// A listener on a free port of `ip` in namespace `ns`, for a test that accepts itself: bound
 /// once to port 0, not to a port found free a moment before (a concurrent test's fork may
-/// still hold the socket that found it, see [`bind_retrying`]: its port is then in use).
+/// still hold the socket that found it: its port is then in use).
 pub fn listen_free(ns: &str, ip: std::net::IpAddr) -> Result<(SocketAddr, std::net::TcpListener)> {
     try_in_netns(ns, || -> Result<_> {
         let any = SocketAddr::new(ip, 0);
@@ -601,15 +601,6 @@ pub fn wait_tw_settled(ns: &str, quiet: Duration, timeout: Duration) -> Result<u
             bail!("netns {ns}: TIME-WAIT count still changing after {timeout:?} (last {last})");
         }
     }
-}
-
-/// Convenience for tests that need a free port on the server: binds port 0 in `ns` and
-/// returns the port the kernel picked (released again at once).
-pub fn free_port(ns: &str, ip: std::net::IpAddr) -> Result<u16> {
-    try_in_netns(ns, || -> Result<u16> {
-        let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))?;
-        Ok(l.local_addr()?.port())
-    })?
 }
 
 /// `n` connect(2) calls that stay in the kernel together, from namespace `ns` to `dst`, an
