@@ -243,6 +243,32 @@ fn eviction_is_least_recently_updated() {
     assert_eq!(keys, [ip("192.0.2.1"), ip("192.0.2.3")]);
 }
 
+/// Consecutive records of one key take the shortcut past the hash lookup (`newest_or_get`):
+/// each still counts, and the key stays the most recent, as a lookup would leave it.
+#[test]
+fn a_run_of_one_key_counts_each_record_and_keeps_it_recent() {
+    let mut agg = Aggregate::new(2);
+    agg.apply(&enter("192.0.2.2:80", 2));
+    for _ in 0..3 {
+        agg.apply(&enter("192.0.2.1:80", 1));
+    }
+    agg.apply(&enter("192.0.2.2:80", 2)); // .2 most recent again, so .1 goes next
+    agg.apply(&enter("192.0.2.2:80", 2));
+    agg.apply(&enter("192.0.2.3:80", 3));
+    let rows: Vec<_> = agg
+        .top_by_ip(10, Order::Live)
+        .iter()
+        .map(|r| (r.key, r.counters.live))
+        .collect();
+    assert_eq!(rows, [(ip("192.0.2.2"), 3), (ip("192.0.2.3"), 1)]);
+    let ports: Vec<_> = agg
+        .top_by_port(10, Order::Live)
+        .iter()
+        .map(|r| (r.key, r.counters.live))
+        .collect();
+    assert_eq!(ports, [(2, 3), (3, 1)]);
+}
+
 #[test]
 fn zero_capacity_is_one() {
     let mut agg = Aggregate::new(0);
