@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use twtrace_common::{Event, EventKind, HookFamily, overflow_detail, ts_flags};
 
 use crate::{
-    event::{LossReason, Record},
+    event::{LossReason, Record, What},
     filter::Filter,
     signals::{
         self, DecodeCtx,
@@ -134,10 +134,12 @@ impl Pipeline {
         let ends = signals::endpoints(&ev);
         match split_exit_and_syn(&ev) {
             Some((exit, syn)) => {
-                self.feed_one(exit, ends, filter, &mut f);
-                self.feed_one(syn, ends, filter, &mut f);
+                // The pair is already joined: its verdict needs no classifier state.
+                let verdict = TwSynClassifier::joined(&exit, &syn);
+                self.feed_one(exit, ends, Join::Known(None), filter, &mut f);
+                self.feed_one(syn, ends, Join::Known(verdict), filter, &mut f);
             }
-            None => self.feed_one(ev, ends, filter, f),
+            None => self.feed_one(ev, ends, Join::Classify, filter, f),
         }
     }
 
@@ -147,6 +149,7 @@ impl Pipeline {
         &mut self,
         mut ev: Event,
         ends: (SocketAddr, SocketAddr),
+        join: Join,
         filter: &Filter,
         mut f: impl FnMut(&Record),
     ) {
@@ -164,7 +167,10 @@ impl Pipeline {
             ));
         }
         self.request_ts.on_event(&mut ev);
-        let derived = self.tw_syn.on_event(&ev);
+        let derived = match join {
+            Join::Classify => self.tw_syn.on_event(&ev),
+            Join::Known(verdict) => verdict,
+        };
         for what in signals::decode_what(&ev, &self.ctx)
             .into_iter()
             .chain(derived)
@@ -175,6 +181,14 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Where a record's TIME-WAIT SYN verdict comes from.
+enum Join {
+    /// The classifier pairs exits and SYNs that came as records of their own.
+    Classify,
+    /// Already known: a half of an exit that carried its SYN (the verdict goes with the SYN).
+    Known(Option<What>),
 }
 
 /// A TIME-WAIT exit that carries the SYN which replaced it (`ts_flags::WITH_SYN`, the tp_btf

@@ -32,6 +32,40 @@ struct Pending {
     ts_recent: Option<u32>,
 }
 
+impl Pending {
+    fn of(exit: &Event) -> Self {
+        Self {
+            ts_ns: exit.ts_ns,
+            // 0: the connection had no timestamps (ts_recent was never set), and the kernel
+            // then reads none from the SYN: accepted by sequence alone. (A real ts_recent of 0
+            // is one in 2^32; the eBPF PAWS test reads 0 alike.)
+            ts_recent: flagged(exit, ts_flags::HAS_TS_RECENT, exit.ts_recent).filter(|&r| r != 0),
+        }
+    }
+}
+
+fn replaced(exit: &Event) -> bool {
+    ExitCause::from_u8(exit.detail) == ExitCause::ReplacedBySyn
+}
+
+/// The verdict on `syn`, accepted by the TIME-WAIT whose exit is `p`: by timestamp if its
+/// TSval was newer than ts_recent, else by sequence (tcp_timewait_state_process's test).
+fn accepted(p: &Pending, syn: &Event) -> What {
+    let tsval = flagged(syn, ts_flags::HAS_TSVAL, syn.tsval);
+    let newer =
+        matches!((tsval, p.ts_recent), (Some(t), Some(r)) if (r.wrapping_sub(t) as i32) < 0);
+    let verdict = if newer {
+        TwSynVerdict::AcceptedByTimestamp
+    } else {
+        TwSynVerdict::AcceptedBySequence
+    };
+    What::TwSyn {
+        verdict,
+        tsval,
+        ts_recent: p.ts_recent,
+    }
+}
+
 pub struct TwSynClassifier {
     /// The latest exit: its SYN is almost always the very next record (the same program run
     /// emits both), so most pairs never touch the map.
@@ -69,15 +103,8 @@ impl TwSynClassifier {
             ts_recent,
         };
         match kind {
-            EventKind::TwExit if ExitCause::from_u8(ev.detail) == ExitCause::ReplacedBySyn => {
-                let exit = Pending {
-                    ts_ns: ev.ts_ns,
-                    // 0: the connection had no timestamps (ts_recent was never set), and the
-                    // kernel then reads none from the SYN: accepted by sequence alone. (A real
-                    // ts_recent of 0 is one in 2^32; the eBPF PAWS test reads 0 alike.)
-                    ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent)
-                        .filter(|&r| r != 0),
-                };
+            EventKind::TwExit if replaced(ev) => {
+                let exit = Pending::of(ev);
                 if let Some((k, older)) = self.last.replace((key, exit)) {
                     self.pending.insert(k, older);
                 }
@@ -97,14 +124,7 @@ impl TwSynClassifier {
                 if ev.ts_ns.saturating_sub(p.ts_ns) > PAIRING_WINDOW_NS {
                     return None;
                 }
-                let tsval = flagged(ev, ts_flags::HAS_TSVAL, ev.tsval);
-                let newer = matches!((tsval, p.ts_recent), (Some(t), Some(r)) if (r.wrapping_sub(t) as i32) < 0);
-                let verdict = if newer {
-                    TwSynVerdict::AcceptedByTimestamp
-                } else {
-                    TwSynVerdict::AcceptedBySequence
-                };
-                Some(verdict_of(verdict, tsval, p.ts_recent))
+                Some(accepted(&p, ev))
             }
             EventKind::PawsReject if ev.detail == PawsPath::Timewait as u8 && pure_syn => {
                 Some(verdict_of(
@@ -115,6 +135,15 @@ impl TwSynClassifier {
             }
             _ => None,
         }
+    }
+
+    /// The verdict of an exit and the SYN that replaced it, handed over as one record (the
+    /// pair every connection gives under churn): no pairing to do, so nothing is stored or
+    /// looked up. `None` unless `exit` was replaced by a SYN and `syn` is one.
+    pub fn joined(exit: &Event, syn: &Event) -> Option<What> {
+        let is_syn = EventKind::from_u8(syn.kind) == Some(EventKind::Syn);
+        let is_exit = EventKind::from_u8(exit.kind) == Some(EventKind::TwExit);
+        (is_syn && is_exit && replaced(exit)).then(|| accepted(&Pending::of(exit), syn))
     }
 
     /// Drops waiting exits past the pairing window, oldest first, so that in steady churn the
