@@ -239,9 +239,11 @@ impl Aggregate {
             }
             _ => {}
         }
-        let key = (rec.netns, rec.local, rec.remote);
+        // Built only where it is looked up: two socket addresses, for every record otherwise.
+        let key = || (rec.netns, rec.local, rec.remote);
         let ends_present = match what {
             What::TwPresent { server, .. } => {
+                let key = key();
                 if !self.present.insert(key) {
                     return; // the same socket read twice: counted once
                 }
@@ -255,10 +257,10 @@ impl Aggregate {
             // An exit whose entry was not seen is a present socket's end. A traced enter of a
             // present 4-tuple means the start-up read saw a socket that entered after the
             // programs attached: one TIME-WAIT, which `live` must not count twice.
-            What::TwEnter { .. } if rec.ts_ns <= self.present_read_ns => self.end_present(&key),
+            What::TwEnter { .. } if rec.ts_ns <= self.present_read_ns => self.end_present(key),
             What::TwExit {
                 lifetime_ns: None, ..
-            } => self.end_present(&key),
+            } => self.end_present(key),
             _ => false,
         };
         self.totals.apply(what);
@@ -279,8 +281,8 @@ impl Aggregate {
 
     /// Whether `key` was a TIME-WAIT present at start-up, which then ends. The set is freed
     /// once its last member has ended (a busy host may start with a quarter million).
-    fn end_present(&mut self, key: &(u32, SocketAddr, SocketAddr)) -> bool {
-        if self.present.is_empty() || !self.present.remove(key) {
+    fn end_present(&mut self, key: impl FnOnce() -> (u32, SocketAddr, SocketAddr)) -> bool {
+        if self.present.is_empty() || !self.present.remove(&key()) {
             return false;
         }
         if self.present.is_empty() {
