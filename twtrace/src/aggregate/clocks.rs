@@ -241,6 +241,9 @@ pub struct ClockEstimate {
 struct Line {
     key: u32,
     cluster: u32,
+    /// Where `cluster` was in `clusters` when last seen: checked against its id before use
+    /// (see [`ClockEstimator::cluster_of`]).
+    cluster_at: u32,
     track: Track,
 }
 
@@ -274,7 +277,8 @@ pub struct ClockEstimator {
     cluster_floor_ns: u64,
     /// Clusters at the floor removed since it was last recomputed (see `remove_line`).
     floor_behind: u32,
-    /// Tests only: always test every cluster in full (the reference for the shortcut).
+    /// Tests only: always test every cluster in full, scan for the oldest line and for a
+    /// line's cluster (the reference for the shortcuts).
     #[cfg(test)]
     full_scan: bool,
     lines: Vec<Line>,
@@ -288,6 +292,11 @@ pub struct ClockEstimator {
     /// every SYN once `max_lines` are tracked (under churn, always): walking `lines` for it
     /// was half of the estimator's cost per SYN.
     line_last_ns: Vec<u64>,
+    /// The values of `line_last_ns`, sorted: the oldest line's time is the first, so the
+    /// eviction under churn (every SYN, once `max_lines` are tracked) need not scan for it, a
+    /// fifth of the estimator's cost per SYN. Under churn a new time goes to the back and the
+    /// oldest leaves from the front.
+    ages: VecDeque<u64>,
     /// `clusters[j].track.last.tsval`, kept beside `clusters`, for step 2's candidate test.
     cluster_tsvals: Vec<u32>,
     /// Clusters with two lines or more (only their lines are redundant, see `evict_one`).
@@ -335,6 +344,7 @@ impl ClockEstimator {
             clusters: Vec::new(),
             line_keys: Vec::with_capacity(cfg.max_lines + 1),
             line_last_ns: Vec::with_capacity(cfg.max_lines + 1),
+            ages: VecDeque::with_capacity(cfg.max_lines + 1),
             cluster_tsvals: Vec::new(),
             multi_clusters: 0,
             next_id: 0,
@@ -405,9 +415,13 @@ impl ClockEstimator {
         };
         if let Some((i, mask, _)) = own {
             self.lines[i].track.push(s, mask);
-            self.line_last_ns[i] = self.lines[i].track.last.t_ns;
-            let id = self.lines[i].cluster;
-            if let Some(j) = self.clusters.iter().position(|c| c.id == id) {
+            let (was, now) = (self.line_last_ns[i], self.lines[i].track.last.t_ns);
+            if now != was {
+                self.line_last_ns[i] = now;
+                Self::forget_age(&mut self.ages, was);
+                Self::note_age(&mut self.ages, now);
+            }
+            if let Some(j) = self.cluster_of(i) {
                 let c = &mut self.clusters[j];
                 c.syns += 1;
                 if let Some((m, _)) = c.track.fit_with(s, tol, q) {
@@ -455,7 +469,7 @@ impl ClockEstimator {
         } else {
             None
         };
-        let cluster = match best {
+        let (cluster, cluster_at) = match best {
             Some((j, mask, _)) => {
                 let id = self.clusters[j].id;
                 let new_port =
@@ -469,7 +483,7 @@ impl ClockEstimator {
                 if c.lines == 2 {
                     self.multi_clusters += 1;
                 }
-                id
+                (id, j)
             }
             None => {
                 let id = self.next_id;
@@ -483,19 +497,52 @@ impl ClockEstimator {
                 });
                 self.cluster_tsvals.push(tsval);
                 self.cluster_floor_ns = self.cluster_floor_ns.min(s.t_ns);
-                id
+                (id, self.clusters.len() - 1)
             }
         };
         self.lines.push(Line {
             key,
             cluster,
+            cluster_at: cluster_at as u32,
             track: Track::new(s),
         });
         self.line_keys.push(key);
         self.line_last_ns.push(s.t_ns);
+        Self::note_age(&mut self.ages, s.t_ns);
         self.quiet_until = self.quiet_until.min(self.expiry_of(s.t_ns));
         if self.lines.len() > self.cfg.max_lines {
             self.evict_one();
+        }
+    }
+
+    /// Index in `clusters` of line `i`'s cluster: where it was last seen, else found by id.
+    fn cluster_of(&self, i: usize) -> Option<usize> {
+        let line = &self.lines[i];
+        let at = line.cluster_at as usize;
+        if self.shortcuts() && self.clusters.get(at).is_some_and(|c| c.id == line.cluster) {
+            return Some(at);
+        }
+        self.clusters.iter().position(|c| c.id == line.cluster)
+    }
+
+    /// Adds a line's latest time to `ages`, keeping it sorted (at the back when it is the
+    /// newest, as it is unless SYNs come out of order).
+    fn note_age(ages: &mut VecDeque<u64>, t_ns: u64) {
+        if ages.back().is_none_or(|&b| b <= t_ns) {
+            ages.push_back(t_ns);
+        } else {
+            let at = ages.partition_point(|&x| x <= t_ns);
+            ages.insert(at, t_ns);
+        }
+    }
+
+    /// Removes one copy of a line's former latest time from `ages` (at the front when the
+    /// oldest line goes, as under churn).
+    fn forget_age(ages: &mut VecDeque<u64>, t_ns: u64) {
+        if ages.front() == Some(&t_ns) {
+            ages.pop_front();
+        } else if let Ok(at) = ages.binary_search(&t_ns) {
+            ages.remove(at);
         }
     }
 
@@ -517,6 +564,9 @@ impl ClockEstimator {
         assert_eq!(self.line_keys, keys, "line keys out of step");
         let last: Vec<u64> = self.lines.iter().map(|l| l.track.last.t_ns).collect();
         assert_eq!(self.line_last_ns, last, "line times out of step");
+        let mut sorted = last;
+        sorted.sort_unstable();
+        assert!(self.ages.iter().eq(&sorted), "line ages out of step");
         let tsvals: Vec<u32> = self.clusters.iter().map(|c| c.track.last.tsval).collect();
         assert_eq!(self.cluster_tsvals, tsvals, "cluster TSvals out of step");
         let multi = self.clusters.iter().filter(|c| c.lines >= 2).count();
@@ -615,8 +665,20 @@ impl ClockEstimator {
         // (the minimum, then where it first is: ties go to the first line, as `min_by_key`
         // would), where one pass carrying an index did not and was a sixth of the cost per SYN.
         let times = &self.line_last_ns[..newest];
-        let Some(&min) = times.iter().min() else {
-            return;
+        // The oldest time but the newest line's (which `ages` holds too, usually at the back).
+        let min = match (self.ages.front(), self.ages.get(1)) {
+            _ if !self.shortcuts() => match times.iter().min() {
+                Some(&m) => m,
+                None => return,
+            },
+            (Some(&a), Some(&b)) => {
+                if a == self.line_last_ns[newest] {
+                    b
+                } else {
+                    a
+                }
+            }
+            _ => return,
         };
         let Some(first) = times.iter().position(|&t| t == min) else {
             return;
@@ -643,10 +705,12 @@ impl ClockEstimator {
     /// Removes line `i`; drops its cluster if that was its last line, remembering when the
     /// cluster was last seen if it goes for memory (`evicted`) rather than age.
     fn remove_line(&mut self, i: usize, evicted: bool) {
+        let j = self.cluster_of(i);
         let line = self.lines.swap_remove(i);
         self.line_keys.swap_remove(i);
-        self.line_last_ns.swap_remove(i);
-        let Some(j) = self.clusters.iter().position(|c| c.id == line.cluster) else {
+        let last_ns = self.line_last_ns.swap_remove(i);
+        Self::forget_age(&mut self.ages, last_ns);
+        let Some(j) = j else {
             return;
         };
         self.clusters[j].lines -= 1;
@@ -658,6 +722,15 @@ impl ClockEstimator {
         }
         let gone = self.clusters.swap_remove(j);
         self.cluster_tsvals.swap_remove(j);
+        // The last cluster took its place. Under churn that is the newest, whose one line
+        // (the newest too) has just taken line `i`'s place: its hint follows. Other lines of
+        // a moved cluster find it by id.
+        if let Some(moved) = self.clusters.get(j)
+            && let Some(l) = self.lines.get_mut(i)
+            && l.cluster == moved.id
+        {
+            l.cluster_at = j as u32;
+        }
         // The floor moves up with the oldest cluster gone, or a floor left behind would soon
         // widen the candidate window to all. But not at once: under per-4-tuple churn every
         // SYN evicts the oldest, and the scan of every cluster was a tenth of the cost per

@@ -1,7 +1,9 @@
-//! The candidate window of step 2 (`ClockEstimator::candidates`) and the vectorized scans of
-//! the hot copies (`line_keys`, `cluster_tsvals`) are shortcuts, not a change of method: fed
-//! the same SYNs, an estimator that tests every line and cluster in full ends up in the same
-//! state after every SYN, and the copies match what they copy.
+//! The candidate window of step 2 (`ClockEstimator::candidates`), the vectorized scans of
+//! the hot copies (`line_keys`, `cluster_tsvals`), the sorted line times that name the oldest
+//! line (`ages`) and the lines' hints to their clusters (`cluster_at`) are shortcuts, not a
+//! change of method: fed the same SYNs, an estimator that tests every line and cluster in
+//! full and scans for the oldest line and for each cluster ends up in the same state after
+//! every SYN, and the copies match what they copy.
 
 use super::*;
 
