@@ -146,7 +146,7 @@ pub type Lru<K, V> = LruMap<K, V, ByLength, RandomState>;
 /// case, and the most recent key is found without hashing: it already is the most recent, so
 /// nothing changes in the order either. The lookups this saves (four per connection under
 /// churn, and two in the PAWS table) were a twentieth of the tracer's user space.
-pub fn newest_or_get<'a, K: Hash + Eq, V>(map: &'a mut Lru<K, V>, key: &K) -> Option<&'a mut V> {
+fn newest_or_get<'a, K: Hash + Eq, V>(map: &'a mut Lru<K, V>, key: &K) -> Option<&'a mut V> {
     if map.peek_newest().is_some_and(|(k, _)| k == key) {
         map.iter_mut().next().map(|(_, v)| v)
     } else {
