@@ -141,14 +141,24 @@ impl<K: Ord> Ord for Ranked<'_, K> {
 /// in a freshly booted VM (and would at early boot as a service).
 pub type Lru<K, V> = LruMap<K, V, ByLength, RandomState>;
 
-/// `key`'s value, marked most recently used (as [`LruMap::get`] does). Consecutive records
-/// of one key (one client or one NAT address under churn, one server port) are the usual
-/// case, and the most recent key is found without hashing: it already is the most recent, so
-/// nothing changes in the order either. The lookups this saves (four per connection under
-/// churn, and two in the PAWS table) were a twentieth of the tracer's user space.
+/// Whether `key` is `map`'s most recently used key. Consecutive records of one key (one
+/// client or one NAT address under churn, one server port) are the usual case, and that key
+/// is then found without hashing ([`newest`]): it already is the most recent, so the order
+/// needs no change either. The lookups this saves (four per connection under churn, and two
+/// in the PAWS table) were a twentieth of the tracer's user space.
+fn is_newest<K: Hash + Eq, V>(map: &Lru<K, V>, key: &K) -> bool {
+    map.peek_newest().is_some_and(|(k, _)| k == key)
+}
+
+/// The value of `map`'s most recently used key (see [`is_newest`]).
+fn newest<K: Hash + Eq, V>(map: &mut Lru<K, V>) -> Option<&mut V> {
+    map.iter_mut().next().map(|(_, v)| v)
+}
+
+/// `key`'s value, marked most recently used (as [`LruMap::get`] does).
 fn newest_or_get<'a, K: Hash + Eq, V>(map: &'a mut Lru<K, V>, key: &K) -> Option<&'a mut V> {
-    if map.peek_newest().is_some_and(|(k, _)| k == key) {
-        map.iter_mut().next().map(|(_, v)| v)
+    if is_newest(map, key) {
+        newest(map)
     } else {
         map.get(key)
     }

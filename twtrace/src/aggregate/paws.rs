@@ -215,13 +215,8 @@ impl PawsTable {
 
     fn source(&mut self, ip: IpAddr) -> &mut Source {
         // A SYN and its verdict come from one IP: the second finds it without a lookup.
-        if self.by_ip.peek_newest().is_some_and(|(k, _)| *k == ip) {
-            return self
-                .by_ip
-                .iter_mut()
-                .next()
-                .map(|(_, s)| s)
-                .expect("the newest entry was just seen");
+        if super::is_newest(&self.by_ip, &ip) {
+            return super::newest(&mut self.by_ip).expect("the newest entry was just seen");
         }
         // One lookup: a new source evicts the least recent one when the table is full.
         let full = self.by_ip.len() >= self.capacity;

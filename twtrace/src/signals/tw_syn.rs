@@ -97,11 +97,6 @@ impl TwSynClassifier {
         }
         let key = raw_flow(ev);
         let pure_syn = ev.tcp_flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN;
-        let verdict_of = |verdict, tsval, ts_recent| What::TwSyn {
-            verdict,
-            tsval,
-            ts_recent,
-        };
         match kind {
             EventKind::TwExit if replaced(ev) => {
                 let exit = Pending::of(ev);
@@ -127,23 +122,22 @@ impl TwSynClassifier {
                 Some(accepted(&p, ev))
             }
             EventKind::PawsReject if ev.detail == PawsPath::Timewait as u8 && pure_syn => {
-                Some(verdict_of(
-                    TwSynVerdict::RejectedPaws,
-                    flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
-                    flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
-                ))
+                Some(What::TwSyn {
+                    verdict: TwSynVerdict::RejectedPaws,
+                    tsval: flagged(ev, ts_flags::HAS_TSVAL, ev.tsval),
+                    ts_recent: flagged(ev, ts_flags::HAS_TS_RECENT, ev.ts_recent),
+                })
             }
             _ => None,
         }
     }
 
-    /// The verdict of an exit and the SYN that replaced it, handed over as one record (the
-    /// pair every connection gives under churn): no pairing to do, so nothing is stored or
-    /// looked up. `None` unless `exit` was replaced by a SYN and `syn` is one.
+    /// The verdict of an exit and the SYN that replaced it, the two halves of one record
+    /// (the pair every connection gives under churn; the pipeline splits it): no pairing to
+    /// do, so nothing is stored or looked up. `None` unless the exit says it was replaced.
     pub fn joined(exit: &Event, syn: &Event) -> Option<What> {
-        let is_syn = EventKind::from_u8(syn.kind) == Some(EventKind::Syn);
-        let is_exit = EventKind::from_u8(exit.kind) == Some(EventKind::TwExit);
-        (is_syn && is_exit && replaced(exit)).then(|| accepted(&Pending::of(exit), syn))
+        debug_assert_eq!(EventKind::from_u8(syn.kind), Some(EventKind::Syn));
+        replaced(exit).then(|| accepted(&Pending::of(exit), syn))
     }
 
     /// Drops waiting exits past the pairing window, oldest first, so that in steady churn the
