@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -152,6 +153,9 @@ pub struct TcpEntry {
     pub state: TcpState,
     /// A timewait socket (its timer column reads 3), whatever its substate.
     pub timewait: bool,
+    /// A timewait socket's time left until its timer fires (/proc shows it in clock ticks,
+    /// 0 once due).
+    pub timewait_left: Option<Duration>,
 }
 
 /// The kernel prints addresses as the in-memory bytes of the big-endian address, grouped in
@@ -183,13 +187,22 @@ fn parse_tcp_table(text: &str, out: &mut Vec<TcpEntry>) -> Result<()> {
         if f.len() < 4 {
             continue;
         }
-        // "tr:tm->when": timer 3 is the TIME-WAIT timer, which only timewait socks carry.
-        let timer = f.get(5).and_then(|t| t.split(':').next());
+        // "tr:tm->when": timer 3 is the TIME-WAIT timer, which only timewait socks carry;
+        // `when` is the time left, in hex clock ticks.
+        let (timer, when) = f.get(5).and_then(|t| t.split_once(':')).unzip();
+        let timewait = timer == Some("03");
+        let timewait_left = match when {
+            Some(ticks) if timewait => Some(Duration::from_millis(
+                u64::from_str_radix(ticks, 16)? * 1000 / clock_ticks_per_second(),
+            )),
+            _ => None,
+        };
         out.push(TcpEntry {
             local: parse_addr(f[1])?,
             remote: parse_addr(f[2])?,
             state: TcpState::from_code(u8::from_str_radix(f[3], 16)?),
-            timewait: timer == Some("03"),
+            timewait,
+            timewait_left,
         });
     }
     Ok(())
@@ -221,6 +234,21 @@ pub fn tw_count(ns: &str) -> Result<usize> {
 /// Timewait sockets (either substate, TIME_WAIT or FIN_WAIT2) in namespace `ns`.
 pub fn timewait_count(ns: &str) -> Result<u64> {
     Ok(tcp_sockets(ns)?.iter().filter(|e| e.timewait).count() as u64)
+}
+
+/// The unit of times the kernel shows user space (USER_HZ).
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf reads a constant; no memory is passed.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100)
+}
+
+/// The time left until the first of namespace `ns`'s timewait sockets expires, if it has any.
+pub fn first_timewait_expiry(ns: &str) -> Result<Option<Duration>> {
+    Ok(tcp_sockets(ns)?
+        .iter()
+        .filter_map(|e| e.timewait_left)
+        .min())
 }
 
 /// Whether the kernel counts the runs of classic tracepoint and kprobe programs it skips
