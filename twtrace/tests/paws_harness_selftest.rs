@@ -230,8 +230,9 @@ fn check_rejected_once(r: &ScenarioReport) {
         (2, 1, 1),
         "{r:#?}"
     );
+    // Well under the 1 s the next retransmit would take (a busy host delays the fast one).
     assert!(
-        r.b.connect_time < Duration::from_millis(500),
+        r.b.connect_time < Duration::from_millis(900),
         "{:?}",
         r.b.connect_time
     );
