@@ -16,7 +16,7 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 const SUITES: [&str; 3] = ["e2e", "cli", "paws"];
 /// The e2e test that waits out a real 60 s TIME-WAIT, idle nearly all that time. The guest has
 /// one vCPU and runs each suite with one test thread, so this test alone was a minute of every
-/// stage (14 stages in CI); it runs in the background while the cli and paws suites run, and
+/// stage (13 stages in CI); it runs in the background while the cli and paws suites run, and
 /// is waited for before the rest of e2e, whose CPU-holding tests must run with nothing beside.
 const BESIDE: &str = "real_expiry_after_sixty_seconds";
 
