@@ -520,7 +520,7 @@ fn a_namespace_named_by_digits_is_found_by_name() -> Result<()> {
     support::netns::ip(&["-n", &name, "link", "set", "lo", "up"])?;
     let inode = support::netns_inode(&name)?;
     let mut t = Tracer::spawn_default(&["events", "--json", "--netns", &name])?;
-    t.wait_ready(Duration::from_secs(60))?;
+    t.wait_ready(Duration::from_secs(180))?;
     let said = t.stderr_text();
     // One TIME-WAIT in that namespace (the server side closes first, on its loopback).
     support::netns::try_in_netns(&name, || -> Result<()> {

@@ -588,8 +588,18 @@ fn overflow_after_a_rearm() -> Result<()> {
             thread::sleep(Duration::from_millis(30));
             drop(accepted);
         }
+        // The last round's overflow comes with the ACK of its FIN, or with the server's FIN:
+        // at once, or later in a TCG guest on a busy host. Waited for (bounded); a shortfall
+        // is then the sanity check's to name.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut after = netstat(pair.client_ns())?;
+        while delta(&before, &after, "TcpExtTCPTimeWaitOverflow") < ROUNDS as u64
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(20));
+            after = netstat(pair.client_ns())?;
+        }
         thread::sleep(Duration::from_millis(100));
-        let after = netstat(pair.client_ns())?;
         let events = stop(tracer)?;
 
         let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
@@ -702,8 +712,14 @@ fn skipped_runs() -> Result<()> {
         );
         rounds.push(ports);
     }
-    // Once more, in the memory just freed on that CPU; these are not waited out.
+    // Once more, in the memory just freed on that CPU; these are not waited out, but waited
+    // for (the earlier rounds' are all gone), as above.
     let (_, last) = make_timewaits()?;
+    wait_until(
+        &format!("{N} last-round client TIME-WAITs"),
+        Duration::from_millis(4500),
+        || Ok(support::proc::timewait_count(pair.client_ns())? >= N as u64),
+    )?;
     let after = netstat(pair.client_ns())?;
     thread::sleep(SETTLE);
     // All it said at start-up, read well after the "tracing" line that readiness waits for.
@@ -1091,7 +1107,9 @@ fn real_expiry() -> Result<()> {
     }
     for e in &expired {
         let ms = e["lifetime_ms"].as_f64().expect("lifetime known");
-        assert!((59_000.0..=65_000.0).contains(&ms), "lifetime {ms} ms: {e}");
+        // The timer wheel fires a 60 s timer up to one bucket late (2 s at HZ=250), and a
+        // busy single-vCPU guest runs the softirq later still.
+        assert!((59_000.0..=75_000.0).contains(&ms), "lifetime {ms} ms: {e}");
     }
     Ok(())
 }
@@ -1256,9 +1274,12 @@ fn fin_wait2_timewait(
     // Half-close first and close once the client's ACK is in: the orphan then becomes a
     // FIN_WAIT2 TIME-WAIT at close() itself, never racing the ACK into the keepalive path.
     accepted.shutdown(Shutdown::Write)?;
-    wait_until("the server is in FIN_WAIT2", IO_TIMEOUT, || {
-        has_socket(pair.server_ns(), srv, cli, TcpState::FinWait2)
-    })?;
+    // The client's ACK of that FIN may be a delayed one, later still in a busy guest.
+    wait_until(
+        "the server is in FIN_WAIT2",
+        Duration::from_secs(15),
+        || has_socket(pair.server_ns(), srv, cli, TcpState::FinWait2),
+    )?;
     drop(accepted);
     Ok(client)
 }

@@ -34,6 +34,8 @@ use support::{
 
 const SETTLE: Duration = Duration::from_millis(500);
 const READY: Duration = Duration::from_secs(180);
+/// How long a crafted segment that may go unanswered is given for its answer.
+const UNANSWERED: Duration = Duration::from_secs(2);
 
 fn trace(inode: u32, extra: &[&str]) -> Result<Tracer> {
     let ns = inode.to_string();
@@ -855,10 +857,22 @@ fn established_old_pure_acks_are_rejected() -> Result<()> {
                 seg.seq = seg.seq.wrapping_sub(1);
             }
             // Only the first reject is answered (a duplicate ACK; tcp_invalid_ratelimit holds back
-            // the next for 500 ms, and old ACKs get none): wait for a reply, or its timeout.
-            probe(cli, &mut cap, &seg, REPLY_TIMEOUT)?;
+            // the next for 500 ms, and old ACKs get none): wait for a reply, or a while.
+            probe(cli, &mut cap, &seg, UNANSWERED)?;
         }
-        let after = netstat(srv)?;
+        // The first and the last are rejects (PAWSEstab, or PAWSOldAck for the late one where
+        // it exists): their counts, waited for (bounded), since the unanswered ones give no
+        // sign of having been processed; a shortfall is the checks' below to name.
+        let rejects = |now: &std::collections::BTreeMap<String, u64>| {
+            delta(&before, now, "TcpExtPAWSEstab")
+                + support::try_delta(&before, now, "TcpExtPAWSOldAck").unwrap_or(0)
+        };
+        let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+        let mut after = netstat(srv)?;
+        while rejects(&after) < 2 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+            after = netstat(srv)?;
+        }
         let events = stop(tracer)?;
 
         let estab = delta(&before, &after, "TcpExtPAWSEstab");
