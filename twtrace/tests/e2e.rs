@@ -445,15 +445,24 @@ fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Re
         set(libc::IPPROTO_TCP, libc::TCP_LINGER2, &[-1])?;
     }
     client.shutdown(Shutdown::Write)?;
-    // The server reads the FIN (end of stream): it has ACKed it, the client is in FIN_WAIT2.
     ensure!(server.read(&mut [0u8; 16])? == 0, "EOF expected");
+    // The server has the FIN; its ACK (perhaps a delayed one, seconds late in a busy guest)
+    // puts the client in FIN_WAIT2, where each abort below is meant to happen.
+    wait_until(
+        "the client is in FIN_WAIT2",
+        Duration::from_secs(15),
+        || Ok(support::sys::tcp_state(client.as_raw_fd())? == support::sys::TCP_FIN_WAIT2),
+    )?;
     match how {
         Abort::UnreadData => {
             server.write_all(b"unread")?;
-            thread::sleep(Duration::from_millis(50)); // arrives at the client
+            ensure!(
+                support::sys::poll_readable(client.as_raw_fd(), Duration::from_secs(15))?,
+                "the data reached the client"
+            );
         }
         Abort::LingerZero => set(libc::SOL_SOCKET, libc::SO_LINGER, &[1, 0])?,
-        Abort::Linger2Negative => thread::sleep(Duration::from_millis(50)),
+        Abort::Linger2Negative => {}
     }
     drop(client);
     thread::sleep(Duration::from_millis(20));

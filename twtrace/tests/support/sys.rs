@@ -121,6 +121,9 @@ pub fn tcp_state(fd: RawFd) -> io::Result<u8> {
     Ok(buf[0])
 }
 
+/// TCP_FIN_WAIT2 in tcpi_state numbering.
+pub const TCP_FIN_WAIT2: u8 = 5;
+
 /// TCP_CLOSE in tcpi_state numbering.
 pub const TCP_CLOSE: u8 = 7;
 
