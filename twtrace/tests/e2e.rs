@@ -19,6 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
+use std::os::fd::AsRawFd as _;
 use support::{
     CloseFirst, HangingConnects, IO_TIMEOUT, NetnsPair, Server, TIMEWAIT_SOCKETS, TcpState, Tracer,
     connect_many,
@@ -26,6 +27,7 @@ use support::{
     delta, in_netns, kernel_btf_has_name, kernel_counts_classic_skips, listen_free, netstat,
     rerun_alone_if_skipped, rerun_if_skipped, sysctl, tcp_sockets,
     tracer::SkippedRuns,
+    traffic::close_after_fin_acked,
     tw_counted_at_creation,
 };
 
@@ -418,7 +420,6 @@ enum Abort {
 /// FIN_WAIT2) and aborts it as `how` says; the server end closes after.
 fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Result<()> {
     use std::io::Read as _;
-    use std::os::fd::AsRawFd as _;
     let srv = listener.local_addr()?;
     let client = in_netns(pair.client_ns(), || TcpStream::connect(srv)).context("connect")?;
     let (mut server, _) = listener.accept()?;
@@ -573,27 +574,37 @@ fn overflow_after_a_rearm() -> Result<()> {
         let inode = pair.client_inode();
         let tracer = trace_netns_only(inode, "tw_overflow")?;
         let before = netstat(pair.client_ns())?;
-        // The held connections' clients close first: FIN_WAIT2 TIME-WAITs fill the buckets.
-        let servers: Vec<TcpStream> = held
-            .into_iter()
-            .map(|(c, s)| {
-                drop(c);
-                s
-            })
-            .collect();
-        // Acked (at once, or after a delayed ACK's 40 ms; seconds in a TCG guest on a busy
-        // host): FIN_WAIT2 TIME-WAITs, which fill the buckets. Waited for, bounded: the first
-        // re-arm below must find every bucket taken, and 10 s of tcp_fin_timeout ends them
-        // (a TCG guest beside other load took over 2 s here once).
+        // The held connections' clients close first: FIN_WAIT2 TIME-WAITs (made in close(), see
+        // `close_after_fin_acked`) fill the buckets.
+        let (clients, servers): (Vec<TcpStream>, Vec<TcpStream>) = held.into_iter().unzip();
+        close_after_fin_acked(clients, Duration::from_secs(15))?;
+        // Bounded all the same: the first re-arm below must find every bucket taken, and 10 s
+        // of tcp_fin_timeout ends them.
         wait_until(
             &format!("{ROUNDS} client FIN_WAIT2 TIME-WAITs"),
             Duration::from_secs(5),
             || Ok(support::proc::timewait_count(pair.client_ns())? >= ROUNDS as u64),
         )?;
         let _pin = PinnedToCpu::first_allowed()?;
-        for (server_side, (client, accepted)) in servers.into_iter().zip(closing) {
+        // Each closing client half-closed and its FIN acknowledged first, so that its close()
+        // is the overflow, at once and on this CPU (not a keepalive-timer FIN_WAIT2 socket
+        // that ends with a reset and no overflow: see `close_after_fin_acked`).
+        let (clients, accepted): (Vec<TcpStream>, Vec<TcpStream>) = closing.into_iter().unzip();
+        for c in &clients {
+            c.shutdown(Shutdown::Write)?;
+        }
+        wait_until(
+            "the closing clients' FINs acknowledged",
+            Duration::from_secs(15),
+            || {
+                Ok(clients.iter().all(|c| {
+                    support::sys::tcp_state(c.as_raw_fd()).ok() == Some(support::sys::TCP_FIN_WAIT2)
+                }))
+            },
+        )?;
+        for ((server_side, client), accepted) in servers.into_iter().zip(clients).zip(accepted) {
             drop(server_side); // its FIN re-arms a client TIME-WAIT (softirq on this CPU)
-            drop(client); // the server's ACK of this FIN makes it an overflow, on this CPU
+            drop(client); // a FIN_WAIT2 close with every bucket taken: an overflow, on this CPU
             thread::sleep(Duration::from_millis(30));
             drop(accepted);
         }
@@ -649,8 +660,9 @@ fn skipped_runs() -> Result<()> {
     let tracer = trace_netns(inode)?;
     let announced = tracer.stderr_text();
     let before = netstat(pair.client_ns())?;
-    // The clients close first, on one CPU: FIN_WAIT2 TIME-WAITs whose timers run there. The
-    // servers' ends stay open (CLOSE_WAIT) until the end of the test.
+    // The clients close first, on one CPU: FIN_WAIT2 TIME-WAITs, made in close() there (see
+    // `close_after_fin_acked`), whose timers run there. The servers' ends stay open
+    // (CLOSE_WAIT) until the end of the test.
     let mut servers = Vec::new();
     // Each connection its own client port, never reused by a later round (the kernel would
     // reuse those of expired TIME-WAITs): ports tell the rounds apart. The namespace is the
@@ -660,6 +672,7 @@ fn skipped_runs() -> Result<()> {
     let mut make_timewaits = || -> Result<(usize, BTreeSet<u16>)> {
         let pin = PinnedToCpu::first_allowed()?;
         let mut ports = BTreeSet::new();
+        let mut clients = Vec::new();
         for _ in 0..N {
             let from = SocketAddr::new(client_ip, next_port);
             next_port += 1;
@@ -672,9 +685,9 @@ fn skipped_runs() -> Result<()> {
             .with_context(|| format!("connect from {from}"))?;
             ports.insert(client.local_addr()?.port());
             servers.push(listener.accept()?.0);
-            drop(client);
+            clients.push(client);
         }
-        thread::sleep(Duration::from_millis(200));
+        close_after_fin_acked(clients, Duration::from_secs(15))?;
         Ok((pin.cpu, ports))
     };
     // Rounds: an expiry is not always nested (its softirq may run in ksoftirqd), and a round
@@ -689,16 +702,20 @@ fn skipped_runs() -> Result<()> {
     };
     let mut rounds = Vec::new();
     let mut calls = 0;
-    for hold in holds {
+    // The client namespace's sockets, for a failure's message.
+    let sockets = || match tcp_sockets(pair.client_ns()) {
+        Ok(s) => format!("{s:#?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    for (round, hold) in holds.into_iter().enumerate() {
         let (cpu, ports) = make_timewaits()?;
-        // A close becomes a TIME-WAIT once the server's ACK of its FIN is processed: at once
-        // on an idle machine, seconds later in a TCG guest whose host is busy (seen: over 2 s).
-        // Each expires 5 s after it was made, so all N exist together within that bound.
+        // Made in close(), so all there; bounded all the same (each expires 5 s after).
         wait_until(
             &format!("{N} client TIME-WAITs"),
             Duration::from_millis(4500),
             || Ok(support::proc::timewait_count(pair.client_ns())? >= N as u64),
-        )?;
+        )
+        .with_context(|| format!("round {}, the client's sockets: {}", round + 1, sockets()))?;
         let count = support::proc::timewait_count(pair.client_ns())?;
         ensure!(
             count == N as u64,
@@ -721,14 +738,15 @@ fn skipped_runs() -> Result<()> {
         );
         rounds.push(ports);
     }
-    // Once more, in the memory just freed on that CPU; these are not waited out, but waited
-    // for (the earlier rounds' are all gone), as above.
+    // Once more, in the memory just freed on that CPU; these are not waited out (the earlier
+    // rounds' are all gone).
     let (_, last) = make_timewaits()?;
     wait_until(
         &format!("{N} last-round client TIME-WAITs"),
         Duration::from_millis(4500),
         || Ok(support::proc::timewait_count(pair.client_ns())? >= N as u64),
-    )?;
+    )
+    .with_context(|| format!("the client's sockets: {}", sockets()))?;
     let after = netstat(pair.client_ns())?;
     thread::sleep(SETTLE);
     // All it said at start-up, read well after the "tracing" line that readiness waits for.
