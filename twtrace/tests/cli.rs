@@ -528,7 +528,14 @@ fn a_namespace_named_by_digits_is_found_by_name() -> Result<()> {
         let client = std::net::TcpStream::connect(listener.local_addr()?)?;
         let (server, _) = listener.accept()?;
         drop(server);
-        std::thread::sleep(Duration::from_millis(50));
+        // Closed once the server's FIN is in (end of stream), never at the same time: a
+        // simultaneous close would leave both sides in TIME-WAIT.
+        let mut client = client;
+        client.set_read_timeout(Some(Duration::from_secs(10)))?;
+        ensure!(
+            std::io::Read::read(&mut client, &mut [0u8; 1])? == 0,
+            "EOF expected"
+        );
         drop(client);
         Ok(())
     })??;
