@@ -27,7 +27,7 @@ use support::{
     delta, in_netns, kernel_btf_has_name, kernel_counts_classic_skips, listen_free, netstat,
     rerun_alone_if_skipped, rerun_if_skipped, sysctl, tcp_sockets,
     tracer::SkippedRuns,
-    traffic::close_after_fin_acked,
+    traffic::{close_after_fin_acked, half_close_acked},
     tw_counted_at_creation,
 };
 
@@ -590,18 +590,7 @@ fn overflow_after_a_rearm() -> Result<()> {
         // is the overflow, at once and on this CPU (not a keepalive-timer FIN_WAIT2 socket
         // that ends with a reset and no overflow: see `close_after_fin_acked`).
         let (clients, accepted): (Vec<TcpStream>, Vec<TcpStream>) = closing.into_iter().unzip();
-        for c in &clients {
-            c.shutdown(Shutdown::Write)?;
-        }
-        wait_until(
-            "the closing clients' FINs acknowledged",
-            Duration::from_secs(15),
-            || {
-                Ok(clients.iter().all(|c| {
-                    support::sys::tcp_state(c.as_raw_fd()).ok() == Some(support::sys::TCP_FIN_WAIT2)
-                }))
-            },
-        )?;
+        half_close_acked(&clients, Duration::from_secs(15))?;
         for ((server_side, client), accepted) in servers.into_iter().zip(clients).zip(accepted) {
             drop(server_side); // its FIN re-arms a client TIME-WAIT (softirq on this CPU)
             drop(client); // a FIN_WAIT2 close with every bucket taken: an overflow, on this CPU

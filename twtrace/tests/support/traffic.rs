@@ -702,14 +702,22 @@ impl Drop for HangingConnects {
 }
 
 /// Closes `streams` so that each becomes a FIN_WAIT2 TIME-WAIT in close() itself, on the
-/// calling thread's CPU: each is half-closed first, and all are closed once the peer has
-/// acknowledged every FIN (bounded by `timeout`). Closed with its FIN unacknowledged, an
-/// orphan whose ACK comes while close() still owns the socket (backlogged: the peer's
-/// softirq ran inside close()'s last steps, as it now and then does in a slow guest) stays a
-/// full FIN_WAIT2 socket on the keepalive timer instead, and with tcp_fin_timeout under 60 s
-/// it ends with a reset, never a TIME-WAIT (tcp_rcv_state_process, "Bad case").
+/// calling thread's CPU: all are half-closed first ([`half_close_acked`]), then closed.
+/// Closed with its FIN unacknowledged, an orphan whose ACK comes while close() still owns the
+/// socket (backlogged: the peer's softirq ran inside close()'s last steps, as it now and then
+/// does in a slow guest) stays a full FIN_WAIT2 socket on the keepalive timer instead, and
+/// with tcp_fin_timeout under 60 s it ends with a reset, never a TIME-WAIT
+/// (tcp_rcv_state_process, "Bad case").
 pub fn close_after_fin_acked(streams: Vec<TcpStream>, timeout: Duration) -> Result<()> {
-    for s in &streams {
+    half_close_acked(&streams, timeout)?;
+    drop(streams);
+    Ok(())
+}
+
+/// Half-closes `streams` and waits (bounded) until the peer has acknowledged every FIN: each
+/// is then in FIN_WAIT2, where its close() makes the TIME-WAIT (or the overflow) at once.
+pub fn half_close_acked(streams: &[TcpStream], timeout: Duration) -> Result<()> {
+    for s in streams {
         s.shutdown(Shutdown::Write)?;
     }
     let deadline = Instant::now() + timeout;
@@ -718,13 +726,11 @@ pub fn close_after_fin_acked(streams: Vec<TcpStream>, timeout: Duration) -> Resu
             .map(|s| sys::tcp_state(s.as_raw_fd()))
             .collect::<std::io::Result<Vec<u8>>>()?;
         if states.iter().all(|&s| s == sys::TCP_FIN_WAIT2) {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("FINs not acknowledged within {timeout:?}: tcpi_state {states:?}");
         }
         thread::sleep(Duration::from_millis(5));
     }
-    drop(streams);
-    Ok(())
 }
