@@ -445,15 +445,10 @@ fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Re
     if let Abort::Linger2Negative = how {
         set(libc::IPPROTO_TCP, libc::TCP_LINGER2, &[-1])?;
     }
-    client.shutdown(Shutdown::Write)?;
+    // In FIN_WAIT2 (the server's ACK of the FIN is in), where each abort below is meant to
+    // happen.
+    half_close_acked(std::slice::from_ref(&client), Duration::from_secs(15))?;
     ensure!(server.read(&mut [0u8; 16])? == 0, "EOF expected");
-    // The server has the FIN; its ACK (perhaps a delayed one, seconds late in a busy guest)
-    // puts the client in FIN_WAIT2, where each abort below is meant to happen.
-    wait_until(
-        "the client is in FIN_WAIT2",
-        Duration::from_secs(15),
-        || Ok(support::sys::tcp_state(client.as_raw_fd())? == support::sys::TCP_FIN_WAIT2),
-    )?;
     match how {
         Abort::UnreadData => {
             server.write_all(b"unread")?;
@@ -578,13 +573,12 @@ fn overflow_after_a_rearm() -> Result<()> {
         // `close_after_fin_acked`) fill the buckets.
         let (clients, servers): (Vec<TcpStream>, Vec<TcpStream>) = held.into_iter().unzip();
         close_after_fin_acked(clients, Duration::from_secs(15))?;
-        // Bounded all the same: the first re-arm below must find every bucket taken, and 10 s
-        // of tcp_fin_timeout ends them.
-        wait_until(
-            &format!("{ROUNDS} client FIN_WAIT2 TIME-WAITs"),
-            Duration::from_secs(5),
-            || Ok(support::proc::timewait_count(pair.client_ns())? >= ROUNDS as u64),
-        )?;
+        // The first re-arm below must find every bucket taken.
+        let count = support::proc::timewait_count(pair.client_ns())?;
+        ensure!(
+            count == ROUNDS as u64,
+            "sanity: {ROUNDS} client FIN_WAIT2 TIME-WAITs, not {count}"
+        );
         let _pin = PinnedToCpu::first_allowed()?;
         // Each closing client half-closed and its FIN acknowledged first, so that its close()
         // is the overflow, at once and on this CPU (not a keepalive-timer FIN_WAIT2 socket
@@ -597,18 +591,8 @@ fn overflow_after_a_rearm() -> Result<()> {
             thread::sleep(Duration::from_millis(30));
             drop(accepted);
         }
-        // The last round's overflow comes with the ACK of its FIN, or with the server's FIN:
-        // at once, or later in a TCG guest on a busy host. Waited for (bounded); a shortfall
-        // is then the sanity check's to name.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut after = netstat(pair.client_ns())?;
-        while delta(&before, &after, "TcpExtTCPTimeWaitOverflow") < ROUNDS as u64
-            && Instant::now() < deadline
-        {
-            thread::sleep(Duration::from_millis(20));
-            after = netstat(pair.client_ns())?;
-        }
         thread::sleep(Duration::from_millis(100));
+        let after = netstat(pair.client_ns())?;
         let events = stop(tracer)?;
 
         let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
@@ -698,17 +682,13 @@ fn skipped_runs() -> Result<()> {
     };
     for (round, hold) in holds.into_iter().enumerate() {
         let (cpu, ports) = make_timewaits()?;
-        // Made in close(), so all there; bounded all the same (each expires 5 s after).
-        wait_until(
-            &format!("{N} client TIME-WAITs"),
-            Duration::from_millis(4500),
-            || Ok(support::proc::timewait_count(pair.client_ns())? >= N as u64),
-        )
-        .with_context(|| format!("round {}, the client's sockets: {}", round + 1, sockets()))?;
+        // Made in close(), so all there.
         let count = support::proc::timewait_count(pair.client_ns())?;
         ensure!(
             count == N as u64,
-            "sanity: {N} client TIME-WAITs, not {count}"
+            "sanity, round {}: {N} client TIME-WAITs, not {count}; the client's sockets: {}",
+            round + 1,
+            sockets()
         );
         // Held from well before their expiry (the first one's timer, as the kernel shows it)
         // until they are all gone (bounded).
@@ -730,12 +710,12 @@ fn skipped_runs() -> Result<()> {
     // Once more, in the memory just freed on that CPU; these are not waited out (the earlier
     // rounds' are all gone).
     let (_, last) = make_timewaits()?;
-    wait_until(
-        &format!("{N} last-round client TIME-WAITs"),
-        Duration::from_millis(4500),
-        || Ok(support::proc::timewait_count(pair.client_ns())? >= N as u64),
-    )
-    .with_context(|| format!("the client's sockets: {}", sockets()))?;
+    let count = support::proc::timewait_count(pair.client_ns())?;
+    ensure!(
+        count == N as u64,
+        "sanity, last round: {N} client TIME-WAITs, not {count}; the client's sockets: {}",
+        sockets()
+    );
     let after = netstat(pair.client_ns())?;
     thread::sleep(SETTLE);
     // All it said at start-up, read well after the "tracing" line that readiness waits for.
