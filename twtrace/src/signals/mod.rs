@@ -180,20 +180,21 @@ pub const TW_PROCESS_FEXIT: Program = Program {
         function: "tcp_timewait_state_process",
     },
 };
-pub const TW_PROCESS_KPROBES: [Program; 2] = [
-    Program {
-        name: "tw_process_kprobe",
-        attach: Attach::Kprobe {
-            function: "tcp_timewait_state_process",
-        },
+pub const TW_PROCESS_KPROBE: Program = Program {
+    name: "tw_process_kprobe",
+    attach: Attach::Kprobe {
+        function: "tcp_timewait_state_process",
     },
-    Program {
-        name: "tw_process_kretprobe",
-        attach: Attach::Kretprobe {
-            function: "tcp_timewait_state_process",
-        },
+};
+pub const TW_PROCESS_KRETPROBE: Program = Program {
+    name: "tw_process_kretprobe",
+    attach: Attach::Kretprobe {
+        function: "tcp_timewait_state_process",
     },
-];
+};
+/// The kprobe route's pair on `tcp_timewait_state_process`: the entry keeps the arguments
+/// the return half needs.
+pub const TW_PROCESS_KPROBES: [Program; 2] = [TW_PROCESS_KPROBE, TW_PROCESS_KRETPROBE];
 
 /// One way to observe a signal: all of its programs must load and attach.
 #[derive(Clone, Copy, Debug)]

@@ -4,7 +4,7 @@ use twtrace_common::{Event, PawsPath as RawPath, ts_flags};
 
 use super::{
     Attach, Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
-    TW_PROCESS_FEXIT, TW_PROCESS_KPROBES, flagged,
+    TW_PROCESS_FEXIT, TW_PROCESS_KPROBE, TW_PROCESS_KPROBES, TW_PROCESS_KRETPROBE, flagged,
 };
 use crate::{
     event::{PawsPath, TwSynVerdict, What},
@@ -134,14 +134,14 @@ const TP_KFREE_SKB: Program = Program {
 /// The kprobe family's TIME-WAIT verdict, the other paths by drop reason, and request
 /// sockets by tcp_oow_rate_limited: with kfree_skb BTF-typed, and with it classic.
 const KPROBES_OOW_BTF: [Program; 4] = [
-    TW_PROCESS_KPROBES[0],
-    TW_PROCESS_KPROBES[1],
+    TW_PROCESS_KPROBE,
+    TW_PROCESS_KRETPROBE,
     KFREE_SKB_NON_TW_BTF,
     OOW_KPROBE,
 ];
 const KPROBES_OOW: [Program; 4] = [
-    TW_PROCESS_KPROBES[0],
-    TW_PROCESS_KPROBES[1],
+    TW_PROCESS_KPROBE,
+    TW_PROCESS_KRETPROBE,
     KFREE_SKB_NON_TW,
     OOW_KPROBE,
 ];
@@ -209,8 +209,8 @@ pub static SIGNAL: Signal = Signal {
             needs: &[PAWS_REASON, REQ_REASON, SYN_SENT_REASON],
             limits: None,
             programs: &[
-                TW_PROCESS_KPROBES[0],
-                TW_PROCESS_KPROBES[1],
+                TW_PROCESS_KPROBE,
+                TW_PROCESS_KRETPROBE,
                 KFREE_SKB_NON_TW_BTF,
             ],
         },
@@ -218,11 +218,7 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Kprobe,
             needs: &[PAWS_REASON, REQ_REASON, SYN_SENT_REASON],
             limits: None,
-            programs: &[
-                TW_PROCESS_KPROBES[0],
-                TW_PROCESS_KPROBES[1],
-                KFREE_SKB_NON_TW,
-            ],
+            programs: &[TW_PROCESS_KPROBE, TW_PROCESS_KRETPROBE, KFREE_SKB_NON_TW],
         },
         Hook {
             family: Family::Kprobe,
@@ -252,7 +248,7 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Kprobe,
             needs: &[OOW_MIB, SYNRECV_MIB],
             limits: NO_SYN_SENT,
-            programs: &[TW_PROCESS_KPROBES[0], TW_PROCESS_KPROBES[1], OOW_KPROBE],
+            programs: &[TW_PROCESS_KPROBE, TW_PROCESS_KRETPROBE, OOW_KPROBE],
         },
         Hook {
             family: Family::Kprobe,

@@ -4,7 +4,7 @@ use twtrace_common::{Event, ExitCause as RawCause};
 
 use super::{
     Attach, Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
-    TW_PROCESS_FEXIT, TW_PROCESS_KPROBES, TW_TIMER_CANCEL, addr_map::AddrMap,
+    TW_PROCESS_FEXIT, TW_PROCESS_KPROBE, TW_PROCESS_KRETPROBE, TW_TIMER_CANCEL, addr_map::AddrMap,
 };
 use crate::event::{ExitCause, What};
 
@@ -72,8 +72,8 @@ pub static SIGNAL: Signal = Signal {
                         function: "tw_timer_handler",
                     },
                 },
-                TW_PROCESS_KPROBES[0],
-                TW_PROCESS_KPROBES[1],
+                TW_PROCESS_KPROBE,
+                TW_PROCESS_KRETPROBE,
             ],
         },
         Hook {
@@ -93,8 +93,8 @@ pub static SIGNAL: Signal = Signal {
                         function: "inet_twsk_deschedule_put",
                     },
                 },
-                TW_PROCESS_KPROBES[0],
-                TW_PROCESS_KPROBES[1],
+                TW_PROCESS_KPROBE,
+                TW_PROCESS_KRETPROBE,
             ],
         },
         Hook {
