@@ -95,6 +95,60 @@ pub struct Program {
     pub attach: Attach,
 }
 
+/// One constructor per attach type, so that the hook tables read one program per line.
+impl Program {
+    /// A classic tracepoint, `category:event`.
+    pub const fn tracepoint(
+        name: &'static str,
+        category: &'static str,
+        event: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            attach: Attach::Tracepoint {
+                category,
+                name: event,
+            },
+        }
+    }
+
+    /// A BTF-typed raw tracepoint, by its event name.
+    pub const fn btf_tracepoint(name: &'static str, event: &'static str) -> Self {
+        Self {
+            name,
+            attach: Attach::BtfTracepoint { name: event },
+        }
+    }
+
+    pub const fn kprobe(name: &'static str, function: &'static str) -> Self {
+        Self {
+            name,
+            attach: Attach::Kprobe { function },
+        }
+    }
+
+    pub const fn kretprobe(name: &'static str, function: &'static str) -> Self {
+        Self {
+            name,
+            attach: Attach::Kretprobe { function },
+        }
+    }
+
+    pub const fn fentry(name: &'static str, function: &'static str) -> Self {
+        Self {
+            name,
+            attach: Attach::Fentry { function },
+        }
+    }
+
+    pub const fn fexit(name: &'static str, function: &'static str) -> Self {
+        Self {
+            name,
+            attach: Attach::Fexit { function },
+        }
+    }
+}
+
 /// A kernel fact a hook depends on beyond its attach points.
 #[derive(Clone, Copy, Debug)]
 pub enum Need {
@@ -129,24 +183,10 @@ pub enum Need {
 
 /// The tp_btf timer dispatchers (twtrace-ebpf/src/dispatch.rs), shared by several signals'
 /// hooks: attached once, whichever signal chooses them first.
-pub const TP_TIMER_START: Program = Program {
-    name: "tp_timer_start",
-    attach: Attach::BtfTracepoint {
-        name: "timer_start",
-    },
-};
-pub const TP_TIMER_CANCEL: Program = Program {
-    name: "tp_timer_cancel",
-    attach: Attach::BtfTracepoint {
-        name: "timer_cancel",
-    },
-};
-pub const TP_TIMER_EXPIRE: Program = Program {
-    name: "tp_timer_expire",
-    attach: Attach::BtfTracepoint {
-        name: "timer_expire_entry",
-    },
-};
+pub const TP_TIMER_START: Program = Program::btf_tracepoint("tp_timer_start", "timer_start");
+pub const TP_TIMER_CANCEL: Program = Program::btf_tracepoint("tp_timer_cancel", "timer_cancel");
+pub const TP_TIMER_EXPIRE: Program =
+    Program::btf_tracepoint("tp_timer_expire", "timer_expire_entry");
 
 /// Classic tracepoint programs other signals' hooks on that route depend on (shared like the
 /// tp_btf dispatchers). A TIME-WAIT's timer start marks, on its CPU, that the closing socket
@@ -155,43 +195,21 @@ pub const TP_TIMER_EXPIRE: Program = Program {
 /// reused address for a re-arm) and marks re-arms (without it a re-arm passes for a new
 /// TIME-WAIT, whose mark hides the next overflow toward that remote port). What they report
 /// is gated on `route::classic` bits.
-pub const TW_TIMER_START: Program = Program {
-    name: "tw_enter_timer_start",
-    attach: Attach::Tracepoint {
-        category: "timer",
-        name: "timer_start",
-    },
-};
-pub const TW_TIMER_CANCEL: Program = Program {
-    name: "tw_exit_timer_cancel",
-    attach: Attach::Tracepoint {
-        category: "timer",
-        name: "timer_cancel",
-    },
-};
+pub const TW_TIMER_START: Program =
+    Program::tracepoint("tw_enter_timer_start", "timer", "timer_start");
+pub const TW_TIMER_CANCEL: Program =
+    Program::tracepoint("tw_exit_timer_cancel", "timer", "timer_cancel");
 
 /// The programs on `tcp_timewait_state_process` (twtrace-ebpf/src/dispatch.rs), shared by
 /// tw_exit (the verdict names the kill that follows) and PAWS (the verdict on a segment at a
 /// TIME-WAIT): a program costs its entry and exit on every segment, so one per attach point,
 /// told which signals it serves through `ROUTES` (`route::fentry`, `route::kprobe`).
-pub const TW_PROCESS_FEXIT: Program = Program {
-    name: "tw_process_fexit",
-    attach: Attach::Fexit {
-        function: "tcp_timewait_state_process",
-    },
-};
-pub const TW_PROCESS_KPROBE: Program = Program {
-    name: "tw_process_kprobe",
-    attach: Attach::Kprobe {
-        function: "tcp_timewait_state_process",
-    },
-};
-pub const TW_PROCESS_KRETPROBE: Program = Program {
-    name: "tw_process_kretprobe",
-    attach: Attach::Kretprobe {
-        function: "tcp_timewait_state_process",
-    },
-};
+pub const TW_PROCESS_FEXIT: Program =
+    Program::fexit("tw_process_fexit", "tcp_timewait_state_process");
+pub const TW_PROCESS_KPROBE: Program =
+    Program::kprobe("tw_process_kprobe", "tcp_timewait_state_process");
+pub const TW_PROCESS_KRETPROBE: Program =
+    Program::kretprobe("tw_process_kretprobe", "tcp_timewait_state_process");
 /// The kprobe route's pair on `tcp_timewait_state_process`: the entry keeps the arguments
 /// the return half needs.
 pub const TW_PROCESS_KPROBES: [Program; 2] = [TW_PROCESS_KPROBE, TW_PROCESS_KRETPROBE];

@@ -3,7 +3,7 @@
 use twtrace_common::{Event, PawsPath as RawPath, ts_flags};
 
 use super::{
-    Attach, Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
+    Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
     TW_PROCESS_FEXIT, TW_PROCESS_KPROBE, TW_PROCESS_KPROBES, TW_PROCESS_KRETPROBE, flagged,
 };
 use crate::{
@@ -11,20 +11,12 @@ use crate::{
     kernel::layout,
 };
 
-const KFREE_SKB_NON_TW: Program = Program {
-    name: "paws_kfree_skb_nontw",
-    attach: Attach::Tracepoint {
-        category: "skb",
-        name: "kfree_skb",
-    },
-};
+const KFREE_SKB_NON_TW: Program = Program::tracepoint("paws_kfree_skb_nontw", "skb", "kfree_skb");
 
 /// The same, BTF-typed: no perf record filled per drop (tracing programs load wherever fentry
 /// does; the kprobe family falls back to the classic one, for kernels that refuse them).
-const KFREE_SKB_NON_TW_BTF: Program = Program {
-    name: "paws_kfree_skb_nontw_btf",
-    attach: Attach::BtfTracepoint { name: "kfree_skb" },
-};
+const KFREE_SKB_NON_TW_BTF: Program =
+    Program::btf_tracepoint("paws_kfree_skb_nontw_btf", "kfree_skb");
 
 /// kfree_skb's dropping socket: how the tracepoint routes recognise a TIME-WAIT reject.
 const RX_SK: Need = Need::TracepointField {
@@ -112,24 +104,11 @@ const NO_SYN_SENT: Option<&str> = Some(
      request socket refuses by PAWS",
 );
 
-const OOW_FENTRY: Program = Program {
-    name: "paws_oow_fentry",
-    attach: Attach::Fentry {
-        function: "tcp_oow_rate_limited",
-    },
-};
+const OOW_FENTRY: Program = Program::fentry("paws_oow_fentry", "tcp_oow_rate_limited");
 
-const OOW_KPROBE: Program = Program {
-    name: "paws_oow_kprobe",
-    attach: Attach::Kprobe {
-        function: "tcp_oow_rate_limited",
-    },
-};
+const OOW_KPROBE: Program = Program::kprobe("paws_oow_kprobe", "tcp_oow_rate_limited");
 
-const TP_KFREE_SKB: Program = Program {
-    name: "tp_kfree_skb",
-    attach: Attach::BtfTracepoint { name: "kfree_skb" },
-};
+const TP_KFREE_SKB: Program = Program::btf_tracepoint("tp_kfree_skb", "kfree_skb");
 
 /// The kprobe family's TIME-WAIT verdict, the other paths by drop reason, and request
 /// sockets by tcp_oow_rate_limited: with kfree_skb BTF-typed, and with it classic.
@@ -154,13 +133,7 @@ const TP_BTF_BEFORE_RX_SK: [Program; 4] = [
 ];
 
 /// The tracepoint route: every path, TIME-WAIT included.
-const KFREE_SKB_ALL: Program = Program {
-    name: "paws_kfree_skb",
-    attach: Attach::Tracepoint {
-        category: "skb",
-        name: "kfree_skb",
-    },
-};
+const KFREE_SKB_ALL: Program = Program::tracepoint("paws_kfree_skb", "skb", "kfree_skb");
 
 pub static SIGNAL: Signal = Signal {
     name: "paws_reject",

@@ -3,7 +3,7 @@
 
 use twtrace_common::Event;
 
-use super::{Attach, Family, Hook, Program, Signal};
+use super::{Family, Hook, Program, Signal};
 use crate::event::What;
 
 pub static SIGNAL: Signal = Signal {
@@ -15,55 +15,31 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Fentry,
             needs: &[],
             limits: None,
-            programs: &[Program {
-                name: "connect_fexit",
-                attach: Attach::Fexit {
-                    function: "__sys_connect",
-                },
-            }],
+            programs: &[Program::fexit("connect_fexit", "__sys_connect")],
         },
         Hook {
             family: Family::Kprobe,
             needs: &[],
             limits: None,
             // Not a kretprobe on connect: see twtrace-ebpf/src/port_exhaustion.rs.
-            programs: &[Program {
-                name: "connect_close_kprobe",
-                attach: Attach::Kprobe {
-                    function: "tcp_set_state",
-                },
-            }],
+            programs: &[Program::kprobe("connect_close_kprobe", "tcp_set_state")],
         },
         Hook {
             family: Family::TpBtf,
             needs: &[],
             limits: None,
-            programs: &[Program {
-                name: "tp_set_state",
-                attach: Attach::BtfTracepoint {
-                    name: "inet_sock_set_state",
-                },
-            }],
+            programs: &[Program::btf_tracepoint(
+                "tp_set_state",
+                "inet_sock_set_state",
+            )],
         },
         Hook {
             family: Family::Tracepoint,
             needs: &[],
             limits: None,
             programs: &[
-                Program {
-                    name: "connect_enter",
-                    attach: Attach::Tracepoint {
-                        category: "syscalls",
-                        name: "sys_enter_connect",
-                    },
-                },
-                Program {
-                    name: "connect_exit",
-                    attach: Attach::Tracepoint {
-                        category: "syscalls",
-                        name: "sys_exit_connect",
-                    },
-                },
+                Program::tracepoint("connect_enter", "syscalls", "sys_enter_connect"),
+                Program::tracepoint("connect_exit", "syscalls", "sys_exit_connect"),
             ],
         },
     ],

@@ -2,7 +2,7 @@
 
 use twtrace_common::{Event, ts_flags};
 
-use super::{Attach, Family, Hook, Need, Program, Signal, TP_TIMER_START, flagged};
+use super::{Family, Hook, Need, Program, Signal, TP_TIMER_START, flagged};
 use crate::event::What;
 
 pub static SIGNAL: Signal = Signal {
@@ -14,23 +14,19 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Fentry,
             needs: &[],
             limits: None,
-            programs: &[Program {
-                name: "syn_fentry",
-                attach: Attach::Fentry {
-                    function: "inet_csk_reqsk_queue_hash_add",
-                },
-            }],
+            programs: &[Program::fentry(
+                "syn_fentry",
+                "inet_csk_reqsk_queue_hash_add",
+            )],
         },
         Hook {
             family: Family::Kprobe,
             needs: &[],
             limits: None,
-            programs: &[Program {
-                name: "syn_kprobe",
-                attach: Attach::Kprobe {
-                    function: "inet_csk_reqsk_queue_hash_add",
-                },
-            }],
+            programs: &[Program::kprobe(
+                "syn_kprobe",
+                "inet_csk_reqsk_queue_hash_add",
+            )],
         },
         Hook {
             family: Family::TpBtf,
@@ -42,13 +38,11 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Tracepoint,
             needs: &[Need::Symbol("reqsk_timer_handler")],
             limits: None,
-            programs: &[Program {
-                name: "syn_timer_start",
-                attach: Attach::Tracepoint {
-                    category: "timer",
-                    name: "timer_start",
-                },
-            }],
+            programs: &[Program::tracepoint(
+                "syn_timer_start",
+                "timer",
+                "timer_start",
+            )],
         },
     ],
 };

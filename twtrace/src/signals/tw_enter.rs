@@ -3,8 +3,8 @@
 use twtrace_common::{Event, TCP_FIN_WAIT2};
 
 use super::{
-    Attach, DecodeCtx, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START,
-    TW_TIMER_CANCEL, TW_TIMER_START,
+    DecodeCtx, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START, TW_TIMER_CANCEL,
+    TW_TIMER_START,
 };
 use crate::event::{Substate, What};
 
@@ -17,23 +17,13 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Fentry,
             needs: &[],
             limits: None,
-            programs: &[Program {
-                name: "tw_enter_fentry",
-                attach: Attach::Fentry {
-                    function: "__inet_twsk_schedule",
-                },
-            }],
+            programs: &[Program::fentry("tw_enter_fentry", "__inet_twsk_schedule")],
         },
         Hook {
             family: Family::Kprobe,
             needs: &[],
             limits: None,
-            programs: &[Program {
-                name: "tw_enter_kprobe",
-                attach: Attach::Kprobe {
-                    function: "__inet_twsk_schedule",
-                },
-            }],
+            programs: &[Program::kprobe("tw_enter_kprobe", "__inet_twsk_schedule")],
         },
         Hook {
             family: Family::TpBtf,

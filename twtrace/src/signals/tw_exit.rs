@@ -3,7 +3,7 @@
 use twtrace_common::{Event, ExitCause as RawCause};
 
 use super::{
-    Attach, Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
+    Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
     TW_PROCESS_FEXIT, TW_PROCESS_KPROBE, TW_PROCESS_KRETPROBE, TW_TIMER_CANCEL, addr_map::AddrMap,
 };
 use crate::event::{ExitCause, What};
@@ -18,20 +18,10 @@ pub static SIGNAL: Signal = Signal {
             needs: &[],
             limits: None,
             programs: &[
-                Program {
-                    name: "tw_exit_fentry",
-                    attach: Attach::Fentry {
-                        function: "inet_twsk_kill",
-                    },
-                },
+                Program::fentry("tw_exit_fentry", "inet_twsk_kill"),
                 // Marks an expiry for the kill it calls: no call-chain walk for the commonest
                 // exit.
-                Program {
-                    name: "tw_exit_expiring_fentry",
-                    attach: Attach::Fentry {
-                        function: "tw_timer_handler",
-                    },
-                },
+                Program::fentry("tw_exit_expiring_fentry", "tw_timer_handler"),
                 TW_PROCESS_FEXIT,
             ],
         },
@@ -40,18 +30,8 @@ pub static SIGNAL: Signal = Signal {
             needs: &[],
             limits: None,
             programs: &[
-                Program {
-                    name: "tw_exit_timer_fentry",
-                    attach: Attach::Fentry {
-                        function: "tw_timer_handler",
-                    },
-                },
-                Program {
-                    name: "tw_exit_deschedule_fentry",
-                    attach: Attach::Fentry {
-                        function: "inet_twsk_deschedule_put",
-                    },
-                },
+                Program::fentry("tw_exit_timer_fentry", "tw_timer_handler"),
+                Program::fentry("tw_exit_deschedule_fentry", "inet_twsk_deschedule_put"),
                 TW_PROCESS_FEXIT,
             ],
         },
@@ -60,18 +40,8 @@ pub static SIGNAL: Signal = Signal {
             needs: &[],
             limits: None,
             programs: &[
-                Program {
-                    name: "tw_exit_kprobe",
-                    attach: Attach::Kprobe {
-                        function: "inet_twsk_kill",
-                    },
-                },
-                Program {
-                    name: "tw_exit_expiring_kprobe",
-                    attach: Attach::Kprobe {
-                        function: "tw_timer_handler",
-                    },
-                },
+                Program::kprobe("tw_exit_kprobe", "inet_twsk_kill"),
+                Program::kprobe("tw_exit_expiring_kprobe", "tw_timer_handler"),
                 TW_PROCESS_KPROBE,
                 TW_PROCESS_KRETPROBE,
             ],
@@ -81,18 +51,8 @@ pub static SIGNAL: Signal = Signal {
             needs: &[],
             limits: None,
             programs: &[
-                Program {
-                    name: "tw_exit_timer_kprobe",
-                    attach: Attach::Kprobe {
-                        function: "tw_timer_handler",
-                    },
-                },
-                Program {
-                    name: "tw_exit_deschedule_kprobe",
-                    attach: Attach::Kprobe {
-                        function: "inet_twsk_deschedule_put",
-                    },
-                },
+                Program::kprobe("tw_exit_timer_kprobe", "tw_timer_handler"),
+                Program::kprobe("tw_exit_deschedule_kprobe", "inet_twsk_deschedule_put"),
                 TW_PROCESS_KPROBE,
                 TW_PROCESS_KRETPROBE,
             ],
@@ -109,7 +69,7 @@ pub static SIGNAL: Signal = Signal {
             family: Family::TpBtf,
             needs: &[],
             limits: Some(
-                "a TIME-WAIT killed by a reset reads `unknown` (kfree_skb has no drop reason                  before 5.17, which this route needs to find the reset's segment)",
+                "a TIME-WAIT killed by a reset reads `unknown` (kfree_skb has no drop reason before 5.17, which this route needs to find the reset's segment)",
             ),
             programs: &TP_BTF_PROGRAMS,
         },
@@ -157,21 +117,12 @@ const TP_BTF_PROGRAMS: [Program; 4] = [
     TP_TIMER_CANCEL,
     TP_TIMER_START,
     TP_TIMER_EXPIRE,
-    Program {
-        name: "tp_kfree_skb",
-        attach: Attach::BtfTracepoint { name: "kfree_skb" },
-    },
+    Program::btf_tracepoint("tp_kfree_skb", "kfree_skb"),
 ];
 
 const TRACEPOINT_PROGRAMS: [Program; 2] = [
     TW_TIMER_CANCEL,
-    Program {
-        name: "tw_exit_rst_tx",
-        attach: Attach::Tracepoint {
-            category: "tcp",
-            name: "tcp_send_reset",
-        },
-    },
+    Program::tracepoint("tw_exit_rst_tx", "tcp", "tcp_send_reset"),
 ];
 
 pub fn cause(raw: u8) -> ExitCause {

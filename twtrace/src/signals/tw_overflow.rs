@@ -3,8 +3,7 @@
 use twtrace_common::Event;
 
 use super::{
-    Attach, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START, TW_TIMER_CANCEL,
-    TW_TIMER_START,
+    Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START, TW_TIMER_CANCEL, TW_TIMER_START,
 };
 use crate::event::What;
 
@@ -17,30 +16,15 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Fentry,
             needs: &[],
             limits: None,
-            programs: &[Program {
-                name: "tw_overflow_fexit",
-                attach: Attach::Fexit {
-                    function: "inet_twsk_alloc",
-                },
-            }],
+            programs: &[Program::fexit("tw_overflow_fexit", "inet_twsk_alloc")],
         },
         Hook {
             family: Family::Kprobe,
             needs: &[],
             limits: None,
             programs: &[
-                Program {
-                    name: "tw_overflow_kprobe",
-                    attach: Attach::Kprobe {
-                        function: "inet_twsk_alloc",
-                    },
-                },
-                Program {
-                    name: "tw_overflow_kretprobe",
-                    attach: Attach::Kretprobe {
-                        function: "inet_twsk_alloc",
-                    },
-                },
+                Program::kprobe("tw_overflow_kprobe", "inet_twsk_alloc"),
+                Program::kretprobe("tw_overflow_kretprobe", "inet_twsk_alloc"),
             ],
         },
         Hook {
@@ -48,24 +32,9 @@ pub static SIGNAL: Signal = Signal {
             needs: &[],
             limits: None,
             programs: &[
-                Program {
-                    name: "tp_set_state",
-                    attach: Attach::BtfTracepoint {
-                        name: "inet_sock_set_state",
-                    },
-                },
-                Program {
-                    name: "tp_rst_rx",
-                    attach: Attach::BtfTracepoint {
-                        name: "tcp_receive_reset",
-                    },
-                },
-                Program {
-                    name: "tp_rst_tx",
-                    attach: Attach::BtfTracepoint {
-                        name: "tcp_send_reset",
-                    },
-                },
+                Program::btf_tracepoint("tp_set_state", "inet_sock_set_state"),
+                Program::btf_tracepoint("tp_rst_rx", "tcp_receive_reset"),
+                Program::btf_tracepoint("tp_rst_tx", "tcp_send_reset"),
                 // A close that got its TIME-WAIT is told by that TIME-WAIT's timer start just
                 // before, on its CPU: needed even when tw_enter is not traced, with the
                 // cancels that tell a re-arm from a new TIME-WAIT.
@@ -78,27 +47,9 @@ pub static SIGNAL: Signal = Signal {
             needs: &[],
             limits: None,
             programs: &[
-                Program {
-                    name: "tw_overflow_rst_rx",
-                    attach: Attach::Tracepoint {
-                        category: "tcp",
-                        name: "tcp_receive_reset",
-                    },
-                },
-                Program {
-                    name: "tw_overflow_rst_tx",
-                    attach: Attach::Tracepoint {
-                        category: "tcp",
-                        name: "tcp_send_reset",
-                    },
-                },
-                Program {
-                    name: "tw_overflow_set_state",
-                    attach: Attach::Tracepoint {
-                        category: "sock",
-                        name: "inet_sock_set_state",
-                    },
-                },
+                Program::tracepoint("tw_overflow_rst_rx", "tcp", "tcp_receive_reset"),
+                Program::tracepoint("tw_overflow_rst_tx", "tcp", "tcp_send_reset"),
+                Program::tracepoint("tw_overflow_set_state", "sock", "inet_sock_set_state"),
                 // Same as tp_btf: the cancel marks a re-arm (REARMING) for the start.
                 TW_TIMER_START,
                 TW_TIMER_CANCEL,
