@@ -281,7 +281,8 @@ fn timewait_accepted_syn(tag: &str, v6: bool) -> Result<()> {
     assert_eq!(tw_paws_delta(&before, &after), 0, "sanity: no PAWS reject");
     assert_eq!(from(&events, "paws_reject", ip).len(), 0);
     // The classic tracepoint route before 6.10 cannot tell a SYN that replaced a TIME-WAIT from
-    // a reset it sent (see e2e.rs): it announces that, and then classifies no accepted SYN.
+    // a reset it sent (see `segment_kill_cause` in e2e/main.rs): it announces that, and then
+    // classifies no accepted SYN.
     let accepted = if announced.contains("tw_exit=tracepoint(partial)") {
         assert!(!kernel_btf_has_name("sk_rst_reason"), "{announced}");
         0

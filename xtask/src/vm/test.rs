@@ -193,7 +193,7 @@ fn present_suites(cargo: &std::ffi::OsStr, root: &Path) -> Result<Vec<&'static s
     };
     if !is_test("e2e") {
         bail!(
-            "no e2e test binary: the twtrace package has no `e2e` integration test (twtrace/tests/e2e.rs)"
+            "no e2e test binary: the twtrace package has no `e2e` integration test (twtrace/tests/e2e/)"
         );
     }
     Ok(SUITES.into_iter().filter(|n| is_test(n)).collect())

@@ -1,0 +1,261 @@
+//! `tcp_max_tw_buckets` overflows: counted exactly, aborts not taken for them, and a
+//! TIME-WAIT's re-arm not taken for a new TIME-WAIT.
+
+use super::*;
+
+/// A tiny tcp_max_tw_buckets: every refused TIME-WAIT is an overflow event, exactly as many as
+/// TcpExtTCPTimeWaitOverflow counts.
+fn overflow_matches_kernel_counter(tag: &str, f: Family) -> Result<()> {
+    const N: usize = 24;
+    let pair = NetnsPair::new(tag)?;
+    sysctl(pair.server_ns(), "net.ipv4.tcp_max_tw_buckets", "5")?;
+    let (srv, server) = serve(&pair, f)?;
+    let inode = pair.server_inode();
+    let tracer = trace_netns(inode)?;
+    let overflows_only = trace_netns_only(inode, "tw_overflow")?;
+    let before = netstat(pair.server_ns())?;
+    all_ok(&connect_many(
+        pair.client_ns(),
+        srv,
+        N,
+        CloseFirst::Server,
+        None,
+    )?)?;
+    let after = netstat(pair.server_ns())?;
+    let events = stop(tracer)?;
+    let overflows_only = stop(overflows_only)?;
+    drop(server);
+
+    let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
+    // All N within the TIME-WAITs' 60 s: the first 5 fill the buckets, every other overflows.
+    assert_eq!(kernel, N as u64 - 5, "sanity: the bucket limit was hit");
+    // Traced alone, closes that got their TIME-WAIT must not pass for overflows.
+    assert_eq!(
+        of(&overflows_only, "tw_overflow", inode).len() as u64,
+        kernel,
+        "tw_overflow traced alone vs TcpExtTCPTimeWaitOverflow"
+    );
+    let overflows = of(&events, "tw_overflow", inode);
+    assert_eq!(
+        overflows.len() as u64,
+        kernel,
+        "tw_overflow vs TcpExtTCPTimeWaitOverflow"
+    );
+    assert_eq!(
+        of(&events, "tw_enter", inode).len() as u64,
+        tw_created(&before, &after)
+    );
+    for e in &overflows {
+        assert_eq!(addr(e, "remote").ip(), client_ip(&pair, f), "{e}");
+        assert_eq!(addr(e, "local"), srv, "{e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn overflow_matches_kernel_counter_v4() -> Result<()> {
+    rerun_if_skipped(|| overflow_matches_kernel_counter("ovf4", Family::V4))
+}
+
+#[test]
+fn overflow_matches_kernel_counter_v6() -> Result<()> {
+    rerun_if_skipped(|| overflow_matches_kernel_counter("ovf6", Family::V6))
+}
+
+/// How a half-closed connection (FIN_WAIT2 on the client) is aborted instead of waiting for
+/// the server's FIN: the kernel closes such a socket before it sends its reset.
+#[derive(Clone, Copy, Debug)]
+enum Abort {
+    /// close() with data unread (TcpExtTCPAbortOnClose).
+    UnreadData,
+    /// SO_LINGER {on, 0} then close() (TcpExtTCPAbortOnData).
+    LingerZero,
+    /// TCP_LINGER2 -1 then close() (TcpExtTCPAbortOnLinger).
+    Linger2Negative,
+}
+
+/// Opens a connection from the client namespace, half-closes it (the server ACKs the FIN:
+/// FIN_WAIT2) and aborts it as `how` says; the server end closes after.
+fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Result<()> {
+    use std::io::Read as _;
+    let srv = listener.local_addr()?;
+    let client = in_netns(pair.client_ns(), || TcpStream::connect(srv)).context("connect")?;
+    let (mut server, _) = listener.accept()?;
+    server.set_read_timeout(Some(IO_TIMEOUT))?;
+    let set = |level, name, value: &[i32]| -> Result<()> {
+        // SAFETY: setsockopt on a socket we own, with a buffer of the size we pass.
+        let rc = unsafe {
+            libc::setsockopt(
+                client.as_raw_fd(),
+                level,
+                name,
+                value.as_ptr().cast(),
+                std::mem::size_of_val(value) as libc::socklen_t,
+            )
+        };
+        ensure!(
+            rc == 0,
+            "setsockopt {how:?}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    };
+    if let Abort::Linger2Negative = how {
+        set(libc::IPPROTO_TCP, libc::TCP_LINGER2, &[-1])?;
+    }
+    // In FIN_WAIT2 (the server's ACK of the FIN is in), where each abort below is meant to
+    // happen.
+    half_close_acked(std::slice::from_ref(&client), Duration::from_secs(15))?;
+    ensure!(server.read(&mut [0u8; 16])? == 0, "EOF expected");
+    match how {
+        Abort::UnreadData => {
+            server.write_all(b"unread")?;
+            ensure!(
+                support::sys::poll_readable(client.as_raw_fd(), Duration::from_secs(15))?,
+                "the data reached the client"
+            );
+        }
+        Abort::LingerZero => set(libc::SOL_SOCKET, libc::SO_LINGER, &[1, 0])?,
+        Abort::Linger2Negative => {}
+    }
+    drop(client);
+    thread::sleep(Duration::from_millis(20));
+    drop(server);
+    Ok(())
+}
+
+/// Aborts of half-closed connections close a FIN_WAIT2 socket without TIME-WAIT too, but not
+/// for want of a bucket: they are no overflow, while real overflows (a tiny
+/// tcp_max_tw_buckets on the same client) all are. tw_overflow == TcpExtTCPTimeWaitOverflow.
+#[test]
+fn aborts_are_not_overflows() -> Result<()> {
+    rerun_if_skipped(|| {
+        const N: usize = 8;
+        const BUCKETS: usize = 3;
+        let pair = NetnsPair::new("abrt")?;
+        sysctl(
+            pair.client_ns(),
+            "net.ipv4.tcp_max_tw_buckets",
+            &BUCKETS.to_string(),
+        )?;
+        let srv_ip = pair.server_v4();
+        let (_, listener) = listen_free(pair.server_ns(), srv_ip)?;
+        let (srv2, server) = serve(&pair, Family::V4)?;
+        let inode = pair.client_inode();
+        let tracer = trace_netns(inode)?;
+        let before = netstat(pair.client_ns())?;
+        for how in [Abort::UnreadData, Abort::LingerZero, Abort::Linger2Negative] {
+            abort_half_closed(&pair, &listener, how)?;
+        }
+        all_ok(&connect_many(
+            pair.client_ns(),
+            srv2,
+            N,
+            CloseFirst::Client,
+            None,
+        )?)?;
+        let after = netstat(pair.client_ns())?;
+        let events = stop(tracer)?;
+        drop(server);
+
+        let aborts: u64 = [
+            "TcpExtTCPAbortOnClose",
+            "TcpExtTCPAbortOnData",
+            "TcpExtTCPAbortOnLinger",
+        ]
+        .iter()
+        .map(|c| delta(&before, &after, c))
+        .sum();
+        assert_eq!(aborts, 3, "sanity: the kernel aborted the three");
+        let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
+        assert_eq!(
+            kernel,
+            (N - BUCKETS) as u64,
+            "sanity: the bucket limit was hit"
+        );
+        assert_overflows(&events, inode, kernel, srv2);
+        Ok(())
+    })
+}
+
+/// tw_overflow of namespace `inode` == the kernel's TcpExtTCPTimeWaitOverflow delta, each
+/// toward `remote`.
+fn assert_overflows(events: &[Value], inode: u32, kernel: u64, remote: SocketAddr) {
+    let overflows = of(events, "tw_overflow", inode);
+    assert_eq!(
+        overflows.len() as u64,
+        kernel,
+        "tw_overflow vs TcpExtTCPTimeWaitOverflow: {overflows:#?}"
+    );
+    for e in &overflows {
+        assert_eq!(addr(e, "remote"), remote, "{e}");
+    }
+}
+
+/// A TIME-WAIT's re-arm (FIN_WAIT2 -> TIME_WAIT: the peer's FIN reaches it) is no new
+/// TIME-WAIT: read as one, on the tracepoint routes it leaves the mark a close that got its
+/// TIME-WAIT consumes, and the next close toward the same remote port on that CPU, an
+/// overflow, passes for the owner of that mark. Client side, buckets full of FIN_WAIT2
+/// TIME-WAITs; per round, the server closes one of them (a re-arm at the client) and the
+/// client closes another connection right after (an overflow), on one CPU. tw_overflow,
+/// traced alone (its hooks must tell re-arms apart by themselves), must equal
+/// TcpExtTCPTimeWaitOverflow.
+#[test]
+fn overflow_after_a_rearm() -> Result<()> {
+    rerun_if_skipped(|| {
+        const ROUNDS: usize = 6;
+        let pair = NetnsPair::new("rearm")?;
+        sysctl(
+            pair.client_ns(),
+            "net.ipv4.tcp_max_tw_buckets",
+            &ROUNDS.to_string(),
+        )?;
+        // FIN_WAIT2 TIME-WAITs last tcp_fin_timeout; 60 s (the default) is also TIME-WAIT's own
+        // length, and the timer wheel keeps a timer moved within its bucket without a cancel and
+        // start: no re-arm to see. A shorter one (a common tuning) moves it; 10 s leaves time
+        // for the wait below on a slow guest.
+        sysctl(pair.client_ns(), "net.ipv4.tcp_fin_timeout", "10")?;
+        let srv_ip = pair.server_v4();
+        let (srv, listener) = listen_free(pair.server_ns(), srv_ip)?;
+        let connect = || -> Result<(TcpStream, TcpStream)> {
+            let client =
+                in_netns(pair.client_ns(), || TcpStream::connect(srv)).context("connect")?;
+            Ok((client, listener.accept()?.0))
+        };
+        let held: Vec<_> = (0..ROUNDS).map(|_| connect()).collect::<Result<_>>()?;
+        let closing: Vec<_> = (0..ROUNDS).map(|_| connect()).collect::<Result<_>>()?;
+        let inode = pair.client_inode();
+        let tracer = trace_netns_only(inode, "tw_overflow")?;
+        let before = netstat(pair.client_ns())?;
+        // The held connections' clients close first: FIN_WAIT2 TIME-WAITs (made in close(), see
+        // `close_after_fin_acked`) fill the buckets.
+        let (clients, servers): (Vec<TcpStream>, Vec<TcpStream>) = held.into_iter().unzip();
+        close_after_fin_acked(clients, Duration::from_secs(15))?;
+        // The first re-arm below must find every bucket taken.
+        let count = support::proc::timewait_count(pair.client_ns())?;
+        ensure!(
+            count == ROUNDS as u64,
+            "sanity: {ROUNDS} client FIN_WAIT2 TIME-WAITs, not {count}"
+        );
+        let _pin = PinnedToCpu::first_allowed()?;
+        // Each closing client half-closed and its FIN acknowledged first, so that its close()
+        // is the overflow, at once and on this CPU (not a keepalive-timer FIN_WAIT2 socket
+        // that ends with a reset and no overflow: see `close_after_fin_acked`).
+        let (clients, accepted): (Vec<TcpStream>, Vec<TcpStream>) = closing.into_iter().unzip();
+        half_close_acked(&clients, Duration::from_secs(15))?;
+        for ((server_side, client), accepted) in servers.into_iter().zip(clients).zip(accepted) {
+            drop(server_side); // its FIN re-arms a client TIME-WAIT (softirq on this CPU)
+            drop(client); // a FIN_WAIT2 close with every bucket taken: an overflow, on this CPU
+            thread::sleep(Duration::from_millis(30));
+            drop(accepted);
+        }
+        thread::sleep(Duration::from_millis(100));
+        let after = netstat(pair.client_ns())?;
+        let events = stop(tracer)?;
+
+        let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
+        assert_eq!(kernel, ROUNDS as u64, "sanity: each round overflowed once");
+        assert_overflows(&events, inode, kernel, srv);
+        Ok(())
+    })
+}
