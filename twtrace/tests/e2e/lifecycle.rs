@@ -20,7 +20,7 @@ fn timewait_side(tag: &str, f: Family, policy: CloseFirst) -> Result<()> {
     } else {
         pair.server_ns()
     })?;
-    all_ok(&connect_many(pair.client_ns(), srv, N, policy, None)?)?;
+    connect_all(&pair, srv, N, policy, None)?;
     let after = netstat(ns)?;
     let other_after = netstat(if policy == CloseFirst::Server {
         pair.client_ns()
@@ -102,25 +102,13 @@ fn reconnect(tag: &str, f: Family) -> Result<()> {
     let tracer = trace_netns(pair.server_inode())?;
     let enters_only = trace_netns_only(pair.server_inode(), "tw_enter")?;
     let before = netstat(pair.server_ns())?;
-    all_ok(&connect_many(
-        pair.client_ns(),
-        srv,
-        PORTS,
-        CloseFirst::Server,
-        Some(&ports),
-    )?)?;
+    connect_all(&pair, srv, PORTS, CloseFirst::Server, Some(&ports))?;
     let mid = netstat(pair.server_ns())?;
     let held = tcp_sockets(pair.server_ns())?
         .iter()
         .filter(|e| e.timewait && ports.contains(&e.remote.port()))
         .count() as u64;
-    all_ok(&connect_many(
-        pair.client_ns(),
-        srv,
-        PORTS,
-        CloseFirst::Server,
-        Some(&ports),
-    )?)?;
+    connect_all(&pair, srv, PORTS, CloseFirst::Server, Some(&ports))?;
     let after = netstat(pair.server_ns())?;
     let cause = segment_kill_cause(&tracer.stderr_text(), "replaced_by_syn");
     let events = stop(tracer)?;

@@ -177,7 +177,16 @@ fn tw_created(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> 
     }
 }
 
-fn all_ok(outcomes: &[support::ConnOutcome]) -> Result<()> {
+/// `n` connections from the client namespace to `srv`, `policy` saying which side closes
+/// first (from `ports` where given); every one must succeed.
+fn connect_all(
+    pair: &NetnsPair,
+    srv: SocketAddr,
+    n: usize,
+    policy: CloseFirst,
+    ports: Option<&[u16]>,
+) -> Result<()> {
+    let outcomes = connect_many(pair.client_ns(), srv, n, policy, ports)?;
     let bad: Vec<_> = outcomes.iter().filter(|o| !o.is_ok()).collect();
     ensure!(bad.is_empty(), "connections failed: {bad:?}");
     Ok(())
@@ -190,13 +199,7 @@ fn server_timewaits(tag: &str, n: usize) -> Result<(NetnsPair, Server, Tracer, C
     let (srv, server) = serve(&pair, Family::V4)?;
     let tracer = trace_netns(pair.server_inode())?;
     let before = netstat(pair.server_ns())?;
-    all_ok(&connect_many(
-        pair.client_ns(),
-        srv,
-        n,
-        CloseFirst::Server,
-        None,
-    )?)?;
+    connect_all(&pair, srv, n, CloseFirst::Server, None)?;
     let created = tw_created(&before, &netstat(pair.server_ns())?);
     Ok((pair, server, tracer, Created { n: created, before }))
 }

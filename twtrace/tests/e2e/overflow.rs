@@ -14,13 +14,7 @@ fn overflow_matches_kernel_counter(tag: &str, f: Family) -> Result<()> {
     let tracer = trace_netns(inode)?;
     let overflows_only = trace_netns_only(inode, "tw_overflow")?;
     let before = netstat(pair.server_ns())?;
-    all_ok(&connect_many(
-        pair.client_ns(),
-        srv,
-        N,
-        CloseFirst::Server,
-        None,
-    )?)?;
+    connect_all(&pair, srv, N, CloseFirst::Server, None)?;
     let after = netstat(pair.server_ns())?;
     let events = stop(tracer)?;
     let overflows_only = stop(overflows_only)?;
@@ -147,13 +141,7 @@ fn aborts_are_not_overflows() -> Result<()> {
         for how in [Abort::UnreadData, Abort::LingerZero, Abort::Linger2Negative] {
             abort_half_closed(&pair, &listener, how)?;
         }
-        all_ok(&connect_many(
-            pair.client_ns(),
-            srv2,
-            N,
-            CloseFirst::Client,
-            None,
-        )?)?;
+        connect_all(&pair, srv2, N, CloseFirst::Client, None)?;
         let after = netstat(pair.client_ns())?;
         let events = stop(tracer)?;
         drop(server);

@@ -14,13 +14,7 @@ fn timewaits_present_at_start_count_as_live() -> Result<()> {
         let pair = NetnsPair::new("pres")?;
         let (srv, server) = serve(&pair, Family::V4)?;
         let ports: Vec<u16> = (0..PORTS as u16).map(|i| 42_000 + i * 2).collect();
-        all_ok(&connect_many(
-            pair.client_ns(),
-            srv,
-            PORTS,
-            CloseFirst::Server,
-            Some(&ports),
-        )?)?;
+        connect_all(&pair, srv, PORTS, CloseFirst::Server, Some(&ports))?;
         let at_start: BTreeSet<(SocketAddr, SocketAddr)> = tcp_sockets(pair.server_ns())?
             .into_iter()
             .filter(|e| e.timewait)
@@ -44,13 +38,13 @@ fn timewaits_present_at_start_count_as_live() -> Result<()> {
             "{said}"
         );
         let before = netstat(pair.server_ns())?;
-        all_ok(&connect_many(
-            pair.client_ns(),
+        connect_all(
+            &pair,
             srv,
             PORTS / 2,
             CloseFirst::Server,
             Some(&ports[..PORTS / 2]),
-        )?)?;
+        )?;
         let after = netstat(pair.server_ns())?;
         let live_now = support::proc::timewait_count(pair.server_ns())?;
         thread::sleep(SETTLE);

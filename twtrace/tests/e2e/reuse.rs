@@ -22,21 +22,9 @@ fn tw_reuse_matches_twrecycled(tag: &str, f: Family) -> Result<()> {
     let inode = pair.client_inode();
     let tracer = trace_netns(inode)?;
     let before = netstat(pair.client_ns())?;
-    all_ok(&connect_many(
-        pair.client_ns(),
-        srv,
-        PORTS,
-        CloseFirst::Client,
-        None,
-    )?)?;
+    connect_all(&pair, srv, PORTS, CloseFirst::Client, None)?;
     thread::sleep(Duration::from_millis(1100));
-    all_ok(&connect_many(
-        pair.client_ns(),
-        srv,
-        PORTS,
-        CloseFirst::Client,
-        None,
-    )?)?;
+    connect_all(&pair, srv, PORTS, CloseFirst::Client, None)?;
     let after = netstat(pair.client_ns())?;
     let events = stop(tracer)?;
     drop(server);

@@ -76,21 +76,24 @@ fn skipped_runs() -> Result<()> {
     };
     let mut rounds = Vec::new();
     let mut calls = 0;
-    // The client namespace's sockets, for a failure's message.
-    let sockets = || match tcp_sockets(pair.client_ns()) {
-        Ok(s) => format!("{s:#?}"),
-        Err(e) => format!("{e:#}"),
+    // Each round's TIME-WAITs are made in close(), so all there at once; if not, the failure
+    // lists the client namespace's sockets.
+    let all_there = |round: &str| -> Result<()> {
+        let count = support::proc::timewait_count(pair.client_ns())?;
+        let sockets = || match tcp_sockets(pair.client_ns()) {
+            Ok(s) => format!("{s:#?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            count == N as u64,
+            "sanity, {round}: {N} client TIME-WAITs, not {count}; the client's sockets: {}",
+            sockets()
+        );
+        Ok(())
     };
     for (round, hold) in holds.into_iter().enumerate() {
         let (cpu, ports) = make_timewaits()?;
-        // Made in close(), so all there.
-        let count = support::proc::timewait_count(pair.client_ns())?;
-        ensure!(
-            count == N as u64,
-            "sanity, round {}: {N} client TIME-WAITs, not {count}; the client's sockets: {}",
-            round + 1,
-            sockets()
-        );
+        all_there(&format!("round {}", round + 1))?;
         // Held from well before their expiry (the first one's timer, as the kernel shows it)
         // until they are all gone (bounded).
         let first_expiry = support::proc::first_timewait_expiry(pair.client_ns())?
@@ -111,12 +114,7 @@ fn skipped_runs() -> Result<()> {
     // Once more, in the memory just freed on that CPU; these are not waited out (the earlier
     // rounds' are all gone).
     let (_, last) = make_timewaits()?;
-    let count = support::proc::timewait_count(pair.client_ns())?;
-    ensure!(
-        count == N as u64,
-        "sanity, last round: {N} client TIME-WAITs, not {count}; the client's sockets: {}",
-        sockets()
-    );
+    all_there("last round")?;
     let after = netstat(pair.client_ns())?;
     thread::sleep(SETTLE);
     // All it said at start-up, read well after the "tracing" line that readiness waits for.
