@@ -103,11 +103,12 @@ pub struct Common {
     /// classic tracepoint route (more are still reported, and counted as `live_table_full`
     /// losses), in user space elsewhere (the latest N enters are always kept, older ones may be
     /// forgotten, counted as `max_live_tw` losses: their exits show `lifetime_ms: null` and LIVE
-    /// over-counts by as many; raise it on hosts with more live TIME-WAITs). On tp_btf
-    /// before 6.11 it also bounds the kernel's table of live TIME-WAITs by connection, through
-    /// which their PAWS rejects are found (when full: `live_table_full` losses, and a warning).
-    /// And it bounds the TIME-WAITs already there at start-up that are read and counted as
-    /// live (`tw_present`; beyond it, a warning). At least 1024.
+    /// over-counts by as many until the next --reread; raise it on hosts with more live
+    /// TIME-WAITs). On tp_btf before 6.11 it also bounds the kernel's table of live
+    /// TIME-WAITs by connection, through which their PAWS rejects are found (when full:
+    /// `live_table_full` losses, and a warning). And it bounds the TIME-WAITs read from the
+    /// kernel's sockets and counted as live, at start-up (`tw_present`) and after lost events
+    /// (--reread); beyond it, a warning. At least 1024.
     #[arg(long, global = true, default_value_t = 262_144, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_live_tw: u32,
 
@@ -146,6 +147,12 @@ pub struct LiveOpts {
         allow_negative_numbers = true
     )]
     pub top: usize,
+
+    /// After events were lost (the `lost` lines), read the kernel's own TIME-WAIT sockets
+    /// again, as at start-up, so that LIVE is exact again: a lost exit would leave it too high
+    /// for good, a lost enter too low. At most once every SECS (0.05 to 3600); 0: never.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_reread)]
+    pub reread: f64,
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +287,14 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Seconds for --reread, where 0 turns it off.
+fn parse_reread(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(0.0) => Ok(0.0),
+        _ => parse_seconds(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +312,9 @@ mod tests {
         assert!(Cli::try_parse_from(["twtrace", "--ip", "300.1.1.1"]).is_err());
         assert!(Cli::try_parse_from(["twtrace", "--frobnicate"]).is_err());
         assert!(Cli::try_parse_from(["twtrace", "--port", "0"]).is_err());
+        assert!(Cli::try_parse_from(["twtrace", "--reread", "0.01"]).is_err());
+        assert!(Cli::try_parse_from(["twtrace", "--reread", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["twtrace", "--reread", "0"]).is_ok());
         // A negative number is a bad value, not an unknown flag.
         for (flag, v) in [("--port", "-1"), ("--interval", "-1"), ("--top", "-1")] {
             let e = Cli::try_parse_from(["twtrace", flag, v]).unwrap_err();

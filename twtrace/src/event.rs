@@ -131,6 +131,10 @@ pub enum What {
     /// Start-up knowledge for the aggregate (TIME-WAITs on that port are a server's), read
     /// with the TIME-WAITs already present; not an event, so no sink prints it.
     Listening,
+    /// The live counts start over from a read of the kernel's own TIME-WAIT sockets, which
+    /// follows as `TwPresent` records (events were lost, so some enters or exits went
+    /// unseen). `ts_ns` is when the read began. Knowledge for the aggregate, not an event.
+    LiveReset,
     /// A TIME-WAIT socket ended. `lifetime_ns` is None when its entry was not observed
     /// (it predates twtrace, or the in-kernel live table was full).
     TwExit {
@@ -228,12 +232,25 @@ impl Record {
         }
     }
 
+    /// The live counts start over at `ts_ns` (see [`What::LiveReset`]).
+    pub fn live_reset(ts_ns: u64) -> Self {
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        Record {
+            ts_ns,
+            netns: 0,
+            local: nowhere,
+            remote: nowhere,
+            what: What::LiveReset,
+        }
+    }
+
     /// The JSON `type` of this record.
     pub fn type_name(&self) -> &'static str {
         match self.what {
             What::TwEnter { .. } => "tw_enter",
             What::TwPresent { .. } => "tw_present",
             What::Listening => "listening",
+            What::LiveReset => "live_reset",
             What::TwExit {
                 cause: ExitCause::Reused,
                 ..

@@ -278,6 +278,7 @@ async fn pump(
     mut shutdown: Shutdown,
     filter: &Filter,
     present: Option<tw_present::Wanted>,
+    reread_every: Option<Duration>,
     mut on_record: impl FnMut(&Record) -> Result<()>,
     mut on_tick: impl FnMut(bool) -> Result<bool>,
 ) -> Result<()> {
@@ -287,7 +288,8 @@ async fn pump(
     let mut pipeline = Pipeline::new(loaded.facts.decode_ctx(), loaded.max_live_tw);
     let mut failed = None;
     let mut next_loss_check = Instant::now();
-    let (mut reading, mut held) = tw_present::start(present);
+    let mut rereads = tw_present::Rereads::new(reread_every.filter(|_| present.is_some()));
+    let (mut reading, mut held) = tw_present::start(present.clone(), false);
     let mut batch = Vec::new();
     loop {
         let before = monotonic_ns();
@@ -307,6 +309,7 @@ async fn pump(
         }
         // What a completed drain took (a drain cancelled by another branch takes nothing).
         pipeline.feed_batch(&batch, filter, |rec| {
+            rereads.note(rec);
             if !held.hold(rec)
                 && failed.is_none()
                 && let Err(e) = on_record(rec)
@@ -325,10 +328,17 @@ async fn pump(
             Vec::new()
         };
         for rec in &losses {
+            rereads.note(rec);
             on_record(rec)?;
         }
         if let Some(e) = failed.take() {
             return Err(e);
+        }
+        // Events were lost: the live counts start over from the kernel's own sockets. Every
+        // record handed on so far is older than the reset, which the aggregate relies on.
+        if !stop && !reading.is_running() && rereads.due(now) {
+            on_record(&Record::live_reset(monotonic_ns()))?;
+            (reading, held) = tw_present::start(present.clone(), true);
         }
         if let Some(logger) = loaded.logger.as_mut() {
             logger.flush();
@@ -503,12 +513,14 @@ async fn events(
         shutdown,
         filter,
         present,
+        // Nothing here shows live counts, and the read would repeat its tw_present events.
+        None,
         |rec| {
             if let Some(r) = reporter.borrow_mut().as_mut() {
                 r.agg.apply(rec);
             }
-            // Start-up knowledge for the aggregate, not an event.
-            if closed.get() || rec.what == What::Listening {
+            // Knowledge for the aggregate, not events.
+            if closed.get() || matches!(rec.what, What::Listening | What::LiveReset) {
                 return Ok(());
             }
             let mut out = out.borrow_mut();
@@ -566,6 +578,7 @@ async fn live(
         shutdown,
         filter,
         present,
+        (opts.reread > 0.0).then(|| Duration::from_secs_f64(opts.reread)),
         |rec| {
             reporter.borrow_mut().agg.apply(rec);
             Ok(())

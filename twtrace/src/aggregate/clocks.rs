@@ -123,7 +123,7 @@ mod graph;
 mod track;
 
 #[cfg(test)]
-mod sim;
+pub(super) mod sim;
 #[cfg(test)]
 mod tests;
 

@@ -65,19 +65,29 @@ impl Lifetime {
     }
 }
 
+/// How one record moves `live`. The aggregate decides (`Aggregate::apply`): it alone knows
+/// which TIME-WAITs the latest read of the kernel's sockets counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LiveStep {
+    Up,
+    Down,
+    Keep,
+}
+
 /// Counters for one key, or for everything (the global totals). Plain `Copy` data so snapshot
 /// rows can be taken without holding references into the tables.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Sockets that entered TIME-WAIT (`TwEnter`).
     pub tw_created: u64,
-    /// Current TIME-WAIT population: +1 per enter and per TIME-WAIT present at start-up, -1
-    /// per exit of either, never below 0.
+    /// Current TIME-WAIT population: +1 per enter and per TIME-WAIT found by a read of the
+    /// kernel's sockets (at start-up, and again after lost events), -1 per exit of either,
+    /// never below 0.
     pub live: u64,
     /// Exits per cause, indexed by `ExitCause as usize` (see [`Counters::exits`]).
     pub exits_by_cause: [u64; CAUSES],
-    /// Exits whose entry the kernel side did not see (`lifetime_ns == None`): sockets already
-    /// in TIME-WAIT when tracing started, or entered while the in-kernel live table was full.
+    /// Exits whose entry was not seen (`lifetime_ns == None`): sockets already in TIME-WAIT
+    /// when tracing started, entered while the live table was full, or whose enter was lost.
     /// Also counted in `exits_by_cause`.
     pub exits_unseen_entry: u64,
     /// Closes that skipped TIME-WAIT because `tcp_max_tw_buckets` was full.
@@ -96,48 +106,35 @@ impl Counters {
         self.exits_by_cause.iter().sum()
     }
 
-    /// Counts one event. `Lost` carries no endpoint and is kept apart by the caller.
-    pub(crate) fn apply(&mut self, what: &What) {
+    /// Counts one event, and moves `live` by `live`. `Lost` carries no endpoint and is kept
+    /// apart by the caller.
+    pub(crate) fn apply(&mut self, what: &What, live: LiveStep) {
         match *what {
-            What::TwEnter { .. } => {
-                self.tw_created += 1;
-                self.live += 1;
-            }
-            // Already in TIME-WAIT when tracing started: alive, but not created under watch.
-            What::TwPresent { .. } => self.live += 1,
+            What::TwEnter { .. } => self.tw_created += 1,
             What::TwExit { cause, lifetime_ns } => {
                 self.exits_by_cause[cause as usize] += 1;
                 match lifetime_ns {
-                    Some(ns) => {
-                        // Saturating: the matching enter may have been counted in an LRU entry
-                        // since evicted, or lost in the ring buffer.
-                        self.live = self.live.saturating_sub(1);
-                        self.lifetime.record(ns);
-                    }
-                    // Not decremented: an unseen entry was (almost always) never added. Sockets
-                    // already in TIME-WAIT at start-up would otherwise cancel out new ones and
-                    // leave `live` too low for good. The exceptions, enters whose time was
-                    // dropped for memory (in the kernel's live table on the classic route,
-                    // `live_table_full`; in user space elsewhere, `max_live_tw`), show in the
-                    // lost counts: `live` over-counts by as many.
+                    Some(ns) => self.lifetime.record(ns),
                     None => self.exits_unseen_entry += 1,
                 }
             }
             What::TwOverflow => self.overflow += 1,
             What::ConnectAddrNotAvail { .. } => self.eaddrnotavail += 1,
+            // Already in TIME-WAIT when read: alive (`live`), but not created under watch.
+            What::TwPresent { .. }
             // PAWS and SYN records are aggregated per source IP in `aggregate::paws`.
-            What::Lost { .. }
+            | What::Lost { .. }
             | What::PawsReject { .. }
             | What::Syn { .. }
             | What::TwSyn { .. }
-            | What::Listening => {}
+            | What::Listening
+            | What::LiveReset => {}
         }
-    }
-
-    /// Takes back the +1 a TIME-WAIT present at start-up added to `live`, when `ended`.
-    pub(crate) fn end_present(&mut self, ended: bool) {
-        if ended {
-            self.live = self.live.saturating_sub(1);
+        match live {
+            LiveStep::Up => self.live += 1,
+            // Saturating: the +1 may have been counted in an LRU entry since evicted.
+            LiveStep::Down => self.live = self.live.saturating_sub(1),
+            LiveStep::Keep => {}
         }
     }
 

@@ -31,6 +31,7 @@ use schnellru::{ByLength, LruMap};
 use crate::event::{LossReason, Record, What};
 
 pub use counters::Counters;
+use counters::LiveStep;
 pub use order::Order;
 pub use rows::{DestRow, Evictions, IpRow, LostRow, PortRow, Row, RowKey};
 
@@ -50,23 +51,27 @@ impl<K: RowKey> Table<K> {
         }
     }
 
-    /// Counts `what` under `key`; `ends_present` also takes one off `live` for the TIME-WAIT
-    /// present at start-up that this record turned out to be (see [`Aggregate::apply`]).
-    fn apply(&mut self, key: K, what: &What, ends_present: bool) {
+    /// Counts `what` under `key`, moving its `live` by `live` (see [`Aggregate::apply`]).
+    fn apply(&mut self, key: K, what: &What, live: LiveStep) {
         // get marks the key most recently used: eviction order is by last update.
         if let Some(c) = newest_or_get(&mut self.map, &key) {
-            c.apply(what);
-            c.end_present(ends_present);
+            c.apply(what, live);
             return;
         }
         let mut c = Counters::default();
-        c.apply(what);
-        c.end_present(ends_present);
+        c.apply(what, live);
         // The key is absent, so a full table evicts its least recent key to make room.
         if self.map.len() >= self.capacity {
             self.evictions += 1;
         }
         self.map.insert(key, c);
+    }
+
+    /// Every key's `live` back to 0 (a read of the kernel's sockets counts them again).
+    fn zero_live(&mut self) {
+        for (_, c) in self.map.iter_mut() {
+            c.live = 0;
+        }
     }
 
     /// The `n` largest rows by `order`, largest first; ties by key so output is stable.
@@ -185,15 +190,22 @@ pub struct Aggregate {
     skipped: BTreeMap<&'static str, u64>,
     /// (netns, port) pairs that SYNs were seen arriving at: listening ports.
     listening: listening::Listening,
-    /// TIME-WAITs present at start-up (`TwPresent`) that have not ended yet, by
-    /// (netns, local, remote): one TIME-WAIT per 4-tuple at a time.
+    /// TIME-WAITs found by the latest read of the kernel's sockets (`TwPresent`) that have
+    /// not ended yet, by (netns, local, remote): one TIME-WAIT per 4-tuple at a time.
     present: HashSet<(u32, SocketAddr, SocketAddr), RandomState>,
     present_at_start: u64,
-    /// The latest time a start-up read ended (the `TwPresent` records' time): an enter traced
-    /// after it cannot be one of `present`, and skips the lookup (a hash of two addresses in
-    /// a table of up to `--max-live-tw`, for every enter while present ones remain: a minute
-    /// after start-up on a busy host).
+    /// When the latest read began (`LiveReset`; 0 for the start-up read): a TIME-WAIT that
+    /// entered before it is in `live` through the read, if it was still there then, and never
+    /// through its own records.
+    read_from_ns: u64,
+    /// The latest time a read ended (the `TwPresent` records' time): an enter traced after it
+    /// cannot be one of `present`, and skips the lookup (a hash of two addresses in a table of
+    /// up to `--max-live-tw`, for every enter while present ones remain: a minute after a read
+    /// on a busy host).
     present_read_ns: u64,
+    /// Reads after lost events (`LiveReset`), and the TIME-WAITs the latest one found.
+    rereads: u64,
+    reread_found: u64,
 }
 
 impl Aggregate {
@@ -210,7 +222,10 @@ impl Aggregate {
             listening: listening::Listening::default(),
             present: HashSet::default(),
             present_at_start: 0,
+            read_from_ns: 0,
             present_read_ns: 0,
+            rereads: 0,
+            reread_found: 0,
             paws: paws::PawsTable::new(cap.get(), clocks::ClockConfig::default()),
         }
     }
@@ -238,6 +253,10 @@ impl Aggregate {
                 self.note_listening(rec.netns, rec.local.port());
                 return;
             }
+            What::LiveReset => {
+                self.reset_live(rec.ts_ns);
+                return;
+            }
             What::Syn { .. } => {
                 self.note_listening(rec.netns, rec.local.port());
                 self.paws.apply(rec);
@@ -251,45 +270,71 @@ impl Aggregate {
         }
         // Built only where it is looked up: two socket addresses, for every record otherwise.
         let key = || (rec.netns, rec.local, rec.remote);
-        let ends_present = match what {
+        // How `live` moves. A read of the kernel's sockets (at start-up, and again after lost
+        // events) counts what was there when it looked, so a TIME-WAIT's own records must not
+        // count it a second time, nor take off one the read did not count.
+        let live = match *what {
             What::TwPresent { server, .. } => {
-                let key = key();
-                if !self.present.insert(key) {
+                if !self.present.insert(key()) {
                     return; // the same socket read twice: counted once
                 }
-                self.present_at_start += 1;
+                if self.rereads == 0 {
+                    self.present_at_start += 1;
+                } else {
+                    self.reread_found += 1;
+                }
                 self.present_read_ns = self.present_read_ns.max(rec.ts_ns);
-                if *server {
+                if server {
                     self.note_listening(rec.netns, rec.local.port());
                 }
-                false
+                LiveStep::Up
             }
-            // An exit whose entry was not seen is a present socket's end. A traced enter of a
-            // present 4-tuple means the start-up read saw a socket that entered after the
-            // programs attached: one TIME-WAIT, which `live` must not count twice.
-            What::TwEnter { .. } if rec.ts_ns <= self.present_read_ns => self.end_present(key),
+            // Entered before the read began: the read counted it if it was still there.
+            What::TwEnter { .. } if rec.ts_ns < self.read_from_ns => LiveStep::Keep,
+            // Entered while the read ran: counted by it, or not (it looked too soon).
+            What::TwEnter { .. } if rec.ts_ns <= self.present_read_ns && self.end_present(key) => {
+                LiveStep::Keep
+            }
+            What::TwEnter { .. } => LiveStep::Up,
             What::TwExit {
-                lifetime_ns: None, ..
-            } => self.end_present(key),
-            _ => false,
+                lifetime_ns: Some(ns),
+                ..
+            } if rec.ts_ns.saturating_sub(ns) >= self.read_from_ns => LiveStep::Down,
+            // An exit whose entry was not seen, or was before the read: counted by the read
+            // if it was among its sockets. Not otherwise: an unseen entry was (almost always)
+            // never added; one that was is in the lost counts, which start a read again.
+            What::TwExit { .. } if self.end_present(key) => LiveStep::Down,
+            _ => LiveStep::Keep,
         };
-        self.totals.apply(what);
-        self.totals.end_present(ends_present);
-        self.by_ip.apply(rec.remote.ip(), what, ends_present);
+        self.totals.apply(what, live);
+        self.by_ip.apply(rec.remote.ip(), what, live);
         // Every TIME-WAIT event feeds the destination table, not just EADDRNOTAVAIL: the live
         // TIME-WAIT count toward a destination is what explains its port exhaustion. Except
         // where the local side is a listening port: that TIME-WAIT is a server's, its "remote"
         // a client's ephemeral port, never a destination anything connects to (and keying
         // every one would churn the table at the connection rate).
         if !self.listening.contains(rec.netns, rec.local.port()) {
-            self.by_dest.apply(rec.remote, what, ends_present);
+            self.by_dest.apply(rec.remote, what, live);
         }
         if !matches!(what, What::ConnectAddrNotAvail { .. }) {
-            self.by_port.apply(rec.local.port(), what, ends_present);
+            self.by_port.apply(rec.local.port(), what, live);
         }
     }
 
-    /// Whether `key` was a TIME-WAIT present at start-up, which then ends. The set is freed
+    /// Every `live` back to 0, and what the previous read found forgotten: a read of the
+    /// kernel's sockets that began at `from_ns` counts them again.
+    fn reset_live(&mut self, from_ns: u64) {
+        self.by_ip.zero_live();
+        self.by_port.zero_live();
+        self.by_dest.zero_live();
+        self.totals.live = 0;
+        self.present = HashSet::default();
+        self.read_from_ns = from_ns;
+        self.rereads += 1;
+        self.reread_found = 0;
+    }
+
+    /// Whether `key` was a TIME-WAIT found by the latest read, which then ends. The set is freed
     /// once its last member has ended (a busy host may start with a quarter million).
     fn end_present(&mut self, key: impl FnOnce() -> (u32, SocketAddr, SocketAddr)) -> bool {
         if self.present.is_empty() || !self.present.remove(&key()) {
@@ -310,6 +355,11 @@ impl Aggregate {
     /// end).
     pub fn present_at_start(&self) -> u64 {
         self.present_at_start
+    }
+
+    /// Reads of the kernel's sockets after lost events, and the TIME-WAITs the latest found.
+    pub fn rereads(&self) -> (u64, u64) {
+        (self.rereads, self.reread_found)
     }
 
     /// Top `n` remote IPs by `order`.

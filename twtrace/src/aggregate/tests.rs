@@ -508,3 +508,5 @@ fn server_timewaits_stay_out_of_the_destination_table() {
     agg.apply(&enter("198.51.100.1:443", 40001));
     assert_eq!(agg.top_by_dest(10, Order::TwCreated).len(), 2);
 }
+
+mod reread;

@@ -301,7 +301,8 @@ mod tests {
     }
 
     /// Beyond `max_live_tw` live TIME-WAITs, enters forgotten for memory are reported as lost
-    /// (`max_live_tw`), at once, whatever the filter: LIVE over-counts by that many.
+    /// (`max_live_tw`), at once, whatever the filter: LIVE over-counts by that many
+    /// until the live table reads the kernel's sockets again (`--reread`).
     #[test]
     fn forgotten_enters_are_reported_as_lost() {
         let filter = Filter {

@@ -198,7 +198,8 @@ pub struct Lifetimes {
 }
 
 /// The `lost` program name under which forgotten enters are reported: `--max-live-tw` live
-/// TIME-WAITs were exceeded, and LIVE over-counts by as many from then on.
+/// TIME-WAITs were exceeded, and LIVE over-counts by as many until the live table reads the
+/// kernel's sockets again (`--reread`).
 pub const FORGOTTEN: &str = "max_live_tw";
 
 impl Lifetimes {

@@ -8,7 +8,11 @@
 //! its entry unseen ends its snapshot entry; the aggregate does both by 4-tuple (see
 //! `aggregate::Aggregate::apply`). Records are handed on before any ring record.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use tokio::task::JoinHandle;
@@ -19,16 +23,63 @@ use crate::{
     kernel::{netns, sock_diag},
 };
 
-/// What to read at start-up: the `--netns` namespace (None: all), at most `limit` sockets.
+/// What to read: the `--netns` namespace (None: all), at most `limit` sockets.
+#[derive(Clone, Debug)]
 pub struct Wanted {
     pub netns: Option<NetnsArg>,
     pub limit: usize,
 }
 
-/// Starts the start-up read beside the ring (which must not fill up meanwhile); None reads
-/// nothing. Ring records wait in the [`Held`] until the read's own records have gone first.
-pub fn start(what: Option<Wanted>) -> (Reading, Held) {
-    let task = what.map(|w| tokio::task::spawn_blocking(move || take(w.netns.as_ref(), w.limit)));
+/// When to read the kernel's sockets again: after events were lost, which may have been
+/// enters or exits (a lost exit leaves `live` too high for good, a lost enter too low), at
+/// most once per `every`. The aggregate starts its live counts over from the read
+/// (`What::LiveReset`), exactly: see `aggregate::Aggregate::apply`.
+pub struct Rereads {
+    every: Option<Duration>,
+    lost: bool,
+    next: Instant,
+}
+
+impl Rereads {
+    /// None: never read again.
+    pub fn new(every: Option<Duration>) -> Self {
+        Self {
+            every,
+            lost: false,
+            next: Instant::now(),
+        }
+    }
+
+    /// Notes `rec`: a loss of any program calls for a read (most are TIME-WAIT records under
+    /// churn, and a program's name does not say what its lost records were).
+    pub fn note(&mut self, rec: &Record) {
+        self.lost |= matches!(rec.what, What::Lost { count: 1.., .. });
+    }
+
+    /// Whether to read now (then the caller does), given that no read is running.
+    pub fn due(&mut self, now: Instant) -> bool {
+        let Some(every) = self.every else {
+            return false;
+        };
+        if !self.lost || now < self.next {
+            return false;
+        }
+        self.lost = false;
+        self.next = now + every;
+        true
+    }
+}
+
+/// Starts a read beside the ring (which must not fill up meanwhile); None reads nothing. Ring
+/// records wait in the [`Held`] until the read's own records have gone first. `again`: a read
+/// after lost events (see [`Rereads`]), which says only what went wrong.
+pub fn start(what: Option<Wanted>, again: bool) -> (Reading, Held) {
+    let task = what.map(|w| {
+        tokio::task::spawn_blocking(move || Snapshot {
+            again,
+            ..take(w.netns.as_ref(), w.limit)
+        })
+    });
     let held = Held {
         active: task.is_some(),
         records: Vec::new(),
@@ -99,9 +150,11 @@ impl Held {
     }
 }
 
-/// What one start-up read found.
+/// What one read found.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// A read after lost events, not the start-up one.
+    pub again: bool,
     /// The TIME-WAITs (`TwPresent`), then one `Listening` per listening port.
     pub records: Vec<Record>,
     /// How many of `records` are TIME-WAITs.
@@ -190,10 +243,11 @@ fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize) -> Snapsho
     snap
 }
 
-/// Says on stderr what the read found, and what it could not read.
+/// Says on stderr what the read found, and what it could not read. A read after lost events
+/// (which the table shows) speaks only of what went wrong.
 fn announce(snap: &Snapshot) {
     // When nothing could be read, the warnings below say why.
-    if snap.namespaces > 0 || snap.failed.is_empty() {
+    if !snap.again && (snap.namespaces > 0 || snap.failed.is_empty()) {
         eprintln!(
             "twtrace: {} TIME-WAITs already present in {} network namespace{}",
             snap.timewaits,

@@ -85,7 +85,7 @@ fn write_fields(w: &mut impl Write, rec: &Record) -> io::Result<()> {
             w.num(timeout_ms)?;
         }
         // Start-up knowledge, not an event: `twtrace events` does not print it.
-        What::Listening => {}
+        What::Listening | What::LiveReset => {}
         What::TwPresent { substate, .. } => {
             w.write_all(br#","substate":""#)?;
             w.write_all(substate.as_str().as_bytes())?;

@@ -162,6 +162,13 @@ fn header(agg: &Aggregate, out: &mut String) {
         }
         out.push('\n');
     }
+    let (rereads, found) = agg.rereads();
+    if rereads > 0 {
+        let _ = writeln!(
+            out,
+            "live re-read from the kernel's sockets after lost events: {rereads} times (the latest found {found} TIME-WAITs)"
+        );
+    }
     let ev = agg.evictions();
     if ev.total() > 0 {
         let _ = writeln!(

@@ -9,6 +9,7 @@ pub fn text_line(r: &Record) -> String {
             timeout_ms,
         } => format!("enter  {} timeout={timeout_ms}ms", substate.as_str()),
         What::Listening => "listening (at start)".to_owned(),
+        What::LiveReset => "live counts re-read from the kernel's sockets".to_owned(),
         What::TwPresent { substate, .. } => {
             format!("present {} (already at start)", substate.as_str())
         }

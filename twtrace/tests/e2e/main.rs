@@ -19,6 +19,7 @@ mod lifecycle;
 mod overflow;
 mod port_exhaustion;
 mod present_at_start;
+mod reread;
 mod reuse;
 mod skipped_runs;
 

@@ -193,21 +193,33 @@ impl Tracer {
 
     /// Waits for a stderr line containing `needle` and returns it; fails as [`Self::wait_ready`].
     pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let stderr = Arc::clone(&self.stderr);
+        self.wait_line(&stderr, "", needle, timeout)
+    }
+
+    /// [`Self::wait_stderr`] for a line of text on stdout (the live table's).
+    pub fn wait_stdout_text(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let stdout = Arc::clone(&self.bad_stdout);
+        self.wait_line(&stdout, " on stdout", needle, timeout)
+    }
+
+    fn wait_line(
+        &mut self,
+        lines: &Shared<String>,
+        on: &str,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) = self
-                .stderr
-                .snapshot()
-                .into_iter()
-                .find(|l| l.contains(needle))
-            {
+            if let Some(line) = lines.snapshot().into_iter().find(|l| l.contains(needle)) {
                 return Ok(line);
             }
             if let Some(status) = self.exited()? {
                 // Let the reader drain the pipe so the message is complete.
                 self.join_readers();
                 bail!(
-                    "{} exited with {status} before {needle:?}; stderr:\n{}",
+                    "{} exited with {status} before {needle:?}{on}; stderr:\n{}",
                     self.cmdline,
                     self.stderr_text()
                 );
@@ -215,15 +227,15 @@ impl Tracer {
             let now = Instant::now();
             if now > deadline {
                 bail!(
-                    "{} printed no {needle:?} within {timeout:?}; stderr so far:\n{}",
+                    "{} printed no {needle:?}{on} within {timeout:?}; stderr so far:\n{}",
                     self.cmdline,
                     self.stderr_text()
                 );
             }
-            // Wake on new stderr lines, but re-check the process at least every 50 ms.
-            let guard = self.stderr.items.lock().unwrap();
+            // Wake on new lines, but re-check the process at least every 50 ms.
+            let guard = lines.items.lock().unwrap();
             let wait = (deadline - now).min(Duration::from_millis(50));
-            let _ = self.stderr.changed.wait_timeout(guard, wait).unwrap();
+            let _ = lines.changed.wait_timeout(guard, wait).unwrap();
         }
     }
 
