@@ -261,8 +261,9 @@ fn announce(snap: &Snapshot) {
              not counted as live until they end"
         );
     }
+    let when = if snap.again { "now" } else { "already" };
     for why in &snap.failed {
-        eprintln!("twtrace: warning: TIME-WAITs already in {why} are not counted as live");
+        eprintln!("twtrace: warning: TIME-WAITs {when} in {why} are not counted as live");
     }
 }
 
