@@ -270,6 +270,29 @@ fn announce(snap: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::LossReason;
+
+    /// A read again only after a loss, at most once per period, never when turned off.
+    #[test]
+    fn rereads_follow_losses_at_most_once_per_period() {
+        let lost = |count| Record::lost("tw_exit", count, LossReason::RingFull);
+        let minute = Duration::from_secs(60);
+        let mut r = Rereads::new(Some(minute));
+        let t0 = Instant::now();
+        assert!(!r.due(t0), "nothing lost");
+        r.note(&lost(0));
+        r.note(&Record::live_reset(1));
+        assert!(!r.due(t0), "a zero count is no loss");
+        r.note(&lost(3));
+        assert!(r.due(t0));
+        assert!(!r.due(t0), "once per loss");
+        r.note(&lost(1));
+        assert!(!r.due(t0 + minute / 2), "not within the period");
+        assert!(r.due(t0 + minute), "the loss waited for it");
+        let mut off = Rereads::new(None);
+        off.note(&lost(1));
+        assert!(!off.due(t0 + minute));
+    }
 
     /// A `--netns` given as a file is entered by that file, even where no process runs in
     /// its namespace and nothing under /run/netns names it (then only that file leads to it).
