@@ -193,6 +193,33 @@ fn connect_all(
     Ok(())
 }
 
+/// The live table's last totals line (`tw_created N  live N ...`) among its stdout `lines`.
+struct Totals(String);
+
+impl Totals {
+    fn last(lines: &[String]) -> Result<Self> {
+        let line = (lines.iter().rev())
+            .find(|l| l.starts_with("tw_created "))
+            .with_context(|| format!("no totals line in {lines:?}"))?;
+        Ok(Self(line.clone()))
+    }
+
+    /// The number after the word `name`.
+    fn field(&self, name: &str) -> Result<u64> {
+        let mut words = self.0.split_whitespace();
+        words
+            .find(|w| *w == name)
+            .with_context(|| format!("{name} in {}", self.0))?;
+        Ok(words.next().context("value")?.parse()?)
+    }
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A pair with `n` server-side TIME-WAITs made while a tracer watches the server namespace;
 /// returns them with how many the kernel created and the counters from before.
 fn server_timewaits(tag: &str, n: usize) -> Result<(NetnsPair, Server, Tracer, Created)> {

@@ -56,21 +56,11 @@ fn live_is_exact_again_after_lost_events() -> Result<()> {
         // says so. The final table comes after the read has ended.
         let reread = "live re-read from the kernel's sockets";
         let first = table.wait_stdout_text(reread, Duration::from_secs(60))?;
-        let said = table.stderr_text();
         let lines = table.stop_text()?;
         drop(server);
-        let last = lines
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("tw_created "))
-            .with_context(|| format!("no totals line in {lines:?}; stderr: {said}"))?;
-        let field = |name: &str| -> Result<u64> {
-            let mut words = last.split_whitespace();
-            words.find(|w| *w == name).context("field")?;
-            Ok(words.next().context("value")?.parse()?)
-        };
-        assert!(field("lost")? > 0, "the ring never overflowed: {last}");
-        assert_eq!(field("live")?, live_now, "{last}; {first}");
+        let last = Totals::last(&lines)?;
+        assert!(last.field("lost")? > 0, "the ring never overflowed: {last}");
+        assert_eq!(last.field("live")?, live_now, "{last}; {first}");
         Ok(())
     })
 }
