@@ -291,7 +291,7 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 fn parse_reread(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(0.0) => Ok(0.0),
-        _ => parse_seconds(s),
+        _ => parse_seconds(s).map_err(|e| format!("{e} (or 0: never)")),
     }
 }
 
