@@ -84,7 +84,7 @@ fn write_fields(w: &mut impl Write, rec: &Record) -> io::Result<()> {
             w.write_all(br#"","timeout_ms":"#)?;
             w.num(timeout_ms)?;
         }
-        // Start-up knowledge, not an event: `twtrace events` does not print it.
+        // Knowledge for the aggregate, not events: `twtrace events` does not print them.
         What::Listening | What::LiveReset => {}
         What::TwPresent { substate, .. } => {
             w.write_all(br#","substate":""#)?;

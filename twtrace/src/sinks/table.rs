@@ -166,7 +166,8 @@ fn header(agg: &Aggregate, out: &mut String) {
     if rereads > 0 {
         let _ = writeln!(
             out,
-            "live re-read from the kernel's sockets after lost events: {rereads} times (the latest found {found} TIME-WAITs)"
+            "live re-read from the kernel's sockets after lost events: {rereads} time{} (the latest found {found} TIME-WAITs)",
+            if rereads == 1 { "" } else { "s" }
         );
     }
     let ev = agg.evictions();
@@ -624,6 +625,26 @@ mod tests {
             !section(&text, "REMOTE_IP")
                 .iter()
                 .any(|l| l.starts_with("0.0.0.0"))
+        );
+        // A read after the losses, which found one TIME-WAIT: said under the losses, and LIVE
+        // is what it found.
+        agg.apply(&crate::event::Record::live_reset(10));
+        let substate = crate::event::Substate::TimeWait;
+        let found = What::TwPresent {
+            substate,
+            server: false,
+        };
+        agg.apply(&rec("10.0.0.1:2", "192.0.2.2:80", found));
+        let text = render_str(&agg, &TableOpts::default());
+        let lines: Vec<_> = text.lines().collect();
+        assert!(
+            lines[1].contains(" live 1 (present at start 0) "),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(
+            lines[5],
+            "live re-read from the kernel's sockets after lost events: 1 time (the latest found 1 TIME-WAITs)"
         );
     }
 }
