@@ -3,9 +3,9 @@
 use super::*;
 
 /// The ring the tracer gets here (the smallest it takes), and the size of one record in it:
-/// 96 bytes of event and the ring's 8-byte header.
+/// the event and the ring's 8-byte header.
 const RING_KIB: usize = 64;
-const RECORD_BYTES: usize = 96 + 8;
+const RECORD_BYTES: usize = std::mem::size_of::<twtrace_common::Event>() + 8;
 
 /// Events lost, for certain and in bulk: the live table's tracer is stopped (SIGSTOP) while
 /// its namespace makes more TIME-WAITs than its ring holds records, and then the TIME-WAITs it
