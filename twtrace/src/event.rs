@@ -212,17 +212,12 @@ pub struct Record {
 impl Record {
     /// `count` events `program` lost, for `reason`.
     pub fn lost(program: &'static str, count: u64, reason: LossReason) -> Self {
-        Record {
-            ts_ns: 0,
-            netns: 0,
-            local: ([0, 0, 0, 0], 0).into(),
-            remote: ([0, 0, 0, 0], 0).into(),
-            what: What::Lost {
-                program,
-                count,
-                reason,
-            },
-        }
+        let what = What::Lost {
+            program,
+            count,
+            reason,
+        };
+        Self::without_endpoints(0, what)
     }
 
     pub fn family(&self) -> &'static str {
@@ -234,13 +229,18 @@ impl Record {
 
     /// The live counts start over at `ts_ns` (see [`What::LiveReset`]).
     pub fn live_reset(ts_ns: u64) -> Self {
+        Self::without_endpoints(ts_ns, What::LiveReset)
+    }
+
+    /// A record about no socket (netns 0, both endpoints 0.0.0.0:0).
+    fn without_endpoints(ts_ns: u64, what: What) -> Self {
         let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
         Record {
             ts_ns,
             netns: 0,
             local: nowhere,
             remote: nowhere,
-            what: What::LiveReset,
+            what,
         }
     }
 

@@ -7,6 +7,9 @@
 //! between attach and the read) is one TIME-WAIT, not two, and one whose exit arrives with
 //! its entry unseen ends its snapshot entry; the aggregate does both by 4-tuple (see
 //! `aggregate::Aggregate::apply`). Records are handed on before any ring record.
+//!
+//! The live table runs the same read again after lost events ([`Rereads`]), from which the
+//! aggregate starts its live counts over (`What::LiveReset`).
 
 use std::{
     collections::BTreeMap,
