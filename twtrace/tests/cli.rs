@@ -17,10 +17,24 @@ use support::{Tracer, tracer_bin};
 /// Runs twtrace to its end, which must come within a minute: these are refusals and short
 /// commands, and one that starts tracing instead must fail the test, not hang it.
 fn run(args: &[&str]) -> Output {
+    let mut cmd = Command::new(tracer_bin());
+    cmd.args(args);
+    run_command(cmd)
+}
+
+/// [`run`] as the user nobody (uid and gid 65534).
+fn run_as_nobody(args: &[&str]) -> Output {
+    let mut cmd = Command::new(tracer_bin());
+    cmd.args(args).uid(65534).gid(65534);
+    run_command(cmd)
+}
+
+/// Runs `cmd` to its end, within a minute (see [`run`]), its output captured.
+fn run_command(mut cmd: Command) -> Output {
     use std::io::Read as _;
     use std::process::Stdio;
-    let mut child = Command::new(tracer_bin())
-        .args(args)
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -59,11 +73,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn not_root_is_refused_with_one_clear_line() {
-    let o = Command::new(tracer_bin())
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("running twtrace as nobody");
+    let o = run_as_nobody(&[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
     assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
@@ -76,13 +86,7 @@ fn not_root_is_refused_with_one_clear_line() {
     let file = dir.0.join("events.ndjson");
     fs::write(&file, "kept\n").expect("writing the file");
     fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).expect("chmod file");
-    let o = Command::new(tracer_bin())
-        .args(["events", "--output"])
-        .arg(&file)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("running twtrace as nobody");
+    let o = run_as_nobody(&["events", "--output", file.to_str().expect("a UTF-8 path")]);
     let kept = fs::read_to_string(&file).expect("reading the file back");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
@@ -509,14 +513,7 @@ fn a_failed_start_keeps_an_earlier_capture() {
 #[test]
 fn a_namespace_named_by_digits_is_found_by_name() -> Result<()> {
     let name = format!("7{}", std::process::id());
-    support::netns::ip(&["netns", "add", &name])?;
-    struct Del(String);
-    impl Drop for Del {
-        fn drop(&mut self) {
-            let _ = support::netns::ip(&["netns", "del", &self.0]);
-        }
-    }
-    let _del = Del(name.clone());
+    let _ns = support::NamedNetns::add(&name)?;
     support::netns::ip(&["-n", &name, "link", "set", "lo", "up"])?;
     let inode = support::netns_inode(&name)?;
     let mut t = Tracer::spawn_default(&["events", "--json", "--netns", &name])?;

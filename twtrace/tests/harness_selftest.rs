@@ -306,8 +306,9 @@ fn stale_namespaces_of_dead_runs_are_removed() {
     let dead = 4_194_305u32;
     let stale = format!("tw-stale-{dead}-srv");
     let other_tag = format!("tw-stale2-{dead}-srv");
-    support::netns::ip(&["netns", "add", &stale]).unwrap();
-    support::netns::ip(&["netns", "add", &other_tag]).unwrap();
+    // Deleted on every way out, by the code under test or else by the guards.
+    let _stale = NamedNetns::add(&stale).unwrap();
+    let _other = NamedNetns::add(&other_tag).unwrap();
     let pair = NetnsPair::new("stale").unwrap();
     assert!(!netns_exists(&stale));
     // Only the tag's own leftovers go; another tag's are left for its own test.

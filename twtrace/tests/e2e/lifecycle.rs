@@ -14,6 +14,18 @@ fn timewait_side(tag: &str, f: Family, policy: CloseFirst) -> Result<()> {
         CloseFirst::Client => (pair.client_ns(), pair.client_inode()),
     };
     let tracer = trace_netns(inode)?;
+    let fin_timeout_ms = sysctl_get(ns, "net.ipv4.tcp_fin_timeout")?.parse::<u64>()? * 1000;
+    // What the kernel arms the timer with: TCP_TIMEWAIT_LEN (60 s) for TIME_WAIT, the
+    // namespace's tcp_fin_timeout for an orphaned FIN_WAIT2 (the default 60 s lies above
+    // 3.5 RTOs, which would win). The tracepoint routes read it as expiry minus now, in
+    // jiffies: up to one jiffy (10 ms at HZ=100) short.
+    let kernel_timeout_ms = |e: &Value| -> Result<u64> {
+        match e["substate"].as_str() {
+            Some("TIME_WAIT") => Ok(60_000),
+            Some("FIN_WAIT2") => Ok(fin_timeout_ms),
+            _ => anyhow::bail!("substate: {e}"),
+        }
+    };
     let before = netstat(ns)?;
     let other_before = netstat(if policy == CloseFirst::Server {
         pair.client_ns()
@@ -66,7 +78,11 @@ fn timewait_side(tag: &str, f: Family, policy: CloseFirst) -> Result<()> {
                 "ipv6"
             }
         );
-        assert!(e["timeout_ms"].as_u64().unwrap_or(0) > 0, "{e}");
+        let (want, got) = (kernel_timeout_ms(e)?, e["timeout_ms"].as_u64());
+        assert!(
+            got.is_some_and(|got| (want - 10..=want).contains(&got)),
+            "timeout_ms, the kernel's {want}: {e}"
+        );
     }
     Ok(())
 }

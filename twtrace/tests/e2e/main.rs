@@ -39,7 +39,7 @@ use support::{
     connect_many,
     cpu::{HeldCpu, Hold, PinnedToCpu},
     delta, in_netns, kernel_btf_has_name, kernel_counts_classic_skips, listen_free, netstat,
-    rerun_alone_if_skipped, rerun_if_skipped, sysctl, tcp_sockets,
+    rerun_alone_if_skipped, rerun_if_skipped, sysctl, sysctl_get, tcp_sockets,
     tracer::SkippedRuns,
     traffic::{close_after_fin_acked, half_close_acked},
     tw_counted_at_creation,
@@ -258,6 +258,11 @@ fn real_expiry() -> Result<()> {
     while support::tw_count(pair.server_ns())? > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(500));
     }
+    let left = support::tw_count(pair.server_ns())?;
+    ensure!(
+        left == 0,
+        "sanity: {left} TIME-WAITs still there after 90 s"
+    );
     tracer.wait_for_event(|e| e["type"] == "tw_exit", Duration::from_secs(5))?;
     let events = stop(tracer)?;
 

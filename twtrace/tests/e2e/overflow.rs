@@ -73,7 +73,10 @@ enum Abort {
 fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Result<()> {
     use std::io::Read as _;
     let srv = listener.local_addr()?;
-    let client = in_netns(pair.client_ns(), || TcpStream::connect(srv)).context("connect")?;
+    let client = in_netns(pair.client_ns(), || {
+        TcpStream::connect_timeout(&srv, IO_TIMEOUT)
+    })
+    .context("connect")?;
     let (mut server, _) = listener.accept()?;
     server.set_read_timeout(Some(IO_TIMEOUT))?;
     let set = |level, name, value: &[i32]| -> Result<()> {
@@ -206,8 +209,10 @@ fn overflow_after_a_rearm() -> Result<()> {
         let srv_ip = pair.server_v4();
         let (srv, listener) = listen_free(pair.server_ns(), srv_ip)?;
         let connect = || -> Result<(TcpStream, TcpStream)> {
-            let client =
-                in_netns(pair.client_ns(), || TcpStream::connect(srv)).context("connect")?;
+            let client = in_netns(pair.client_ns(), || {
+                TcpStream::connect_timeout(&srv, IO_TIMEOUT)
+            })
+            .context("connect")?;
             Ok((client, listener.accept()?.0))
         };
         let held: Vec<_> = (0..ROUNDS).map(|_| connect()).collect::<Result<_>>()?;

@@ -52,6 +52,8 @@ fn skipped_runs() -> Result<()> {
             next_port += 1;
             let client = in_netns(pair.client_ns(), || -> std::io::Result<TcpStream> {
                 let fd = support::sys::tcp_socket(&srv)?;
+                // Bounds the connect (SO_SNDTIMEO) and any read.
+                support::sys::set_timeouts(&fd, IO_TIMEOUT)?;
                 support::sys::bind(&fd, &from)?;
                 support::sys::connect(&fd, &srv)?;
                 Ok(support::sys::into_stream(fd))
@@ -104,7 +106,9 @@ fn skipped_runs() -> Result<()> {
         while support::proc::timewait_count(pair.client_ns())? > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(100));
         }
-        calls += held.release();
+        let held_calls = held.release();
+        ensure!(held_calls > 0, "sanity: round {} held its CPU", round + 1);
+        calls += held_calls;
         ensure!(
             support::proc::timewait_count(pair.client_ns())? == 0,
             "sanity: the TIME-WAITs expired"
@@ -151,6 +155,11 @@ fn skipped_runs() -> Result<()> {
         })
         .collect();
     let ended_total: usize = ended.iter().sum();
+    // Whatever the route, no end is reported twice or made up.
+    ensure!(
+        ended.iter().all(|&n| n <= N),
+        "more ends than TIME-WAITs in a round: {ended:?} of {N} each"
+    );
     // Every enter is reported: the kernel made them outside the held windows.
     let entered: BTreeSet<u16> = enters.iter().map(local_port).collect();
     let made: BTreeSet<u16> = rounds.iter().flatten().chain(&last).copied().collect();

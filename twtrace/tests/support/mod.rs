@@ -31,7 +31,8 @@ pub mod tracer;
 pub mod traffic;
 
 pub use netns::{
-    NetnsPair, cleanup_stale, cleanup_stale_all, in_netns, netns_exists, netns_inode, try_in_netns,
+    NamedNetns, NetnsPair, cleanup_stale, cleanup_stale_all, in_netns, netns_exists, netns_inode,
+    try_in_netns,
 };
 pub use proc::{
     TIMEWAIT_SOCKETS, TcpEntry, TcpState, delta, kernel_btf_has_name, kernel_counts_classic_skips,

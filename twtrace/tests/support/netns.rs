@@ -111,6 +111,38 @@ fn valid_tag(tag: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// A namespace a test adds by a name of its own choosing (`ip netns add`), outside the
+/// `tw-<tag>-<pid>` scheme. Dropping it deletes it, also during a panic: a leftover would make
+/// the next run's `add` fail.
+#[derive(Debug)]
+pub struct NamedNetns(String);
+
+impl NamedNetns {
+    /// Adds `name`, after deleting a leftover of that name (from a run that was killed).
+    pub fn add(name: &str) -> Result<Self> {
+        if netns_exists(name) {
+            ip(&["netns", "delete", name])?;
+        }
+        ip(&["netns", "add", name])?;
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        // A test may have deleted it on purpose (what it tests).
+        if netns_exists(&self.0)
+            && let Err(e) = ip(&["netns", "delete", &self.0])
+        {
+            eprintln!("warning: could not delete netns {}: {e:#}", self.0);
+        }
+    }
+}
+
 /// Whether `/run/netns/<name>` exists.
 pub fn netns_exists(name: &str) -> bool {
     Path::new(NETNS_DIR).join(name).exists()
