@@ -42,6 +42,10 @@ pub enum Command {
     /// Stream every event (TIME-WAIT enter/exit, overflow, EADDRNOTAVAIL, losses).
     Events(EventsOpts),
     /// Show the kernel, BTF, lockdown and which hook serves each signal, and why.
+    #[command(
+        after_help = "Of the flags above, doctor uses --hooks, --signals, --netns, \
+        --ring-kib and --max-live-tw (what is loaded); the others are for tracing and refused here."
+    )]
     Doctor(DoctorOpts),
 }
 
@@ -108,8 +112,8 @@ pub struct Common {
     /// TIME-WAITs by connection, through which their PAWS rejects are found (when full:
     /// `live_table_full` losses, and a warning). And it bounds the TIME-WAITs read from the
     /// kernel's sockets and counted as live, at start-up (`tw_present`) and after lost events
-    /// (--reread); beyond it, a warning. At least 1024.
-    #[arg(long, global = true, default_value_t = 262_144, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1024..))]
+    /// (--reread); beyond it, a warning. 1024 to 67108864.
+    #[arg(long, global = true, default_value_t = 262_144, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1024..=i64::from(MAX_LIVE_TW_LIMIT)))]
     pub max_live_tw: u32,
 
     /// Seconds between table refreshes, summary rewrites and alert checks (0.05 to 3600).
@@ -128,7 +132,8 @@ pub struct Common {
         global = true,
         default_value_t = 5,
         value_name = "N",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = parse_alert_rejects
     )]
     pub alert_rejects: u64,
 
@@ -139,19 +144,20 @@ pub struct Common {
 
 #[derive(Debug, Args)]
 pub struct LiveOpts {
-    /// Rows per table (live table only).
+    /// Rows per table (live table only), at least 1.
     #[arg(
         long,
         default_value_t = LIVE_TOP,
         value_name = "N",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = parse_top
     )]
     pub top: usize,
 
     /// After events were lost (the `lost` lines), read the kernel's own TIME-WAIT sockets
     /// again, as at start-up, so that LIVE is exact again: a lost exit would leave it too high
     /// for good, a lost enter too low. At most once every SECS (0.05 to 3600); 0: never.
-    #[arg(long, default_value_t = 60.0, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_reread)]
+    #[arg(long, default_value_t = LIVE_REREAD, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_reread)]
     pub reread: f64,
 }
 
@@ -202,9 +208,12 @@ impl Cli {
                 check(c.alert_rejects != defaults.alert_rejects, "--alert-rejects");
                 check(c.alert_every != defaults.alert_every, "--alert-every");
                 check(self.live.top != LIVE_TOP, "--top");
+                check(self.live.reread != LIVE_REREAD, "--reread");
             }
             Some(Command::Events(_)) => {
                 check(self.live.top != LIVE_TOP, "--top");
+                // events shows no live counts, and would repeat its tw_present events.
+                check(self.live.reread != LIVE_REREAD, "--reread");
                 // Without alerts and a summary file, events keeps no aggregate and no clock.
                 let aggregate = c.summary_json.is_some() || c.alert_rejects > 0;
                 check(!aggregate && c.capacity != defaults.capacity, "--capacity");
@@ -224,6 +233,12 @@ impl Cli {
 
 /// `--top`'s default.
 const LIVE_TOP: usize = 20;
+/// `--reread`'s default.
+const LIVE_REREAD: f64 = 60.0;
+/// The most `--max-live-tw` takes: 2^26. The kernel refuses a hash map of 2^28 entries or more
+/// (its bucket array would pass 4 GiB), and at 2^26 the classic route's preallocated table
+/// already holds about 6 GB.
+const MAX_LIVE_TW_LIMIT: u32 = 1 << 26;
 
 impl Common {
     /// The defaults of the flags [`Cli::unused_flags`] compares with.
@@ -276,6 +291,18 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+fn parse_top(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}`: give a number of rows, 1 or more")),
+    }
+}
+
+fn parse_alert_rejects(s: &str) -> Result<u64, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}`: give a number of rejects, 0 or more (0: no alerts)"))
+}
+
 /// Seconds for --interval and --alert-every (clap names the flag in the error).
 fn parse_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s
@@ -316,7 +343,15 @@ mod tests {
         assert!(Cli::try_parse_from(["twtrace", "--reread", "-1"]).is_err());
         assert!(Cli::try_parse_from(["twtrace", "--reread", "0"]).is_ok());
         // A negative number is a bad value, not an unknown flag.
-        for (flag, v) in [("--port", "-1"), ("--interval", "-1"), ("--top", "-1")] {
+        assert!(Cli::try_parse_from(["twtrace", "--top", "0"]).is_err());
+        assert!(Cli::try_parse_from(["twtrace", "--max-live-tw", "268435456"]).is_err());
+        assert!(Cli::try_parse_from(["twtrace", "--max-live-tw", "67108864"]).is_ok());
+        for (flag, v) in [
+            ("--port", "-1"),
+            ("--interval", "-1"),
+            ("--top", "-1"),
+            ("--alert-rejects", "-1"),
+        ] {
             let e = Cli::try_parse_from(["twtrace", flag, v]).unwrap_err();
             assert_eq!(
                 e.kind(),
@@ -330,6 +365,14 @@ mod tests {
             ["--port", "--interval"]
         );
         assert_eq!(unused(&["twtrace", "--top", "3", "events"]), ["--top"]);
+        assert_eq!(
+            unused(&["twtrace", "--reread", "5", "events"]),
+            ["--reread"]
+        );
+        assert_eq!(
+            unused(&["twtrace", "--reread", "0", "doctor"]),
+            ["--reread"]
+        );
         assert!(unused(&["twtrace", "doctor", "--hooks", "kprobe", "--netns", "1"]).is_empty());
         assert!(unused(&["twtrace", "--top", "3", "--port", "80"]).is_empty());
         // Alerts off and no summary file: events keeps no aggregate to size or tick.

@@ -77,6 +77,12 @@ pub struct NetnsArg {
 /// (`net:[4026531840]`), a name under /run/netns (a name made of digits too: `ip netns add
 /// 100`, which wins over the number), or a namespace file (/proc/PID/ns/net).
 pub fn parse_netns(s: &str) -> Result<NetnsArg> {
+    if s.is_empty() {
+        bail!(
+            "--netns is empty: give a namespace's inode number, a name under /run/netns, or a \
+             file such as /proc/PID/ns/net"
+        );
+    }
     let named = (!s.contains('/') && !s.is_empty()).then(|| format!("/run/netns/{s}"));
     if let Some(path) = named
         .as_deref()
@@ -96,6 +102,9 @@ pub fn parse_netns(s: &str) -> Result<NetnsArg> {
             inode: n,
             file: None,
         });
+    }
+    if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("--netns {number}: too large for a namespace inode number (they are 32-bit)");
     }
     if s.starts_with('-') || s.starts_with("net:") {
         bail!(
@@ -187,5 +196,10 @@ mod tests {
         );
         assert!(parse_netns("-1").is_err());
         assert!(parse_netns("net:[x]").is_err());
+        let said = |s: &str| parse_netns(s).unwrap_err().to_string();
+        assert!(said("").contains("--netns is empty"), "{}", said(""));
+        for big in ["4294967296", "net:[4294967296]"] {
+            assert!(said(big).contains("too large"), "{}", said(big));
+        }
     }
 }

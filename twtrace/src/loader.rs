@@ -115,7 +115,11 @@ impl Opened {
     }
 }
 
-fn open(opts: &LoadOptions) -> Result<Opened> {
+/// Opens the object. `live_table`: size the kernel's table of live TIME-WAITs (`LIVE`) to
+/// `--max-live-tw`; otherwise it gets one entry. Only the classic tracepoint route of tw_enter
+/// and tw_exit uses it, and as a preallocated hash it would hold its memory (about 23 MB at
+/// the default 262144) on every route.
+fn open(opts: &LoadOptions, live_table: bool) -> Result<Opened> {
     let t0 = std::time::Instant::now();
     kernel::preflight()?;
     let kbtf = KernelBtf::from_sysfs()?;
@@ -136,7 +140,7 @@ fn open(opts: &LoadOptions) -> Result<Opened> {
         .override_global("RANGES", &facts.ranges, true)
         .override_global("SETTINGS", &settings, true)
         .map_max_entries("EVENTS", opts.ring_bytes)
-        .map_max_entries("LIVE", opts.max_live_tw)
+        .map_max_entries("LIVE", if live_table { opts.max_live_tw } else { 1 })
         .map_max_entries(
             "TW_BY_FLOW",
             if facts.tw_flows() {
@@ -146,7 +150,13 @@ fn open(opts: &LoadOptions) -> Result<Opened> {
             },
         )
         .load(EBPF_OBJECT)
-        .context("loading the eBPF object")?;
+        .with_context(|| {
+            format!(
+                "loading the eBPF object, its maps sized by --ring-kib {} and --max-live-tw {}",
+                opts.ring_bytes / 1024,
+                opts.max_live_tw
+            )
+        })?;
     let logger = aya_log::EbpfLogger::init(&mut bpf)
         .map_err(|e| log::warn!("eBPF diagnostics unavailable (aya-log): {e}"))
         .ok();
@@ -162,19 +172,23 @@ fn open(opts: &LoadOptions) -> Result<Opened> {
 
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let t0 = std::time::Instant::now();
+    let wants_lifecycle = opts.signals.is_empty()
+        || (opts.signals.iter()).any(|s| matches!(*s, "tw_enter" | "tw_exit"));
+    let live_table = wants_lifecycle && opts.forced == Some(Family::Tracepoint);
+    let (mut opened, mut choices) = open_and_attach(opts, live_table)?;
+    if !live_table && uses_live_table(&choices) {
+        // Automatic choice fell back to classic tracepoints: everything again, with the table
+        // (dropping the first load detaches its programs; nothing has read their events).
+        log::info!("classic tracepoints chosen: loading again with the live TIME-WAIT table");
+        drop((opened, choices));
+        (opened, choices) = open_and_attach(opts, true)?;
+    }
     let Opened {
-        kbtf,
         facts,
-        btf,
         mut bpf,
         logger,
-    } = open(opts)?;
-    let choices = plan::attach_all(
-        &mut bpf,
-        &Opened::plan_facts(&btf, &kbtf, &facts),
-        opts.forced,
-        &opts.signals,
-    )?;
+        ..
+    } = opened;
     log::info!("programs attached in {:?}", t0.elapsed());
     for w in choices.iter().filter_map(|c| c.warning.as_ref()) {
         eprintln!("twtrace: warning: {w}");
@@ -201,6 +215,30 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     })
 }
 
+fn open_and_attach(opts: &LoadOptions, live_table: bool) -> Result<(Opened, Vec<plan::Choice>)> {
+    let mut opened = open(opts, live_table)?;
+    let Opened {
+        kbtf,
+        facts,
+        btf,
+        bpf,
+        ..
+    } = &mut opened;
+    let choices = plan::attach_all(
+        bpf,
+        &Opened::plan_facts(btf, kbtf, facts),
+        opts.forced,
+        &opts.signals,
+    )?;
+    Ok((opened, choices))
+}
+
+/// Whether a chosen hook keeps TIME-WAITs in the kernel's live table (see [`open`]).
+fn uses_live_table(choices: &[plan::Choice]) -> bool {
+    (choices.iter())
+        .any(|c| matches!(c.signal, "tw_enter" | "tw_exit") && c.chosen == Some(Family::Tracepoint))
+}
+
 /// Every hook of every signal, loaded and attached one at a time and detached again
 /// (`twtrace doctor --all-hooks`), with what was learnt of the kernel.
 pub fn try_every_hook(opts: &LoadOptions) -> Result<(KernelFacts, Vec<plan::HookTrial>)> {
@@ -211,7 +249,7 @@ pub fn try_every_hook(opts: &LoadOptions) -> Result<(KernelFacts, Vec<plan::Hook
         mut bpf,
         // Held until the end: the programs write to its map, whose fd dropping it would close.
         logger: _logger,
-    } = open(opts)?;
+    } = open(opts, false)?;
     let trials = plan::try_every_hook(
         &mut bpf,
         &Opened::plan_facts(&btf, &kbtf, &facts),

@@ -368,12 +368,17 @@ fn doctor_names_the_hook_of_every_signal() {
 
 /// BPF program ids held open by a process (from /proc/PID/fdinfo).
 fn prog_ids(pid: u32) -> Result<Vec<u32>> {
+    fd_ids(pid, "prog_id:")
+}
+
+/// The ids of the BPF objects process `pid` holds, by their fdinfo key (`prog_id:`, `map_id:`).
+fn fd_ids(pid: u32, key: &str) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
     for fd in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let text = fs::read_to_string(fd?.path()).unwrap_or_default();
         if let Some(id) = text
             .lines()
-            .find_map(|l| l.strip_prefix("prog_id:"))
+            .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.trim().parse().ok())
         {
             ids.push(id);
@@ -387,6 +392,28 @@ fn loaded_prog_ids() -> Vec<u32> {
         .filter_map(Result::ok)
         .map(|p| p.id())
         .collect()
+}
+
+/// The kernel's table of live TIME-WAITs is preallocated (about 88 bytes per entry, 23 MB at
+/// the default `--max-live-tw`): it has that many entries only where the hooks chosen use it
+/// (classic tracepoints for tw_enter or tw_exit, as the tracing line says), one elsewhere.
+#[test]
+fn the_kernels_live_table_is_sized_only_where_it_is_used() -> Result<()> {
+    let mut t = Tracer::spawn_default(&["events", "--json", "--max-live-tw", "4096"])?;
+    t.wait_ready(Duration::from_secs(180))?;
+    let said = t.stderr_text();
+    let classic = ["tw_enter=tracepoint", "tw_exit=tracepoint"]
+        .iter()
+        .any(|hook| said.split_whitespace().any(|w| w.starts_with(hook)));
+    let ours = fd_ids(t.pid(), "map_id:")?;
+    let live: Vec<u32> = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter(|m| ours.contains(&m.id()) && m.name_as_str() == Some("LIVE"))
+        .map(|m| m.max_entries())
+        .collect();
+    t.stop()?;
+    assert_eq!(live, [if classic { 4096 } else { 1 }], "{said}");
+    Ok(())
 }
 
 /// SIGTERM (as systemd sends) and SIGINT both stop cleanly: exit 0, and every program the

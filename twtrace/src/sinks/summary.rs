@@ -59,6 +59,13 @@ fn through_symlink(path: &Path) -> PathBuf {
 /// Checked before tracing starts: `path` is not a directory and its directory takes the
 /// temporary file each rewrite goes through (created and removed here).
 pub fn check_writable(path: &Path) -> Result<()> {
+    // `new/` or `file.json/`: the path drops the slash, the rename onto it later would not.
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") || path.file_name().is_none() {
+        anyhow::bail!(
+            "--summary-json {}: names a directory; give a file's path",
+            path.display()
+        );
+    }
     if path.is_dir() {
         anyhow::bail!("--summary-json {}: is a directory", path.display());
     }
@@ -168,6 +175,20 @@ mod tests {
         let err = check_writable(&dir.join("no/such/dir/s.json")).unwrap_err();
         assert!(format!("{err:#}").contains("no/such/dir/s.json"), "{err:#}");
         assert!(check_writable(&dir).is_err(), "a directory");
+        // Ending in a slash: a directory not made yet, or a file taken for one.
+        let file = dir.join("s.json");
+        fs::write(&file, "[]\n").unwrap();
+        for p in [
+            format!("{}/new/", dir.display()),
+            format!("{}/", file.display()),
+        ] {
+            let err = check_writable(Path::new(&p)).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("names a directory"),
+                "{p}: {err:#}"
+            );
+        }
+        fs::remove_file(&file).unwrap();
         // A rename onto a directory fails: the temporary goes too.
         let sub = dir.join("sub");
         fs::create_dir_all(&sub).unwrap();
