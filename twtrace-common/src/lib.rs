@@ -321,9 +321,15 @@ pub struct KernelLayout {
     pub req_timer: u32,
     pub req_ts_recent: u32,
     pub req_rcv_isn: u32,
-    /// request_sock.num_retrans (u8): 0 only at the first arm of a request socket's timer;
-    /// every re-arm (SYN-ACK retransmit, a retransmitted SYN) comes after one more.
+    /// request_sock.num_retrans (u8) and num_timeout (a 7-bit field right after it): both 0
+    /// only at the first arm of a request socket's timer. A re-arm by a SYN-ACK retransmit or
+    /// for a retransmitted SYN comes after one more num_retrans; one by the timer's own
+    /// handler without a retransmit (accept deferred until data, a failed retransmit) after
+    /// one more num_timeout.
     pub req_num_retrans: u32,
+    /// Where num_timeout lies in the u32 read at `req_num_retrans`: shift, then mask.
+    pub req_num_timeout_shift: u32,
+    pub req_num_timeout_mask: u32,
     /// Bit offset of inet_request_sock.tstamp_ok (a one-bit bitfield).
     pub ireq_tstamp_ok_bit: u32,
     pub tp_kfree_skb_skbaddr: u32,
@@ -441,6 +447,8 @@ impl KernelLayout {
             req_ts_recent: 0,
             req_rcv_isn: 0,
             req_num_retrans: 0,
+            req_num_timeout_shift: 0,
+            req_num_timeout_mask: 0,
             ireq_tstamp_ok_bit: 0,
             tp_kfree_skb_skbaddr: 0,
             tp_kfree_skb_protocol: 0,

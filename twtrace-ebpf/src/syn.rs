@@ -52,10 +52,15 @@ pub fn syn_timer_start(ctx: TracePointContext) -> u32 {
 /// Whether a request socket's timer starts for the first time: the SYN that created it. The
 /// timer is armed again at every SYN-ACK retransmit (by its own handler, the SYN's TSval then
 /// stale by seconds) and for every retransmitted SYN (tcp_check_req), each after
-/// `num_retrans` went up; the function-probe route sees the first arm only.
+/// `num_retrans` went up, and by its handler without a retransmit (a listener deferring
+/// accept until data has had the handshake's ACK; a retransmit that failed) after
+/// `num_timeout` went up. The function-probe route sees the first arm only.
 #[inline(always)]
 pub fn first_arm(req: u64) -> bool {
-    unsafe { read::<u8>(req, layout!(req_num_retrans)) }.is_some_and(|n| n == 0)
+    // num_retrans is a byte, num_timeout a bitfield just after it: one read for both.
+    unsafe { read::<u32>(req, layout!(req_num_retrans)) }.is_some_and(|w| {
+        w & 0xff == 0 && (w >> layout!(req_num_timeout_shift)) & layout!(req_num_timeout_mask) == 0
+    })
 }
 
 #[fentry(function = "inet_csk_reqsk_queue_hash_add")]

@@ -108,6 +108,17 @@ impl KernelBtf {
         Ok(found.bit_offset)
     }
 
+    /// Bit offset and width of an integer member, a bitfield or not (e.g.
+    /// `request_sock.num_timeout`, 7 bits), for the eBPF side to shift and mask.
+    pub fn bit_range(&self, strukt: &str, path: &str) -> Result<(u32, u32)> {
+        let found = self.find_member(strukt, path)?;
+        let bits = match found.bitfield_bits {
+            Some(bits) => bits,
+            None => 8 * self.member_size(strukt, path)?,
+        };
+        Ok((found.bit_offset, bits))
+    }
+
     /// Size in bytes of a member's type (arrays: element size * length; pointers: 8).
     pub fn member_size(&self, strukt: &str, path: &str) -> Result<u32> {
         let found = self.find_member(strukt, path)?;

@@ -53,6 +53,8 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.req_ts_recent = btf.member_offset("request_sock", "ts_recent")?;
     layout.req_rcv_isn = btf.member_offset("tcp_request_sock", "rcv_isn")?;
     layout.req_num_retrans = btf.member_offset("request_sock", "num_retrans")?;
+    (layout.req_num_timeout_shift, layout.req_num_timeout_mask) =
+        num_timeout_in_word(btf, layout.req_num_retrans)?;
     layout.skb_dev = btf.member_offset("sk_buff", "dev")?;
     layout.dev_nd_net = btf.member_offset("net_device", "nd_net")?;
     layout.ireq_tstamp_ok_bit = btf.flag_bit_offset("inet_request_sock", "tstamp_ok")?;
@@ -139,6 +141,22 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
         );
     }
     Ok(())
+}
+
+/// `request_sock.num_timeout` as a shift and mask within the u32 the eBPF side reads at
+/// `num_retrans` (byte `retrans_at`): one read for both counters.
+fn num_timeout_in_word(btf: &KernelBtf, retrans_at: u32) -> Result<(u32, u32)> {
+    let (bit, bits) = btf.bit_range("request_sock", "num_timeout")?;
+    let shift = bit
+        .checked_sub(8 * retrans_at)
+        .filter(|&shift| bits > 0 && shift + bits <= 32)
+        .with_context(|| {
+            format!(
+                "request_sock.num_timeout (bit {bit}, {bits} bits) is not within 4 bytes of \
+                 num_retrans (byte {retrans_at})"
+            )
+        })?;
+    Ok((shift, ((1u64 << bits) - 1) as u32))
 }
 
 /// The value of `SKB_DROP_REASON_<name>` on this kernel; None before 5.17 (no such enum) or

@@ -177,6 +177,88 @@ fn syn_once_per_request_socket_v6() -> Result<()> {
     rerun_if_skipped(|| syn_once_per_request_socket("pwsyn6", true))
 }
 
+/// A listener that accepts only once data comes (TCP_DEFER_ACCEPT, nginx's `deferred`): the
+/// client's handshake ACK is dropped and marks the request socket acked, and its timer, at 1 s,
+/// is armed again without a SYN-ACK retransmit (`num_retrans` still 0, `num_timeout` 1). That
+/// re-arm, with the SYN's TSval a second stale, is no SYN either: one `syn` per connection,
+/// as many as the connections the data then makes (TcpPassiveOpens).
+fn syn_once_while_accept_waits_for_data(tag: &str, v6: bool) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+    const N: usize = 3;
+    let pair = NetnsPair::new(tag)?;
+    let ip = server_ip(&pair, v6);
+    let listener = support::in_netns(pair.server_ns(), || std::net::TcpListener::bind((ip, 0)))?;
+    let defer_secs: libc::c_int = 3;
+    // SAFETY: setsockopt on a socket we own, with a buffer of the size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const defer_secs).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "TCP_DEFER_ACCEPT: {}",
+        std::io::Error::last_os_error()
+    );
+    let server = listener.local_addr()?;
+    let tracer = trace(pair.server_inode(), &[])?;
+    let before = netstat(pair.server_ns())?;
+    let mut clients = (0..N)
+        .map(|_| {
+            support::in_netns(pair.client_ns(), || {
+                std::net::TcpStream::connect_timeout(&server, support::IO_TIMEOUT)
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("connect")?;
+    // Past the request sockets' first timeout (1 s), before their SYN-ACK retransmit (3 s).
+    thread::sleep(Duration::from_millis(1600));
+    for c in &mut clients {
+        c.write_all(b"x")?;
+    }
+    let mut accepted = Vec::new();
+    while accepted.len() < N {
+        ensure!(
+            support::sys::poll_readable(listener.as_raw_fd(), support::IO_TIMEOUT)?,
+            "accepted {} of {N} connections",
+            accepted.len()
+        );
+        accepted.push(listener.accept()?.0);
+    }
+    let after = netstat(pair.server_ns())?;
+    let events = stop(tracer)?;
+
+    assert_eq!(
+        delta(&before, &after, "TcpExtTCPDeferAcceptDrop"),
+        N as u64,
+        "sanity: each handshake ACK was held back"
+    );
+    let opened = delta(&before, &after, "TcpPassiveOpens");
+    assert_eq!(opened, N as u64, "sanity: the data made the connections");
+    let syns = from(&events, "syn", client_ip(&pair, v6));
+    assert_eq!(
+        syns.len() as u64,
+        opened,
+        "syns vs TcpPassiveOpens: {syns:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn syn_once_while_accept_waits_for_data_v4() -> Result<()> {
+    rerun_if_skipped(|| syn_once_while_accept_waits_for_data("pwdefer4", false))
+}
+
+#[test]
+fn syn_once_while_accept_waits_for_data_v6() -> Result<()> {
+    rerun_if_skipped(|| syn_once_while_accept_waits_for_data("pwdefer6", true))
+}
+
 /// A SYN-ACK whose TSecr is older than the SYN it answers (RFC 7323's check in SYN-SENT): the
 /// connecting socket rejects it and the kernel counts TcpExtPAWSActive. One `syn_sent` reject
 /// with the segment's TSval; ts_recent is null (a socket in SYN-SENT has none yet).

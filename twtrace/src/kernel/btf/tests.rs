@@ -197,6 +197,10 @@ fn kernel_bitfields() {
     // A bitfield exists even where it has no byte offset.
     assert!(kernel().has_member("sock_common", "skc_reuseport"));
     assert!(!kernel().has_member("sock_common", "skc_nope"));
+    // u8 num_retrans; u8 syncookie:1; u8 num_timeout:7 (cookie_ts:1 before 5.14).
+    let retrans = off("request_sock", "num_retrans");
+    let timeout = kernel().bit_range("request_sock", "num_timeout").unwrap();
+    assert_eq!(timeout, (8 * retrans + 9, 7));
 }
 
 #[test]
@@ -531,6 +535,9 @@ fn crafted_blob_paths_sizes_and_bitfields() {
     assert!(e.contains("wrap.flag") && e.contains("1-bit"), "{e}");
     let e = err_text(k.member_offset("wrap", "flag3"));
     assert!(e.contains("wrap.flag3") && e.contains("bitfield"), "{e}");
+    // Bit ranges: of a bitfield, and of a plain member (its size in bits).
+    assert_eq!(k.bit_range("wrap", "flag3").unwrap(), (329, 3));
+    assert_eq!(k.bit_range("wrap", "p").unwrap(), (8 * 32, 64));
     // Errors name the struct and member.
     let e = err_text(k.member_offset("outer", "missing"));
     assert!(e.contains("outer") && e.contains("missing"), "{e}");
