@@ -210,14 +210,14 @@ pub struct Record {
 }
 
 impl Record {
-    /// `count` events `program` lost, for `reason`.
-    pub fn lost(program: &'static str, count: u64, reason: LossReason) -> Self {
+    /// `count` events `program` lost, for `reason`, as found at `ts_ns` (CLOCK_MONOTONIC).
+    pub fn lost(ts_ns: u64, program: &'static str, count: u64, reason: LossReason) -> Self {
         let what = What::Lost {
             program,
             count,
             reason,
         };
-        Self::without_endpoints(0, what)
+        Self::without_endpoints(ts_ns, what)
     }
 
     pub fn family(&self) -> &'static str {

@@ -239,6 +239,13 @@ fn uses_live_table(choices: &[plan::Choice]) -> bool {
         .any(|c| matches!(c.signal, "tw_enter" | "tw_exit") && c.chosen == Some(Family::Tracepoint))
 }
 
+/// Whether the kernel pairs TIME-WAIT enters with exits (both on classic tracepoints, through
+/// its live table); user space does it for any other choice.
+pub fn lifetimes_paired_in_kernel(choices: &[plan::Choice]) -> bool {
+    let family = |signal: &str| (choices.iter()).find(|c| c.signal == signal)?.chosen;
+    family("tw_enter") == Some(Family::Tracepoint) && family("tw_exit") == Some(Family::Tracepoint)
+}
+
 /// Every hook of every signal, loaded and attached one at a time and detached again
 /// (`twtrace doctor --all-hooks`), with what was learnt of the kernel.
 pub fn try_every_hook(opts: &LoadOptions) -> Result<(KernelFacts, Vec<plan::HookTrial>)> {

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    aggregate::Aggregate,
+    aggregate::{Aggregate, paws::PawsView},
     cli::{Cli, Command, Common, EventsOpts, HookChoice, LiveOpts},
     doctor,
     event::{Record, What},
@@ -286,6 +286,8 @@ async fn pump(
     let mut transport =
         crate::transport::Transport::new(&mut loaded.bpf, attached, loaded.facts.skips_counted)?;
     let mut pipeline = Pipeline::new(loaded.facts.decode_ctx(), loaded.max_live_tw);
+    pipeline
+        .set_lifetimes_paired_in_kernel(crate::loader::lifetimes_paired_in_kernel(&loaded.choices));
     let mut failed = None;
     let mut next_loss_check = Instant::now();
     let mut rereads = tw_present::Rereads::new(reread_every.filter(|_| present.is_some()));
@@ -323,7 +325,7 @@ async fn pump(
         let now = Instant::now();
         let losses = if stop || now >= next_loss_check {
             next_loss_check = now + LOSS_CHECK;
-            transport.new_losses()
+            transport.new_losses(monotonic_ns())
         } else {
             Vec::new()
         };
@@ -365,7 +367,7 @@ async fn pump(
                 let _ = on_record(rec);
             });
             // Records the kernel could not store between the last check and the silence.
-            for rec in &transport.new_losses() {
+            for rec in &transport.new_losses(monotonic_ns()) {
                 on_record(rec)?;
             }
             on_tick(true)?;
@@ -425,14 +427,21 @@ impl Reporter {
         }
         self.next = now + self.every;
         let mono = monotonic_ns();
-        let rows = self.agg.paws.rows(mono);
+        let alert_at = self.alerter.as_ref().map(Alerter::threshold);
+        let top = if self.table.is_some() { self.top } else { 0 };
+        // Every row only for a summary; otherwise those shown or due an alert check.
+        let rows = self.summary.as_ref().map(|_| self.agg.paws.rows(mono));
+        let view = match &rows {
+            Some(rows) => PawsView::of(rows, top, alert_at),
+            None => self.agg.paws.view(mono, top, alert_at),
+        };
         if let Some(alerter) = &mut self.alerter {
-            for line in alerter.check(&rows, now) {
+            for line in alerter.check(&view.alerting, now) {
                 eprintln!("{line}");
             }
         }
-        if let Some(path) = &self.summary {
-            match sinks::summary::write_atomic(path, &rows) {
+        if let (Some(path), Some(rows)) = (&self.summary, &rows) {
+            match sinks::summary::write_atomic(path, rows) {
                 Ok(()) => self.summary_failing = false,
                 Err(e) if last => return Err(e),
                 Err(e) => {
@@ -449,7 +458,7 @@ impl Reporter {
             // Without both PAWS signals the section has nothing to show (the totals say why).
             let untraced = |name: &str| opts.untraced.iter().any(|(s, _)| *s == name);
             if !(untraced("syn") && untraced("paws_reject")) {
-                sinks::paws_table::render(&rows, self.top, self.agg.paws.evictions, &mut self.buf);
+                sinks::paws_table::render(&view, self.agg.paws.evictions, &mut self.buf);
             }
             let mut stdout = io::stdout().lock();
             match stdout
@@ -458,7 +467,7 @@ impl Reporter {
             {
                 // `twtrace | head`: the reader has had enough.
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => self.closed = true,
-                r => r?,
+                r => r.context("writing the table to stdout")?,
             }
         }
         Ok(())

@@ -102,8 +102,8 @@ impl Transport {
 
     /// Losses since the last call, as `lost` records for the non-zero ones: events our
     /// programs could not store (counted per CPU by them), then runs of them the kernel
-    /// skipped.
-    pub fn new_losses(&mut self) -> Vec<Record> {
+    /// skipped; `now_ns` (CLOCK_MONOTONIC) is when they were found.
+    pub fn new_losses(&mut self, now_ns: u64) -> Vec<Record> {
         let mut out = Vec::new();
         for (i, seen) in self.seen_losses.iter_mut().enumerate() {
             let Ok(per_cpu) = self.losses.get(&(i as u32), 0) else {
@@ -116,12 +116,17 @@ impl Transport {
                 } else {
                     LossReason::RingFull
                 };
-                out.push(Record::lost(LOSS_NAMES[i], total - *seen, reason));
+                out.push(Record::lost(now_ns, LOSS_NAMES[i], total - *seen, reason));
                 *seen = total;
             }
         }
         for (program, count) in self.skipped.new_skips() {
-            out.push(Record::lost(program, count, LossReason::SkippedRuns));
+            out.push(Record::lost(
+                now_ns,
+                program,
+                count,
+                LossReason::SkippedRuns,
+            ));
         }
         out
     }

@@ -340,11 +340,12 @@ impl ClockEstimator {
             floor_behind: 0,
             #[cfg(test)]
             full_scan: false,
-            lines: Vec::with_capacity(cfg.max_lines + 1),
+            // Grown as lines come (`grow`), not reserved: most source IPs send a SYN or two.
+            lines: Vec::new(),
             clusters: Vec::new(),
-            line_keys: Vec::with_capacity(cfg.max_lines + 1),
-            line_last_ns: Vec::with_capacity(cfg.max_lines + 1),
-            ages: VecDeque::with_capacity(cfg.max_lines + 1),
+            line_keys: Vec::new(),
+            line_last_ns: Vec::new(),
+            ages: VecDeque::new(),
             cluster_tsvals: Vec::new(),
             multi_clusters: 0,
             next_id: 0,
@@ -488,6 +489,12 @@ impl ClockEstimator {
             None => {
                 let id = self.next_id;
                 self.next_id = self.next_id.wrapping_add(1);
+                if self.clusters.len() == self.clusters.capacity() {
+                    // As for lines (`grow`): doubling, from one.
+                    let more = self.clusters.len().max(1);
+                    self.clusters.reserve_exact(more);
+                    self.cluster_tsvals.reserve_exact(more);
+                }
                 self.clusters.push(Cluster {
                     id,
                     track: Track::new(s),
@@ -500,6 +507,9 @@ impl ClockEstimator {
                 (id, self.clusters.len() - 1)
             }
         };
+        if self.lines.len() == self.lines.capacity() {
+            self.grow();
+        }
         self.lines.push(Line {
             key,
             cluster,
@@ -513,6 +523,19 @@ impl ClockEstimator {
         if self.lines.len() > self.cfg.max_lines {
             self.evict_one();
         }
+    }
+
+    /// Room for twice the lines (`lines` and its three companions hold one entry per line),
+    /// never more than `max_lines + 1` (one is pushed before an eviction). Reserving all of
+    /// them for every source IP cost about 4 KB each: 300 MB at the default `--capacity`.
+    #[cold]
+    fn grow(&mut self) {
+        let len = self.lines.len();
+        let more = (2 * len).clamp(2, self.cfg.max_lines + 1).max(len + 1) - len;
+        self.lines.reserve_exact(more);
+        self.line_keys.reserve_exact(more);
+        self.line_last_ns.reserve_exact(more);
+        self.ages.reserve_exact(more);
     }
 
     /// Index in `clusters` of line `i`'s cluster: where it was last seen, else found by id.

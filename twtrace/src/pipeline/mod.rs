@@ -1,5 +1,5 @@
 //! What happens to every raw record between the ring buffer and a sink, in order: lifetimes
-//! are paired (every route but classic tracepoints), a request socket's reject that came
+//! are paired (unless tw_enter and tw_exit are both on classic tracepoints), a request socket's reject that came
 //! without ts_recent gets its SYN's TSval (signals/request_ts.rs), a TIME-WAIT exit and the
 //! SYN that replaced it are joined into a verdict, the record is decoded, and the filter
 //! (--netns/--port/--ip) keeps it or not.
@@ -53,6 +53,12 @@ impl Pipeline {
             held_overflows: Vec::new(),
             settled_before: 0,
         }
+    }
+
+    /// Says that the kernel pairs TIME-WAIT enters with exits (see
+    /// [`Lifetimes::set_paired_in_kernel`]).
+    pub fn set_lifetimes_paired_in_kernel(&mut self, yes: bool) {
+        self.lifetimes.set_paired_in_kernel(yes);
     }
 
     /// Says that every record up to `ts_ns` has been read: an overflow from before then that
@@ -161,6 +167,7 @@ impl Pipeline {
         if forgotten > 0 {
             // A loss names no flow: never filtered out.
             f(&Record::lost(
+                ev.ts_ns,
                 tw_exit::FORGOTTEN,
                 forgotten,
                 LossReason::TableFull,

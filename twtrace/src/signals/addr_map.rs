@@ -20,6 +20,16 @@ struct Slot {
     val: u64,
 }
 
+/// What [`AddrMap::insert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// The key was there: its value was this.
+    Replaced(u64),
+    /// The map was full and the key not in it: nothing changed.
+    Full,
+}
+
 pub struct AddrMap {
     slots: Vec<Slot>,
     /// `slots.len() - 1`; the length is a power of two.
@@ -83,17 +93,14 @@ impl AddrMap {
         let _ = key;
     }
 
-    /// Sets `key`'s value (`key` must not be 0). Returns false, changing nothing, when the map
-    /// already holds `max_len` entries and `key` is not one of them.
-    pub fn insert(&mut self, key: u64, val: u64) -> bool {
+    /// Sets `key`'s value (`key` must not be 0); changes nothing when the map already holds
+    /// `max_len` entries and `key` is not one of them.
+    pub fn insert(&mut self, key: u64, val: u64) -> Inserted {
         debug_assert_ne!(key, 0, "0 marks an empty slot");
         if self.len >= self.max_len {
             return match self.find(key) {
-                Some(i) => {
-                    self.slots[i].val = val;
-                    true
-                }
-                None => false,
+                Some(i) => Inserted::Replaced(std::mem::replace(&mut self.slots[i].val, val)),
+                None => Inserted::Full,
             };
         }
         if (self.len + 1) * 2 > self.slots.len() {
@@ -105,11 +112,10 @@ impl AddrMap {
             if s.key == 0 {
                 *s = Slot { key, val };
                 self.len += 1;
-                return true;
+                return Inserted::New;
             }
             if s.key == key {
-                s.val = val;
-                return true;
+                return Inserted::Replaced(std::mem::replace(&mut s.val, val));
             }
             i = (i + 1) & self.mask;
         }
@@ -184,9 +190,13 @@ mod tests {
             x ^= x << 17;
             let key = 0xffff_8880_0000_0000 + (x % 5000) * 256;
             if x >> 60 < 9 {
-                let fits = model.len() < 3000 || model.contains_key(&key);
-                assert_eq!(m.insert(key, step), fits, "insert at step {step}");
-                if fits {
+                let want = match model.get(&key) {
+                    Some(&v) => Inserted::Replaced(v),
+                    None if model.len() < 3000 => Inserted::New,
+                    None => Inserted::Full,
+                };
+                assert_eq!(m.insert(key, step), want, "insert at step {step}");
+                if want != Inserted::Full {
                     model.insert(key, step);
                 }
             } else {
@@ -215,7 +225,7 @@ mod tests {
             .take(4)
             .collect();
         for (v, &k) in wrap.iter().enumerate() {
-            assert!(m.insert(k, v as u64));
+            assert_eq!(m.insert(k, v as u64), Inserted::New);
         }
         assert_eq!(m.remove(wrap[1]), Some(1));
         assert_eq!(m.remove(wrap[0]), Some(0));

@@ -4,7 +4,8 @@ use twtrace_common::{Event, ExitCause as RawCause};
 
 use super::{
     Family, Hook, Need, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_EXPIRE, TP_TIMER_START,
-    TW_PROCESS_FEXIT, TW_PROCESS_KPROBE, TW_PROCESS_KRETPROBE, TW_TIMER_CANCEL, addr_map::AddrMap,
+    TW_PROCESS_FEXIT, TW_PROCESS_KPROBE, TW_PROCESS_KRETPROBE, TW_TIMER_CANCEL,
+    addr_map::{AddrMap, Inserted},
 };
 use crate::event::{ExitCause, What};
 
@@ -192,7 +193,14 @@ pub fn parked_exits(bpf: &mut aya::Ebpf) -> anyhow::Result<Vec<Event>> {
 pub struct Lifetimes {
     current: AddrMap,
     old: AddrMap,
+    /// Enters replaced by a later TIME-WAIT at the same address before their exit came: the
+    /// kernel can hold an exit back (parked on its CPU until the SYN that replaced it, or a
+    /// timer event, comes there) while the freed socket's memory makes a new TIME-WAIT on
+    /// another CPU. Its exit, timed before the newer enter, pairs here.
+    displaced: AddrMap,
     capacity: usize,
+    /// See [`Lifetimes::set_paired_in_kernel`].
+    paired_in_kernel: bool,
     /// Enters dropped with their generation, not yet reported.
     forgotten: u64,
 }
@@ -202,13 +210,18 @@ pub struct Lifetimes {
 /// kernel's sockets again (`--reread`).
 pub const FORGOTTEN: &str = "max_live_tw";
 
+/// Most displaced enters kept (see [`Lifetimes`]); 128 KB.
+const DISPLACED_MAX: usize = 4096;
+
 impl Lifetimes {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
             current: AddrMap::new(capacity),
             old: AddrMap::new(capacity),
+            displaced: AddrMap::new(DISPLACED_MAX),
             capacity,
+            paired_in_kernel: false,
             forgotten: 0,
         }
     }
@@ -219,11 +232,18 @@ impl Lifetimes {
         std::mem::take(&mut self.forgotten)
     }
 
-    /// Whether this route's record is paired here (every route but the classic tracepoint
-    /// one, whose exits carry their lifetime), and as what.
+    /// Says that the kernel pairs enters with exits itself: both signals are on the classic
+    /// tracepoint route, whose exits carry their lifetime (its own table of live TIME-WAITs).
+    /// Any other mix pairs here, classic records included (a classic exit then finds no
+    /// enter in the kernel's table).
+    pub fn set_paired_in_kernel(&mut self, yes: bool) {
+        self.paired_in_kernel = yes;
+    }
+
+    /// Whether the record is paired here, and as what.
     #[inline]
-    fn paired(ev: &Event) -> Option<twtrace_common::EventKind> {
-        if ev.hook == twtrace_common::HookFamily::Tracepoint as u8 {
+    fn paired(&self, ev: &Event) -> Option<twtrace_common::EventKind> {
+        if self.paired_in_kernel {
             return None;
         }
         match twtrace_common::EventKind::from_u8(ev.kind) {
@@ -235,7 +255,7 @@ impl Lifetimes {
     /// A hint that `ev` comes soon: starts loading the slots its socket will touch.
     #[inline]
     pub fn prefetch(&self, ev: &Event) {
-        if Self::paired(ev).is_some() {
+        if self.paired(ev).is_some() {
             self.current.prefetch(ev.obj);
             if self.old.len() > 0 {
                 self.old.prefetch(ev.obj);
@@ -245,14 +265,10 @@ impl Lifetimes {
 
     /// Notes an enter, or fills in the lifetime of an exit.
     pub fn on_event(&mut self, ev: &mut Event) {
-        match Self::paired(ev) {
+        match self.paired(ev) {
             Some(twtrace_common::EventKind::TwEnter) => self.insert(ev.obj, ev.ts_ns),
             Some(twtrace_common::EventKind::TwExit) => {
-                let enter = self
-                    .current
-                    .remove(ev.obj)
-                    .or_else(|| self.old.remove(ev.obj));
-                if let Some(enter) = enter {
+                if let Some(enter) = self.enter_of(ev.obj, ev.ts_ns) {
                     // 0 reads "unknown": a real lifetime is never under 1 ns.
                     ev.lifetime_ns = ev.ts_ns.saturating_sub(enter).max(1);
                 }
@@ -268,10 +284,47 @@ impl Lifetimes {
             self.old.clear();
             std::mem::swap(&mut self.current, &mut self.old);
         }
-        // A socket address reused while a stale entry of it sits in `old` (its exit was never
-        // seen): exits look in `current` first, so the newer enter wins, and the stale entry
-        // goes with its generation.
-        self.current.insert(tw, ts_ns);
+        // A socket address reused while a stale entry of it sits in `old` (its exit not seen
+        // yet): exits look in `current` first, and by time (`enter_of`).
+        if let Inserted::Replaced(earlier) = self.current.insert(tw, ts_ns) {
+            self.displace(tw, earlier);
+        }
+    }
+
+    fn displace(&mut self, tw: u64, enter_ns: u64) {
+        // Those whose exit never comes were reported already, as the exit's loss (ring full,
+        // skipped runs): dropped here without being counted again.
+        if self.displaced.len() >= DISPLACED_MAX {
+            self.displaced.clear();
+        }
+        self.displaced.insert(tw, enter_ns);
+    }
+
+    /// The enter time of the TIME-WAIT at `tw` that ended at `exit_ns`: the latest enter there,
+    /// unless it came after the exit (then the exit is of the one before it).
+    fn enter_of(&mut self, tw: u64, exit_ns: u64) -> Option<u64> {
+        let (enter, in_current) = match self.current.remove(tw) {
+            Some(enter) => (enter, true),
+            None => (self.old.remove(tw)?, false),
+        };
+        if enter <= exit_ns {
+            return Some(enter);
+        }
+        // Put back: room was just made.
+        let generation = if in_current {
+            &mut self.current
+        } else {
+            &mut self.old
+        };
+        generation.insert(tw, enter);
+        let before = if in_current {
+            self.old.remove(tw)
+        } else {
+            None
+        };
+        before
+            .or_else(|| self.displaced.remove(tw))
+            .filter(|&before| before <= exit_ns)
     }
 }
 
@@ -321,10 +374,53 @@ mod tests {
         let mut x = ev(EventKind::TwExit, HookFamily::Fentry, 7, 1_000);
         l.on_event(&mut x);
         assert_eq!(x.lifetime_ns, 700);
-        // The classic tracepoint route carries the kernel's own lifetime: left alone.
+        // A classic exit beside enters on another route: paired here.
+        l.on_event(&mut ev(EventKind::TwEnter, HookFamily::TpBtf, 6, 300));
+        let mut x = ev(EventKind::TwExit, HookFamily::Tracepoint, 6, 1_000);
+        l.on_event(&mut x);
+        assert_eq!(x.lifetime_ns, 700);
+        // Both on the classic route: the kernel's own lifetime, left alone, and no enter kept.
+        l.set_paired_in_kernel(true);
+        let kept = l.current.len() + l.old.len();
+        l.on_event(&mut ev(EventKind::TwEnter, HookFamily::Tracepoint, 2, 100));
         let mut x = ev(EventKind::TwExit, HookFamily::Tracepoint, 2, 1_000);
         x.lifetime_ns = 5;
         l.on_event(&mut x);
         assert_eq!(x.lifetime_ns, 5);
+        assert_eq!(l.current.len() + l.old.len(), kept, "no enter kept");
+    }
+
+    /// An exit the kernel held back arrives after a newer TIME-WAIT entered at its address (on
+    /// another CPU): it pairs with its own enter, and the newer one's exit with the newer enter.
+    #[test]
+    fn a_late_exit_pairs_with_the_enter_before_the_newer_one() {
+        let enter = |l: &mut Lifetimes, obj, t| {
+            l.on_event(&mut ev(EventKind::TwEnter, HookFamily::Fentry, obj, t));
+        };
+        let exit = |l: &mut Lifetimes, obj, t| {
+            let mut x = ev(EventKind::TwExit, HookFamily::Fentry, obj, t);
+            l.on_event(&mut x);
+            x.lifetime_ns
+        };
+        let mut l = Lifetimes::new(4);
+        enter(&mut l, 7, 100);
+        enter(&mut l, 7, 500); // the socket freed at 300, its exit still held back
+        assert_eq!(exit(&mut l, 7, 300), 200);
+        assert_eq!(exit(&mut l, 7, 900), 400);
+        assert_eq!(exit(&mut l, 7, 950), 0, "each enter pairs once");
+        // The same across generations: the earlier enter went to `old`.
+        enter(&mut l, 1, 100);
+        for obj in [2, 3, 4, 5] {
+            enter(&mut l, obj, 200);
+        }
+        enter(&mut l, 1, 500);
+        assert_eq!(exit(&mut l, 1, 300), 200);
+        assert_eq!(exit(&mut l, 1, 700), 200);
+        // An exit older than every enter at its address (none displaced): unknown, and the
+        // enter there stays for its own exit.
+        enter(&mut l, 6, 500);
+        assert_eq!(exit(&mut l, 6, 400), 0);
+        assert_eq!(exit(&mut l, 6, 800), 300);
+        assert_eq!(l.take_forgotten(), 0);
     }
 }

@@ -278,7 +278,7 @@ mod tests {
     /// A read again only after a loss, at most once per period, never when turned off.
     #[test]
     fn rereads_follow_losses_at_most_once_per_period() {
-        let lost = |count| Record::lost("tw_exit", count, LossReason::RingFull);
+        let lost = |count| Record::lost(1, "tw_exit", count, LossReason::RingFull);
         let minute = Duration::from_secs(60);
         let mut r = Rereads::new(Some(minute));
         let t0 = Instant::now();

@@ -31,7 +31,14 @@ impl Alerter {
         }
     }
 
-    /// The lines due now (the caller prints them).
+    /// Rejects at TIME-WAIT from which an IP is alerted about: [`Alerter::check`] needs only
+    /// the rows at or above it.
+    pub fn threshold(&self) -> u64 {
+        self.rules.min_rejects
+    }
+
+    /// The lines due now (the caller prints them), from rows that include every source IP with
+    /// [`Alerter::threshold`] rejects at TIME-WAIT or more.
     pub fn check(&mut self, rows: &[SourceRow], now: Instant) -> Vec<String> {
         let mut out = Vec::new();
         for r in rows {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::aggregate::paws::SourceRow;
+use crate::aggregate::paws::{PawsView, SourceRow};
 
 const HEADER: [&str; 13] = [
     "SOURCE_IP",
@@ -23,17 +23,17 @@ const HEADER: [&str; 13] = [
 
 /// Appends the section; with no source IP seen yet, one line that says so (a missing section
 /// would read as PAWS not being traced).
-pub fn render(rows: &[SourceRow], top: usize, evictions: u64, out: &mut String) {
-    if rows.is_empty() {
+pub fn render(view: &PawsView, evictions: u64, out: &mut String) {
+    if view.sources == 0 {
         let _ = writeln!(
             out,
             "PAWS: no source IP yet (SYNs at listeners and PAWS rejects, per source IP)\n"
         );
         return;
     }
-    let total: u64 = rows.iter().map(|r| r.rejects_total).sum();
+    let total = view.rejects_total;
     // Late ACKs dropped by PAWS (6.14+) are reordering, not clocks: a total, not a column.
-    let old_acks: u64 = rows.iter().map(|r| r.old_acks).sum();
+    let old_acks = view.old_acks_total;
     let old_acks = if old_acks == 0 {
         String::new()
     } else {
@@ -42,11 +42,9 @@ pub fn render(rows: &[SourceRow], top: usize, evictions: u64, out: &mut String) 
     let _ = writeln!(
         out,
         "PAWS: {} source IPs, {} rejects{old_acks}, {} evicted",
-        rows.len(),
-        total,
-        evictions
+        view.sources, total, evictions
     );
-    let cells: Vec<[String; 13]> = rows.iter().take(top).map(cells).collect();
+    let cells: Vec<[String; 13]> = view.top.iter().map(cells).collect();
     let mut widths = HEADER.map(str::len);
     for c in &cells {
         for (w, s) in widths.iter_mut().zip(c) {

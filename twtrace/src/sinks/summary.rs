@@ -37,7 +37,9 @@ fn write_then_rename(tmp: &Path, path: &Path, rows: &[SourceRow]) -> Result<()> 
     serde_json::to_writer_pretty(&mut out, rows).context("serializing the summary")?;
     out.write_all(b"\n")?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all().ok();
+    // On disk before it replaces the last good summary (NFS, for one, reports write errors
+    // only here).
+    file.sync_all().context("writing the summary to disk")?;
     fs::rename(tmp, path).context("replacing it with the new summary")
 }
 

@@ -69,3 +69,36 @@ mod counts;
 mod robust;
 mod shortcut;
 mod sweep;
+
+/// Memory grows with the lines an IP has, up to `max_lines + 1` per container, not reserved
+/// up front: most source IPs send a SYN or two, and a reservation of 33 lines each cost ~4 KB
+/// per IP (300 MB at the default capacity of 65536 IPs).
+#[test]
+fn memory_grows_with_the_lines_only() {
+    let cfg = ClockConfig::default();
+    let max = cfg.max_lines;
+    let mut e = ClockEstimator::new(cfg);
+    e.observe(T0_NS, 1000, 40_000);
+    assert!(e.lines.capacity() <= 2, "{}", e.lines.capacity());
+    // Churn: a new port per SYN, far more lines than kept.
+    for i in 1..500u64 {
+        let port = 40_000 + i as u16;
+        e.observe(
+            T0_NS + i * S / 100,
+            u32::from(port).wrapping_mul(2_654_435_761),
+            port,
+        );
+    }
+    assert_eq!(e.lines(), max);
+    for cap in [
+        e.lines.capacity(),
+        e.line_keys.capacity(),
+        e.line_last_ns.capacity(),
+        e.ages.capacity(),
+    ] {
+        assert!(
+            (max..=max + 1).contains(&cap),
+            "capacity {cap}, max_lines {max}"
+        );
+    }
+}
