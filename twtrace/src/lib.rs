@@ -17,6 +17,7 @@ pub mod loader;
 pub mod pipeline;
 pub mod plan;
 pub mod run;
+pub mod shutdown;
 pub mod signals;
 pub mod sinks;
 pub mod transport;

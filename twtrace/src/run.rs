@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     aggregate::{Aggregate, paws::PawsView},
@@ -19,6 +18,7 @@ use crate::{
     filter::{self, Filter, NetnsArg},
     loader::{self, LoadOptions, Loaded},
     pipeline::Pipeline,
+    shutdown::Shutdown,
     signals::{self, Family, tw_present},
     sinks::{
         self,
@@ -245,28 +245,6 @@ fn announce(l: &Loaded) {
              programs it skips (6.7 does): events missed while an interrupt is nested in another \
              BPF program on a CPU go unreported"
         );
-    }
-}
-
-/// Stops the loop on SIGINT or SIGTERM.
-struct Shutdown {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Shutdown {
-    fn new() -> Result<Self> {
-        Ok(Self {
-            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-        })
-    }
-
-    async fn wait(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
     }
 }
 

@@ -574,85 +574,150 @@ fn a_namespace_named_by_digits_is_found_by_name() -> Result<()> {
     Ok(())
 }
 
+/// A tracer whose stdout is a pipe nobody reads (yet), its stderr read line by line.
+struct Streaming {
+    child: std::process::Child,
+    pid: u32,
+    /// Its stderr so far, up to the tracing line.
+    said: Vec<String>,
+    /// The programs it holds.
+    ours: Vec<u32>,
+}
+
+impl Streaming {
+    /// `twtrace args...` (with `--hooks`/`--signals` from the environment, as every test
+    /// tracer), once it says it is tracing.
+    fn start(args: &[&str]) -> Result<Self> {
+        use std::io::{BufRead as _, BufReader};
+        use std::process::Stdio;
+        let mut cmd = Command::new(tracer_bin());
+        cmd.args(args);
+        for (var, flag) in [
+            ("TWTRACE_HOOKS", "--hooks"),
+            ("TWTRACE_SIGNALS", "--signals"),
+        ] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.arg(flag).arg(v);
+            }
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning twtrace")?;
+        let pid = child.id();
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Streaming {
+            child,
+            pid,
+            said: Vec::new(),
+            ours: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !s.said.iter().any(|l| l.starts_with("twtrace: tracing")) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => s.said.push(line),
+                Err(_) => anyhow::bail!("twtrace never said it was tracing: {:?}", s.said),
+            }
+        }
+        // The rest of stderr, for the test to read after the end.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        s.ours = prog_ids(pid)?;
+        ensure!(
+            s.ours.len() >= 4,
+            "expected the tracer to hold its programs, got {:?}",
+            s.ours
+        );
+        Ok(s)
+    }
+
+    /// Waits for the end, at most `within`; then checks that it exited 0 and that its
+    /// programs went with it (the kernel frees them once no fd or link holds them).
+    fn ends_cleanly_within(&mut self, within: Duration, what: &str) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "twtrace still running {within:?} after {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        ensure!(status.success(), "exit status {status}: {:?}", self.said);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let loaded = loaded_prog_ids();
+            let left: Vec<u32> = (self.ours.iter().copied())
+                .filter(|id| loaded.contains(id))
+                .collect();
+            if left.is_empty() {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "programs left in the kernel: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Never left running when a test ends early (an error, a panic).
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `twtrace events --json | head`: once the reader has gone the tracer stops by itself, with
 /// exit 0 and its programs detached, even when no event comes to fail a write.
 #[test]
 fn a_closed_pipe_stops_the_stream() -> Result<()> {
-    use std::io::{BufRead as _, BufReader};
-    use std::process::Stdio;
-    /// Killed if the test ends early (an error, a panic): never left running.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+    let mut t = Streaming::start(&["events", "--json"])?;
+    drop(t.child.stdout.take());
+    t.ends_cleanly_within(Duration::from_secs(10), "its reader went away")
+}
+
+/// `twtrace events --json | less`, paused: a reader that stops reading must not keep SIGTERM
+/// from ending twtrace, blocked as it is writing. Its watchdog ends the process once the grace
+/// after the signal is over: exit 0, and the programs detached with it.
+#[test]
+fn a_stalled_reader_does_not_hold_up_the_shutdown() -> Result<()> {
+    let name = format!("tw-stall-{}", std::process::id());
+    let _ns = support::NamedNetns::add(&name)?;
+    support::netns::ip(&["-n", &name, "link", "set", "lo", "up"])?;
+    let mut t = Streaming::start(&["events", "--json", "--netns", &name])?;
+    // Far more lines than the pipe holds (64 KiB; a few hundred bytes per event, several
+    // events per connection) on the namespace's loopback.
+    support::netns::try_in_netns(&name, || -> Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for _ in 0..600 {
+            ensure!(Instant::now() < deadline, "connections too slow");
+            let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+            let (server, _) = listener.accept()?;
+            drop(server);
+            drop(client);
         }
-    }
-    let mut guard = KillOnDrop(
-        Command::new(tracer_bin())
-            .args(["events", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning twtrace")?,
-    );
-    let child = &mut guard.0;
-    let pid = child.id();
-    let stderr = child.stderr.take().context("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut seen = Vec::new();
-    while !seen
-        .iter()
-        .any(|l: &String| l.starts_with("twtrace: tracing"))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => anyhow::bail!("twtrace never said it was tracing: {seen:?}"),
-        }
-    }
-    let ours = prog_ids(pid)?;
-    ensure!(
-        ours.len() >= 4,
-        "expected the tracer to hold its programs, got {ours:?}"
-    );
-    drop(child.stdout.take());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("twtrace still running 10 s after its reader went away");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    ensure!(status.success(), "exit status {status}: {seen:?}");
-    // Its programs went with it (the kernel frees them once no fd or link holds them).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let loaded = loaded_prog_ids();
-        let left: Vec<u32> = ours
-            .iter()
-            .copied()
-            .filter(|id| loaded.contains(id))
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "programs left in the kernel: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+        Ok(())
+    })??;
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(t.pid as libc::pid_t, libc::SIGTERM) };
+    t.ends_cleanly_within(
+        twtrace::shutdown::GRACE + Duration::from_secs(10),
+        "SIGTERM with its stdout full",
+    )
 }
