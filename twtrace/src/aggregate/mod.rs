@@ -250,7 +250,10 @@ impl Aggregate {
                 return;
             }
             What::Listening => {
-                self.note_listening(rec.netns, rec.local.port());
+                // Listening when the start-up read looked: since before tracing, as far as
+                // TIME-WAITs seen by twtrace go. A read again tells only of now.
+                let since = if self.rereads == 0 { 0 } else { rec.ts_ns };
+                self.listening.note(rec.netns, rec.local.port(), since);
                 return;
             }
             What::LiveReset => {
@@ -258,7 +261,7 @@ impl Aggregate {
                 return;
             }
             What::Syn { .. } => {
-                self.note_listening(rec.netns, rec.local.port());
+                self.listening.note(rec.netns, rec.local.port(), rec.ts_ns);
                 self.paws.apply(rec);
                 return;
             }
@@ -273,6 +276,15 @@ impl Aggregate {
         // How `live` moves. A read of the kernel's sockets (at start-up, and again after lost
         // events) counts what was there when it looked, so a TIME-WAIT's own records must not
         // count it a second time, nor take off one the read did not count.
+        // When the TIME-WAIT began, as far as known: whether its port listened then says
+        // whether it is a server's, alike at its enter and at its exit.
+        let mut began = match *what {
+            What::TwExit {
+                lifetime_ns: Some(ns),
+                ..
+            } => rec.ts_ns.saturating_sub(ns),
+            _ => rec.ts_ns,
+        };
         let live = match *what {
             What::TwPresent { server, .. } => {
                 if !self.present.insert(key()) {
@@ -285,7 +297,8 @@ impl Aggregate {
                 }
                 self.present_read_ns = self.present_read_ns.max(rec.ts_ns);
                 if server {
-                    self.note_listening(rec.netns, rec.local.port());
+                    let since = if self.rereads == 0 { 0 } else { rec.ts_ns };
+                    self.listening.note(rec.netns, rec.local.port(), since);
                 }
                 LiveStep::Up
             }
@@ -303,7 +316,10 @@ impl Aggregate {
             // An exit whose entry was not seen, or was before the read: counted by the read
             // if it was among its sockets. Not otherwise: an unseen entry was (almost always)
             // never added; one that was is in the lost counts, which start a read again.
-            What::TwExit { .. } if self.end_present(key) => LiveStep::Down,
+            What::TwExit { .. } if self.end_present(key) => {
+                began = self.present_read_ns;
+                LiveStep::Down
+            }
             _ => LiveStep::Keep,
         };
         self.totals.apply(what, live);
@@ -313,7 +329,7 @@ impl Aggregate {
         // where the local side is a listening port: that TIME-WAIT is a server's, its "remote"
         // a client's ephemeral port, never a destination anything connects to (and keying
         // every one would churn the table at the connection rate).
-        if !self.listening.contains(rec.netns, rec.local.port()) {
+        if !self.listening.at(rec.netns, rec.local.port(), began) {
             self.by_dest.apply(rec.remote, what, live);
         }
         if !matches!(what, What::ConnectAddrNotAvail { .. }) {
@@ -344,11 +360,6 @@ impl Aggregate {
             self.present = HashSet::default();
         }
         true
-    }
-
-    /// Remembers a port that listens (SYNs arrive at it): TIME-WAITs on it are a server's.
-    fn note_listening(&mut self, netns: u32, port: u16) {
-        self.listening.note(netns, port);
     }
 
     /// TIME-WAITs that were already there when tracing started (counted in `live` until they

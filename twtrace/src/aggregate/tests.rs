@@ -478,35 +478,54 @@ fn rows_serialize_flat() {
 #[test]
 fn server_timewaits_stay_out_of_the_destination_table() {
     let mut agg = Aggregate::new(64);
+    let at = |ms: u64, mut r: Record| {
+        r.ts_ns = ms * MS;
+        r
+    };
     // Before any SYN is seen at port 80, a TIME-WAIT there counts toward its peer.
-    agg.apply(&enter("192.0.2.7:40001", 80));
-    agg.apply(&rec("192.0.2.7:40002", 80, What::Syn { tsval: Some(1) }));
+    agg.apply(&at(10, enter("192.0.2.7:40001", 80)));
+    agg.apply(&at(15, enter("192.0.2.7:40005", 80)));
+    agg.apply(&at(
+        20,
+        rec("192.0.2.7:40002", 80, What::Syn { tsval: Some(1) }),
+    ));
     // Now port 80 is known to listen: its TIME-WAITs are a server's.
-    agg.apply(&enter("192.0.2.7:40003", 80));
-    agg.apply(&exit("192.0.2.7:40003", 80, ExitCause::Expired, Some(MS)));
+    agg.apply(&at(30, enter("192.0.2.7:40003", 80)));
+    agg.apply(&at(
+        31,
+        exit("192.0.2.7:40003", 80, ExitCause::Expired, Some(MS)),
+    ));
+    // One that began before: its exit is judged by its beginning too, as its enter was.
+    let lifetime = Some(25 * MS);
+    agg.apply(&at(
+        40,
+        exit("192.0.2.7:40005", 80, ExitCause::Expired, lifetime),
+    ));
     // A client TIME-WAIT (ephemeral local port) toward a service counts.
-    agg.apply(&enter("198.51.100.1:443", 40000));
-    let dests: Vec<SocketAddr> = agg
+    agg.apply(&at(50, enter("198.51.100.1:443", 40000)));
+    let dests: Vec<(SocketAddr, u64, u64)> = agg
         .top_by_dest(10, Order::TwCreated)
         .iter()
-        .map(|r| r.key)
+        .map(|r| (r.key, r.counters.live, r.counters.exits_total()))
         .collect();
+    let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
     assert_eq!(
         dests,
         [
-            "192.0.2.7:40001".parse::<SocketAddr>().unwrap(),
-            "198.51.100.1:443".parse().unwrap()
+            (addr("192.0.2.7:40001"), 1, 0),
+            (addr("192.0.2.7:40005"), 0, 1),
+            (addr("198.51.100.1:443"), 1, 0),
         ]
     );
     // Every table but the destinations still sees all of them.
-    assert_eq!(agg.totals().tw_created, 3);
-    assert_eq!(row_for_ip(&agg, "192.0.2.7").tw_created, 2);
+    assert_eq!(agg.totals().tw_created, 4);
+    assert_eq!(row_for_ip(&agg, "192.0.2.7").tw_created, 3);
     // A SYN at the same port in another namespace says nothing about this one.
     let mut other = rec("192.0.2.9:1", 443, What::Syn { tsval: None });
     other.netns += 1;
-    agg.apply(&other);
-    agg.apply(&enter("198.51.100.1:443", 40001));
-    assert_eq!(agg.top_by_dest(10, Order::TwCreated).len(), 2);
+    agg.apply(&at(60, other));
+    agg.apply(&at(70, enter("198.51.100.1:443", 40001)));
+    assert_eq!(agg.top_by_dest(10, Order::TwCreated).len(), 3);
 }
 
 mod reread;
