@@ -376,7 +376,7 @@ pub struct KernelLayout {
     /// Where an fexit program finds the return value: the slot after the function's arguments
     /// (their count from BTF; bpf_get_func_ret would need 5.17). u32::MAX: function absent.
     pub ret_slot_tw_process: u32,
-    pub ret_slot_connect: u32,
+    pub ret_slot_hash_connect: u32,
     pub ret_slot_twsk_alloc: u32,
     /// 1 where `tcp:tcp_send_reset` fires for resets a TIME-WAIT socket sends (6.10+, seen by
     /// its `reason` field): only there can the tracepoint route tell a reset kill from a SYN
@@ -479,7 +479,7 @@ impl KernelLayout {
             skb_dev: 0,
             dev_nd_net: 0,
             ret_slot_tw_process: 0,
-            ret_slot_connect: 0,
+            ret_slot_hash_connect: 0,
             ret_slot_twsk_alloc: 0,
             tw_rst_traced: 0,
             tw_timer_handler: 0,

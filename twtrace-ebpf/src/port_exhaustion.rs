@@ -13,9 +13,14 @@
 //! threads connecting at once than that (the very load that runs out of ports) would see
 //! its failures missed at return.
 //!
-//! Syscall route: the connect syscall tracepoints (stable on every kernel): remember the destination at
-//! entry, report it at exit when the result is -EADDRNOTAVAIL. fexit on
-//! `__sys_connect(fd, uservaddr, addrlen)` reads both at once.
+//! Function-probe route: fexit on `__inet_hash_connect(death_row, sk, ...)`, the search for a
+//! free 4-tuple that TCP's connect (v4 and v6) runs once, returning -EADDRNOTAVAIL when there
+//! is none: the failure itself, with its socket, for TCP alone (not a UDP connect's, nor one
+//! for want of a source address), as the tracepoint routes see it.
+//!
+//! Syscall route (classic tracepoints): the connect syscall tracepoints (stable on every
+//! kernel): remember the destination at entry, report it at exit when the result is
+//! -EADDRNOTAVAIL.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf},
@@ -55,17 +60,16 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
     finish(ret, HookFamily::Tracepoint)
 }
 
-#[fexit(function = "__sys_connect")]
-pub fn connect_fexit(ctx: FExitContext) -> u32 {
+#[fexit(function = "__inet_hash_connect")]
+pub fn connect_hash_fexit(ctx: FExitContext) -> u32 {
     if hooks_only() {
         return 0;
     }
-    let ret = fexit_ret(&ctx, layout!(ret_slot_connect)).unwrap_or(0) as i32 as i64;
+    let ret = fexit_ret(&ctx, layout!(ret_slot_hash_connect)).unwrap_or(0) as i32 as i64;
     if ret != -EADDRNOTAVAIL {
         return 0;
     }
-    remember(ctx.arg(1));
-    finish(ret, HookFamily::Fentry)
+    no_free_tuple(ctx.arg(1), HookFamily::Fentry)
 }
 
 /// `tcp_set_state(sk, state)`: runs for every TCP state change on the machine, so the new
@@ -98,6 +102,12 @@ pub fn syn_sent_closed(sk: u64, hook: HookFamily) -> u32 {
     if hash != 0 {
         return 0; // it got its 4-tuple: a later failure, not EADDRNOTAVAIL
     }
+    no_free_tuple(sk, hook)
+}
+
+/// Reports the connect of socket `sk`, which found no free 4-tuple toward its destination.
+#[inline(always)]
+fn no_free_tuple(sk: u64, hook: HookFamily) -> u32 {
     let Some(flow) = (unsafe { read_flow(sk) }) else {
         return 0;
     };

@@ -76,7 +76,7 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     tp_btf_args(btf, layout)?;
     let ret_slot = |f: &str| btf.func_params(f).map_or(u32::MAX, |p| p.len() as u32);
     layout.ret_slot_tw_process = ret_slot("tcp_timewait_state_process");
-    layout.ret_slot_connect = ret_slot("__sys_connect");
+    layout.ret_slot_hash_connect = ret_slot("__inet_hash_connect");
     layout.ret_slot_twsk_alloc = ret_slot("inet_twsk_alloc");
     // Drop reasons came with 5.17 and the PAWS ones later: an absent one is u32::MAX, which no
     // drop carries, and the hooks that depend on it say so in the plan (`Need::DropReason`).

@@ -15,7 +15,7 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Fentry,
             needs: &[],
             limits: None,
-            programs: &[Program::fexit("connect_fexit", "__sys_connect")],
+            programs: &[Program::fexit("connect_hash_fexit", "__inet_hash_connect")],
         },
         Hook {
             family: Family::Kprobe,
