@@ -410,7 +410,7 @@ impl Reporter {
         // Every row only for a summary; otherwise those shown or due an alert check.
         let rows = self.summary.as_ref().map(|_| self.agg.paws.rows(mono));
         let view = match &rows {
-            Some(rows) => PawsView::of(rows, top, alert_at),
+            Some(rows) => PawsView::of(rows, self.agg.paws.totals(), top, alert_at),
             None => self.agg.paws.view(mono, top, alert_at),
         };
         if let Some(alerter) = &mut self.alerter {

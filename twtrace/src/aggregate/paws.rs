@@ -201,6 +201,9 @@ pub struct PawsTable {
     capacity: usize,
     cfg: ClockConfig,
     pub evictions: u64,
+    /// Rejects and old ACKs of every source IP ever seen, evicted ones included.
+    rejects_total: u64,
+    old_acks_total: u64,
 }
 
 impl PawsTable {
@@ -210,6 +213,8 @@ impl PawsTable {
             capacity: capacity.max(1),
             cfg,
             evictions: 0,
+            rejects_total: 0,
+            old_acks_total: 0,
         }
     }
 
@@ -242,6 +247,7 @@ impl PawsTable {
         match rec.what {
             What::PawsReject { old_ack: true, .. } => {
                 // Reordered ACKs say nothing of clocks: counted, nothing more.
+                self.old_acks_total += 1;
                 let s = self.source(ip);
                 s.last_ns = t;
                 s.old_acks += 1;
@@ -253,6 +259,7 @@ impl PawsTable {
                 tcp_flags,
                 old_ack: false,
             } => {
+                self.rejects_total += 1;
                 let s = self.source(ip);
                 s.last_ns = t;
                 // A rejected SYN never reaches a listener, but its clock is as real as any:
@@ -311,6 +318,8 @@ impl PawsTable {
     pub fn view(&mut self, now_ns: u64, top: usize, alert_at: Option<u64>) -> PawsView {
         let mut view = PawsView {
             sources: self.by_ip.len(),
+            rejects_total: self.rejects_total,
+            old_acks_total: self.old_acks_total,
             ..PawsView::default()
         };
         // One walk over the sources (at tens of thousands, a walk is tens of ms of cache
@@ -320,8 +329,6 @@ impl PawsTable {
         let mut alerting = Vec::new();
         for (ip, s) in self.by_ip.iter() {
             let rejects = s.rejects.iter().sum();
-            view.rejects_total += rejects;
-            view.old_acks_total += s.old_acks;
             let key = Ranked((rejects, s.syns, *ip));
             if best.len() < top {
                 best.push(key);
@@ -349,6 +356,11 @@ impl PawsTable {
         view.top.sort_by(by_rank);
         view.alerting.sort_by(by_rank);
         view
+    }
+
+    /// Rejects and old ACKs of every source IP seen, those evicted since included.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.rejects_total, self.old_acks_total)
     }
 
     /// Source IPs tracked (tests).
@@ -387,7 +399,7 @@ fn rank(a: RankKey, b: RankKey) -> std::cmp::Ordering {
 pub struct PawsView {
     /// Source IPs tracked.
     pub sources: usize,
-    /// Over every source IP tracked.
+    /// Over every source IP seen, those evicted since included.
     pub rejects_total: u64,
     pub old_acks_total: u64,
     /// The first rows of [`PawsTable::rows`].
@@ -397,12 +409,13 @@ pub struct PawsView {
 }
 
 impl PawsView {
-    /// The same view taken from every row (when a summary needs them all anyway).
-    pub fn of(rows: &[SourceRow], top: usize, alert_at: Option<u64>) -> Self {
+    /// The same view taken from every row (when a summary needs them all anyway), with the
+    /// table's [`PawsTable::totals`].
+    pub fn of(rows: &[SourceRow], totals: (u64, u64), top: usize, alert_at: Option<u64>) -> Self {
         Self {
             sources: rows.len(),
-            rejects_total: rows.iter().map(|r| r.rejects_total).sum(),
-            old_acks_total: rows.iter().map(|r| r.old_acks).sum(),
+            rejects_total: totals.0,
+            old_acks_total: totals.1,
             top: rows.iter().take(top).cloned().collect(),
             alerting: (rows.iter())
                 .filter(|r| alert_at.is_some_and(|at| r.rejects.timewait >= at))
@@ -533,7 +546,11 @@ mod tests {
             (100, None),
         ] {
             let rows = t.rows(5_000_000_000);
-            let want = PawsView::of(&rows, top, alert_at);
+            let want = PawsView::of(&rows, t.totals(), top, alert_at);
+            let sums = (rows.iter()).fold((0, 0), |(r, o), row| {
+                (r + row.rejects_total, o + row.old_acks)
+            });
+            assert_eq!(t.totals(), sums, "nothing evicted: the rows' sums");
             let got = t.view(5_000_000_000, top, alert_at);
             let what = format!("top {top}, alert at {alert_at:?}");
             assert_eq!(
@@ -545,6 +562,29 @@ mod tests {
             assert_eq!(ips(&got.alerting), ips(&want.alerting), "{what}");
             assert_eq!(got.top.len(), top.min(rows.len()), "{what}");
         }
+    }
+
+    /// The totals count the rejects of source IPs evicted since, as the kernel's counters do.
+    #[test]
+    fn totals_outlive_evictions() {
+        let mut t = PawsTable::new(2, ClockConfig::default());
+        for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            let what = What::PawsReject {
+                path: PawsPath::Timewait,
+                tsval: Some(900),
+                ts_recent: Some(1000),
+                tcp_flags: 0x02,
+                old_ack: false,
+            };
+            t.apply(&rec(ip, 4000, 1.0, what));
+        }
+        assert_eq!((t.sources(), t.evictions), (2, 1));
+        assert_eq!(t.totals(), (3, 0));
+        let view = t.view(2_000_000_000, 10, None);
+        assert_eq!(
+            (view.sources, view.rejects_total, view.top.len()),
+            (2, 3, 2)
+        );
     }
 
     #[test]
