@@ -125,6 +125,8 @@ pub static TW_PROCESS_ARGS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entrie
 pub struct Rearming {
     pub timer: u64,
     pub ts_ns: u64,
+    /// How long after `ts_ns` the start still counts as this re-arm's (see tw_exit.rs).
+    pub window_ns: u64,
 }
 
 #[map]

@@ -34,9 +34,6 @@ use crate::{
     tw_exit, tw_flows, tw_overflow,
 };
 
-/// Cancel and restart of a re-arm happen back to back under the timer base lock.
-const SAME_CALL_NS: u64 = 100_000;
-
 #[tracepoint]
 pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
     if hooks_only() {
@@ -68,8 +65,7 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
     // program notes in REARMING; a first arm has nothing to cancel.
     if let Some(r) = REARMING.get_ptr_mut(0) {
         let r = unsafe { &mut *r };
-        if r.timer == timer && unsafe { bpf_ktime_get_ns() }.saturating_sub(r.ts_ns) < SAME_CALL_NS
-        {
+        if r.timer == timer && unsafe { bpf_ktime_get_ns() }.saturating_sub(r.ts_ns) < r.window_ns {
             r.timer = 0;
             return 0;
         }

@@ -96,24 +96,35 @@ pub fn tw_exit_timer_cancel(ctx: TracePointContext) -> u32 {
     // __mod_timer): unwinding one frame is enough for them; only kills need the full chain.
     let cause = match classify_first(&ctx, bit(fc::REARM) | bit(fc::EXPIRE)) {
         fc::EXPIRE => ExitCause::Expired,
-        fc::REARM => return rearming(timer),
+        fc::REARM => return rearming(timer, REARM_WINDOW_NS),
         _ => match cause_from_chain(&ctx, tw, HookFamily::Tracepoint) {
             Some(c) => c,
-            None => return rearming(timer),
+            None => return rearming(timer, UNSURE_REARM_WINDOW_NS),
         },
     };
     exit(tw, cause, HookFamily::Tracepoint, Access::Copied)
 }
 
+/// A cancel by `__mod_timer` is a re-arm for sure: the start follows in the same call, with
+/// interrupts off, so nothing else comes between on this CPU; only a guest's vCPU descheduled
+/// by its host (KVM, TCG) stretches the gap, beyond 100 us at times under load (a re-arm then
+/// read as a new TIME-WAIT, whose mark hid the next overflow toward that port).
+const REARM_WINDOW_NS: u64 = 10_000_000;
+/// A cancel whose call chain is not recognised, taken for a re-arm: only if the start comes
+/// at once, as a new TIME-WAIT in the freed socket's memory would otherwise pass for one.
+const UNSURE_REARM_WINDOW_NS: u64 = 100_000;
+
 /// A re-arm cancels then restarts the timer on this CPU: tell tw_enter's timer_start that
-/// the start it is about to see is not a new TIME-WAIT (it may be one from before twtrace).
+/// the start it is about to see (within `window_ns`) is not a new TIME-WAIT (it may be one
+/// from before twtrace).
 #[inline(always)]
-fn rearming(timer: u64) -> u32 {
+fn rearming(timer: u64, window_ns: u64) -> u32 {
     if let Some(slot) = REARMING.get_ptr_mut(0) {
         unsafe {
             *slot = Rearming {
                 timer,
                 ts_ns: bpf_ktime_get_ns(),
+                window_ns,
             }
         };
     }
