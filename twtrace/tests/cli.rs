@@ -147,6 +147,26 @@ fn help_teaches() {
 
 /// `--hooks kprobe` on a kernel without kprobes must fail naming a signal; where kprobes exist
 /// it must attach every signal with kprobes.
+/// Every signal, as `doctor` lists them.
+const SIGNALS: [&str; 6] = [
+    "tw_enter",
+    "tw_exit",
+    "tw_overflow",
+    "connect_eaddrnotavail",
+    "paws_reject",
+    "syn",
+];
+
+/// The family `doctor`'s signal plan gives `signal` (its second column, e.g. `fentry` or
+/// `fentry(partial)`).
+fn plan_column(out: &str, signal: &str) -> String {
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(signal))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no plan line for {signal}:\n{out}"))
+        .to_owned()
+}
+
 #[test]
 fn forced_family_serves_everything_or_fails_clearly() {
     let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
@@ -154,17 +174,9 @@ fn forced_family_serves_everything_or_fails_clearly() {
     if kprobes {
         assert!(o.status.success(), "{}", stderr(&o));
         let out = String::from_utf8_lossy(&o.stdout);
-        for signal in [
-            "tw_enter",
-            "tw_exit",
-            "tw_overflow",
-            "connect_eaddrnotavail",
-        ] {
-            let line = out
-                .lines()
-                .find(|l| l.trim_start().starts_with(signal))
-                .unwrap();
-            assert!(line.contains("kprobe"), "{line}");
+        for signal in SIGNALS {
+            let family = plan_column(&out, signal);
+            assert!(family.starts_with("kprobe"), "{signal}: {family}\n{out}");
         }
     } else {
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -332,21 +344,13 @@ fn doctor_names_the_hook_of_every_signal() {
     for needle in ["kernel", "lockdown", "HZ", "signal plan"] {
         assert!(out.contains(needle), "{out}");
     }
-    for signal in [
-        "tw_enter",
-        "tw_exit",
-        "tw_overflow",
-        "connect_eaddrnotavail",
-    ] {
-        let line = out
-            .lines()
-            .find(|l| l.trim_start().starts_with(signal))
-            .unwrap_or_else(|| panic!("no line for {signal}:\n{out}"));
+    for signal in SIGNALS {
+        let family = plan_column(&out, signal);
         assert!(
             ["fentry", "kprobe", "tp_btf", "tracepoint"]
                 .iter()
-                .any(|f| line.contains(f)),
-            "{line}"
+                .any(|f| family.starts_with(f)),
+            "{signal}: {family}\n{out}"
         );
     }
     // Each attached program with its size as the kernel reports it after verification.
