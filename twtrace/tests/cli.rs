@@ -145,8 +145,6 @@ fn help_teaches() {
     }
 }
 
-/// `--hooks kprobe` on a kernel without kprobes must fail naming a signal; where kprobes exist
-/// it must attach every signal with kprobes.
 /// Every signal, as `doctor` lists them.
 const SIGNALS: [&str; 6] = [
     "tw_enter",
@@ -167,6 +165,8 @@ fn plan_column(out: &str, signal: &str) -> String {
         .to_owned()
 }
 
+/// `--hooks kprobe` on a kernel without kprobes must fail naming a signal; where kprobes exist
+/// it must attach every signal with kprobes.
 #[test]
 fn forced_family_serves_everything_or_fails_clearly() {
     let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
@@ -309,14 +309,7 @@ fn every_hook_this_kernel_could_run_loads() {
         .and_then(|n| n.parse::<usize>().ok());
     assert_eq!(Some(hooks.len()), total, "one line per hook:\n{out}");
     assert!(out.ends_with(", 0 refused\n"), "{out}");
-    for signal in [
-        "tw_enter",
-        "tw_exit",
-        "tw_overflow",
-        "connect_eaddrnotavail",
-        "paws_reject",
-        "syn",
-    ] {
+    for signal in SIGNALS {
         assert!(
             hooks.iter().any(|&(s, _, o)| s == signal && o == "loads"),
             "no hook of {signal} loads:\n{out}"
