@@ -233,17 +233,20 @@ fn open_and_attach(opts: &LoadOptions, live_table: bool) -> Result<(Opened, Vec<
     Ok((opened, choices))
 }
 
+/// Whether `signal` is served by classic tracepoints.
+fn classic(choices: &[plan::Choice], signal: &str) -> bool {
+    (choices.iter()).any(|c| c.signal == signal && c.chosen == Some(Family::Tracepoint))
+}
+
 /// Whether a chosen hook keeps TIME-WAITs in the kernel's live table (see [`open`]).
 fn uses_live_table(choices: &[plan::Choice]) -> bool {
-    (choices.iter())
-        .any(|c| matches!(c.signal, "tw_enter" | "tw_exit") && c.chosen == Some(Family::Tracepoint))
+    classic(choices, "tw_enter") || classic(choices, "tw_exit")
 }
 
 /// Whether the kernel pairs TIME-WAIT enters with exits (both on classic tracepoints, through
 /// its live table); user space does it for any other choice.
 pub fn lifetimes_paired_in_kernel(choices: &[plan::Choice]) -> bool {
-    let family = |signal: &str| (choices.iter()).find(|c| c.signal == signal)?.chosen;
-    family("tw_enter") == Some(Family::Tracepoint) && family("tw_exit") == Some(Family::Tracepoint)
+    classic(choices, "tw_enter") && classic(choices, "tw_exit")
 }
 
 /// Every hook of every signal, loaded and attached one at a time and detached again

@@ -250,10 +250,7 @@ impl Aggregate {
                 return;
             }
             What::Listening => {
-                // Listening when the start-up read looked: since before tracing, as far as
-                // TIME-WAITs seen by twtrace go. A read again tells only of now.
-                let since = if self.rereads == 0 { 0 } else { rec.ts_ns };
-                self.listening.note(rec.netns, rec.local.port(), since);
+                self.listening_found_by_read(rec);
                 return;
             }
             What::LiveReset => {
@@ -297,8 +294,7 @@ impl Aggregate {
                 }
                 self.present_read_ns = self.present_read_ns.max(rec.ts_ns);
                 if server {
-                    let since = if self.rereads == 0 { 0 } else { rec.ts_ns };
-                    self.listening.note(rec.netns, rec.local.port(), since);
+                    self.listening_found_by_read(rec);
                 }
                 LiveStep::Up
             }
@@ -348,6 +344,14 @@ impl Aggregate {
         self.read_from_ns = from_ns;
         self.rereads += 1;
         self.reread_found = 0;
+    }
+
+    /// A listening port a read of the kernel's sockets found (`rec`'s local port). The start-up
+    /// read says it listened since before tracing, as far as TIME-WAITs seen by twtrace go; a
+    /// read again tells only of its own time.
+    fn listening_found_by_read(&mut self, rec: &Record) {
+        let since = if self.rereads == 0 { 0 } else { rec.ts_ns };
+        self.listening.note(rec.netns, rec.local.port(), since);
     }
 
     /// Whether `key` was a TIME-WAIT found by the latest read, which then ends. The set is freed

@@ -302,12 +302,7 @@ impl PawsTable {
                 row(*ip, s, &est, now_ns)
             })
             .collect();
-        rows.sort_by(|a, b| {
-            rank(
-                (a.rejects_total, a.syns, a.ip),
-                (b.rejects_total, b.syns, b.ip),
-            )
-        });
+        rows.sort_by(by_rank);
         rows
     }
 
@@ -346,13 +341,13 @@ impl PawsTable {
             Some(row(ip, s, &est, now_ns))
         };
         view.top = best.into_iter().filter_map(|k| row_of(k.0.2)).collect();
-        view.alerting = alerting.into_iter().filter_map(row_of).collect();
-        let by_rank = |a: &SourceRow, b: &SourceRow| {
-            rank(
-                (a.rejects_total, a.syns, a.ip),
-                (b.rejects_total, b.syns, b.ip),
-            )
-        };
+        // An IP both shown and due a check: its row once, copied.
+        view.alerting = (alerting.into_iter())
+            .filter_map(|ip| match view.top.iter().find(|r| r.ip == ip) {
+                Some(r) => Some(r.clone()),
+                None => row_of(ip),
+            })
+            .collect();
         view.top.sort_by(by_rank);
         view.alerting.sort_by(by_rank);
         view
@@ -392,6 +387,14 @@ impl PartialOrd for Ranked {
 /// Most rejects first, then most SYNs, then by IP.
 fn rank(a: RankKey, b: RankKey) -> std::cmp::Ordering {
     b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2))
+}
+
+/// [`rank`] of two rows.
+fn by_rank(a: &SourceRow, b: &SourceRow) -> std::cmp::Ordering {
+    rank(
+        (a.rejects_total, a.syns, a.ip),
+        (b.rejects_total, b.syns, b.ip),
+    )
 }
 
 /// See [`PawsTable::view`].
