@@ -393,8 +393,11 @@ pub struct KernelLayout {
     /// tcp_timewait_sock's tw_ts_recent behind an inet_timewait_sock argument).
     pub tw_size: u32,
     pub req_size: u32,
-    /// Keeps the u64 fields below 8-byte aligned (see the assertion after the struct).
-    pub _pad: u32,
+    /// sock.sk_err: set (ETIMEDOUT) before a socket whose retransmits timed out is closed, which
+    /// on the tracepoint routes tells such a close from a refused TIME-WAIT. The last u32 field:
+    /// an even number of them keeps the u64 fields below 8-byte aligned (see the assertion after
+    /// the struct).
+    pub sk_err: u32,
     /// Address of `tw_timer_handler` (kallsyms): the filter for TIME-WAIT timers.
     pub tw_timer_handler: u64,
     /// Address of `reqsk_timer_handler`: the filter for request-socket (SYN) timers.
@@ -469,7 +472,7 @@ impl KernelLayout {
             skc_hash: 0,
             tw_size: 0,
             req_size: 0,
-            _pad: 0,
+            sk_err: 0,
             btf_kfree_skb_reason_arg: 0,
             btf_kfree_skb_rx_sk_arg: 0,
             timer_expires: 0,
@@ -497,8 +500,8 @@ impl KernelLayout {
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(
     core::mem::offset_of!(KernelLayout, tw_timer_handler)
-        == core::mem::offset_of!(KernelLayout, _pad) + 4,
-    "an even number of u32 fields must precede the u64 ones (add or drop a `_pad: u32`)"
+        == core::mem::offset_of!(KernelLayout, sk_err) + 4,
+    "an even number of u32 fields must precede the u64 ones (add a `_pad: u32` after sk_err)"
 );
 
 /// Which signals the shared programs serve (bits of the `ROUTES` map, written by user space once

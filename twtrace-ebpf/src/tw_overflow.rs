@@ -4,8 +4,9 @@
 //! Tracepoint route: `sock:inet_sock_set_state` FIN_WAIT2/CLOSING -> CLOSE. When a TIME-WAIT was
 //! created, its timer was armed on this CPU just before (tcp_time_wait runs with BH off), which
 //! `LAST_ENTER` records. The other ways out of FIN_WAIT2/CLOSING are resets, received or sent
-//! (`tcp:tcp_receive_reset`, `tcp:tcp_send_reset`, recorded in `LAST_RESET`), so a close that
-//! follows neither is a refused TIME-WAIT. (The call chain cannot tell: tcp_time_wait tail-calls
+//! (`tcp:tcp_receive_reset`, `tcp:tcp_send_reset`, recorded in `LAST_RESET`), and a retransmit
+//! timeout (the socket's error set), so a close that follows none of them is a refused
+//! TIME-WAIT. (The call chain cannot tell: tcp_time_wait tail-calls
 //! tcp_done, so its frame is gone.) The local port is already released from skc_num here;
 //! inet_sport keeps it.
 //!
@@ -70,9 +71,9 @@ pub fn leaves_fin_wait(oldstate: i32) -> bool {
     oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING
 }
 
-/// A TCP socket went FIN_WAIT2/CLOSING -> CLOSE: an overflow unless a TIME-WAIT or a reset
-/// explains it. The cheap checks (on its remote port, host order, read by the caller: a direct
-/// load where `sk` is typed) come before the flow is read.
+/// A TCP socket went FIN_WAIT2/CLOSING -> CLOSE: an overflow unless a TIME-WAIT, a reset or
+/// its error explains it. The cheap checks (on its remote port, host order, read by the caller:
+/// a direct load where `sk` is typed) come before the flow is read.
 #[inline(always)]
 pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
     let ts = unsafe { bpf_ktime_get_ns() };
@@ -98,6 +99,12 @@ pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
             rst.sk = 0;
             return 0;
         }
+    }
+    // A socket whose retransmits timed out (an orphaned CLOSING socket whose FIN is never
+    // ACKed: tcp_write_err, TcpExtTCPAbortOnTimeout) is closed with its error set and without
+    // a reset; a refused TIME-WAIT's socket has none.
+    if unsafe { read::<i32>(sk, layout!(sk_err)) }.unwrap_or(0) != 0 {
+        return 0;
     }
     let Some(mut flow) = (unsafe { read_flow(sk) }) else {
         return 0;

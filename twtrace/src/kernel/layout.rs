@@ -61,6 +61,7 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.timer_expires = btf.member_offset("timer_list", "expires")?;
     layout.sk_protocol = btf.member_offset("sock", "sk_protocol")?;
     layout.inet_sport = btf.member_offset("inet_sock", "inet_sport")?;
+    layout.sk_err = btf.member_offset("sock", "sk_err")?;
     layout.skc_nulls_pprev = sc("skc_nulls_node.pprev")?;
     layout.skc_hash = sc("skc_hash")?;
     layout.tw_size = btf.struct_size("inet_timewait_sock")?;
@@ -133,6 +134,7 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
         ("tcp_request_sock", "rcv_isn", 4),
         ("sock", "sk_protocol", 2),
         ("inet_sock", "inet_sport", 2),
+        ("sock", "sk_err", 4),
     ] {
         let got = btf.member_size(s, m)?;
         anyhow::ensure!(

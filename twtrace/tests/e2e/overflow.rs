@@ -2,6 +2,7 @@
 //! TIME-WAIT's re-arm not taken for a new TIME-WAIT.
 
 use super::*;
+use support::raw::nft;
 
 /// A tiny tcp_max_tw_buckets: every refused TIME-WAIT is an overflow event, exactly as many as
 /// TcpExtTCPTimeWaitOverflow counts.
@@ -72,31 +73,9 @@ enum Abort {
 /// FIN_WAIT2) and aborts it as `how` says; the server end closes after.
 fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Result<()> {
     use std::io::Read as _;
-    let srv = listener.local_addr()?;
-    let client = in_netns(pair.client_ns(), || {
-        TcpStream::connect_timeout(&srv, IO_TIMEOUT)
-    })
-    .context("connect")?;
-    let (mut server, _) = listener.accept()?;
+    let (client, mut server) = connect_to(pair, listener)?;
     server.set_read_timeout(Some(IO_TIMEOUT))?;
-    let set = |level, name, value: &[i32]| -> Result<()> {
-        // SAFETY: setsockopt on a socket we own, with a buffer of the size we pass.
-        let rc = unsafe {
-            libc::setsockopt(
-                client.as_raw_fd(),
-                level,
-                name,
-                value.as_ptr().cast(),
-                std::mem::size_of_val(value) as libc::socklen_t,
-            )
-        };
-        ensure!(
-            rc == 0,
-            "setsockopt {how:?}: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(())
-    };
+    let set = |level, name, value: &[i32]| set_int(&client, level, name, value);
     if let Abort::Linger2Negative = how {
         set(libc::IPPROTO_TCP, libc::TCP_LINGER2, &[-1])?;
     }
@@ -121,9 +100,121 @@ fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Re
     Ok(())
 }
 
-/// Aborts of half-closed connections close a FIN_WAIT2 socket without TIME-WAIT too, but not
-/// for want of a bucket: they are no overflow, while real overflows (a tiny
-/// tcp_max_tw_buckets on the same client) all are. tw_overflow == TcpExtTCPTimeWaitOverflow.
+/// Drops every segment namespace `ns` sends to TCP port `port` while it lives.
+struct DropToPort<'a> {
+    ns: &'a str,
+}
+
+const DROP_TABLE: &str = "twtrace_test_drop";
+
+impl<'a> DropToPort<'a> {
+    fn install(ns: &'a str, port: u16) -> Result<Self> {
+        nft(
+            ns,
+            &format!(
+                "table inet {DROP_TABLE} {{
+                   chain out {{
+                     type filter hook output priority 0; policy accept;
+                     tcp dport {port} drop
+                   }}
+                 }}"
+            ),
+        )?;
+        Ok(DropToPort { ns })
+    }
+}
+
+impl Drop for DropToPort<'_> {
+    fn drop(&mut self) {
+        let _ = nft(self.ns, &format!("delete table inet {DROP_TABLE}"));
+    }
+}
+
+/// A client connection to `listener` and its accepted end.
+fn connect_to(pair: &NetnsPair, listener: &TcpListener) -> Result<(TcpStream, TcpStream)> {
+    let srv = listener.local_addr()?;
+    let client = in_netns(pair.client_ns(), || {
+        TcpStream::connect_timeout(&srv, IO_TIMEOUT)
+    })
+    .context("connect")?;
+    Ok((client, listener.accept()?.0))
+}
+
+/// Leaves a client socket orphaned in CLOSING until its retransmits time out: every segment
+/// toward the server is dropped (its FIN first), the server's FIN is let through before the
+/// client's FIN is ACKed (a simultaneous close, as the client sees it). The kernel then closes
+/// it with no TIME-WAIT and no reset (tcp_write_err: TcpExtTCPAbortOnTimeout), its error set.
+/// Needs tcp_orphan_retries 1 in the client namespace (the default, 0, means 8 retries).
+fn time_out_in_closing(pair: &NetnsPair, listener: &TcpListener) -> Result<()> {
+    let srv = listener.local_addr()?;
+    let (client, server) = connect_to(pair, listener)?;
+    let local = client.local_addr()?;
+    let dropped = DropToPort::install(pair.client_ns(), srv.port())?;
+    drop(client); // its FIN is dropped: FIN_WAIT1, orphaned
+    server.shutdown(Shutdown::Write)?; // reaches the client, its own FIN unACKed: CLOSING
+    let closing = || has_socket(pair.client_ns(), local, srv, TcpState::Closing);
+    wait_until("the client socket is in CLOSING", IO_TIMEOUT, closing)?;
+    // One retransmit allowed: the close comes about 1.4 s after the first FIN.
+    wait_until(
+        "the CLOSING socket timed out",
+        Duration::from_secs(30),
+        || Ok(!closing()?),
+    )?;
+    drop(dropped);
+    drop(server);
+    Ok(())
+}
+
+/// Closes a client with TCP_LINGER2 -1 while its FIN is unACKed (FIN_WAIT1: the FIN dropped,
+/// then let through on retransmit): when the ACK comes, the kernel closes the orphan at once,
+/// FIN_WAIT2 -> CLOSE without TIME-WAIT (TcpExtTCPAbortOnData), and answers that ACK with a
+/// reset after the close (tcp_rcv_state_process returns 1).
+fn abort_in_fin_wait1(pair: &NetnsPair, listener: &TcpListener) -> Result<()> {
+    let srv = listener.local_addr()?;
+    let (client, server) = connect_to(pair, listener)?;
+    let local = client.local_addr()?;
+    set_int(&client, libc::IPPROTO_TCP, libc::TCP_LINGER2, &[-1])?;
+    let dropped = DropToPort::install(pair.client_ns(), srv.port())?;
+    drop(client);
+    let state = |s| has_socket(pair.client_ns(), local, srv, s);
+    wait_until("the client socket is in FIN_WAIT1", IO_TIMEOUT, || {
+        state(TcpState::FinWait1)
+    })?;
+    drop(dropped); // the FIN's retransmit gets through and is ACKed
+    wait_until(
+        "the FIN_WAIT1 socket closed",
+        Duration::from_secs(30),
+        || Ok(!state(TcpState::FinWait1)? && !state(TcpState::FinWait2)?),
+    )?;
+    drop(server);
+    Ok(())
+}
+
+/// setsockopt(`level`, `name`) on `sock` to `value` (ints).
+fn set_int(sock: &TcpStream, level: i32, name: i32, value: &[i32]) -> Result<()> {
+    // SAFETY: setsockopt on a socket we own, with a buffer of the size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            std::mem::size_of_val(value) as libc::socklen_t,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "setsockopt({level}, {name}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Aborts of half-closed connections close a FIN_WAIT2 socket without TIME-WAIT too, as do an
+/// orphan with TCP_LINGER2 -1 whose FIN is ACKed and a CLOSING socket whose retransmits time
+/// out, but not for want of a bucket: they are no
+/// overflow, while real overflows (a tiny tcp_max_tw_buckets on the same client) all are.
+/// tw_overflow == TcpExtTCPTimeWaitOverflow.
 #[test]
 fn aborts_are_not_overflows() -> Result<()> {
     rerun_if_skipped(|| {
@@ -135,6 +226,7 @@ fn aborts_are_not_overflows() -> Result<()> {
             "net.ipv4.tcp_max_tw_buckets",
             &BUCKETS.to_string(),
         )?;
+        sysctl(pair.client_ns(), "net.ipv4.tcp_orphan_retries", "1")?;
         let srv_ip = pair.server_v4();
         let (_, listener) = listen_free(pair.server_ns(), srv_ip)?;
         let (srv2, server) = serve(&pair, Family::V4)?;
@@ -144,6 +236,8 @@ fn aborts_are_not_overflows() -> Result<()> {
         for how in [Abort::UnreadData, Abort::LingerZero, Abort::Linger2Negative] {
             abort_half_closed(&pair, &listener, how)?;
         }
+        abort_in_fin_wait1(&pair, &listener)?;
+        time_out_in_closing(&pair, &listener)?;
         connect_all(&pair, srv2, N, CloseFirst::Client, None)?;
         let after = netstat(pair.client_ns())?;
         let events = stop(tracer)?;
@@ -157,7 +251,12 @@ fn aborts_are_not_overflows() -> Result<()> {
         .iter()
         .map(|c| delta(&before, &after, c))
         .sum();
-        assert_eq!(aborts, 3, "sanity: the kernel aborted the three");
+        assert_eq!(aborts, 4, "sanity: the kernel aborted the four");
+        assert_eq!(
+            delta(&before, &after, "TcpExtTCPAbortOnTimeout"),
+            1,
+            "sanity: the CLOSING socket timed out"
+        );
         let kernel = delta(&before, &after, "TcpExtTCPTimeWaitOverflow");
         assert_eq!(
             kernel,
