@@ -490,7 +490,7 @@ async fn events(
     };
     let out = std::cell::RefCell::new(BufWriter::with_capacity(64 * 1024, sink));
     let json = opts.json;
-    // The aggregate is only needed for the summary file and alerts.
+    // The aggregate is only needed for the summary file and alerts, and only its PAWS rows.
     let reporter = std::cell::RefCell::new(
         (common.summary_json.is_some() || common.alert_rejects > 0)
             .then(|| Reporter::new(common, None, 0)),
@@ -504,7 +504,7 @@ async fn events(
         None,
         |rec| {
             if let Some(r) = reporter.borrow_mut().as_mut() {
-                r.agg.apply(rec);
+                r.agg.apply_paws_only(rec);
             }
             // Knowledge for the aggregate, not events.
             if closed.get() || matches!(rec.what, What::Listening | What::LiveReset) {
@@ -514,7 +514,7 @@ async fn events(
             gone(if json {
                 ndjson::write_record(&mut *out, rec)
             } else {
-                writeln!(out, "{}", crate::sinks::text_line(rec))
+                crate::sinks::write_text_line(&mut *out, rec)
             })
         },
         // Flush once per drained batch: consumers see events within one poll period, and the

@@ -230,6 +230,18 @@ impl Aggregate {
         }
     }
 
+    /// Counts only what the per-source-IP PAWS table needs (SYNs, rejects, SYNs at TIME-WAIT):
+    /// for `twtrace events`, whose alerts and summary file read nothing else, so the records
+    /// of the TIME-WAIT lifecycle (two per connection) cost no table work there.
+    pub fn apply_paws_only(&mut self, rec: &Record) {
+        if matches!(
+            rec.what,
+            What::Syn { .. } | What::PawsReject { .. } | What::TwSyn { .. }
+        ) {
+            self.paws.apply(rec);
+        }
+    }
+
     /// Counts one record: in the totals, under its remote IP, its destination (remote
     /// `ip:port`) and its local port. `ConnectAddrNotAvail` skips the port table (no local
     /// port was bound, the record says 0). A server's TIME-WAITs (local port one that SYNs

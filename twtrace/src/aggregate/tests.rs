@@ -528,4 +528,32 @@ fn server_timewaits_stay_out_of_the_destination_table() {
     assert_eq!(agg.top_by_dest(10, Order::TwCreated).len(), 3);
 }
 
+/// `twtrace events` keeps the PAWS rows alone: the same rows as the whole aggregate's, and no
+/// TIME-WAIT table work.
+#[test]
+fn paws_only_keeps_the_paws_rows_alone() {
+    let records = [
+        enter("192.0.2.7:40001", 80),
+        rec("192.0.2.7:40002", 80, What::Syn { tsval: Some(5) }),
+        exit("192.0.2.7:40001", 80, ExitCause::ReplacedBySyn, Some(MS)),
+        rec("192.0.2.8:40003", 80, What::Syn { tsval: None }),
+    ];
+    let (mut whole, mut paws_only) = (Aggregate::new(64), Aggregate::new(64));
+    for r in &records {
+        whole.apply(r);
+        paws_only.apply_paws_only(r);
+    }
+    assert_eq!(paws_only.totals().tw_created, 0);
+    assert!(paws_only.top_by_ip(10, Order::TwCreated).is_empty());
+    let rows = |agg: &mut Aggregate| {
+        let rows = agg.paws.rows(10 * MS);
+        rows.iter()
+            .map(|r| (r.ip, r.syns, r.syns_without_ts))
+            .collect::<Vec<_>>()
+    };
+    let got = rows(&mut paws_only);
+    assert_eq!(got, rows(&mut whole));
+    assert_eq!(got.len(), 2);
+}
+
 mod reread;

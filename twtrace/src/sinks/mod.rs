@@ -7,4 +7,4 @@ pub mod summary;
 pub mod table;
 mod text;
 
-pub use text::text_line;
+pub use text::write_line as write_text_line;

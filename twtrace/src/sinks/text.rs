@@ -1,34 +1,55 @@
-//! One human-readable line per event (`twtrace events` without --json).
+//! One human-readable line per event (`twtrace events` without --json), written straight into
+//! the (buffered) output: no String per event.
+
+use std::io::{self, Write};
 
 use crate::event::{LossReason, Record, What};
 
-pub fn text_line(r: &Record) -> String {
-    let what = match r.what {
+pub fn write_line(out: &mut impl Write, r: &Record) -> io::Result<()> {
+    // Losses are about no socket: their line has no time, namespace or endpoints.
+    if let What::Lost {
+        program,
+        count,
+        reason,
+    } = r.what
+    {
+        return match reason {
+            LossReason::SkippedRuns => writeln!(
+                out,
+                "LOST {count} runs of {program} skipped by the kernel (each may have been an event)"
+            ),
+            _ => writeln!(out, "LOST {count} events from {program}"),
+        };
+    }
+    write!(
+        out,
+        "{:>14.6} netns={} {} -> {} ",
+        r.ts_ns as f64 / 1e9,
+        r.netns,
+        r.local,
+        r.remote
+    )?;
+    match r.what {
         What::TwEnter {
             substate,
             timeout_ms,
-        } => format!("enter  {} timeout={timeout_ms}ms", substate.as_str()),
-        What::Listening => "listening (at start)".to_owned(),
-        What::LiveReset => "live counts re-read from the kernel's sockets".to_owned(),
+        } => writeln!(out, "enter  {} timeout={timeout_ms}ms", substate.as_str()),
+        What::Listening => writeln!(out, "listening (at start)"),
+        What::LiveReset => writeln!(out, "live counts re-read from the kernel's sockets"),
         What::TwPresent { substate, .. } => {
-            format!("present {} (already at start)", substate.as_str())
+            writeln!(out, "present {} (already at start)", substate.as_str())
         }
         What::TwExit { cause, lifetime_ns } => match lifetime_ns {
-            Some(ns) => format!("exit   {} after {:.3}s", cause.as_str(), ns as f64 / 1e9),
-            None => format!("exit   {} (entry not seen)", cause.as_str()),
+            Some(ns) => writeln!(
+                out,
+                "exit   {} after {:.3}s",
+                cause.as_str(),
+                ns as f64 / 1e9
+            ),
+            None => writeln!(out, "exit   {} (entry not seen)", cause.as_str()),
         },
-        What::TwOverflow => "overflow (tcp_max_tw_buckets full: no TIME-WAIT)".to_owned(),
-        What::ConnectAddrNotAvail { pid } => format!("connect EADDRNOTAVAIL pid={pid}"),
-        What::Lost {
-            program,
-            count,
-            reason: LossReason::SkippedRuns,
-        } => {
-            return format!(
-                "LOST {count} runs of {program} skipped by the kernel (each may have been an event)"
-            );
-        }
-        What::Lost { program, count, .. } => return format!("LOST {count} events from {program}"),
+        What::TwOverflow => writeln!(out, "overflow (tcp_max_tw_buckets full: no TIME-WAIT)"),
+        What::ConnectAddrNotAvail { pid } => writeln!(out, "connect EADDRNOTAVAIL pid={pid}"),
         What::PawsReject {
             path,
             tsval,
@@ -38,23 +59,58 @@ pub fn text_line(r: &Record) -> String {
         } => {
             let what = if old_ack { "old ACK, " } else { "" };
             match (tsval, ts_recent) {
-                (Some(t), Some(r)) => format!(
+                (Some(t), Some(r)) => writeln!(
+                    out,
                     "PAWS reject ({what}{}) tsval={t} ts_recent={r} regression={}",
                     path.as_str(),
                     crate::event::regression(r, t)
                 ),
-                _ => format!("PAWS reject ({what}{})", path.as_str()),
+                _ => writeln!(out, "PAWS reject ({what}{})", path.as_str()),
             }
         }
-        What::Syn { tsval: Some(t) } => format!("SYN tsval={t}"),
-        What::Syn { tsval: None } => "SYN without timestamp".to_owned(),
-        What::TwSyn { verdict, .. } => format!("SYN at TIME-WAIT: {}", verdict.as_str()),
-    };
-    format!(
-        "{:>14.6} netns={} {} -> {} {what}",
-        r.ts_ns as f64 / 1e9,
-        r.netns,
-        r.local,
-        r.remote
-    )
+        What::Syn { tsval: Some(t) } => writeln!(out, "SYN tsval={t}"),
+        What::Syn { tsval: None } => writeln!(out, "SYN without timestamp"),
+        What::TwSyn { verdict, .. } => {
+            writeln!(out, "SYN at TIME-WAIT: {}", verdict.as_str())
+        }
+        What::Lost { .. } => unreachable!("written above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::LossReason;
+
+    fn line(r: &Record) -> String {
+        let mut out = Vec::new();
+        write_line(&mut out, r).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_loss_names_its_program_and_no_socket() {
+        let r = Record::lost(5, "tw_enter", 3, LossReason::RingFull);
+        assert_eq!(line(&r), "LOST 3 events from tw_enter\n");
+        let r = Record::lost(5, "tp_timer_cancel", 2, LossReason::SkippedRuns);
+        assert_eq!(
+            line(&r),
+            "LOST 2 runs of tp_timer_cancel skipped by the kernel (each may have been an event)\n"
+        );
+    }
+
+    #[test]
+    fn a_socket_event_has_time_namespace_and_endpoints() {
+        let r = Record {
+            ts_ns: 1_500_000_000,
+            netns: 4026531840,
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: "[::1]:4000".parse().unwrap(),
+            what: What::ConnectAddrNotAvail { pid: 42 },
+        };
+        assert_eq!(
+            line(&r),
+            "      1.500000 netns=4026531840 10.0.0.1:80 -> [::1]:4000 connect EADDRNOTAVAIL pid=42\n"
+        );
+    }
 }
