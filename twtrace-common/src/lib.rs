@@ -291,8 +291,6 @@ pub struct KernelLayout {
     // struct net -> ns_common.inum
     pub net_ns_inum: u32,
     // struct task_struct -> nsproxy -> net_ns
-    pub task_nsproxy: u32,
-    pub nsproxy_net_ns: u32,
     // tracepoint record offsets (from tracefs format files)
     pub tp_timer_start_timer: u32,
     pub tp_timer_start_function: u32,
@@ -305,8 +303,6 @@ pub struct KernelLayout {
     pub tp_set_state_oldstate: u32,
     pub tp_set_state_newstate: u32,
     pub tp_set_state_protocol: u32,
-    pub tp_connect_args: u32,
-    pub tp_connect_ret: u32,
     // struct timer_list -> entry.pprev (non-NULL while the timer is pending)
     pub timer_entry_pprev: u32,
     pub tp_receive_reset_skaddr: u32,
@@ -422,8 +418,6 @@ impl KernelLayout {
             tw_timer: 0,
             timer_function: 0,
             net_ns_inum: 0,
-            task_nsproxy: 0,
-            nsproxy_net_ns: 0,
             tp_timer_start_timer: 0,
             tp_timer_start_function: 0,
             tp_timer_start_expires: 0,
@@ -435,8 +429,6 @@ impl KernelLayout {
             tp_set_state_oldstate: 0,
             tp_set_state_newstate: 0,
             tp_set_state_protocol: 0,
-            tp_connect_args: 0,
-            tp_connect_ret: 0,
             timer_entry_pprev: 0,
             tp_receive_reset_skaddr: 0,
             tp_send_reset_skaddr: 0,

@@ -1,5 +1,6 @@
 //! Programs shared between signals: on the tp_btf route one program per tracepoint, shared by
-//! every signal that reads it; on the function-probe routes the programs on
+//! every signal that reads it (and on the classic route the one on `inet_sock_set_state`); on
+//! the function-probe routes the programs on
 //! `tcp_timewait_state_process`, whose verdict both tw_exit and PAWS read (at the end).
 //!
 //! BTF-typed raw tracepoints run the program straight from the tracepoint site with the raw
@@ -9,13 +10,15 @@
 //! signals each program serves; it is read only past the cheap first filter.
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, fexit, kprobe, kretprobe},
-    programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, tracepoint},
+    programs::{
+        BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext,
+    },
 };
 use twtrace_common::{HookFamily, route};
 
 use crate::{
-    kernel::{ctx_word, fexit_ret, hooks_only, read_flow, routes, scalar_arg, typed},
+    kernel::{ctx_word, fexit_ret, hooks_only, read, read_flow, routes, scalar_arg, typed},
     layout,
     maps::TwVerdict,
     paws, port_exhaustion, syn, tw_enter, tw_exit, tw_flows, tw_overflow,
@@ -150,21 +153,37 @@ fn paws_drop(skb: u64, reason: u32, rx_sk: u64) {
     paws::on_drop(skb, reason, rx_sk, true, HookFamily::TpBtf);
 }
 
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn tp_set_state(ctx: BtfTracePointContext) -> u32 {
-    let newstate: i32 = ctx.arg(2);
+/// Which signal a TCP state change may concern, as its route bit: a FIN_WAIT2/CLOSING -> CLOSE
+/// close for tw_overflow, a SYN_SENT -> CLOSE one for connect_eaddrnotavail; 0 for the rest
+/// (nine of the ten changes of a connection).
+#[inline(always)]
+fn close_route(oldstate: i32, newstate: i32) -> u32 {
     if newstate != tw_overflow::TCP_CLOSE {
-        return 0;
-    }
-    let oldstate: i32 = ctx.arg(1);
-    let wanted = if tw_overflow::leaves_fin_wait(oldstate) {
+        0
+    } else if tw_overflow::leaves_fin_wait(oldstate) {
         route::TW_OVERFLOW
     } else if oldstate == TCP_SYN_SENT {
         route::PORT_EXHAUSTION
     } else {
-        return 0;
-    };
-    if routes() & wanted == 0 {
+        0
+    }
+}
+
+/// A close `close_route` picked, of TCP socket `sk` (remote port `rport`, host order, read only
+/// for tw_overflow), handed to its signal.
+#[inline(always)]
+fn tcp_closed(wanted: u32, sk: u64, rport: impl FnOnce() -> u16, hook: HookFamily) -> u32 {
+    if wanted == route::TW_OVERFLOW {
+        tw_overflow::closed(sk, rport(), hook)
+    } else {
+        port_exhaustion::syn_sent_closed(sk, hook)
+    }
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tp_set_state(ctx: BtfTracePointContext) -> u32 {
+    let wanted = close_route(ctx.arg(1), ctx.arg(2));
+    if wanted == 0 || routes() & wanted == 0 {
         return 0;
     }
     // Typed: both reads are direct loads, on a path taken by every TIME-WAIT's socket.
@@ -173,12 +192,34 @@ pub fn tp_set_state(ctx: BtfTracePointContext) -> u32 {
     if proto != IPPROTO_TCP {
         return 0;
     }
-    if wanted == route::TW_OVERFLOW {
-        let rport = u16::from_be(unsafe { typed(sk, layout!(skc_dport)) });
-        tw_overflow::closed(sk, rport, HookFamily::TpBtf)
-    } else {
-        port_exhaustion::syn_sent_closed(sk, HookFamily::TpBtf)
+    let rport = || u16::from_be(unsafe { typed(sk, layout!(skc_dport)) });
+    tcp_closed(wanted, sk, rport, HookFamily::TpBtf)
+}
+
+/// The classic tracepoint `sock:inet_sock_set_state`, shared the same way (`route::classic`
+/// bits): the fields are read from the perf record, the socket through helpers.
+#[tracepoint]
+pub fn classic_set_state(ctx: TracePointContext) -> u32 {
+    if hooks_only() {
+        return 0;
     }
+    let field = |off: u32| unsafe { ctx.read_at::<i32>(off as usize) }.unwrap_or(0);
+    let wanted = close_route(
+        field(layout!(tp_set_state_oldstate)),
+        field(layout!(tp_set_state_newstate)),
+    );
+    if wanted == 0 || routes() & route::classic(wanted) == 0 {
+        return 0;
+    }
+    let proto: u16 = unsafe { ctx.read_at(layout!(tp_set_state_protocol) as usize) }.unwrap_or(0);
+    if proto != IPPROTO_TCP {
+        return 0;
+    }
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(layout!(tp_set_state_skaddr) as usize) }) else {
+        return 0;
+    };
+    let rport = || u16::from_be(unsafe { read::<u16>(sk, layout!(skc_dport)) }.unwrap_or(0));
+    tcp_closed(wanted, sk, rport, HookFamily::Tracepoint)
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]

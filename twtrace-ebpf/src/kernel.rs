@@ -1,7 +1,7 @@
 //! The running kernel's layout, injected by user space before load (computed from BTF,
 //! kallsyms and tracefs), and typed readers built on it. No offset is a constant here.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 pub use twtrace_common::v4_in_16;
 use twtrace_common::{AF_INET6, CodeRange, KernelLayout, MAX_CODE_RANGES, Settings};
 
@@ -366,19 +366,6 @@ impl Flow {
 pub unsafe fn sock_netns(skc: u64) -> Option<u32> {
     let net: u64 = unsafe { read(skc, layout!(skc_net))? };
     Some(unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0))
-}
-
-/// Network namespace of the current task (for syscall-context signals).
-#[inline(always)]
-pub unsafe fn current_netns() -> u32 {
-    let task = unsafe { bpf_get_current_task() };
-    let Some(nsproxy) = (unsafe { read::<u64>(task, layout!(task_nsproxy)) }) else {
-        return 0;
-    };
-    let Some(net) = (unsafe { read::<u64>(nsproxy, layout!(nsproxy_net_ns)) }) else {
-        return 0;
-    };
-    unsafe { read(net, layout!(net_ns_inum)) }.unwrap_or(0)
 }
 
 /// True when the namespace filter (if any) lets this namespace through.

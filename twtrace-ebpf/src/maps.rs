@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use twtrace_common::{FlowKey, LOSS_SLOTS, PendingExit};
 
@@ -47,10 +47,6 @@ pub struct LastEnter {
 
 #[map]
 pub static LAST_ENTER: PerCpuArray<LastEnter> = PerCpuArray::with_max_entries(1, 0);
-
-/// connect() destinations between syscall entry and exit, keyed by pid_tgid.
-#[map]
-pub static CONNECTS: LruHashMap<u64, [u8; 28]> = LruHashMap::with_max_entries(16_384, 0);
 
 /// kprobe route of TW overflow: the socket passed to `inet_twsk_alloc`, until it returns.
 /// Per CPU (inet_twsk_alloc does not sleep), two deep: [0] for the call under way, [1] for

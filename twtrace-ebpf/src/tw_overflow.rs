@@ -1,7 +1,8 @@
 //! TW overflow: `tcp_time_wait` could not allocate a timewait socket (tcp_max_tw_buckets), so
 //! the flow closed without TIME-WAIT. The kernel only bumps TcpExtTCPTimeWaitOverflow.
 //!
-//! Tracepoint route: `sock:inet_sock_set_state` FIN_WAIT2/CLOSING -> CLOSE. When a TIME-WAIT was
+//! Tracepoint routes: `sock:inet_sock_set_state` FIN_WAIT2/CLOSING -> CLOSE (the programs on it,
+//! shared with connect_eaddrnotavail, are in twtrace-ebpf/src/dispatch.rs). When a TIME-WAIT was
 //! created, its timer was armed on this CPU just before (tcp_time_wait runs with BH off), which
 //! `LAST_ENTER` records. The other ways out of FIN_WAIT2/CLOSING are resets, received or sent
 //! (`tcp:tcp_receive_reset`, `tcp:tcp_send_reset`, recorded in `LAST_RESET`), and a retransmit
@@ -28,7 +29,6 @@ use crate::{
     maps::{LAST_ENTER, LAST_OVERFLOW, LAST_RESET, LastReset, OVERFLOW_SK},
 };
 
-const IPPROTO_TCP: u16 = 6;
 const TCP_FIN_WAIT2: i32 = 5;
 pub const TCP_CLOSE: i32 = 7;
 const TCP_CLOSING: i32 = 11;
@@ -36,34 +36,16 @@ const TCP_CLOSING: i32 = 11;
 /// closes and resets as fast. Milliseconds of slack: under QEMU's TCG a kernel path run for
 /// the first time is translated first (a first abort's reset came more than 1 ms after its
 /// close), and a vCPU can be preempted. Marks match their own socket or port, and a close
-/// consumes its mark, so the width costs nothing in precision.
+/// consumes its mark, so the width costs little in precision (a TIME-WAIT's mark is matched
+/// by remote port alone: kept short).
 pub const SAME_CALL_NS: u64 = 10_000_000;
-
-#[tracepoint]
-pub fn tw_overflow_set_state(ctx: TracePointContext) -> u32 {
-    if hooks_only() {
-        return 0;
-    }
-    let newstate: i32 =
-        unsafe { ctx.read_at(layout!(tp_set_state_newstate) as usize) }.unwrap_or(0);
-    if newstate != TCP_CLOSE {
-        return 0;
-    }
-    let oldstate: i32 =
-        unsafe { ctx.read_at(layout!(tp_set_state_oldstate) as usize) }.unwrap_or(0);
-    if !leaves_fin_wait(oldstate) {
-        return 0;
-    }
-    let proto: u16 = unsafe { ctx.read_at(layout!(tp_set_state_protocol) as usize) }.unwrap_or(0);
-    if proto != IPPROTO_TCP {
-        return 0;
-    }
-    let Ok(sk) = (unsafe { ctx.read_at::<u64>(layout!(tp_set_state_skaddr) as usize) }) else {
-        return 0;
-    };
-    let rport = u16::from_be(unsafe { read::<u16>(sk, layout!(skc_dport)) }.unwrap_or(0));
-    closed(sk, rport, HookFamily::Tracepoint)
-}
+/// The same for a reset and the close it explains (an abort, or a keepalive timer's reset):
+/// one call too, but marks by socket address and both ports can afford more. A vCPU
+/// descheduled by a loaded host between the two stays so for tens of milliseconds (a guest
+/// under TCG on a busy 2-CPU host: an abort's reset more than 10 ms after its close, so its
+/// overflow stood). User space holds tracepoint-route overflows this long for their
+/// retraction (run.rs, RETRACTION_NS).
+pub const RESET_WINDOW_NS: u64 = 200_000_000;
 
 /// The transitions a TIME-WAIT (or its refusal) ends a full socket with.
 #[inline(always)]
@@ -93,7 +75,7 @@ pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
         let rst = unsafe { &mut *rst };
         if rst.sk == sk
             && rst.rport == rport
-            && ts.saturating_sub(rst.ts_ns) < SAME_CALL_NS
+            && ts.saturating_sub(rst.ts_ns) < RESET_WINDOW_NS
             && rst.lport == local_port(sk)
         {
             rst.sk = 0;
@@ -166,7 +148,7 @@ pub fn reset_for(sk: u64) -> u32 {
         if last.sk == sk
             && last.rport == rport
             && last.lport == lport
-            && ts.saturating_sub(last.ts_ns) < SAME_CALL_NS
+            && ts.saturating_sub(last.ts_ns) < RESET_WINDOW_NS
             && unsafe { read::<u8>(sk, layout!(skc_state)) } == Some(TCP_CLOSE as u8)
         {
             last.sk = 0;

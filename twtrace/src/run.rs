@@ -31,9 +31,10 @@ use crate::{
 /// ring passes 1/8 full, to avoid a wake-up per event).
 const POLL: Duration = Duration::from_millis(100);
 /// How long after an overflow its retraction may still come: the kernel side retracts within
-/// 10 ms (`SAME_CALL_NS`; microseconds but on a slow or preempted CPU), and writes the record
-/// a moment later. Tracepoint-route overflows come out this much later, plus a poll period.
-const RETRACTION_NS: u64 = 20_000_000;
+/// 200 ms (`RESET_WINDOW_NS` in twtrace-ebpf/src/tw_overflow.rs; microseconds but on a
+/// preempted vCPU), and writes the record a moment later. Tracepoint-route overflows come out
+/// this much later, plus a poll period.
+const RETRACTION_NS: u64 = 210_000_000;
 /// How often the kernel's per-CPU loss counters are read.
 const LOSS_CHECK: Duration = Duration::from_secs(1);
 

@@ -41,8 +41,6 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
     layout.timer_function = btf.member_offset("timer_list", "function")?;
     layout.timer_entry_pprev = btf.member_offset("timer_list", "entry.pprev")?;
     layout.net_ns_inum = btf.member_offset("net", "ns.inum")?;
-    layout.task_nsproxy = btf.member_offset("task_struct", "nsproxy")?;
-    layout.nsproxy_net_ns = btf.member_offset("nsproxy", "net_ns")?;
     layout.skc_state = sc("skc_state")?;
     layout.skb_head = btf.member_offset("sk_buff", "head")?;
     layout.skb_network_header = btf.member_offset("sk_buff", "network_header")?;
@@ -199,7 +197,7 @@ fn tp_btf_args(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> {
 /// `(category, name, why)` for the plan, its offsets left unset. The other routes need none.
 pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Vec<(&'static str, &'static str, String)> {
     type Reader = fn(&Format, &mut KernelLayout) -> Result<()>;
-    let readers: [(&str, &str, Reader); 8] = [
+    let readers: [(&str, &str, Reader); 7] = [
         ("timer", "timer_start", |f, l| {
             l.tp_timer_start_timer = f.offset("timer")?;
             l.tp_timer_start_function = f.offset("function")?;
@@ -243,10 +241,6 @@ pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Vec<(&'static str, &'sta
             l.tp_kfree_skb_rx_sk = f.offset("rx_sk").unwrap_or(u32::MAX);
             Ok(())
         }),
-        ("syscalls", "sys_enter_connect", |f, l| {
-            l.tp_connect_args = f.offset("uservaddr")?;
-            Ok(())
-        }),
     ];
     let mut unreadable = Vec::new();
     for (category, name, read) in readers {
@@ -254,12 +248,6 @@ pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Vec<(&'static str, &'sta
             log::debug!("tracepoint {category}:{name}: {e:#}");
             unreadable.push((category, name, format!("{e:#}")));
         }
-    }
-    if let Err(e) = Format::load("syscalls", "sys_exit_connect")
-        .and_then(|f| f.offset("ret"))
-        .map(|off| layout.tp_connect_ret = off)
-    {
-        unreadable.push(("syscalls", "sys_exit_connect", format!("{e:#}")));
     }
     unreadable
 }

@@ -200,6 +200,12 @@ pub const TW_TIMER_START: Program =
 pub const TW_TIMER_CANCEL: Program =
     Program::tracepoint("tw_exit_timer_cancel", "timer", "timer_cancel");
 
+/// The classic `sock:inet_sock_set_state` program, shared by tw_overflow (a FIN_WAIT2/CLOSING
+/// close) and connect_eaddrnotavail (a SYN_SENT close) as tp_btf's `tp_set_state` is; what it
+/// reports is gated on `route::classic` bits.
+pub const CLASSIC_SET_STATE: Program =
+    Program::tracepoint("classic_set_state", "sock", "inet_sock_set_state");
+
 /// The programs on `tcp_timewait_state_process` (twtrace-ebpf/src/dispatch.rs), shared by
 /// tw_exit (the verdict names the kill that follows) and PAWS (the verdict on a segment at a
 /// TIME-WAIT): a program costs its entry and exit on every segment, so one per attach point,

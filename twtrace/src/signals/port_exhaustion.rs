@@ -3,7 +3,7 @@
 
 use twtrace_common::Event;
 
-use super::{Family, Hook, Program, Signal};
+use super::{CLASSIC_SET_STATE, Family, Hook, Program, Signal};
 use crate::event::What;
 
 pub static SIGNAL: Signal = Signal {
@@ -37,10 +37,8 @@ pub static SIGNAL: Signal = Signal {
             family: Family::Tracepoint,
             needs: &[],
             limits: None,
-            programs: &[
-                Program::tracepoint("connect_enter", "syscalls", "sys_enter_connect"),
-                Program::tracepoint("connect_exit", "syscalls", "sys_exit_connect"),
-            ],
+            // Not the connect syscall tracepoints: see twtrace-ebpf/src/port_exhaustion.rs.
+            programs: &[CLASSIC_SET_STATE],
         },
     ],
 };

@@ -3,7 +3,8 @@
 use twtrace_common::Event;
 
 use super::{
-    Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START, TW_TIMER_CANCEL, TW_TIMER_START,
+    CLASSIC_SET_STATE, Family, Hook, Program, Signal, TP_TIMER_CANCEL, TP_TIMER_START,
+    TW_TIMER_CANCEL, TW_TIMER_START,
 };
 use crate::event::What;
 
@@ -49,7 +50,7 @@ pub static SIGNAL: Signal = Signal {
             programs: &[
                 Program::tracepoint("tw_overflow_rst_rx", "tcp", "tcp_receive_reset"),
                 Program::tracepoint("tw_overflow_rst_tx", "tcp", "tcp_send_reset"),
-                Program::tracepoint("tw_overflow_set_state", "sock", "inet_sock_set_state"),
+                CLASSIC_SET_STATE,
                 // Same as tp_btf: the cancel marks a re-arm (REARMING) for the start.
                 TW_TIMER_START,
                 TW_TIMER_CANCEL,

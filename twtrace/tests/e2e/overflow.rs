@@ -71,9 +71,10 @@ enum Abort {
 
 /// Opens a connection from the client namespace, half-closes it (the server ACKs the FIN:
 /// FIN_WAIT2) and aborts it as `how` says; the server end closes after.
-fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Result<()> {
+fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Result<SocketAddr> {
     use std::io::Read as _;
     let (client, mut server) = connect_to(pair, listener)?;
+    let local = client.local_addr()?;
     server.set_read_timeout(Some(IO_TIMEOUT))?;
     let set = |level, name, value: &[i32]| set_int(&client, level, name, value);
     if let Abort::Linger2Negative = how {
@@ -97,7 +98,7 @@ fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Re
     drop(client);
     thread::sleep(Duration::from_millis(20));
     drop(server);
-    Ok(())
+    Ok(local)
 }
 
 /// Drops every segment namespace `ns` sends to TCP port `port` while it lives.
@@ -144,8 +145,10 @@ fn connect_to(pair: &NetnsPair, listener: &TcpListener) -> Result<(TcpStream, Tc
 /// toward the server is dropped (its FIN first), the server's FIN is let through before the
 /// client's FIN is ACKed (a simultaneous close, as the client sees it). The kernel then closes
 /// it with no TIME-WAIT and no reset (tcp_write_err: TcpExtTCPAbortOnTimeout), its error set.
-/// Needs tcp_orphan_retries 1 in the client namespace (the default, 0, means 8 retries).
-fn time_out_in_closing(pair: &NetnsPair, listener: &TcpListener) -> Result<()> {
+/// Sets tcp_orphan_retries to 1 in the client namespace (the default, 0, means 8 retries):
+/// orphans' FINs are then retransmitted once.
+fn time_out_in_closing(pair: &NetnsPair, listener: &TcpListener) -> Result<SocketAddr> {
+    sysctl(pair.client_ns(), "net.ipv4.tcp_orphan_retries", "1")?;
     let srv = listener.local_addr()?;
     let (client, server) = connect_to(pair, listener)?;
     let local = client.local_addr()?;
@@ -162,14 +165,15 @@ fn time_out_in_closing(pair: &NetnsPair, listener: &TcpListener) -> Result<()> {
     )?;
     drop(dropped);
     drop(server);
-    Ok(())
+    Ok(local)
 }
 
 /// Closes a client with TCP_LINGER2 -1 while its FIN is unACKed (FIN_WAIT1: the FIN dropped,
 /// then let through on retransmit): when the ACK comes, the kernel closes the orphan at once,
 /// FIN_WAIT2 -> CLOSE without TIME-WAIT (TcpExtTCPAbortOnData), and answers that ACK with a
-/// reset after the close (tcp_rcv_state_process returns 1).
-fn abort_in_fin_wait1(pair: &NetnsPair, listener: &TcpListener) -> Result<()> {
+/// reset after the close (tcp_rcv_state_process returns 1). Before any lower
+/// tcp_orphan_retries: the FIN must not time out while its retransmits are dropped.
+fn abort_in_fin_wait1(pair: &NetnsPair, listener: &TcpListener) -> Result<SocketAddr> {
     let srv = listener.local_addr()?;
     let (client, server) = connect_to(pair, listener)?;
     let local = client.local_addr()?;
@@ -187,7 +191,7 @@ fn abort_in_fin_wait1(pair: &NetnsPair, listener: &TcpListener) -> Result<()> {
         || Ok(!state(TcpState::FinWait1)? && !state(TcpState::FinWait2)?),
     )?;
     drop(server);
-    Ok(())
+    Ok(local)
 }
 
 /// setsockopt(`level`, `name`) on `sock` to `value` (ints).
@@ -226,18 +230,24 @@ fn aborts_are_not_overflows() -> Result<()> {
             "net.ipv4.tcp_max_tw_buckets",
             &BUCKETS.to_string(),
         )?;
-        sysctl(pair.client_ns(), "net.ipv4.tcp_orphan_retries", "1")?;
         let srv_ip = pair.server_v4();
         let (_, listener) = listen_free(pair.server_ns(), srv_ip)?;
         let (srv2, server) = serve(&pair, Family::V4)?;
         let inode = pair.client_inode();
         let tracer = trace_netns(inode)?;
         let before = netstat(pair.client_ns())?;
+        // Each step's client address, named in a failure.
+        let mut steps = Vec::new();
         for how in [Abort::UnreadData, Abort::LingerZero, Abort::Linger2Negative] {
-            abort_half_closed(&pair, &listener, how)?;
+            steps.push((
+                format!("{how:?}"),
+                abort_half_closed(&pair, &listener, how)?,
+            ));
         }
-        abort_in_fin_wait1(&pair, &listener)?;
-        time_out_in_closing(&pair, &listener)?;
+        let fin_wait1 = abort_in_fin_wait1(&pair, &listener)?;
+        steps.push(("Linger2NegativeInFinWait1".to_owned(), fin_wait1));
+        let closing = time_out_in_closing(&pair, &listener)?;
+        steps.push(("TimedOutInClosing".to_owned(), closing));
         connect_all(&pair, srv2, N, CloseFirst::Client, None)?;
         let after = netstat(pair.client_ns())?;
         let events = stop(tracer)?;
@@ -263,6 +273,12 @@ fn aborts_are_not_overflows() -> Result<()> {
             (N - BUCKETS) as u64,
             "sanity: the bucket limit was hit"
         );
+        let overflows = of(&events, "tw_overflow", inode);
+        let taken = (steps.iter())
+            .filter(|(_, local)| overflows.iter().any(|e| addr(e, "local") == *local))
+            .map(|(step, _)| step.as_str())
+            .collect::<Vec<_>>();
+        assert!(taken.is_empty(), "taken for overflows: {taken:?}");
         assert_overflows(&events, inode, kernel, srv2);
         Ok(())
     })

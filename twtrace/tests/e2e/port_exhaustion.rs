@@ -35,12 +35,13 @@ fn few_ports(tag: &str, f: Family) -> Result<FewPorts> {
     })
 }
 
-/// Every EADDRNOTAVAIL the client saw is reported once, toward `srv`.
+/// Every EADDRNOTAVAIL the client saw is reported once, toward `srv`, from the client's source
+/// address `client` with port 0 (none could be bound).
 fn assert_failures_reported(
     events: &[Value],
     inode: u32,
     outcomes: &[support::ConnOutcome],
-    srv: SocketAddr,
+    (client, srv): (IpAddr, SocketAddr),
     during: &str,
 ) {
     let reported = of(events, "connect_eaddrnotavail", inode);
@@ -51,6 +52,7 @@ fn assert_failures_reported(
     );
     for e in reported {
         assert_eq!(addr(e, "remote"), srv, "{e}");
+        assert_eq!(addr(e, "local"), SocketAddr::new(client, 0), "{e}");
     }
 }
 
@@ -91,7 +93,8 @@ fn port_exhaustion(tag: &str, f: Family) -> Result<()> {
     let events = stop(tracer)?;
     drop(server);
 
-    assert_failures_reported(&events, inode, &outcomes, srv, "");
+    let ends = (client_ip(&pair, f), srv);
+    assert_failures_reported(&events, inode, &outcomes, ends, "");
     Ok(())
 }
 
@@ -142,7 +145,8 @@ fn eaddrnotavail_beside_waiting_connects() -> Result<()> {
             .find_map(|w| w.strip_prefix("connect_eaddrnotavail="))
             .context("connect_eaddrnotavail's hook announced")?;
         let during = format!(" on {family}, {n} connects waiting");
-        assert_failures_reported(&events, inode, &outcomes, srv, &during);
+        let ends = (pair.client_v4(), srv);
+        assert_failures_reported(&events, inode, &outcomes, ends, &during);
         Ok(())
     })
 }
