@@ -290,7 +290,6 @@ pub struct KernelLayout {
     pub timer_function: u32,
     // struct net -> ns_common.inum
     pub net_ns_inum: u32,
-    // struct task_struct -> nsproxy -> net_ns
     // tracepoint record offsets (from tracefs format files)
     pub tp_timer_start_timer: u32,
     pub tp_timer_start_function: u32,

@@ -169,12 +169,18 @@ fn close_route(oldstate: i32, newstate: i32) -> u32 {
     }
 }
 
-/// A close `close_route` picked, of TCP socket `sk` (remote port `rport`, host order, read only
-/// for tw_overflow), handed to its signal.
+/// A close `close_route` picked, of TCP socket `sk` from `oldstate` (remote port `rport`, host
+/// order, read only for tw_overflow), handed to its signal.
 #[inline(always)]
-fn tcp_closed(wanted: u32, sk: u64, rport: impl FnOnce() -> u16, hook: HookFamily) -> u32 {
+fn tcp_closed(
+    wanted: u32,
+    sk: u64,
+    oldstate: i32,
+    rport: impl FnOnce() -> u16,
+    hook: HookFamily,
+) -> u32 {
     if wanted == route::TW_OVERFLOW {
-        tw_overflow::closed(sk, rport(), hook)
+        tw_overflow::closed(sk, oldstate, rport(), hook)
     } else {
         port_exhaustion::syn_sent_closed(sk, hook)
     }
@@ -182,7 +188,8 @@ fn tcp_closed(wanted: u32, sk: u64, rport: impl FnOnce() -> u16, hook: HookFamil
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tp_set_state(ctx: BtfTracePointContext) -> u32 {
-    let wanted = close_route(ctx.arg(1), ctx.arg(2));
+    let oldstate: i32 = ctx.arg(1);
+    let wanted = close_route(oldstate, ctx.arg(2));
     if wanted == 0 || routes() & wanted == 0 {
         return 0;
     }
@@ -193,7 +200,7 @@ pub fn tp_set_state(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let rport = || u16::from_be(unsafe { typed(sk, layout!(skc_dport)) });
-    tcp_closed(wanted, sk, rport, HookFamily::TpBtf)
+    tcp_closed(wanted, sk, oldstate, rport, HookFamily::TpBtf)
 }
 
 /// The classic tracepoint `sock:inet_sock_set_state`, shared the same way (`route::classic`
@@ -204,10 +211,8 @@ pub fn classic_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let field = |off: u32| unsafe { ctx.read_at::<i32>(off as usize) }.unwrap_or(0);
-    let wanted = close_route(
-        field(layout!(tp_set_state_oldstate)),
-        field(layout!(tp_set_state_newstate)),
-    );
+    let oldstate = field(layout!(tp_set_state_oldstate));
+    let wanted = close_route(oldstate, field(layout!(tp_set_state_newstate)));
     if wanted == 0 || routes() & route::classic(wanted) == 0 {
         return 0;
     }
@@ -219,7 +224,7 @@ pub fn classic_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let rport = || u16::from_be(unsafe { read::<u16>(sk, layout!(skc_dport)) }.unwrap_or(0));
-    tcp_closed(wanted, sk, rport, HookFamily::Tracepoint)
+    tcp_closed(wanted, sk, oldstate, rport, HookFamily::Tracepoint)
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]

@@ -53,11 +53,11 @@ pub fn leaves_fin_wait(oldstate: i32) -> bool {
     oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING
 }
 
-/// A TCP socket went FIN_WAIT2/CLOSING -> CLOSE: an overflow unless a TIME-WAIT, a reset or
-/// its error explains it. The cheap checks (on its remote port, host order, read by the caller:
-/// a direct load where `sk` is typed) come before the flow is read.
+/// A TCP socket went FIN_WAIT2/CLOSING (`oldstate`) -> CLOSE: an overflow unless a TIME-WAIT,
+/// a reset or a retransmit timeout explains it. The cheap checks (on its remote port, host
+/// order, read by the caller: a direct load where `sk` is typed) come before the flow is read.
 #[inline(always)]
-pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
+pub fn closed(sk: u64, oldstate: i32, rport: u16, hook: HookFamily) -> u32 {
     let ts = unsafe { bpf_ktime_get_ns() };
     if let Some(last) = LAST_ENTER.get_ptr_mut(0) {
         let last = unsafe { &mut *last };
@@ -82,10 +82,11 @@ pub fn closed(sk: u64, rport: u16, hook: HookFamily) -> u32 {
             return 0;
         }
     }
-    // A socket whose retransmits timed out (an orphaned CLOSING socket whose FIN is never
-    // ACKed: tcp_write_err, TcpExtTCPAbortOnTimeout) is closed with its error set and without
-    // a reset; a refused TIME-WAIT's socket has none.
-    if unsafe { read::<i32>(sk, layout!(sk_err)) }.unwrap_or(0) != 0 {
+    // A CLOSING socket whose retransmits timed out (an orphan whose FIN is never ACKed:
+    // tcp_write_err, TcpExtTCPAbortOnTimeout) is closed with its error set and without a
+    // reset. Only CLOSING: FIN_WAIT2 retransmits nothing, and an error left on a live socket
+    // (an ICMP error under IP_RECVERR, kTLS) must not hide its overflow.
+    if oldstate == TCP_CLOSING && unsafe { read::<i32>(sk, layout!(sk_err)) }.unwrap_or(0) != 0 {
         return 0;
     }
     let Some(mut flow) = (unsafe { read_flow(sk) }) else {
@@ -133,6 +134,9 @@ fn remember_reset(ctx: &TracePointContext, off: u32) -> u32 {
 /// close just reported as one (an abort closes first, then sends its reset).
 #[inline(always)]
 pub fn reset_for(sk: u64) -> u32 {
+    if sk == 0 {
+        return 0; // a reset for a segment no socket took: it explains no close
+    }
     let ts = unsafe { bpf_ktime_get_ns() };
     // Marks name the socket by address and ports: a socket freed after its reset (a client's,
     // in LAST_ACK) is often reallocated at once on that CPU as the next accepted or connecting
@@ -140,16 +144,21 @@ pub fn reset_for(sk: u64) -> u32 {
     // an overflow so).
     let rport = u16::from_be(unsafe { read::<u16>(sk, layout!(skc_dport)) }.unwrap_or(0));
     let lport = local_port(sk);
-    mark(&LAST_RESET, sk, ts, rport, lport);
+    if unsafe { read::<u8>(sk, layout!(skc_state)) } != Some(TCP_CLOSE as u8) {
+        // Before its close (a reset received, a keepalive timer's or an orphan limit's reset):
+        // marked for the close. Not a reset after the close (an abort's): a mark nothing
+        // consumes would explain away a close of the next socket in this memory.
+        mark(&LAST_RESET, sk, ts, rport, lport);
+        return 0;
+    }
     if let Some(last) = LAST_OVERFLOW.get_ptr_mut(0) {
         let last = unsafe { &mut *last };
-        // Still closed: a reset of that socket from before its close, or of another socket
-        // in its memory since, does not retract it.
+        // The socket closed (above) and matched by its ports too: a reset of another socket
+        // in its memory since does not retract it.
         if last.sk == sk
             && last.rport == rport
             && last.lport == lport
             && ts.saturating_sub(last.ts_ns) < RESET_WINDOW_NS
-            && unsafe { read::<u8>(sk, layout!(skc_state)) } == Some(TCP_CLOSE as u8)
         {
             last.sk = 0;
             emit(LossSlot::TwOverflow, |ev| {

@@ -65,7 +65,8 @@ impl Pipeline {
     /// no retraction followed was one, and goes out with the next batch. On the tracepoint
     /// routes an abort (close() with unread data, SO_LINGER 0, ...) closes a FIN_WAIT2 socket
     /// before it sends its reset, so its close first reads as an overflow, which the kernel
-    /// side retracts when the reset comes, in the same call; until then the overflow is held.
+    /// side retracts when the reset comes (in the same call; within 0.2 s, RESET_WINDOW_NS, on a
+    /// preempted CPU); until then the overflow is held.
     /// `u64::MAX` at shutdown lets every held one go.
     pub fn settled_before(&mut self, ts_ns: u64) {
         self.settled_before = ts_ns;

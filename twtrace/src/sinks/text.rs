@@ -80,7 +80,6 @@ pub fn write_line(out: &mut impl Write, r: &Record) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::LossReason;
 
     fn line(r: &Record) -> String {
         let mut out = Vec::new();

@@ -2,7 +2,7 @@
 //! TIME-WAIT's re-arm not taken for a new TIME-WAIT.
 
 use super::*;
-use support::raw::nft;
+use support::raw::NftOutputRule;
 
 /// A tiny tcp_max_tw_buckets: every refused TIME-WAIT is an overflow event, exactly as many as
 /// TcpExtTCPTimeWaitOverflow counts.
@@ -102,33 +102,8 @@ fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Re
 }
 
 /// Drops every segment namespace `ns` sends to TCP port `port` while it lives.
-struct DropToPort<'a> {
-    ns: &'a str,
-}
-
-const DROP_TABLE: &str = "twtrace_test_drop";
-
-impl<'a> DropToPort<'a> {
-    fn install(ns: &'a str, port: u16) -> Result<Self> {
-        nft(
-            ns,
-            &format!(
-                "table inet {DROP_TABLE} {{
-                   chain out {{
-                     type filter hook output priority 0; policy accept;
-                     tcp dport {port} drop
-                   }}
-                 }}"
-            ),
-        )?;
-        Ok(DropToPort { ns })
-    }
-}
-
-impl Drop for DropToPort<'_> {
-    fn drop(&mut self) {
-        let _ = nft(self.ns, &format!("delete table inet {DROP_TABLE}"));
-    }
+fn drop_to_port(ns: &str, port: u16) -> Result<NftOutputRule> {
+    NftOutputRule::install(ns, "twtrace_test_drop", &format!("tcp dport {port} drop"))
 }
 
 /// A client connection to `listener` and its accepted end.
@@ -152,7 +127,7 @@ fn time_out_in_closing(pair: &NetnsPair, listener: &TcpListener) -> Result<Socke
     let srv = listener.local_addr()?;
     let (client, server) = connect_to(pair, listener)?;
     let local = client.local_addr()?;
-    let dropped = DropToPort::install(pair.client_ns(), srv.port())?;
+    let dropped = drop_to_port(pair.client_ns(), srv.port())?;
     drop(client); // its FIN is dropped: FIN_WAIT1, orphaned
     server.shutdown(Shutdown::Write)?; // reaches the client, its own FIN unACKed: CLOSING
     let closing = || has_socket(pair.client_ns(), local, srv, TcpState::Closing);
@@ -178,7 +153,7 @@ fn abort_in_fin_wait1(pair: &NetnsPair, listener: &TcpListener) -> Result<Socket
     let (client, server) = connect_to(pair, listener)?;
     let local = client.local_addr()?;
     set_int(&client, libc::IPPROTO_TCP, libc::TCP_LINGER2, &[-1])?;
-    let dropped = DropToPort::install(pair.client_ns(), srv.port())?;
+    let dropped = drop_to_port(pair.client_ns(), srv.port())?;
     drop(client);
     let state = |s| has_socket(pair.client_ns(), local, srv, s);
     wait_until("the client socket is in FIN_WAIT1", IO_TIMEOUT, || {

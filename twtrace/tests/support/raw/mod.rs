@@ -379,38 +379,53 @@ pub fn nft(ns: &str, script: &str) -> Result<()> {
     Ok(())
 }
 
+/// An nftables `inet` table `table` in namespace `ns` whose output chain holds `rule`; removed
+/// on drop (and with the namespace).
+pub struct NftOutputRule {
+    ns: String,
+    table: &'static str,
+}
+
+impl NftOutputRule {
+    pub fn install(ns: &str, table: &'static str, rule: &str) -> Result<NftOutputRule> {
+        nft(
+            ns,
+            &format!(
+                "table inet {table} {{
+                   chain out {{
+                     type filter hook output priority 0; policy accept;
+                     {rule}
+                   }}
+                 }}"
+            ),
+        )?;
+        Ok(NftOutputRule {
+            ns: ns.to_owned(),
+            table,
+        })
+    }
+}
+
+impl Drop for NftOutputRule {
+    fn drop(&mut self) {
+        if super::netns::netns_exists(&self.ns) {
+            let _ = nft(&self.ns, &format!("delete table inet {}", self.table));
+        }
+    }
+}
+
 /// Drops every RST that namespace `ns` sends while alive, so the kernel's answers to replies
 /// for crafted 4-tuples cannot kill the peer's TIME-WAIT (RFC 1337 "TIME-WAIT assassination").
 /// An nftables output rule rather than tcp_rfc1337=1 on the peer: the peer's TIME-WAIT then
 /// behaves exactly as with the default sysctl. Removed on drop (and with the namespace).
 pub struct RstBlock {
-    ns: String,
+    _rule: NftOutputRule,
 }
-
-const RST_TABLE: &str = "tw_rstblock";
 
 impl RstBlock {
     pub fn install(ns: &str) -> Result<RstBlock> {
-        nft(
-            ns,
-            &format!(
-                "table inet {RST_TABLE} {{
-                   chain out {{
-                     type filter hook output priority 0; policy accept;
-                     tcp flags & rst == rst drop
-                   }}
-                 }}"
-            ),
-        )?;
-        Ok(RstBlock { ns: ns.to_owned() })
-    }
-}
-
-impl Drop for RstBlock {
-    fn drop(&mut self) {
-        if super::netns::netns_exists(&self.ns) {
-            let _ = nft(&self.ns, &format!("delete table inet {RST_TABLE}"));
-        }
+        let rule = NftOutputRule::install(ns, "tw_rstblock", "tcp flags & rst == rst drop")?;
+        Ok(RstBlock { _rule: rule })
     }
 }
 
