@@ -211,8 +211,13 @@ pub fn classic_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let field = |off: u32| unsafe { ctx.read_at::<i32>(off as usize) }.unwrap_or(0);
+    // Each field a helper call here: the old state only for the one change in ten into CLOSE.
+    let newstate = field(layout!(tp_set_state_newstate));
+    if newstate != tw_overflow::TCP_CLOSE {
+        return 0;
+    }
     let oldstate = field(layout!(tp_set_state_oldstate));
-    let wanted = close_route(oldstate, field(layout!(tp_set_state_newstate)));
+    let wanted = close_route(oldstate, newstate);
     if wanted == 0 || routes() & route::classic(wanted) == 0 {
         return 0;
     }

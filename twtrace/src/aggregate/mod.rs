@@ -232,14 +232,17 @@ impl Aggregate {
 
     /// Counts only what the per-source-IP PAWS table needs (SYNs, rejects, SYNs at TIME-WAIT):
     /// for `twtrace events`, whose alerts and summary file read nothing else, so the records
-    /// of the TIME-WAIT lifecycle (two per connection) cost no table work there.
-    pub fn apply_paws_only(&mut self, rec: &Record) {
-        if matches!(
+    /// of the TIME-WAIT lifecycle (two per connection) cost no table work there. True when
+    /// `rec` was one of those.
+    pub fn apply_paws_only(&mut self, rec: &Record) -> bool {
+        let paws = matches!(
             rec.what,
             What::Syn { .. } | What::PawsReject { .. } | What::TwSyn { .. }
-        ) {
+        );
+        if paws {
             self.paws.apply(rec);
         }
+        paws
     }
 
     /// Counts one record: in the totals, under its remote IP, its destination (remote
@@ -269,16 +272,11 @@ impl Aggregate {
                 self.reset_live(rec.ts_ns);
                 return;
             }
-            What::Syn { .. } => {
-                self.listening.note(rec.netns, rec.local.port(), rec.ts_ns);
-                self.paws.apply(rec);
-                return;
-            }
-            What::PawsReject { .. } | What::TwSyn { .. } => {
-                self.paws.apply(rec);
-                return;
-            }
+            What::Syn { .. } => self.listening.note(rec.netns, rec.local.port(), rec.ts_ns),
             _ => {}
+        }
+        if self.apply_paws_only(rec) {
+            return;
         }
         // Built only where it is looked up: two socket addresses, for every record otherwise.
         let key = || (rec.netns, rec.local, rec.remote);

@@ -192,8 +192,9 @@ fn tp_btf_args(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> {
 }
 
 /// Record offsets of the tracepoints the classic tracepoint route reads. A tracepoint whose
-/// format cannot be read (no tracefs in a container, a field renamed) only rules out the classic hooks that attach to it: returned as
-/// `(category, name, why)` for the plan, its offsets left unset. The other routes need none.
+/// format cannot be read (no tracefs in a container, a field renamed) only rules out the
+/// classic hooks that attach to it: returned as `(category, name, why)` for the plan, its
+/// offsets left unset. The other routes need none.
 pub fn tracepoint_offsets(layout: &mut KernelLayout) -> Vec<(&'static str, &'static str, String)> {
     type Reader = fn(&Format, &mut KernelLayout) -> Result<()>;
     let readers: [(&str, &str, Reader); 7] = [

@@ -2,7 +2,7 @@
 //! TIME-WAIT's re-arm not taken for a new TIME-WAIT.
 
 use super::*;
-use support::raw::NftOutputRule;
+use support::{raw::NftOutputRule, sys::setsockopt};
 
 /// A tiny tcp_max_tw_buckets: every refused TIME-WAIT is an overflow event, exactly as many as
 /// TcpExtTCPTimeWaitOverflow counts.
@@ -76,9 +76,9 @@ fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Re
     let (client, mut server) = connect_to(pair, listener)?;
     let local = client.local_addr()?;
     server.set_read_timeout(Some(IO_TIMEOUT))?;
-    let set = |level, name, value: &[i32]| set_int(&client, level, name, value);
+    let fd = client.as_raw_fd();
     if let Abort::Linger2Negative = how {
-        set(libc::IPPROTO_TCP, libc::TCP_LINGER2, &[-1])?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_LINGER2, &-1).context("TCP_LINGER2")?;
     }
     // In FIN_WAIT2 (the server's ACK of the FIN is in), where each abort below is meant to
     // happen.
@@ -92,7 +92,13 @@ fn abort_half_closed(pair: &NetnsPair, listener: &TcpListener, how: Abort) -> Re
                 "the data reached the client"
             );
         }
-        Abort::LingerZero => set(libc::SOL_SOCKET, libc::SO_LINGER, &[1, 0])?,
+        Abort::LingerZero => {
+            let zero = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &zero).context("SO_LINGER")?;
+        }
         Abort::Linger2Negative => {}
     }
     drop(client);
@@ -152,7 +158,13 @@ fn abort_in_fin_wait1(pair: &NetnsPair, listener: &TcpListener) -> Result<Socket
     let srv = listener.local_addr()?;
     let (client, server) = connect_to(pair, listener)?;
     let local = client.local_addr()?;
-    set_int(&client, libc::IPPROTO_TCP, libc::TCP_LINGER2, &[-1])?;
+    setsockopt(
+        client.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_LINGER2,
+        &-1,
+    )
+    .context("TCP_LINGER2")?;
     let dropped = drop_to_port(pair.client_ns(), srv.port())?;
     drop(client);
     let state = |s| has_socket(pair.client_ns(), local, srv, s);
@@ -167,26 +179,6 @@ fn abort_in_fin_wait1(pair: &NetnsPair, listener: &TcpListener) -> Result<Socket
     )?;
     drop(server);
     Ok(local)
-}
-
-/// setsockopt(`level`, `name`) on `sock` to `value` (ints).
-fn set_int(sock: &TcpStream, level: i32, name: i32, value: &[i32]) -> Result<()> {
-    // SAFETY: setsockopt on a socket we own, with a buffer of the size we pass.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            name,
-            value.as_ptr().cast(),
-            std::mem::size_of_val(value) as libc::socklen_t,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "setsockopt({level}, {name}): {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
 }
 
 /// Aborts of half-closed connections close a FIN_WAIT2 socket without TIME-WAIT too, as do an
@@ -298,13 +290,7 @@ fn overflow_after_a_rearm() -> Result<()> {
         sysctl(pair.client_ns(), "net.ipv4.tcp_fin_timeout", "10")?;
         let srv_ip = pair.server_v4();
         let (srv, listener) = listen_free(pair.server_ns(), srv_ip)?;
-        let connect = || -> Result<(TcpStream, TcpStream)> {
-            let client = in_netns(pair.client_ns(), || {
-                TcpStream::connect_timeout(&srv, IO_TIMEOUT)
-            })
-            .context("connect")?;
-            Ok((client, listener.accept()?.0))
-        };
+        let connect = || connect_to(&pair, &listener);
         let held: Vec<_> = (0..ROUNDS).map(|_| connect()).collect::<Result<_>>()?;
         let closing: Vec<_> = (0..ROUNDS).map(|_| connect()).collect::<Result<_>>()?;
         let inode = pair.client_inode();

@@ -190,21 +190,9 @@ fn syn_once_while_accept_waits_for_data(tag: &str, v6: bool) -> Result<()> {
     let ip = server_ip(&pair, v6);
     let listener = support::in_netns(pair.server_ns(), || std::net::TcpListener::bind((ip, 0)))?;
     let defer_secs: libc::c_int = 3;
-    // SAFETY: setsockopt on a socket we own, with a buffer of the size we pass.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&raw const defer_secs).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "TCP_DEFER_ACCEPT: {}",
-        std::io::Error::last_os_error()
-    );
+    let (fd, level) = (listener.as_raw_fd(), libc::IPPROTO_TCP);
+    support::sys::setsockopt(fd, level, libc::TCP_DEFER_ACCEPT, &defer_secs)
+        .context("TCP_DEFER_ACCEPT")?;
     let server = listener.local_addr()?;
     let tracer = trace(pair.server_inode(), &[])?;
     let before = netstat(pair.server_ns())?;

@@ -337,9 +337,9 @@ impl NatLab {
             sys::set_reuseaddr(&fd)?;
             sys::bind(&fd, &local).with_context(|| format!("bind {local}"))?;
             for opt in [TCP_FASTOPEN_CONNECT, TCP_FASTOPEN_NO_COOKIE] {
-                setsockopt_int(&fd, opt, 1).with_context(|| {
-                    format!("TCP option {opt} (net.ipv4.tcp_fastopen needs bit 1)")
-                })?;
+                super::sys::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, opt, &1).with_context(
+                    || format!("TCP option {opt} (net.ipv4.tcp_fastopen needs bit 1)"),
+                )?;
             }
             sys::connect(&fd, &server).context("deferred connect")?;
             ensure!(
@@ -480,28 +480,6 @@ fn ip_batch(ns: &str, cmds: &str) -> Result<()> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
-}
-
-fn setsockopt_int(
-    fd: &std::os::fd::OwnedFd,
-    opt: libc::c_int,
-    val: libc::c_int,
-) -> std::io::Result<()> {
-    // SAFETY: val is a live c_int of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            opt,
-            (&raw const val).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Client side of the traffic module's protocol with policy `S` (server closes first): send
