@@ -22,10 +22,7 @@ pub fn run(common: &Common, verbose: bool, all_hooks: bool) -> Result<()> {
         return every_hook(&options, verbose);
     }
     match loader::load(&options) {
-        Ok(loaded) => {
-            report(&loaded, verbose);
-            Ok(())
-        }
+        Ok(loaded) => report(&loaded, verbose),
         // A forced family that cannot serve: the report of what this kernel does allow
         // (the automatic choice) first, then why the forced one fails.
         Err(e) if options.forced.is_some() => {
@@ -34,7 +31,7 @@ pub fn run(common: &Common, verbose: bool, all_hooks: bool) -> Result<()> {
                 ..options
             };
             if let Ok(loaded) = loader::load(&auto) {
-                report(&loaded, verbose);
+                report(&loaded, verbose)?;
             }
             Err(e)
         }
@@ -84,7 +81,7 @@ fn every_hook(options: &loader::LoadOptions, verbose: bool) -> Result<()> {
         "{loaded} of {} hooks load here, {refused} refused",
         trials.len()
     );
-    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+    print(&out)?;
     if refused > 0 {
         anyhow::bail!("{refused} hook(s) this kernel could run were refused (see above)");
     }
@@ -99,12 +96,28 @@ fn first_line(why: &str, verbose: bool) -> &str {
     }
 }
 
-/// Prints the report. Built in memory and written at once: `twtrace doctor | head` must not
-/// fail (println! panics on a closed pipe).
-fn report(loaded: &loader::Loaded, verbose: bool) {
+/// Prints the report, built in memory.
+fn report(loaded: &loader::Loaded, verbose: bool) -> Result<()> {
     let mut out = String::new();
     write_report(loaded, verbose, &mut out);
-    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+    print(&out)
+}
+
+/// Writes a report to stdout at once. A reader gone (`twtrace doctor | head`) is no error
+/// (println! would panic there); any other failure is (`> /dev/full`: a report lost without
+/// a word, exit 0).
+fn print(out: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing the report to stdout"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn write_report(loaded: &loader::Loaded, verbose: bool, out: &mut String) {

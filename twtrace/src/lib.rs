@@ -20,4 +20,5 @@ pub mod run;
 pub mod shutdown;
 pub mod signals;
 pub mod sinks;
+pub mod stderr;
 pub mod transport;

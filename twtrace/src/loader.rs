@@ -191,13 +191,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     } = opened;
     log::info!("programs attached in {:?}", t0.elapsed());
     for w in choices.iter().filter_map(|c| c.warning.as_ref()) {
-        eprintln!("twtrace: warning: {w}");
+        crate::say!("twtrace: warning: {w}");
     }
     let by_flow = choices
         .iter()
         .any(|c| matches!(c.signal, "paws_reject" | "tw_exit") && c.chosen == Some(Family::TpBtf));
     if facts.tw_flows() && by_flow {
-        eprintln!(
+        crate::say!(
             "twtrace: note: this kernel's kfree_skb names no socket, so TIME-WAITs are found by \
              connection: one that exists already is learnt at its next timer re-arm or end, and \
              a PAWS reject or reset at it before that is not attributed"

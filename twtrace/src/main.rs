@@ -15,14 +15,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("twtrace: cannot start the runtime: {e}");
+            twtrace::say!("twtrace: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(run::main(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("twtrace: error: {e:#}");
+            twtrace::say!("twtrace: error: {e:#}");
             ExitCode::FAILURE
         }
     }

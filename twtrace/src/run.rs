@@ -185,7 +185,7 @@ fn warn_unknown_netns(netns: Option<&NetnsArg>) {
     };
     let netns = *inode;
     if !crate::kernel::netns::all().contains_key(&netns) {
-        eprintln!(
+        crate::say!(
             "twtrace: warning: --netns {netns}: no such namespace in use now (no process runs \
              in it and nothing under /run/netns names it); nothing will show unless it appears"
         );
@@ -237,11 +237,11 @@ fn announce(l: &Loaded) {
             )
         })
         .collect();
-    eprintln!("twtrace: tracing ({})", hooks.join(" "));
+    crate::say!("twtrace: tracing ({})", hooks.join(" "));
     let shared_guard =
         (l.choices.iter()).any(|c| matches!(c.chosen, Some(Family::Tracepoint | Family::Kprobe)));
     if shared_guard && !l.facts.skips_counted {
-        eprintln!(
+        crate::say!(
             "twtrace: note: this kernel does not count the runs of classic tracepoint and kprobe \
              programs it skips (6.7 does): events missed while an interrupt is nested in another \
              BPF program on a CPU go unreported"
@@ -416,7 +416,7 @@ impl Reporter {
         };
         if let Some(alerter) = &mut self.alerter {
             for line in alerter.check(&view.alerting, now) {
-                eprintln!("{line}");
+                crate::say!("{line}");
             }
         }
         if let (Some(path), Some(rows)) = (&self.summary, &rows) {
@@ -425,7 +425,7 @@ impl Reporter {
                 Err(e) if last => return Err(e),
                 Err(e) => {
                     if !self.summary_failing {
-                        eprintln!("twtrace: warning: {e:#} (trying again every interval)");
+                        crate::say!("twtrace: warning: {e:#} (trying again every interval)");
                     }
                     self.summary_failing = true;
                 }
@@ -480,13 +480,17 @@ async fn events(
     };
     // Set when a write finds the reader gone (`| head`): a normal way to stop reading.
     let closed = std::cell::Cell::new(false);
+    let target = match &opts.output {
+        Some(path) => path.display().to_string(),
+        None => "stdout".to_string(),
+    };
     let gone = |r: io::Result<()>| -> Result<()> {
         match r {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                 closed.set(true);
                 Ok(())
             }
-            r => r.map_err(Into::into),
+            r => r.with_context(|| format!("writing events to {target}")),
         }
     };
     let out = std::cell::RefCell::new(BufWriter::with_capacity(64 * 1024, sink));

@@ -78,7 +78,7 @@ fn arm_watchdog() -> Result<()> {
             // Still running: the main loop is stuck. Said on stderr from a thread of its own
             // (stderr may be the very pipe that stalls), then the end.
             std::thread::spawn(|| {
-                eprintln!(
+                crate::say!(
                     "twtrace: warning: shutdown did not finish within {} s (output blocked: its \
                      reader stopped reading?); exiting now, the kernel detaches the programs",
                     GRACE.as_secs()

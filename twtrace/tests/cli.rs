@@ -718,3 +718,49 @@ fn a_stalled_reader_does_not_hold_up_the_shutdown() -> Result<()> {
         "SIGTERM with its stdout full",
     )
 }
+
+/// `twtrace --summary-json F 2>&1 | head -1`: stderr's reader gone. Its lines are dropped
+/// (`eprintln!` panicked: exit 101, and no summary file), tracing goes on, and SIGTERM still
+/// ends it with exit 0 and the summary written.
+#[test]
+fn a_closed_stderr_is_no_crash() -> Result<()> {
+    use std::process::Stdio;
+    let dir = support::TempDir::new("cli-stderr")?;
+    let summary = dir.0.join("paws.json");
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let mut child = Command::new(tracer_bin())
+        .args(["events", "--json", "--interval", "0.2", "--summary-json"])
+        .arg(&summary)
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .context("spawning twtrace")?;
+    let pid = child.id();
+    // Written every interval once tracing runs, well after the first line to stderr.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let ended = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if summary.exists() || Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if ended.is_none() {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let status = match ended {
+        Some(status) => status,
+        None => child.wait()?,
+    };
+    ensure!(
+        status.success() && ended.is_none(),
+        "twtrace ended by itself ({ended:?}) or not with exit 0 ({status}) with stderr closed"
+    );
+    let text = fs::read_to_string(&summary).context("the summary file")?;
+    ensure!(text.trim_start().starts_with('['), "summary: {text}");
+    Ok(())
+}

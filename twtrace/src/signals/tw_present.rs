@@ -251,7 +251,7 @@ fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize) -> Snapsho
 fn announce(snap: &Snapshot) {
     // When nothing could be read, the warnings below say why.
     if !snap.again && (snap.namespaces > 0 || snap.failed.is_empty()) {
-        eprintln!(
+        crate::say!(
             "twtrace: {} TIME-WAITs already present in {} network namespace{}",
             snap.timewaits,
             snap.namespaces,
@@ -259,14 +259,14 @@ fn announce(snap: &Snapshot) {
         );
     }
     if snap.truncated {
-        eprintln!(
+        crate::say!(
             "twtrace: warning: more TIME-WAITs were present than --max-live-tw; the rest are \
              not counted as live until they end"
         );
     }
     let when = if snap.again { "now" } else { "already" };
     for why in &snap.failed {
-        eprintln!("twtrace: warning: TIME-WAITs {when} in {why} are not counted as live");
+        crate::say!("twtrace: warning: TIME-WAITs {when} in {why} are not counted as live");
     }
 }
 
