@@ -1,8 +1,8 @@
 //! Command line.
 
-use std::path::PathBuf;
+use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::{filter, signals::Family};
@@ -187,6 +187,20 @@ pub struct DoctorOpts {
 }
 
 impl Cli {
+    /// The process's command line, parsed (clap's own exit on errors and --help).
+    pub fn from_env() -> Self {
+        Self::parse_from(hoist_globals(std::env::args_os().collect()))
+    }
+
+    /// `args` (the program's name first) parsed as the command line is: see [`hoist_globals`].
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        Self::try_parse_from(hoist_globals(args.into_iter().map(Into::into).collect()))
+    }
+
     /// Flags the chosen mode would silently ignore (clap accepts the global ones everywhere):
     /// refused, naming them, so nobody believes e.g. `doctor --port 443` filtered anything.
     pub fn unused_flags(&self) -> Vec<&'static str> {
@@ -229,6 +243,67 @@ impl Cli {
         );
         unused
     }
+}
+
+/// Moves the global flags given before the subcommand to just after its name. Given on both
+/// sides, clap keeps only the values after the subcommand (`--port 80 events --port 443`
+/// traced port 443 alone): moved, a repeatable flag keeps every value, and one that takes a
+/// single value is refused as given twice. Anything it cannot follow (an unknown flag, no
+/// subcommand, `--`) is left as it is, for clap to judge.
+fn hoist_globals(args: Vec<OsString>) -> Vec<OsString> {
+    let cmd = Cli::command();
+    let long = |name: &str| cmd.get_arguments().find(|a| a.get_long() == Some(name));
+    let mut kept = Vec::with_capacity(args.len());
+    let mut moved = Vec::new();
+    let mut rest = args.into_iter();
+    kept.extend(rest.next()); // the program's name
+    while let Some(arg) = rest.next() {
+        let Some(text) = arg.to_str() else {
+            kept.push(arg);
+            break;
+        };
+        if text == "--" {
+            kept.push(arg);
+            break;
+        }
+        if let Some(flag) = text.strip_prefix("--") {
+            let (name, inline_value) = match flag.split_once('=') {
+                Some((name, _)) => (name, true),
+                None => (flag, false),
+            };
+            let Some(def) = long(name) else {
+                kept.push(arg);
+                break;
+            };
+            let to = if def.is_global_set() {
+                &mut moved
+            } else {
+                &mut kept
+            };
+            to.push(arg);
+            if !inline_value && def.get_action().takes_values() {
+                to.extend(rest.next());
+            }
+            continue;
+        }
+        if !text.starts_with('-') && cmd.find_subcommand(text).is_some() {
+            kept.push(arg);
+            kept.append(&mut moved);
+            break;
+        }
+        // A short flag (-h, -V) or a stray value: clap's to judge.
+        kept.push(arg);
+        break;
+    }
+    // No subcommand: the global flags stay where they were, in their order.
+    if !moved.is_empty() {
+        let at = kept.len().min(1);
+        let tail = kept.split_off(at);
+        kept.append(&mut moved);
+        kept.extend(tail);
+    }
+    kept.extend(rest);
+    kept
 }
 
 /// `--top`'s default.
@@ -325,11 +400,45 @@ fn parse_reread(s: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory as _;
 
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_keep_their_values_on_both_sides_of_a_subcommand() {
+        let parse = |args: &[&str]| Cli::try_from_args(args).map(|c| c.common);
+        let c = parse(&[
+            "twtrace", "--port", "80", "events", "--json", "--port", "443",
+        ])
+        .unwrap();
+        assert_eq!(c.ports, [80, 443]);
+        let c = parse(&[
+            "twtrace",
+            "--signals=syn",
+            "events",
+            "--signals",
+            "tw_enter",
+        ])
+        .unwrap();
+        assert_eq!(c.signals, ["syn", "tw_enter"]);
+        let c = parse(&["twtrace", "--ip", "10.0.0.0/8", "--port", "80", "events"]).unwrap();
+        assert_eq!((c.ports.len(), c.ips.len()), (1, 1));
+        // A flag that takes one value, given twice, is refused (clap kept the second).
+        let e = parse(&["twtrace", "--netns", "1", "events", "--netns", "2"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+        // A value that names a subcommand is a value; non-global flags stay where they were.
+        let cli = Cli::try_from_args(["twtrace", "--netns", "events", "doctor"]).unwrap();
+        assert_eq!(cli.common.netns.as_deref(), Some("events"));
+        assert!(matches!(cli.command, Some(Command::Doctor(_))));
+        let cli = Cli::try_from_args(["twtrace", "--top", "3", "--port", "1", "events"]).unwrap();
+        assert_eq!(cli.unused_flags(), ["--top"]);
+        assert_eq!(cli.common.ports, [1]);
+        // Without a subcommand nothing changes.
+        let c = parse(&["twtrace", "--port", "80", "--top", "2", "--port", "81"]).unwrap();
+        assert_eq!(c.ports, [80, 81]);
+        assert!(Cli::try_from_args(["twtrace", "--port", "80", "--bogus", "events"]).is_err());
     }
 
     #[test]

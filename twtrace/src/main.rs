@@ -3,12 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use twtrace::{cli, run};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::from_env();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
