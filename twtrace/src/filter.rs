@@ -122,6 +122,12 @@ fn by_file(s: &str, path: &str) -> Result<NetnsArg> {
     if !netns::is_namespace_file(Path::new(path)) {
         bail!("--netns `{s}`: {path} is not a namespace file (such as /proc/PID/ns/net)");
     }
+    if !netns::is_network_namespace(Path::new(path)) {
+        bail!(
+            "--netns `{s}`: {path} is another kind of namespace, not a network namespace \
+             (such as /proc/PID/ns/net)"
+        );
+    }
     Ok(NetnsArg {
         inode: u32::try_from(meta.ino()).context("namespace inode does not fit in 32 bits")?,
         file: Some(PathBuf::from(path)),
@@ -180,6 +186,7 @@ mod tests {
                 .to_string()
                 .contains("/run/netns/")
         );
+        let said = |s: &str| parse_netns(s).unwrap_err().to_string();
         let own = parse_netns("/proc/self/ns/net").unwrap();
         assert!(own.inode > 0);
         assert_eq!(own.file.as_deref(), Some(Path::new("/proc/self/ns/net")));
@@ -194,9 +201,16 @@ mod tests {
                 .to_string()
                 .contains("not a namespace file")
         );
+        // A namespace file of another kind names no network namespace.
+        for other in ["/proc/self/ns/mnt", "/proc/self/ns/uts"] {
+            assert!(
+                said(other).contains("not a network namespace"),
+                "{}",
+                said(other)
+            );
+        }
         assert!(parse_netns("-1").is_err());
         assert!(parse_netns("net:[x]").is_err());
-        let said = |s: &str| parse_netns(s).unwrap_err().to_string();
         assert!(said("").contains("--netns is empty"), "{}", said(""));
         for big in ["4294967296", "net:[4294967296]"] {
             assert!(said(big).contains("too large"), "{}", said(big));

@@ -62,6 +62,20 @@ pub fn is_namespace_file(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == NSFS_MAGIC
 }
 
+/// Whether the namespace file `path` is a network namespace's: /proc/PID/ns/mnt is a
+/// namespace file too, and no network event carries its inode. Asked with NS_GET_NSTYPE
+/// (Linux 4.11); a kernel without it lets any namespace file pass.
+pub fn is_network_namespace(path: &Path) -> bool {
+    const NS_GET_NSTYPE: u32 = 0xb703; // _IO(0xb7, 0x3)
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    // SAFETY: an ioctl without argument on an fd we own.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    kind == libc::CLONE_NEWNET
+        || (kind < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTTY))
+}
+
 /// Runs `f` on a new thread that has entered the namespace of `path`, and returns its result.
 /// The thread ends with `f`, so no other code runs in that namespace by mistake.
 pub fn run_in<T: Send + 'static>(
