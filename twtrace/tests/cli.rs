@@ -93,6 +93,25 @@ fn not_root_is_refused_with_one_clear_line() {
     assert_eq!(kept, "kept\n", "the output file was touched");
 }
 
+/// Root without the capabilities BPF needs (a container's root): told which, not an error
+/// about a map that failed to load.
+#[test]
+fn root_without_bpf_capabilities_is_told_which() {
+    // Root's capabilities at exec are its bounding set (util-linux's setpriv, always there).
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", "-bpf,-perfmon,-sys_admin"])
+        .arg(tracer_bin())
+        .arg("events");
+    let o = run_command(cmd);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("without CAP_BPF and CAP_PERFMON"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+}
+
 #[test]
 fn unknown_flags_and_bad_values_are_usage_errors() {
     for (args, needle) in [

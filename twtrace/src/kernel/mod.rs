@@ -18,6 +18,14 @@ pub fn preflight() -> Result<()> {
     if !sysinfo::is_root() {
         bail!("twtrace needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): run it with sudo");
     }
+    let missing = sysinfo::missing_bpf_caps();
+    if !missing.is_empty() {
+        bail!(
+            "twtrace runs as root but without {}, which loading BPF programs needs (CAP_SYS_ADMIN \
+             would do too): in a container, add these capabilities (or run it privileged)",
+            missing.join(" and ")
+        );
+    }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!(
             "no kernel BTF at /sys/kernel/btf/vmlinux: twtrace needs a kernel built with \

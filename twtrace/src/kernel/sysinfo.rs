@@ -124,9 +124,52 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The capabilities loading twtrace's programs needs that this process lacks (root in a
+/// container may have none of them): CAP_BPF and CAP_PERFMON (Linux 5.8), or CAP_SYS_ADMIN
+/// which covered both before. Empty when it has them, or when /proc cannot tell.
+pub fn missing_bpf_caps() -> Vec<&'static str> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    effective_caps(&status).map_or_else(Vec::new, missing_of)
+}
+
+/// CapEff of a /proc/PID/status text.
+fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn missing_of(eff: u64) -> Vec<&'static str> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let has = |cap: u32| eff & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(cap, _)| !has(cap))
+        .map(|(_, name)| name)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bpf_capabilities_from_capeff() {
+        let status = "Name:\ttwtrace\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(effective_caps(status), Some(0x1ff_ffff_ffff));
+        assert!(missing_of(0x1ff_ffff_ffff).is_empty());
+        // CAP_SYS_ADMIN alone covers both (kernels before 5.8 have neither).
+        assert!(missing_of(1 << 21).is_empty());
+        assert_eq!(missing_of(1 << 39), ["CAP_PERFMON"]);
+        // Docker's default set: no CAP_SYS_ADMIN, CAP_BPF or CAP_PERFMON.
+        assert_eq!(missing_of(0xa80425fb), ["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(effective_caps("CapEff:\tzz\n"), None);
+        assert_eq!(effective_caps(""), None);
+    }
 
     #[test]
     fn lockdown_brackets() {
