@@ -73,7 +73,9 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
     }
     // Writing into a String cannot fail; the results of writeln! are ignored below.
     let _ = writeln!(out, "twtrace {}", Utc(now));
-    header(agg, out);
+    // LIVE is enters less exits: without either, it means nothing, and is shown as `-`.
+    let live_known = !(opts.untraced.iter()).any(|(s, _)| matches!(*s, "tw_enter" | "tw_exit"));
+    header(agg, live_known, out);
     if !opts.untraced.is_empty() {
         out.push_str("not traced:");
         for (i, (signal, why)) in opts.untraced.iter().enumerate() {
@@ -88,12 +90,12 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
 
     out.push('\n');
     let ips = agg.top_by_ip(opts.top, opts.order);
-    key_section(&ips, "REMOTE_IP", true, out);
+    key_section(&ips, "REMOTE_IP", true, live_known, out);
 
     out.push('\n');
     // Ports never carry EADDRNOTAVAIL (no port was bound), so that column is left out.
     let ports = agg.top_by_port(opts.top, opts.order);
-    key_section(&ports, "LOCAL_PORT", false, out);
+    key_section(&ports, "LOCAL_PORT", false, live_known, out);
 
     // Only destinations with failures are shown; without any failure at all, the table (as
     // large as --capacity, keyed by every peer's ip:port) is not walked.
@@ -107,7 +109,7 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
     };
     if !dests.is_empty() {
         out.push('\n');
-        dest_section(&dests, out);
+        dest_section(&dests, live_known, out);
     }
 
     if !opts.clear_screen {
@@ -115,14 +117,17 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
     }
 }
 
-fn header(agg: &Aggregate, out: &mut String) {
+fn header(agg: &Aggregate, live_known: bool, out: &mut String) {
     let t = agg.totals();
+    let live = if live_known {
+        format!("{} (present at start {})", t.live, agg.present_at_start())
+    } else {
+        "- (needs tw_enter and tw_exit)".to_owned()
+    };
     let _ = writeln!(
         out,
-        "tw_created {}  live {} (present at start {})  overflow {}  eaddrnotavail {}  lost {}  evictions {}",
+        "tw_created {}  live {live}  overflow {}  eaddrnotavail {}  lost {}  evictions {}",
         t.tw_created,
-        t.live,
-        agg.present_at_start(),
         t.overflow,
         t.eaddrnotavail,
         agg.lost_total(),
@@ -190,6 +195,7 @@ fn key_section<K: RowKey + std::fmt::Display>(
     rows: &[Row<K>],
     key_name: &str,
     with_eaddrnotavail: bool,
+    live_known: bool,
     out: &mut String,
 ) {
     let mut head = vec![key_name, "CREATED", "LIVE"];
@@ -207,7 +213,7 @@ fn key_section<K: RowKey + std::fmt::Display>(
             let mut row = vec![
                 r.key.to_string(),
                 c.tw_created.to_string(),
-                c.live.to_string(),
+                live_cell(c, live_known),
             ];
             row.extend(ExitCause::ALL.map(|cause| c.exits(cause).to_string()));
             row.push(c.overflow.to_string());
@@ -221,7 +227,7 @@ fn key_section<K: RowKey + std::fmt::Display>(
     grid(&head, &cells, out);
 }
 
-fn dest_section(rows: &[DestRow], out: &mut String) {
+fn dest_section(rows: &[DestRow], live_known: bool, out: &mut String) {
     let head = ["DESTINATION", "EADDRNOTAVAIL", "LIVE", "CREATED", "AVG_MS"];
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -230,13 +236,21 @@ fn dest_section(rows: &[DestRow], out: &mut String) {
             vec![
                 r.key.to_string(),
                 c.eaddrnotavail.to_string(),
-                c.live.to_string(),
+                live_cell(c, live_known),
                 c.tw_created.to_string(),
                 avg_ms(c),
             ]
         })
         .collect();
     grid(&head, &cells, out);
+}
+
+fn live_cell(c: &Counters, live_known: bool) -> String {
+    if live_known {
+        c.live.to_string()
+    } else {
+        "-".to_owned()
+    }
 }
 
 fn avg_ms(c: &Counters) -> String {
@@ -448,6 +462,32 @@ mod tests {
             "not traced: paws_reject (no hook on this kernel), syn (left out by --signals)"
         );
         assert_eq!(lines[4], "");
+    }
+
+    #[test]
+    fn live_is_a_dash_without_both_ends_of_a_time_wait() {
+        let opts = TableOpts {
+            untraced: vec![("tw_exit", "left out by --signals")],
+            ..Default::default()
+        };
+        let text = render_str(&sample(), &opts);
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .contains("  live - (needs tw_enter and tw_exit)  "),
+            "{text}"
+        );
+        let s = section(&text, "REMOTE_IP");
+        let live = s[0].split_whitespace().position(|c| c == "LIVE").unwrap();
+        assert!(
+            s[1..]
+                .iter()
+                .all(|row| row.split_whitespace().nth(live) == Some("-")),
+            "{s:?}"
+        );
+        let known = render_str(&sample(), &TableOpts::default());
+        assert!(!known.contains("live -"), "{known}");
     }
 
     #[test]
