@@ -36,8 +36,8 @@ const PAWS_REASON: Need = Need::DropReason {
 /// What the fallbacks without drop reasons miss (`doctor -v` says why the full hook was
 /// passed over).
 const TIMEWAIT_ONLY: Option<&str> = Some(
-    "timewait path only: established, syn_recv and syn_sent rejects are not seen (they are \
-     recognised by the PAWS drop reasons, which this kernel lacks)",
+    "timewait path only: established, syn_recv and syn_sent rejects are not seen (only the \
+     PAWS drop reasons show them, on kernels that have them)",
 );
 
 /// Without the PAWS drop reason, an established-path reject is the call of
@@ -93,15 +93,15 @@ const NO_REQUEST_RESETS: Option<&str> = Some(
 
 /// What the function probes miss where SYN-SENT drops have no reason either.
 const NO_SYN_SENT_REASON: Option<&str> = Some(
-    "syn_sent rejects are not seen: this kernel gives them no drop reason (e.g. 6.1), and no \
-     function marks them; nor are resets that a request socket refuses by PAWS",
+    "syn_sent rejects are not seen (without their drop reason, e.g. on 6.1, no function marks \
+     them), nor resets that a request socket refuses by PAWS",
 );
 
 /// What the function-probe fallback without drop reasons misses.
 const NO_SYN_SENT: Option<&str> = Some(
-    "timewait, established and syn_recv paths only: syn_sent rejects are not seen (they are \
-     recognised by the PAWS drop reasons, which this kernel lacks), nor resets that a \
-     request socket refuses by PAWS",
+    "timewait, established and syn_recv paths only: syn_sent rejects are not seen (only the \
+     PAWS drop reasons show them, on kernels that have them), nor resets that a request \
+     socket refuses by PAWS",
 );
 
 const OOW_FENTRY: Program = Program::fentry("paws_oow_fentry", "tcp_oow_rate_limited");
