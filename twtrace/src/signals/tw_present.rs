@@ -141,7 +141,7 @@ impl Held {
             return Ok(());
         }
         self.active = false;
-        announce(&snap);
+        announce(&snap, filter);
         // A listener passes whatever --port/--ip say: it is no event, only what tells a
         // server's TIME-WAIT (which the filter judges by its own addresses) from a client's.
         let seeds =
@@ -248,15 +248,10 @@ fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize) -> Snapsho
 
 /// Says on stderr what the read found, and what it could not read. A read after lost events
 /// (which the table shows) speaks only of what went wrong.
-fn announce(snap: &Snapshot) {
+fn announce(snap: &Snapshot, filter: &Filter) {
     // When nothing could be read, the warnings below say why.
     if !snap.again && (snap.namespaces > 0 || snap.failed.is_empty()) {
-        crate::say!(
-            "twtrace: {} TIME-WAITs already present in {} network namespace{}",
-            snap.timewaits,
-            snap.namespaces,
-            if snap.namespaces == 1 { "" } else { "s" }
-        );
+        crate::say!("twtrace: {}", found(snap, filter));
     }
     if snap.truncated {
         crate::say!(
@@ -270,10 +265,69 @@ fn announce(snap: &Snapshot) {
     }
 }
 
+/// "N TIME-WAITs already present in M network namespaces", counting those that pass
+/// --port/--ip (the only ones the table and the stream show) and naming the whole too.
+fn found(snap: &Snapshot, filter: &Filter) -> String {
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let spaces = plural(snap.namespaces, "network namespace");
+    let all = snap.timewaits;
+    if filter.ports.is_empty() && filter.nets.is_empty() {
+        return format!("{} already present in {spaces}", plural(all, "TIME-WAIT"));
+    }
+    let timewaits = &snap.records[..all.min(snap.records.len())];
+    let matching = timewaits.iter().filter(|r| filter.matches(r)).count();
+    format!(
+        "{} matching --port/--ip already present ({all} in all) in {spaces}",
+        plural(matching, "TIME-WAIT")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::LossReason;
+
+    /// The start-up line counts what --port/--ip let through, and says of how many.
+    #[test]
+    fn the_count_found_follows_the_filter() {
+        let tw = |local: &str| Record {
+            ts_ns: 0,
+            netns: 1,
+            local: local.parse().unwrap(),
+            remote: "10.0.0.2:40000".parse().unwrap(),
+            what: What::TwPresent {
+                substate: crate::event::Substate::TimeWait,
+                server: true,
+            },
+        };
+        let mut snap = Snapshot {
+            records: vec![tw("10.0.0.1:80"), tw("10.0.0.1:443"), tw("10.0.0.1:443")],
+            timewaits: 3,
+            namespaces: 1,
+            ..Snapshot::default()
+        };
+        let none = Filter {
+            ports: vec![],
+            nets: vec![],
+        };
+        let port = |p| Filter {
+            ports: vec![p],
+            nets: vec![],
+        };
+        assert_eq!(
+            found(&snap, &none),
+            "3 TIME-WAITs already present in 1 network namespace"
+        );
+        assert_eq!(
+            found(&snap, &port(80)),
+            "1 TIME-WAIT matching --port/--ip already present (3 in all) in 1 network namespace"
+        );
+        snap.namespaces = 2;
+        assert_eq!(
+            found(&snap, &port(443)),
+            "2 TIME-WAITs matching --port/--ip already present (3 in all) in 2 network namespaces"
+        );
+    }
 
     /// A read again only after a loss, at most once per period, never when turned off.
     #[test]
