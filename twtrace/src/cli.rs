@@ -202,36 +202,58 @@ impl Cli {
     }
 
     /// Flags the chosen mode would silently ignore (clap accepts the global ones everywhere):
-    /// refused, naming them, so nobody believes e.g. `doctor --port 443` filtered anything.
-    pub fn unused_flags(&self) -> Vec<&'static str> {
+    /// refused, naming them and why, so nobody believes e.g. `doctor --port 443` filtered
+    /// anything.
+    pub fn unused_flags(&self) -> Vec<Unused> {
         let c = &self.common;
         let defaults = Common::default_values();
         let mut unused = Vec::new();
-        let mut check = |used: bool, name: &'static str| {
+        let mut check = |used: bool, flag: &'static str, why: Option<&'static str>| {
             if used {
-                unused.push(name);
+                unused.push(Unused { flag, why });
             }
         };
         match &self.command {
             Some(Command::Doctor(_)) => {
-                check(!c.ports.is_empty(), "--port");
-                check(!c.ips.is_empty(), "--ip");
-                check(c.summary_json.is_some(), "--summary-json");
-                check(c.capacity != defaults.capacity, "--capacity");
-                check(c.interval != defaults.interval, "--interval");
-                check(c.alert_rejects != defaults.alert_rejects, "--alert-rejects");
-                check(c.alert_every != defaults.alert_every, "--alert-every");
-                check(self.live.top != LIVE_TOP, "--top");
-                check(self.live.reread != LIVE_REREAD, "--reread");
+                check(!c.ports.is_empty(), "--port", None);
+                check(!c.ips.is_empty(), "--ip", None);
+                check(c.summary_json.is_some(), "--summary-json", None);
+                check(c.capacity != defaults.capacity, "--capacity", None);
+                check(c.interval != defaults.interval, "--interval", None);
+                check(
+                    c.alert_rejects != defaults.alert_rejects,
+                    "--alert-rejects",
+                    None,
+                );
+                check(c.alert_every != defaults.alert_every, "--alert-every", None);
+                check(self.live.top != LIVE_TOP, "--top", None);
+                check(self.live.reread != LIVE_REREAD, "--reread", None);
             }
             Some(Command::Events(_)) => {
-                check(self.live.top != LIVE_TOP, "--top");
+                check(
+                    self.live.top != LIVE_TOP,
+                    "--top",
+                    Some("it prints no table"),
+                );
                 // events shows no live counts, and would repeat its tw_present events.
-                check(self.live.reread != LIVE_REREAD, "--reread");
+                check(
+                    self.live.reread != LIVE_REREAD,
+                    "--reread",
+                    Some("it shows no live counts"),
+                );
                 // Without alerts and a summary file, events keeps no aggregate and no clock.
                 let aggregate = c.summary_json.is_some() || c.alert_rejects > 0;
-                check(!aggregate && c.capacity != defaults.capacity, "--capacity");
-                check(!aggregate && c.interval != defaults.interval, "--interval");
+                let why = Some("without --summary-json and with alerts off it keeps no aggregate");
+                check(
+                    !aggregate && c.capacity != defaults.capacity,
+                    "--capacity",
+                    why,
+                );
+                check(
+                    !aggregate && c.interval != defaults.interval,
+                    "--interval",
+                    why,
+                );
             }
             None => {}
         }
@@ -240,8 +262,25 @@ impl Cli {
         check(
             !doctor && c.alert_rejects == 0 && c.alert_every != defaults.alert_every,
             "--alert-every",
+            Some("--alert-rejects 0 turns alerts off"),
         );
         unused
+    }
+}
+
+/// A flag given that the chosen mode does not use, and why where the mode alone does not say.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unused {
+    pub flag: &'static str,
+    pub why: Option<&'static str>,
+}
+
+impl std::fmt::Display for Unused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.why {
+            Some(why) => write!(f, "{} ({why})", self.flag),
+            None => f.write_str(self.flag),
+        }
     }
 }
 
@@ -433,7 +472,10 @@ mod tests {
         assert_eq!(cli.common.netns.as_deref(), Some("events"));
         assert!(matches!(cli.command, Some(Command::Doctor(_))));
         let cli = Cli::try_from_args(["twtrace", "--top", "3", "--port", "1", "events"]).unwrap();
-        assert_eq!(cli.unused_flags(), ["--top"]);
+        assert_eq!(
+            cli.unused_flags()[0].to_string(),
+            "--top (it prints no table)"
+        );
         assert_eq!(cli.common.ports, [1]);
         // Without a subcommand nothing changes.
         let c = parse(&["twtrace", "--port", "80", "--top", "2", "--port", "81"]).unwrap();
@@ -468,7 +510,10 @@ mod tests {
                 "{flag}: {e}"
             );
         }
-        let unused = |args: &[&str]| Cli::try_parse_from(args).unwrap().unused_flags();
+        let unused = |args: &[&str]| -> Vec<&str> {
+            let cli = Cli::try_parse_from(args).unwrap();
+            cli.unused_flags().into_iter().map(|u| u.flag).collect()
+        };
         assert_eq!(
             unused(&["twtrace", "doctor", "--port", "443", "--interval", "5"]),
             ["--port", "--interval"]
