@@ -275,13 +275,20 @@ pub struct Unused {
     pub why: Option<&'static str>,
 }
 
-impl std::fmt::Display for Unused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.why {
-            Some(why) => write!(f, "{} ({why})", self.flag),
-            None => f.write_str(self.flag),
+/// `--a, --b (why), --c`: the flags in order, each reason said once after the flags it covers.
+pub fn describe(unused: &[Unused]) -> String {
+    let mut out = String::new();
+    for (i, u) in unused.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(u.flag);
+        let next_why = unused.get(i + 1).map(|n| n.why);
+        if let Some(why) = u.why.filter(|_| next_why != Some(u.why)) {
+            out.push_str(&format!(" ({why})"));
         }
     }
+    out
 }
 
 /// Moves the global flags given before the subcommand to just after its name. Given on both
@@ -472,10 +479,7 @@ mod tests {
         assert_eq!(cli.common.netns.as_deref(), Some("events"));
         assert!(matches!(cli.command, Some(Command::Doctor(_))));
         let cli = Cli::try_from_args(["twtrace", "--top", "3", "--port", "1", "events"]).unwrap();
-        assert_eq!(
-            cli.unused_flags()[0].to_string(),
-            "--top (it prints no table)"
-        );
+        assert_eq!(describe(&cli.unused_flags()), "--top (it prints no table)");
         assert_eq!(cli.common.ports, [1]);
         // Without a subcommand nothing changes.
         let c = parse(&["twtrace", "--port", "80", "--top", "2", "--port", "81"]).unwrap();
@@ -546,6 +550,24 @@ mod tests {
             ["--capacity", "--interval", "--alert-every"]
         );
         assert!(unused(&["twtrace", "events", "--interval", "5", "--capacity", "100"]).is_empty());
+        let cli = Cli::try_parse_from([
+            "twtrace",
+            "events",
+            "--alert-rejects",
+            "0",
+            "--interval",
+            "5",
+            "--capacity",
+            "100",
+            "--alert-every",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(
+            describe(&cli.unused_flags()),
+            "--capacity, --interval (without --summary-json and with alerts off it keeps no \
+             aggregate), --alert-every (--alert-rejects 0 turns alerts off)"
+        );
         assert_eq!(
             unused(&["twtrace", "--alert-rejects", "0", "--alert-every", "5"]),
             ["--alert-every"]

@@ -46,8 +46,7 @@ pub async fn main(cli: Cli) -> Result<()> {
             Some(Command::Events(_)) => "events",
             None => "the live table",
         };
-        let unused: Vec<String> = unused.iter().map(ToString::to_string).collect();
-        anyhow::bail!("{mode} does not use {}", unused.join(", "));
+        anyhow::bail!("{mode} does not use {}", crate::cli::describe(&unused));
     }
     if let Some(Command::Doctor(opts)) = &cli.command {
         return doctor::run(&cli.common, opts.verbose, opts.all_hooks);
