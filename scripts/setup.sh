@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a Debian bookworm machine: installs only what is missing and says what.
-# Facts behind each step: ../shared/TOOLCHAIN.md (Debian rustc-web 1.96 + rust-web-src for
+# Facts behind each step: README, "Toolchain" (Debian rustc-web 1.96 + rust-web-src for
 # -Z build-std=core, bpf-linker built against Debian's LLVM 22).
 set -euo pipefail
 

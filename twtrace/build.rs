@@ -1,6 +1,6 @@
 //! Builds the eBPF programs (twtrace-ebpf) with Debian's rustc 1.96 + rust-web-src, the only
 //! toolchain on these machines that can `-Z build-std=core` for bpfel-unknown-none
-//! (see ../shared/TOOLCHAIN.md). `AYA_BUILD_SKIP=1` skips it (clippy, docs).
+//! (README, "Toolchain"). `AYA_BUILD_SKIP=1` skips it (clippy, docs).
 
 use anyhow::{Context as _, anyhow};
 
