@@ -82,17 +82,29 @@ pub fn check_writable(path: &Path) -> Result<()> {
             path.display()
         );
     }
-    let tmp = tmp_path(&through_symlink(path));
+    let target = through_symlink(path);
+    let tmp = tmp_path(&target);
     let _ = fs::remove_file(&tmp);
     fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
         .with_context(|| {
-            format!(
-                "--summary-json {}: cannot create files in its directory",
-                path.display()
-            )
+            // A symlink's target is what is replaced: its directory is the one that matters.
+            let dir = target.parent().filter(|d| !d.as_os_str().is_empty());
+            let dir = dir.map_or_else(|| ".".into(), |d| d.display().to_string());
+            if target.as_path() == path {
+                format!(
+                    "--summary-json {}: cannot create files in {dir}",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "--summary-json {}: a symlink to {}: cannot create files in {dir}",
+                    path.display(),
+                    target.display()
+                )
+            }
         })?;
     fs::remove_file(&tmp).ok();
     Ok(())
