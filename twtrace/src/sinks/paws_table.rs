@@ -39,10 +39,13 @@ pub fn render(view: &PawsView, evictions: u64, out: &mut String) {
     } else {
         format!(" (and {old_acks} old ACKs)")
     };
+    let s = |n: u64| if n == 1 { "" } else { "s" };
     let _ = writeln!(
         out,
-        "PAWS: {} source IPs, {} rejects{old_acks}, {} evicted",
-        view.sources, total, evictions
+        "PAWS: {} source IP{}, {total} reject{}{old_acks}, {evictions} evicted",
+        view.sources,
+        s(view.sources as u64),
+        s(total)
     );
     let cells: Vec<[String; 13]> = view.top.iter().map(cells).collect();
     let mut widths = HEADER.map(str::len);
@@ -93,4 +96,35 @@ fn cells(r: &SourceRow) -> [String; 13] {
         format!("{:.2}", r.observed_rejects_per_s),
         format!("{:.2}", r.predicted_rejects_per_s),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_line(view: &PawsView, evictions: u64) -> String {
+        let mut out = String::new();
+        render(view, evictions, &mut out);
+        out.lines().next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn the_totals_line_counts_in_words() {
+        let mut view = PawsView {
+            sources: 1,
+            rejects_total: 1,
+            ..PawsView::default()
+        };
+        assert_eq!(
+            first_line(&view, 0),
+            "PAWS: 1 source IP, 1 reject, 0 evicted"
+        );
+        view.sources = 3;
+        view.rejects_total = 0;
+        view.old_acks_total = 2;
+        assert_eq!(
+            first_line(&view, 4),
+            "PAWS: 3 source IPs, 0 rejects (and 2 old ACKs), 4 evicted"
+        );
+    }
 }
