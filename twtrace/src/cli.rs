@@ -147,6 +147,7 @@ pub struct LiveOpts {
     /// Rows per table (live table only), at least 1.
     #[arg(
         long,
+        global = true,
         default_value_t = LIVE_TOP,
         value_name = "N",
         allow_negative_numbers = true,
@@ -157,7 +158,8 @@ pub struct LiveOpts {
     /// After events were lost (the `lost` lines), read the kernel's own TIME-WAIT sockets
     /// again, as at start-up, so that LIVE is exact again: a lost exit would leave it too high
     /// for good, a lost enter too low. At most once every SECS (0.05 to 3600); 0: never.
-    #[arg(long, default_value_t = LIVE_REREAD, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_reread)]
+    /// Live table only.
+    #[arg(long, global = true, default_value_t = LIVE_REREAD, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_reread)]
     pub reread: f64,
 }
 
@@ -474,13 +476,16 @@ mod tests {
         // A flag that takes one value, given twice, is refused (clap kept the second).
         let e = parse(&["twtrace", "--netns", "1", "events", "--netns", "2"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
-        // A value that names a subcommand is a value; non-global flags stay where they were.
+        // A value that names a subcommand is a value, not the subcommand.
         let cli = Cli::try_from_args(["twtrace", "--netns", "events", "doctor"]).unwrap();
         assert_eq!(cli.common.netns.as_deref(), Some("events"));
         assert!(matches!(cli.command, Some(Command::Doctor(_))));
         let cli = Cli::try_from_args(["twtrace", "--top", "3", "--port", "1", "events"]).unwrap();
         assert_eq!(describe(&cli.unused_flags()), "--top (it prints no table)");
         assert_eq!(cli.common.ports, [1]);
+        // After the subcommand too: refused with the reason, not as an unknown flag.
+        let cli = Cli::try_from_args(["twtrace", "events", "--top", "3"]).unwrap();
+        assert_eq!(describe(&cli.unused_flags()), "--top (it prints no table)");
         // Without a subcommand nothing changes.
         let c = parse(&["twtrace", "--port", "80", "--top", "2", "--port", "81"]).unwrap();
         assert_eq!(c.ports, [80, 81]);
