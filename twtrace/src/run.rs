@@ -439,6 +439,10 @@ impl Reporter {
             if !(untraced("syn") && untraced("paws_reject")) {
                 sinks::paws_table::render(&view, self.agg.paws.evictions, &mut self.buf);
             }
+            // On a terminal the refresh has just cleared what stderr said: said again below.
+            if opts.clear_screen && io::stderr().is_terminal() {
+                sinks::table::render_said(&crate::stderr::recent(), &mut self.buf);
+            }
             let mut stdout = io::stdout().lock();
             match stdout
                 .write_all(self.buf.as_bytes())

@@ -188,6 +188,21 @@ fn header(agg: &Aggregate, live_known: bool, out: &mut String) {
     }
 }
 
+/// The latest lines twtrace said on stderr (warnings, alerts), under a table that clears the
+/// terminal: the refresh wiped them from the screen.
+pub fn render_said(lines: &[String], out: &mut String) {
+    if lines.is_empty() {
+        return;
+    }
+    if !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    out.push_str("latest on stderr:\n");
+    for l in lines {
+        let _ = writeln!(out, "  {l}");
+    }
+}
+
 /// Short column names for the exit causes, in `ExitCause::ALL` order.
 const CAUSE_COLUMNS: [&str; 6] = ["EXPIRED", "SYN", "RST", "REUSED", "PURGED", "UNKNOWN"];
 
@@ -488,6 +503,22 @@ mod tests {
         );
         let known = render_str(&sample(), &TableOpts::default());
         assert!(!known.contains("live -"), "{known}");
+    }
+
+    #[test]
+    fn what_stderr_said_follows_one_blank_line() {
+        let mut out = String::from("PAWS: ...\n");
+        render_said(&["twtrace: warning: w".to_owned()], &mut out);
+        assert_eq!(
+            out,
+            "PAWS: ...\n\nlatest on stderr:\n  twtrace: warning: w\n"
+        );
+        let mut out = String::from("x\n\n");
+        render_said(&["a".to_owned()], &mut out);
+        assert_eq!(out, "x\n\nlatest on stderr:\n  a\n");
+        let mut out = String::from("x\n");
+        render_said(&[], &mut out);
+        assert_eq!(out, "x\n");
     }
 
     #[test]
