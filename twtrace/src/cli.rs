@@ -295,8 +295,8 @@ pub fn describe(unused: &[Unused]) -> String {
 
 /// Moves the global flags given before the subcommand to just after its name. Given on both
 /// sides, clap keeps only the values after the subcommand (`--port 80 events --port 443`
-/// traced port 443 alone): moved, a repeatable flag keeps every value, and one that takes a
-/// single value is refused as given twice. Anything it cannot follow (an unknown flag, no
+/// traced port 443 alone): moved, a list flag keeps every value, and any other (a single
+/// value, or on/off) is refused as given twice. Anything it cannot follow (an unknown flag, no
 /// subcommand, `--`) is left as it is, for clap to judge.
 fn hoist_globals(args: Vec<OsString>) -> Vec<OsString> {
     let cmd = Cli::command();
@@ -306,20 +306,18 @@ fn hoist_globals(args: Vec<OsString>) -> Vec<OsString> {
     let mut rest = args.into_iter();
     kept.extend(rest.next()); // the program's name
     while let Some(arg) = rest.next() {
-        let Some(text) = arg.to_str() else {
-            kept.push(arg);
-            break;
-        };
-        if text == "--" {
+        let bytes = arg.as_encoded_bytes();
+        if bytes == b"--" {
             kept.push(arg);
             break;
         }
-        if let Some(flag) = text.strip_prefix("--") {
-            let (name, inline_value) = match flag.split_once('=') {
-                Some((name, _)) => (name, true),
+        if let Some(flag) = bytes.strip_prefix(b"--") {
+            // Only the name must be UTF-8: `--summary-json=<any path>` is followed too.
+            let (name, inline_value) = match flag.iter().position(|&b| b == b'=') {
+                Some(at) => (&flag[..at], true),
                 None => (flag, false),
             };
-            let Some(def) = long(name) else {
+            let Some(def) = std::str::from_utf8(name).ok().and_then(long) else {
                 kept.push(arg);
                 break;
             };
@@ -334,6 +332,7 @@ fn hoist_globals(args: Vec<OsString>) -> Vec<OsString> {
             }
             continue;
         }
+        let text = arg.to_str().unwrap_or("-");
         if !text.starts_with('-') && cmd.find_subcommand(text).is_some() {
             kept.push(arg);
             kept.append(&mut moved);
@@ -486,6 +485,16 @@ mod tests {
         // After the subcommand too: refused with the reason, not as an unknown flag.
         let cli = Cli::try_from_args(["twtrace", "events", "--top", "3"]).unwrap();
         assert_eq!(describe(&cli.unused_flags()), "--top (it prints no table)");
+        // A value that is no UTF-8 (a path) does not stop the flags after it being followed.
+        use std::os::unix::ffi::OsStringExt as _;
+        let odd = OsString::from_vec(b"--summary-json=/tmp/\xff.json".to_vec());
+        let args: Vec<OsString> = ["twtrace", "--port", "80"]
+            .into_iter()
+            .map(OsString::from)
+            .chain([odd])
+            .chain(["events", "--port", "443"].map(OsString::from))
+            .collect();
+        assert_eq!(Cli::try_from_args(args).unwrap().common.ports, [80, 443]);
         // Without a subcommand nothing changes.
         let c = parse(&["twtrace", "--port", "80", "--top", "2", "--port", "81"]).unwrap();
         assert_eq!(c.ports, [80, 81]);

@@ -2,7 +2,6 @@
 
 use std::{
     net::IpAddr,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -10,7 +9,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use ipnet::IpNet;
 
-use crate::{event::Record, kernel::netns};
+use crate::{
+    event::Record,
+    kernel::netns::{self, NsFile},
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -116,20 +118,20 @@ pub fn parse_netns(s: &str) -> Result<NetnsArg> {
 }
 
 fn by_file(s: &str, path: &str) -> Result<NetnsArg> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("--netns `{s}`: not an inode number and {path} cannot be read"))?;
-    // Any file has an inode: only a namespace file's is a namespace id.
-    if !netns::is_namespace_file(Path::new(path)) {
-        bail!("--netns `{s}`: {path} is not a namespace file (such as /proc/PID/ns/net)");
-    }
-    if !netns::is_network_namespace(Path::new(path)) {
-        bail!(
+    let inode = match netns::inspect(Path::new(path))
+        .with_context(|| format!("--netns `{s}`: not an inode number and {path} cannot be read"))?
+    {
+        NsFile::Network(inode) => inode,
+        NsFile::NotNamespace => {
+            bail!("--netns `{s}`: {path} is not a namespace file (such as /proc/PID/ns/net)")
+        }
+        NsFile::OtherNamespace => bail!(
             "--netns `{s}`: {path} is another kind of namespace, not a network namespace \
              (such as /proc/PID/ns/net)"
-        );
-    }
+        ),
+    };
     Ok(NetnsArg {
-        inode: u32::try_from(meta.ino()).context("namespace inode does not fit in 32 bits")?,
+        inode: u32::try_from(inode).context("namespace inode does not fit in 32 bits")?,
         file: Some(PathBuf::from(path)),
     })
 }

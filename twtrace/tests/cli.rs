@@ -94,7 +94,7 @@ fn not_root_is_refused_with_one_clear_line() {
 }
 
 /// Root without the capabilities BPF needs (a container's root): told which, not an error
-/// about a map that failed to load.
+/// about a map that failed to load; the same for root of a user namespace.
 #[test]
 fn root_without_bpf_capabilities_is_told_which() {
     // Root's capabilities at exec are its bounding set (util-linux's setpriv, always there).
@@ -106,6 +106,18 @@ fn root_without_bpf_capabilities_is_told_which() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("without CAP_BPF and CAP_PERFMON"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+
+    // Root of a user namespace (a rootless container): every capability, counted there only.
+    let mut cmd = Command::new("unshare");
+    cmd.arg("-r").arg(tracer_bin()).arg("events");
+    let o = run_command(cmd);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("runs in a user namespace"),
         "{}",
         stderr(&o)
     );

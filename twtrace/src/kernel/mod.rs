@@ -18,6 +18,13 @@ pub fn preflight() -> Result<()> {
     if !sysinfo::is_root() {
         bail!("twtrace needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): run it with sudo");
     }
+    if sysinfo::in_child_user_namespace() {
+        bail!(
+            "twtrace runs in a user namespace (a rootless container, unshare -r): its root has \
+             capabilities only there, and loading BPF programs needs them on the host; run it \
+             as the host's root"
+        );
+    }
     let missing = sysinfo::missing_bpf_caps();
     if !missing.is_empty() {
         bail!(

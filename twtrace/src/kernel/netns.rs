@@ -62,18 +62,41 @@ pub fn is_namespace_file(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == NSFS_MAGIC
 }
 
-/// Whether the namespace file `path` is a network namespace's: /proc/PID/ns/mnt is a
-/// namespace file too, and no network event carries its inode. Asked with NS_GET_NSTYPE
-/// (Linux 4.11); a kernel without it lets any namespace file pass.
-pub fn is_network_namespace(path: &Path) -> bool {
+/// What a file given as a network namespace turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NsFile {
+    /// A network namespace's file, with the namespace's inode (its id in events).
+    Network(u64),
+    /// A namespace file of another kind: /proc/PID/ns/mnt is one, and no network event
+    /// carries its inode.
+    OtherNamespace,
+    /// Not a namespace file at all (any file has an inode; only a namespace file's is an id).
+    NotNamespace,
+}
+
+/// Opens `path` once and asks that descriptor what it is (so the answers are about one file):
+/// its filesystem (nsfs), its kind (NS_GET_NSTYPE, Linux 4.11; a kernel without it lets any
+/// namespace file pass as a network one) and its inode.
+pub fn inspect(path: &Path) -> std::io::Result<NsFile> {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
     const NS_GET_NSTYPE: u32 = 0xb703; // _IO(0xb7, 0x3)
-    let Ok(file) = File::open(path) else {
-        return false;
-    };
+    let file = File::open(path)?;
+    let fd = file.as_raw_fd();
+    // SAFETY: fstatfs writes the struct we pass; an all-zero statfs is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if st.f_type as i64 != NSFS_MAGIC {
+        return Ok(NsFile::NotNamespace);
+    }
     // SAFETY: an ioctl without argument on an fd we own.
-    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
-    kind == libc::CLONE_NEWNET
-        || (kind < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTTY))
+    let kind = unsafe { libc::ioctl(fd, NS_GET_NSTYPE as _) };
+    let unknown = kind < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTTY);
+    if kind != libc::CLONE_NEWNET && !unknown {
+        return Ok(NsFile::OtherNamespace);
+    }
+    Ok(NsFile::Network(file.metadata()?.ino()))
 }
 
 /// Runs `f` on a new thread that has entered the namespace of `path`, and returns its result.

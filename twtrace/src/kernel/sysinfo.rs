@@ -132,6 +132,16 @@ pub fn missing_bpf_caps() -> Vec<&'static str> {
     effective_caps(&status).map_or_else(Vec::new, missing_of)
 }
 
+/// Whether this process runs in a user namespace other than the initial one (a rootless
+/// container, `unshare -r`): root there, with every capability, but capabilities count there
+/// only, and BPF asks for them in the initial namespace. That one's inode is fixed
+/// (PROC_USER_INIT_INO, include/linux/proc_ns.h). False when /proc cannot tell.
+pub fn in_child_user_namespace() -> bool {
+    const PROC_USER_INIT_INO: u64 = 0xEFFF_FFFD;
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata("/proc/self/ns/user").is_ok_and(|m| m.ino() != PROC_USER_INIT_INO)
+}
+
 /// CapEff of a /proc/PID/status text.
 fn effective_caps(status: &str) -> Option<u64> {
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
