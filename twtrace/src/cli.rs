@@ -503,25 +503,25 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(Cli::try_parse_from(["twtrace", "--hooks", "ebpf"]).is_err());
-        assert!(Cli::try_parse_from(["twtrace", "--ring-kib", "100"]).is_err());
-        assert!(Cli::try_parse_from(["twtrace", "--ip", "300.1.1.1"]).is_err());
-        assert!(Cli::try_parse_from(["twtrace", "--frobnicate"]).is_err());
-        assert!(Cli::try_parse_from(["twtrace", "--port", "0"]).is_err());
-        assert!(Cli::try_parse_from(["twtrace", "--reread", "0.01"]).is_err());
-        assert!(Cli::try_parse_from(["twtrace", "--reread", "-1"]).is_err());
-        assert!(Cli::try_parse_from(["twtrace", "--reread", "0"]).is_ok());
+        assert!(Cli::try_from_args(["twtrace", "--hooks", "ebpf"]).is_err());
+        assert!(Cli::try_from_args(["twtrace", "--ring-kib", "100"]).is_err());
+        assert!(Cli::try_from_args(["twtrace", "--ip", "300.1.1.1"]).is_err());
+        assert!(Cli::try_from_args(["twtrace", "--frobnicate"]).is_err());
+        assert!(Cli::try_from_args(["twtrace", "--port", "0"]).is_err());
+        assert!(Cli::try_from_args(["twtrace", "--reread", "0.01"]).is_err());
+        assert!(Cli::try_from_args(["twtrace", "--reread", "-1"]).is_err());
+        assert!(Cli::try_from_args(["twtrace", "--reread", "0"]).is_ok());
         // A negative number is a bad value, not an unknown flag.
-        assert!(Cli::try_parse_from(["twtrace", "--top", "0"]).is_err());
-        assert!(Cli::try_parse_from(["twtrace", "--max-live-tw", "268435456"]).is_err());
-        assert!(Cli::try_parse_from(["twtrace", "--max-live-tw", "67108864"]).is_ok());
+        assert!(Cli::try_from_args(["twtrace", "--top", "0"]).is_err());
+        assert!(Cli::try_from_args(["twtrace", "--max-live-tw", "268435456"]).is_err());
+        assert!(Cli::try_from_args(["twtrace", "--max-live-tw", "67108864"]).is_ok());
         for (flag, v) in [
             ("--port", "-1"),
             ("--interval", "-1"),
             ("--top", "-1"),
             ("--alert-rejects", "-1"),
         ] {
-            let e = Cli::try_parse_from(["twtrace", flag, v]).unwrap_err();
+            let e = Cli::try_from_args(["twtrace", flag, v]).unwrap_err();
             assert_eq!(
                 e.kind(),
                 clap::error::ErrorKind::ValueValidation,
@@ -529,7 +529,7 @@ mod tests {
             );
         }
         let unused = |args: &[&str]| -> Vec<&str> {
-            let cli = Cli::try_parse_from(args).unwrap();
+            let cli = Cli::try_from_args(args).unwrap();
             cli.unused_flags().into_iter().map(|u| u.flag).collect()
         };
         assert_eq!(
@@ -564,7 +564,7 @@ mod tests {
             ["--capacity", "--interval", "--alert-every"]
         );
         assert!(unused(&["twtrace", "events", "--interval", "5", "--capacity", "100"]).is_empty());
-        let cli = Cli::try_parse_from([
+        let cli = Cli::try_from_args([
             "twtrace",
             "events",
             "--alert-rejects",
@@ -586,9 +586,9 @@ mod tests {
             unused(&["twtrace", "--alert-rejects", "0", "--alert-every", "5"]),
             ["--alert-every"]
         );
-        let e = Cli::try_parse_from(["twtrace", "--alert-every", "7200"]).unwrap_err();
+        let e = Cli::try_from_args(["twtrace", "--alert-every", "7200"]).unwrap_err();
         assert!(e.to_string().contains("--alert-every"), "{e}");
-        let ok = Cli::try_parse_from(["twtrace", "events", "--json", "--hooks", "kprobe"]).unwrap();
+        let ok = Cli::try_from_args(["twtrace", "events", "--json", "--hooks", "kprobe"]).unwrap();
         assert_eq!(ok.common.hooks, HookChoice::Only(Family::Kprobe));
     }
 }

@@ -1,7 +1,7 @@
 //! `twtrace doctor`: what this kernel offers and which hook serves each signal, and why.
 //! It really loads and attaches (then detaches) the programs: the only honest test.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{
     cli::Common,
@@ -109,15 +109,11 @@ fn report(loaded: &loader::Loaded, verbose: bool) -> Result<()> {
 fn print(out: &str) -> Result<()> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    match stdout
+    let written = stdout
         .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context("writing the report to stdout"))
-        }
-        _ => Ok(()),
-    }
+        .and_then(|()| stdout.flush());
+    crate::sinks::reader_gone(written).context("writing the report to stdout")?;
+    Ok(())
 }
 
 fn write_report(loaded: &loader::Loaded, verbose: bool, out: &mut String) {

@@ -444,14 +444,11 @@ impl Reporter {
                 sinks::table::render_said(&crate::stderr::recent(), &mut self.buf);
             }
             let mut stdout = io::stdout().lock();
-            match stdout
+            let written = stdout
                 .write_all(self.buf.as_bytes())
-                .and_then(|_| stdout.flush())
-            {
-                // `twtrace | head`: the reader has had enough.
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => self.closed = true,
-                r => r.context("writing the table to stdout")?,
-            }
+                .and_then(|_| stdout.flush());
+            // `twtrace | head`: the reader has had enough.
+            self.closed |= sinks::reader_gone(written).context("writing the table to stdout")?;
         }
         Ok(())
     }
@@ -489,13 +486,10 @@ async fn events(
         None => "stdout".to_string(),
     };
     let gone = |r: io::Result<()>| -> Result<()> {
-        match r {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                closed.set(true);
-                Ok(())
-            }
-            r => r.with_context(|| format!("writing events to {target}")),
+        if sinks::reader_gone(r).with_context(|| format!("writing events to {target}"))? {
+            closed.set(true);
         }
+        Ok(())
     };
     let out = std::cell::RefCell::new(BufWriter::with_capacity(64 * 1024, sink));
     let json = opts.json;

@@ -33,8 +33,14 @@ fn kept() -> MutexGuard<'static, VecDeque<String>> {
 
 /// Writes one line to stderr (see [`say!`]), and keeps it among the latest.
 pub fn line(args: fmt::Arguments) {
-    let text = args.to_string();
-    let _ = writeln!(std::io::stderr().lock(), "{text}");
+    // One write with its newline: stderr is unbuffered, and writeln! would make two.
+    let mut text = format!("{args}\n");
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    text.pop();
+    keep(text);
+}
+
+fn keep(text: String) {
     let mut kept = kept();
     if kept.len() == KEEP {
         kept.pop_front();
@@ -54,7 +60,7 @@ mod tests {
     #[test]
     fn the_latest_lines_are_kept() {
         for i in 0..KEEP + 3 {
-            crate::say!("stderr test line {i}");
+            keep(format!("stderr test line {i}"));
         }
         let kept = recent();
         assert!(kept.len() <= KEEP);

@@ -268,7 +268,7 @@ fn announce(snap: &Snapshot, filter: &Filter) {
 /// "N TIME-WAITs already present in M network namespaces", counting those that pass
 /// --port/--ip (the only ones the table and the stream show) and naming the whole too.
 fn found(snap: &Snapshot, filter: &Filter) -> String {
-    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let plural = |n: usize, word: &str| crate::sinks::plural(n as u64, word);
     let spaces = plural(snap.namespaces, "network namespace");
     let all = snap.timewaits;
     if filter.ports.is_empty() && filter.nets.is_empty() {

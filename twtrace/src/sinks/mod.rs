@@ -8,3 +8,20 @@ pub mod table;
 mod text;
 
 pub use text::write_line as write_text_line;
+
+use std::io;
+
+/// A write to an output whose reader may go away (`twtrace ... | head`): `Ok(true)` when it
+/// has gone, which is no error but a normal way to stop reading; `Ok(false)` when written.
+pub fn reader_gone(written: io::Result<()>) -> io::Result<bool> {
+    match written {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// `1 reject`, `2 rejects`: a count and its word, in the singular for one.
+pub fn plural(n: u64, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}

@@ -39,13 +39,11 @@ pub fn render(view: &PawsView, evictions: u64, out: &mut String) {
     } else {
         format!(" (and {old_acks} old ACKs)")
     };
-    let s = |n: u64| if n == 1 { "" } else { "s" };
     let _ = writeln!(
         out,
-        "PAWS: {} source IP{}, {total} reject{}{old_acks}, {evictions} evicted",
-        view.sources,
-        s(view.sources as u64),
-        s(total)
+        "PAWS: {}, {}{old_acks}, {evictions} evicted",
+        super::plural(view.sources as u64, "source IP"),
+        super::plural(total, "reject")
     );
     let cells: Vec<[String; 13]> = view.top.iter().map(cells).collect();
     let mut widths = HEADER.map(str::len);

@@ -93,18 +93,15 @@ pub fn check_writable(path: &Path) -> Result<()> {
             // A symlink's target is what is replaced: its directory is the one that matters.
             let dir = target.parent().filter(|d| !d.as_os_str().is_empty());
             let dir = dir.map_or_else(|| ".".into(), |d| d.display().to_string());
-            if target.as_path() == path {
-                format!(
-                    "--summary-json {}: cannot create files in {dir}",
-                    path.display()
-                )
+            let via = if target.as_path() == path {
+                String::new()
             } else {
-                format!(
-                    "--summary-json {}: a symlink to {}: cannot create files in {dir}",
-                    path.display(),
-                    target.display()
-                )
-            }
+                format!(": a symlink to {}", target.display())
+            };
+            format!(
+                "--summary-json {}{via}: cannot create files in {dir}",
+                path.display()
+            )
         })?;
     fs::remove_file(&tmp).ok();
     Ok(())

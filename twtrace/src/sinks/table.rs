@@ -171,8 +171,9 @@ fn header(agg: &Aggregate, live_known: bool, out: &mut String) {
     if rereads > 0 {
         let _ = writeln!(
             out,
-            "live re-read from the kernel's sockets after lost events: {rereads} time{} (the latest found {found} TIME-WAITs)",
-            if rereads == 1 { "" } else { "s" }
+            "live re-read from the kernel's sockets after lost events: {} (the latest found {})",
+            super::plural(rereads, "time"),
+            super::plural(found, "TIME-WAIT")
         );
     }
     let ev = agg.evictions();
@@ -715,7 +716,7 @@ mod tests {
         );
         assert_eq!(
             lines[5],
-            "live re-read from the kernel's sockets after lost events: 1 time (the latest found 1 TIME-WAITs)"
+            "live re-read from the kernel's sockets after lost events: 1 time (the latest found 1 TIME-WAIT)"
         );
     }
 }
