@@ -4,7 +4,7 @@
 //! with iproute2, moves threads into them with setns(2), and drives real TCP traffic between
 //! them so that TIME-WAIT sockets appear exactly where a test expects them.
 //!
-//! Traffic rule (shared/KERNEL.md): all traffic stays between the two namespaces a
+//! Traffic rule: all traffic stays between the two namespaces a
 //! [`NetnsPair`] creates; nothing here ever talks to an address outside them.
 //!
 //! Map of the modules:

@@ -1,6 +1,6 @@
 //! Stock Debian cloud kernels, fetched with `apt-get download` and unpacked with `dpkg-deb -x`
 //! into the cache: nothing is installed on the host. Bookworm ships 6.1 (main) and 6.12
-//! (bookworm-security); both have KPROBES, BTF and fentry support (see shared/KERNEL.md).
+//! (bookworm-security); both have KPROBES, BTF and fentry support.
 //! Bullseye's 5.10 (BTF and fentry too, but no drop reasons) stands for the kernels before 5.17
 //! that LTS distributions still run. Trixie-backports' 7.3 stands for the newest kernels, with
 //! function probes: the 6.16+ drop reasons (TCP_RFC7323_TW_PAWS) and tcp_check_req's

@@ -37,7 +37,7 @@ pub struct Outcome {
 }
 
 /// KVM only with a real hardware backend: the /dev/kvm of some sandboxes (e.g. kvm_pvm) cannot
-/// boot these kernels (-cpu host aborts on MSR 0x10a), see shared/KERNEL.md.
+/// boot these kernels (-cpu host aborts on MSR 0x10a).
 pub(crate) fn use_kvm(accel: Accel) -> bool {
     match accel {
         Accel::Kvm => true,

@@ -1,5 +1,5 @@
-//! A NAT topology that reproduces the classic PAWS failure deterministically (shared/KERNEL.md,
-//! "TCP timestamps and NAT"): K client namespaces on one private subnet behind a router
+//! A NAT topology that reproduces the classic PAWS failure deterministically (README, "PAWS
+//! and NAT"): K client namespaces on one private subnet behind a router
 //! namespace that SNATs them to ONE public address, with the source port forced per
 //! connection, so two clients can take turns on the same public 4-tuple while the server still
 //! holds the first one's TIME-WAIT.

@@ -430,7 +430,7 @@ impl RstBlock {
 }
 
 /// The counter a PAWS reject by a TIME-WAIT socket increments on this kernel:
-/// TcpExtPAWSTimewait (6.16+), before that TcpExtPAWSEstab (shared/KERNEL.md).
+/// TcpExtPAWSTimewait (6.16+), before that TcpExtPAWSEstab.
 pub fn tw_paws_counter(counters: &std::collections::BTreeMap<String, u64>) -> &'static str {
     if counters.contains_key("TcpExtPAWSTimewait") {
         "TcpExtPAWSTimewait"
