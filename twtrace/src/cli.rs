@@ -5,7 +5,7 @@ use std::{ffi::OsString, path::PathBuf};
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use ipnet::IpNet;
 
-use crate::{filter, signals::Family};
+use crate::{aggregate::order::Order, filter, signals::Family};
 
 const ABOUT: &str = "Live tracing of TCP TIME-WAIT sockets, per remote IP, with eBPF.";
 
@@ -161,6 +161,13 @@ pub struct LiveOpts {
     /// Live table only.
     #[arg(long, global = true, default_value_t = LIVE_REREAD, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_reread)]
     pub reread: f64,
+
+    /// What the REMOTE_IP and LOCAL_PORT rows are sorted by, most first (live table only):
+    /// live (TIME-WAITs alive now: where they pile up), tw_created, exits, one exit cause
+    /// (expired, replaced_by_syn, killed_by_rst, reused, purged, unknown), overflow or
+    /// eaddrnotavail.
+    #[arg(long, global = true, default_value_t = LIVE_SORT, value_name = "KEY", value_parser = parse_sort)]
+    pub sort: Order,
 }
 
 #[derive(Debug, Args)]
@@ -229,12 +236,18 @@ impl Cli {
                 );
                 check(c.alert_every != defaults.alert_every, "--alert-every", None);
                 check(self.live.top != LIVE_TOP, "--top", None);
+                check(self.live.sort != LIVE_SORT, "--sort", None);
                 check(self.live.reread != LIVE_REREAD, "--reread", None);
             }
             Some(Command::Events(_)) => {
                 check(
                     self.live.top != LIVE_TOP,
                     "--top",
+                    Some("it prints no table"),
+                );
+                check(
+                    self.live.sort != LIVE_SORT,
+                    "--sort",
                     Some("it prints no table"),
                 );
                 // events shows no live counts, and would repeat its tw_present events.
@@ -355,6 +368,8 @@ fn hoist_globals(args: Vec<OsString>) -> Vec<OsString> {
 
 /// `--top`'s default.
 const LIVE_TOP: usize = 20;
+/// `--sort`'s default.
+const LIVE_SORT: Order = Order::Live;
 /// `--reread`'s default.
 const LIVE_REREAD: f64 = 60.0;
 /// The most `--max-live-tw` takes: 2^26. The kernel refuses a hash map of 2^28 entries or more
@@ -411,6 +426,11 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
         ));
     }
     Ok(n)
+}
+
+fn parse_sort(s: &str) -> Result<Order, String> {
+    s.parse()
+        .map_err(|e: crate::aggregate::order::UnknownOrder| e.to_string())
 }
 
 fn parse_top(s: &str) -> Result<usize, String> {
@@ -485,6 +505,19 @@ mod tests {
         // After the subcommand too: refused with the reason, not as an unknown flag.
         let cli = Cli::try_from_args(["twtrace", "events", "--top", "3"]).unwrap();
         assert_eq!(describe(&cli.unused_flags()), "--top (it prints no table)");
+        let cli = Cli::try_from_args(["twtrace", "events", "--sort", "expired"]).unwrap();
+        assert_eq!(describe(&cli.unused_flags()), "--sort (it prints no table)");
+        let cli = Cli::try_from_args(["twtrace", "--sort", "tw_created"]).unwrap();
+        assert_eq!(cli.live.sort, Order::TwCreated);
+        assert_eq!(
+            Cli::try_from_args(["twtrace"]).unwrap().live.sort,
+            Order::Live
+        );
+        let e = Cli::try_from_args(["twtrace", "--sort", "created"]).unwrap_err();
+        assert!(
+            e.to_string().contains("expected one of: tw_created live"),
+            "{e}"
+        );
         // A value that is no UTF-8 (a path) does not stop the flags after it being followed.
         use std::os::unix::ffi::OsStringExt as _;
         let odd = OsString::from_vec(b"--summary-json=/tmp/\xff.json".to_vec());

@@ -549,6 +549,7 @@ async fn live(
 ) -> Result<()> {
     let topts = table::TableOpts {
         top: opts.top,
+        order: opts.sort,
         untraced: loaded
             .choices
             .iter()
@@ -560,7 +561,6 @@ async fn live(
             .filter_map(|c| Some((c.signal, c.limits?)))
             .collect(),
         clear_screen: io::stdout().is_terminal(),
-        ..Default::default()
     };
     let reporter = std::cell::RefCell::new(Reporter::new(common, Some(topts), opts.top));
     pump(
