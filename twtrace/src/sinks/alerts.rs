@@ -75,11 +75,12 @@ fn line(r: &SourceRow) -> String {
          (clock reset, or a middlebox rewriting timestamps); see README \"PAWS and NAT\""
     };
     format!(
-        "twtrace: ALERT {}: {} PAWS rejects at TIME-WAIT ({} SYNs), {} clock(s) (confidence {:.2}), \
-         regression max {} ticks, observed {:.2}/s vs predicted {:.2}/s. Reading: {}",
+        "twtrace: ALERT {}: {} PAWS rejects at TIME-WAIT ({} SYNs reached a listener), {} clock(s) \
+         (confidence {:.2}), regression max {} ticks, observed {:.2}/s vs predicted {:.2}/s. \
+         Reading: {}",
         r.ip,
         r.rejects.timewait,
-        r.tw_syns.rejected_paws,
+        r.syns,
         r.clocks,
         r.clock_confidence,
         r.regression.max.map_or("?".to_owned(), |m| m.to_string()),
