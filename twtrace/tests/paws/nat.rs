@@ -28,9 +28,32 @@ fn nat_clients_with_disagreeing_clocks() -> Result<()> {
                 order,
                 ..Scenario::default()
             })?;
+            let said = tracer.stderr_reader();
             let events = stop(tracer)?;
 
             let ip = lab.public_ip();
+            // One alert (--alert-rejects 1; --alert-every 60 s outlasts the run) exactly where
+            // the server rejected, naming the IP, its rejects so far, its clocks and a reading.
+            let said = said();
+            let alerts: Vec<&str> = (said.lines())
+                .filter(|l| l.starts_with("twtrace: ALERT"))
+                .collect();
+            if expect_rejects {
+                assert_eq!(alerts.len(), 1, "{order:?}: {said}");
+                let rest = alerts[0]
+                    .strip_prefix(&format!("twtrace: ALERT {ip}: "))
+                    .unwrap_or_else(|| panic!("{order:?}: another IP alerted: {said}"));
+                let (n, rest) = rest.split_once(' ').expect("a count first");
+                let n: u64 = n.parse().expect("a number of rejects");
+                assert!((1..=report.paws).contains(&n), "{order:?}: {said}");
+                assert!(rest.starts_with("PAWS rejects at TIME-WAIT"), "{said}");
+                assert!(
+                    rest.contains(" clock(s) ") && rest.contains("Reading: "),
+                    "{said}"
+                );
+            } else {
+                assert!(alerts.is_empty(), "{order:?}: no reject, no alert: {said}");
+            }
             assert_eq!(report.paws, report.expected_paws, "sanity: {report:#?}");
             assert_eq!(report.paws > 0, expect_rejects, "sanity: {report:#?}");
             // The counter window holds B's attempt alone: TIME-WAIT rejects. A's own connection,

@@ -171,6 +171,13 @@ impl Tracer {
         self.stderr.snapshot().join("\n")
     }
 
+    /// A reader of stderr that outlives the tracer: what it said while stopping too (the
+    /// last interval's alerts, say).
+    pub fn stderr_reader(&self) -> impl Fn() -> String + use<> {
+        let stderr = Arc::clone(&self.stderr);
+        move || stderr.snapshot().join("\n")
+    }
+
     /// Events received so far.
     pub fn events(&self) -> Vec<Value> {
         self.events.snapshot()
