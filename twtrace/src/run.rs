@@ -73,6 +73,9 @@ pub async fn main(cli: Cli) -> Result<()> {
     // Only now, with tracing sure to start, is an existing --output file emptied.
     let output = output.map(PendingOutput::start).transpose()?;
     announce(&loaded);
+    if let Some(n) = netns.clone() {
+        tokio::spawn(watch_netns(n));
+    }
     let present = present_read(&loaded, &cli.common, netns);
     let filter = Filter {
         ports: cli.common.ports.clone(),
@@ -189,6 +192,36 @@ fn warn_unknown_netns(netns: Option<&NetnsArg>) {
             "twtrace: warning: --netns {netns}: no such namespace in use now (no process runs \
              in it and nothing under /run/netns names it); nothing will show unless it appears"
         );
+    }
+}
+
+/// How often the `--netns` namespace is looked for while tracing.
+const NETNS_CHECK: Duration = Duration::from_secs(5);
+
+/// Says once when the `--netns` namespace can no longer be found (`ip netns del`, its last
+/// process gone): tracing goes on, but a namespace that went shows nothing more, and a quiet
+/// table would read as a quiet namespace. Not said for one that was not there at start
+/// ([`warn_unknown_netns`] did).
+async fn watch_netns(netns: NetnsArg) {
+    let found = |n: NetnsArg| async move {
+        let look = move || crate::kernel::netns::exists(n.inode, n.file.as_deref());
+        tokio::task::spawn_blocking(look).await.unwrap_or(true)
+    };
+    if !found(netns.clone()).await {
+        return;
+    }
+    loop {
+        tokio::time::sleep(NETNS_CHECK).await;
+        if !found(netns.clone()).await {
+            let named = netns.file.as_ref().map(|f| format!(" ({})", f.display()));
+            crate::say!(
+                "twtrace: warning: --netns {}{}: the namespace is gone (deleted, or nothing holds \
+                 it any more); nothing more will show from it",
+                netns.inode,
+                named.unwrap_or_default()
+            );
+            return;
+        }
     }
 }
 

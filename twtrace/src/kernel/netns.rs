@@ -99,6 +99,14 @@ pub fn inspect(path: &Path) -> std::io::Result<NsFile> {
     Ok(NsFile::Network(file.metadata()?.ino()))
 }
 
+/// Whether the namespace with `inode` can still be found: through `file` when it was named by
+/// one (which `ip netns del` removes), else, or then, among those in use ([`all`]).
+pub fn exists(inode: u32, file: Option<&Path>) -> bool {
+    let by_file =
+        file.is_some_and(|f| inspect(f).is_ok_and(|k| k == NsFile::Network(inode.into())));
+    by_file || all().contains_key(&inode)
+}
+
 /// Runs `f` on a new thread that has entered the namespace of `path`, and returns its result.
 /// The thread ends with `f`, so no other code runs in that namespace by mistake.
 pub fn run_in<T: Send + 'static>(
