@@ -65,7 +65,9 @@ pub async fn main(cli: Cli) -> Result<()> {
     }
     let netns = netns_arg(&cli.common)?;
     let options = load_options(&cli.common, netns.as_ref());
-    warn_unknown_netns(netns.as_ref());
+    // Where the namespace is found now, before loading (which can take a while): the watch
+    // starts from there.
+    let netns_found = netns.as_ref().map(found_netns);
     // Before loading: a SIGTERM that arrives while programs attach must still end in a clean
     // detach and exit 0, not in the default action.
     let shutdown = Shutdown::new()?;
@@ -73,8 +75,9 @@ pub async fn main(cli: Cli) -> Result<()> {
     // Only now, with tracing sure to start, is an existing --output file emptied.
     let output = output.map(PendingOutput::start).transpose()?;
     announce(&loaded);
-    if let Some(n) = netns.clone() {
-        tokio::spawn(watch_netns(n));
+    if let (Some(n), Some(Some(at))) = (&netns, netns_found) {
+        let given = cli.common.netns.clone().unwrap_or_default();
+        tokio::spawn(watch_netns(given, n.inode, at));
     }
     let present = present_read(&loaded, &cli.common, netns);
     let filter = Filter {
@@ -179,48 +182,46 @@ fn open_output(opts: &EventsOpts, common: &Common) -> Result<Option<PendingOutpu
     }))
 }
 
-/// A --netns id that no namespace in use has: not refused (one may appear with that inode,
-/// or be held open by something twtrace cannot see), but said plainly.
-fn warn_unknown_netns(netns: Option<&NetnsArg>) {
-    // Given as a file, it exists: the start-up read enters it by that file.
-    let Some(NetnsArg { inode, file: None }) = netns else {
-        return;
-    };
-    let netns = *inode;
-    if !crate::kernel::netns::all().contains_key(&netns) {
+/// Where the `--netns` namespace is found now: its file when given as one (parsing just checked
+/// it), else a file of a process in it or a name for it. None, said as a warning, when no
+/// process runs in it and nothing names it: it may appear later, or be held open by something
+/// twtrace cannot see.
+fn found_netns(netns: &NetnsArg) -> Option<std::path::PathBuf> {
+    let at = crate::kernel::netns::find(netns.inode, netns.file.as_deref());
+    if at.is_none() {
         crate::say!(
-            "twtrace: warning: --netns {netns}: no such namespace in use now (no process runs \
-             in it and nothing under /run/netns names it); nothing will show unless it appears"
+            "twtrace: warning: --netns {}: no such namespace in use now (no process runs \
+             in it and nothing under /run/netns names it); nothing will show unless it appears",
+            netns.inode
         );
     }
+    at
 }
 
 /// How often the `--netns` namespace is looked for while tracing.
 const NETNS_CHECK: Duration = Duration::from_secs(5);
 
-/// Says once when the `--netns` namespace can no longer be found (`ip netns del`, its last
-/// process gone): tracing goes on, but a namespace that went shows nothing more, and a quiet
-/// table would read as a quiet namespace. Not said for one that was not there at start
-/// ([`warn_unknown_netns`] did).
-async fn watch_netns(netns: NetnsArg) {
-    let found = |n: NetnsArg| async move {
-        let look = move || crate::kernel::netns::exists(n.inode, n.file.as_deref());
-        tokio::task::spawn_blocking(look).await.unwrap_or(true)
-    };
-    if !found(netns.clone()).await {
-        return;
-    }
+/// Says once when the `--netns` namespace (`given`, inode `inode`), found at start at `at`,
+/// can no longer be found
+/// (`ip netns del`, its last process gone): tracing goes on, but a namespace that went shows
+/// nothing more, and a quiet table would read as a quiet namespace. Each look tries the
+/// file it was last found through first: /proc is scanned only when that fails.
+async fn watch_netns(given: String, inode: u32, mut at: std::path::PathBuf) {
     loop {
         tokio::time::sleep(NETNS_CHECK).await;
-        if !found(netns.clone()).await {
-            let named = netns.file.as_ref().map(|f| format!(" ({})", f.display()));
-            crate::say!(
-                "twtrace: warning: --netns {}{}: the namespace is gone (deleted, or nothing holds \
-                 it any more); nothing more will show from it",
-                netns.inode,
-                named.unwrap_or_default()
-            );
-            return;
+        let last = at.clone();
+        let look = move || crate::kernel::netns::find(inode, Some(&last));
+        match tokio::task::spawn_blocking(look).await {
+            Ok(Some(now)) => at = now,
+            Ok(None) => {
+                crate::say!(
+                    "twtrace: warning: --netns {given}: the namespace can no longer be found \
+                     (deleted, or held only where twtrace does not look: an open descriptor, a \
+                     bind mount outside /run/netns); nothing more will show if it is gone"
+                );
+                return;
+            }
+            Err(_) => return,
         }
     }
 }

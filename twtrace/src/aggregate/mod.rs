@@ -18,6 +18,7 @@ mod rows;
 #[cfg(test)]
 mod tests;
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -74,7 +75,7 @@ impl<K: RowKey> Table<K> {
         }
     }
 
-    /// The `n` largest rows by `order`, largest first; ties by key so output is stable.
+    /// The `n` largest rows by `order`, largest first; ties as [`Ranked::rank`] says.
     ///
     /// Runs every refresh over tables that can hold far more keys than a screen shows: a
     /// bounded heap of the best `n` seen so far, so only those are copied.
@@ -113,8 +114,16 @@ struct Ranked<'a, K> {
 }
 
 impl<K: Ord> Ranked<'_, K> {
-    fn rank(&self) -> (std::cmp::Reverse<u64>, &K) {
-        (std::cmp::Reverse(self.value), self.key)
+    /// Ties (a key zero in most rows: overflow, a rare cause) by live, then created, so the
+    /// rows shown are still the busy ones; then by key, so output is stable.
+    fn rank(&self) -> (Reverse<u64>, Reverse<u64>, Reverse<u64>, &K) {
+        let c = self.counters;
+        (
+            Reverse(self.value),
+            Reverse(c.live),
+            Reverse(c.tw_created),
+            self.key,
+        )
     }
 }
 

@@ -413,9 +413,10 @@ fn ordering_by_each_key_with_stable_ties() {
     let (a, b, c) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3"));
     assert_eq!(order_of(Order::TwCreated), [a, b, c]);
     assert_eq!(order_of(Order::Live), [a, c, b]);
-    assert_eq!(order_of(Order::Exits(ExitCause::Reused)), [b, a, c]); // a, c tie at 0: by key
+    // Ties by live, then created, then key: the busy rows stay on screen.
+    assert_eq!(order_of(Order::Exits(ExitCause::Reused)), [b, a, c]); // a, c tie at 0: a lives
     assert_eq!(order_of(Order::Overflow), [c, a, b]);
-    assert_eq!(order_of(Order::EaddrNotAvail), [a, b, c]); // all 0: by key
+    assert_eq!(order_of(Order::EaddrNotAvail), [a, c, b]); // all 0: by live
 
     // Top-N selection picks the same rows as a full sort would.
     let top2: Vec<_> = agg
@@ -513,8 +514,8 @@ fn server_timewaits_stay_out_of_the_destination_table() {
         dests,
         [
             (addr("192.0.2.7:40001"), 1, 0),
-            (addr("192.0.2.7:40005"), 0, 1),
             (addr("198.51.100.1:443"), 1, 0),
+            (addr("192.0.2.7:40005"), 0, 1),
         ]
     );
     // Every table but the destinations still sees all of them.

@@ -99,12 +99,16 @@ pub fn inspect(path: &Path) -> std::io::Result<NsFile> {
     Ok(NsFile::Network(file.metadata()?.ino()))
 }
 
-/// Whether the namespace with `inode` can still be found: through `file` when it was named by
-/// one (which `ip netns del` removes), else, or then, among those in use ([`all`]).
-pub fn exists(inode: u32, file: Option<&Path>) -> bool {
-    let by_file =
-        file.is_some_and(|f| inspect(f).is_ok_and(|k| k == NsFile::Network(inode.into())));
-    by_file || all().contains_key(&inode)
+/// A file through which the namespace with `inode` is found now: `hint` if it still leads
+/// there (a /run/netns name goes with `ip netns del`, a /proc/PID one with its process), else
+/// one of those in use ([`all`], a scan of /proc). None when neither finds it.
+pub fn find(inode: u32, hint: Option<&Path>) -> Option<PathBuf> {
+    if let Some(hint) = hint
+        && inspect(hint).is_ok_and(|k| k == NsFile::Network(inode.into()))
+    {
+        return Some(hint.to_path_buf());
+    }
+    all().remove(&inode)
 }
 
 /// Runs `f` on a new thread that has entered the namespace of `path`, and returns its result.

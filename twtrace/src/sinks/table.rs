@@ -72,7 +72,7 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
         out.push_str(CLEAR_SCREEN);
     }
     // Writing into a String cannot fail; the results of writeln! are ignored below.
-    let _ = writeln!(out, "twtrace {}", Utc(now));
+    let _ = writeln!(out, "twtrace {}  (rows by {})", Utc(now), opts.order);
     // LIVE is enters less exits: without either, it means nothing, and is shown as `-`.
     let live_known = !(opts.untraced.iter()).any(|(s, _)| matches!(*s, "tw_enter" | "tw_exit"));
     header(agg, live_known, out);
@@ -94,7 +94,12 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
 
     out.push('\n');
     // Ports never carry EADDRNOTAVAIL (no port was bound), so that column is left out.
-    let ports = agg.top_by_port(opts.top, opts.order);
+    // A port never counts EADDRNOTAVAIL (no port was bound): ranked by LIVE instead.
+    let port_order = match opts.order {
+        Order::EaddrNotAvail => Order::Live,
+        order => order,
+    };
+    let ports = agg.top_by_port(opts.top, port_order);
     key_section(&ports, "LOCAL_PORT", false, live_known, out);
 
     // Only destinations with failures are shown; without any failure at all, the table (as
@@ -448,7 +453,10 @@ mod tests {
     fn header_has_totals() {
         let text = render_str(&sample(), &TableOpts::default());
         let lines: Vec<_> = text.lines().collect();
-        assert_eq!(lines[0], "twtrace 2025-11-22T03:50:01Z");
+        assert_eq!(
+            lines[0],
+            "twtrace 2025-11-22T03:50:01Z  (rows by tw_created)"
+        );
         assert_eq!(
             lines[1],
             "tw_created 4  live 2 (present at start 0)  overflow 1  eaddrnotavail 2  lost 0  evictions 0"
@@ -644,7 +652,7 @@ mod tests {
     fn terminal_vs_plain_framing() {
         let agg = sample();
         let plain = render_str(&agg, &TableOpts::default());
-        assert!(plain.starts_with("twtrace 2025-11-22T03:50:01Z\n"));
+        assert!(plain.starts_with("twtrace 2025-11-22T03:50:01Z  (rows by tw_created)\n"));
         assert!(plain.ends_with("\n\n"), "blank line between renderings");
         assert!(!plain.contains('\x1b'));
 

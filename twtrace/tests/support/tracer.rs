@@ -168,7 +168,7 @@ impl Tracer {
 
     /// Everything written to stderr so far, one line each.
     pub fn stderr_text(&self) -> String {
-        self.stderr.snapshot().join("\n")
+        self.stderr_reader()()
     }
 
     /// A reader of stderr that outlives the tracer: what it said while stopping too (the
