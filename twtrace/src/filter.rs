@@ -21,13 +21,19 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// No --port and no --ip: everything passes.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty() && self.nets.is_empty()
+    }
+
     /// True when the record concerns one of the ports (local or remote) and one of the networks
     /// (local or remote address); an empty list matches everything.
     #[inline]
     pub fn matches(&self, r: &Record) -> bool {
         // It runs for every record: without filters (the usual case) two compares, inlined,
         // where the call alone cost several times that.
-        (self.ports.is_empty() && self.nets.is_empty()) || self.matches_lists(r)
+        self.is_empty() || self.matches_lists(r)
     }
 
     #[inline(never)]

@@ -202,10 +202,10 @@ fn found_netns(netns: &NetnsArg) -> Option<std::path::PathBuf> {
 const NETNS_CHECK: Duration = Duration::from_secs(5);
 
 /// Says once when the `--netns` namespace (`given`, inode `inode`), found at start at `at`,
-/// can no longer be found
-/// (`ip netns del`, its last process gone): tracing goes on, but a namespace that went shows
-/// nothing more, and a quiet table would read as a quiet namespace. Each look tries the
-/// file it was last found through first: /proc is scanned only when that fails.
+/// can no longer be found (`ip netns del`, its last process gone): tracing goes on, but a
+/// namespace that went shows nothing more, and a quiet table would read as a quiet namespace.
+/// Each look tries the file it was last found through first: /proc is scanned only when that
+/// fails.
 async fn watch_netns(given: String, inode: u32, mut at: std::path::PathBuf) {
     loop {
         tokio::time::sleep(NETNS_CHECK).await;

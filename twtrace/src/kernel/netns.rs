@@ -4,10 +4,7 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    os::{
-        fd::AsRawFd as _,
-        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
-    },
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -53,13 +50,7 @@ pub fn all() -> BTreeMap<u32, PathBuf> {
 /// Whether `path` is a file of the kernel's namespace filesystem (nsfs): any file has an
 /// inode, only a namespace file's is a namespace id.
 pub fn is_namespace_file(path: &Path) -> bool {
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes the struct we pass; an all-zero statfs is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == NSFS_MAGIC
+    inspect(path).is_ok_and(|kind| kind != NsFile::NotNamespace)
 }
 
 /// What a file given as a network namespace turned out to be.

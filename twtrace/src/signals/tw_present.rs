@@ -271,7 +271,7 @@ fn found(snap: &Snapshot, filter: &Filter) -> String {
     let plural = |n: usize, word: &str| crate::sinks::plural(n as u64, word);
     let spaces = plural(snap.namespaces, "network namespace");
     let all = snap.timewaits;
-    if filter.ports.is_empty() && filter.nets.is_empty() {
+    if filter.is_empty() {
         return format!("{} already present in {spaces}", plural(all, "TIME-WAIT"));
     }
     let timewaits = &snap.records[..all.min(snap.records.len())];

@@ -93,8 +93,8 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
     key_section(&ips, "REMOTE_IP", true, live_known, out);
 
     out.push('\n');
-    // Ports never carry EADDRNOTAVAIL (no port was bound), so that column is left out.
-    // A port never counts EADDRNOTAVAIL (no port was bound): ranked by LIVE instead.
+    // Ports never carry EADDRNOTAVAIL (no port was bound): that column is left out, and
+    // `--sort eaddrnotavail` ranks them by LIVE instead.
     let port_order = match opts.order {
         Order::EaddrNotAvail => Order::Live,
         order => order,
