@@ -768,13 +768,38 @@ fn a_stalled_reader_does_not_hold_up_the_shutdown() -> Result<()> {
         }
         Ok(())
     })??;
-    std::thread::sleep(Duration::from_millis(500));
+    // Stalled for real: its stdout pipe full (64 KiB unread), or the watchdog is not what
+    // this test sees end it.
+    let stdout = std::os::fd::AsRawFd::as_raw_fd(t.child.stdout.as_ref().context("stdout")?);
+    let unread = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, the bytes waiting in the pipe.
+        let rc = unsafe { libc::ioctl(stdout, libc::FIONREAD, &mut n) };
+        if rc == 0 { n } else { -1 }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unread() < 65_536 - 4096 {
+        ensure!(
+            Instant::now() < deadline,
+            "sanity: twtrace's stdout pipe never filled ({} bytes unread)",
+            unread()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let signalled = Instant::now();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(t.pid as libc::pid_t, libc::SIGTERM) };
     t.ends_cleanly_within(
         twtrace::shutdown::GRACE + Duration::from_secs(10),
         "SIGTERM with its stdout full",
-    )
+    )?;
+    // Blocked in its write, the main loop could not end it: the watchdog did, after the grace.
+    let took = signalled.elapsed();
+    ensure!(
+        took >= twtrace::shutdown::GRACE,
+        "ended {took:?} after SIGTERM, before the watchdog's grace: was it stalled?"
+    );
+    Ok(())
 }
 
 /// `twtrace --summary-json F 2>&1 | head -1`: stderr's reader gone. Its lines are dropped

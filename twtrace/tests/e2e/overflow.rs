@@ -318,6 +318,19 @@ fn overflow_after_a_rearm() -> Result<()> {
             thread::sleep(Duration::from_millis(30));
             drop(accepted);
         }
+        // Each round re-armed one: every held 4-tuple's TIME-WAIT is now in substate TIME_WAIT
+        // (the server's FIN reached it), or this test would be one of plain overflows.
+        let rearmed = || -> Result<usize> {
+            Ok(tcp_sockets(pair.client_ns())?
+                .iter()
+                .filter(|e| e.timewait && e.state == TcpState::TimeWait)
+                .count())
+        };
+        wait_until(
+            "every held TIME-WAIT re-armed",
+            Duration::from_secs(5),
+            || Ok(rearmed()? == ROUNDS),
+        )?;
         thread::sleep(Duration::from_millis(100));
         let after = netstat(pair.client_ns())?;
         let events = stop(tracer)?;

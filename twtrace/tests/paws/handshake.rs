@@ -196,6 +196,7 @@ fn syn_once_while_accept_waits_for_data(tag: &str, v6: bool) -> Result<()> {
     let server = listener.local_addr()?;
     let tracer = trace(pair.server_inode(), &[])?;
     let before = netstat(pair.server_ns())?;
+    let connected = std::time::Instant::now();
     let mut clients = (0..N)
         .map(|_| {
             support::in_netns(pair.client_ns(), || {
@@ -204,8 +205,23 @@ fn syn_once_while_accept_waits_for_data(tag: &str, v6: bool) -> Result<()> {
         })
         .collect::<std::io::Result<Vec<_>>>()
         .context("connect")?;
-    // Past the request sockets' first timeout (1 s), before their SYN-ACK retransmit (3 s).
-    thread::sleep(Duration::from_millis(1600));
+    // Past the request sockets' first timeout (1 s: the re-arm this test is about, seen in
+    // their timer count), before their SYN-ACK retransmit (3 s).
+    loop {
+        let rearmed = (support::tcp_sockets(pair.server_ns())?.iter())
+            .filter(|e| {
+                e.local == server && e.state == support::TcpState::SynRecv && e.retransmits >= 1
+            })
+            .count();
+        if rearmed == N {
+            break;
+        }
+        ensure!(
+            connected.elapsed() < Duration::from_millis(2500),
+            "sanity: {rearmed} of {N} request sockets' timers fired once within 2.5 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     for c in &mut clients {
         c.write_all(b"x")?;
     }

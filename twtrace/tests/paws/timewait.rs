@@ -11,6 +11,7 @@ fn timewait_old_syn(tag: &str, v6: bool) -> Result<()> {
     let (srv, cli) = (pair.server_ns(), pair.client_ns());
     let server = Server::start(srv, SocketAddr::new(server_ip(&pair, v6), 5000))?;
     let tracer = trace(pair.server_inode(), &[])?;
+    let made_from = netstat(srv)?;
     let tw = ServerTimeWait::create(&pair, &server, 41001)?;
     let mark = monotonic_ns();
     // The client kernel would answer the server's ACK with a RST that kills the TIME-WAIT.
@@ -20,7 +21,14 @@ fn timewait_old_syn(tag: &str, v6: bool) -> Result<()> {
     let syn = tw.syn(tw.seq_after(), Some(REGRESSION));
     probe(cli, &mut cap, &syn, REPLY_TIMEOUT)?.context("the server answers a PAWS reject")?;
     let after = netstat(srv)?;
-    let events = since(stop(tracer)?, mark);
+    let all = stop(tracer)?;
+    // The whole run, the TIME-WAIT's making included: no reject but the kernel's.
+    assert_eq!(
+        rejects_in(&all, pair.server_inode(), tw.client.ip()) as u64,
+        paws_drops(&made_from, &after),
+        "paws_reject events vs the kernel's PAWS counters, whole run: {all:#?}"
+    );
+    let events = since(all, mark);
 
     let kernel = tw_paws_delta(&before, &after);
     assert_eq!(kernel, 1, "sanity: the kernel rejected it");
@@ -116,6 +124,11 @@ fn dual_stack_listener_reports_the_ipv4_client() -> Result<()> {
 
         let kernel = tw_paws_delta(&before, &after);
         assert_eq!(kernel, 1, "sanity: the kernel rejected it");
+        assert_eq!(
+            rejects_in(&all, pair.server_inode(), ip) as u64,
+            paws_drops(&made_from, &after),
+            "paws_reject events vs the kernel's PAWS counters, whole run: {all:#?}"
+        );
         let events = since(all, mark);
         let rejects = from(&events, "paws_reject", ip);
         assert_eq!(rejects.len() as u64, kernel, "{events:#?}");
@@ -136,6 +149,7 @@ fn timewait_accepted_syn(tag: &str, v6: bool) -> Result<()> {
     let (srv, cli) = (pair.server_ns(), pair.client_ns());
     let server = Server::start(srv, SocketAddr::new(server_ip(&pair, v6), 5000))?;
     let tracer = trace(pair.server_inode(), &[])?;
+    let made_from = netstat(srv)?;
     let by_ts = ServerTimeWait::create(&pair, &server, 41001)?;
     let by_seq = ServerTimeWait::create(&pair, &server, 41003)?;
     let mark = monotonic_ns();
@@ -149,11 +163,18 @@ fn timewait_accepted_syn(tag: &str, v6: bool) -> Result<()> {
     probe(cli, &mut cap, &syn, REPLY_TIMEOUT)?.context("SYN-ACK")?;
     let after = netstat(srv)?;
     let announced = tracer.stderr_text();
-    let events = since(stop(tracer)?, mark);
+    let all = stop(tracer)?;
 
     let ip = by_ts.client.ip();
     assert_eq!(tw_paws_delta(&before, &after), 0, "sanity: no PAWS reject");
-    assert_eq!(from(&events, "paws_reject", ip).len(), 0);
+    // Nor any in the whole run, the TIME-WAITs' making included, from any source.
+    assert_eq!(
+        paws_drops(&made_from, &after),
+        0,
+        "sanity: no PAWS drop at all"
+    );
+    assert_eq!(rejects_in(&all, pair.server_inode(), ip), 0, "{all:#?}");
+    let events = since(all, mark);
     // The classic tracepoint route before 6.10 cannot tell a SYN that replaced a TIME-WAIT from
     // a reset it sent (see `segment_kill_cause` in e2e/main.rs): it announces that, and then
     // classifies no accepted SYN.

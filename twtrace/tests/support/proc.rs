@@ -156,6 +156,9 @@ pub struct TcpEntry {
     /// A timewait socket's time left until its timer fires (/proc shows it in clock ticks,
     /// 0 once due).
     pub timewait_left: Option<Duration>,
+    /// The `retrnsmt` column: for a request socket (SYN_RECV), how many times its timer has
+    /// fired (`num_timeout`), SYN-ACK sent again or not.
+    pub retransmits: u32,
 }
 
 /// The kernel prints addresses as the in-memory bytes of the big-endian address, grouped in
@@ -203,6 +206,7 @@ fn parse_tcp_table(text: &str, out: &mut Vec<TcpEntry>) -> Result<()> {
             state: TcpState::from_code(u8::from_str_radix(f[3], 16)?),
             timewait,
             timewait_left,
+            retransmits: f.get(6).map_or(Ok(0), |r| u32::from_str_radix(r, 16))?,
         });
     }
     Ok(())
