@@ -1,6 +1,9 @@
 //! Command line.
 
-use std::{ffi::OsString, path::PathBuf};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use ipnet::IpNet;
@@ -39,7 +42,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Stream every event (TIME-WAIT enter/exit, overflow, EADDRNOTAVAIL, losses).
+    /// Stream every event (TIME-WAIT enter/exit, overflow, EADDRNOTAVAIL, PAWS rejects,
+    /// SYNs, losses).
+    #[command(
+        after_help = "Of the flags above, --top, --sort and --reread are for the live table \
+        and refused here; --capacity and --interval need an aggregate to act on (--summary-json, \
+        or alerts on)."
+    )]
     Events(EventsOpts),
     /// Show the kernel, BTF, lockdown and which hook serves each signal, and why.
     #[command(
@@ -112,7 +121,7 @@ pub struct Common {
     /// TIME-WAITs by connection, through which their PAWS rejects are found (when full:
     /// `live_table_full` losses, and a warning). And it bounds the TIME-WAITs read from the
     /// kernel's sockets and counted as live, at start-up (`tw_present`) and after lost events
-    /// (--reread); beyond it, a warning. 1024 to 67108864.
+    /// (--reread), of those --port/--ip let through; beyond it, a warning. 1024 to 67108864.
     #[arg(long, global = true, default_value_t = 262_144, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1024..=i64::from(MAX_LIVE_TW_LIMIT)))]
     pub max_live_tw: u32,
 
@@ -177,9 +186,16 @@ pub struct EventsOpts {
     #[arg(long)]
     pub json: bool,
 
-    /// Write events here instead of stdout.
+    /// Write events here instead of stdout (`-`: stdout).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+impl EventsOpts {
+    /// The file `--output` names; None for stdout (no --output, or `-` as tools take it).
+    pub fn output_file(&self) -> Option<&Path> {
+        self.output.as_deref().filter(|p| *p != Path::new("-"))
+    }
 }
 
 #[derive(Debug, Args)]

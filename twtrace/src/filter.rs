@@ -1,7 +1,7 @@
 //! User-side event filters (--port, --ip). The --netns filter runs in the kernel.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -38,14 +38,17 @@ impl Filter {
 
     #[inline(never)]
     fn matches_lists(&self, r: &Record) -> bool {
+        self.matches_endpoints(r.local, r.remote)
+    }
+
+    /// [`Filter::matches`] for a connection's two ends (a socket read from the kernel's
+    /// tables, before it is a record).
+    pub fn matches_endpoints(&self, local: SocketAddr, remote: SocketAddr) -> bool {
         let port_ok = self.ports.is_empty()
-            || self.ports.contains(&r.local.port())
-            || self.ports.contains(&r.remote.port());
+            || self.ports.contains(&local.port())
+            || self.ports.contains(&remote.port());
         let ip_ok = self.nets.is_empty()
-            || self
-                .nets
-                .iter()
-                .any(|n| n.contains(&r.local.ip()) || n.contains(&r.remote.ip()));
+            || (self.nets.iter()).any(|n| n.contains(&local.ip()) || n.contains(&remote.ip()));
         port_ok && ip_ok
     }
 }

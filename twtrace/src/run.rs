@@ -79,11 +79,11 @@ pub async fn main(cli: Cli) -> Result<()> {
         let given = cli.common.netns.clone().unwrap_or_default();
         tokio::spawn(watch_netns(given, n.inode, at));
     }
-    let present = present_read(&loaded, &cli.common, netns);
     let filter = Filter {
         ports: cli.common.ports.clone(),
         nets: cli.common.ips.clone(),
     };
+    let present = present_read(&loaded, &cli.common, netns, &filter);
     match cli.command {
         Some(Command::Events(opts)) => {
             events(
@@ -154,7 +154,7 @@ impl Drop for PendingOutput {
 /// `events --output FILE` (see [`PendingOutput`]); refused when it is also the --summary-json
 /// file (each summary rewrite would replace the event stream).
 fn open_output(opts: &EventsOpts, common: &Common) -> Result<Option<PendingOutput>> {
-    let Some(path) = &opts.output else {
+    let Some(path) = opts.output_file() else {
         return Ok(None);
     };
     if let Some(summary) = &common.summary_json
@@ -177,7 +177,7 @@ fn open_output(opts: &EventsOpts, common: &Common) -> Result<Option<PendingOutpu
         .with_context(|| format!("--output {}: cannot create it", path.display()))?;
     Ok(Some(PendingOutput {
         file: Some(file),
-        path: path.clone(),
+        path: path.to_path_buf(),
         created,
     }))
 }
@@ -239,10 +239,15 @@ fn stdout_reader_gone() -> bool {
     (unsafe { libc::poll(&mut p, 1, 0) } == 1) && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
-/// Whether to read the TIME-WAITs already there at start-up, of which namespace (0: all) and
-/// how many at most: only when both ends of a TIME-WAIT are traced (without them `live` has
-/// no meaning), and not with --hooks-only.
-fn present_read(l: &Loaded, c: &Common, netns: Option<NetnsArg>) -> Option<tw_present::Wanted> {
+/// Whether to read the TIME-WAITs already there at start-up, of which namespace (0: all),
+/// which (--port/--ip) and how many at most: only when both ends of a TIME-WAIT are traced
+/// (without them `live` has no meaning), and not with --hooks-only.
+fn present_read(
+    l: &Loaded,
+    c: &Common,
+    netns: Option<NetnsArg>,
+    filter: &Filter,
+) -> Option<tw_present::Wanted> {
     let traced = |name: &str| {
         l.choices
             .iter()
@@ -253,6 +258,7 @@ fn present_read(l: &Loaded, c: &Common, netns: Option<NetnsArg>) -> Option<tw_pr
     }
     Some(tw_present::Wanted {
         netns,
+        filter: filter.clone(),
         limit: l.max_live_tw,
     })
 }
@@ -515,7 +521,7 @@ async fn events(
     };
     // Set when a write finds the reader gone (`| head`): a normal way to stop reading.
     let closed = std::cell::Cell::new(false);
-    let target = match &opts.output {
+    let target = match opts.output_file() {
         Some(path) => path.display().to_string(),
         None => "stdout".to_string(),
     };

@@ -590,19 +590,10 @@ fn a_failed_start_keeps_an_earlier_capture() {
     assert!(!fresh.exists(), "a failed run created {}", fresh.display());
 }
 
-/// `ip netns add 100`: a namespace name made of digits is that namespace, not inode 100 (which
-/// would trace nothing and say so).
-#[test]
-fn a_namespace_named_by_digits_is_found_by_name() -> Result<()> {
-    let name = format!("7{}", std::process::id());
-    let _ns = support::NamedNetns::add(&name)?;
-    support::netns::ip(&["-n", &name, "link", "set", "lo", "up"])?;
-    let inode = support::netns_inode(&name)?;
-    let mut t = Tracer::spawn_default(&["events", "--json", "--netns", &name])?;
-    t.wait_ready(Duration::from_secs(180))?;
-    let said = t.stderr_text();
-    // One TIME-WAIT in that namespace (the server side closes first, on its loopback).
-    support::netns::try_in_netns(&name, || -> Result<()> {
+/// One TIME-WAIT in namespace `name` (the server side closes first, on its loopback, which
+/// must be up).
+fn one_timewait_in(name: &str) -> Result<()> {
+    support::netns::try_in_netns(name, || -> Result<()> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let client = std::net::TcpStream::connect(listener.local_addr()?)?;
         let (server, _) = listener.accept()?;
@@ -617,7 +608,43 @@ fn a_namespace_named_by_digits_is_found_by_name() -> Result<()> {
         );
         drop(client);
         Ok(())
-    })??;
+    })?
+}
+
+/// `events --output -` writes to stdout, as tools take `-`: no file of that name.
+#[test]
+fn output_dash_is_stdout() -> Result<()> {
+    let name = format!("tw-dash-{}", std::process::id());
+    let _ns = support::NamedNetns::add(&name)?;
+    support::netns::ip(&["-n", &name, "link", "set", "lo", "up"])?;
+    let dash = std::env::current_dir()?.join("-");
+    ensure!(!dash.exists(), "sanity: {} exists already", dash.display());
+    let args = ["events", "--json", "--output", "-", "--netns", &name];
+    let mut t = Tracer::spawn_default(&args)?;
+    t.wait_ready(Duration::from_secs(180))?;
+    one_timewait_in(&name)?;
+    t.wait_for_event(|e| e["type"] == "tw_enter", Duration::from_secs(10))?;
+    t.stop()?;
+    ensure!(
+        !dash.exists(),
+        "a file named - was made: {}",
+        dash.display()
+    );
+    Ok(())
+}
+
+/// `ip netns add 100`: a namespace name made of digits is that namespace, not inode 100 (which
+/// would trace nothing and say so).
+#[test]
+fn a_namespace_named_by_digits_is_found_by_name() -> Result<()> {
+    let name = format!("7{}", std::process::id());
+    let _ns = support::NamedNetns::add(&name)?;
+    support::netns::ip(&["-n", &name, "link", "set", "lo", "up"])?;
+    let inode = support::netns_inode(&name)?;
+    let mut t = Tracer::spawn_default(&["events", "--json", "--netns", &name])?;
+    t.wait_ready(Duration::from_secs(180))?;
+    let said = t.stderr_text();
+    one_timewait_in(&name)?;
     t.wait_for_event(|e| e["type"] == "tw_enter", Duration::from_secs(10))?;
     let events = t.stop()?;
     ensure!(!said.contains("no such namespace"), "{said}");
@@ -865,5 +892,52 @@ fn a_deleted_namespace_is_said_to_be_no_longer_found() -> Result<()> {
     let said = t.wait_stderr("can no longer be found", Duration::from_secs(30))?;
     ensure!(said.contains(&format!("--netns {name}: ")), "{said}");
     t.stop().context("exit 0 after the warning")?;
+    Ok(())
+}
+
+/// A namespace is found through its name, which lasts, rather than through a process in it,
+/// which may go at any moment (a load generator's client, a CGI worker): the read of the
+/// kernel's sockets entered such a process's /proc/PID/ns/net after it had exited, and left
+/// that namespace's TIME-WAITs out of LIVE.
+#[test]
+fn a_named_namespace_is_found_by_its_name() -> Result<()> {
+    let name = format!("tw-byname-{}", std::process::id());
+    let _ns = support::NamedNetns::add(&name)?;
+    let inode = support::netns_inode(&name)?;
+    // A process in it (`ip netns exec` runs `sleep` as itself), killed whatever happens.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", &name, "sleep", "30"])
+            .spawn()
+            .context("ip netns exec")?,
+    );
+    let in_it = Path::new("/proc")
+        .join(child.0.id().to_string())
+        .join("ns/net");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entered = || {
+        fs::metadata(&in_it)
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == u64::from(inode))
+    };
+    while !entered() {
+        ensure!(
+            Instant::now() < deadline,
+            "sanity: the process never entered {name}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let found = twtrace::kernel::netns::all();
+    assert_eq!(
+        found.get(&inode),
+        Some(&Path::new("/run/netns").join(&name)),
+        "{found:?}"
+    );
     Ok(())
 }

@@ -15,7 +15,8 @@ use anyhow::{Context as _, Result, bail};
 const NAMED: [&str; 2] = ["/run/netns", "/run/docker/netns"];
 
 /// Every network namespace that a process runs in or that is named under [`NAMED`], by inode,
-/// with one file that refers to it.
+/// with one file that refers to it: its name where it has one, which lasts, rather than a
+/// process's, which goes with that process (a load generator's client, a CGI worker).
 pub fn all() -> BTreeMap<u32, PathBuf> {
     let mut found = BTreeMap::new();
     let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
@@ -36,7 +37,7 @@ pub fn all() -> BTreeMap<u32, PathBuf> {
     // A file left under a name after its namespace went (Docker leaves such files) is an
     // ordinary file: no namespace, and nothing to enter.
     let named = named.filter(|p| is_namespace_file(p));
-    for path in pids.chain(named) {
+    for path in named.chain(pids) {
         // A process may exit between listing and stat: skip it.
         if let Ok(meta) = std::fs::metadata(&path)
             && let Ok(inode) = u32::try_from(meta.ino())

@@ -27,27 +27,35 @@ pub struct TimeWaitSock {
 const TCP_FIN_WAIT2: u8 = 5;
 const TCP_LISTEN: u8 = 10;
 
-/// What one namespace holds: its TIME-WAIT sockets and its listening ports.
+/// What one namespace holds: its TIME-WAIT sockets (those asked for) and its listening ports.
 #[derive(Debug, Default)]
 pub struct Sockets {
     pub timewaits: Vec<TimeWaitSock>,
+    /// Every TIME-WAIT the kernel listed, kept or not.
+    pub all_timewaits: usize,
     /// Local ports with a listener (either family): a TIME-WAIT on one is a server's.
     pub listening: Vec<u16>,
 }
 
-/// Every TIME-WAIT socket (either substate) and listener of the calling thread's network
-/// namespace, IPv4 and IPv6. Stops at `limit` TIME-WAITs.
-pub fn sockets(limit: usize) -> Result<Sockets> {
+/// The TIME-WAIT sockets (either substate) that `keep` (given local and remote) wants, at
+/// most `limit`, and every listener, of the calling thread's network namespace, IPv4 and
+/// IPv6. The others are counted only: the limit is spent on wanted sockets alone.
+pub fn sockets(limit: usize, keep: impl Fn(SocketAddr, SocketAddr) -> bool) -> Result<Sockets> {
     let mut out = Sockets::default();
     for family in [AF_INET, AF_INET6] {
-        dump(family, limit, &mut out)?;
+        dump(family, limit, &keep, &mut out)?;
     }
     out.listening.sort_unstable();
     out.listening.dedup();
     Ok(out)
 }
 
-fn dump(family: u8, limit: usize, out: &mut Sockets) -> Result<()> {
+fn dump(
+    family: u8,
+    limit: usize,
+    keep: &impl Fn(SocketAddr, SocketAddr) -> bool,
+    out: &mut Sockets,
+) -> Result<()> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
     socket.bind_auto().context("binding the sock_diag socket")?;
     socket.connect(&NlAddr::new(0, 0))?;
@@ -97,18 +105,21 @@ fn dump(family: u8, limit: usize, out: &mut Sockets) -> Result<()> {
                     let timewait = r.header.timer == Some(Timer::TimeWait);
                     if r.header.state == TCP_LISTEN {
                         out.listening.push(id.source_port);
-                    } else if timewait && out.timewaits.len() < limit {
-                        out.timewaits.push(TimeWaitSock {
-                            local: SocketAddr::new(
-                                id.source_address.to_canonical(),
-                                id.source_port,
-                            ),
-                            remote: SocketAddr::new(
-                                id.destination_address.to_canonical(),
-                                id.destination_port,
-                            ),
-                            fin_wait2: r.header.state == TCP_FIN_WAIT2,
-                        });
+                    } else if timewait {
+                        out.all_timewaits += 1;
+                        let local =
+                            SocketAddr::new(id.source_address.to_canonical(), id.source_port);
+                        let remote = SocketAddr::new(
+                            id.destination_address.to_canonical(),
+                            id.destination_port,
+                        );
+                        if out.timewaits.len() < limit && keep(local, remote) {
+                            out.timewaits.push(TimeWaitSock {
+                                local,
+                                remote,
+                                fin_wait2: r.header.state == TCP_FIN_WAIT2,
+                            });
+                        }
                     }
                 }
                 NetlinkPayload::Done(_) => return Ok(()),

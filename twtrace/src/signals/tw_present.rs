@@ -14,6 +14,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -26,10 +27,12 @@ use crate::{
     kernel::{netns, sock_diag},
 };
 
-/// What to read: the `--netns` namespace (None: all), at most `limit` sockets.
+/// What to read: the `--netns` namespace (None: all), at most `limit` sockets of those
+/// `filter` (--port/--ip) lets through: others spend none of the limit.
 #[derive(Clone, Debug)]
 pub struct Wanted {
     pub netns: Option<NetnsArg>,
+    pub filter: Filter,
     pub limit: usize,
 }
 
@@ -80,7 +83,7 @@ pub fn start(what: Option<Wanted>, again: bool) -> (Reading, Held) {
     let task = what.map(|w| {
         tokio::task::spawn_blocking(move || Snapshot {
             again,
-            ..take(w.netns.as_ref(), w.limit)
+            ..take(w.netns.as_ref(), &w.filter, w.limit)
         })
     });
     let held = Held {
@@ -158,21 +161,25 @@ impl Held {
 pub struct Snapshot {
     /// A read after lost events, not the start-up one.
     pub again: bool,
-    /// The TIME-WAITs (`TwPresent`), then one `Listening` per listening port.
+    /// The TIME-WAITs wanted (`TwPresent`), then one `Listening` per listening port.
     pub records: Vec<Record>,
     /// How many of `records` are TIME-WAITs.
     pub timewaits: usize,
+    /// Every TIME-WAIT of the namespaces read, wanted or not.
+    pub seen: usize,
     /// Namespaces read.
     pub namespaces: usize,
-    /// More sockets than the limit: the rest are not counted as live.
+    /// Namespaces read that hold any of `records`' TIME-WAITs.
+    pub holding: usize,
+    /// More sockets wanted than the limit: the rest are not counted as live.
     pub truncated: bool,
     /// Namespaces that could not be read, and why (they are still traced).
     pub failed: Vec<String>,
 }
 
-/// Reads the TIME-WAITs of every namespace (`only` None), or of the `--netns` one, at most
-/// `limit` in all.
-pub fn take(only: Option<&NetnsArg>, limit: usize) -> Snapshot {
+/// Reads the TIME-WAITs that `filter` lets through of every namespace (`only` None), or of
+/// the `--netns` one, at most `limit` in all.
+pub fn take(only: Option<&NetnsArg>, filter: &Filter, limit: usize) -> Snapshot {
     let spaces = match only {
         None => netns::all(),
         // Given as a file: entered by that file, which may be the only one naming it (a
@@ -189,28 +196,48 @@ pub fn take(only: Option<&NetnsArg>, limit: usize) -> Snapshot {
             all
         }
     };
-    take_from(spaces, limit)
+    take_from(spaces, filter, limit)
 }
 
 /// Each namespace's records carry the time its read ended: every TIME-WAIT in them had entered
 /// by then, so a traced enter after it is no socket of the read (`Aggregate` tests enters
 /// against the read's sockets only up to that time).
-fn take_from(spaces: BTreeMap<u32, std::path::PathBuf>, limit: usize) -> Snapshot {
+fn take_from(spaces: BTreeMap<u32, PathBuf>, filter: &Filter, limit: usize) -> Snapshot {
     let mut snap = Snapshot::default();
     let mut listeners = Vec::new();
     for (inode, path) in spaces {
         let room = limit.saturating_sub(snap.records.len());
         // One more than the room tells a full namespace from an exact fit.
-        let socks = match netns::run_in(path.clone(), move || sock_diag::sockets(room + 1)) {
+        let read = |path: PathBuf| {
+            let filter = filter.clone();
+            netns::run_in(path, move || {
+                sock_diag::sockets(room + 1, |l, r| filter.matches_endpoints(l, r))
+            })
+        };
+        let socks = match read(path.clone()) {
             Ok(socks) => socks,
-            Err(e) => {
-                snap.failed
-                    .push(format!("{} ({inode}): {e:#}", path.display()));
-                continue;
-            }
+            // The file gone since the namespaces were listed (its process exited): the
+            // namespace may live on, found through another.
+            Err(e) => match netns::find(inode, None).filter(|other| *other != path) {
+                Some(other) => match read(other.clone()) {
+                    Ok(socks) => socks,
+                    Err(e) => {
+                        snap.failed
+                            .push(format!("{} ({inode}): {e:#}", other.display()));
+                        continue;
+                    }
+                },
+                None => {
+                    snap.failed
+                        .push(format!("{} ({inode}): {e:#}", path.display()));
+                    continue;
+                }
+            },
         };
         let now_ns = crate::run::monotonic_ns();
         snap.namespaces += 1;
+        snap.seen += socks.all_timewaits;
+        snap.holding += usize::from(!socks.timewaits.is_empty() && room > 0);
         snap.truncated |= socks.timewaits.len() > room;
         let listening = &socks.listening;
         let records = socks.timewaits.iter().take(room).map(|s| Record {
@@ -254,9 +281,14 @@ fn announce(snap: &Snapshot, filter: &Filter) {
         crate::say!("twtrace: {}", found(snap, filter));
     }
     if snap.truncated {
+        let which = if filter.is_empty() {
+            ""
+        } else {
+            " matching --port/--ip"
+        };
         crate::say!(
-            "twtrace: warning: more TIME-WAITs were present than --max-live-tw; the rest are \
-             not counted as live until they end"
+            "twtrace: warning: more TIME-WAITs{which} were present than --max-live-tw; the \
+             rest are not counted as live until they end"
         );
     }
     let when = if snap.again { "now" } else { "already" };
@@ -265,20 +297,24 @@ fn announce(snap: &Snapshot, filter: &Filter) {
     }
 }
 
-/// "N TIME-WAITs already present in M network namespaces", counting those that pass
-/// --port/--ip (the only ones the table and the stream show) and naming the whole too.
+/// "N TIME-WAITs already present in K of the M network namespaces read", counting those
+/// that pass --port/--ip (the only ones the table and the stream show; the read keeps only
+/// those) and naming the whole too.
 fn found(snap: &Snapshot, filter: &Filter) -> String {
     let plural = |n: usize, word: &str| crate::sinks::plural(n as u64, word);
-    let spaces = plural(snap.namespaces, "network namespace");
-    let all = snap.timewaits;
+    let spaces = if snap.namespaces == 1 {
+        "in 1 network namespace".to_owned()
+    } else {
+        let read = plural(snap.namespaces, "network namespace");
+        format!("in {} of the {read} read", snap.holding)
+    };
+    let timewaits = plural(snap.timewaits, "TIME-WAIT");
     if filter.is_empty() {
-        return format!("{} already present in {spaces}", plural(all, "TIME-WAIT"));
+        return format!("{timewaits} already present {spaces}");
     }
-    let timewaits = &snap.records[..all.min(snap.records.len())];
-    let matching = timewaits.iter().filter(|r| filter.matches(r)).count();
     format!(
-        "{} matching --port/--ip already present ({all} in all) in {spaces}",
-        plural(matching, "TIME-WAIT")
+        "{timewaits} matching --port/--ip already present ({} in all) {spaces}",
+        snap.seen
     )
 }
 
@@ -287,46 +323,73 @@ mod tests {
     use super::*;
     use crate::event::LossReason;
 
-    /// The start-up line counts what --port/--ip let through, and says of how many.
+    /// The start-up line counts what --port/--ip let through (the read kept those alone),
+    /// says of how many, and in how many of the namespaces read they are.
     #[test]
     fn the_count_found_follows_the_filter() {
-        let tw = |local: &str| Record {
-            ts_ns: 0,
-            netns: 1,
-            local: local.parse().unwrap(),
-            remote: "10.0.0.2:40000".parse().unwrap(),
-            what: What::TwPresent {
-                substate: crate::event::Substate::TimeWait,
-                server: true,
-            },
+        let none = Filter::default();
+        let port = Filter {
+            ports: vec![80],
+            nets: vec![],
         };
-        let mut snap = Snapshot {
-            records: vec![tw("10.0.0.1:80"), tw("10.0.0.1:443"), tw("10.0.0.1:443")],
-            timewaits: 3,
-            namespaces: 1,
+        let snap = |timewaits, seen, namespaces, holding| Snapshot {
+            timewaits,
+            seen,
+            namespaces,
+            holding,
             ..Snapshot::default()
         };
-        let none = Filter {
-            ports: vec![],
-            nets: vec![],
-        };
-        let port = |p| Filter {
-            ports: vec![p],
-            nets: vec![],
-        };
         assert_eq!(
-            found(&snap, &none),
+            found(&snap(3, 3, 1, 1), &none),
             "3 TIME-WAITs already present in 1 network namespace"
         );
         assert_eq!(
-            found(&snap, &port(80)),
+            found(&snap(1, 3, 1, 1), &port),
             "1 TIME-WAIT matching --port/--ip already present (3 in all) in 1 network namespace"
         );
-        snap.namespaces = 2;
         assert_eq!(
-            found(&snap, &port(443)),
-            "2 TIME-WAITs matching --port/--ip already present (3 in all) in 2 network namespaces"
+            found(&snap(2, 1500, 3, 1), &port),
+            "2 TIME-WAITs matching --port/--ip already present (1500 in all) in 1 of the 3 \
+             network namespaces read"
         );
+        assert_eq!(
+            found(&snap(0, 0, 2, 0), &none),
+            "0 TIME-WAITs already present in 0 of the 2 network namespaces read"
+        );
+    }
+
+    /// --port/--ip apply before the limit: sockets they leave out spend none of it (the
+    /// limit is for what LIVE counts). This test's own TIME-WAITs, in its namespace.
+    #[test]
+    fn the_limit_is_spent_on_wanted_sockets_alone() {
+        if unsafe { libc::geteuid() } != 0 {
+            return; // reading a namespace takes root (setns)
+        }
+        // Two TIME-WAITs on loopback (the server side closes first), on two listeners.
+        let mut ports = Vec::new();
+        for _ in 0..2 {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            drop(listener.accept().unwrap().0);
+            let mut client = client;
+            assert_eq!(std::io::Read::read(&mut client, &mut [0u8; 1]).unwrap(), 0);
+            ports.push(listener.local_addr().unwrap().port());
+        }
+        let own = NetnsArg {
+            inode: 7,
+            file: Some("/proc/self/ns/net".into()),
+        };
+        let second = Filter {
+            ports: vec![ports[1]],
+            nets: vec!["127.0.0.1/32".parse().unwrap()],
+        };
+        // One socket of room: the one wanted is read, however the kernel orders the two.
+        let snap = take(Some(&own), &second, 1);
+        let (timewaits, _) = snap.records.split_at(snap.timewaits);
+        assert_eq!(timewaits.len(), 1, "{snap:?}");
+        assert_eq!(timewaits[0].local.port(), ports[1], "{snap:?}");
+        assert!(!snap.truncated, "{snap:?}");
+        assert!(snap.seen >= 2, "{snap:?}");
     }
 
     /// A read again only after a loss, at most once per period, never when turned off.
@@ -362,7 +425,7 @@ mod tests {
             inode: 1,
             file: Some("/proc/self/ns/net".into()),
         };
-        let snap = take(Some(&file), 16);
+        let snap = take(Some(&file), &Filter::default(), 16);
         assert_eq!(snap.namespaces + snap.failed.len(), 1, "{snap:?}");
         if unsafe { libc::geteuid() } == 0 {
             assert_eq!(snap.namespaces, 1, "{snap:?}");
@@ -372,7 +435,7 @@ mod tests {
             inode: 1,
             file: None,
         };
-        let snap = take(Some(&number), 16);
+        let snap = take(Some(&number), &Filter::default(), 16);
         assert_eq!((snap.namespaces, snap.failed.len()), (0, 0), "{snap:?}");
     }
 
@@ -387,7 +450,7 @@ mod tests {
             inode: 7,
             file: Some("/proc/self/ns/net".into()),
         };
-        let snap = take(Some(&file), 1 << 20);
+        let snap = take(Some(&file), &Filter::default(), 1 << 20);
         if unsafe { libc::geteuid() } != 0 {
             assert_eq!(snap.failed.len(), 1, "{snap:?}");
             return;

@@ -28,7 +28,7 @@
 //! Example:
 //!
 //! ```text
-//! {"type":"tw_exit","ts_ns":81234567890,"netns":4026531840,"family":"ipv4","local":"10.0.0.1:43210","remote":"192.0.2.7:443","cause":"expired","lifetime_ms":60000.412}
+//! {"type":"tw_exit","ts_ns":81234567890,"netns":4026531840,"family":"ipv4","local":"10.0.0.1:80","remote":"192.0.2.7:43210","cause":"expired","lifetime_ms":60000.412}
 //! ```
 
 use std::io::{self, Cursor, Write};

@@ -31,6 +31,12 @@ fn write_then_rename(tmp: &Path, path: &Path, rows: &[SourceRow]) -> Result<()> 
         .create_new(true)
         .open(tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
+    // The file it replaces keeps its mode (one made 0600 for the client addresses it lists
+    // must not turn 0644 at the first rewrite); a new one gets the umask's.
+    if let Ok(old) = fs::metadata(path) {
+        file.set_permissions(old.permissions())
+            .context("giving the new summary the mode of the one it replaces")?;
+    }
     // Buffered: the serializer writes each key and value on its own, and tens of thousands
     // of rows would be millions of system calls, on the thread that drains the ring.
     let mut out = io::BufWriter::with_capacity(256 * 1024, file);
@@ -149,6 +155,24 @@ mod tests {
             1,
             "no temporary left behind"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A summary the user made private stays so through every rewrite (it lists client
+    /// addresses); a new one is made with the umask's mode.
+    #[test]
+    fn a_rewrite_keeps_the_mode_of_the_file_it_replaces() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("twtrace-summary-mode-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.json");
+        fs::write(&path, "").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        for _ in 0..2 {
+            write_atomic(&path, &[]).unwrap();
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 

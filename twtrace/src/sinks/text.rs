@@ -18,7 +18,11 @@ pub fn write_line(out: &mut impl Write, r: &Record) -> io::Result<()> {
                 out,
                 "LOST {count} runs of {program} skipped by the kernel (each may have been an event)"
             ),
-            _ => writeln!(out, "LOST {count} events from {program}"),
+            LossReason::TableFull => writeln!(
+                out,
+                "LOST {count} events' pairing or lookup: {program} had no room (README, lost)"
+            ),
+            LossReason::RingFull => writeln!(out, "LOST {count} events from {program}"),
         };
     }
     write!(
@@ -58,23 +62,36 @@ pub fn write_line(out: &mut impl Write, r: &Record) -> io::Result<()> {
             ..
         } => {
             let what = if old_ack { "old ACK, " } else { "" };
-            match (tsval, ts_recent) {
-                (Some(t), Some(r)) => writeln!(
-                    out,
-                    "PAWS reject ({what}{}) tsval={t} ts_recent={r} regression={}",
-                    path.as_str(),
-                    crate::event::regression(r, t)
-                ),
-                _ => writeln!(out, "PAWS reject ({what}{})", path.as_str()),
-            }
+            write!(out, "PAWS reject ({what}{})", path.as_str())?;
+            timestamps(out, tsval, ts_recent)
         }
         What::Syn { tsval: Some(t) } => writeln!(out, "SYN tsval={t}"),
         What::Syn { tsval: None } => writeln!(out, "SYN without timestamp"),
-        What::TwSyn { verdict, .. } => {
-            writeln!(out, "SYN at TIME-WAIT: {}", verdict.as_str())
+        What::TwSyn {
+            verdict,
+            tsval,
+            ts_recent,
+        } => {
+            write!(out, "SYN at TIME-WAIT: {}", verdict.as_str())?;
+            timestamps(out, tsval, ts_recent)
         }
         What::Lost { .. } => unreachable!("written above"),
     }
+}
+
+/// The end of a line: the segment's TSval and the socket's ts_recent, each where known, and
+/// the regression when both are.
+fn timestamps(out: &mut impl Write, tsval: Option<u32>, ts_recent: Option<u32>) -> io::Result<()> {
+    if let Some(t) = tsval {
+        write!(out, " tsval={t}")?;
+    }
+    if let Some(r) = ts_recent {
+        write!(out, " ts_recent={r}")?;
+    }
+    if let (Some(t), Some(r)) = (tsval, ts_recent) {
+        write!(out, " regression={}", crate::event::regression(r, t))?;
+    }
+    writeln!(out)
 }
 
 #[cfg(test)]
@@ -95,6 +112,44 @@ mod tests {
         assert_eq!(
             line(&r),
             "LOST 2 runs of tp_timer_cancel skipped by the kernel (each may have been an event)\n"
+        );
+    }
+
+    /// Whatever timestamps a PAWS reject or a SYN at a TIME-WAIT carries are shown, each on
+    /// its own (a SYN-SENT socket has no ts_recent, yet the segment's TSval is known).
+    #[test]
+    fn timestamps_are_shown_where_known() {
+        use crate::event::{PawsPath, TwSynVerdict};
+        let at = |what| Record {
+            ts_ns: 0,
+            netns: 1,
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: "10.0.0.2:4000".parse().unwrap(),
+            what,
+        };
+        let reject = |tsval, ts_recent| {
+            at(What::PawsReject {
+                path: PawsPath::SynSent,
+                tsval,
+                ts_recent,
+                old_ack: false,
+                tcp_flags: 0x12,
+            })
+        };
+        let l = line(&reject(Some(7), None));
+        assert!(l.ends_with("PAWS reject (syn_sent) tsval=7\n"), "{l}");
+        let l = line(&reject(Some(7), Some(10)));
+        assert!(l.ends_with("tsval=7 ts_recent=10 regression=3\n"), "{l}");
+        let l = line(&at(What::TwSyn {
+            verdict: TwSynVerdict::AcceptedByTimestamp,
+            tsval: Some(11),
+            ts_recent: Some(10),
+        }));
+        assert!(
+            l.ends_with(
+                "SYN at TIME-WAIT: accepted_by_timestamp tsval=11 ts_recent=10 regression=-1\n"
+            ),
+            "{l}"
         );
     }
 

@@ -81,3 +81,75 @@ fn timewaits_present_at_start_count_as_live() -> Result<()> {
         Ok(())
     })
 }
+
+/// --port/--ip apply before --max-live-tw when the kernel's sockets are read: TIME-WAITs they
+/// leave out spend none of it. A namespace holds exactly --max-live-tw TIME-WAITs on one
+/// server port and more on another; traced on the first port, all of its TIME-WAITs count as
+/// live (read without the filter first, the other port's took their room: LIVE fell short,
+/// and a re-read after lost events replaced a right LIVE with that short one).
+#[test]
+fn the_live_limit_is_spent_on_filtered_timewaits_alone() -> Result<()> {
+    rerun_if_skipped(|| {
+        const LIMIT: usize = 1024; // --max-live-tw's least
+        const OTHERS: usize = 200;
+        let pair = NetnsPair::new("plim")?;
+        let (wanted, server) = serve(&pair, Family::V4)?;
+        let (other, other_server) = serve(&pair, Family::V4)?;
+        // Client ports of the test's choosing: a port the kernel picked twice toward one
+        // server would have its SYN replace the first TIME-WAIT.
+        let ports: Vec<u16> = (0..LIMIT as u16).map(|i| 44_000 + i).collect();
+        let other_ports: Vec<u16> = (0..OTHERS as u16).map(|i| 46_000 + i).collect();
+        connect_all(&pair, wanted, LIMIT, CloseFirst::Server, Some(&ports))?;
+        connect_all(&pair, other, OTHERS, CloseFirst::Server, Some(&other_ports))?;
+        let on = |port: u16| -> Result<usize> {
+            Ok((tcp_sockets(pair.server_ns())?.iter())
+                .filter(|e| e.timewait && e.local.port() == port)
+                .count())
+        };
+        let (kernel_wanted, kernel_other) = (on(wanted.port())?, on(other.port())?);
+        assert_eq!(
+            (kernel_wanted, kernel_other),
+            (LIMIT, OTHERS),
+            "sanity: the server holds every 4-tuple"
+        );
+
+        let ns = pair.server_inode().to_string();
+        let port = wanted.port().to_string();
+        let limit = LIMIT.to_string();
+        let args = [
+            "--netns",
+            &ns,
+            "--port",
+            &port,
+            "--max-live-tw",
+            &limit,
+            "--interval",
+            "1",
+        ];
+        let mut table = Tracer::spawn_default(&args)?;
+        table.wait_ready(READY)?;
+        let said = table.wait_stderr("already present", Duration::from_secs(60))?;
+        let all = LIMIT + OTHERS;
+        assert!(
+            said.contains(&format!(
+                "twtrace: {LIMIT} TIME-WAITs matching --port/--ip already present ({all} in all) \
+                 in 1 network namespace"
+            )),
+            "{said}"
+        );
+        table.wait_stdout_text("(present at start ", Duration::from_secs(30))?;
+        let stderr = table.stderr_reader();
+        let lines = table.stop_text()?;
+        drop((server, other_server));
+        let stderr = stderr();
+        assert!(!stderr.contains("than --max-live-tw"), "{stderr}");
+        let last = Totals::last(&lines)?;
+        assert_eq!(last.field("live")?, kernel_wanted as u64, "{last}");
+        assert!(
+            last.0
+                .contains(&format!("(present at start {kernel_wanted})")),
+            "{last}"
+        );
+        Ok(())
+    })
+}
