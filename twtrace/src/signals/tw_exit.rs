@@ -305,7 +305,17 @@ impl Lifetimes {
     fn enter_of(&mut self, tw: u64, exit_ns: u64) -> Option<u64> {
         let (enter, in_current) = match self.current.remove(tw) {
             Some(enter) => (enter, true),
-            None => (self.old.remove(tw)?, false),
+            None => match self.old.remove(tw) {
+                Some(enter) => (enter, false),
+                // Neither holds the address: the later TIME-WAIT there that displaced this one's
+                // enter has ended already (its exit came first; this one was held back).
+                None => {
+                    return self
+                        .displaced
+                        .remove(tw)
+                        .filter(|&before| before <= exit_ns);
+                }
+            },
         };
         if enter <= exit_ns {
             return Some(enter);
@@ -337,6 +347,23 @@ mod tests {
         let mut e = Event::zeroed();
         (e.kind, e.hook, e.obj, e.ts_ns) = (kind as u8, hook as u8, obj, ts_ns);
         e
+    }
+
+    /// An exit held back in the kernel (parked on its CPU) can arrive after the next
+    /// TIME-WAIT at the same address has entered and ended: it still pairs with its own enter.
+    #[test]
+    fn a_late_exit_pairs_after_its_successor_ended() {
+        let mut l = Lifetimes::new(16);
+        let mut at = |kind, t| {
+            let mut e = ev(kind, HookFamily::TpBtf, 7, t);
+            l.on_event(&mut e);
+            e.lifetime_ns
+        };
+        at(EventKind::TwEnter, 100);
+        at(EventKind::TwEnter, 500);
+        assert_eq!(at(EventKind::TwExit, 900), 400, "the second one's exit");
+        assert_eq!(at(EventKind::TwExit, 300), 200, "the first one's, late");
+        assert_eq!(at(EventKind::TwExit, 1_000), 0, "no third");
     }
 
     #[test]
