@@ -108,8 +108,11 @@ pub mod ts_flags {
     // function-probe routes it cost a helper call per TIME-WAIT).
     /// A tw_exit replaced by a SYN that also carries that SYN (the tp_btf route sees both in
     /// one program run, so it writes one record instead of two): `tsval` (with
-    /// [`HAS_TSVAL`]) is the SYN's, `ts_ns` the time of the SYN, which is also the exit's. User
-    /// space splits it back into the exit and the SYN.
+    /// [`HAS_TSVAL`]) is the SYN's, `ts_ns` the time of the SYN, and `timeout_jiffies` the
+    /// exit's own time, which can be much earlier (the exit waits on its CPU for the SYN that
+    /// settles it: one dropped by a full accept queue is sent again a second later, and the
+    /// freed socket may hold a new TIME-WAIT by then). User space splits it back into the exit
+    /// and the SYN, each at its own time.
     pub const WITH_SYN: u8 = 8;
     /// A paws_reject of a pure ACK whose sequence is before the socket's rcv_nxt (drop reason
     /// TCP_RFC7323_PAWS_ACK, 6.14+): common under reordering, counted apart by the kernel
@@ -174,7 +177,8 @@ pub struct Event {
     pub obj: u64,
     /// Exit: how long the socket sat in TIME-WAIT, 0 if its entry was not seen.
     pub lifetime_ns: u64,
-    /// Enter: armed timeout in jiffies (user space converts with the kernel's HZ).
+    /// Enter: armed timeout in jiffies (user space converts with the kernel's HZ). An exit
+    /// carrying its SYN ([`ts_flags::WITH_SYN`]): the exit's own time (`ts_ns` is the SYN's).
     pub timeout_jiffies: u64,
     /// Network namespace inode number (what `ls -l /proc/PID/ns/net` shows).
     pub netns: u32,

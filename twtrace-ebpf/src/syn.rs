@@ -157,6 +157,8 @@ pub fn report_flow(req: u64, flow: &Flow, hook: HookFamily, replaced: Option<&Ev
                 ev.kind = EventKind::TwExit as u8;
                 ev.detail = ExitCause::ReplacedBySyn as u8;
                 ev.obj = exit.obj;
+                // Its own time (the cancel): the SYN may come much later, see WITH_SYN.
+                ev.timeout_jiffies = exit.ts_ns;
                 ev.ts_recent = exit.ts_recent;
                 ev.ts_flags |= ts_flags::WITH_SYN | (exit.ts_flags & ts_flags::HAS_TS_RECENT);
             }

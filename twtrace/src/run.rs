@@ -310,7 +310,7 @@ async fn pump(
     let mut failed = None;
     let mut next_loss_check = Instant::now();
     let mut rereads = tw_present::Rereads::new(reread_every.filter(|_| present.is_some()));
-    let (mut reading, mut held) = tw_present::start(present.clone(), false);
+    let (mut reading, mut held) = tw_present::start(present.clone(), None);
     let mut batch = Vec::new();
     loop {
         let before = monotonic_ns();
@@ -355,11 +355,11 @@ async fn pump(
         if let Some(e) = failed.take() {
             return Err(e);
         }
-        // Events were lost: the live counts start over from the kernel's own sockets. Every
-        // record handed on so far is older than the reset, which the aggregate relies on.
+        // Events were lost: the live counts start over from the kernel's own sockets (the
+        // reset goes first when the read is done). Records from before it still come; the
+        // aggregate tells them by time.
         if !stop && !reading.is_running() && rereads.due(now) {
-            on_record(&Record::live_reset(monotonic_ns()))?;
-            (reading, held) = tw_present::start(present.clone(), true);
+            (reading, held) = tw_present::start(present.clone(), Some(monotonic_ns()));
         }
         if let Some(logger) = loaded.logger.as_mut() {
             logger.flush();

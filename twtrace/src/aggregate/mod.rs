@@ -328,6 +328,10 @@ impl Aggregate {
                 lifetime_ns: Some(ns),
                 ..
             } if rec.ts_ns.saturating_sub(ns) >= self.read_from_ns => LiveStep::Down,
+            // Ended before the read began: the read did not count it. Its 4-tuple among the
+            // read's sockets is a later TIME-WAIT's (a SYN replaced it, and that connection
+            // closed too), whose enter, also before the read, was kept as counted by it.
+            What::TwExit { .. } if rec.ts_ns < self.read_from_ns => LiveStep::Keep,
             // An exit whose entry was not seen, or was before the read: counted by the read
             // if it was among its sockets. Not otherwise: an unseen entry was (almost always)
             // never added; one that was is in the lost counts, which start a read again.

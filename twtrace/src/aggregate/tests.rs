@@ -189,6 +189,45 @@ fn only_enters_before_the_read_ended_can_be_present_ones() {
     assert_eq!((agg.totals().live, agg.totals().tw_created), (3, 2));
 }
 
+/// A read again after lost events: records from before it began still come after its
+/// reset (they were in the ring). A TIME-WAIT replaced by a SYN before the read, whose
+/// connection then closed into a new TIME-WAIT on the same 4-tuple, also before the read:
+/// the read counts the new one, and neither the old one's exit nor the new one's enter may
+/// change that (the exit took it off as if the read had counted the old one: LIVE one short).
+#[test]
+fn records_from_before_a_read_again_leave_its_count() {
+    let at = |mut r: Record, ts_ns: u64| {
+        r.ts_ns = ts_ns;
+        r
+    };
+    let mut agg = Aggregate::new(16);
+    agg.apply(&at(enter("192.0.2.1:443", 40000), 100));
+    // The read again begins at 1_000 and finds the new TIME-WAIT and another.
+    agg.apply(&Record::live_reset(1_000));
+    agg.apply(&at(present("192.0.2.1:443", 40000), 1_100));
+    agg.apply(&at(present("192.0.2.1:443", 40001), 1_100));
+    assert_eq!(agg.totals().live, 2);
+    // Then the ring's records from before it: the old one's exit, the new one's enter.
+    let replaced = exit("192.0.2.1:443", 40000, ExitCause::ReplacedBySyn, Some(500));
+    agg.apply(&at(replaced, 600));
+    agg.apply(&at(enter("192.0.2.1:443", 40000), 700));
+    assert_eq!(agg.totals().live, 2, "the read's count stands");
+    // An unseen one's exit from before the read: the same.
+    agg.apply(&at(
+        exit("192.0.2.1:443", 40001, ExitCause::Expired, None),
+        900,
+    ));
+    assert_eq!(agg.totals().live, 2);
+    // Their exits after the read take them off, once.
+    for port in [40000, 40001] {
+        agg.apply(&at(
+            exit("192.0.2.1:443", port, ExitCause::Expired, None),
+            2_000,
+        ));
+    }
+    assert_eq!(agg.totals().live, 0);
+}
+
 #[test]
 fn seen_exit_after_eviction_saturates_at_zero() {
     let mut agg = Aggregate::new(1);

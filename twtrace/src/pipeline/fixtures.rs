@@ -58,6 +58,7 @@ pub fn merged(exit: &Event, syn: &Event) -> Event {
     m.kind = EventKind::TwExit as u8;
     m.detail = exit.detail;
     m.obj = exit.obj;
+    m.timeout_jiffies = exit.ts_ns;
     m.ts_recent = exit.ts_recent;
     m.ts_flags = syn.ts_flags | ts_flags::WITH_SYN | (exit.ts_flags & ts_flags::HAS_TS_RECENT);
     m

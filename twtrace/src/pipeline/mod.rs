@@ -205,8 +205,8 @@ enum Join {
 }
 
 /// A TIME-WAIT exit that carries the SYN which replaced it (`ts_flags::WITH_SYN`, the tp_btf
-/// route), as the two records the other routes send: the exit, then the SYN, both at the
-/// SYN's time. The rest of the pipeline then treats every route alike.
+/// route), as the two records the other routes send: the exit at its own time, then the SYN
+/// at its. The rest of the pipeline then treats every route alike.
 fn split_exit_and_syn(ev: &Event) -> Option<(Event, Event)> {
     if ev.ts_flags & ts_flags::WITH_SYN == 0
         || EventKind::from_u8(ev.kind) != Some(EventKind::TwExit)
@@ -217,7 +217,12 @@ fn split_exit_and_syn(ev: &Event) -> Option<(Event, Event)> {
     exit.ts_flags = ev.ts_flags & ts_flags::HAS_TS_RECENT;
     exit.tsval = 0;
     exit.tcp_flags = 0;
+    // Timed at the SYN, the exit could pair with a newer TIME-WAIT's enter at the freed
+    // socket's address, made meanwhile.
+    exit.ts_ns = ev.timeout_jiffies;
+    exit.timeout_jiffies = 0;
     let mut syn = *ev;
+    syn.timeout_jiffies = 0;
     syn.kind = EventKind::Syn as u8;
     syn.detail = 0;
     syn.obj = 0;
@@ -244,8 +249,6 @@ mod tests {
                 syn.ts_flags = 0;
                 syn.tsval = 0;
             }
-            // The merged record has one time, the SYN's; and no rcv_nxt.
-            exit.ts_ns = syn.ts_ns;
             let mut enter0 = enter;
             enter0.ts_ns = 1_000;
             let run = |evs: &[Event]| {
@@ -264,6 +267,33 @@ mod tests {
             // The enter, the exit, the SYN and its verdict.
             assert_eq!(one.len(), 4, "{one:?}");
         }
+    }
+
+    /// An exit held back until a SYN sent again a second later, while the freed socket
+    /// already holds a newer TIME-WAIT: the exit pairs with its own enter, by its own time,
+    /// not with the newer one's (which then read 'entry unseen' at its end).
+    #[test]
+    fn a_late_syn_leaves_its_exit_at_its_own_time() {
+        let filter = Filter::default();
+        let [mut exit, mut syn, mut enter_x] = connection(0, 7, 40_000);
+        (enter_x.ts_ns, exit.ts_ns, syn.ts_ns) = (100, 200, 600);
+        let mut enter_z = enter_x;
+        enter_z.rport = 40_001; // another connection, in the freed socket's memory
+        enter_z.ts_ns = 500;
+        let mut exit_z = exit;
+        (exit_z.rport, exit_z.ts_ns) = (40_001, 900);
+        let mut p = Pipeline::new(DecodeCtx { hz: 250 }, 1024);
+        let mut lifetimes = Vec::new();
+        let batch = [enter_x, enter_z, merged(&exit, &syn), exit_z];
+        p.feed_batch(&batch, &filter, |r| {
+            if let What::TwExit { lifetime_ns, .. } = r.what {
+                lifetimes.push((r.remote.port(), r.ts_ns, lifetime_ns));
+            }
+        });
+        assert_eq!(
+            lifetimes,
+            [(40_000, 200, Some(100)), (40_001, 900, Some(400))]
+        );
     }
 
     /// A tracepoint route's overflow is held until the reader says that its retraction can no

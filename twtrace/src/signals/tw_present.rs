@@ -77,9 +77,12 @@ impl Rereads {
 }
 
 /// Starts a read beside the ring (which must not fill up meanwhile); None reads nothing. Ring
-/// records wait in the [`Held`] until the read's own records have gone first. `again`: a read
-/// after lost events (see [`Rereads`]), which says only what went wrong.
-pub fn start(what: Option<Wanted>, again: bool) -> (Reading, Held) {
+/// records wait in the [`Held`] until the read's own records have gone first. `again_from`: a
+/// read after lost events (see [`Rereads`]), begun at that time, which says only what went
+/// wrong; its `LiveReset` goes first when the read is done (handed on now, the live counts
+/// would read 0 until then).
+pub fn start(what: Option<Wanted>, again_from: Option<u64>) -> (Reading, Held) {
+    let again = again_from.is_some();
     let task = what.map(|w| {
         tokio::task::spawn_blocking(move || Snapshot {
             again,
@@ -88,6 +91,9 @@ pub fn start(what: Option<Wanted>, again: bool) -> (Reading, Held) {
     });
     let held = Held {
         active: task.is_some(),
+        reset: again_from
+            .filter(|_| task.is_some())
+            .map(Record::live_reset),
         records: Vec::new(),
     };
     (Reading(task), held)
@@ -119,6 +125,8 @@ impl Reading {
 /// Ring records kept back while the read runs.
 pub struct Held {
     active: bool,
+    /// A read again's `LiveReset`, handed on first.
+    reset: Option<Record>,
     records: Vec<Record>,
 }
 
@@ -144,6 +152,9 @@ impl Held {
             return Ok(());
         }
         self.active = false;
+        if let Some(reset) = self.reset.take() {
+            on_record(&reset)?;
+        }
         announce(&snap, filter);
         // A listener passes whatever --port/--ip say: it is no event, only what tells a
         // server's TIME-WAIT (which the filter judges by its own addresses) from a client's.
