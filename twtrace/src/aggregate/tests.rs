@@ -27,6 +27,12 @@ fn exit(remote: &str, lport: u16, cause: ExitCause, lifetime_ns: Option<u64>) ->
     rec(remote, lport, What::TwExit { cause, lifetime_ns })
 }
 
+/// `r` at time `ts_ns`.
+fn at(mut r: Record, ts_ns: u64) -> Record {
+    r.ts_ns = ts_ns;
+    r
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -174,10 +180,6 @@ fn present_at_start_counts_once_until_its_exit() {
 /// looked up.
 #[test]
 fn only_enters_before_the_read_ended_can_be_present_ones() {
-    let at = |mut r: Record, ts_ns: u64| {
-        r.ts_ns = ts_ns;
-        r
-    };
     let mut agg = Aggregate::new(16);
     agg.apply(&at(present("192.0.2.1:443", 40000), 1_000));
     agg.apply(&at(present("192.0.2.1:443", 40001), 1_000));
@@ -196,10 +198,6 @@ fn only_enters_before_the_read_ended_can_be_present_ones() {
 /// change that (the exit took it off as if the read had counted the old one: LIVE one short).
 #[test]
 fn records_from_before_a_read_again_leave_its_count() {
-    let at = |mut r: Record, ts_ns: u64| {
-        r.ts_ns = ts_ns;
-        r
-    };
     let mut agg = Aggregate::new(16);
     agg.apply(&at(enter("192.0.2.1:443", 40000), 100));
     // The read again begins at 1_000 and finds the new TIME-WAIT and another.
