@@ -330,7 +330,10 @@ impl Aggregate {
             } if rec.ts_ns.saturating_sub(ns) >= self.read_from_ns => LiveStep::Down,
             // Ended before the read began: the read did not count it. Its 4-tuple among the
             // read's sockets is a later TIME-WAIT's (a SYN replaced it, and that connection
-            // closed too), whose enter, also before the read, was kept as counted by it.
+            // closed too), whose enter, also before the read, was kept as counted by it. (An
+            // exit is timed microseconds before its socket leaves the kernel's table: a read
+            // that began in between and reached it at once counts it; LIVE is then one high
+            // until the next read. Rare, and a margin here would bring back the case above.)
             What::TwExit { .. } if rec.ts_ns < self.read_from_ns => LiveStep::Keep,
             // An exit whose entry was not seen, or was before the read: counted by the read
             // if it was among its sockets. Not otherwise: an unseen entry was (almost always)

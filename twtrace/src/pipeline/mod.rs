@@ -218,8 +218,10 @@ fn split_exit_and_syn(ev: &Event) -> Option<(Event, Event)> {
     exit.tsval = 0;
     exit.tcp_flags = 0;
     // Timed at the SYN, the exit could pair with a newer TIME-WAIT's enter at the freed
-    // socket's address, made meanwhile.
-    exit.ts_ns = ev.timeout_jiffies;
+    // socket's address, made meanwhile. (0: a producer that did not say; the SYN's then.)
+    if ev.timeout_jiffies != 0 {
+        exit.ts_ns = ev.timeout_jiffies;
+    }
     exit.timeout_jiffies = 0;
     let mut syn = *ev;
     syn.timeout_jiffies = 0;

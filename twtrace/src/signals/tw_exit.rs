@@ -198,6 +198,10 @@ pub struct Lifetimes {
     /// timer event, comes there) while the freed socket's memory makes a new TIME-WAIT on
     /// another CPU. Its exit, timed before the newer enter, pairs here.
     displaced: AddrMap,
+    /// For each of `displaced`, the time of the enter that displaced it: only an exit from
+    /// before that is its own (a later one is of a TIME-WAIT whose enter was lost, or of the
+    /// displacer's successors; an entry whose exit was lost stays until the table is cleared).
+    displaced_by: AddrMap,
     capacity: usize,
     /// See [`Lifetimes::set_paired_in_kernel`].
     paired_in_kernel: bool,
@@ -220,6 +224,7 @@ impl Lifetimes {
             current: AddrMap::new(capacity),
             old: AddrMap::new(capacity),
             displaced: AddrMap::new(DISPLACED_MAX),
+            displaced_by: AddrMap::new(DISPLACED_MAX),
             capacity,
             paired_in_kernel: false,
             forgotten: 0,
@@ -287,17 +292,29 @@ impl Lifetimes {
         // A socket address reused while a stale entry of it sits in `old` (its exit not seen
         // yet): exits look in `current` first, and by time (`enter_of`).
         if let Inserted::Replaced(earlier) = self.current.insert(tw, ts_ns) {
-            self.displace(tw, earlier);
+            self.displace(tw, earlier, ts_ns);
         }
     }
 
-    fn displace(&mut self, tw: u64, enter_ns: u64) {
+    fn displace(&mut self, tw: u64, enter_ns: u64, by_ns: u64) {
         // Those whose exit never comes were reported already, as the exit's loss (ring full,
         // skipped runs): dropped here without being counted again.
         if self.displaced.len() >= DISPLACED_MAX {
             self.displaced.clear();
+            self.displaced_by.clear();
         }
         self.displaced.insert(tw, enter_ns);
+        self.displaced_by.insert(tw, by_ns);
+    }
+
+    /// The displaced enter at `tw`, if an exit at `exit_ns` is its own (see `displaced_by`).
+    fn displaced_enter(&mut self, tw: u64, exit_ns: u64) -> Option<u64> {
+        if self.displaced.len() == 0 {
+            return None; // the usual case: nothing to look up
+        }
+        let by = self.displaced_by.remove(tw);
+        let enter = self.displaced.remove(tw)?;
+        (enter <= exit_ns && by.is_some_and(|by| exit_ns < by)).then_some(enter)
     }
 
     /// The enter time of the TIME-WAIT at `tw` that ended at `exit_ns`: the latest enter there,
@@ -309,12 +326,7 @@ impl Lifetimes {
                 Some(enter) => (enter, false),
                 // Neither holds the address: the later TIME-WAIT there that displaced this one's
                 // enter has ended already (its exit came first; this one was held back).
-                None => {
-                    return self
-                        .displaced
-                        .remove(tw)
-                        .filter(|&before| before <= exit_ns);
-                }
+                None => return self.displaced_enter(tw, exit_ns),
             },
         };
         if enter <= exit_ns {
@@ -332,9 +344,10 @@ impl Lifetimes {
         } else {
             None
         };
-        before
-            .or_else(|| self.displaced.remove(tw))
-            .filter(|&before| before <= exit_ns)
+        match before {
+            Some(before) => (before <= exit_ns).then_some(before),
+            None => self.displaced_enter(tw, exit_ns),
+        }
     }
 }
 
@@ -364,6 +377,16 @@ mod tests {
         assert_eq!(at(EventKind::TwExit, 900), 400, "the second one's exit");
         assert_eq!(at(EventKind::TwExit, 300), 200, "the first one's, late");
         assert_eq!(at(EventKind::TwExit, 1_000), 0, "no third");
+        // A displaced enter whose exit was lost: a later exit there whose own enter was lost
+        // too is no exit of it (no lifetime invented back to it).
+        at(EventKind::TwEnter, 2_000);
+        at(EventKind::TwEnter, 2_500);
+        assert_eq!(at(EventKind::TwExit, 2_900), 400);
+        assert_eq!(
+            at(EventKind::TwExit, 9_000),
+            0,
+            "after its displacer: not its own"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub fn write_line(out: &mut impl Write, r: &Record) -> io::Result<()> {
             ),
             LossReason::TableFull => writeln!(
                 out,
-                "LOST {count} events' pairing or lookup: {program} had no room (README, lost)"
+                "LOST {count} events unpaired: table {program} was full (README, lost)"
             ),
             LossReason::RingFull => writeln!(out, "LOST {count} events from {program}"),
         };
