@@ -221,29 +221,26 @@ fn take_from(spaces: BTreeMap<u32, PathBuf>, filter: &Filter, limit: usize) -> S
         // One more than the room tells a full namespace from an exact fit.
         let read = |path: PathBuf| {
             let filter = filter.clone();
+            let named = path.display().to_string();
             netns::run_in(path, move || {
                 sock_diag::sockets(room + 1, |l, r| filter.matches_endpoints(l, r))
             })
+            .map_err(|e| format!("{named} ({inode}): {e:#}"))
         };
-        let socks = match read(path.clone()) {
+        // The file gone since the namespaces were listed (its process exited): the namespace
+        // may live on, found through another.
+        let socks = read(path.clone()).or_else(|first| {
+            match netns::find(inode, None).filter(|other| *other != path) {
+                Some(other) => read(other),
+                None => Err(first),
+            }
+        });
+        let socks = match socks {
             Ok(socks) => socks,
-            // The file gone since the namespaces were listed (its process exited): the
-            // namespace may live on, found through another.
-            Err(e) => match netns::find(inode, None).filter(|other| *other != path) {
-                Some(other) => match read(other.clone()) {
-                    Ok(socks) => socks,
-                    Err(e) => {
-                        snap.failed
-                            .push(format!("{} ({inode}): {e:#}", other.display()));
-                        continue;
-                    }
-                },
-                None => {
-                    snap.failed
-                        .push(format!("{} ({inode}): {e:#}", path.display()));
-                    continue;
-                }
-            },
+            Err(why) => {
+                snap.failed.push(why);
+                continue;
+            }
         };
         let now_ns = crate::run::monotonic_ns();
         snap.namespaces += 1;

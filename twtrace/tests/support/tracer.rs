@@ -65,23 +65,14 @@ pub struct Tracer {
 }
 
 /// The inode of the namespace `--netns arg` names, as twtrace reads it: a name under
-/// /run/netns (digits too, when a namespace has that name), an inode number, or a namespace
-/// file (`stat` of it gives the namespace's inode).
+/// /run/netns (digits too, when a namespace has that name) or a namespace file (both stat'ed
+/// by [`super::netns_inode`]), else an inode number.
 fn netns_inode_of(arg: &str) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt as _;
-    let named = Path::new("/run/netns").join(arg);
-    let file = if named.exists() {
-        named
-    } else if let Ok(inode) = arg
-        .trim_start_matches("net:[")
-        .trim_end_matches(']')
-        .parse()
-    {
-        return Some(inode);
-    } else {
-        PathBuf::from(arg)
-    };
-    u32::try_from(std::fs::metadata(file).ok()?.ino()).ok()
+    super::netns_inode(arg).ok().or_else(|| {
+        (arg.trim_start_matches("net:[").trim_end_matches(']'))
+            .parse()
+            .ok()
+    })
 }
 
 impl Tracer {
