@@ -539,6 +539,18 @@ pub mod route {
     }
 }
 
+/// What tells one TIME-WAIT socket from another allocated in its memory: its port pair
+/// (skc_portpair: the remote port, then the local one, as read from skc_dport's offset) and its
+/// skc_hash, which mixes in both addresses (IPv6 too) and the namespace. Two flows on the same
+/// ports differ in hash but for a 2^-32 chance; the ports alone told apart neither clients on
+/// the same source port behind different addresses nor the same flow in two namespaces.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SocketIdentity {
+    pub ports: u32,
+    pub hash: u32,
+}
+
 /// tp_btf route of TW exit: a TIME-WAIT timer cancelled on this CPU whose meaning (expiry,
 /// re-arm, kill by SYN or RST) is told by what the kernel does next on the same CPU. `ev` is the
 /// exit event, filled while the socket was still intact; `timer == 0` means the slot is free.
@@ -551,11 +563,10 @@ pub struct PendingExit {
     /// of that timer after any other timer started is a new TIME-WAIT in the freed socket's
     /// memory.
     pub rearmable: u32,
-    /// The cancelled socket's port pair (skc_portpair: the remote port, then the local one, as
-    /// read from skc_dport's offset): a re-arm
-    /// starts the timer of the same socket, and a new TIME-WAIT in its memory right after an
-    /// end nothing announced (a SYN dropped by a full accept queue) almost never has them.
-    pub ports: u32,
+    /// The cancelled socket's identity (see `SocketIdentity`): a re-arm starts the timer of the
+    /// same socket; a new TIME-WAIT in its memory right after an end nothing announced (a SYN
+    /// dropped by a full accept queue) is another flow, even where its ports are the same.
+    pub id: SocketIdentity,
     pub ev: Event,
 }
 

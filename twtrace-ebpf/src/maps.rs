@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use twtrace_common::{FlowKey, LOSS_SLOTS, PendingExit};
+use twtrace_common::{FlowKey, LOSS_SLOTS, PendingExit, SocketIdentity};
 
 /// The one transport to user space. Size is overridden at load time (`--ring-size`).
 #[map]
@@ -19,10 +19,9 @@ pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 
 #[derive(Clone, Copy)]
 pub struct LiveTw {
     pub enter_ts: u64,
-    /// The socket's port pair (skc_dport and skc_num, one u32): a timer start at this address
-    /// with other ports is a new TIME-WAIT, not a re-arm (see `tw_enter_timer_start`).
-    pub ports: u32,
-    pub _pad: u32,
+    /// A timer start at this address of a socket with another identity is a new TIME-WAIT, not
+    /// a re-arm (see `tw_enter_timer_start`).
+    pub id: SocketIdentity,
 }
 
 /// Live TIME-WAIT sockets keyed by the timewait sock's address. A plain hash (not LRU): an

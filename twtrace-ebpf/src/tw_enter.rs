@@ -54,9 +54,9 @@ pub fn tw_enter_timer_start(ctx: TracePointContext) -> u32 {
     if let Some(live) = unsafe { LIVE.get(&tw) } {
         // A re-arm of a TIME-WAIT we know, unless the kernel skipped our program at its end
         // (a softirq nested in a BPF program; user space reports those runs) and this is a
-        // new TIME-WAIT in its memory: its ports tell (the entry is then replaced below).
-        // One with the very same ports still passes for a re-arm.
-        if live.ports == tw_exit::ports_at(tw) {
+        // new TIME-WAIT in its memory: its identity (ports and hash) tells (the entry is then
+        // replaced below).
+        if live.id == tw_exit::identity_at(tw) {
             return 0;
         }
     }
@@ -227,8 +227,7 @@ fn enter_from<C: EbpfContext, F: Fields>(
     if hook == HookFamily::Tracepoint {
         let live = LiveTw {
             enter_ts: ts,
-            ports: unsafe { h.get(layout!(tw_common) + layout!(skc_dport)) }.unwrap_or(0),
-            _pad: 0,
+            id: tw_exit::identity_in(h),
         };
         if LIVE.insert(&tw, &live, 0).is_err() {
             let n = count_loss(LossSlot::LiveTableFull);

@@ -46,7 +46,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use twtrace_common::{
-    Event, EventKind, ExitCause, HookFamily, LossSlot, PendingExit, TCP_TIME_WAIT,
+    Event, EventKind, ExitCause, HookFamily, LossSlot, PendingExit, SocketIdentity, TCP_TIME_WAIT,
     frame_class as fc, route, ts_flags,
 };
 
@@ -573,7 +573,7 @@ pub fn on_cancel(timer: u64, routes: u32) {
     }
     slot.timer = timer;
     slot.rearmable = 1;
-    slot.ports = unsafe { h.get(skc + layout!(skc_dport)) }.unwrap_or(0);
+    slot.id = identity_in(&h);
     slot.ev.kind = 0;
     // With only tw_enter on this route the slot just marks a re-arm in progress.
     let prepared = preparing && prepare_from(&h, tw, HookFamily::TpBtf, &mut slot.ev);
@@ -626,8 +626,9 @@ fn parked() -> Option<&'static mut PendingExit> {
 /// `timer_start` of a TIME-WAIT timer: true if it re-arms the parked one (no exit, no enter).
 /// A re-arm starts the timer right after its cancel, with no other timer event between (see
 /// `PendingExit::rearmable`; not a time window: under QEMU's TCG, or a preempted vCPU, the
-/// two are milliseconds apart), and of the same socket (its ports). The same timer started
-/// otherwise is a new TIME-WAIT in the memory of the parked one, freed by an end nothing named
+/// two are milliseconds apart), and of the same socket (its identity: ports and hash). The
+/// same timer started otherwise is a new TIME-WAIT in the memory of the parked one, freed by an
+/// end nothing named
 /// (`ss -K`, a replacing SYN dropped by a full accept queue: with no timer event between when
 /// the next segment of that poll makes the new TIME-WAIT; sockets are reused at once on the
 /// CPU that freed them): that end is settled as unknown, and the start is an enter.
@@ -640,7 +641,7 @@ pub fn rearmed(timer: u64) -> bool {
         slot.rearmable = 0; // another TIME-WAIT's start came between
         return false;
     }
-    if slot.rearmable != 0 && slot.ports == ports_at(timer - layout!(tw_timer) as u64) {
+    if slot.rearmable != 0 && slot.id == identity_at(timer - layout!(tw_timer) as u64) {
         slot.timer = 0;
         slot.ev.kind = 0;
         return true;
@@ -649,11 +650,34 @@ pub fn rearmed(timer: u64) -> bool {
     false
 }
 
-/// The ports of the TIME-WAIT socket at `tw` (a re-arm's are unchanged since its cancel): one
-/// read of sock_common's port pair (skc_dport, then skc_num, in one union with it).
+/// The identity of the TIME-WAIT socket at `tw` (a re-arm's is unchanged since its cancel).
 #[inline(always)]
-pub fn ports_at(tw: u64) -> u32 {
-    unsafe { read(tw, layout!(tw_common) + layout!(skc_dport)) }.unwrap_or(0)
+pub fn identity_at(tw: u64) -> SocketIdentity {
+    let skc = tw + layout!(tw_common) as u64;
+    // One read for both where the port pair follows the hash, as on every 64-bit kernel since
+    // 3.x (a load-time constant: the verifier drops the other branch). A server that closes
+    // first re-arms once per connection (FIN_WAIT2, then TIME_WAIT).
+    if layout!(skc_dport) == layout!(skc_hash) + 4 {
+        let both: [u32; 2] = unsafe { read(skc, layout!(skc_hash)) }.unwrap_or([0; 2]);
+        return SocketIdentity {
+            hash: both[0],
+            ports: both[1],
+        };
+    }
+    SocketIdentity {
+        ports: unsafe { read(skc, layout!(skc_dport)) }.unwrap_or(0),
+        hash: unsafe { read(skc, layout!(skc_hash)) }.unwrap_or(0),
+    }
+}
+
+/// The identity of the TIME-WAIT socket whose fields `tw` holds (a copy of its head).
+#[inline(always)]
+pub fn identity_in<F: Fields>(tw: &F) -> SocketIdentity {
+    let skc = layout!(tw_common);
+    SocketIdentity {
+        ports: unsafe { tw.get(skc + layout!(skc_dport)) }.unwrap_or(0),
+        hash: unsafe { tw.get(skc + layout!(skc_hash)) }.unwrap_or(0),
+    }
 }
 
 /// `timer_start` of any timer but a TIME-WAIT's. A re-arm cancels and starts its timer in one

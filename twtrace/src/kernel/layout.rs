@@ -120,6 +120,7 @@ pub fn struct_offsets(btf: &KernelBtf, layout: &mut KernelLayout) -> Result<()> 
         ("sock_common", "skc_num", 2),
         ("sock_common", "skc_dport", 2),
         ("sock_common", "skc_daddr", 4),
+        ("sock_common", "skc_hash", 4),
         ("sock_common", "skc_v6_daddr", 16),
         ("inet_timewait_sock", "tw_substate", 1),
         ("ns_common", "inum", 4),

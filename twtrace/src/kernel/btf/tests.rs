@@ -290,6 +290,7 @@ fn kernel_matches_pahole() {
                 "skc_net",
                 "skc_v6_daddr",
                 "skc_v6_rcv_saddr",
+                "skc_hash",
             ],
         ),
         (
