@@ -103,8 +103,8 @@ pub struct Common {
     #[arg(long = "ip", global = true, value_name = "ADDR|CIDR", value_parser = filter::parse_net)]
     pub ips: Vec<IpNet>,
 
-    /// Most remote IPs / ports / destinations kept in the aggregate (at least 16); least
-    /// recent are evicted (and counted) beyond this.
+    /// Most remote IPs / ports / destinations, and PAWS source IPs, kept in the aggregate (at
+    /// least 16); least recent are evicted (and counted) beyond this.
     #[arg(long, global = true, default_value_t = 65_536, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(16..))]
     pub capacity: u32,
 
@@ -129,8 +129,10 @@ pub struct Common {
     #[arg(long, global = true, default_value_t = 1.0, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub interval: f64,
 
-    /// Keep FILE up to date with the per-source-IP PAWS aggregate (a JSON list, rewritten
-    /// atomically every --interval and on exit; fields in the README).
+    /// Keep FILE up to date with the per-source-IP PAWS aggregate (a JSON list; fields in the
+    /// README): an empty list at start, rewritten atomically at each --interval in which
+    /// something was counted (an idle file's rates are those of its modification time), and
+    /// on exit.
     #[arg(long, global = true, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
 

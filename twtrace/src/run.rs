@@ -404,12 +404,11 @@ struct Reporter {
     every: Duration,
     next: Instant,
     alerter: Option<Alerter>,
-    summary: Option<std::path::PathBuf>,
+    summary: Option<sinks::summary::SummaryFile>,
+    capacity: u32,
     table: Option<table::TableOpts>,
     top: usize,
     buf: String,
-    /// The summary file could not be written at the last try (warned once per failure run).
-    summary_failing: bool,
     /// stdout's reader has gone: the table is no longer printed.
     closed: bool,
 }
@@ -427,18 +426,16 @@ impl Reporter {
                     every: Duration::from_secs_f64(common.alert_every),
                 })
             }),
-            summary: common.summary_json.clone(),
+            summary: (common.summary_json.clone()).map(sinks::summary::SummaryFile::start),
+            capacity: common.capacity,
             table,
             top,
             buf: String::new(),
-            summary_failing: false,
             closed: false,
         }
     }
 
-    /// Acts once per interval, or now when `last` (shutdown). A summary file that cannot be
-    /// written is a warning while tracing (a full disk must not end a service's tracing;
-    /// the next interval tries again) and an error only at the end.
+    /// Acts once per interval, or now when `last` (shutdown).
     fn tick(&mut self, last: bool) -> Result<()> {
         let now = Instant::now();
         if !last && now < self.next {
@@ -448,8 +445,11 @@ impl Reporter {
         let mono = monotonic_ns();
         let alert_at = self.alerter.as_ref().map(Alerter::threshold);
         let top = if self.table.is_some() { self.top } else { 0 };
-        // Every row only for a summary; otherwise those shown or due an alert check.
-        let rows = self.summary.as_ref().map(|_| self.agg.paws.rows(mono));
+        // Every row only for a summary due a rewrite; otherwise those shown or due an alert
+        // check.
+        let changes = self.agg.paws.changes();
+        let due = (self.summary.as_ref()).is_some_and(|f| f.due(changes, last));
+        let rows = due.then(|| self.agg.paws.rows(mono));
         let view = match &rows {
             Some(rows) => PawsView::of(rows, self.agg.paws.totals(), top, alert_at),
             None => self.agg.paws.view(mono, top, alert_at),
@@ -459,17 +459,17 @@ impl Reporter {
                 crate::say!("{line}");
             }
         }
-        if let (Some(path), Some(rows)) = (&self.summary, &rows) {
-            match sinks::summary::write_atomic(path, rows) {
-                Ok(()) => self.summary_failing = false,
-                Err(e) if last => return Err(e),
-                Err(e) => {
-                    if !self.summary_failing {
-                        crate::say!("twtrace: warning: {e:#} (trying again every interval)");
-                    }
-                    self.summary_failing = true;
-                }
+        if let Some(file) = &mut self.summary {
+            if let Some(rows) = &rows {
+                file.write(rows, changes, last)?;
             }
+            let at_exit = (rows.as_deref()).filter(|_| last);
+            let seen = self.agg.paws.totals().0;
+            file.say_evictions(
+                self.agg.paws.evictions,
+                self.capacity,
+                at_exit.map(|r| (r, seen)),
+            );
         }
         if let Some(opts) = self.table.as_ref().filter(|_| !self.closed) {
             self.buf.clear();

@@ -941,3 +941,54 @@ fn a_named_namespace_is_found_by_its_name() -> Result<()> {
     );
     Ok(())
 }
+
+/// `--summary-json`: a file left by an earlier run is replaced by an empty list once tracing
+/// starts; an aggregate that counts nothing (an empty namespace) is not rewritten at every
+/// interval (each rewrite is the whole list: megabytes at tens of thousands of IPs); the end
+/// writes it again.
+#[test]
+fn an_idle_summary_is_written_at_start_and_end_only() -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = support::TempDir::new("cli-summary-idle")?;
+    let summary = dir.0.join("paws.json");
+    fs::write(&summary, "[{\"ip\": \"192.0.2.99\"}]\n")?;
+    let name = format!("tw-idle-{}", std::process::id());
+    let ns = support::NamedNetns::add(&name)?;
+    let path = summary.to_string_lossy().into_owned();
+    let args = [
+        "events",
+        "--json",
+        "--netns",
+        ns.name(),
+        "--interval",
+        "0.05",
+    ];
+    let mut t = Tracer::spawn_default(&[&args[..], &["--summary-json", &path]].concat())?;
+    t.wait_ready(Duration::from_secs(180))?;
+    // A file's identity: a rewrite is a new file (inode; a freed one may be reused, so with
+    // its modification time, which a rewrite an interval later moves).
+    let identity = || -> Result<(u64, i64, i64)> {
+        let m = fs::metadata(&summary)?;
+        Ok((m.ino(), m.mtime(), m.mtime_nsec()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_to_string(&summary)? != "[]\n" {
+        ensure!(
+            Instant::now() < deadline,
+            "the earlier run's file was not replaced at start: {}",
+            fs::read_to_string(&summary)?
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = identity()?;
+    // Twenty intervals with nothing counted.
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        identity()? == started,
+        "rewritten while nothing was counted"
+    );
+    t.stop()?;
+    ensure!(identity()? != started, "not written again at the end");
+    ensure!(fs::read_to_string(&summary)? == "[]\n");
+    Ok(())
+}

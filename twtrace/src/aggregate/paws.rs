@@ -204,6 +204,8 @@ pub struct PawsTable {
     /// Rejects and old ACKs of every source IP ever seen, evicted ones included.
     rejects_total: u64,
     old_acks_total: u64,
+    /// Records counted so far: unchanged, nothing but the rates' decay moved since it was read.
+    changes: u64,
 }
 
 impl PawsTable {
@@ -215,6 +217,7 @@ impl PawsTable {
             evictions: 0,
             rejects_total: 0,
             old_acks_total: 0,
+            changes: 0,
         }
     }
 
@@ -288,8 +291,15 @@ impl PawsTable {
                 s.tw_syn[verdict_index(verdict)] += 1;
                 s.tw_syn_rate.add(t);
             }
-            _ => {}
+            _ => return,
         }
+        self.changes += 1;
+    }
+
+    /// How many records have been counted: a sink that last read the table at the same count
+    /// has nothing new to show but the rates' decay.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Every tracked source IP, most rejects first.
@@ -588,6 +598,32 @@ mod tests {
             (view.sources, view.rejects_total, view.top.len()),
             (2, 3, 2)
         );
+    }
+
+    /// Every record the table counts moves `changes` (a summary file is rewritten only then),
+    /// whether it makes a source IP or finds one; others leave it.
+    #[test]
+    fn changes_count_what_the_table_counts() {
+        let mut t = table();
+        let reject = What::PawsReject {
+            path: PawsPath::Timewait,
+            tsval: Some(900),
+            ts_recent: Some(1000),
+            tcp_flags: 0x02,
+            old_ack: false,
+        };
+        let counted = [
+            What::Syn { tsval: Some(1) },
+            What::Syn { tsval: Some(2) },
+            reject,
+        ];
+        for (i, what) in counted.into_iter().enumerate() {
+            t.apply(&rec("192.0.2.1", 4000, 1.0, what));
+            assert_eq!(t.changes(), i as u64 + 1);
+        }
+        t.apply(&rec("192.0.2.2", 4000, 2.0, What::TwOverflow));
+        t.apply(&rec("192.0.2.2", 4000, 2.0, What::Listening));
+        assert_eq!((t.changes(), t.sources()), (3, 1));
     }
 
     #[test]

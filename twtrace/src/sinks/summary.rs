@@ -1,6 +1,7 @@
 //! `--summary-json FILE`: the per-source-IP PAWS aggregate as a JSON list, rewritten atomically
-//! (write a temporary file beside it, then rename) every interval and on exit, so a reader
-//! never sees a half-written file.
+//! (write a temporary file beside it, then rename), so a reader never sees a half-written
+//! file: an empty list at start, then at each interval in which the aggregate counted
+//! something, and on exit ([`SummaryFile`]).
 
 use std::{
     fs,
@@ -11,6 +12,108 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::aggregate::paws::SourceRow;
+
+/// When the file is rewritten, and what is said about it on stderr.
+///
+/// An empty list at start: a file left by an earlier run must not pass for this one's. Then
+/// only at an interval in which the aggregate counted a record: each rewrite is the whole list,
+/// at tens of thousands of source IPs megabytes and a sizeable share of a CPU every interval,
+/// on the thread that drains the ring. An idle aggregate is left as last written: its rates
+/// (decaying counts) are those of the file's modification time. On exit, always.
+pub struct SummaryFile {
+    path: PathBuf,
+    /// The aggregate's change count ([`crate::aggregate::paws::PawsTable::changes`]) at the last
+    /// write that succeeded.
+    written_at: Option<u64>,
+    /// The last try failed (warned once per run of failures).
+    failing: bool,
+    /// Evictions were said (once).
+    evictions_said: bool,
+}
+
+impl SummaryFile {
+    /// Starts with an empty list (a failure is a warning, as at any interval).
+    pub fn start(path: PathBuf) -> Self {
+        let mut file = Self {
+            path,
+            written_at: None,
+            failing: false,
+            evictions_said: false,
+        };
+        // Not `last`: never an error.
+        let _ = file.write(&[], 0, false);
+        file
+    }
+
+    /// Whether a rewrite is due with the aggregate at `changes`.
+    pub fn due(&self, changes: u64, last: bool) -> bool {
+        last || self.written_at != Some(changes)
+    }
+
+    /// Rewrites the file with `rows`, the aggregate at `changes`. A failure is a warning while
+    /// tracing (a full disk must not end a service's tracing; the next interval tries again)
+    /// and an error only at the end (`last`).
+    pub fn write(&mut self, rows: &[SourceRow], changes: u64, last: bool) -> Result<()> {
+        match write_atomic(&self.path, rows) {
+            Ok(()) => {
+                self.failing = false;
+                self.written_at = Some(changes);
+            }
+            Err(e) if last => return Err(e),
+            Err(e) => {
+                if !self.failing {
+                    crate::say!("twtrace: warning: {e:#} (trying again every interval)");
+                }
+                self.failing = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Says on stderr that rows have left the file: once at the first eviction, and at exit
+    /// (`last`, with `rows` the file's last content and `rejects` those of every source IP
+    /// seen) how many, and the rejects they took with them (`twtrace events` has no table
+    /// that counts them).
+    pub fn say_evictions(
+        &mut self,
+        evicted: u64,
+        capacity: u32,
+        last: Option<(&[SourceRow], u64)>,
+    ) {
+        if let Some(line) = eviction_line(&self.path, evicted, capacity, last, self.evictions_said)
+        {
+            crate::say!("{line}");
+            self.evictions_said = true;
+        }
+    }
+}
+
+fn eviction_line(
+    path: &Path,
+    evicted: u64,
+    capacity: u32,
+    last: Option<(&[SourceRow], u64)>,
+    said: bool,
+) -> Option<String> {
+    let path = path.display();
+    match last {
+        _ if evicted == 0 => None,
+        Some((rows, rejects)) => {
+            let listed: u64 = rows.iter().map(|r| r.rejects_total).sum();
+            let were = if evicted == 1 { "IP was" } else { "IPs were" };
+            Some(format!(
+                "twtrace: {evicted} source {were} evicted (more than --capacity {capacity}): \
+                 {path} lists the {} most recent, with {listed} of the {rejects} PAWS rejects seen",
+                rows.len()
+            ))
+        }
+        None if !said => Some(format!(
+            "twtrace: note: more than --capacity {capacity} source IPs: the least recent leave \
+             the aggregate and {path} (counted; said again at exit)"
+        )),
+        None => None,
+    }
+}
 
 pub fn write_atomic(path: &Path, rows: &[SourceRow]) -> Result<()> {
     let target = through_symlink(path);
@@ -140,6 +243,10 @@ fn tmp_path(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        aggregate::{clocks::ClockConfig, paws::PawsTable},
+        event::{PawsPath, Record, What},
+    };
 
     #[test]
     fn writes_a_json_list_and_leaves_no_temporary() {
@@ -174,6 +281,89 @@ mod tests {
             assert_eq!(mode, 0o600);
         }
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A table of `capacity` source IPs that saw IPs 192.0.2.1.. in turn, the i-th with i
+    /// rejects at TIME-WAIT.
+    fn paws_table(capacity: usize, ips: u8) -> PawsTable {
+        let mut t = PawsTable::new(capacity, ClockConfig::default());
+        for i in 1..=ips {
+            for _ in 0..i {
+                t.apply(&Record {
+                    ts_ns: 1_000_000_000,
+                    netns: 1,
+                    local: "10.0.0.1:80".parse().unwrap(),
+                    remote: format!("192.0.2.{i}:4000").parse().unwrap(),
+                    what: What::PawsReject {
+                        path: PawsPath::Timewait,
+                        tsval: Some(900),
+                        ts_recent: Some(1000),
+                        tcp_flags: 0x02,
+                        old_ack: false,
+                    },
+                });
+            }
+        }
+        t
+    }
+
+    /// An empty list at start, over an earlier run's file; then rewritten only when the
+    /// aggregate counted something, and always at the end.
+    #[test]
+    fn rewritten_at_start_then_only_when_something_was_counted() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::env::temp_dir().join(format!("twtrace-summary-due-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.json");
+        fs::write(&path, "[{\"ip\": \"192.0.2.99\"}]\n").unwrap();
+        let mut file = SummaryFile::start(path.clone());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "[]\n");
+        assert!(!file.due(0, false), "nothing counted since the start");
+        assert!(file.due(0, true), "the end");
+        let mut t = paws_table(16, 3);
+        assert!(file.due(t.changes(), false));
+        file.write(&t.rows(2_000_000_000), t.changes(), false)
+            .unwrap();
+        let written = fs::metadata(&path).unwrap().ino();
+        let list: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(list.as_array().map(Vec::len), Some(3));
+        assert!(!file.due(t.changes(), false), "idle since");
+        assert_eq!(fs::metadata(&path).unwrap().ino(), written);
+        t.apply(&Record {
+            ts_ns: 3_000_000_000,
+            netns: 1,
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: "192.0.2.1:4001".parse().unwrap(),
+            what: What::Syn { tsval: Some(5) },
+        });
+        assert!(file.due(t.changes(), false));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Evictions: said once when they begin, and at the end with how many and what the file
+    /// lost with them (rejects of all IPs against those listed).
+    #[test]
+    fn evictions_are_said_once_then_at_the_end_with_what_the_file_lost() {
+        let path = Path::new("/run/s.json");
+        assert_eq!(eviction_line(path, 0, 16, None, false), None);
+        let first = eviction_line(path, 5, 16, None, false).unwrap();
+        assert_eq!(
+            first,
+            "twtrace: note: more than --capacity 16 source IPs: the least recent leave the \
+             aggregate and /run/s.json (counted; said again at exit)"
+        );
+        assert_eq!(eviction_line(path, 6, 16, None, true), None, "said already");
+        // 1 + 2 + 3 rejects from three IPs, two kept: the first IP's one reject is gone.
+        let mut t = paws_table(2, 3);
+        let rows = t.rows(2_000_000_000);
+        assert_eq!(t.evictions, 1);
+        assert_eq!(
+            eviction_line(path, t.evictions, 2, Some((&rows, t.totals().0)), true).unwrap(),
+            "twtrace: 1 source IP was evicted (more than --capacity 2): /run/s.json lists the 2 \
+             most recent, with 5 of the 6 PAWS rejects seen"
+        );
+        assert_eq!(eviction_line(path, 0, 2, Some((&[], 0)), true), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod capacity;
 mod established;
 mod handshake;
 mod nat;
