@@ -75,6 +75,7 @@ pub async fn main(cli: Cli) -> Result<()> {
     // Only now, with tracing sure to start, is an existing --output file emptied.
     let output = output.map(PendingOutput::start).transpose()?;
     announce(&loaded);
+    return_freed_memory();
     if let (Some(n), Some(Some(at))) = (&netns, netns_found) {
         let given = cli.common.netns.clone().unwrap_or_default();
         tokio::spawn(watch_netns(given, n.inode, at));
@@ -492,6 +493,14 @@ impl Reporter {
         }
         Ok(())
     }
+}
+
+/// Hands the heap freed by loading back to the system. Loading parses the kernel's BTF twice
+/// (twtrace's layout reader and aya's loader), tens of MB dropped once the programs are in;
+/// glibc keeps freed heap mapped unless asked, and a service would hold it for its lifetime.
+fn return_freed_memory() {
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// CLOCK_MONOTONIC, the clock of the kernel's event timestamps.
