@@ -250,8 +250,7 @@ mod tests {
 
     #[test]
     fn writes_a_json_list_and_leaves_no_temporary() {
-        let dir = std::env::temp_dir().join(format!("twtrace-summary-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("plain");
         let path = dir.join("s.json");
         write_atomic(&path, &[]).unwrap();
         let v: serde_json::Value =
@@ -270,8 +269,7 @@ mod tests {
     #[test]
     fn a_rewrite_keeps_the_mode_of_the_file_it_replaces() {
         use std::os::unix::fs::PermissionsExt as _;
-        let dir = std::env::temp_dir().join(format!("twtrace-summary-mode-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("mode");
         let path = dir.join("s.json");
         fs::write(&path, "").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
@@ -281,6 +279,14 @@ mod tests {
             assert_eq!(mode, 0o600);
         }
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A directory of one test, made fresh.
+    fn scratch(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("twtrace-summary-{tag}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     /// A table of `capacity` source IPs that saw IPs 192.0.2.1.. in turn, the i-th with i
@@ -312,8 +318,7 @@ mod tests {
     #[test]
     fn rewritten_at_start_then_only_when_something_was_counted() {
         use std::os::unix::fs::MetadataExt as _;
-        let dir = std::env::temp_dir().join(format!("twtrace-summary-due-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("due");
         let path = dir.join("s.json");
         fs::write(&path, "[{\"ip\": \"192.0.2.99\"}]\n").unwrap();
         let mut file = SummaryFile::start(path.clone());
@@ -368,8 +373,7 @@ mod tests {
 
     #[test]
     fn a_symlinked_summary_updates_its_target() {
-        let dir = std::env::temp_dir().join(format!("twtrace-summary-ln-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("ln");
         let target = dir.join("real.json");
         let link = dir.join("link.json");
         fs::write(&target, "old").unwrap();
@@ -395,8 +399,7 @@ mod tests {
 
     #[test]
     fn bad_paths_are_refused_up_front_and_leave_nothing() {
-        let dir = std::env::temp_dir().join(format!("twtrace-summary-bad-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("bad");
         let err = check_writable(&dir.join("no/such/dir/s.json")).unwrap_err();
         assert!(format!("{err:#}").contains("no/such/dir/s.json"), "{err:#}");
         assert!(check_writable(&dir).is_err(), "a directory");
