@@ -628,10 +628,10 @@ fn parked() -> Option<&'static mut PendingExit> {
 /// `PendingExit::rearmable`; not a time window: under QEMU's TCG, or a preempted vCPU, the
 /// two are milliseconds apart), and of the same socket (its identity: ports and hash). The
 /// same timer started otherwise is a new TIME-WAIT in the memory of the parked one, freed by an
-/// end nothing named
-/// (`ss -K`, a replacing SYN dropped by a full accept queue: with no timer event between when
-/// the next segment of that poll makes the new TIME-WAIT; sockets are reused at once on the
-/// CPU that freed them): that end is settled as unknown, and the start is an enter.
+/// end nothing named (`ss -K`, a replacing SYN dropped by a full accept queue: with no timer
+/// event between when the next segment of that poll makes the new TIME-WAIT; sockets are
+/// reused at once on the CPU that freed them): that end is settled as unknown, and the start
+/// is an enter.
 #[inline(always)]
 pub fn rearmed(timer: u64) -> bool {
     let Some(slot) = parked() else {
