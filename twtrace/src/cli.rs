@@ -130,9 +130,9 @@ pub struct Common {
     pub interval: f64,
 
     /// Keep FILE up to date with the per-source-IP PAWS aggregate (a JSON list; fields in the
-    /// README): an empty list at start, rewritten atomically at each --interval in which
-    /// something was counted (an idle file's rates are those of its modification time), and
-    /// on exit.
+    /// README): an empty list at start, rewritten atomically at each --interval while anything
+    /// in it moves (a record counted, or rates still decaying: 200 s after the last), and on
+    /// exit.
     #[arg(long, global = true, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
 

@@ -449,7 +449,8 @@ impl Reporter {
         // Every row only for a summary due a rewrite; otherwise those shown or due an alert
         // check.
         let changes = self.agg.paws.changes();
-        let due = (self.summary.as_ref()).is_some_and(|f| f.due(changes, last));
+        let settled_at = self.agg.paws.settled_at();
+        let due = (self.summary.as_ref()).is_some_and(|f| f.due(changes, settled_at, mono, last));
         let rows = due.then(|| self.agg.paws.rows(mono));
         let view = match &rows {
             Some(rows) => PawsView::of(rows, self.agg.paws.totals(), top, alert_at),
@@ -465,12 +466,8 @@ impl Reporter {
                 file.write(rows, changes, last)?;
             }
             let at_exit = (rows.as_deref()).filter(|_| last);
-            let seen = self.agg.paws.totals().0;
-            file.say_evictions(
-                self.agg.paws.evictions,
-                self.capacity,
-                at_exit.map(|r| (r, seen)),
-            );
+            let at_exit = at_exit.map(|r| (r, self.agg.paws.totals().0));
+            file.say_evictions(self.agg.paws.evictions, self.capacity, at_exit);
         }
         if let Some(opts) = self.table.as_ref().filter(|_| !self.closed) {
             self.buf.clear();

@@ -16,6 +16,9 @@ use crate::event::{PawsPath, Record, TwSynVerdict, What, regression};
 const PER_HOST_WINDOW_NS: u64 = 60_000_000_000;
 /// Time constant of the rate estimates (exponentially decaying counts).
 const RATE_TAU_S: f64 = 10.0;
+/// How long after its last count a rate still moves: 20 time constants, e^-20 (2e-9) of
+/// where it was.
+const RATES_SETTLE_NS: u64 = 20 * RATE_TAU_S as u64 * 1_000_000_000;
 
 /// `e^-x` for `x >= 0`. Under churn a rate is bumped every few microseconds, `x` ~1e-7: there
 /// the series to x² is within x³/6 (< 2e-10) of it at a fraction of `exp`'s cost, which
@@ -206,6 +209,8 @@ pub struct PawsTable {
     old_acks_total: u64,
     /// Records counted so far: unchanged, nothing but the rates' decay moved since it was read.
     changes: u64,
+    /// The latest time of a counted record.
+    last_ns: u64,
 }
 
 impl PawsTable {
@@ -218,6 +223,7 @@ impl PawsTable {
             rejects_total: 0,
             old_acks_total: 0,
             changes: 0,
+            last_ns: 0,
         }
     }
 
@@ -294,12 +300,19 @@ impl PawsTable {
             _ => return,
         }
         self.changes += 1;
+        self.last_ns = self.last_ns.max(t);
     }
 
     /// How many records have been counted: a sink that last read the table at the same count
-    /// has nothing new to show but the rates' decay.
+    /// has nothing new to show but the rates' decay (see [`PawsTable::settled_at`]).
     pub fn changes(&self) -> u64 {
         self.changes
+    }
+
+    /// From when on the rates stand still (to 2e-9 of their value) if nothing more is counted;
+    /// `None` while nothing was.
+    pub fn settled_at(&self) -> Option<u64> {
+        (self.changes > 0).then(|| self.last_ns.saturating_add(RATES_SETTLE_NS))
     }
 
     /// Every tracked source IP, most rejects first.
@@ -624,6 +637,9 @@ mod tests {
         t.apply(&rec("192.0.2.2", 4000, 2.0, What::TwOverflow));
         t.apply(&rec("192.0.2.2", 4000, 2.0, What::Listening));
         assert_eq!((t.changes(), t.sources()), (3, 1));
+        // The rates of the last count (1 s) decay for 200 s more.
+        assert_eq!(t.settled_at(), Some(201_000_000_000));
+        assert_eq!(table().settled_at(), None);
     }
 
     #[test]

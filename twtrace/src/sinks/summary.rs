@@ -1,7 +1,7 @@
 //! `--summary-json FILE`: the per-source-IP PAWS aggregate as a JSON list, rewritten atomically
 //! (write a temporary file beside it, then rename), so a reader never sees a half-written
-//! file: an empty list at start, then at each interval in which the aggregate counted
-//! something, and on exit ([`SummaryFile`]).
+//! file: an empty list at start, then at each interval while anything in it moves, and on
+//! exit ([`SummaryFile`]).
 
 use std::{
     fs,
@@ -16,10 +16,11 @@ use crate::aggregate::paws::SourceRow;
 /// When the file is rewritten, and what is said about it on stderr.
 ///
 /// An empty list at start: a file left by an earlier run must not pass for this one's. Then
-/// only at an interval in which the aggregate counted a record: each rewrite is the whole list,
+/// at each interval while anything in it moves: a record counted since the last write, or
+/// rates still decaying from the last one (their value must not stand while the traffic has
+/// stopped). An aggregate idle beyond that is left as written: each rewrite is the whole list,
 /// at tens of thousands of source IPs megabytes and a sizeable share of a CPU every interval,
-/// on the thread that drains the ring. An idle aggregate is left as last written: its rates
-/// (decaying counts) are those of the file's modification time. On exit, always.
+/// on the thread that drains the ring. On exit, always.
 pub struct SummaryFile {
     path: PathBuf,
     /// The aggregate's change count ([`crate::aggregate::paws::PawsTable::changes`]) at the last
@@ -45,9 +46,10 @@ impl SummaryFile {
         file
     }
 
-    /// Whether a rewrite is due with the aggregate at `changes`.
-    pub fn due(&self, changes: u64, last: bool) -> bool {
-        last || self.written_at != Some(changes)
+    /// Whether a rewrite is due at `now_ns` with the aggregate at `changes`, its rates
+    /// standing still from `settled_at` ([`crate::aggregate::paws::PawsTable::settled_at`]).
+    pub fn due(&self, changes: u64, settled_at: Option<u64>, now_ns: u64, last: bool) -> bool {
+        last || self.written_at != Some(changes) || settled_at.is_some_and(|at| now_ns < at)
     }
 
     /// Rewrites the file with `rows`, the aggregate at `changes`. A failure is a warning while
@@ -313,8 +315,8 @@ mod tests {
         t
     }
 
-    /// An empty list at start, over an earlier run's file; then rewritten only when the
-    /// aggregate counted something, and always at the end.
+    /// An empty list at start, over an earlier run's file; then rewritten when the aggregate
+    /// counted something and while its rates decay, and always at the end.
     #[test]
     fn rewritten_at_start_then_only_when_something_was_counted() {
         use std::os::unix::fs::MetadataExt as _;
@@ -323,17 +325,29 @@ mod tests {
         fs::write(&path, "[{\"ip\": \"192.0.2.99\"}]\n").unwrap();
         let mut file = SummaryFile::start(path.clone());
         assert_eq!(fs::read_to_string(&path).unwrap(), "[]\n");
-        assert!(!file.due(0, false), "nothing counted since the start");
-        assert!(file.due(0, true), "the end");
+        assert!(
+            !file.due(0, None, 5, false),
+            "nothing counted since the start"
+        );
+        assert!(file.due(0, None, 5, true), "the end");
         let mut t = paws_table(16, 3);
-        assert!(file.due(t.changes(), false));
+        let (settled, now) = (t.settled_at(), 2_000_000_000);
+        assert!(file.due(t.changes(), settled, now, false));
         file.write(&t.rows(2_000_000_000), t.changes(), false)
             .unwrap();
         let written = fs::metadata(&path).unwrap().ino();
         let list: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(list.as_array().map(Vec::len), Some(3));
-        assert!(!file.due(t.changes(), false), "idle since");
+        assert!(
+            file.due(t.changes(), settled, now + 1_000_000_000, false),
+            "nothing counted since, but the rates decay"
+        );
+        let still = settled.unwrap();
+        assert!(
+            !file.due(t.changes(), settled, still, false),
+            "idle, settled"
+        );
         assert_eq!(fs::metadata(&path).unwrap().ino(), written);
         t.apply(&Record {
             ts_ns: 3_000_000_000,
@@ -342,7 +356,7 @@ mod tests {
             remote: "192.0.2.1:4001".parse().unwrap(),
             what: What::Syn { tsval: Some(5) },
         });
-        assert!(file.due(t.changes(), false));
+        assert!(file.due(t.changes(), t.settled_at(), still, false));
         fs::remove_dir_all(&dir).unwrap();
     }
 

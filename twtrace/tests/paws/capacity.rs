@@ -106,7 +106,14 @@ fn source_ips_beyond_the_capacity_leave_the_summary_and_are_said() -> Result<()>
         assert_eq!(rejects, 0, "{text}");
 
         let stderr = said();
-        let evicted = 1 + CAPACITY + EXTRA - CAPACITY;
+        // Each connection the kernel accepted came from its own address: one source IP each.
+        let accepted = delta(&made_from, &after, "TcpPassiveOpens");
+        assert_eq!(
+            accepted as usize,
+            1 + CAPACITY + EXTRA,
+            "sanity: a connection from each address"
+        );
+        let evicted = accepted - CAPACITY as u64;
         let end = format!(
             "twtrace: {evicted} source IPs were evicted (more than --capacity {CAPACITY}): \
              {path} lists the {CAPACITY} most recent, with 0 of the {kernel} PAWS rejects seen"
