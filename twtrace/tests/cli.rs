@@ -30,12 +30,17 @@ fn run_as_nobody(args: &[&str]) -> Output {
 }
 
 /// Runs `cmd` to its end, within a minute (see [`run`]), its output captured.
-fn run_command(mut cmd: Command) -> Output {
+fn run_command(cmd: Command) -> Output {
+    run_command_to(cmd, std::process::Stdio::piped())
+}
+
+/// [`run_command`] with stdout going to `stdout` (captured only if that is a pipe).
+fn run_command_to(mut cmd: Command, stdout: std::process::Stdio) -> Output {
     use std::io::Read as _;
     use std::process::Stdio;
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
     let mut child = cmd
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .expect("running twtrace");
@@ -46,7 +51,7 @@ fn run_command(mut cmd: Command) -> Output {
             buf
         })
     };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let out = child.stdout.take().map(|o| drain(Box::new(o)));
     let err = drain(Box::new(child.stderr.take().expect("stderr")));
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
@@ -62,7 +67,7 @@ fn run_command(mut cmd: Command) -> Output {
     };
     Output {
         status,
-        stdout: out.join().expect("stdout reader"),
+        stdout: out.map_or_else(Vec::new, |o| o.join().expect("stdout reader")),
         stderr: err.join().expect("stderr reader"),
     }
 }
@@ -548,6 +553,35 @@ fn output_paths_are_checked_before_tracing() {
             "attached first: {args:?}: {err}"
         );
     }
+}
+
+/// A summary file that is the process's own stdout (`/dev/stdout`, or the file stdout was
+/// redirected to by name) is refused before tracing: each rewrite replaces the file whole,
+/// and what the table wrote there would go to a file nobody can open any more. The file is
+/// left as it was.
+#[test]
+fn a_summary_onto_stdout_is_refused() {
+    let dir = support::TempDir::new("cli-stdout").expect("temp dir");
+    let captured = dir.0.join("table.txt");
+    std::fs::write(&captured, "earlier\n").expect("write");
+    let by_name = captured.to_str().expect("utf-8 path");
+    for summary in ["/dev/stdout", by_name] {
+        let stdout = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&captured)
+            .expect("open");
+        let mut cmd = Command::new(tracer_bin());
+        cmd.args(["--summary-json", summary]);
+        let o = run_command_to(cmd, stdout.into());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{summary}: {err}");
+        assert!(
+            err.contains("is this process's standard output"),
+            "{summary}: {err}"
+        );
+        assert!(!err.contains("twtrace: tracing"), "attached first: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&captured).unwrap(), "earlier\n");
 }
 
 /// `events --output /dev/null` (or any device) is written, not emptied first: only a regular

@@ -193,6 +193,19 @@ pub fn check_writable(path: &Path) -> Result<()> {
             path.display()
         );
     }
+    if let Some(stream) = own_stream(path) {
+        anyhow::bail!(
+            "--summary-json {}: is this process's {stream}; each rewrite replaces the file \
+             whole (what else was written to it would be lost): give a file of its own",
+            path.display()
+        );
+    }
+    // A symlink that leads nowhere resolvable (a loop): the rename would replace the link.
+    if let Err(e) = fs::metadata(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        anyhow::bail!("--summary-json {}: {e}", path.display());
+    }
     let target = through_symlink(path);
     let tmp = tmp_path(&target);
     let _ = fs::remove_file(&tmp);
@@ -216,6 +229,20 @@ pub fn check_writable(path: &Path) -> Result<()> {
         })?;
     fs::remove_file(&tmp).ok();
     Ok(())
+}
+
+/// "standard output" or "standard error" when `path` is the file this process writes them to
+/// (`/dev/stdout`, or the file they were redirected to by name).
+fn own_stream(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt as _;
+    let file = fs::metadata(path).ok()?;
+    [
+        ("/proc/self/fd/1", "standard output"),
+        ("/proc/self/fd/2", "standard error"),
+    ]
+    .into_iter()
+    .find(|(fd, _)| fs::metadata(fd).is_ok_and(|m| (m.dev(), m.ino()) == (file.dev(), file.ino())))
+    .map(|(_, name)| name)
 }
 
 /// Whether two paths name the same file, either of which may not exist yet.
