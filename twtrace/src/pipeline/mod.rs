@@ -26,6 +26,9 @@ use crate::{
 
 #[doc(hidden)]
 pub mod fixtures;
+mod late_syn;
+
+use late_syn::{Held, UnexplainedExits};
 
 pub struct Pipeline {
     ctx: DecodeCtx,
@@ -35,6 +38,8 @@ pub struct Pipeline {
     /// Overflows a tracepoint route reported, until a retraction could no longer come (see
     /// [`Pipeline::settled_before`]).
     held_overflows: Vec<Event>,
+    /// The tp_btf route's `unknown` exits, until a late SYN explains them (late_syn.rs).
+    unexplained: UnexplainedExits,
     settled_before: u64,
 }
 
@@ -51,6 +56,7 @@ impl Pipeline {
             tw_syn: TwSynClassifier::default(),
             request_ts: RequestTsvals::default(),
             held_overflows: Vec::new(),
+            unexplained: UnexplainedExits::default(),
             settled_before: 0,
         }
     }
@@ -61,7 +67,8 @@ impl Pipeline {
         self.lifetimes.set_paired_in_kernel(yes);
     }
 
-    /// Says that every record up to `ts_ns` has been read: an overflow from before then that
+    /// Says that every record up to `ts_ns` has been read: an unexplained exit whose SYN has
+    /// not come by then (see late_syn.rs) goes out as it came, and an overflow from before then that
     /// no retraction followed was one, and goes out with the next batch. On the tracepoint
     /// routes an abort (close() with unread data, SO_LINGER 0, ...) closes a FIN_WAIT2 socket
     /// before it sends its reset, so its close first reads as an overflow, which the kernel
@@ -86,11 +93,15 @@ impl Pipeline {
             }
             self.feed(*ev, filter, &mut f);
         }
-        self.release_overflows(filter, f);
+        self.release_held(filter, f);
     }
 
-    /// Held overflows that no retraction can follow any more, decoded and handed to `f`.
-    fn release_overflows(&mut self, filter: &Filter, mut f: impl FnMut(&Record)) {
+    /// Held records whose wait is over (exits no late SYN explained, overflows no
+    /// retraction can follow any more), decoded and handed to `f`.
+    fn release_held(&mut self, filter: &Filter, mut f: impl FnMut(&Record)) {
+        for exit in self.unexplained.expired(self.settled_before) {
+            self.feed_now(exit, filter, &mut f);
+        }
         if self.held_overflows.is_empty() {
             return;
         }
@@ -136,6 +147,45 @@ impl Pipeline {
     /// completes, if any, when the filter keeps them.
     #[inline]
     pub fn feed(&mut self, ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
+        if UnexplainedExits::wanted(&ev) {
+            match self.unexplained.hold(ev) {
+                Held::Waiting => {}
+                Held::GoesOn(now) => self.feed_now(now, filter, f),
+                Held::Explained(exit, syn) => {
+                    // Its SYN went on already: the exit, then the verdict the two make.
+                    let verdict = TwSynClassifier::joined(&exit, &syn);
+                    let ends = signals::endpoints(&exit);
+                    self.feed_one(exit, ends, Join::Known(None), filter, &mut f);
+                    if let Some(what) = verdict {
+                        let rec = signals::record_at(&syn, ends, what);
+                        if filter.matches(&rec) {
+                            f(&rec);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        if let Some(exit) = self.unexplained.on_syn(&ev) {
+            // The two halves of one record, as if the kernel had joined them.
+            let verdict = TwSynClassifier::joined(&exit, &ev);
+            let exit_ends = signals::endpoints(&exit);
+            self.feed_one(exit, exit_ends, Join::Known(None), filter, &mut f);
+            self.feed_one(
+                ev,
+                signals::endpoints(&ev),
+                Join::Known(verdict),
+                filter,
+                &mut f,
+            );
+            return;
+        }
+        self.feed_now(ev, filter, f);
+    }
+
+    /// [`Pipeline::feed`] past the wait for late SYNs.
+    #[inline]
+    fn feed_now(&mut self, ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
         // Built once for every record of this connection the raw one gives (up to four: an
         // exit, its SYN, their verdict; two `SocketAddr`s each were a tenth of decoding).
         let ends = signals::endpoints(&ev);
@@ -236,6 +286,7 @@ fn split_exit_and_syn(ev: &Event) -> Option<(Event, Event)> {
 #[cfg(test)]
 mod tests {
     use super::{fixtures::*, *};
+    use twtrace_common::ExitCause;
 
     /// One record carrying an exit and its SYN gives the very records the two would: the exit
     /// (with its lifetime), the SYN, and the verdict they make, whatever the SYN's timestamps.
@@ -295,6 +346,52 @@ mod tests {
         assert_eq!(
             lifetimes,
             [(40_000, 200, Some(100)), (40_001, 900, Some(400))]
+        );
+    }
+
+    /// An exit the kernel could not explain waits for a late SYN of its 4-tuple (a listener
+    /// dropped the first one): the retransmit makes it `replaced_by_syn` at its own time, with
+    /// its verdict, whether it comes after the exit or (the exit reported late) before it; one
+    /// that no SYN follows goes out `unknown` once the wait is over.
+    #[test]
+    fn a_late_syn_explains_an_unknown_exit() {
+        let filter = Filter::default();
+        let mut p = Pipeline::new(DecodeCtx { hz: 250 }, 1024);
+        let [mut exit, mut syn, _] = connection(0, 7, 40_000);
+        exit.detail = ExitCause::Unknown as u8;
+        (exit.ts_ns, syn.ts_ns) = (1_000_000_000, 2_000_000_000);
+        let mut lone = exit;
+        lone.rport = 40_001;
+        // Reported by the kernel after its SYN.
+        let (mut after, mut its_syn) = (exit, syn);
+        (after.rport, its_syn.rport) = (40_002, 40_002);
+        let mut out = Vec::new();
+        let mut seen = |r: &Record| out.push((r.ts_ns, r.remote.port(), r.what));
+        p.feed_batch(&[exit, lone], &filter, &mut seen);
+        p.settled_before(1_500_000_000);
+        p.feed_batch(&[syn, its_syn, after], &filter, &mut seen);
+        p.settled_before(exit.ts_ns + late_syn::LATE_SYN_NS);
+        p.feed_batch(&[], &filter, &mut seen);
+        let causes: Vec<_> = out
+            .iter()
+            .map(|(ts, port, what)| match what {
+                What::TwExit { cause, .. } => format!("{ts} {port} exit {cause:?}"),
+                What::Syn { .. } => format!("{ts} {port} syn"),
+                What::TwSyn { verdict, .. } => format!("{ts} {port} tw_syn {verdict:?}"),
+                other => format!("{ts} {port} {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            causes,
+            [
+                "1000000000 40000 exit ReplacedBySyn",
+                "2000000000 40000 syn",
+                "2000000000 40000 tw_syn AcceptedByTimestamp",
+                "2000000000 40002 syn",
+                "1000000000 40002 exit ReplacedBySyn",
+                "2000000000 40002 tw_syn AcceptedByTimestamp",
+                "1000000000 40001 exit Unknown",
+            ]
         );
     }
 

@@ -14,6 +14,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod accept_queue;
 mod fin_wait2;
 mod lifecycle;
 mod overflow;

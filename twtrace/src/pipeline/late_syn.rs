@@ -1,0 +1,274 @@
+//! TIME-WAITs a SYN ended whose listener then dropped that SYN (a full accept queue, most
+//! often: the overloaded server users look at this cause for). On the tp_btf route the cancel
+//! of such a TIME-WAIT is explained by the request socket its SYN queues
+//! (twtrace-ebpf/src/tw_exit.rs); with none queued, the kernel side can only report it
+//! `unknown`. The client sends that SYN again a second later (3 s, 7 s, ...: SYN retransmits
+//! double from 1 s), from the same port, and the retransmit is accepted once the queue has
+//! room: a SYN of the very 4-tuple right after an unexplained end is the positive evidence
+//! the kernel could not give at the time. So the tp_btf route's `unknown` exits wait here
+//! [`LATE_SYN_NS`] for it; one that comes makes the exit `replaced_by_syn`, and the rest go out
+//! as they came, `unknown` (`ss -K`, a SYN answered by a cookie, a client that gave up).
+//!
+//! The exit can also come after its SYN: the kernel side reports a cancel it could not
+//! explain only when the next one is parked on that CPU, or at shutdown, while the retransmit
+//! may be handled on another CPU meanwhile. So the tp_btf route's SYN records that came
+//! alone (most SYNs under churn come joined to the exit they explain) are remembered for a
+//! while, by a hash of their 4-tuple in a direct-mapped table: one store per SYN; a slot a
+//! later SYN takes only loses evidence (that exit stays `unknown`).
+//!
+//! What it cannot tell: a TIME-WAIT killed otherwise (`ss -K`) whose client connects again
+//! from the same port within [`LATE_SYN_NS`] reads `replaced_by_syn`.
+
+use std::{collections::HashMap, hash::BuildHasher as _};
+
+use twtrace_common::{Event, EventKind, ExitCause, HookFamily, ts_flags};
+
+use crate::signals::{RawFlow, raw_flow};
+
+/// How long an unexplained exit waits for its SYN: the client's first two retransmits (1 s
+/// and 3 s after the dropped SYN, Linux's initial RTO), with a margin.
+pub const LATE_SYN_NS: u64 = 4_000_000_000;
+/// Exits held at most: beyond, the oldest go out as they came (a flood of SYN cookies ends
+/// every TIME-WAIT it replaces unexplained).
+const MAX_HELD: usize = 65_536;
+
+/// SYNs remembered (a power of two): 4 s of SYNs that came alone at 2k a second.
+const RECENT: usize = 8192;
+
+pub struct UnexplainedExits {
+    held: HashMap<RawFlow, Event>,
+    recent: Box<[SeenSyn]>,
+}
+
+/// A SYN that came alone, in the slot its 4-tuple's hash picks (`flow` 0: empty).
+#[derive(Clone, Copy, Default)]
+struct SeenSyn {
+    flow: u64,
+    ts_ns: u64,
+    tsval: u32,
+    ts_flags: u8,
+}
+
+impl Default for UnexplainedExits {
+    fn default() -> Self {
+        Self {
+            held: HashMap::new(),
+            recent: vec![SeenSyn::default(); RECENT].into_boxed_slice(),
+        }
+    }
+}
+
+/// What becomes of an unexplained exit handed to [`UnexplainedExits::hold`].
+pub enum Held {
+    /// Waiting for its SYN.
+    Waiting,
+    /// To go on now as it came: an older exit of the same 4-tuple, or this one when full.
+    GoesOn(Event),
+    /// Its SYN came before it: the exit, now `replaced_by_syn`, and that SYN.
+    Explained(Event, Event),
+}
+
+fn flow_hash(ev: &Event) -> u64 {
+    // Never 0, the empty slot's mark.
+    foldhash::fast::FixedState::with_seed(0).hash_one(raw_flow(ev)) | 1
+}
+
+fn within_wait(exit: &Event, syn_ts_ns: u64) -> bool {
+    syn_ts_ns >= exit.ts_ns && syn_ts_ns - exit.ts_ns <= LATE_SYN_NS
+}
+
+impl UnexplainedExits {
+    /// Whether `ev` is an exit to hold: the tp_btf route's `unknown`.
+    #[inline]
+    pub fn wanted(ev: &Event) -> bool {
+        ev.kind == EventKind::TwExit as u8
+            && ev.detail == ExitCause::Unknown as u8
+            && ev.hook == HookFamily::TpBtf as u8
+            && ev.ts_flags & ts_flags::WITH_SYN == 0
+    }
+
+    /// Takes an unexplained exit: explained at once by a SYN of its 4-tuple seen since, or held
+    /// for one. An older exit of the same 4-tuple still held goes on (its SYN can no longer be
+    /// told from this one's), as does this one when the wait is full.
+    pub fn hold(&mut self, mut exit: Event) -> Held {
+        let hash = flow_hash(&exit);
+        let seen = &mut self.recent[hash as usize & (RECENT - 1)];
+        if seen.flow == hash && within_wait(&exit, seen.ts_ns) {
+            let mut syn = exit;
+            syn.kind = EventKind::Syn as u8;
+            (syn.detail, syn.obj, syn.ts_recent, syn.lifetime_ns) = (0, 0, 0, 0);
+            (syn.ts_ns, syn.tsval, syn.ts_flags) = (seen.ts_ns, seen.tsval, seen.ts_flags);
+            syn.tcp_flags = 0x02;
+            seen.flow = 0;
+            exit.detail = ExitCause::ReplacedBySyn as u8;
+            return Held::Explained(exit, syn);
+        }
+        let key = raw_flow(&exit);
+        if self.held.len() >= MAX_HELD && !self.held.contains_key(&key) {
+            return Held::GoesOn(exit);
+        }
+        self.held
+            .insert(key, exit)
+            .map_or(Held::Waiting, Held::GoesOn)
+    }
+
+    /// A SYN record: returns the held exit it explains (same namespace and 4-tuple, later),
+    /// made `replaced_by_syn`; otherwise, if it is the tp_btf route's and came alone, it is
+    /// remembered for an exit that comes after it.
+    #[inline]
+    pub fn on_syn(&mut self, syn: &Event) -> Option<Event> {
+        if syn.kind != EventKind::Syn as u8 || syn.hook != HookFamily::TpBtf as u8 {
+            return None;
+        }
+        if !self.held.is_empty() {
+            let key = raw_flow(syn);
+            if let Some(exit) = self.held.get(&key)
+                && within_wait(exit, syn.ts_ns)
+            {
+                let mut exit = self.held.remove(&key)?;
+                exit.detail = ExitCause::ReplacedBySyn as u8;
+                return Some(exit);
+            }
+        }
+        let hash = flow_hash(syn);
+        self.recent[hash as usize & (RECENT - 1)] = SeenSyn {
+            flow: hash,
+            ts_ns: syn.ts_ns,
+            tsval: syn.tsval,
+            ts_flags: syn.ts_flags & ts_flags::HAS_TSVAL,
+        };
+        None
+    }
+
+    /// The exits whose wait ended by `now_ns` (every record up to it read), oldest first, as
+    /// they came.
+    pub fn expired(&mut self, now_ns: u64) -> Vec<Event> {
+        if self.held.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        self.held.retain(|_, e| {
+            let due = now_ns == u64::MAX || e.ts_ns.saturating_add(LATE_SYN_NS) <= now_ns;
+            if due {
+                out.push(*e);
+            }
+            !due
+        });
+        out.sort_unstable_by_key(|e| e.ts_ns);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::fixtures::connection;
+
+    fn unknown_exit(ts_ns: u64, port: u16) -> (Event, Event) {
+        let [mut exit, mut syn, _] = connection(0, 0, port);
+        exit.detail = ExitCause::Unknown as u8;
+        exit.ts_ns = ts_ns;
+        syn.ts_ns = ts_ns + 1_000_000_000;
+        (exit, syn)
+    }
+
+    /// The retransmitted SYN of the same 4-tuple explains the exit; another port's, a SYN
+    /// before the exit, or one after the wait does not, and the exit goes out unknown.
+    #[test]
+    fn only_a_later_syn_of_the_same_flow_within_the_wait_explains_an_exit() {
+        let mut h = UnexplainedExits::default();
+        let (exit, syn) = unknown_exit(10_000_000_000, 40_000);
+        assert!(UnexplainedExits::wanted(&exit));
+        assert!(matches!(h.hold(exit), Held::Waiting));
+        let (_, other_port) = unknown_exit(10_000_000_000, 40_001);
+        assert!(h.on_syn(&other_port).is_none());
+        let mut before = syn;
+        before.ts_ns = exit.ts_ns - 1;
+        assert!(h.on_syn(&before).is_none());
+        let mut too_late = syn;
+        too_late.ts_ns = exit.ts_ns + LATE_SYN_NS + 1;
+        assert!(h.on_syn(&too_late).is_none());
+        let got = h.on_syn(&syn).expect("explained");
+        assert_eq!(got.detail, ExitCause::ReplacedBySyn as u8);
+        assert_eq!(got.ts_ns, exit.ts_ns, "at its own time");
+        assert!(h.expired(u64::MAX).is_empty(), "taken");
+
+        let (exit, _) = unknown_exit(10_000_000_000, 40_002);
+        assert!(matches!(h.hold(exit), Held::Waiting));
+        assert!(
+            h.expired(exit.ts_ns + LATE_SYN_NS - 1).is_empty(),
+            "still waiting"
+        );
+        let out = h.expired(exit.ts_ns + LATE_SYN_NS);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].detail, ExitCause::Unknown as u8, "as it came");
+    }
+
+    /// The exit can come after its SYN (the kernel reports it late): a SYN of its 4-tuple seen
+    /// within the wait after the exit's time explains it at once, with that SYN's TSval; one
+    /// from before the exit's time, or another 4-tuple's, does not.
+    #[test]
+    fn a_syn_seen_before_the_exit_came_explains_it() {
+        let mut h = UnexplainedExits::default();
+        let (exit, syn) = unknown_exit(10_000_000_000, 40_000);
+        let (early_exit, early) = unknown_exit(10_000_000_000, 40_001);
+        let mut early = early;
+        early.ts_ns = early_exit.ts_ns - 1;
+        assert!(h.on_syn(&syn).is_none(), "nothing held: remembered");
+        assert!(h.on_syn(&early).is_none());
+        match h.hold(exit) {
+            Held::Explained(e, s) => {
+                assert_eq!(e.detail, ExitCause::ReplacedBySyn as u8);
+                assert_eq!(e.ts_ns, exit.ts_ns);
+                assert_eq!((s.kind, s.ts_ns, s.tsval), (syn.kind, syn.ts_ns, syn.tsval));
+                assert_eq!(s.ts_flags, ts_flags::HAS_TSVAL);
+            }
+            _ => panic!("not explained"),
+        }
+        assert!(
+            matches!(h.hold(early_exit), Held::Waiting),
+            "SYN before the exit"
+        );
+        // Used once: the same exit again waits.
+        assert!(matches!(h.hold(exit), Held::Waiting));
+    }
+
+    /// Only the tp_btf route's unknown exits wait: others, and exits that carry their SYN, go on.
+    #[test]
+    fn only_unexplained_tp_btf_exits_wait() {
+        let (exit, _) = unknown_exit(1, 40_000);
+        let mut other = exit;
+        other.hook = HookFamily::Tracepoint as u8;
+        assert!(!UnexplainedExits::wanted(&other));
+        other = exit;
+        other.detail = ExitCause::Expired as u8;
+        assert!(!UnexplainedExits::wanted(&other));
+        other = exit;
+        other.ts_flags |= ts_flags::WITH_SYN;
+        assert!(!UnexplainedExits::wanted(&other));
+    }
+
+    /// A second exit of one 4-tuple sends the first on; when full, a new one goes on at once.
+    #[test]
+    fn held_exits_are_bounded() {
+        let mut h = UnexplainedExits::default();
+        let (a, _) = unknown_exit(5, 40_000);
+        let mut b = a;
+        b.ts_ns = 6;
+        let went = |held: Held| match held {
+            Held::GoesOn(e) => Some(e.ts_ns),
+            _ => None,
+        };
+        h.hold(a);
+        assert_eq!(went(h.hold(b)), Some(5));
+        for i in 0..MAX_HELD as u64 {
+            let (mut e, _) = unknown_exit(100 + i, 1);
+            e.rport = (i % 60_000) as u16 + 1;
+            e.lport = (i / 60_000) as u16 + 1;
+            let out = went(h.hold(e));
+            let full = i == MAX_HELD as u64 - 1;
+            assert_eq!(out, full.then_some(100 + i), "{i}");
+        }
+        assert_eq!(h.held.len(), MAX_HELD);
+    }
+}
