@@ -1,11 +1,15 @@
 //! Command line.
 
 use std::{
+    collections::BTreeSet,
     ffi::OsString,
     path::{Path, PathBuf},
 };
 
-use clap::{Args, CommandFactory as _, Parser, Subcommand};
+use clap::{
+    ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand,
+    parser::ValueSource,
+};
 use ipnet::IpNet;
 
 use crate::{aggregate::order::Order, filter, signals::Family};
@@ -38,6 +42,10 @@ pub struct Cli {
     pub common: Common,
     #[command(flatten)]
     pub live: LiveOpts,
+    /// The flags given on the command line (their ids), defaults left out: a flag a mode does
+    /// not use is refused whatever its value, `--top 20` as much as `--top 5`.
+    #[arg(skip)]
+    given: BTreeSet<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,7 +104,7 @@ pub struct Common {
     pub netns: Option<String>,
 
     /// Only events with this local or remote port, 1-65535 (repeatable).
-    #[arg(long = "port", global = true, value_name = "PORT", allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long = "port", global = true, value_name = "PORT", allow_negative_numbers = true, value_parser = parse_port)]
     pub ports: Vec<u16>,
 
     /// Only events with a local or remote address in this address or CIDR (repeatable).
@@ -105,7 +113,7 @@ pub struct Common {
 
     /// Most remote IPs / ports / destinations, and PAWS source IPs, kept in the aggregate (at
     /// least 16); least recent are evicted (and counted) beyond this.
-    #[arg(long, global = true, default_value_t = 65_536, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(16..))]
+    #[arg(long, global = true, default_value_t = 65_536, value_name = "N", allow_negative_numbers = true, value_parser = parse_capacity)]
     pub capacity: u32,
 
     /// Ring buffer size in KiB: a power of two from 64 to 1048576 (1 GiB).
@@ -122,7 +130,7 @@ pub struct Common {
     /// `live_table_full` losses, and a warning). And it bounds the TIME-WAITs read from the
     /// kernel's sockets and counted as live, at start-up (`tw_present`) and after lost events
     /// (--reread), of those --port/--ip let through; beyond it, a warning. 1024 to 67108864.
-    #[arg(long, global = true, default_value_t = 262_144, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1024..=i64::from(MAX_LIVE_TW_LIMIT)))]
+    #[arg(long, global = true, default_value_t = 262_144, value_name = "N", allow_negative_numbers = true, value_parser = parse_max_live_tw)]
     pub max_live_tw: u32,
 
     /// Seconds between table refreshes, summary rewrites and alert checks (0.05 to 3600).
@@ -216,7 +224,7 @@ pub struct DoctorOpts {
 impl Cli {
     /// The process's command line, parsed (clap's own exit on errors and --help).
     pub fn from_env() -> Self {
-        Self::parse_from(hoist_globals(std::env::args_os().collect()))
+        Self::try_from_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
     }
 
     /// `args` (the program's name first) parsed as the command line is: see [`hoist_globals`].
@@ -225,7 +233,17 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString>,
     {
-        Self::try_parse_from(hoist_globals(args.into_iter().map(Into::into).collect()))
+        let args = hoist_globals(args.into_iter().map(Into::into).collect());
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli =
+            Self::from_arg_matches(&matches).map_err(|e| e.format(&mut Self::command()))?;
+        cli.given = given_on_the_command_line(&matches);
+        Ok(cli)
+    }
+
+    /// Whether the flag whose id (field name) is `id` was given, whatever its value.
+    fn given(&self, id: &str) -> bool {
+        self.given.contains(id)
     }
 
     /// Flags the chosen mode would silently ignore (clap accepts the global ones everywhere):
@@ -233,7 +251,7 @@ impl Cli {
     /// anything.
     pub fn unused_flags(&self) -> Vec<Unused> {
         let c = &self.common;
-        let defaults = Common::default_values();
+        let given = |id: &str| self.given(id);
         let mut unused = Vec::new();
         let mut check = |used: bool, flag: &'static str, why: Option<&'static str>| {
             if used {
@@ -245,60 +263,74 @@ impl Cli {
                 check(!c.ports.is_empty(), "--port", None);
                 check(!c.ips.is_empty(), "--ip", None);
                 check(c.summary_json.is_some(), "--summary-json", None);
-                check(c.capacity != defaults.capacity, "--capacity", None);
-                check(c.interval != defaults.interval, "--interval", None);
-                check(
-                    c.alert_rejects != defaults.alert_rejects,
-                    "--alert-rejects",
-                    None,
-                );
-                check(c.alert_every != defaults.alert_every, "--alert-every", None);
-                check(self.live.top != LIVE_TOP, "--top", None);
-                check(self.live.sort != LIVE_SORT, "--sort", None);
-                check(self.live.reread != LIVE_REREAD, "--reread", None);
+                check(given("capacity"), "--capacity", None);
+                check(given("interval"), "--interval", None);
+                check(given("alert_rejects"), "--alert-rejects", None);
+                check(given("alert_every"), "--alert-every", None);
+                check(given("top"), "--top", None);
+                check(given("sort"), "--sort", None);
+                check(given("reread"), "--reread", None);
+                return unused;
             }
             Some(Command::Events(_)) => {
-                check(
-                    self.live.top != LIVE_TOP,
-                    "--top",
-                    Some("it prints no table"),
-                );
-                check(
-                    self.live.sort != LIVE_SORT,
-                    "--sort",
-                    Some("it prints no table"),
-                );
+                let table = Some("it prints no table");
+                check(given("top"), "--top", table);
+                check(given("sort"), "--sort", table);
                 // events shows no live counts, and would repeat its tw_present events.
-                check(
-                    self.live.reread != LIVE_REREAD,
-                    "--reread",
-                    Some("it shows no live counts"),
-                );
+                check(given("reread"), "--reread", Some("it shows no live counts"));
                 // Without alerts and a summary file, events keeps no aggregate and no clock.
                 let aggregate = c.summary_json.is_some() || c.alert_rejects > 0;
                 let why = Some("without --summary-json and with alerts off it keeps no aggregate");
-                check(
-                    !aggregate && c.capacity != defaults.capacity,
-                    "--capacity",
-                    why,
-                );
-                check(
-                    !aggregate && c.interval != defaults.interval,
-                    "--interval",
-                    why,
-                );
+                check(!aggregate && given("capacity"), "--capacity", why);
+                check(!aggregate && given("interval"), "--interval", why);
             }
             None => {}
         }
-        // Alerts off: their spacing does nothing (doctor has refused both above).
-        let doctor = matches!(self.command, Some(Command::Doctor(_)));
+        // What the PAWS aggregate is made of, left out by --signals: the summary would stay an
+        // empty list, and alerts (rejects at TIME-WAIT) could never fire.
+        let traced = |s: &str| c.signals.is_empty() || c.signals.contains(&s);
         check(
-            !doctor && c.alert_rejects == 0 && c.alert_every != defaults.alert_every,
+            c.summary_json.is_some() && !traced("paws_reject") && !traced("syn"),
+            "--summary-json",
+            Some("--signals leaves out paws_reject and syn, all it lists"),
+        );
+        let no_rejects = Some("--signals leaves out paws_reject, what alerts are about");
+        check(
+            !traced("paws_reject") && given("alert_rejects") && c.alert_rejects > 0,
+            "--alert-rejects",
+            no_rejects,
+        );
+        check(
+            !traced("paws_reject") && c.alert_rejects > 0 && given("alert_every"),
+            "--alert-every",
+            no_rejects,
+        );
+        // Alerts off: their spacing does nothing.
+        check(
+            c.alert_rejects == 0 && given("alert_every"),
             "--alert-every",
             Some("--alert-rejects 0 turns alerts off"),
         );
         unused
     }
+}
+
+/// The ids of the arguments given on the command line, the subcommand's included (where the
+/// global flags are after [`hoist_globals`]).
+fn given_on_the_command_line(m: &ArgMatches) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let mut add = |m: &ArgMatches| {
+        for id in m.ids() {
+            if m.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
+                ids.insert(id.as_str().to_owned());
+            }
+        }
+    };
+    add(m);
+    if let Some((_, sub)) = m.subcommand() {
+        add(sub);
+    }
+    ids
 }
 
 /// A flag given that the chosen mode does not use, and why where the mode alone does not say.
@@ -395,15 +427,6 @@ const LIVE_REREAD: f64 = 60.0;
 /// already holds about 6 GB.
 const MAX_LIVE_TW_LIMIT: u32 = 1 << 26;
 
-impl Common {
-    /// The defaults of the flags [`Cli::unused_flags`] compares with.
-    fn default_values() -> Common {
-        Cli::try_parse_from(["twtrace"])
-            .expect("the defaults parse")
-            .common
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookChoice {
     Auto,
@@ -444,6 +467,29 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
         ));
     }
     Ok(n)
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("`{s}`: give a port number, 1 to 65535")),
+    }
+}
+
+fn parse_capacity(s: &str) -> Result<u32, String> {
+    parse_count(s, 16, u32::MAX, "entries")
+}
+
+fn parse_max_live_tw(s: &str) -> Result<u32, String> {
+    parse_count(s, 1024, MAX_LIVE_TW_LIMIT, "TIME-WAITs")
+}
+
+/// A whole number from `min` to `max`, said in `what` when it is not.
+fn parse_count(s: &str, min: u32, max: u32, what: &str) -> Result<u32, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (u64::from(min)..=u64::from(max)).contains(&n) => Ok(n as u32),
+        _ => Err(format!("`{s}`: give a number of {what}, {min} to {max}")),
+    }
 }
 
 fn parse_sort(s: &str) -> Result<Order, String> {
@@ -566,6 +612,24 @@ mod tests {
         assert!(Cli::try_from_args(["twtrace", "--top", "0"]).is_err());
         assert!(Cli::try_from_args(["twtrace", "--max-live-tw", "268435456"]).is_err());
         assert!(Cli::try_from_args(["twtrace", "--max-live-tw", "67108864"]).is_ok());
+        // Every bad number says what is wanted, never a parser's own words.
+        for (flag, v, wanted) in [
+            ("--port", "http", "give a port number, 1 to 65535"),
+            ("--port", "65536", "give a port number, 1 to 65535"),
+            (
+                "--capacity",
+                "18446744073709551616",
+                "entries, 16 to 4294967295",
+            ),
+            ("--capacity", "15", "entries, 16 to 4294967295"),
+            ("--max-live-tw", "1e6", "TIME-WAITs, 1024 to 67108864"),
+        ] {
+            let e = Cli::try_from_args(["twtrace", flag, v])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(wanted), "{flag} {v}: {e}");
+            assert!(!e.contains("digit") && !e.contains("too large"), "{e}");
+        }
         for (flag, v) in [
             ("--port", "-1"),
             ("--interval", "-1"),
@@ -628,6 +692,44 @@ mod tests {
         );
         let e = Cli::try_from_args(["twtrace", "--alert-every", "7200"]).unwrap_err();
         assert!(e.to_string().contains("--alert-every"), "{e}");
+        // Given is given: a flag at its default value is refused all the same.
+        assert_eq!(unused(&["twtrace", "events", "--top", "20"]), ["--top"]);
+        assert_eq!(
+            unused(&[
+                "twtrace",
+                "doctor",
+                "--capacity",
+                "65536",
+                "--interval",
+                "1"
+            ]),
+            ["--capacity", "--interval"]
+        );
+        assert_eq!(unused(&["twtrace", "events", "--sort", "live"]), ["--sort"]);
+        // What --signals leaves out of the PAWS aggregate.
+        assert_eq!(
+            unused(&[
+                "twtrace",
+                "--signals",
+                "tw_enter",
+                "--summary-json",
+                "s.json"
+            ]),
+            ["--summary-json"]
+        );
+        assert!(unused(&["twtrace", "--signals", "syn", "--summary-json", "s.json"]).is_empty());
+        assert_eq!(
+            unused(&[
+                "twtrace",
+                "--signals",
+                "tw_enter,syn",
+                "--alert-rejects",
+                "3"
+            ]),
+            ["--alert-rejects"]
+        );
+        assert!(unused(&["twtrace", "--signals", "tw_enter"]).is_empty());
+        assert!(unused(&["twtrace", "--signals", "paws_reject", "--alert-every", "5"]).is_empty());
         let ok = Cli::try_from_args(["twtrace", "events", "--json", "--hooks", "kprobe"]).unwrap();
         assert_eq!(ok.common.hooks, HookChoice::Only(Family::Kprobe));
     }

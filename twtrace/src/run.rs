@@ -80,6 +80,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         let given = cli.common.netns.clone().unwrap_or_default();
         tokio::spawn(watch_netns(given, n.inode, at));
     }
+    say_what_flags_change(&cli.common);
     let filter = Filter {
         ports: cli.common.ports.clone(),
         nets: cli.common.ips.clone(),
@@ -99,6 +100,24 @@ pub async fn main(cli: Cli) -> Result<()> {
             .await
         }
         _ => live(loaded, shutdown, &filter, present, &cli.common, &cli.live).await,
+    }
+}
+
+/// Notes on stderr where a flag does something the user may not have meant: a CIDR with host
+/// bits set (`10.0.0.1/8` is taken as the network, as routing tools do), and the benchmark
+/// mode that reports nothing.
+fn say_what_flags_change(c: &Common) {
+    for net in c.ips.iter().filter(|n| n.addr() != n.network()) {
+        crate::say!(
+            "twtrace: note: --ip {net} has host bits set: it matches all of {}",
+            net.trunc()
+        );
+    }
+    if c.hooks_only {
+        crate::say!(
+            "twtrace: note: --hooks-only attaches the programs and reports nothing (every \
+             count stays 0): it measures what the hooks alone cost (cargo xtask bench)"
+        );
     }
 }
 

@@ -1,4 +1,5 @@
-//! SIGINT and SIGTERM: the main loop stops on either, drains what is left, detaches every
+//! SIGINT, SIGTERM and SIGHUP (the terminal or the ssh session went away: the last summary
+//! must still be written): the main loop stops on any, drains what is left, detaches every
 //! program and exits 0 ([`Shutdown`]). A watchdog makes sure that the process ends even when
 //! the loop cannot get to the signal: blocked writing to a reader that stopped reading
 //! (`twtrace events | less`, paused), for one. Then, [`GRACE`] after the signal, the process
@@ -18,10 +19,11 @@ use tokio::signal::unix::{SignalKind, signal};
 /// milliseconds, a start-up read under way at most seconds.
 pub const GRACE: Duration = Duration::from_secs(10);
 
-/// Stops the loop on SIGINT or SIGTERM.
+/// Stops the loop on SIGINT, SIGTERM or SIGHUP.
 pub struct Shutdown {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Shutdown {
@@ -29,6 +31,7 @@ impl Shutdown {
         let shutdown = Self {
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         };
         arm_watchdog()?;
         Ok(shutdown)
@@ -38,6 +41,7 @@ impl Shutdown {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
         }
     }
 }
@@ -58,7 +62,7 @@ fn arm_watchdog() -> Result<()> {
     // SAFETY: both descriptors were just created and are owned here alone.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let wake = WAKE.get_or_init(|| write).as_raw_fd();
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the action only calls write(2), which is async-signal-safe; tokio's own
         // action for the signal runs too (signal-hook-registry chains them).
         unsafe {

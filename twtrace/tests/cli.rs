@@ -476,11 +476,11 @@ fn the_kernels_live_table_is_sized_only_where_it_is_used() -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM (as systemd sends) and SIGINT both stop cleanly: exit 0, and every program the
+/// SIGTERM (as systemd sends), SIGINT and SIGHUP (a closed terminal) stop cleanly: exit 0, and every program the
 /// tracer loaded is gone from the kernel.
 #[test]
 fn signals_detach_everything() -> Result<()> {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         let mut t = Tracer::spawn_default(&["events", "--json"])?;
         t.wait_ready(Duration::from_secs(180))?;
         let pid = t.pid();
