@@ -33,10 +33,7 @@ impl Kallsyms {
             sorted.push((addr, name.to_owned()));
         }
         if sorted.iter().all(|(a, _)| *a == 0) {
-            bail!(
-                "/proc/kallsyms shows no addresses (kernel.kptr_restrict hides them from this user); \
-                 run as root, or set kernel.kptr_restrict=1 or 0"
-            );
+            bail!("/proc/kallsyms shows no addresses: {}", why_hidden());
         }
         sorted.sort_unstable_by_key(|(a, _)| *a);
         let mut by_name = HashMap::with_capacity(sorted.len());
@@ -66,6 +63,29 @@ impl Kallsyms {
     }
 }
 
+/// Why the kernel hides symbol addresses from this process (kallsyms_show_value() in
+/// kernel/ksyms_common.c): kptr_restrict 2 hides them from everyone, 1 from all without
+/// CAP_SYSLOG, 0 from those without it unless perf_event_paranoid is 1 or less.
+fn why_hidden() -> String {
+    let sysctl = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+    };
+    match sysctl("kptr_restrict") {
+        Some(2) => "kernel.kptr_restrict=2 hides them from everyone; set it to 1 (root then \
+                    sees them) while twtrace runs"
+            .to_owned(),
+        _ if !crate::kernel::sysinfo::is_root() => "run twtrace as root".to_owned(),
+        Some(n) if !crate::kernel::sysinfo::has_cap_syslog() => format!(
+            "this root lacks CAP_SYSLOG, which kernel.kptr_restrict={n} asks for (kernel.\
+             perf_event_paranoid={}); in a container, add CAP_SYSLOG",
+            sysctl("perf_event_paranoid").map_or("?".into(), |p| p.to_string())
+        ),
+        _ => "kernel.kptr_restrict hides them from this process".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,7 +111,7 @@ mod tests {
     #[test]
     fn hidden_addresses_are_an_error() {
         let err = Kallsyms::parse("0000000000000000 T a\n0000000000000000 T b\n").err();
-        assert!(err.unwrap().to_string().contains("kptr_restrict"));
+        assert!(err.unwrap().to_string().contains("shows no addresses"));
     }
 
     #[test]

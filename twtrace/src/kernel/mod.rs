@@ -16,7 +16,11 @@ use anyhow::{Result, bail};
 /// Refuses, with one clear message each, the environments twtrace cannot work in.
 pub fn preflight() -> Result<()> {
     if !sysinfo::is_root() {
-        bail!("twtrace needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): run it with sudo");
+        bail!(
+            "twtrace needs root (to load BPF programs: CAP_BPF and CAP_PERFMON; to read kernel \
+             symbol addresses: CAP_SYSLOG; to read other namespaces' sockets: CAP_SYS_ADMIN): \
+             run it with sudo"
+        );
     }
     if sysinfo::in_child_user_namespace() {
         bail!(

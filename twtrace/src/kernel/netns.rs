@@ -115,11 +115,13 @@ pub fn run_in<T: Send + 'static>(
             let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             // SAFETY: a valid namespace fd; setns only changes this thread's namespace.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!(
-                    "entering the namespace of {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                );
+                let e = std::io::Error::last_os_error();
+                let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                    " (entering a network namespace needs CAP_SYS_ADMIN)"
+                } else {
+                    ""
+                };
+                bail!("entering the namespace of {}: {e}{hint}", path.display());
             }
             f()
         })

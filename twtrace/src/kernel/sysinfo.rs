@@ -132,6 +132,14 @@ pub fn missing_bpf_caps() -> Vec<&'static str> {
     effective_caps(&status).map_or_else(Vec::new, missing_of)
 }
 
+/// Whether this process has CAP_SYSLOG, which kernel.kptr_restrict=1 (or 0 with
+/// kernel.perf_event_paranoid above 1) asks of a reader of /proc/kallsyms's addresses.
+pub fn has_cap_syslog() -> bool {
+    const CAP_SYSLOG: u32 = 34;
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    effective_caps(&status).is_some_and(|eff| eff & (1 << CAP_SYSLOG) != 0)
+}
+
 /// Whether this process runs in a user namespace other than the initial one (a rootless
 /// container, `unshare -r`): root there, with every capability, but capabilities count there
 /// only, and BPF asks for them in the initial namespace. That one's inode is fixed

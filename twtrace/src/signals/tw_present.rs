@@ -301,7 +301,7 @@ fn announce(snap: &Snapshot, filter: &Filter) {
     }
     let when = if snap.again { "now" } else { "already" };
     for why in &snap.failed {
-        crate::say!("twtrace: warning: TIME-WAITs {when} in {why} are not counted as live");
+        crate::say!("twtrace: warning: not counted as live: the TIME-WAITs {when} in {why}");
     }
 }
 
