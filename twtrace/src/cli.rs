@@ -192,7 +192,10 @@ pub struct LiveOpts {
 #[derive(Debug, Args)]
 pub struct EventsOpts {
     /// One JSON object per line (NDJSON; fields documented in the README). Without it, one
-    /// human-readable line per event.
+    /// human-readable line per event: seconds since boot (the kernel's monotonic clock, as
+    /// `ts_ns`), the namespace, the local address, `<-` (a segment received: SYN, PAWS
+    /// reject), `->` (a connect()) or `<->` (a socket: TIME-WAIT, overflow), the remote
+    /// address, and what happened.
     #[arg(long)]
     pub json: bool,
 

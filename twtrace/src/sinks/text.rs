@@ -25,9 +25,16 @@ pub fn write_line(out: &mut impl Write, r: &Record) -> io::Result<()> {
             LossReason::RingFull => writeln!(out, "LOST {count} events from {program}"),
         };
     }
+    // The arrow says which way things went: a segment received (SYN, PAWS reject), a
+    // connect() made, or a socket between the two (TIME-WAIT, overflow).
+    let arrow = match r.what {
+        What::Syn { .. } | What::PawsReject { .. } | What::TwSyn { .. } => "<-",
+        What::ConnectAddrNotAvail { .. } => "->",
+        _ => "<->",
+    };
     write!(
         out,
-        "{:>14.6} netns={} {} -> {} ",
+        "{:>14.6} netns={} {} {arrow} {} ",
         r.ts_ns as f64 / 1e9,
         r.netns,
         r.local,
@@ -151,6 +158,23 @@ mod tests {
             ),
             "{l}"
         );
+    }
+
+    /// The arrow points the way the segment went: in, for a SYN or a reject (a server's
+    /// SYN must not read as one it sent); out, for a connect(); both ways for a socket.
+    #[test]
+    fn the_arrow_points_the_way_things_went() {
+        let at = |what| Record {
+            ts_ns: 0,
+            netns: 1,
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: "10.0.0.2:4000".parse().unwrap(),
+            what,
+        };
+        let l = line(&at(What::Syn { tsval: Some(1) }));
+        assert!(l.contains("10.0.0.1:80 <- 10.0.0.2:4000 SYN"), "{l}");
+        let l = line(&at(What::TwOverflow));
+        assert!(l.contains(" <-> "), "{l}");
     }
 
     #[test]
