@@ -291,11 +291,19 @@ impl PawsTable {
                 s.last_ns = t;
                 s.syn(t, tsval, rec.remote.port(), rec.local.port());
             }
-            What::TwSyn { verdict, .. } => {
+            What::TwSyn {
+                verdict,
+                tsval,
+                ts_recent,
+            } => {
                 let s = self.source(ip);
                 s.last_ns = t;
                 s.tw_syn[verdict_index(verdict)] += 1;
-                s.tw_syn_rate.add(t);
+                // Only a SYN PAWS can judge counts toward the prediction: one without
+                // timestamps, or at a TIME-WAIT that kept none, cannot be rejected by it.
+                if paws_checkable(verdict, tsval, ts_recent) {
+                    s.tw_syn_rate.add(t);
+                }
             }
             _ => return,
         }
@@ -488,6 +496,10 @@ fn row(ip: IpAddr, s: &Source, est: &ClockEstimate, now_ns: u64) -> SourceRow {
 
 fn path_index(p: PawsPath) -> usize {
     PawsPath::ALL.iter().position(|x| *x == p).unwrap_or(0)
+}
+
+fn paws_checkable(v: TwSynVerdict, tsval: Option<u32>, ts_recent: Option<u32>) -> bool {
+    v == TwSynVerdict::RejectedPaws || (tsval.is_some() && ts_recent.is_some())
 }
 
 fn verdict_index(v: TwSynVerdict) -> usize {
@@ -729,6 +741,33 @@ mod tests {
         assert_eq!(r.tw_syns.rejected_paws, 2);
         assert_eq!(r.tw_syns.accepted_by_timestamp, 1);
         assert_eq!(r.tw_syns.rejected_other, 1);
+        // What the prediction's rate counts: PAWS rejects, and SYNs with timestamps at
+        // TIME-WAITs that kept one; not SYNs PAWS cannot judge.
+        assert!(paws_checkable(TwSynVerdict::RejectedPaws, None, None));
+        assert!(paws_checkable(
+            TwSynVerdict::AcceptedByTimestamp,
+            Some(2),
+            Some(1)
+        ));
+        assert!(!paws_checkable(
+            TwSynVerdict::AcceptedBySequence,
+            None,
+            Some(1)
+        ));
+        assert!(!paws_checkable(TwSynVerdict::RejectedOther, None, None));
+        let rate = |t: &mut PawsTable| t.source("192.0.2.3".parse().unwrap()).tw_syn_rate;
+        let before = rate(&mut t).per_second(5_000_000_000);
+        t.apply(&rec(
+            "192.0.2.3",
+            1,
+            5.0,
+            What::TwSyn {
+                verdict: TwSynVerdict::AcceptedBySequence,
+                tsval: None,
+                ts_recent: None,
+            },
+        ));
+        assert_eq!(rate(&mut t).per_second(5_000_000_000), before);
         assert_eq!(reject_probability(1), 0.0);
         assert_eq!(reject_probability(2), 0.25);
         assert!((reject_probability(20) - 0.475).abs() < 1e-9);
