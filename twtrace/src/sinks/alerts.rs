@@ -46,13 +46,14 @@ impl Alerter {
             if rejects < self.rules.min_rejects {
                 continue;
             }
-            if let Some(&(at, seen)) = self.last.get(&r.ip)
+            let said = self.last.get(&r.ip).copied();
+            if let Some((at, seen)) = said
                 && (now.duration_since(at) < self.rules.every || rejects == seen)
             {
                 continue;
             }
             self.last.insert(r.ip, (now, rejects));
-            out.push(line(r));
+            out.push(line(r, said.map(|(_, seen)| rejects.saturating_sub(seen))));
         }
         // Bounded by the rows (the aggregate's capacity): an IP is forgotten only once it has
         // left them. Forgetting a quiet IP still listed would repeat its alert with no new
@@ -65,7 +66,8 @@ impl Alerter {
     }
 }
 
-fn line(r: &SourceRow) -> String {
+/// `new`: the rejects since the last alert about this IP (None for the first).
+fn line(r: &SourceRow, new: Option<u64>) -> String {
     let reading = if r.nat_suspected {
         "several TCP timestamp clocks share this IP (NAT): a client whose clock is behind reuses a \
          4-tuple the server still holds in TIME-WAIT, and its SYN is dropped. tcp_tw_recycle is \
@@ -74,10 +76,11 @@ fn line(r: &SourceRow) -> String {
         "rejects without a second clock seen yet: a client reconnects with an older timestamp \
          (clock reset, or a middlebox rewriting timestamps); see README \"PAWS and NAT\""
     };
+    let since = new.map_or(String::new(), |n| format!(", {n} since the last alert"));
     format!(
-        "twtrace: ALERT {}: {} PAWS rejects at TIME-WAIT ({} SYNs reached a listener), {} clock(s) \
-         (confidence {:.2}), regression max {} ticks, observed {:.2}/s vs predicted {:.2}/s. \
-         Reading: {}",
+        "twtrace: ALERT {}: {} PAWS rejects at TIME-WAIT{since} ({} SYNs reached a listener), \
+         {} clock(s) (confidence {:.2}), regression max {} ticks, observed {:.2}/s vs \
+         predicted {:.2}/s. Reading: {}",
         r.ip,
         r.rejects.timewait,
         r.syns,
@@ -139,10 +142,12 @@ mod tests {
             a.check(&six, t0 + every / 2).is_empty(),
             "within the interval"
         );
-        assert_eq!(
-            a.check(&six, t0 + every).len(),
-            1,
-            "new rejects, interval passed"
+        let again = a.check(&six, t0 + every);
+        assert_eq!(again.len(), 1, "new rejects, interval passed");
+        assert!(
+            again[0].contains(": 6 PAWS rejects at TIME-WAIT, 1 since the last alert ("),
+            "{}",
+            again[0]
         );
         for k in 2..30 {
             assert!(
