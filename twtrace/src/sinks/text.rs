@@ -105,6 +105,17 @@ fn timestamps(out: &mut impl Write, tsval: Option<u32>, ts_recent: Option<u32>) 
 mod tests {
     use super::*;
 
+    /// A record of `what` between 10.0.0.1:80 (local) and 10.0.0.2:4000.
+    fn at(what: What) -> Record {
+        Record {
+            ts_ns: 0,
+            netns: 1,
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: "10.0.0.2:4000".parse().unwrap(),
+            what,
+        }
+    }
+
     fn line(r: &Record) -> String {
         let mut out = Vec::new();
         write_line(&mut out, r).unwrap();
@@ -127,13 +138,6 @@ mod tests {
     #[test]
     fn timestamps_are_shown_where_known() {
         use crate::event::{PawsPath, TwSynVerdict};
-        let at = |what| Record {
-            ts_ns: 0,
-            netns: 1,
-            local: "10.0.0.1:80".parse().unwrap(),
-            remote: "10.0.0.2:4000".parse().unwrap(),
-            what,
-        };
         let reject = |tsval, ts_recent| {
             at(What::PawsReject {
                 path: PawsPath::SynSent,
@@ -164,13 +168,6 @@ mod tests {
     /// SYN must not read as one it sent); out, for a connect(); both ways for a socket.
     #[test]
     fn the_arrow_points_the_way_things_went() {
-        let at = |what| Record {
-            ts_ns: 0,
-            netns: 1,
-            local: "10.0.0.1:80".parse().unwrap(),
-            remote: "10.0.0.2:4000".parse().unwrap(),
-            what,
-        };
         let l = line(&at(What::Syn { tsval: Some(1) }));
         assert!(l.contains("10.0.0.1:80 <- 10.0.0.2:4000 SYN"), "{l}");
         let l = line(&at(What::TwOverflow));
