@@ -505,7 +505,8 @@ fn prepare_from<F: Fields>(h: &F, tw: u64, hook: HookFamily, ev: &mut Event) -> 
         _ => 0,
     };
     // What a replacing SYN was judged against: user space pairs it with that SYN's TSval and
-    // ISN to tell "accepted by timestamp" from "accepted by sequence". Kept only for that cause.
+    // ISN to tell "accepted by timestamp" from "accepted by sequence". Kept only for that
+    // cause, and for `unknown`, which user space may still find replaced (a late SYN).
     if let Some(r) = unsafe { h.get::<u32>(layout!(tw_ts_recent)) } {
         ev.ts_recent = r;
         ev.ts_flags |= ts_flags::HAS_TS_RECENT;
@@ -530,7 +531,7 @@ fn report(prepared: &Event, cause: ExitCause) {
     emit(LossSlot::TwExit, |ev| {
         *ev = *prepared;
         ev.detail = cause as u8;
-        if cause != ExitCause::ReplacedBySyn {
+        if !matches!(cause, ExitCause::ReplacedBySyn | ExitCause::Unknown) {
             ev.ts_flags = 0;
             ev.ts_recent = 0;
             ev.seq = 0;

@@ -192,8 +192,8 @@ pub struct LiveOpts {
 #[derive(Debug, Args)]
 pub struct EventsOpts {
     /// One JSON object per line (NDJSON; fields documented in the README). Without it, one
-    /// human-readable line per event: seconds since boot (the kernel's monotonic clock, as
-    /// `ts_ns`), the namespace, the local address, `<-` (a segment received: SYN, PAWS
+    /// human-readable line per event: seconds of the kernel's monotonic clock (`ts_ns`: since
+    /// boot, time suspended left out), the namespace, the local address, `<-` (a segment received: SYN, PAWS
     /// reject), `->` (a connect()) or `<->` (a socket: TIME-WAIT, overflow), the remote
     /// address, and what happened.
     #[arg(long)]

@@ -249,6 +249,15 @@ pub fn lifetimes_paired_in_kernel(choices: &[plan::Choice]) -> bool {
     classic(choices, "tw_enter") && classic(choices, "tw_exit")
 }
 
+/// Whether TIME-WAIT exits and SYNs both come from the tp_btf route: only there does an exit
+/// the kernel side could not explain wait in user space for a late SYN (pipeline/late_syn.rs).
+pub fn late_syns(choices: &[plan::Choice]) -> bool {
+    let on = |signal: &str| {
+        (choices.iter()).any(|c| c.signal == signal && c.chosen == Some(Family::TpBtf))
+    };
+    on("tw_exit") && on("syn")
+}
+
 /// Every hook of every signal, loaded and attached one at a time and detached again
 /// (`twtrace doctor --all-hooks`), with what was learnt of the kernel.
 pub fn try_every_hook(opts: &LoadOptions) -> Result<(KernelFacts, Vec<plan::HookTrial>)> {

@@ -327,6 +327,7 @@ async fn pump(
     let mut pipeline = Pipeline::new(loaded.facts.decode_ctx(), loaded.max_live_tw);
     pipeline
         .set_lifetimes_paired_in_kernel(crate::loader::lifetimes_paired_in_kernel(&loaded.choices));
+    pipeline.set_late_syns(crate::loader::late_syns(&loaded.choices));
     let mut failed = None;
     let mut next_loss_check = Instant::now();
     let mut rereads = tw_present::Rereads::new(reread_every.filter(|_| present.is_some()));
@@ -348,6 +349,7 @@ async fn pump(
         if drained && transport.caught_up() {
             pipeline.settled_before(before.saturating_sub(RETRACTION_NS));
         }
+        pipeline.set_now(before);
         // What a completed drain took (a drain cancelled by another branch takes nothing).
         pipeline.feed_batch(&batch, filter, |rec| {
             rereads.note(rec);

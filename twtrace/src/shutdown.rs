@@ -19,11 +19,12 @@ use tokio::signal::unix::{SignalKind, signal};
 /// milliseconds, a start-up read under way at most seconds.
 pub const GRACE: Duration = Duration::from_secs(10);
 
-/// Stops the loop on SIGINT, SIGTERM or SIGHUP.
+/// Stops the loop on SIGINT, SIGTERM or SIGHUP (unless SIGHUP is ignored, as `nohup` leaves
+/// it: a handler would undo that).
 pub struct Shutdown {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Shutdown {
@@ -31,7 +32,11 @@ impl Shutdown {
         let shutdown = Self {
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            hup: if hangup_ignored() {
+                None
+            } else {
+                Some(signal(SignalKind::hangup()).context("installing the SIGHUP handler")?)
+            },
         };
         arm_watchdog()?;
         Ok(shutdown)
@@ -41,8 +46,23 @@ impl Shutdown {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
-            _ = self.hup.recv() => {}
+            Some(_) = async {
+                match self.hup.as_mut() {
+                    Some(hup) => hup.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
+    }
+}
+
+/// Whether SIGHUP is ignored (inherited from `nohup`, or a service manager's choice).
+fn hangup_ignored() -> bool {
+    // SAFETY: reads the current action into a zeroed struct; changes nothing.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
     }
 }
 
@@ -62,7 +82,8 @@ fn arm_watchdog() -> Result<()> {
     // SAFETY: both descriptors were just created and are owned here alone.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let wake = WAKE.get_or_init(|| write).as_raw_fd();
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    let hup = (!hangup_ignored()).then_some(libc::SIGHUP);
+    for sig in [libc::SIGINT, libc::SIGTERM].into_iter().chain(hup) {
         // SAFETY: the action only calls write(2), which is async-signal-safe; tokio's own
         // action for the signal runs too (signal-hook-registry chains them).
         unsafe {

@@ -77,7 +77,7 @@ fn why_hidden() -> String {
                     sees them) while twtrace runs"
             .to_owned(),
         _ if !crate::kernel::sysinfo::is_root() => "run twtrace as root".to_owned(),
-        Some(n) if !crate::kernel::sysinfo::has_cap_syslog() => format!(
+        Some(n) if crate::kernel::sysinfo::has_cap_syslog() == Some(false) => format!(
             "this root lacks CAP_SYSLOG, which kernel.kptr_restrict={n} asks for (kernel.\
              perf_event_paranoid={}); in a container, add CAP_SYSLOG",
             sysctl("perf_event_paranoid").map_or("?".into(), |p| p.to_string())

@@ -134,10 +134,11 @@ pub fn missing_bpf_caps() -> Vec<&'static str> {
 
 /// Whether this process has CAP_SYSLOG, which kernel.kptr_restrict=1 (or 0 with
 /// kernel.perf_event_paranoid above 1) asks of a reader of /proc/kallsyms's addresses.
-pub fn has_cap_syslog() -> bool {
+/// None when /proc cannot tell.
+pub fn has_cap_syslog() -> Option<bool> {
     const CAP_SYSLOG: u32 = 34;
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    effective_caps(&status).is_some_and(|eff| eff & (1 << CAP_SYSLOG) != 0)
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    effective_caps(&status).map(|eff| eff & (1 << CAP_SYSLOG) != 0)
 }
 
 /// Whether this process runs in a user namespace other than the initial one (a rootless

@@ -19,7 +19,10 @@
 //! What it cannot tell: a TIME-WAIT killed otherwise (`ss -K`) whose client connects again
 //! from the same port within [`LATE_SYN_NS`] reads `replaced_by_syn`.
 
-use std::{collections::HashMap, hash::BuildHasher as _};
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::BuildHasher as _,
+};
 
 use twtrace_common::{Event, EventKind, ExitCause, HookFamily, ts_flags};
 
@@ -28,16 +31,25 @@ use crate::signals::{RawFlow, raw_flow};
 /// How long an unexplained exit waits for its SYN: the client's first two retransmits (1 s
 /// and 3 s after the dropped SYN, Linux's initial RTO), with a margin.
 pub const LATE_SYN_NS: u64 = 4_000_000_000;
-/// Exits held at most: beyond, the oldest go out as they came (a flood of SYN cookies ends
+/// Exits held at most: beyond, the oldest goes out as it came (a flood of SYN cookies ends
 /// every TIME-WAIT it replaces unexplained).
 const MAX_HELD: usize = 65_536;
-
-/// SYNs remembered (a power of two): 4 s of SYNs that came alone at 2k a second.
+/// SYNs remembered, a power of two: the last 8192 that came alone, by hash.
 const RECENT: usize = 8192;
 
+type Hasher = foldhash::fast::RandomState;
+
 pub struct UnexplainedExits {
-    held: HashMap<RawFlow, Event>,
+    /// Off unless both tw_exit and syn are on the tp_btf route: without its SYNs no exit is
+    /// ever explained here, and waiting would only delay it.
+    on: bool,
+    held: HashMap<RawFlow, Event, Hasher>,
+    /// The held exits in the order they came, for their release (entries whose exit was
+    /// explained or sent on meanwhile are skipped then).
+    order: VecDeque<(u64, RawFlow)>,
     recent: Box<[SeenSyn]>,
+    /// Seeded per process: a remote host choosing its ports cannot aim at a slot.
+    hasher: Hasher,
 }
 
 /// A SYN that came alone, in the slot its 4-tuple's hash picks (`flow` 0: empty).
@@ -52,8 +64,11 @@ struct SeenSyn {
 impl Default for UnexplainedExits {
     fn default() -> Self {
         Self {
-            held: HashMap::new(),
+            on: true,
+            held: HashMap::default(),
+            order: VecDeque::new(),
             recent: vec![SeenSyn::default(); RECENT].into_boxed_slice(),
+            hasher: Hasher::default(),
         }
     }
 }
@@ -62,15 +77,10 @@ impl Default for UnexplainedExits {
 pub enum Held {
     /// Waiting for its SYN.
     Waiting,
-    /// To go on now as it came: an older exit of the same 4-tuple, or this one when full.
+    /// To go on now as it came: an older exit of the same 4-tuple, or the oldest when full.
     GoesOn(Event),
     /// Its SYN came before it: the exit, now `replaced_by_syn`, and that SYN.
     Explained(Event, Event),
-}
-
-fn flow_hash(ev: &Event) -> u64 {
-    // Never 0, the empty slot's mark.
-    foldhash::fast::FixedState::with_seed(0).hash_one(raw_flow(ev)) | 1
 }
 
 fn within_wait(exit: &Event, syn_ts_ns: u64) -> bool {
@@ -78,22 +88,37 @@ fn within_wait(exit: &Event, syn_ts_ns: u64) -> bool {
 }
 
 impl UnexplainedExits {
+    /// Says whether the tp_btf route serves both tw_exit and syn (see `on`).
+    pub fn set_on(&mut self, on: bool) {
+        self.on = on;
+    }
+
     /// Whether `ev` is an exit to hold: the tp_btf route's `unknown`.
     #[inline]
-    pub fn wanted(ev: &Event) -> bool {
-        ev.kind == EventKind::TwExit as u8
+    pub fn wanted(&self, ev: &Event) -> bool {
+        self.on
+            && ev.kind == EventKind::TwExit as u8
             && ev.detail == ExitCause::Unknown as u8
             && ev.hook == HookFamily::TpBtf as u8
             && ev.ts_flags & ts_flags::WITH_SYN == 0
     }
 
+    /// The table slot of `flow` (from the hash's high bits) and the mark stored there (never
+    /// 0, the empty slot's).
+    fn slot(&self, flow: &RawFlow) -> (usize, u64) {
+        let h = self.hasher.hash_one(flow);
+        ((h >> (64 - RECENT.trailing_zeros())) as usize, h | 1)
+    }
+
     /// Takes an unexplained exit: explained at once by a SYN of its 4-tuple seen since, or held
     /// for one. An older exit of the same 4-tuple still held goes on (its SYN can no longer be
-    /// told from this one's), as does this one when the wait is full.
+    /// told from this one's), as does the oldest when the wait is full.
+    #[cold]
     pub fn hold(&mut self, mut exit: Event) -> Held {
-        let hash = flow_hash(&exit);
-        let seen = &mut self.recent[hash as usize & (RECENT - 1)];
-        if seen.flow == hash && within_wait(&exit, seen.ts_ns) {
+        let key = raw_flow(&exit);
+        let (at, mark) = self.slot(&key);
+        let seen = &mut self.recent[at];
+        if seen.flow == mark && within_wait(&exit, seen.ts_ns) {
             let mut syn = exit;
             syn.kind = EventKind::Syn as u8;
             (syn.detail, syn.obj, syn.ts_recent, syn.lifetime_ns) = (0, 0, 0, 0);
@@ -103,36 +128,45 @@ impl UnexplainedExits {
             exit.detail = ExitCause::ReplacedBySyn as u8;
             return Held::Explained(exit, syn);
         }
-        let key = raw_flow(&exit);
-        if self.held.len() >= MAX_HELD && !self.held.contains_key(&key) {
-            return Held::GoesOn(exit);
+        let full = self.held.len() >= MAX_HELD && !self.held.contains_key(&key);
+        let oldest = if full { self.pop_oldest() } else { None };
+        self.order.push_back((exit.ts_ns, key));
+        match self.held.insert(key, exit).or(oldest) {
+            Some(e) => Held::GoesOn(e),
+            None => Held::Waiting,
         }
-        self.held
-            .insert(key, exit)
-            .map_or(Held::Waiting, Held::GoesOn)
+    }
+
+    /// The oldest exit still held, taken out.
+    fn pop_oldest(&mut self) -> Option<Event> {
+        while let Some((ts, key)) = self.order.pop_front() {
+            if self.held.get(&key).is_some_and(|e| e.ts_ns == ts) {
+                return self.held.remove(&key);
+            }
+        }
+        None
     }
 
     /// A SYN record: returns the held exit it explains (same namespace and 4-tuple, later),
-    /// made `replaced_by_syn`; otherwise, if it is the tp_btf route's and came alone, it is
-    /// remembered for an exit that comes after it.
+    /// made `replaced_by_syn`; otherwise, if it came alone, it is remembered for an exit that
+    /// comes after it.
     #[inline]
     pub fn on_syn(&mut self, syn: &Event) -> Option<Event> {
-        if syn.kind != EventKind::Syn as u8 || syn.hook != HookFamily::TpBtf as u8 {
+        if !self.on || syn.kind != EventKind::Syn as u8 || syn.hook != HookFamily::TpBtf as u8 {
             return None;
         }
-        if !self.held.is_empty() {
-            let key = raw_flow(syn);
-            if let Some(exit) = self.held.get(&key)
-                && within_wait(exit, syn.ts_ns)
-            {
-                let mut exit = self.held.remove(&key)?;
-                exit.detail = ExitCause::ReplacedBySyn as u8;
-                return Some(exit);
-            }
+        let key = raw_flow(syn);
+        if !self.held.is_empty()
+            && let Some(exit) = self.held.get(&key)
+            && within_wait(exit, syn.ts_ns)
+        {
+            let mut exit = self.held.remove(&key)?;
+            exit.detail = ExitCause::ReplacedBySyn as u8;
+            return Some(exit);
         }
-        let hash = flow_hash(syn);
-        self.recent[hash as usize & (RECENT - 1)] = SeenSyn {
-            flow: hash,
+        let (at, mark) = self.slot(&key);
+        self.recent[at] = SeenSyn {
+            flow: mark,
             ts_ns: syn.ts_ns,
             tsval: syn.tsval,
             ts_flags: syn.ts_flags & ts_flags::HAS_TSVAL,
@@ -140,21 +174,19 @@ impl UnexplainedExits {
         None
     }
 
-    /// The exits whose wait ended by `now_ns` (every record up to it read), oldest first, as
-    /// they came.
+    /// The exits whose wait ended by `now_ns` (every record up to it read), in the order they
+    /// came, as they came.
     pub fn expired(&mut self, now_ns: u64) -> Vec<Event> {
-        if self.held.is_empty() {
-            return Vec::new();
-        }
         let mut out = Vec::new();
-        self.held.retain(|_, e| {
-            let due = now_ns == u64::MAX || e.ts_ns.saturating_add(LATE_SYN_NS) <= now_ns;
-            if due {
-                out.push(*e);
+        while let Some(&(ts, key)) = self.order.front() {
+            if now_ns != u64::MAX && ts.saturating_add(LATE_SYN_NS) > now_ns {
+                break;
             }
-            !due
-        });
-        out.sort_unstable_by_key(|e| e.ts_ns);
+            self.order.pop_front();
+            if self.held.get(&key).is_some_and(|e| e.ts_ns == ts) {
+                out.extend(self.held.remove(&key));
+            }
+        }
         out
     }
 }
@@ -178,7 +210,7 @@ mod tests {
     fn only_a_later_syn_of_the_same_flow_within_the_wait_explains_an_exit() {
         let mut h = UnexplainedExits::default();
         let (exit, syn) = unknown_exit(10_000_000_000, 40_000);
-        assert!(UnexplainedExits::wanted(&exit));
+        assert!(h.wanted(&exit));
         assert!(matches!(h.hold(exit), Held::Waiting));
         let (_, other_port) = unknown_exit(10_000_000_000, 40_001);
         assert!(h.on_syn(&other_port).is_none());
@@ -236,39 +268,48 @@ mod tests {
     /// Only the tp_btf route's unknown exits wait: others, and exits that carry their SYN, go on.
     #[test]
     fn only_unexplained_tp_btf_exits_wait() {
-        let (exit, _) = unknown_exit(1, 40_000);
+        let mut h = UnexplainedExits::default();
+        let (exit, syn) = unknown_exit(1, 40_000);
+        assert!(h.wanted(&exit));
         let mut other = exit;
         other.hook = HookFamily::Tracepoint as u8;
-        assert!(!UnexplainedExits::wanted(&other));
+        assert!(!h.wanted(&other));
         other = exit;
         other.detail = ExitCause::Expired as u8;
-        assert!(!UnexplainedExits::wanted(&other));
+        assert!(!h.wanted(&other));
         other = exit;
         other.ts_flags |= ts_flags::WITH_SYN;
-        assert!(!UnexplainedExits::wanted(&other));
+        assert!(!h.wanted(&other));
+        // Off (tw_exit or syn not on tp_btf): nothing waits, no SYN is kept.
+        h.set_on(false);
+        assert!(!h.wanted(&exit));
+        assert!(h.on_syn(&syn).is_none());
+        assert!(h.recent.iter().all(|s| s.flow == 0));
     }
 
-    /// A second exit of one 4-tuple sends the first on; when full, a new one goes on at once.
+    /// A second exit of one 4-tuple sends the first on; when full, the oldest goes.
     #[test]
     fn held_exits_are_bounded() {
         let mut h = UnexplainedExits::default();
-        let (a, _) = unknown_exit(5, 40_000);
-        let mut b = a;
-        b.ts_ns = 6;
         let went = |held: Held| match held {
             Held::GoesOn(e) => Some(e.ts_ns),
             _ => None,
         };
+        let (a, _) = unknown_exit(5, 40_000);
+        let mut b = a;
+        b.ts_ns = 6;
         h.hold(a);
         assert_eq!(went(h.hold(b)), Some(5));
         for i in 0..MAX_HELD as u64 {
             let (mut e, _) = unknown_exit(100 + i, 1);
             e.rport = (i % 60_000) as u16 + 1;
             e.lport = (i / 60_000) as u16 + 1;
-            let out = went(h.hold(e));
             let full = i == MAX_HELD as u64 - 1;
-            assert_eq!(out, full.then_some(100 + i), "{i}");
+            assert_eq!(went(h.hold(e)), full.then_some(6), "{i}: the oldest goes");
         }
         assert_eq!(h.held.len(), MAX_HELD);
+        // Released in the order they came, the one sent on and the replaced one skipped.
+        let out = h.expired(100 + LATE_SYN_NS + 1);
+        assert_eq!(out.iter().map(|e| e.ts_ns).collect::<Vec<_>>(), [100, 101]);
     }
 }

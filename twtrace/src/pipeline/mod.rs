@@ -41,6 +41,8 @@ pub struct Pipeline {
     /// The tp_btf route's `unknown` exits, until a late SYN explains them (late_syn.rs).
     unexplained: UnexplainedExits,
     settled_before: u64,
+    /// The clock at the latest drain ([`Pipeline::set_now`]).
+    now_ns: u64,
 }
 
 /// Held overflows beyond this many go at once (a ring kept full never lets the reader say
@@ -58,6 +60,7 @@ impl Pipeline {
             held_overflows: Vec::new(),
             unexplained: UnexplainedExits::default(),
             settled_before: 0,
+            now_ns: 0,
         }
     }
 
@@ -65,6 +68,18 @@ impl Pipeline {
     /// [`Lifetimes::set_paired_in_kernel`]).
     pub fn set_lifetimes_paired_in_kernel(&mut self, yes: bool) {
         self.lifetimes.set_paired_in_kernel(yes);
+    }
+
+    /// Says whether the tp_btf route serves both tw_exit and syn: only then does an exit it
+    /// could not explain wait for a late SYN (late_syn.rs).
+    pub fn set_late_syns(&mut self, on: bool) {
+        self.unexplained.set_on(on);
+    }
+
+    /// The monotonic clock now: an unexplained exit waits for its SYN no longer than this
+    /// allows, even while the ring is never drained empty.
+    pub fn set_now(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
     }
 
     /// Says that every record up to `ts_ns` has been read: an unexplained exit whose SYN has
@@ -99,8 +114,13 @@ impl Pipeline {
     /// Held records whose wait is over (exits no late SYN explained, overflows no
     /// retraction can follow any more), decoded and handed to `f`.
     fn release_held(&mut self, filter: &Filter, mut f: impl FnMut(&Record)) {
-        for exit in self.unexplained.expired(self.settled_before) {
-            self.feed_now(exit, filter, &mut f);
+        // Also by the clock, less a second for the ring's lag: a ring never drained empty
+        // (`settled_before` stays) must not keep them for good.
+        let upto = self
+            .settled_before
+            .max(self.now_ns.saturating_sub(1_000_000_000));
+        for exit in self.unexplained.expired(upto) {
+            self.feed_paired(exit, filter, &mut f);
         }
         if self.held_overflows.is_empty() {
             return;
@@ -147,15 +167,21 @@ impl Pipeline {
     /// completes, if any, when the filter keeps them.
     #[inline]
     pub fn feed(&mut self, ev: Event, filter: &Filter, mut f: impl FnMut(&Record)) {
-        if UnexplainedExits::wanted(&ev) {
+        if self.unexplained.wanted(&ev) {
+            // Paired with its enter now, in the order the kernel reported it: the freed
+            // socket's memory makes new TIME-WAITs while it waits.
+            let mut ev = ev;
+            self.pair_lifetime(&mut ev, &mut f);
             match self.unexplained.hold(ev) {
                 Held::Waiting => {}
-                Held::GoesOn(now) => self.feed_now(now, filter, f),
+                Held::GoesOn(now) => self.feed_paired(now, filter, f),
                 Held::Explained(exit, syn) => {
-                    // Its SYN went on already: the exit, then the verdict the two make.
+                    // Its SYN went on already: the exit, then the verdict the two make. (The
+                    // SYN is the retransmit, a second newer than the one the TIME-WAIT took:
+                    // its verdict can read by timestamp where that one's was by sequence.)
                     let verdict = TwSynClassifier::joined(&exit, &syn);
                     let ends = signals::endpoints(&exit);
-                    self.feed_one(exit, ends, Join::Known(None), filter, &mut f);
+                    self.feed_one(exit, ends, Join::Known(None), Paired::Yes, filter, &mut f);
                     if let Some(what) = verdict {
                         let rec = signals::record_at(&syn, ends, what);
                         if filter.matches(&rec) {
@@ -170,17 +196,42 @@ impl Pipeline {
             // The two halves of one record, as if the kernel had joined them.
             let verdict = TwSynClassifier::joined(&exit, &ev);
             let exit_ends = signals::endpoints(&exit);
-            self.feed_one(exit, exit_ends, Join::Known(None), filter, &mut f);
+            let ends = signals::endpoints(&ev);
             self.feed_one(
-                ev,
-                signals::endpoints(&ev),
-                Join::Known(verdict),
+                exit,
+                exit_ends,
+                Join::Known(None),
+                Paired::Yes,
                 filter,
                 &mut f,
             );
+            self.feed_one(ev, ends, Join::Known(verdict), Paired::No, filter, &mut f);
             return;
         }
         self.feed_now(ev, filter, f);
+    }
+
+    /// Pairs `ev` with its enter (or remembers the enter), reporting enters forgotten for
+    /// memory as lost.
+    #[inline]
+    fn pair_lifetime(&mut self, ev: &mut Event, f: &mut impl FnMut(&Record)) {
+        self.lifetimes.on_event(ev);
+        let forgotten = self.lifetimes.take_forgotten();
+        if forgotten > 0 {
+            // A loss names no flow: never filtered out.
+            f(&Record::lost(
+                ev.ts_ns,
+                tw_exit::FORGOTTEN,
+                forgotten,
+                LossReason::TableFull,
+            ));
+        }
+    }
+
+    /// An exit that waited (already paired), decoded and handed on.
+    fn feed_paired(&mut self, ev: Event, filter: &Filter, f: impl FnMut(&Record)) {
+        let ends = signals::endpoints(&ev);
+        self.feed_one(ev, ends, Join::Classify, Paired::Yes, filter, f);
     }
 
     /// [`Pipeline::feed`] past the wait for late SYNs.
@@ -193,10 +244,10 @@ impl Pipeline {
             Some((exit, syn)) => {
                 // The pair is already joined: its verdict needs no classifier state.
                 let verdict = TwSynClassifier::joined(&exit, &syn);
-                self.feed_one(exit, ends, Join::Known(None), filter, &mut f);
-                self.feed_one(syn, ends, Join::Known(verdict), filter, &mut f);
+                self.feed_one(exit, ends, Join::Known(None), Paired::No, filter, &mut f);
+                self.feed_one(syn, ends, Join::Known(verdict), Paired::No, filter, &mut f);
             }
-            None => self.feed_one(ev, ends, Join::Classify, filter, f),
+            None => self.feed_one(ev, ends, Join::Classify, Paired::No, filter, f),
         }
     }
 
@@ -207,22 +258,15 @@ impl Pipeline {
         mut ev: Event,
         ends: (SocketAddr, SocketAddr),
         join: Join,
+        paired: Paired,
         filter: &Filter,
         mut f: impl FnMut(&Record),
     ) {
         if ev.kind == EventKind::TwOverflow as u8 && self.hold_overflow(&ev) {
             return;
         }
-        self.lifetimes.on_event(&mut ev);
-        let forgotten = self.lifetimes.take_forgotten();
-        if forgotten > 0 {
-            // A loss names no flow: never filtered out.
-            f(&Record::lost(
-                ev.ts_ns,
-                tw_exit::FORGOTTEN,
-                forgotten,
-                LossReason::TableFull,
-            ));
+        if let Paired::No = paired {
+            self.pair_lifetime(&mut ev, &mut f);
         }
         self.request_ts.on_event(&mut ev);
         let derived = match join {
@@ -244,6 +288,13 @@ impl Pipeline {
             hand(what);
         }
     }
+}
+
+/// Whether a record's lifetime pairing is done (an exit that waited for its SYN was paired
+/// when it came).
+enum Paired {
+    Yes,
+    No,
 }
 
 /// Where a record's TIME-WAIT SYN verdict comes from.
@@ -285,7 +336,7 @@ fn split_exit_and_syn(ev: &Event) -> Option<(Event, Event)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{fixtures::*, *};
+    use super::{fixtures::*, late_syn::LATE_SYN_NS, *};
     use twtrace_common::ExitCause;
 
     /// One record carrying an exit and its SYN gives the very records the two would: the exit
@@ -391,6 +442,43 @@ mod tests {
                 "1000000000 40002 exit ReplacedBySyn",
                 "2000000000 40002 tw_syn AcceptedByTimestamp",
                 "1000000000 40001 exit Unknown",
+            ]
+        );
+    }
+
+    /// Unexplained exits are paired with their enters when they come, not when their wait
+    /// ends: the freed socket's memory holds newer TIME-WAITs by then (A, B and C at one
+    /// address here), and each exit still gets its own lifetime. The wait ends by the clock
+    /// too, a second later than by the drain, for a ring never drained empty.
+    #[test]
+    fn waiting_exits_keep_their_lifetimes() {
+        let filter = Filter::default();
+        let mut p = Pipeline::new(DecodeCtx { hz: 250 }, 1024);
+        let [mut exit_a, _, mut enter_a] = connection(0, 7, 40_000);
+        exit_a.detail = ExitCause::Unknown as u8;
+        let (mut enter_b, mut exit_b, mut enter_c) = (enter_a, exit_a, enter_a);
+        (enter_b.rport, exit_b.rport, enter_c.rport) = (40_001, 40_001, 40_002);
+        (enter_a.ts_ns, exit_a.ts_ns) = (1_000, 2_000);
+        (enter_b.ts_ns, exit_b.ts_ns, enter_c.ts_ns) = (3_000, 4_000, 5_000);
+        let out = std::cell::RefCell::new(Vec::new());
+        let seen = |r: &Record| {
+            if let What::TwExit { lifetime_ns, cause } = r.what {
+                out.borrow_mut().push((r.remote.port(), cause, lifetime_ns));
+            }
+        };
+        p.feed_batch(&[enter_a, exit_a, enter_b, exit_b, enter_c], &filter, seen);
+        p.set_now(LATE_SYN_NS + 1_000_000_000);
+        p.feed_batch(&[], &filter, seen);
+        assert!(out.borrow().is_empty(), "still waiting: {out:?}");
+        p.set_now(LATE_SYN_NS + 1_000_004_000);
+        p.feed_batch(&[], &filter, seen);
+        let out = out.into_inner();
+        use crate::event::ExitCause as Cause;
+        assert_eq!(
+            out,
+            [
+                (40_000, Cause::Unknown, Some(1_000)),
+                (40_001, Cause::Unknown, Some(1_000))
             ]
         );
     }

@@ -19,8 +19,10 @@ use crate::{
     event::{TwSynVerdict, What},
 };
 
-/// A replacing SYN follows its TIME-WAIT's exit within microseconds; anything older is stale.
-const PAIRING_WINDOW_NS: u64 = 1_000_000_000;
+/// A replacing SYN follows its TIME-WAIT's exit within microseconds, or, when the listener
+/// dropped it (a full accept queue), comes again 1 s or 3 s later (SYN retransmits): anything
+/// older is stale. The same wait as for tp_btf's unexplained exits (pipeline/late_syn.rs).
+const PAIRING_WINDOW_NS: u64 = 4_000_000_000;
 /// Pending exits kept at most (each waits for one SYN); a bound, not a tuning knob.
 const PENDING: NonZeroUsize = NonZeroUsize::new(4096).expect("non-zero");
 const TH_SYN: u8 = 0x02;
@@ -269,6 +271,8 @@ mod tests {
         c.on_event(&on_port(syn(Some(1), 500_000_000), 9));
         assert_eq!(c.pending.len(), 1);
         c.on_event(&on_port(syn(Some(1), 2_000_000_000), 9));
+        assert_eq!(c.pending.len(), 1, "a retransmit may still come");
+        c.on_event(&on_port(syn(Some(1), 5_000_000_000), 9));
         assert_eq!(c.pending.len(), 0);
     }
 
@@ -300,7 +304,11 @@ mod tests {
         let mut other = syn(Some(2000), 2_000);
         other.rport = 40001;
         assert_eq!(c.on_event(&other), None);
-        assert_eq!(c.on_event(&syn(Some(2000), 5_000_000_000)), None);
+        assert_eq!(c.on_event(&syn(Some(2000), 5_000_001_001)), None);
+        // A SYN a listener dropped comes again a second later: still its exit's.
+        let mut c = TwSynClassifier::default();
+        c.on_event(&exit(1000));
+        assert!(c.on_event(&syn(Some(2000), 1_000_001_000)).is_some());
     }
 
     #[test]

@@ -53,7 +53,9 @@ impl Alerter {
                 continue;
             }
             self.last.insert(r.ip, (now, rejects));
-            out.push(line(r, said.map(|(_, seen)| rejects.saturating_sub(seen))));
+            // Fewer than said before: the IP was evicted and came back, counting afresh.
+            let since = said.and_then(|(_, seen)| rejects.checked_sub(seen));
+            out.push(line(r, since));
         }
         // Bounded by the rows (the aggregate's capacity): an IP is forgotten only once it has
         // left them. Forgetting a quiet IP still listed would repeat its alert with no new

@@ -17,6 +17,8 @@ pub fn reader_gone(written: io::Result<()>) -> io::Result<bool> {
     match written {
         Ok(()) => Ok(false),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(true),
+        // A terminal hung up (the ssh session ended): EIO, and ENXIO on some drivers.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::ENXIO)) => Ok(true),
         Err(e) => Err(e),
     }
 }

@@ -1,12 +1,16 @@
 //! A SYN that replaces a server TIME-WAIT while the listener's accept queue is full: the
 //! TIME-WAIT is killed for that SYN, then the listener drops the SYN (TcpExtListenOverflows),
 //! so no request socket follows it; the client sends the SYN again a second later and gets in
-//! once the queue has room. The exit is `replaced_by_syn` on every route: the function probes
-//! read the TIME-WAIT's verdict, the classic tracepoints the call chain, and the tp_btf route
-//! takes the retransmitted SYN of the same 4-tuple as the evidence (twtrace/src/pipeline/late_syn.rs).
+//! once the queue has room. The exit is `replaced_by_syn`: the function probes read the
+//! TIME-WAIT's verdict, the classic tracepoints the call chain (before 6.10 such a kill reads
+//! `unknown` there, announced partial: `segment_kill_cause`), and the tp_btf route takes the
+//! retransmitted SYN of the same 4-tuple as the evidence (twtrace/src/pipeline/late_syn.rs).
+//! The reconnects run on one CPU: each TIME-WAIT cancel there settles the one before it as
+//! unexplained, so the user-space path is the one taken, not the kernel's own pairing of a
+//! cancel still parked on its CPU with its SYN.
 
 use super::*;
-use support::{netns::try_in_netns, sys};
+use support::{cpu::PinnedToCpu, netns::try_in_netns, sys};
 
 const N: usize = 4;
 
@@ -58,6 +62,7 @@ fn full_queue(tag: &str, f: Family) -> Result<()> {
         .map(|&port| {
             let ns = cli_ns.to_owned();
             thread::spawn(move || {
+                let _pinned = PinnedToCpu::first_allowed()?;
                 try_in_netns(&ns, || -> Result<TcpStream> {
                     let local = SocketAddr::new(client_ip, port);
                     let fd = sys::tcp_socket(&local)?;
@@ -70,12 +75,19 @@ fn full_queue(tag: &str, f: Family) -> Result<()> {
             })
         })
         .collect();
-    thread::sleep(Duration::from_millis(400));
-    let dropped = delta(
-        &overflows_before,
-        &netstat(srv_ns)?,
-        "TcpExtListenOverflows",
-    );
+    // Each first SYN dropped (well before the retransmits, 1 s on).
+    let deadline = Instant::now() + Duration::from_millis(900);
+    let dropped = loop {
+        let n = delta(
+            &overflows_before,
+            &netstat(srv_ns)?,
+            "TcpExtListenOverflows",
+        );
+        if n >= N as u64 || Instant::now() > deadline {
+            break n;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
     // Drained: the fillers and every reconnect, as they come.
     listener.set_nonblocking(true)?;
     let mut accepted = Vec::new();
@@ -120,6 +132,19 @@ fn full_queue(tag: &str, f: Family) -> Result<()> {
     for e in of(&events, "tw_exit", inode) {
         assert!(ports.contains(&addr(e, "remote").port()), "{e}");
         assert!(e["lifetime_ms"].as_f64().is_some(), "entry seen: {e}");
+    }
+    // Each replaced TIME-WAIT took its SYN by timestamp (the SYN's TSval is newer): one
+    // verdict per port, where the cause is known.
+    if cause == "replaced_by_syn" {
+        let mut verdicts: Vec<(u16, String)> = of(&events, "tw_syn", inode)
+            .iter()
+            .map(|e| (addr(e, "remote").port(), e["verdict"].to_string()))
+            .collect();
+        verdicts.sort();
+        let expected: Vec<(u16, String)> = (ports.iter())
+            .map(|&p| (p, "\"accepted_by_timestamp\"".to_owned()))
+            .collect();
+        assert_eq!(verdicts, expected, "tw_syn verdicts: {told:#?}");
     }
     Ok(())
 }
