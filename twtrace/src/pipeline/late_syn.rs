@@ -16,8 +16,12 @@
 //! while, by a hash of their 4-tuple in a direct-mapped table: one store per SYN; a slot a
 //! later SYN takes only loses evidence (that exit stays `unknown`).
 //!
-//! What it cannot tell: a TIME-WAIT killed otherwise (`ss -K`) whose client connects again
-//! from the same port within [`LATE_SYN_NS`] reads `replaced_by_syn`.
+//! The exit is paired with its enter when it comes, not when its wait ends: by then the freed
+//! socket's memory may hold newer TIME-WAITs, whose enters it must not take.
+//!
+//! What it cannot tell: a TIME-WAIT ended otherwise (`ss -K`, a SYN cookie, a reset before
+//! 5.17) whose client connects again from the same port within [`LATE_SYN_NS`] reads
+//! `replaced_by_syn`.
 
 use std::{
     collections::{HashMap, VecDeque},
