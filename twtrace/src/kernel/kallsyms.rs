@@ -76,7 +76,6 @@ fn why_hidden() -> String {
         Some(2) => "kernel.kptr_restrict=2 hides them from everyone; set it to 1 (root then \
                     sees them) while twtrace runs"
             .to_owned(),
-        _ if !crate::kernel::sysinfo::is_root() => "run twtrace as root".to_owned(),
         Some(n) if crate::kernel::sysinfo::has_cap_syslog() == Some(false) => format!(
             "this root lacks CAP_SYSLOG, which kernel.kptr_restrict={n} asks for (kernel.\
              perf_event_paranoid={}); in a container, add CAP_SYSLOG",
