@@ -112,11 +112,14 @@ pub struct Common {
     pub ips: Vec<IpNet>,
 
     /// Most remote IPs / ports / destinations, and PAWS source IPs, kept in the aggregate (at
-    /// least 16); least recent are evicted (and counted) beyond this.
+    /// least 16); least recent are evicted (and counted) beyond this. Memory: a PAWS source IP
+    /// holds about 1.5 KB after a SYN or two, up to ~5 KB with many clocks (65536 one-SYN IPs
+    /// took ~100 MB).
     #[arg(long, global = true, default_value_t = 65_536, value_name = "N", allow_negative_numbers = true, value_parser = parse_capacity)]
     pub capacity: u32,
 
-    /// Ring buffer size in KiB: a power of two from 64 to 1048576 (1 GiB).
+    /// Ring buffer size in KiB: a power of two from 64 to 1048576 (1 GiB). It is kernel
+    /// memory, taken whole at start-up.
     #[arg(long, global = true, default_value_t = 4096, value_name = "KIB", allow_negative_numbers = true, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
 
@@ -130,6 +133,8 @@ pub struct Common {
     /// `live_table_full` losses, and a warning). And it bounds the TIME-WAITs read from the
     /// kernel's sockets and counted as live, at start-up (`tw_present`) and after lost events
     /// (--reread), of those --port/--ip let through; beyond it, a warning. 1024 to 67108864.
+    /// On the classic route the kernel's table is preallocated, about 88 bytes per entry (23 MB
+    /// at the default).
     #[arg(long, global = true, default_value_t = 262_144, value_name = "N", allow_negative_numbers = true, value_parser = parse_max_live_tw)]
     pub max_live_tw: u32,
 
@@ -163,7 +168,8 @@ pub struct Common {
 
 #[derive(Debug, Args)]
 pub struct LiveOpts {
-    /// Rows per table (live table only), at least 1.
+    /// Rows per table (live table only), at least 1. On a terminal, fewer when the window is
+    /// too short for them all (a last line says so); to a pipe or file, all of them.
     #[arg(
         long,
         global = true,

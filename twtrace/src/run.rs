@@ -23,7 +23,9 @@ use crate::{
     sinks::{
         self,
         alerts::{AlertRules, Alerter},
-        ndjson, table,
+        ndjson,
+        screen::Size,
+        table,
     },
 };
 
@@ -492,16 +494,29 @@ impl Reporter {
         }
         if let Some(opts) = self.table.as_ref().filter(|_| !self.closed) {
             self.buf.clear();
-            table::render(&self.agg, opts, &mut self.buf);
             // Without both PAWS signals the section has nothing to show (the totals say why).
             let untraced = |name: &str| opts.untraced.iter().any(|(s, _)| *s == name);
-            if !(untraced("syn") && untraced("paws_reject")) {
-                sinks::paws_table::render(&view, self.agg.paws.evictions, &mut self.buf);
-            }
+            let paws = !(untraced("syn") && untraced("paws_reject"));
             // On a terminal the refresh has just cleared what stderr said: said again below.
-            if opts.clear_screen && io::stderr().is_terminal() {
-                sinks::table::render_said(&crate::stderr::recent(), &mut self.buf);
-            }
+            let said =
+                (opts.clear_screen && io::stderr().is_terminal()).then(crate::stderr::recent);
+            let picked = table::Picked::of(&self.agg, opts);
+            let compose = |rows: usize, out: &mut String| {
+                table::render_picked(&self.agg, opts, &picked, rows, out);
+                if paws {
+                    // Apart from the sections above (a terminal's rendering ends with no blank).
+                    if !out.ends_with("\n\n") {
+                        out.push('\n');
+                    }
+                    sinks::paws_table::render(&view, self.agg.paws.evictions, rows, out);
+                }
+                if let Some(said) = &said {
+                    sinks::table::render_said(said, out);
+                }
+                picked.more_than(rows) || (paws && view.top.len() > rows)
+            };
+            let size = opts.clear_screen.then(Size::of_stdout).flatten();
+            sinks::screen::fit(opts.top, size, compose, &mut self.buf);
             let mut stdout = io::stdout().lock();
             let written = stdout
                 .write_all(self.buf.as_bytes())

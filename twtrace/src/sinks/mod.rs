@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod ndjson;
 pub mod paws_table;
+pub mod screen;
 pub mod summary;
 pub mod table;
 mod text;

@@ -21,9 +21,9 @@ const HEADER: [&str; 13] = [
     "PRED/s",
 ];
 
-/// Appends the section; with no source IP seen yet, one line that says so (a missing section
-/// would read as PAWS not being traced).
-pub fn render(view: &PawsView, evictions: u64, out: &mut String) {
+/// Appends the section with at most `rows` of the view's top rows; with no source IP seen
+/// yet, one line that says so (a missing section would read as PAWS not being traced).
+pub fn render(view: &PawsView, evictions: u64, rows: usize, out: &mut String) {
     if view.sources == 0 {
         let _ = writeln!(
             out,
@@ -45,7 +45,8 @@ pub fn render(view: &PawsView, evictions: u64, out: &mut String) {
         super::plural(view.sources as u64, "source IP"),
         super::plural(total, "reject")
     );
-    let cells: Vec<[String; 13]> = view.top.iter().map(cells).collect();
+    let shown = super::table::first(&view.top, rows);
+    let cells: Vec<[String; 13]> = shown.iter().map(cells).collect();
     let mut widths = HEADER.map(str::len);
     for c in &cells {
         for (w, s) in widths.iter_mut().zip(c) {
@@ -102,7 +103,7 @@ mod tests {
 
     fn first_line(view: &PawsView, evictions: u64) -> String {
         let mut out = String::new();
-        render(view, evictions, &mut out);
+        render(view, evictions, 20, &mut out);
         out.lines().next().unwrap().to_owned()
     }
 

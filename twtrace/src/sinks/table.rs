@@ -28,11 +28,11 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::aggregate::{Aggregate, Counters, DestRow, Order, Row, RowKey};
+use crate::aggregate::{Aggregate, Counters, DestRow, IpRow, Order, PortRow, Row, RowKey};
 use crate::event::ExitCause;
 
 /// ANSI: cursor home, then clear the screen, so each refresh redraws in place.
-const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
+pub const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 
 #[derive(Clone, Debug)]
 pub struct TableOpts {
@@ -64,10 +64,69 @@ impl Default for TableOpts {
 
 /// Appends one rendering of `agg` to `out` (the caller clears and reuses it).
 pub fn render(agg: &Aggregate, opts: &TableOpts, out: &mut String) {
-    render_at(agg, opts, SystemTime::now(), out);
+    render_picked(agg, opts, &Picked::of(agg, opts), opts.top, out);
 }
 
-fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut String) {
+/// The rows each section would show at `--top`, picked once per refresh: picking walks whole
+/// tables, and a terminal too short for them renders the same picks with fewer rows.
+pub struct Picked {
+    ips: Vec<IpRow>,
+    ports: Vec<PortRow>,
+    dests: Vec<DestRow>,
+}
+
+impl Picked {
+    pub fn of(agg: &Aggregate, opts: &TableOpts) -> Self {
+        // Ports never carry EADDRNOTAVAIL (no port was bound): that column is left out, and
+        // `--sort eaddrnotavail` ranks them by LIVE instead.
+        let port_order = match opts.order {
+            Order::EaddrNotAvail => Order::Live,
+            order => order,
+        };
+        // Only destinations with failures are shown; without any failure at all, the table
+        // (as large as --capacity, keyed by every peer's ip:port) is not walked.
+        let dests = if agg.totals().eaddrnotavail == 0 {
+            Vec::new()
+        } else {
+            agg.top_by_dest(opts.top, Order::EaddrNotAvail)
+                .into_iter()
+                .filter(|r| r.counters.eaddrnotavail > 0)
+                .collect()
+        };
+        Picked {
+            ips: agg.top_by_ip(opts.top, opts.order),
+            ports: agg.top_by_port(opts.top, port_order),
+            dests,
+        }
+    }
+
+    /// Whether a section holds more than `rows` rows (some would not be shown).
+    pub fn more_than(&self, rows: usize) -> bool {
+        [self.ips.len(), self.ports.len(), self.dests.len()]
+            .into_iter()
+            .any(|n| n > rows)
+    }
+}
+
+/// Appends one rendering of `agg` with at most `rows` rows per section, from `picked`.
+pub fn render_picked(
+    agg: &Aggregate,
+    opts: &TableOpts,
+    picked: &Picked,
+    rows: usize,
+    out: &mut String,
+) {
+    render_at(agg, opts, picked, rows, SystemTime::now(), out);
+}
+
+fn render_at(
+    agg: &Aggregate,
+    opts: &TableOpts,
+    picked: &Picked,
+    rows: usize,
+    now: SystemTime,
+    out: &mut String,
+) {
     if opts.clear_screen {
         out.push_str(CLEAR_SCREEN);
     }
@@ -89,37 +148,28 @@ fn render_at(agg: &Aggregate, opts: &TableOpts, now: SystemTime, out: &mut Strin
     }
 
     out.push('\n');
-    let ips = agg.top_by_ip(opts.top, opts.order);
-    key_section(&ips, "REMOTE_IP", true, live_known, out);
-
+    key_section(first(&picked.ips, rows), "REMOTE_IP", true, live_known, out);
     out.push('\n');
-    // Ports never carry EADDRNOTAVAIL (no port was bound): that column is left out, and
-    // `--sort eaddrnotavail` ranks them by LIVE instead.
-    let port_order = match opts.order {
-        Order::EaddrNotAvail => Order::Live,
-        order => order,
-    };
-    let ports = agg.top_by_port(opts.top, port_order);
-    key_section(&ports, "LOCAL_PORT", false, live_known, out);
-
-    // Only destinations with failures are shown; without any failure at all, the table (as
-    // large as --capacity, keyed by every peer's ip:port) is not walked.
-    let dests: Vec<_> = if agg.totals().eaddrnotavail == 0 {
-        Vec::new()
-    } else {
-        agg.top_by_dest(opts.top, Order::EaddrNotAvail)
-            .into_iter()
-            .filter(|r| r.counters.eaddrnotavail > 0)
-            .collect()
-    };
-    if !dests.is_empty() {
+    key_section(
+        first(&picked.ports, rows),
+        "LOCAL_PORT",
+        false,
+        live_known,
+        out,
+    );
+    if !picked.dests.is_empty() {
         out.push('\n');
-        dest_section(&dests, live_known, out);
+        dest_section(first(&picked.dests, rows), live_known, out);
     }
 
     if !opts.clear_screen {
         out.push('\n');
     }
+}
+
+/// The first `n` of `rows`, or all of them when fewer.
+pub fn first<T>(rows: &[T], n: usize) -> &[T] {
+    &rows[..n.min(rows.len())]
 }
 
 fn header(agg: &Aggregate, live_known: bool, out: &mut String) {
@@ -411,8 +461,13 @@ mod tests {
     }
 
     fn render_str(agg: &Aggregate, opts: &TableOpts) -> String {
+        render_rows(agg, opts, opts.top)
+    }
+
+    fn render_rows(agg: &Aggregate, opts: &TableOpts, rows: usize) -> String {
         let mut out = String::new();
-        render_at(agg, opts, UNIX_EPOCH + Duration::from_secs(NOW), &mut out);
+        let now = UNIX_EPOCH + Duration::from_secs(NOW);
+        render_at(agg, opts, &Picked::of(agg, opts), rows, now, &mut out);
         out
     }
 

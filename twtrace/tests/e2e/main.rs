@@ -23,6 +23,7 @@ mod present_at_start;
 mod reread;
 mod reuse;
 mod skipped_runs;
+mod terminal;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
