@@ -76,17 +76,18 @@ fn line(r: &SourceRow, new: Option<u64>) -> String {
          gone (4.12) and never helped NAT; see README \"PAWS and NAT\""
     } else {
         "rejects without a second clock seen yet: a client reconnects with an older timestamp \
-         (clock reset, or a middlebox rewriting timestamps); see README \"PAWS and NAT\""
+         (clock reset, or a middlebox rewriting timestamps), or the clock that made the \
+         TIME-WAIT was never sampled (its SYN came before twtrace started, or was not seen; a \
+         second clock then shows as more SYNs come); see README \"PAWS and NAT\""
     };
     let since = new.map_or(String::new(), |n| format!(", {n} since the last alert"));
     format!(
-        "twtrace: ALERT {}: {} PAWS rejects at TIME-WAIT{since} ({} SYNs reached a listener), \
-         {} clock(s) (confidence {:.2}), regression max {} ticks, observed {:.2}/s vs \
-         predicted {:.2}/s. Reading: {}",
+        "twtrace: ALERT {}: {} at TIME-WAIT{since} ({} reached a listener), {} (confidence \
+         {:.2}), regression max {} ticks, observed {:.2}/s vs predicted {:.2}/s. Reading: {}",
         r.ip,
-        r.rejects.timewait,
-        r.syns,
-        r.clocks,
+        super::plural(r.rejects.timewait, "PAWS reject"),
+        super::plural(r.syns, "SYN"),
+        super::plural(u64::from(r.clocks), "clock"),
         r.clock_confidence,
         r.regression.max.map_or("?".to_owned(), |m| m.to_string()),
         r.observed_rejects_per_s,
@@ -147,7 +148,7 @@ mod tests {
         let again = a.check(&six, t0 + every);
         assert_eq!(again.len(), 1, "new rejects, interval passed");
         assert!(
-            again[0].contains(": 6 PAWS rejects at TIME-WAIT, 1 since the last alert ("),
+            again[0].contains(": 6 PAWS rejects at TIME-WAIT, 1 since the last alert (0 SYNs "),
             "{}",
             again[0]
         );
