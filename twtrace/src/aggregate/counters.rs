@@ -95,6 +95,10 @@ pub struct Counters {
     /// connect() failures with EADDRNOTAVAIL.
     pub eaddrnotavail: u64,
     pub lifetime: Lifetime,
+    /// When this key's row was made (a row evicted and made again starts over): the exits of
+    /// TIME-WAITs that began before it belong to its earlier life, not to these counts. 0 for
+    /// the totals. Not serialized.
+    pub since_ns: u64,
 }
 
 impl Counters {

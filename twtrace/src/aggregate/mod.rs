@@ -52,14 +52,28 @@ impl<K: RowKey> Table<K> {
         }
     }
 
-    /// Counts `what` under `key`, moving its `live` by `live` (see [`Aggregate::apply`]).
-    fn apply(&mut self, key: K, what: &What, live: LiveStep) {
+    /// Counts `what` under `key`, moving its `live` by `live` (see [`Aggregate::apply`]), at
+    /// `now_ns`. `began_ns`: when an exit's TIME-WAIT began, where known. Its row counted its
+    /// enter unless evicted since: an exit whose TIME-WAIT began before the row was made (again)
+    /// is its earlier life's, and leaves the row's counts alone (the totals keep it), so that
+    /// a row's LIVE and exits stay those of the TIME-WAITs its CREATED counted.
+    fn apply(&mut self, key: K, what: &What, live: LiveStep, now_ns: u64, began_ns: Option<u64>) {
+        let earlier_life = |since: u64| began_ns.is_some_and(|b| b < since);
         // get marks the key most recently used: eviction order is by last update.
         if let Some(c) = newest_or_get(&mut self.map, &key) {
-            c.apply(what, live);
+            if !earlier_life(c.since_ns) {
+                c.apply(what, live);
+            }
             return;
         }
-        let mut c = Counters::default();
+        // No row, and the exit's start known: its row was evicted.
+        if began_ns.is_some() {
+            return;
+        }
+        let mut c = Counters {
+            since_ns: now_ns,
+            ..Counters::default()
+        };
         c.apply(what, live);
         // The key is absent, so a full table evicts its least recent key to make room.
         if self.map.len() >= self.capacity {
@@ -345,17 +359,29 @@ impl Aggregate {
             _ => LiveStep::Keep,
         };
         self.totals.apply(what, live);
-        self.by_ip.apply(rec.remote.ip(), what, live);
+        // When an exit's TIME-WAIT began, where known (see `Table::apply`).
+        let exit_began = match *what {
+            What::TwExit {
+                lifetime_ns: Some(_),
+                ..
+            } => Some(began),
+            What::TwExit { .. } if live == LiveStep::Down => Some(began),
+            _ => None,
+        };
+        let now = rec.ts_ns;
+        self.by_ip
+            .apply(rec.remote.ip(), what, live, now, exit_began);
         // Every TIME-WAIT event feeds the destination table, not just EADDRNOTAVAIL: the live
         // TIME-WAIT count toward a destination is what explains its port exhaustion. Except
         // where the local side is a listening port: that TIME-WAIT is a server's, its "remote"
         // a client's ephemeral port, never a destination anything connects to (and keying
         // every one would churn the table at the connection rate).
         if !self.listening.at(rec.netns, rec.local.port(), began) {
-            self.by_dest.apply(rec.remote, what, live);
+            self.by_dest.apply(rec.remote, what, live, now, exit_began);
         }
         if !matches!(what, What::ConnectAddrNotAvail { .. }) {
-            self.by_port.apply(rec.local.port(), what, live);
+            self.by_port
+                .apply(rec.local.port(), what, live, now, exit_began);
         }
     }
 

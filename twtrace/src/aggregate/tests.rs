@@ -23,8 +23,10 @@ fn enter(remote: &str, lport: u16) -> Record {
     rec(remote, lport, what)
 }
 
+/// An exit `lifetime_ns` after the fixtures' enters (all at 1 ns).
 fn exit(remote: &str, lport: u16, cause: ExitCause, lifetime_ns: Option<u64>) -> Record {
-    rec(remote, lport, What::TwExit { cause, lifetime_ns })
+    let r = rec(remote, lport, What::TwExit { cause, lifetime_ns });
+    at(r, 1 + lifetime_ns.unwrap_or(0))
 }
 
 /// `r` at time `ts_ns`.
@@ -227,15 +229,60 @@ fn records_from_before_a_read_again_leave_its_count() {
 }
 
 #[test]
-fn seen_exit_after_eviction_saturates_at_zero() {
+fn a_seen_exit_of_an_evicted_row_leaves_the_rows_alone() {
     let mut agg = Aggregate::new(1);
     agg.apply(&enter("192.0.2.1:443", 40000));
     agg.apply(&enter("192.0.2.2:443", 40000)); // evicts 192.0.2.1
     agg.apply(&exit("192.0.2.1:443", 40000, ExitCause::Expired, Some(MS)));
-    let c = row_for_ip(&agg, "192.0.2.1");
-    assert_eq!((c.live, c.tw_created, c.exits_total()), (0, 0, 1));
+    // Its row counted the enter and was evicted: no row of exits without enters.
+    let ips: Vec<_> = (agg.top_by_ip(10, Order::TwCreated).iter())
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(ips, [ip("192.0.2.2")]);
+    assert_eq!(agg.evictions().remote_ip, 1);
     // The totals saw both enters and the exit.
-    assert_eq!(agg.totals().live, 1);
+    let t = agg.totals();
+    assert_eq!((t.tw_created, t.live, t.exits_total()), (2, 1, 1));
+}
+
+/// A row evicted and made again by a new enter counts only what follows: an exit of a
+/// TIME-WAIT that began before (its earlier life) neither ends one of its LIVE nor counts as
+/// its exit, so it never shows TIME-WAITs ending that it did not see begin.
+#[test]
+fn a_row_made_again_counts_only_its_own_time_waits() {
+    let mut agg = Aggregate::new(1);
+    agg.apply(&at(enter("192.0.2.1:443", 40000), 10 * MS));
+    agg.apply(&at(enter("192.0.2.2:443", 40000), 20 * MS)); // evicts .1
+    agg.apply(&at(enter("192.0.2.1:443", 40001), 30 * MS)); // .1 again, evicts .2
+    let earlier = exit(
+        "192.0.2.1:443",
+        40000,
+        ExitCause::Expired,
+        Some(60_000 * MS),
+    );
+    agg.apply(&at(earlier, 60_010 * MS));
+    let c = row_for_ip(&agg, "192.0.2.1");
+    assert_eq!((c.tw_created, c.live, c.exits_total()), (1, 1, 0));
+    let own = exit(
+        "192.0.2.1:443",
+        40001,
+        ExitCause::Expired,
+        Some(60_000 * MS),
+    );
+    agg.apply(&at(own, 60_030 * MS));
+    let c = row_for_ip(&agg, "192.0.2.1");
+    assert_eq!(
+        (c.tw_created, c.live, c.exits(ExitCause::Expired)),
+        (1, 0, 1)
+    );
+    // An exit whose entry was not seen cannot be placed: the row counts it, as before.
+    agg.apply(&at(
+        exit("192.0.2.1:443", 40002, ExitCause::Unknown, None),
+        70_000 * MS,
+    ));
+    assert_eq!(row_for_ip(&agg, "192.0.2.1").exits_total(), 2);
+    let t = agg.totals();
+    assert_eq!((t.tw_created, t.live, t.exits_total()), (3, 1, 3));
 }
 
 #[test]
@@ -329,7 +376,8 @@ fn cause_accounting() {
     }
     assert_eq!(c.exits_total(), 21);
     assert_eq!((c.tw_created, c.live), (21, 0));
-    assert_eq!(agg.totals(), c);
+    // The same counts, but for when the row was made (0 for the totals).
+    assert_eq!(agg.totals(), Counters { since_ns: 0, ..c });
 }
 
 #[test]
@@ -422,17 +470,20 @@ fn totals_stay_exact_after_eviction() {
     assert_eq!(t.lifetime.count, 40);
     assert_eq!(t.lifetime.sum_ms(), 80.0);
     // 50 addresses in turn through 2 rows: every update past the first two misses and evicts
-    // the least recent: 98 enters, then all 40 exits (the rows hold .48 and .49), then the
-    // overflow (.1 went at .39's exit, the last row touched with .38).
-    assert_eq!(agg.evictions().remote_ip, 98 + 40 + 1);
-    // The rows left (.39 and .1) came back after their eviction, their enters forgotten.
-    let mut kept: Vec<(String, u64)> = (agg.top_by_ip(10, Order::TwCreated).iter())
-        .map(|r| (r.key.to_string(), r.counters.tw_created))
+    // the least recent: 98 enters; the 40 exits are of evicted rows' TIME-WAITs (the rows
+    // hold .48 and .49, each since its second enter), which make no row; then the overflow
+    // of .1 evicts .48.
+    assert_eq!(agg.evictions().remote_ip, 98 + 1);
+    let mut kept: Vec<(String, u64, u64)> = (agg.top_by_ip(10, Order::TwCreated).iter())
+        .map(|r| (r.key.to_string(), r.counters.tw_created, r.counters.live))
         .collect();
     kept.sort();
     assert_eq!(
         kept,
-        [("192.0.2.1".to_owned(), 0), ("192.0.2.39".to_owned(), 0)]
+        [
+            ("192.0.2.1".to_owned(), 0, 0),
+            ("192.0.2.49".to_owned(), 1, 1)
+        ]
     );
 }
 

@@ -102,10 +102,11 @@ fn eviction_line(
         _ if evicted == 0 => None,
         Some((rows, rejects)) => {
             let listed: u64 = rows.iter().map(|r| r.rejects_total).sum();
-            let were = if evicted == 1 { "IP was" } else { "IPs were" };
+            // Evictions, not IPs: an IP that comes back and leaves again counts each time.
+            let times = super::plural(evicted, "eviction");
             Some(format!(
-                "twtrace: {evicted} source {were} evicted (more than --capacity {capacity}): \
-                 {path} lists the {} most recent, with {listed} of the {rejects} PAWS rejects seen",
+                "twtrace: {times} of source IPs (more than --capacity {capacity}): {path} lists \
+                 the {} most recent, with {listed} of the {rejects} PAWS rejects seen",
                 rows.len()
             ))
         }
@@ -406,7 +407,7 @@ mod tests {
         assert_eq!(t.evictions, 1);
         assert_eq!(
             eviction_line(path, t.evictions, 2, Some((&rows, t.totals().0)), true).unwrap(),
-            "twtrace: 1 source IP was evicted (more than --capacity 2): /run/s.json lists the 2 \
+            "twtrace: 1 eviction of source IPs (more than --capacity 2): /run/s.json lists the 2 \
              most recent, with 5 of the 6 PAWS rejects seen"
         );
         assert_eq!(eviction_line(path, 0, 2, Some((&[], 0)), true), None);

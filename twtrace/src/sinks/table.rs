@@ -235,7 +235,7 @@ fn header(agg: &Aggregate, live_known: bool, out: &mut String) {
     if ev.total() > 0 {
         let _ = writeln!(
             out,
-            "evictions: remote_ip {}  local_port {}  destination {}  (table capacity {}; per-key counts are partial, totals stay exact)",
+            "evictions: remote_ip {}  local_port {}  destination {}  (table capacity {}; a row made again counts from then on; totals stay exact)",
             ev.remote_ip,
             ev.local_port,
             ev.destination,
@@ -420,12 +420,14 @@ mod tests {
         rec(local, remote, what)
     }
 
+    /// An exit `ms` after the fixtures' enters (all at 1 ns).
     fn exit(local: &str, remote: &str, cause: ExitCause, ms: Option<u64>) -> Record {
-        let what = What::TwExit {
-            cause,
-            lifetime_ns: ms.map(|ms| ms * 1_000_000),
-        };
-        rec(local, remote, what)
+        let lifetime_ns = ms.map(|ms| ms * 1_000_000);
+        let what = What::TwExit { cause, lifetime_ns };
+        Record {
+            ts_ns: 1 + lifetime_ns.unwrap_or(0),
+            ..rec(local, remote, what)
+        }
     }
 
     fn sample() -> Aggregate {

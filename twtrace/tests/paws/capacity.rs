@@ -115,7 +115,7 @@ fn source_ips_beyond_the_capacity_leave_the_summary_and_are_said() -> Result<()>
         );
         let evicted = accepted - CAPACITY as u64;
         let end = format!(
-            "twtrace: {evicted} source IPs were evicted (more than --capacity {CAPACITY}): \
+            "twtrace: {evicted} evictions of source IPs (more than --capacity {CAPACITY}): \
              {path} lists the {CAPACITY} most recent, with 0 of the {kernel} PAWS rejects seen"
         );
         let lines: Vec<&str> = stderr.lines().collect();
