@@ -660,6 +660,7 @@ async fn live(
             .filter_map(|c| Some((c.signal, c.limits?)))
             .collect(),
         clear_screen: io::stdout().is_terminal(),
+        reread_secs: (opts.reread > 0.0).then_some(opts.reread),
     };
     let reporter = std::cell::RefCell::new(Reporter::new(common, Some(topts), opts.top));
     pump(

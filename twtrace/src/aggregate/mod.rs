@@ -229,6 +229,9 @@ pub struct Aggregate {
     /// Reads after lost events (`LiveReset`), and the TIME-WAITs the latest one found.
     rereads: u64,
     reread_found: u64,
+    /// Events lost since the kernel's sockets were last read (at start-up or again): LIVE may
+    /// be off by up to as many until the next read.
+    lost_since_read: u64,
 }
 
 impl Aggregate {
@@ -249,6 +252,7 @@ impl Aggregate {
             present_read_ns: 0,
             rereads: 0,
             reread_found: 0,
+            lost_since_read: 0,
             paws: paws::PawsTable::new(cap.get(), clocks::ClockConfig::default()),
         }
     }
@@ -285,6 +289,10 @@ impl Aggregate {
                     LossReason::RingFull | LossReason::TableFull => &mut self.lost,
                 };
                 *counts.entry(program).or_default() += count;
+                // Skipped runs are mostly other timers' (see the table's header): not counted.
+                if reason != LossReason::SkippedRuns {
+                    self.lost_since_read += count;
+                }
                 return;
             }
             What::Listening => {
@@ -396,6 +404,7 @@ impl Aggregate {
         self.read_from_ns = from_ns;
         self.rereads += 1;
         self.reread_found = 0;
+        self.lost_since_read = 0;
     }
 
     /// A listening port a read of the kernel's sockets found (`rec`'s local port). The start-up
@@ -422,6 +431,11 @@ impl Aggregate {
     /// end).
     pub fn present_at_start(&self) -> u64 {
         self.present_at_start
+    }
+
+    /// Events lost since the kernel's sockets were last read: LIVE may be off by as many.
+    pub fn lost_since_read(&self) -> u64 {
+        self.lost_since_read
     }
 
     /// Reads of the kernel's sockets after lost events, and the TIME-WAITs the latest found.

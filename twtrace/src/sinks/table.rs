@@ -48,6 +48,8 @@ pub struct TableOpts {
     pub clear_screen: bool,
     /// Sort key of the remote IP and local port sections.
     pub order: Order,
+    /// `--reread` in seconds: how soon after lost events LIVE is read again (None: never).
+    pub reread_secs: Option<f64>,
 }
 
 impl Default for TableOpts {
@@ -58,6 +60,7 @@ impl Default for TableOpts {
             partial: Vec::new(),
             clear_screen: false,
             order: Order::TwCreated,
+            reread_secs: None,
         }
     }
 }
@@ -135,6 +138,18 @@ fn render_at(
     // LIVE is enters less exits: without either, it means nothing, and is shown as `-`.
     let live_known = !(opts.untraced.iter()).any(|(s, _)| matches!(*s, "tw_enter" | "tw_exit"));
     header(agg, live_known, out);
+    let off = agg.lost_since_read();
+    if live_known && off > 0 {
+        let when = match opts.reread_secs {
+            Some(secs) => format!("read again at most {secs} s after the first loss"),
+            None => "not read again: --reread 0".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "LIVE may be off by up to {off}: events lost since the kernel's TIME-WAIT sockets \
+             were last read ({when})"
+        );
+    }
     if !opts.untraced.is_empty() {
         out.push_str("not traced:");
         for (i, (signal, why)) in opts.untraced.iter().enumerate() {
@@ -757,6 +772,11 @@ mod tests {
         );
         assert!(lines[5].starts_with("evictions: remote_ip 1  local_port 1  destination 1"));
         assert!(lines[5].contains("capacity 1"));
+        assert_eq!(
+            lines[6],
+            "LIVE may be off by up to 7: events lost since the kernel's TIME-WAIT sockets were \
+             last read (not read again: --reread 0)"
+        );
         // The lost records did not create a 0.0.0.0 row.
         assert!(
             !section(&text, "REMOTE_IP")
@@ -782,6 +802,27 @@ mod tests {
         assert_eq!(
             lines[5],
             "live re-read from the kernel's sockets after lost events: 1 time (the latest found 1 TIME-WAIT)"
+        );
+        // The read ended the doubt.
+        assert!(!text.contains("LIVE may be off"), "{text}");
+        // Lost again, with reads on: when the next one comes.
+        let lost = What::Lost {
+            program: "tw_exit",
+            count: 3,
+            reason: RingFull,
+        };
+        agg.apply(&rec("0.0.0.0:0", "0.0.0.0:0", lost));
+        let opts = TableOpts {
+            reread_secs: Some(60.0),
+            ..TableOpts::default()
+        };
+        assert!(
+            render_str(&agg, &opts).contains(
+                "LIVE may be off by up to 3: events lost since the kernel's TIME-WAIT sockets \
+                 were last read (read again at most 60 s after the first loss)\n"
+            ),
+            "{}",
+            render_str(&agg, &opts)
         );
     }
 }
