@@ -64,6 +64,12 @@ impl<K: RowKey> Table<K> {
             if !earlier_life(c.since_ns) {
                 c.apply(what, live);
             }
+            // Records of two CPUs reach the ring in the order they reserved room, not the
+            // order of their times: an enter timed before the record that made the row is
+            // still this row's, and so is its exit.
+            if matches!(what, What::TwEnter { .. } | What::TwPresent { .. }) {
+                c.since_ns = c.since_ns.min(now_ns);
+            }
             return;
         }
         // No row, and the exit's start known: its row was evicted.

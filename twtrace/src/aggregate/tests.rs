@@ -285,6 +285,24 @@ fn a_row_made_again_counts_only_its_own_time_waits() {
     assert_eq!((t.tw_created, t.live, t.exits_total()), (3, 1, 3));
 }
 
+/// Two CPUs' records reach the ring in the order they reserved room: an enter timed just
+/// before the record that made its row is that row's, and so is its exit.
+#[test]
+fn an_enter_timed_before_its_rows_first_record_is_the_rows() {
+    let mut agg = Aggregate::new(16);
+    agg.apply(&at(enter("192.0.2.1:443", 40001), 20 * MS));
+    agg.apply(&at(enter("192.0.2.1:443", 40000), 19 * MS));
+    let first = exit(
+        "192.0.2.1:443",
+        40000,
+        ExitCause::Expired,
+        Some(60_000 * MS),
+    );
+    agg.apply(&at(first, 60_019 * MS));
+    let c = row_for_ip(&agg, "192.0.2.1");
+    assert_eq!((c.tw_created, c.live, c.exits_total()), (2, 1, 1));
+}
+
 #[test]
 fn eviction_counts_with_tiny_capacity() {
     let mut agg = Aggregate::new(2);
