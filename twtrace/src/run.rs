@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    aggregate::{Aggregate, Order, paws::PawsView},
+    aggregate::{Aggregate, paws::PawsView},
     cli::{Cli, Command, Common, EventsOpts, HookChoice, LiveOpts},
     doctor,
     event::{Record, What},
@@ -621,24 +621,6 @@ async fn events(
     result
 }
 
-/// `sort`, unless it ranks by a count nobody keeps: LIVE is enters less exits, so without
-/// either the rows go by the first signal traced (the title names the order used).
-fn order_counted(sort: Order, untraced: &[(&str, &str)]) -> Order {
-    let traced = |name: &str| !untraced.iter().any(|(s, _)| *s == name);
-    if sort != Order::Live || (traced("tw_enter") && traced("tw_exit")) {
-        return sort;
-    }
-    [
-        ("tw_enter", Order::TwCreated),
-        ("tw_exit", Order::ExitsTotal),
-        ("tw_overflow", Order::Overflow),
-        ("connect_eaddrnotavail", Order::EaddrNotAvail),
-    ]
-    .into_iter()
-    .find_map(|(signal, order)| traced(signal).then_some(order))
-    .unwrap_or(Order::TwCreated)
-}
-
 async fn live(
     loaded: Loaded,
     shutdown: Shutdown,
@@ -652,7 +634,7 @@ async fn live(
         .collect();
     let topts = table::TableOpts {
         top: opts.top,
-        order: order_counted(opts.sort, &untraced),
+        order: table::order_counted(opts.sort, &untraced),
         untraced,
         partial: loaded
             .choices
@@ -660,7 +642,8 @@ async fn live(
             .filter_map(|c| Some((c.signal, c.limits?)))
             .collect(),
         clear_screen: io::stdout().is_terminal(),
-        reread_secs: (opts.reread > 0.0).then_some(opts.reread),
+        // No read without the start-up one (`--hooks-only`, or LIVE not kept).
+        reread_secs: (opts.reread > 0.0 && present.is_some()).then_some(opts.reread),
     };
     let reporter = std::cell::RefCell::new(Reporter::new(common, Some(topts), opts.top));
     pump(
@@ -680,31 +663,4 @@ async fn live(
         },
     )
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_go_by_a_count_that_is_kept() {
-        let off =
-            |names: &[&'static str]| names.iter().map(|n| (*n, "--signals")).collect::<Vec<_>>();
-        assert_eq!(order_counted(Order::Live, &[]), Order::Live);
-        assert_eq!(
-            order_counted(Order::Live, &off(&["tw_exit"])),
-            Order::TwCreated
-        );
-        assert_eq!(
-            order_counted(Order::Live, &off(&["tw_enter"])),
-            Order::ExitsTotal
-        );
-        let only_overflow = off(&["tw_enter", "tw_exit", "connect_eaddrnotavail"]);
-        assert_eq!(order_counted(Order::Live, &only_overflow), Order::Overflow);
-        // Another order asked for is kept, whatever is traced.
-        assert_eq!(
-            order_counted(Order::Overflow, &off(&["tw_enter"])),
-            Order::Overflow
-        );
-    }
 }

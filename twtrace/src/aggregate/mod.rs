@@ -235,9 +235,43 @@ pub struct Aggregate {
     /// Reads after lost events (`LiveReset`), and the TIME-WAITs the latest one found.
     rereads: u64,
     reread_found: u64,
-    /// Events lost since the kernel's sockets were last read (at start-up or again): LIVE may
-    /// be off by up to as many until the next read.
-    lost_since_read: u64,
+    /// Losses found since the kernel's sockets were last read (at start-up or again), with when
+    /// they were found: LIVE may be off by up to as many until the next read. A read counts
+    /// what was there when it began, so at its end the losses found before it began are
+    /// settled and the others are not.
+    lost_since_read: LossLog,
+}
+
+/// Losses by when they were found: `(ts_ns, lost events, runs skipped by the kernel)`, in
+/// arrival order, at most [`LossLog::MAX`] entries (the oldest two merged into one found at the
+/// later time: never fewer than were lost since a read).
+#[derive(Default)]
+struct LossLog(std::collections::VecDeque<(u64, u64, u64)>);
+
+impl LossLog {
+    const MAX: usize = 256;
+
+    fn push(&mut self, ts_ns: u64, lost: u64, skipped: u64) {
+        if self.0.len() >= Self::MAX
+            && let Some((_, l, k)) = self.0.pop_front()
+            && let Some(next) = self.0.front_mut()
+        {
+            next.1 += l;
+            next.2 += k;
+        }
+        self.0.push_back((ts_ns, lost, skipped));
+    }
+
+    /// Keeps only the losses found at or after `from_ns`.
+    fn settle_before(&mut self, from_ns: u64) {
+        self.0.retain(|&(ts, _, _)| ts >= from_ns);
+    }
+
+    fn sums(&self) -> (u64, u64) {
+        (self.0.iter()).fold((0, 0), |(l, k), &(_, lost, skipped)| {
+            (l + lost, k + skipped)
+        })
+    }
 }
 
 impl Aggregate {
@@ -258,7 +292,7 @@ impl Aggregate {
             present_read_ns: 0,
             rereads: 0,
             reread_found: 0,
-            lost_since_read: 0,
+            lost_since_read: LossLog::default(),
             paws: paws::PawsTable::new(cap.get(), clocks::ClockConfig::default()),
         }
     }
@@ -295,9 +329,9 @@ impl Aggregate {
                     LossReason::RingFull | LossReason::TableFull => &mut self.lost,
                 };
                 *counts.entry(program).or_default() += count;
-                // Skipped runs are mostly other timers' (see the table's header): not counted.
-                if reason != LossReason::SkippedRuns {
-                    self.lost_since_read += count;
+                match reason {
+                    LossReason::SkippedRuns => self.lost_since_read.push(rec.ts_ns, 0, count),
+                    _ => self.lost_since_read.push(rec.ts_ns, count, 0),
                 }
                 return;
             }
@@ -410,7 +444,7 @@ impl Aggregate {
         self.read_from_ns = from_ns;
         self.rereads += 1;
         self.reread_found = 0;
-        self.lost_since_read = 0;
+        self.lost_since_read.settle_before(from_ns);
     }
 
     /// A listening port a read of the kernel's sockets found (`rec`'s local port). The start-up
@@ -439,9 +473,10 @@ impl Aggregate {
         self.present_at_start
     }
 
-    /// Events lost since the kernel's sockets were last read: LIVE may be off by as many.
-    pub fn lost_since_read(&self) -> u64 {
-        self.lost_since_read
+    /// Events lost, and runs the kernel skipped (each may have been an event), since the
+    /// kernel's sockets were last read: LIVE may be off by up to as many.
+    pub fn lost_since_read(&self) -> (u64, u64) {
+        self.lost_since_read.sums()
     }
 
     /// Reads of the kernel's sockets after lost events, and the TIME-WAITs the latest found.

@@ -670,3 +670,25 @@ fn paws_only_keeps_the_paws_rows_alone() {
 }
 
 mod reread;
+
+/// A read counts what was there when it began: losses found before then are settled by it,
+/// those found while it ran are not, and keep LIVE in doubt until the next one.
+#[test]
+fn losses_found_while_a_read_ran_outlive_it() {
+    use crate::event::LossReason::{RingFull, SkippedRuns};
+    let mut agg = Aggregate::new(16);
+    agg.apply(&Record::lost(5 * MS, "tw_exit", 3, RingFull));
+    agg.apply(&Record::lost(
+        6 * MS,
+        "tw_exit_timer_cancel",
+        2,
+        SkippedRuns,
+    ));
+    assert_eq!(agg.lost_since_read(), (3, 2));
+    agg.apply(&Record::lost(12 * MS, "tw_enter", 4, RingFull));
+    // The read began at 10 ms and ends now.
+    agg.apply(&Record::live_reset(10 * MS));
+    assert_eq!(agg.lost_since_read(), (4, 0));
+    agg.apply(&Record::live_reset(20 * MS));
+    assert_eq!(agg.lost_since_read(), (0, 0));
+}

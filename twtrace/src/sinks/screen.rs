@@ -48,7 +48,9 @@ pub fn fit(
     };
     // More rows never take fewer lines, so the most that fit is found by bisection (`--top`
     // may be large, and each try renders every section).
-    let (mut low, mut high) = (1, top);
+    // No section shows more rows than the window has: the search stays that small whatever
+    // --top asks.
+    let (mut low, mut high) = (1, top.min(size.height));
     render(top, out);
     if fits(&out[start..]) {
         return;
@@ -79,8 +81,19 @@ fn cut_note(rows: usize, top: usize, out: &mut String) {
 /// were left out.
 fn cut_to(out: &mut String, start: usize, size: Size) {
     let text = out.split_off(start);
+    // The clear-screen prefix goes first whatever is kept: without it the refresh would
+    // scroll instead of redrawing.
+    let clear = super::table::CLEAR_SCREEN;
+    let text = match text.strip_prefix(clear) {
+        Some(rest) => {
+            out.push_str(clear);
+            rest
+        }
+        None => &text,
+    };
     let lines: Vec<&str> = text.lines().collect();
-    let mut used = 1; // the closing line below
+    let closing = |left: usize| format!("({left} more lines: the terminal is too small)\n");
+    let mut used = line_rows(closing(lines.len()).trim_end(), size.width);
     let mut kept = 0;
     for line in &lines {
         let rows = line_rows(line, size.width);
@@ -94,8 +107,7 @@ fn cut_to(out: &mut String, start: usize, size: Size) {
         out.push_str(line);
         out.push('\n');
     }
-    let left = lines.len() - kept;
-    out.push_str(&format!("({left} more lines: the terminal is too small)\n"));
+    out.push_str(&closing(lines.len() - kept));
 }
 
 /// How many terminal rows `text` takes, `width` columns wide, its lines wrapped. An escape
@@ -182,6 +194,29 @@ mod tests {
     fn too_small_for_one_row_each_cuts_the_bottom() {
         let text = fitted(20, size(200, 3));
         assert_eq!(text, "title\n(3 more lines: the terminal is too small)\n");
+    }
+
+    #[test]
+    fn a_cut_keeps_the_clear_screen_and_counts_its_closing_rows() {
+        let clear = super::super::table::CLEAR_SCREEN;
+        let mut out = String::new();
+        let compose = |_: usize, out: &mut String| {
+            out.push_str(clear);
+            sections(5, out)
+        };
+        // 2 rows: the closing line alone (one row at 200 columns), and the cursor.
+        fit(20, size(200, 2), compose, &mut out);
+        assert_eq!(
+            out,
+            format!("{clear}(11 more lines: the terminal is too small)\n")
+        );
+        // 20 columns: the closing line takes 3 rows, and the title one more.
+        let mut out = String::new();
+        fit(20, size(20, 5), compose, &mut out);
+        assert_eq!(
+            out,
+            format!("{clear}title\n(10 more lines: the terminal is too small)\n")
+        );
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl Picked {
         // Ports never carry EADDRNOTAVAIL (no port was bound): that column is left out, and
         // `--sort eaddrnotavail` ranks them by LIVE instead.
         let port_order = match opts.order {
-            Order::EaddrNotAvail => Order::Live,
+            Order::EaddrNotAvail => order_counted(Order::Live, &opts.untraced),
             order => order,
         };
         // Only destinations with failures are shown; without any failure at all, the table
@@ -138,16 +138,22 @@ fn render_at(
     // LIVE is enters less exits: without either, it means nothing, and is shown as `-`.
     let live_known = !(opts.untraced.iter()).any(|(s, _)| matches!(*s, "tw_enter" | "tw_exit"));
     header(agg, live_known, out);
-    let off = agg.lost_since_read();
-    if live_known && off > 0 {
+    let (lost, skipped) = agg.lost_since_read();
+    if live_known && lost + skipped > 0 {
+        let what = match (lost, skipped) {
+            (l, 0) => super::plural(l, "event") + " lost",
+            (0, k) => super::plural(k, "run") + " skipped by the kernel",
+            (l, k) => format!("{l} lost and {k} skipped by the kernel"),
+        };
         let when = match opts.reread_secs {
-            Some(secs) => format!("read again at most {secs} s after the first loss"),
-            None => "not read again: --reread 0".to_owned(),
+            Some(secs) => format!("read again about {secs} s after the first loss, at the latest"),
+            None => "not read again".to_owned(),
         };
         let _ = writeln!(
             out,
-            "LIVE may be off by up to {off}: events lost since the kernel's TIME-WAIT sockets \
-             were last read ({when})"
+            "LIVE may be off by up to {}: {what} since the kernel's TIME-WAIT sockets were last \
+             read ({when})",
+            lost + skipped
         );
     }
     if !opts.untraced.is_empty() {
@@ -180,6 +186,24 @@ fn render_at(
     if !opts.clear_screen {
         out.push('\n');
     }
+}
+
+/// `sort`, unless it ranks by a count nobody keeps: LIVE is enters less exits, so without
+/// either the rows go by the first signal traced (the title names the order used).
+pub fn order_counted(sort: Order, untraced: &[(&str, &str)]) -> Order {
+    let traced = |name: &str| !untraced.iter().any(|(s, _)| *s == name);
+    if sort != Order::Live || (traced("tw_enter") && traced("tw_exit")) {
+        return sort;
+    }
+    [
+        ("tw_enter", Order::TwCreated),
+        ("tw_exit", Order::ExitsTotal),
+        ("tw_overflow", Order::Overflow),
+        ("connect_eaddrnotavail", Order::EaddrNotAvail),
+    ]
+    .into_iter()
+    .find_map(|(signal, order)| traced(signal).then_some(order))
+    .unwrap_or(Order::TwCreated)
 }
 
 /// The first `n` of `rows`, or all of them when fewer.
@@ -774,8 +798,8 @@ mod tests {
         assert!(lines[5].contains("capacity 1"));
         assert_eq!(
             lines[6],
-            "LIVE may be off by up to 7: events lost since the kernel's TIME-WAIT sockets were \
-             last read (not read again: --reread 0)"
+            "LIVE may be off by up to 16: 7 lost and 9 skipped by the kernel since the kernel's \
+             TIME-WAIT sockets were last read (not read again)"
         );
         // The lost records did not create a 0.0.0.0 row.
         assert!(
@@ -818,11 +842,33 @@ mod tests {
         };
         assert!(
             render_str(&agg, &opts).contains(
-                "LIVE may be off by up to 3: events lost since the kernel's TIME-WAIT sockets \
-                 were last read (read again at most 60 s after the first loss)\n"
+                "LIVE may be off by up to 3: 3 events lost since the kernel's TIME-WAIT sockets \
+                 were last read (read again about 60 s after the first loss, at the latest)\n"
             ),
             "{}",
             render_str(&agg, &opts)
+        );
+    }
+
+    #[test]
+    fn rows_go_by_a_count_that_is_kept() {
+        let off =
+            |names: &[&'static str]| names.iter().map(|n| (*n, "--signals")).collect::<Vec<_>>();
+        assert_eq!(order_counted(Order::Live, &[]), Order::Live);
+        assert_eq!(
+            order_counted(Order::Live, &off(&["tw_exit"])),
+            Order::TwCreated
+        );
+        assert_eq!(
+            order_counted(Order::Live, &off(&["tw_enter"])),
+            Order::ExitsTotal
+        );
+        let only_overflow = off(&["tw_enter", "tw_exit", "connect_eaddrnotavail"]);
+        assert_eq!(order_counted(Order::Live, &only_overflow), Order::Overflow);
+        // Another order asked for is kept, whatever is traced.
+        assert_eq!(
+            order_counted(Order::Overflow, &off(&["tw_enter"])),
+            Order::Overflow
         );
     }
 }

@@ -96,9 +96,15 @@ fn the_live_limit_is_spent_on_filtered_timewaits_alone() -> Result<()> {
         let (wanted, server) = serve(&pair, Family::V4)?;
         let (other, other_server) = serve(&pair, Family::V4)?;
         // Client ports of the test's choosing: a port the kernel picked twice toward one
-        // server would have its SYN replace the first TIME-WAIT.
-        let ports: Vec<u16> = (0..LIMIT as u16).map(|i| 44_000 + i).collect();
-        let other_ports: Vec<u16> = (0..OTHERS as u16).map(|i| 46_000 + i).collect();
+        // server would have its SYN replace the first TIME-WAIT. None is a server's port (the
+        // kernel picked those): `--port` matches either side, and another port's TIME-WAIT from
+        // a client port equal to the wanted server's would match too.
+        let servers = [wanted.port(), other.port()];
+        let free = |from: u16, n: usize| -> Vec<u16> {
+            (from..).filter(|p| !servers.contains(p)).take(n).collect()
+        };
+        let ports = free(44_000, LIMIT);
+        let other_ports = free(46_000, OTHERS);
         connect_all(&pair, wanted, LIMIT, CloseFirst::Server, Some(&ports))?;
         connect_all(&pair, other, OTHERS, CloseFirst::Server, Some(&other_ports))?;
         let on = |port: u16| -> Result<usize> {
