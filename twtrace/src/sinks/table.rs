@@ -65,11 +65,6 @@ impl Default for TableOpts {
     }
 }
 
-/// Appends one rendering of `agg` to `out` (the caller clears and reuses it).
-pub fn render(agg: &Aggregate, opts: &TableOpts, out: &mut String) {
-    render_picked(agg, opts, &Picked::of(agg, opts), opts.top, out);
-}
-
 /// The rows each section would show at `--top`, picked once per refresh: picking walks whole
 /// tables, and a terminal too short for them renders the same picks with fewer rows.
 pub struct Picked {
@@ -135,8 +130,8 @@ fn render_at(
     }
     // Writing into a String cannot fail; the results of writeln! are ignored below.
     let _ = writeln!(out, "twtrace {}  (rows by {})", Utc(now), opts.order);
-    // LIVE is enters less exits: without either, it means nothing, and is shown as `-`.
-    let live_known = !(opts.untraced.iter()).any(|(s, _)| matches!(*s, "tw_enter" | "tw_exit"));
+    // Without LIVE it is shown as `-`.
+    let live_known = live_kept(&opts.untraced);
     header(agg, live_known, out);
     let (lost, skipped) = agg.lost_since_read();
     if live_known && lost + skipped > 0 {
@@ -188,13 +183,18 @@ fn render_at(
     }
 }
 
+/// Whether LIVE is kept: it is enters less exits, meaningless without either signal.
+fn live_kept(untraced: &[(&str, &str)]) -> bool {
+    !(untraced.iter()).any(|(s, _)| matches!(*s, "tw_enter" | "tw_exit"))
+}
+
 /// `sort`, unless it ranks by a count nobody keeps: LIVE is enters less exits, so without
 /// either the rows go by the first signal traced (the title names the order used).
 pub fn order_counted(sort: Order, untraced: &[(&str, &str)]) -> Order {
-    let traced = |name: &str| !untraced.iter().any(|(s, _)| *s == name);
-    if sort != Order::Live || (traced("tw_enter") && traced("tw_exit")) {
+    if sort != Order::Live || live_kept(untraced) {
         return sort;
     }
+    let traced = |name: &str| !untraced.iter().any(|(s, _)| *s == name);
     [
         ("tw_enter", Order::TwCreated),
         ("tw_exit", Order::ExitsTotal),
