@@ -180,10 +180,10 @@ pub struct LiveOpts {
     )]
     pub top: usize,
 
-    /// After events were lost (the `lost` lines), read the kernel's own TIME-WAIT sockets
-    /// again, as at start-up, so that LIVE is exact again: a lost exit would leave it too high
-    /// for good, a lost enter too low. At most once every SECS (0.05 to 3600); 0: never.
-    /// Live table only.
+    /// After events were lost (the `lost` lines), or while LIVE counts TIME-WAITs past their
+    /// timer with no exit seen, read the kernel's own TIME-WAIT sockets again, as at start-up,
+    /// so that LIVE is exact again: a lost exit would leave it too high for good, a lost enter
+    /// too low. At most once every SECS (0.05 to 3600); 0: never. Live table only.
     #[arg(long, global = true, default_value_t = LIVE_REREAD, value_name = "SECS", allow_negative_numbers = true, value_parser = parse_reread)]
     pub reread: f64,
 

@@ -172,6 +172,13 @@ pub enum What {
     },
 }
 
+/// TCP header flag bits, as segments carry them (`PawsReject::tcp_flags`).
+pub mod th {
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
 /// Why records were lost (`lost` records say it as `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LossReason {

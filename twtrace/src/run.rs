@@ -311,9 +311,18 @@ fn announce(l: &Loaded) {
     }
 }
 
+/// What `on_tick` tells [`pump`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Ticked {
+    /// The output has gone (a closed pipe): stop as a signal does, with the same final drain
+    /// and detach.
+    output_gone: bool,
+    /// The live counts hold TIME-WAITs past their timeout (`Aggregate::overdue`): read the
+    /// kernel's sockets again, as after a loss.
+    overdue: bool,
+}
+
 /// Runs `on_record` for every record (and every loss) until shutdown; `on_tick` after each drain.
-/// `on_tick` returns true when its output has gone (a closed pipe): that stops the loop as a
-/// signal does, with the same final drain and detach.
 async fn pump(
     mut loaded: Loaded,
     mut shutdown: Shutdown,
@@ -321,7 +330,7 @@ async fn pump(
     present: Option<tw_present::Wanted>,
     reread_every: Option<Duration>,
     mut on_record: impl FnMut(&Record) -> Result<()>,
-    mut on_tick: impl FnMut(bool) -> Result<bool>,
+    mut on_tick: impl FnMut(bool) -> Result<Ticked>,
 ) -> Result<()> {
     let attached = (loaded.choices.iter()).flat_map(|c| c.attached.iter().map(|a| a.program));
     let mut transport =
@@ -335,6 +344,7 @@ async fn pump(
     let mut rereads = tw_present::Rereads::new(reread_every.filter(|_| present.is_some()));
     let (mut reading, mut held) = tw_present::start(present.clone(), None);
     let mut batch = Vec::new();
+    let mut overdue = false;
     loop {
         let before = monotonic_ns();
         let mut drained = false;
@@ -382,13 +392,18 @@ async fn pump(
         // Events were lost: the live counts start over from the kernel's own sockets (the
         // reset goes first when the read is done). Records from before it still come; the
         // aggregate tells them by time.
-        if !stop && !reading.is_running() && rereads.due(now) {
+        if !stop && !reading.is_running() && rereads.due(now, overdue) {
             (reading, held) = tw_present::start(present.clone(), Some(monotonic_ns()));
         }
         if let Some(logger) = loaded.logger.as_mut() {
             logger.flush();
         }
-        let output_gone = on_tick(false)?;
+        let Ticked {
+            output_gone,
+            overdue: now_overdue,
+        } = on_tick(false)?;
+        // Not while a read runs: its records are held back, exits included.
+        overdue = now_overdue && !reading.is_running();
         if stop || output_gone {
             // Stopped while the start-up read ran: it still goes first.
             held.release(reading.done().await, filter, &mut on_record)?;
@@ -500,7 +515,7 @@ impl Reporter {
             // On a terminal the refresh has just cleared what stderr said: said again below.
             let said =
                 (opts.clear_screen && io::stderr().is_terminal()).then(crate::stderr::recent);
-            let picked = table::Picked::of(&self.agg, opts);
+            let picked = table::Picked::of(&self.agg, opts, mono);
             let compose = |rows: usize, out: &mut String| {
                 table::render_picked(&self.agg, opts, &picked, rows, out);
                 if paws {
@@ -611,7 +626,11 @@ async fn events(
             if !closed.get() {
                 gone(out.borrow_mut().flush())?;
             }
-            Ok(closed.get() || (to_stdout && stdout_reader_gone()))
+            Ok(Ticked {
+                output_gone: closed.get() || (to_stdout && stdout_reader_gone()),
+                // No live counts here.
+                overdue: false,
+            })
         },
     )
     .await;
@@ -659,7 +678,10 @@ async fn live(
         |last| {
             let mut r = reporter.borrow_mut();
             r.tick(last)?;
-            Ok(r.closed || stdout_reader_gone())
+            Ok(Ticked {
+                output_gone: r.closed || stdout_reader_gone(),
+                overdue: r.agg.overdue(monotonic_ns()) > 0,
+            })
         },
     )
     .await

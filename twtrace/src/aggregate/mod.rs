@@ -11,6 +11,7 @@
 
 pub mod clocks;
 pub mod counters;
+mod deadlines;
 mod listening;
 pub mod order;
 pub mod paws;
@@ -29,7 +30,7 @@ use foldhash::fast::RandomState;
 
 use schnellru::{ByLength, LruMap};
 
-use crate::event::{LossReason, Record, What};
+use crate::event::{LossReason, PawsPath, Record, Substate, What, th};
 
 pub use counters::Counters;
 use counters::LiveStep;
@@ -240,6 +241,9 @@ pub struct Aggregate {
     /// what was there when it began, so at its end the losses found before it began are
     /// settled and the others are not.
     lost_since_read: LossLog,
+    /// When the TIME-WAITs counted in the totals' `live` should have ended: those past it with
+    /// no exit seen make LIVE doubtful without any loss ([`Aggregate::overdue`]).
+    deadlines: deadlines::Deadlines,
 }
 
 /// Losses by when they were found: `(ts_ns, lost events, runs skipped by the kernel)`, in
@@ -293,6 +297,7 @@ impl Aggregate {
             rereads: 0,
             reread_found: 0,
             lost_since_read: LossLog::default(),
+            deadlines: deadlines::Deadlines::default(),
             paws: paws::PawsTable::new(cap.get(), clocks::ClockConfig::default()),
         }
     }
@@ -344,6 +349,14 @@ impl Aggregate {
                 return;
             }
             What::Syn { .. } => self.listening.note(rec.netns, rec.local.port(), rec.ts_ns),
+            // A TIME-WAIT that refuses a segment by PAWS re-arms its timer for a full
+            // TIME-WAIT (tcp_timewait_state_process; not for a reset): behind a NAT, SYNs
+            // refused again and again keep it for minutes, not as an exit twtrace missed.
+            What::PawsReject {
+                path: PawsPath::Timewait,
+                tcp_flags,
+                ..
+            } if tcp_flags & th::RST == 0 => self.deadlines.rearmed(rec.ts_ns),
             _ => {}
         }
         if self.apply_paws_only(rec) {
@@ -407,6 +420,24 @@ impl Aggregate {
             _ => LiveStep::Keep,
         };
         self.totals.apply(what, live);
+        match (live, what) {
+            (
+                LiveStep::Up,
+                &What::TwEnter {
+                    substate,
+                    timeout_ms,
+                },
+            ) => self.deadlines.entered(
+                rec.ts_ns,
+                timeout_ms.saturating_mul(1_000_000),
+                substate == Substate::FinWait2,
+            ),
+            (LiveStep::Up, &What::TwPresent { substate, .. }) => {
+                (self.deadlines).found(rec.ts_ns, substate == Substate::FinWait2)
+            }
+            (LiveStep::Down, _) => self.deadlines.ended(began),
+            _ => {}
+        }
         // When an exit's TIME-WAIT began, where known (see `Table::apply`).
         let exit_began = match *what {
             What::TwExit {
@@ -440,6 +471,7 @@ impl Aggregate {
         self.by_port.zero_live();
         self.by_dest.zero_live();
         self.totals.live = 0;
+        self.deadlines.clear();
         self.present = HashSet::default();
         self.read_from_ns = from_ns;
         self.rereads += 1;
@@ -477,6 +509,13 @@ impl Aggregate {
     /// kernel's sockets were last read: LIVE may be off by up to as many.
     pub fn lost_since_read(&self) -> (u64, u64) {
         self.lost_since_read.sums()
+    }
+
+    /// TIME-WAITs counted in LIVE that should have ended by `now_ns` (their timeout and the
+    /// timer's lateness past) with no exit seen: an exit no program reported, or a timer
+    /// re-armed. LIVE is that many high unless re-armed; a read of the kernel's sockets tells.
+    pub fn overdue(&self, now_ns: u64) -> u64 {
+        self.deadlines.overdue(now_ns)
     }
 
     /// Reads of the kernel's sockets after lost events, and the TIME-WAITs the latest found.

@@ -669,6 +669,7 @@ fn paws_only_keeps_the_paws_rows_alone() {
     assert_eq!(got.len(), 2);
 }
 
+mod overdue;
 mod reread;
 
 /// A read counts what was there when it began: losses found before then are settled by it,

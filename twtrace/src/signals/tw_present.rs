@@ -8,8 +8,9 @@
 //! its entry unseen ends its snapshot entry; the aggregate does both by 4-tuple (see
 //! `aggregate::Aggregate::apply`). Records are handed on before any ring record.
 //!
-//! The live table runs the same read again after lost events ([`Rereads`]), from which the
-//! aggregate starts its live counts over (`What::LiveReset`).
+//! The live table runs the same read again after lost events, or when LIVE counts TIME-WAITs
+//! past their timeout ([`Rereads`]), from which the aggregate starts its live counts over
+//! (`What::LiveReset`).
 
 use std::{
     collections::BTreeMap,
@@ -37,8 +38,9 @@ pub struct Wanted {
 }
 
 /// When to read the kernel's sockets again: after events were lost, which may have been
-/// enters or exits (a lost exit leaves `live` too high for good, a lost enter too low), at
-/// most once per `every`. The aggregate starts its live counts over from the read
+/// enters or exits (a lost exit leaves `live` too high for good, a lost enter too low), or
+/// while `live` counts TIME-WAITs past their timeout (an exit no program reported, which no
+/// loss count tells; see `Aggregate::overdue`), at most once per `every`. The aggregate starts its live counts over from the read
 /// (`What::LiveReset`), exactly: see `aggregate::Aggregate::apply`.
 pub struct Rereads {
     every: Option<Duration>,
@@ -62,12 +64,14 @@ impl Rereads {
         self.lost |= matches!(rec.what, What::Lost { count: 1.., .. });
     }
 
-    /// Whether to read now (then the caller does), given that no read is running.
-    pub fn due(&mut self, now: Instant) -> bool {
+    /// Whether to read now (then the caller does), given that no read is running; `overdue`:
+    /// `live` counts TIME-WAITs past their timeout now (not remembered: a late exit can end
+    /// the doubt before the read is due).
+    pub fn due(&mut self, now: Instant, overdue: bool) -> bool {
         let Some(every) = self.every else {
             return false;
         };
-        if !self.lost || now < self.next {
+        if !(self.lost || overdue) || now < self.next {
             return false;
         }
         self.lost = false;
@@ -415,26 +419,32 @@ mod tests {
         assert!(snap.seen >= 2, "{snap:?}");
     }
 
-    /// A read again only after a loss, at most once per period, never when turned off.
+    /// A read again only after a loss, or while TIME-WAITs are overdue, at most once per
+    /// period, never when turned off.
     #[test]
-    fn rereads_follow_losses_at_most_once_per_period() {
+    fn rereads_follow_losses_and_overdue_timewaits_at_most_once_per_period() {
         let lost = |count| Record::lost(1, "tw_exit", count, LossReason::RingFull);
         let minute = Duration::from_secs(60);
         let mut r = Rereads::new(Some(minute));
         let t0 = Instant::now();
-        assert!(!r.due(t0), "nothing lost");
+        assert!(!r.due(t0, false), "nothing lost");
         r.note(&lost(0));
         r.note(&Record::live_reset(1));
-        assert!(!r.due(t0), "a zero count is no loss");
+        assert!(!r.due(t0, false), "a zero count is no loss");
         r.note(&lost(3));
-        assert!(r.due(t0));
-        assert!(!r.due(t0), "once per loss");
+        assert!(r.due(t0, false));
+        assert!(!r.due(t0, false), "once per loss");
         r.note(&lost(1));
-        assert!(!r.due(t0 + minute / 2), "not within the period");
-        assert!(r.due(t0 + minute), "the loss waited for it");
+        assert!(!r.due(t0 + minute / 2, false), "not within the period");
+        assert!(r.due(t0 + minute, false), "the loss waited for it");
+        // Overdue TIME-WAITs call for a read as a loss does, but only while they are overdue.
+        assert!(!r.due(t0 + minute * 3 / 2, true), "not within the period");
+        assert!(!r.due(t0 + minute * 2, false), "no longer overdue: no read");
+        assert!(r.due(t0 + minute * 2, true));
+        assert!(!r.due(t0 + minute * 2, true), "once per period");
         let mut off = Rereads::new(None);
         off.note(&lost(1));
-        assert!(!off.due(t0 + minute));
+        assert!(!off.due(t0 + minute, true));
     }
 
     /// A `--netns` given as a file is entered by that file, even where no process runs in

@@ -16,7 +16,10 @@ use twtrace_common::{Event, EventKind, ExitCause, PawsPath, ts_flags};
 use super::{RawFlow, flagged, raw_flow};
 use crate::{
     aggregate::{Lru, lru},
-    event::{TwSynVerdict, What},
+    event::{
+        TwSynVerdict, What,
+        th::{ACK as TH_ACK, RST as TH_RST, SYN as TH_SYN},
+    },
 };
 
 /// A replacing SYN follows its TIME-WAIT's exit within microseconds, or, when the listener
@@ -25,9 +28,6 @@ use crate::{
 const PAIRING_WINDOW_NS: u64 = 4_000_000_000;
 /// Pending exits kept at most (each waits for one SYN); a bound, not a tuning knob.
 const PENDING: NonZeroUsize = NonZeroUsize::new(4096).expect("non-zero");
-const TH_SYN: u8 = 0x02;
-const TH_RST: u8 = 0x04;
-const TH_ACK: u8 = 0x10;
 
 struct Pending {
     ts_ns: u64,

@@ -71,10 +71,13 @@ pub struct Picked {
     ips: Vec<IpRow>,
     ports: Vec<PortRow>,
     dests: Vec<DestRow>,
+    /// TIME-WAITs in LIVE past their deadline with no exit seen (see `Aggregate::overdue`).
+    overdue: u64,
 }
 
 impl Picked {
-    pub fn of(agg: &Aggregate, opts: &TableOpts) -> Self {
+    /// What to show at `mono_ns` (CLOCK_MONOTONIC, the records' clock).
+    pub fn of(agg: &Aggregate, opts: &TableOpts, mono_ns: u64) -> Self {
         // Ports never carry EADDRNOTAVAIL (no port was bound): that column is left out, and
         // `--sort eaddrnotavail` ranks them by LIVE instead.
         let port_order = match opts.order {
@@ -95,6 +98,7 @@ impl Picked {
             ips: agg.top_by_ip(opts.top, opts.order),
             ports: agg.top_by_port(opts.top, port_order),
             dests,
+            overdue: agg.overdue(mono_ns),
         }
     }
 
@@ -149,6 +153,22 @@ fn render_at(
             "LIVE may be off by up to {}: {what} since the kernel's TIME-WAIT sockets were last \
              read ({when})",
             lost + skipped
+        );
+    }
+    if live_known && picked.overdue > 0 {
+        let when = match opts.reread_secs {
+            Some(secs) => format!("read again within {secs} s"),
+            None => "not read again".to_owned(),
+        };
+        let whose = match picked.overdue {
+            1 => "1 TIME-WAIT whose timer ran out".to_owned(),
+            n => format!("{n} TIME-WAITs whose timers ran out"),
+        };
+        let _ = writeln!(
+            out,
+            "LIVE may be {} high: it counts {whose} with no exit seen (an exit twtrace did not \
+             see, or a timer the kernel re-armed; the kernel's sockets are {when})",
+            picked.overdue,
         );
     }
     if !opts.untraced.is_empty() {
@@ -265,7 +285,8 @@ fn header(agg: &Aggregate, live_known: bool, out: &mut String) {
     if rereads > 0 {
         let _ = writeln!(
             out,
-            "live re-read from the kernel's sockets after lost events: {} (the latest found {})",
+            "live re-read from the kernel's sockets after lost events or TIME-WAITs past their \
+             timeout: {} (the latest found {})",
             super::plural(rereads, "time"),
             super::plural(found, "TIME-WAIT")
         );
@@ -508,7 +529,7 @@ mod tests {
     fn render_rows(agg: &Aggregate, opts: &TableOpts, rows: usize) -> String {
         let mut out = String::new();
         let now = UNIX_EPOCH + Duration::from_secs(NOW);
-        render_at(agg, opts, &Picked::of(agg, opts), rows, now, &mut out);
+        render_at(agg, opts, &Picked::of(agg, opts, 0), rows, now, &mut out);
         out
     }
 
@@ -825,10 +846,31 @@ mod tests {
         );
         assert_eq!(
             lines[5],
-            "live re-read from the kernel's sockets after lost events: 1 time (the latest found 1 TIME-WAIT)"
+            "live re-read from the kernel's sockets after lost events or TIME-WAITs past their \
+             timeout: 1 time (the latest found 1 TIME-WAIT)"
         );
         // The read ended the doubt.
-        assert!(!text.contains("LIVE may be off"), "{text}");
+        assert!(!text.contains("LIVE may be"), "{text}");
+        // An hour on, the one it found has had no exit: its timer ran out long ago.
+        let hour = 3_600 * 1_000_000_000;
+        let mut late = String::new();
+        let (opts, now) = (TableOpts::default(), UNIX_EPOCH + Duration::from_secs(NOW));
+        render_at(
+            &agg,
+            &opts,
+            &Picked::of(&agg, &opts, hour),
+            opts.top,
+            now,
+            &mut late,
+        );
+        assert!(
+            late.contains(
+                "\nLIVE may be 1 high: it counts 1 TIME-WAIT whose timer ran out with no exit \
+                 seen (an exit twtrace did not see, or a timer the kernel re-armed; the kernel's \
+                 sockets are not read again)\n"
+            ),
+            "{late}"
+        );
         // Lost again, with reads on: when the next one comes.
         let lost = What::Lost {
             program: "tw_exit",

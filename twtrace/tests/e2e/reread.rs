@@ -88,3 +88,109 @@ impl Drop for Stopped {
         unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
+
+/// LIVE checks itself against the TIME-WAITs' timers, with nothing lost: one still counted past
+/// its timeout (and the timer's lateness) with no exit seen makes the table say LIVE may be
+/// that many high, and read the kernel's sockets again. Made for real by a bare ACK, which
+/// re-arms a TIME-WAIT's timer with no program seeing it (twtrace cannot tell that from an
+/// exit it missed): the read finds the TIME-WAIT still there and LIVE equals the kernel's
+/// sockets. A SYN refused by PAWS re-arms its TIME-WAIT's timer too, which twtrace sees (on a
+/// route that traces PAWS rejects): that one is never said to be overdue. Both end later, and
+/// LIVE goes to 0 in either table.
+/// Runs beside the other suites in the VM (`BESIDE` in xtask/src/vm/test.rs): keep its name.
+#[test]
+fn a_time_wait_past_its_timer_is_read_again() -> Result<()> {
+    rerun_if_skipped(|| {
+        use support::raw::{ACK, RstBlock, Segment, ServerTimeWait, send_segment, tw_paws_delta};
+        let pair = NetnsPair::new("ovd")?;
+        let srv = pair.server_ns();
+        let (_, server) = serve(&pair, Family::V4)?;
+        let ns = pair.server_inode().to_string();
+        let table = |reread: &str| -> Result<Tracer> {
+            let args = ["--netns", &ns, "--interval", "1", "--reread", reread];
+            let mut t = Tracer::spawn_default(&args)?;
+            t.wait_ready(READY)?;
+            Ok(t)
+        };
+        // One table never reads again (it keeps saying what it doubts), one reads at once.
+        let (mut doubts, mut reads) = (table("0")?, table("1")?);
+        let before = netstat(srv)?;
+        // The client kernel would answer the server's ACKs with resets, which kill TIME-WAITs.
+        let _block = RstBlock::install(pair.client_ns())?;
+        let acked = ServerTimeWait::create(&pair, &server, 41_001)?;
+        let refused = ServerTimeWait::create(&pair, &server, 41_002)?;
+        let made = Instant::now();
+        // Half-way through their timers, each gets a segment that re-arms it for 60 s more.
+        thread::sleep(Duration::from_secs(35).saturating_sub(made.elapsed()));
+        let bare_ack = Segment {
+            src: acked.client,
+            dst: acked.server,
+            flags: ACK,
+            seq: acked.rcv_nxt,
+            ack: acked.snd_nxt,
+            window: 1024,
+            ts: Some((acked.ts_recent.wrapping_add(1), acked.server_tsval)),
+            payload: Vec::new(),
+        };
+        send_segment(pair.client_ns(), &bare_ack)?;
+        let paws_from = netstat(srv)?;
+        send_segment(
+            pair.client_ns(),
+            &refused.syn(refused.seq_after(), Some(1000)),
+        )?;
+        wait_until(
+            "the kernel counts the PAWS reject",
+            Duration::from_secs(10),
+            || Ok(tw_paws_delta(&paws_from, &netstat(srv)?) == 1),
+        )?;
+        // The ACKed one's timer (from its enter) and lateness past: said, with no loss.
+        let left = |by: u64| Duration::from_secs(by).saturating_sub(made.elapsed());
+        let doubt = doubts.wait_stdout_text("LIVE may be", left(100))?;
+        ensure!(
+            acked.exists(srv)? && refused.exists(srv)?,
+            "sanity: both TIME-WAITs are still there past their first timers (re-armed)"
+        );
+        let paws_traced = std::env::var("TWTRACE_SIGNALS")
+            .map_or(true, |s| s.split(',').any(|x| x == "paws_reject"));
+        let unseen = if paws_traced { 1 } else { 2 };
+        assert!(
+            doubt.starts_with(&format!("LIVE may be {unseen} high: it counts ")),
+            "{doubt}"
+        );
+        // The other table read the kernel's sockets again, and found both.
+        let reread = reads.wait_stdout_text("live re-read from the kernel's sockets", left(100))?;
+        assert!(
+            reread.ends_with("(the latest found 2 TIME-WAITs)"),
+            "{reread}"
+        );
+        // Both end (about 60 s after their re-arm); LIVE follows them to 0 in both tables.
+        wait_until("the re-armed TIME-WAITs end", left(150), || {
+            Ok(support::tw_count(srv)? == 0)
+        })?;
+        thread::sleep(SETTLE);
+        let after = netstat(srv)?;
+        for (name, t) in [("--reread 0", doubts), ("--reread 1", reads)] {
+            let lines = t.stop_text()?;
+            let last = Totals::last(&lines)?;
+            assert_eq!(last.field("live")?, 0, "{name}: {last}");
+            if tw_counted_at_creation() {
+                assert_eq!(
+                    last.field("tw_created")?,
+                    delta(&before, &after, "TcpExtTW"),
+                    "{name}: {last}"
+                );
+            }
+            assert_eq!(last.field("lost")?, 0, "{name}: {last}");
+            // The final table doubts nothing; the PAWS re-arm was never taken for a miss.
+            let frame = lines.iter().rposition(|l| l.starts_with("twtrace "));
+            let final_frame = &lines[frame.context("no table")?..];
+            let doubted = final_frame.iter().find(|l| l.starts_with("LIVE may be"));
+            assert!(doubted.is_none(), "{name}: {doubted:?}");
+            if paws_traced {
+                let two = lines.iter().find(|l| l.starts_with("LIVE may be 2 "));
+                assert!(two.is_none(), "{name}: {two:?}");
+            }
+        }
+        Ok(())
+    })
+}

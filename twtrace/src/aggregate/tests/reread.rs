@@ -160,9 +160,12 @@ fn a_read_after_losses_makes_live_exact() {
             assert_eq!(live, truth, "seed {seed}, port {port}");
         }
         assert_eq!(agg.rereads().0, 1);
+        // Every TIME-WAIT counted in LIVE has a deadline, once (all past at the end of time).
+        assert_eq!(agg.overdue(u64::MAX), agg.totals().live, "seed {seed}");
         // The same records without the read: the losses leave LIVE wrong.
         let (agg, kernel) = run(seed, false);
         drifted += usize::from(agg.totals().live != kernel.alive.len() as u64);
+        assert_eq!(agg.overdue(u64::MAX), agg.totals().live, "seed {seed}");
     }
     assert!(
         drifted > 400,

@@ -1,0 +1,184 @@
+//! When the TIME-WAITs counted in LIVE should have ended: a check on LIVE that needs no lost
+//! count. An exit the kernel ran but no program reported (the sandbox's known gap, a parked
+//! cancel never explained) leaves LIVE one high for good, and nothing says so. Every TIME-WAIT
+//! has a timer: past its timeout, plus the timer wheel's lateness, it has ended or been
+//! re-armed. LIVE holding more TIME-WAITs than could still be alive is a sign to read the
+//! kernel's sockets again (a re-armed one is then found and counted; the read is exact).
+//!
+//! Kept per second of when each TIME-WAIT began counting (its enter, or the read that found
+//! it), so that an exit with a known start takes its TIME-WAIT off its own second: what stays
+//! in a second past its deadline is exactly what no exit took off, however busy the host.
+
+use std::collections::VecDeque;
+
+const SEC_NS: u64 = 1_000_000_000;
+
+/// TCP_TIMEWAIT_LEN: a `#define` (not in BTF), 60 s in every kernel. The timer a FIN_WAIT2
+/// stand-in is re-armed with when the peer's FIN comes (it then becomes a TIME-WAIT), and the
+/// timeout of a TIME-WAIT found by a read (sock_diag's `expires` is not kept by the crate).
+/// Longer timeouts seen in enters take its place ([`Deadlines::longest_ns`]).
+pub const TIMEWAIT_LEN_NS: u64 = 60 * SEC_NS;
+
+/// Past its timeout a timer may still be waiting: the kernel's timer wheel rounds a timeout up
+/// to its level's granularity (at most an eighth of it), a busy or virtual CPU runs the timer
+/// softirq later still (up to 75 s for 60 s seen in single-vCPU guests), and the exit takes a
+/// drain of the ring to reach the aggregate. A deadline too late only delays the check.
+fn slack_ns(timeout_ns: u64) -> u64 {
+    timeout_ns / 4 + 5 * SEC_NS
+}
+
+/// Counts begun within one second, and by when all of them should have ended.
+#[derive(Clone, Copy, Debug)]
+struct Second {
+    sec: u64,
+    count: u64,
+    due_ns: u64,
+}
+
+/// TIME-WAITs counted in LIVE by the second they began counting (see the module's text).
+#[derive(Debug, Default)]
+pub struct Deadlines {
+    /// In order of `sec`, at most [`Deadlines::MAX`].
+    seconds: VecDeque<Second>,
+    /// The longest TIME_WAIT timeout an enter carried (at least [`TIMEWAIT_LEN_NS`]).
+    longest_ns: u64,
+}
+
+impl Deadlines {
+    /// Seconds kept; beyond, the oldest is merged into the next (under the later deadline of
+    /// the two). Two minutes of churn need about 130.
+    const MAX: usize = 512;
+
+    /// The longest a TIME_WAIT timer runs, as far as seen.
+    fn longest_ns(&self) -> u64 {
+        self.longest_ns.max(TIMEWAIT_LEN_NS)
+    }
+
+    /// A TIME-WAIT that entered at `ts_ns` with its timer at `timeout_ns`; `fin_wait2`: a
+    /// FIN_WAIT2 stand-in, which the peer's FIN turns into a TIME-WAIT for a full timer more.
+    pub fn entered(&mut self, ts_ns: u64, timeout_ns: u64, fin_wait2: bool) {
+        let life = if fin_wait2 {
+            timeout_ns + self.longest_ns()
+        } else {
+            self.longest_ns = self.longest_ns.max(timeout_ns);
+            timeout_ns
+        };
+        self.up(ts_ns, life);
+    }
+
+    /// A TIME-WAIT found by a read of the kernel's sockets at `ts_ns` (its timer unknown: the
+    /// longest it can be).
+    pub fn found(&mut self, ts_ns: u64, fin_wait2: bool) {
+        let life = self.longest_ns() * if fin_wait2 { 2 } else { 1 };
+        self.up(ts_ns, life);
+    }
+
+    fn up(&mut self, began_ns: u64, life_ns: u64) {
+        let due_ns = began_ns + life_ns + slack_ns(life_ns);
+        let sec = began_ns / SEC_NS;
+        // Records come nearly in time order: the last second, or a new one, almost always.
+        let at = match self.seconds.back() {
+            Some(last) if last.sec == sec => self.seconds.len() - 1,
+            Some(last) if last.sec > sec => {
+                match self.seconds.binary_search_by_key(&sec, |s| s.sec) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        self.seconds.insert(
+                            i,
+                            Second {
+                                sec,
+                                count: 0,
+                                due_ns,
+                            },
+                        );
+                        i
+                    }
+                }
+            }
+            _ => {
+                self.seconds.push_back(Second {
+                    sec,
+                    count: 0,
+                    due_ns,
+                });
+                self.seconds.len() - 1
+            }
+        };
+        let s = &mut self.seconds[at];
+        s.count += 1;
+        s.due_ns = s.due_ns.max(due_ns);
+        self.bound();
+    }
+
+    /// A TIME-WAIT counted in LIVE had its timer re-armed at `ts_ns` for a full TIME-WAIT.
+    /// Which one is not known here (its enter's time is not kept by 4-tuple): the oldest
+    /// count is taken, the one due first. When that was not the one re-armed, the one re-armed
+    /// shows as overdue later, and a read sets both right.
+    pub fn rearmed(&mut self, ts_ns: u64) {
+        let Some(oldest) = self.seconds.iter().position(|s| s.count > 0) else {
+            return;
+        };
+        self.seconds[oldest].count -= 1;
+        self.up(ts_ns, self.longest_ns());
+        while self.seconds.front().is_some_and(|s| s.count == 0) {
+            self.seconds.pop_front();
+        }
+    }
+
+    /// A TIME-WAIT counted in LIVE ended; it began at `began_ns`. Taken off its own second, or,
+    /// when that holds none (its count was kept by a read that overlapped its enter), off the
+    /// next later second that holds one, else the latest earlier one.
+    pub fn ended(&mut self, began_ns: u64) {
+        let sec = began_ns / SEC_NS;
+        let at = match self.seconds.binary_search_by_key(&sec, |s| s.sec) {
+            Ok(i) if self.seconds[i].count > 0 => Some(i),
+            Ok(i) | Err(i) => {
+                let later = (i..self.seconds.len()).find(|&j| self.seconds[j].count > 0);
+                later.or_else(|| {
+                    (0..i.min(self.seconds.len()))
+                        .rev()
+                        .find(|&j| self.seconds[j].count > 0)
+                })
+            }
+        };
+        if let Some(at) = at {
+            self.seconds[at].count -= 1;
+        }
+        while self.seconds.front().is_some_and(|s| s.count == 0) {
+            self.seconds.pop_front();
+        }
+    }
+
+    /// TIME-WAITs counted whose deadline had passed at `now_ns`, with no exit seen.
+    pub fn overdue(&self, now_ns: u64) -> u64 {
+        (self.seconds.iter())
+            .filter(|s| s.due_ns < now_ns)
+            .map(|s| s.count)
+            .sum()
+    }
+
+    /// Seconds held (for the bound's test).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.seconds.len()
+    }
+
+    /// LIVE starts over (a read of the kernel's sockets follows).
+    pub fn clear(&mut self) {
+        self.seconds.clear();
+    }
+
+    /// Keeps at most [`Self::MAX`] seconds: with one overdue at the front and no read again,
+    /// every later second would stay behind it.
+    fn bound(&mut self) {
+        while self.seconds.len() > Self::MAX {
+            let Some(oldest) = self.seconds.pop_front() else {
+                return;
+            };
+            if let Some(next) = self.seconds.front_mut() {
+                next.count += oldest.count;
+                next.due_ns = next.due_ns.max(oldest.due_ns);
+            }
+        }
+    }
+}
