@@ -15,6 +15,7 @@
 mod support;
 
 mod accept_queue;
+mod evicted;
 mod fin_wait2;
 mod lifecycle;
 mod overflow;
