@@ -344,7 +344,6 @@ async fn pump(
     let mut rereads = tw_present::Rereads::new(reread_every.filter(|_| present.is_some()));
     let (mut reading, mut held) = tw_present::start(present.clone(), None);
     let mut batch = Vec::new();
-    let mut overdue = false;
     loop {
         let before = monotonic_ns();
         let mut drained = false;
@@ -389,21 +388,21 @@ async fn pump(
         if let Some(e) = failed.take() {
             return Err(e);
         }
-        // Events were lost: the live counts start over from the kernel's own sockets (the
-        // reset goes first when the read is done). Records from before it still come; the
-        // aggregate tells them by time.
-        if !stop && !reading.is_running() && rereads.due(now, overdue) {
-            (reading, held) = tw_present::start(present.clone(), Some(monotonic_ns()));
-        }
         if let Some(logger) = loaded.logger.as_mut() {
             logger.flush();
         }
+        // After this drain's records: an exit just drained ends its doubt.
         let Ticked {
             output_gone,
-            overdue: now_overdue,
+            overdue,
         } = on_tick(false)?;
-        // Not while a read runs: its records are held back, exits included.
-        overdue = now_overdue && !reading.is_running();
+        // Events were lost, or the live counts hold TIME-WAITs past their timer: they start
+        // over from the kernel's own sockets (the reset goes first when the read is done).
+        // Records from before it still come; the aggregate tells them by time. Not while a
+        // read runs (its records are held back, exits included).
+        if !(stop || output_gone || reading.is_running()) && rereads.due(now, overdue) {
+            (reading, held) = tw_present::start(present.clone(), Some(monotonic_ns()));
+        }
         if stop || output_gone {
             // Stopped while the start-up read ran: it still goes first.
             held.release(reading.done().await, filter, &mut on_record)?;

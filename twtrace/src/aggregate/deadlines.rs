@@ -7,17 +7,25 @@
 //!
 //! Kept per second of when each TIME-WAIT began counting (its enter, or the read that found
 //! it), so that an exit with a known start takes its TIME-WAIT off its own second: what stays
-//! in a second past its deadline is exactly what no exit took off, however busy the host.
+//! in a second past its deadline is what no exit took off, however busy the host. Where an
+//! exit's second is not known exactly (a TIME-WAIT found by a read: the read's seconds), the
+//! earliest it can be is given, and the count is taken off the first second from there that
+//! holds one: what is left can only be due later than the TIME-WAITs really left, never
+//! sooner (a miss may be told late; nothing is told that did not happen).
 
 use std::collections::VecDeque;
 
 const SEC_NS: u64 = 1_000_000_000;
 
-/// TCP_TIMEWAIT_LEN: a `#define` (not in BTF), 60 s in every kernel. The timer a FIN_WAIT2
-/// stand-in is re-armed with when the peer's FIN comes (it then becomes a TIME-WAIT), and the
-/// timeout of a TIME-WAIT found by a read (sock_diag's `expires` is not kept by the crate).
-/// Longer timeouts seen in enters take its place ([`Deadlines::longest_ns`]).
+/// TCP_TIMEWAIT_LEN: a `#define` (not in BTF), 60 s in every kernel. What a TIME_WAIT timer is
+/// armed with (`tcp_time_wait` always arms it so: a timeout read as less is taken as this), the
+/// timer a FIN_WAIT2 stand-in is re-armed with when the peer's FIN comes (it then becomes a
+/// TIME-WAIT), and the timeout of a TIME-WAIT found by a read (sock_diag's `expires` is not
+/// kept by the crate). Longer timeouts seen in enters take its place ([`Deadlines::longest_ns`]).
 pub const TIMEWAIT_LEN_NS: u64 = 60 * SEC_NS;
+
+/// A timeout read as longer than this is no timer's (a failed read of one): taken as this.
+const TIMEOUT_MAX_NS: u64 = 3_600 * SEC_NS;
 
 /// Past its timeout a timer may still be waiting: the kernel's timer wheel rounds a timeout up
 /// to its level's granularity (at most an eighth of it), a busy or virtual CPU runs the timer
@@ -25,6 +33,11 @@ pub const TIMEWAIT_LEN_NS: u64 = 60 * SEC_NS;
 /// drain of the ring to reach the aggregate. A deadline too late only delays the check.
 fn slack_ns(timeout_ns: u64) -> u64 {
     timeout_ns / 4 + 5 * SEC_NS
+}
+
+/// When a TIME-WAIT that began at `began_ns` with a timer of `life_ns` should have ended.
+fn due_ns(began_ns: u64, life_ns: u64) -> u64 {
+    (began_ns.saturating_add(life_ns)).saturating_add(slack_ns(life_ns))
 }
 
 /// Counts begun within one second, and by when all of them should have ended.
@@ -57,9 +70,11 @@ impl Deadlines {
     /// A TIME-WAIT that entered at `ts_ns` with its timer at `timeout_ns`; `fin_wait2`: a
     /// FIN_WAIT2 stand-in, which the peer's FIN turns into a TIME-WAIT for a full timer more.
     pub fn entered(&mut self, ts_ns: u64, timeout_ns: u64, fin_wait2: bool) {
+        let timeout_ns = timeout_ns.min(TIMEOUT_MAX_NS);
         let life = if fin_wait2 {
             timeout_ns + self.longest_ns()
         } else {
+            let timeout_ns = timeout_ns.max(TIMEWAIT_LEN_NS);
             self.longest_ns = self.longest_ns.max(timeout_ns);
             timeout_ns
         };
@@ -74,7 +89,11 @@ impl Deadlines {
     }
 
     fn up(&mut self, began_ns: u64, life_ns: u64) {
-        let due_ns = began_ns + life_ns + slack_ns(life_ns);
+        self.add(began_ns, due_ns(began_ns, life_ns));
+    }
+
+    /// Counts one TIME-WAIT that began at `began_ns`, due by `due_ns`.
+    fn add(&mut self, began_ns: u64, due_ns: u64) {
         let sec = began_ns / SEC_NS;
         // Records come nearly in time order: the last second, or a new one, almost always.
         let at = match self.seconds.back() {
@@ -112,22 +131,31 @@ impl Deadlines {
 
     /// A TIME-WAIT counted in LIVE had its timer re-armed at `ts_ns` for a full TIME-WAIT.
     /// Which one is not known here (its enter's time is not kept by 4-tuple): the oldest
-    /// count is taken, the one due first. When that was not the one re-armed, the one re-armed
-    /// shows as overdue later, and a read sets both right.
+    /// second's count is moved, due no sooner than it was (the one re-armed may have been a
+    /// FIN_WAIT2 stand-in, not re-armed at all, due later). When the one moved was another,
+    /// the re-armed one may be told overdue while it lives on; the read that follows counts it.
     pub fn rearmed(&mut self, ts_ns: u64) {
-        let Some(oldest) = self.seconds.iter().position(|s| s.count > 0) else {
+        let Some(oldest) = self.seconds.front_mut() else {
             return;
         };
-        self.seconds[oldest].count -= 1;
-        self.up(ts_ns, self.longest_ns());
+        // The front always holds a count (emptied fronts are dropped).
+        oldest.count -= 1;
+        let was_due = oldest.due_ns;
+        self.pop_empty_front();
+        let due = due_ns(ts_ns, self.longest_ns());
+        self.add(ts_ns, due.max(was_due));
+    }
+
+    fn pop_empty_front(&mut self) {
         while self.seconds.front().is_some_and(|s| s.count == 0) {
             self.seconds.pop_front();
         }
     }
 
-    /// A TIME-WAIT counted in LIVE ended; it began at `began_ns`. Taken off its own second, or,
-    /// when that holds none (its count was kept by a read that overlapped its enter), off the
-    /// next later second that holds one, else the latest earlier one.
+    /// A TIME-WAIT counted in LIVE ended; it began at `began_ns`, or, for one found by a read,
+    /// no sooner (see the module's text). Taken off its own second, or, when that holds none
+    /// (a read counted it, in a later second; or an earlier exit took its count), off the next
+    /// later second that holds one, else the latest earlier one.
     pub fn ended(&mut self, began_ns: u64) {
         let sec = began_ns / SEC_NS;
         let at = match self.seconds.binary_search_by_key(&sec, |s| s.sec) {
@@ -144,9 +172,7 @@ impl Deadlines {
         if let Some(at) = at {
             self.seconds[at].count -= 1;
         }
-        while self.seconds.front().is_some_and(|s| s.count == 0) {
-            self.seconds.pop_front();
-        }
+        self.pop_empty_front();
     }
 
     /// TIME-WAITs counted whose deadline had passed at `now_ns`, with no exit seen.

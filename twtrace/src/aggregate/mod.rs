@@ -357,6 +357,8 @@ impl Aggregate {
                 tcp_flags,
                 ..
             } if tcp_flags & th::RST == 0 => self.deadlines.rearmed(rec.ts_ns),
+            // (The RST test matters from 6.16, whose drop reason names a reset refused by PAWS;
+            // before, the programs report no reset as a PAWS reject.)
             _ => {}
         }
         if self.apply_paws_only(rec) {
@@ -369,6 +371,8 @@ impl Aggregate {
         // count it a second time, nor take off one the read did not count.
         // When the TIME-WAIT began, as far as known: whether its port listened then says
         // whether it is a server's, alike at its enter and at its exit.
+        // For a TIME-WAIT found by a read, the earliest it can have begun counting in LIVE.
+        let mut found_from = None;
         let mut began = match *what {
             What::TwExit {
                 lifetime_ns: Some(ns),
@@ -415,6 +419,9 @@ impl Aggregate {
             // never added; one that was is in the lost counts, which start a read again.
             What::TwExit { .. } if self.end_present(key) => {
                 began = self.present_read_ns;
+                // Found by a read: in one of its seconds (each namespace's records carry when
+                // its own read ended), the earliest being when the read began.
+                found_from = Some(self.read_from_ns);
                 LiveStep::Down
             }
             _ => LiveStep::Keep,
@@ -435,7 +442,7 @@ impl Aggregate {
             (LiveStep::Up, &What::TwPresent { substate, .. }) => {
                 (self.deadlines).found(rec.ts_ns, substate == Substate::FinWait2)
             }
-            (LiveStep::Down, _) => self.deadlines.ended(began),
+            (LiveStep::Down, _) => self.deadlines.ended(found_from.unwrap_or(began)),
             _ => {}
         }
         // When an exit's TIME-WAIT began, where known (see `Table::apply`).

@@ -40,8 +40,9 @@ pub struct Wanted {
 /// When to read the kernel's sockets again: after events were lost, which may have been
 /// enters or exits (a lost exit leaves `live` too high for good, a lost enter too low), or
 /// while `live` counts TIME-WAITs past their timeout (an exit no program reported, which no
-/// loss count tells; see `Aggregate::overdue`), at most once per `every`. The aggregate starts its live counts over from the read
-/// (`What::LiveReset`), exactly: see `aggregate::Aggregate::apply`.
+/// loss count tells; see `Aggregate::overdue`), at most once per `every`. The aggregate starts
+/// its live counts over from the read (`What::LiveReset`), exactly: see
+/// `aggregate::Aggregate::apply`.
 pub struct Rereads {
     every: Option<Duration>,
     lost: bool,

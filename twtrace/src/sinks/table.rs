@@ -157,8 +157,8 @@ fn render_at(
     }
     if live_known && picked.overdue > 0 {
         let when = match opts.reread_secs {
-            Some(secs) => format!("read again within {secs} s"),
-            None => "not read again".to_owned(),
+            Some(secs) => format!("will be read again within {secs} s"),
+            None => "are not read again".to_owned(),
         };
         let whose = match picked.overdue {
             1 => "1 TIME-WAIT whose timer ran out".to_owned(),
@@ -167,7 +167,7 @@ fn render_at(
         let _ = writeln!(
             out,
             "LIVE may be {} high: it counts {whose} with no exit seen (an exit twtrace did not \
-             see, or a timer the kernel re-armed; the kernel's sockets are {when})",
+             see, or a timer the kernel re-armed; the kernel's sockets {when})",
             picked.overdue,
         );
     }

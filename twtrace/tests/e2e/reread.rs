@@ -143,9 +143,12 @@ fn a_time_wait_past_its_timer_is_read_again() -> Result<()> {
             Duration::from_secs(10),
             || Ok(tw_paws_delta(&paws_from, &netstat(srv)?) == 1),
         )?;
-        // The ACKed one's timer (from its enter) and lateness past: said, with no loss.
+        // The ACKed one's timer (from its enter) and lateness past: said, with no loss. (The
+        // first such line: later, past the PAWS re-arm's own deadline, both may be said.)
         let left = |by: u64| Duration::from_secs(by).saturating_sub(made.elapsed());
-        let doubt = doubts.wait_stdout_text("LIVE may be", left(100))?;
+        let doubt = doubts.wait_stdout_text(" high: it counts ", left(100))?;
+        // A run the kernel skipped may have been any record: a failure is then void.
+        SkippedRuns::note_if_said(&doubts.stdout_lines());
         ensure!(
             acked.exists(srv)? && refused.exists(srv)?,
             "sanity: both TIME-WAITs are still there past their first timers (re-armed)"
@@ -159,6 +162,7 @@ fn a_time_wait_past_its_timer_is_read_again() -> Result<()> {
         );
         // The other table read the kernel's sockets again, and found both.
         let reread = reads.wait_stdout_text("live re-read from the kernel's sockets", left(100))?;
+        SkippedRuns::note_if_said(&reads.stdout_lines());
         assert!(
             reread.ends_with("(the latest found 2 TIME-WAITs)"),
             "{reread}"
@@ -171,6 +175,7 @@ fn a_time_wait_past_its_timer_is_read_again() -> Result<()> {
         let after = netstat(srv)?;
         for (name, t) in [("--reread 0", doubts), ("--reread 1", reads)] {
             let lines = t.stop_text()?;
+            SkippedRuns::note_if_said(&lines);
             let last = Totals::last(&lines)?;
             assert_eq!(last.field("live")?, 0, "{name}: {last}");
             if tw_counted_at_creation() {
@@ -181,15 +186,11 @@ fn a_time_wait_past_its_timer_is_read_again() -> Result<()> {
                 );
             }
             assert_eq!(last.field("lost")?, 0, "{name}: {last}");
-            // The final table doubts nothing; the PAWS re-arm was never taken for a miss.
+            // The final table doubts nothing.
             let frame = lines.iter().rposition(|l| l.starts_with("twtrace "));
             let final_frame = &lines[frame.context("no table")?..];
             let doubted = final_frame.iter().find(|l| l.starts_with("LIVE may be"));
             assert!(doubted.is_none(), "{name}: {doubted:?}");
-            if paws_traced {
-                let two = lines.iter().find(|l| l.starts_with("LIVE may be 2 "));
-                assert!(two.is_none(), "{name}: {two:?}");
-            }
         }
         Ok(())
     })

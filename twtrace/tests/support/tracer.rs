@@ -177,6 +177,11 @@ impl Tracer {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// The lines written to stdout so far (a tracer printing text: the live table's).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.bad_stdout.snapshot()
+    }
+
     /// Everything written to stderr so far, one line each.
     pub fn stderr_text(&self) -> String {
         self.stderr_reader()()
@@ -445,7 +450,18 @@ impl SkippedRuns {
             SKIPS_SEEN.set(true);
         }
     }
+
+    /// For a live table's `lines`: notes, for [`rerun_if_skipped`], whether it said the kernel
+    /// skipped runs of its programs (each may have been a record).
+    pub fn note_if_said(lines: &[String]) {
+        if lines.iter().any(|l| l.starts_with(TABLE_SKIPS)) {
+            SKIPS_SEEN.set(true);
+        }
+    }
 }
+
+/// The live table's line on runs the kernel skipped.
+pub const TABLE_SKIPS: &str = "runs skipped by the kernel";
 
 /// twtrace's start-up note on a kernel that skips runs without counting them.
 pub const UNCOUNTED: &str = "does not count the runs";

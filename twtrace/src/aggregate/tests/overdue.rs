@@ -1,5 +1,5 @@
 //! LIVE's own check (`Aggregate::overdue`): TIME-WAITs it counts past their timeout with no exit
-//! seen, exactly, however many others enter and end meanwhile.
+//! seen, however many others enter and end meanwhile, and never one that is not.
 
 use super::*;
 
@@ -149,4 +149,81 @@ fn a_paws_reject_at_a_time_wait_re_arms_its_timer() {
     agg.apply(&reject(140 * SEC, th::RST | th::ACK));
     assert_eq!(agg.overdue(141 * SEC), 1, "a reset re-arms nothing");
     assert_eq!(agg.totals().live, 1);
+}
+
+/// A read stamps each namespace's TIME-WAITs with when its own read ended, so one read can
+/// spread them over seconds. Their exits (entry unseen) take them off from the read's first
+/// second on: none is left behind to be told overdue while the new TIME-WAITs churn on.
+#[test]
+fn time_waits_found_across_seconds_end_without_a_false_overdue() {
+    let mut agg = Aggregate::new(64);
+    agg.apply(&at(
+        Record::live_reset(10 * SEC + SEC / 2),
+        10 * SEC + SEC / 2,
+    ));
+    for port in 1..=100 {
+        let stamp = if port <= 50 {
+            10 * SEC + 900
+        } else {
+            11 * SEC + 100
+        };
+        agg.apply(&at(present("192.0.2.1:443", port), stamp));
+    }
+    // New TIME-WAITs every second, each ending 60 s later; the found ones end by 70 s.
+    let mut records = Vec::new();
+    for s in 12..300u64 {
+        let port = 1_000 + s as u16;
+        records.push(enter_at(port, s * SEC, Substate::TimeWait, 60_000));
+        records.push(exit_at(port, (s + 60) * SEC, Some(60 * SEC)));
+    }
+    for port in 1..=100u16 {
+        records.push(exit_at(port, (20 + u64::from(port) / 2) * SEC, None));
+    }
+    records.sort_by_key(|r| r.ts_ns);
+    for r in &records {
+        agg.apply(r);
+        assert_eq!(agg.overdue(r.ts_ns), 0, "at {} s", r.ts_ns / SEC);
+    }
+    assert_eq!(agg.totals().live, 0);
+}
+
+/// A timeout read as 0 or as garbage (a failed read of the timer) is taken as a TIME-WAIT's
+/// 60 s, or at most an hour: no TIME-WAIT is told overdue after 5 s, and no deadline wraps.
+#[test]
+fn a_timeout_read_wrong_neither_rushes_nor_wraps() {
+    let mut agg = Aggregate::new(16);
+    agg.apply(&enter_at(1, 10 * SEC, Substate::TimeWait, 0));
+    assert_eq!(agg.overdue(20 * SEC), 0);
+    assert_eq!(agg.overdue(91 * SEC), 1);
+    agg.apply(&enter_at(2, 10 * SEC, Substate::TimeWait, u64::MAX));
+    agg.apply(&enter_at(3, 10 * SEC, Substate::FinWait2, u64::MAX));
+    agg.apply(&at(present("192.0.2.1:443", 4), u64::MAX - SEC));
+    assert_eq!(agg.overdue(91 * SEC), 0, "two hours or more for all");
+    assert_eq!(
+        agg.overdue(u64::MAX),
+        3,
+        "the last one's deadline saturates"
+    );
+}
+
+/// A PAWS reject at a FIN_WAIT2 stand-in re-arms nothing: the count moved for it keeps the
+/// later deadline it had.
+#[test]
+fn a_re_arm_never_brings_a_deadline_forward() {
+    let mut agg = Aggregate::new(16);
+    agg.apply(&enter_at(1, 0, Substate::FinWait2, 60_000));
+    let what = What::PawsReject {
+        path: PawsPath::Timewait,
+        tsval: Some(1),
+        ts_recent: Some(2),
+        tcp_flags: th::SYN,
+        old_ack: false,
+    };
+    agg.apply(&at(rec("192.0.2.1:443", 1, what), 10 * SEC));
+    assert_eq!(
+        agg.overdue(100 * SEC),
+        0,
+        "due at 120 s + 30 s, not at 10 s + 80 s"
+    );
+    assert_eq!(agg.overdue(156 * SEC), 1);
 }
