@@ -13,9 +13,15 @@
 //! holds one: what is left can only be due later than the TIME-WAITs really left, never
 //! sooner (a miss may be told late; nothing is told that did not happen).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use foldhash::fast::RandomState;
 
 const SEC_NS: u64 = 1_000_000_000;
+
+/// A TIME-WAIT's 4-tuple in its namespace: (netns, local, remote).
+pub type Tuple = (u32, SocketAddr, SocketAddr);
 
 /// TCP_TIMEWAIT_LEN: a `#define` (not in BTF), 60 s in every kernel. What a TIME_WAIT timer is
 /// armed with (`tcp_time_wait` always arms it so: a timeout read as less is taken as this), the
@@ -55,12 +61,22 @@ pub struct Deadlines {
     seconds: VecDeque<Second>,
     /// The longest TIME_WAIT timeout an enter carried (at least [`TIMEWAIT_LEN_NS`]).
     longest_ns: u64,
+    /// TIME-WAITs re-armed by a PAWS reject, by 4-tuple: the second their count is in now.
+    /// Their next re-arm and their exit move that count, not another TIME-WAIT's: a NAT's
+    /// rejects at a few TIME-WAITs, again and again, must not keep pushing back the deadline
+    /// of one whose exit was missed. At most [`Deadlines::REARMS_MAX`].
+    rearms: HashMap<Tuple, u64, RandomState>,
 }
 
 impl Deadlines {
     /// Seconds kept; beyond, the oldest is merged into the next (under the later deadline of
     /// the two). Two minutes of churn need about 130.
     const MAX: usize = 512;
+
+    /// TIME-WAITs re-armed by PAWS remembered at once (64 B each). Beyond, all are forgotten:
+    /// their counts stay in the seconds they were moved to, later than those they came from,
+    /// so an exit taking one off its enter's second leaves nothing due sooner than it was.
+    const REARMS_MAX: usize = 65_536;
 
     /// The longest a TIME_WAIT timer runs, as far as seen.
     fn longest_ns(&self) -> u64 {
@@ -133,17 +149,29 @@ impl Deadlines {
     /// Which one is not known here (its enter's time is not kept by 4-tuple): the oldest
     /// second's count is moved, due no sooner than it was (the one re-armed may have been a
     /// FIN_WAIT2 stand-in, not re-armed at all, due later). When the one moved was another,
-    /// the re-armed one may be told overdue while it lives on; the read that follows counts it.
-    pub fn rearmed(&mut self, ts_ns: u64) {
-        let Some(oldest) = self.seconds.front_mut() else {
+    /// the one re-armed keeps a deadline no sooner than the moved one's: what is told overdue
+    /// is still no more than the TIME-WAITs really past their timers.
+    pub fn rearmed(&mut self, tuple: Tuple, ts_ns: u64) {
+        // Re-armed before: its own count, where the last re-arm put it.
+        let own = self.rearms.get(&tuple).and_then(|&sec| self.holding(sec));
+        let Some(from) = own.or_else(|| self.seconds.iter().position(|s| s.count > 0)) else {
             return;
         };
-        // The front always holds a count (emptied fronts are dropped).
-        oldest.count -= 1;
-        let was_due = oldest.due_ns;
+        let was_due = self.seconds[from].due_ns;
+        self.seconds[from].count -= 1;
         self.pop_empty_front();
         let due = due_ns(ts_ns, self.longest_ns());
         self.add(ts_ns, due.max(was_due));
+        if self.rearms.len() >= Self::REARMS_MAX && !self.rearms.contains_key(&tuple) {
+            self.rearms = HashMap::default();
+        }
+        self.rearms.insert(tuple, ts_ns / SEC_NS);
+    }
+
+    /// The index of second `sec`, if it holds a count.
+    fn holding(&self, sec: u64) -> Option<usize> {
+        let i = self.seconds.binary_search_by_key(&sec, |s| s.sec).ok()?;
+        (self.seconds[i].count > 0).then_some(i)
     }
 
     fn pop_empty_front(&mut self) {
@@ -156,8 +184,12 @@ impl Deadlines {
     /// no sooner (see the module's text). Taken off its own second, or, when that holds none
     /// (a read counted it, in a later second; or an earlier exit took its count), off the next
     /// later second that holds one, else the latest earlier one.
-    pub fn ended(&mut self, began_ns: u64) {
-        let sec = began_ns / SEC_NS;
+    pub fn ended(&mut self, tuple: impl FnOnce() -> Tuple, began_ns: u64) {
+        // Re-armed by PAWS: its count is where the last re-arm put it.
+        let rearmed = (!self.rearms.is_empty())
+            .then(|| self.rearms.remove(&tuple()))
+            .flatten();
+        let sec = rearmed.unwrap_or(began_ns / SEC_NS);
         let at = match self.seconds.binary_search_by_key(&sec, |s| s.sec) {
             Ok(i) if self.seconds[i].count > 0 => Some(i),
             Ok(i) | Err(i) => {
@@ -192,6 +224,7 @@ impl Deadlines {
     /// LIVE starts over (a read of the kernel's sockets follows).
     pub fn clear(&mut self) {
         self.seconds.clear();
+        self.rearms = HashMap::default();
     }
 
     /// Keeps at most [`Self::MAX`] seconds: with one overdue at the front and no read again,

@@ -236,6 +236,10 @@ pub struct Aggregate {
     /// Reads after lost events (`LiveReset`), and the TIME-WAITs the latest one found.
     rereads: u64,
     reread_found: u64,
+    /// Of `rereads`, those with events lost since the read before (the others were for
+    /// TIME-WAITs past their timer), and LIVE just before the latest: what the read set right.
+    rereads_after_loss: u64,
+    live_before_read: u64,
     /// Losses found since the kernel's sockets were last read (at start-up or again), with when
     /// they were found: LIVE may be off by up to as many until the next read. A read counts
     /// what was there when it began, so at its end the losses found before it began are
@@ -296,6 +300,8 @@ impl Aggregate {
             present_read_ns: 0,
             rereads: 0,
             reread_found: 0,
+            rereads_after_loss: 0,
+            live_before_read: 0,
             lost_since_read: LossLog::default(),
             deadlines: deadlines::Deadlines::default(),
             paws: paws::PawsTable::new(cap.get(), clocks::ClockConfig::default()),
@@ -356,7 +362,10 @@ impl Aggregate {
                 path: PawsPath::Timewait,
                 tcp_flags,
                 ..
-            } if tcp_flags & th::RST == 0 => self.deadlines.rearmed(rec.ts_ns),
+            } if tcp_flags & th::RST == 0 => {
+                let tuple = (rec.netns, rec.local, rec.remote);
+                self.deadlines.rearmed(tuple, rec.ts_ns);
+            }
             // (The RST test matters from 6.16, whose drop reason names a reset refused by PAWS;
             // before, the programs report no reset as a PAWS reject.)
             _ => {}
@@ -442,7 +451,7 @@ impl Aggregate {
             (LiveStep::Up, &What::TwPresent { substate, .. }) => {
                 (self.deadlines).found(rec.ts_ns, substate == Substate::FinWait2)
             }
-            (LiveStep::Down, _) => self.deadlines.ended(found_from.unwrap_or(began)),
+            (LiveStep::Down, _) => (self.deadlines).ended(key, found_from.unwrap_or(began)),
             _ => {}
         }
         // When an exit's TIME-WAIT began, where known (see `Table::apply`).
@@ -474,6 +483,8 @@ impl Aggregate {
     /// Every `live` back to 0, and what the previous read found forgotten: a read of the
     /// kernel's sockets that began at `from_ns` counts them again.
     fn reset_live(&mut self, from_ns: u64) {
+        self.rereads_after_loss += u64::from(self.lost_since_read.sums() != (0, 0));
+        self.live_before_read = self.totals.live;
         self.by_ip.zero_live();
         self.by_port.zero_live();
         self.by_dest.zero_live();
@@ -528,6 +539,12 @@ impl Aggregate {
     /// Reads of the kernel's sockets after lost events, and the TIME-WAITs the latest found.
     pub fn rereads(&self) -> (u64, u64) {
         (self.rereads, self.reread_found)
+    }
+
+    /// Of the reads again, those after lost events (the others were for TIME-WAITs past their
+    /// timer), and LIVE just before the latest read.
+    pub fn reread_causes(&self) -> (u64, u64) {
+        (self.rereads_after_loss, self.live_before_read)
     }
 
     /// Top `n` remote IPs by `order`.

@@ -4,7 +4,11 @@
 //!
 //! Knows nothing of the kernel: it reads [`Record`]s. Bounded: an LRU of source IPs.
 
-use std::{collections::BinaryHeap, net::IpAddr, num::NonZeroUsize};
+use std::{
+    collections::{BinaryHeap, VecDeque},
+    net::IpAddr,
+    num::NonZeroUsize,
+};
 
 use serde::Serialize;
 
@@ -98,6 +102,40 @@ struct Source {
     observed: DecayingRate,
     tw_syn_rate: DecayingRate,
     last_ns: u64,
+    /// Ports a TIME-WAIT refused an older SYN on, with when: see [`RejectProof`].
+    proofs: RejectProof,
+}
+
+/// A SYN refused by PAWS at a TIME-WAIT is itself proof of two TSval lines on its 4-tuple: the
+/// TIME-WAIT's ts_recent, from the clock that made it, and the SYN's older TSval (one clock
+/// never goes back on one 4-tuple, whatever its offset mode). The estimator finds the same when
+/// it holds both lines, but the line of the clock that made the TIME-WAIT is sampled once, by
+/// its SYN, and under churn of new ports (a line each with per-4-tuple offsets) it leaves the
+/// estimator's memory within seconds, while the rejects go on (audit: `clocks 1`, `NAT no` at
+/// 3.9 rejects/s). Kept per port for the estimator's window, at most [`RejectProof::MAX`].
+#[derive(Default)]
+struct RejectProof {
+    /// (last reject, source port, destination port), least recent first.
+    ports: VecDeque<(u64, u16, u16)>,
+}
+
+impl RejectProof {
+    const MAX: usize = 64;
+
+    fn note(&mut self, t_ns: u64, sport: u16, dport: u16) {
+        if let Some(i) = (self.ports.iter()).position(|&(_, s, d)| (s, d) == (sport, dport)) {
+            self.ports.remove(i);
+        } else if self.ports.len() >= Self::MAX {
+            self.ports.pop_front();
+        }
+        self.ports.push_back((t_ns, sport, dport));
+    }
+
+    /// Ports with a proof within `window_ns` of `now_ns`.
+    fn within(&self, now_ns: u64, window_ns: u64) -> u32 {
+        let fresh = (self.ports.iter()).filter(|&&(t, _, _)| now_ns.saturating_sub(t) <= window_ns);
+        fresh.count() as u32
+    }
 }
 
 impl Source {
@@ -116,6 +154,7 @@ impl Source {
             observed: DecayingRate::default(),
             tw_syn_rate: DecayingRate::default(),
             last_ns: 0,
+            proofs: RejectProof::default(),
         }
     }
 
@@ -280,7 +319,11 @@ impl PawsTable {
                 }
                 s.rejects[path_index(path)] += 1;
                 if let (Some(tv), Some(tr)) = (tsval, ts_recent) {
-                    s.regression.record(regression(tr, tv));
+                    let behind = regression(tr, tv);
+                    s.regression.record(behind);
+                    if path == PawsPath::Timewait && behind > 0 && tcp_flags & 0x12 == 0x02 {
+                        s.proofs.note(t, rec.remote.port(), rec.local.port());
+                    }
                 }
                 if path == PawsPath::Timewait {
                     s.observed.add(t);
@@ -325,12 +368,13 @@ impl PawsTable {
 
     /// Every tracked source IP, most rejects first.
     pub fn rows(&mut self, now_ns: u64) -> Vec<SourceRow> {
+        let window_ns = self.cfg.window_ns;
         let mut rows: Vec<SourceRow> = self
             .by_ip
             .iter_mut()
             .map(|(ip, s)| {
                 let est = *s.estimate.get_or_insert_with(|| s.clocks.estimate());
-                row(*ip, s, &est, now_ns)
+                row(*ip, s, &est, now_ns, window_ns)
             })
             .collect();
         rows.sort_by(by_rank);
@@ -366,10 +410,11 @@ impl PawsTable {
                 alerting.push(*ip);
             }
         }
+        let window_ns = self.cfg.window_ns;
         let mut row_of = |ip: IpAddr| {
             let s = self.by_ip.peek_mut(&ip)?;
             let est = *s.estimate.get_or_insert_with(|| s.clocks.estimate());
-            Some(row(ip, s, &est, now_ns))
+            Some(row(ip, s, &est, now_ns, window_ns))
         };
         view.top = best.into_iter().filter_map(|k| row_of(k.0.2)).collect();
         // An IP both shown and due a check: its row once, copied.
@@ -459,8 +504,13 @@ impl PawsView {
     }
 }
 
-fn row(ip: IpAddr, s: &Source, est: &ClockEstimate, now_ns: u64) -> SourceRow {
-    let k = est.clocks;
+/// `window_ns`: the clock estimator's window, for which a reject's proof holds too.
+fn row(ip: IpAddr, s: &Source, est: &ClockEstimate, now_ns: u64, window_ns: u64) -> SourceRow {
+    // Rejects at TIME-WAIT proved two lines on their ports, whether or not the estimator
+    // still holds both (see `RejectProof`).
+    let proven = s.proofs.within(now_ns, window_ns);
+    let floor = if proven > 0 { 2 } else { 0 };
+    let k = est.clocks.max(floor);
     SourceRow {
         ip,
         rejects: RejectsByPath {
@@ -482,12 +532,12 @@ fn row(ip: IpAddr, s: &Source, est: &ClockEstimate, now_ns: u64) -> SourceRow {
             rejected_other: s.tw_syn[3],
         },
         clocks: k,
-        clocks_low: est.clocks_low,
-        clocks_high: est.clocks_high,
+        clocks_low: est.clocks_low.max(floor),
+        clocks_high: est.clocks_high.max(k),
         clock_confidence: est.confidence,
         clock_mode: est.mode.as_str(),
         clock_rate_hz: est.rate_hz,
-        shared_ports: est.shared_ports,
+        shared_ports: est.shared_ports.max(proven),
         nat_suspected: k >= 2,
         predicted_rejects_per_s: s.tw_syn_rate.per_second(now_ns) * reject_probability(k),
         observed_rejects_per_s: s.observed.per_second(now_ns),
@@ -522,6 +572,55 @@ mod tests {
 
     fn table() -> PawsTable {
         PawsTable::new(8, ClockConfig::default())
+    }
+
+    /// Two clients behind a NAT with per-4-tuple offsets: a TIME-WAIT made by one (its SYN
+    /// sampled once), then churn from new ports (a line each) pushes that line out of the
+    /// estimator's memory while the other client's SYNs on the TIME-WAIT's port are refused
+    /// again and again. The rejects prove two lines on that port: two clocks, NAT suspected, the
+    /// port shared, for the estimator's window (audit: `clocks 1`, `NAT no`, under churn).
+    /// A reject that carries no ts_recent proves nothing.
+    #[test]
+    fn rejects_at_a_time_wait_prove_two_clocks_under_churn() {
+        let mut t = table();
+        let ip = "192.0.2.9";
+        let syn = |port, t_s: f64, tsval| rec(ip, port, t_s, What::Syn { tsval: Some(tsval) });
+        t.apply(&syn(40_000, 0.0, 1_000_000));
+        // Churn: 200 new ports, unrelated offsets (the 1 kHz clock of each 4-tuple).
+        for k in 0..200u32 {
+            let t_s = 1.0 + f64::from(k) * 0.05;
+            let offset = k.wrapping_mul(2_654_435_761);
+            let tsval = offset.wrapping_add((t_s * 1000.0) as u32);
+            t.apply(&syn(41_000 + k as u16, t_s, tsval));
+        }
+        let reject = |t_s, ts_recent| {
+            let what = What::PawsReject {
+                path: PawsPath::Timewait,
+                tsval: Some(5_000),
+                ts_recent,
+                tcp_flags: 0x02,
+                old_ack: false,
+            };
+            rec(ip, 40_000, t_s, what)
+        };
+        t.apply(&reject(12.0, None));
+        let now = 12_000_000_000;
+        let r = t.rows(now).remove(0);
+        assert_eq!(
+            (r.clocks, r.nat_suspected),
+            (1, false),
+            "no proof yet: {r:?}"
+        );
+        t.apply(&reject(13.0, Some(1_001_000)));
+        let r = t.rows(now + 1_000_000_000).remove(0);
+        assert!(
+            r.clocks >= 2 && r.clocks_low >= 2 && r.clocks_high >= r.clocks,
+            "{r:?}"
+        );
+        assert!(r.nat_suspected && r.shared_ports >= 1, "{r:?}");
+        // Past the window, the proof is gone with the lines.
+        let later = now + ClockConfig::default().window_ns + 2_000_000_000;
+        assert_eq!(t.rows(later).remove(0).shared_ports, 0);
     }
 
     /// The series stands in for `exp` only where it agrees to 1e-9, and the two meet at the

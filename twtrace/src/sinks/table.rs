@@ -283,10 +283,20 @@ fn header(agg: &Aggregate, live_known: bool, out: &mut String) {
     }
     let (rereads, found) = agg.rereads();
     if rereads > 0 {
+        // Why, and what it set right: with reads on, the read follows a doubt at once, so this
+        // line is where a user learns that LIVE had drifted.
+        let (after_loss, live_before) = agg.reread_causes();
+        const LOSS: &str = "after lost events";
+        const TIMER: &str = "for TIME-WAITs past their timer";
+        let (why, split) = match (after_loss, rereads - after_loss) {
+            (_, 0) => (format!(" {LOSS}"), String::new()),
+            (0, _) => (format!(" {TIMER}"), String::new()),
+            (a, t) => (String::new(), format!("{a} {LOSS}, {t} {TIMER}; ")),
+        };
         let _ = writeln!(
             out,
-            "live re-read from the kernel's sockets after lost events or TIME-WAITs past their \
-             timeout: {} (the latest found {})",
+            "live re-read from the kernel's sockets{why}: {} ({split}the latest found {}; LIVE \
+             had {live_before} before it)",
             super::plural(rereads, "time"),
             super::plural(found, "TIME-WAIT")
         );
@@ -846,8 +856,8 @@ mod tests {
         );
         assert_eq!(
             lines[5],
-            "live re-read from the kernel's sockets after lost events or TIME-WAITs past their \
-             timeout: 1 time (the latest found 1 TIME-WAIT)"
+            "live re-read from the kernel's sockets after lost events: 1 time (the latest found \
+             1 TIME-WAIT; LIVE had 2 before it)"
         );
         // The read ended the doubt.
         assert!(!text.contains("LIVE may be"), "{text}");
@@ -886,6 +896,19 @@ mod tests {
             render_str(&agg, &opts).contains(
                 "LIVE may be off by up to 3: 3 events lost since the kernel's TIME-WAIT sockets \
                  were last read (read again about 60 s after the first loss, at the latest)\n"
+            ),
+            "{}",
+            render_str(&agg, &opts)
+        );
+        // That read, then one with nothing lost before it (for TIME-WAITs past their timer).
+        for ts in [20, 30] {
+            agg.apply(&crate::event::Record::live_reset(ts));
+        }
+        assert!(
+            render_str(&agg, &opts).contains(
+                "\nlive re-read from the kernel's sockets: 3 times (2 after lost events, 1 for \
+                 TIME-WAITs past their timer; the latest found 0 TIME-WAITs; LIVE had 0 before \
+                 it)\n"
             ),
             "{}",
             render_str(&agg, &opts)

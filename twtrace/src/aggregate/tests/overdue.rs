@@ -227,3 +227,34 @@ fn a_re_arm_never_brings_a_deadline_forward() {
     );
     assert_eq!(agg.overdue(156 * SEC), 1);
 }
+
+/// Rejects again and again at one TIME-WAIT (a NAT's clients retrying) move its own count
+/// each time after the first: they do not keep pushing back another TIME-WAIT whose exit was
+/// missed (audit: a storm on 4 ports hid 8 missed exits for as long as it lasted).
+#[test]
+fn rejects_at_one_time_wait_do_not_hide_another_ones_missed_exit() {
+    let reject = |port, ts_ns| {
+        let what = What::PawsReject {
+            path: PawsPath::Timewait,
+            tsval: Some(1),
+            ts_recent: Some(2),
+            tcp_flags: th::SYN,
+            old_ack: false,
+        };
+        at(rec("192.0.2.1:443", port, what), ts_ns)
+    };
+    let mut agg = Aggregate::new(16);
+    // Port 1's exit will be missed; port 2 is rejected at every 10 s.
+    agg.apply(&enter_at(1, 0, Substate::TimeWait, 60_000));
+    agg.apply(&enter_at(2, SEC, Substate::TimeWait, 60_000));
+    for k in 1..=20u64 {
+        agg.apply(&reject(2, k * 10 * SEC));
+        let now = k * 10 * SEC + 1;
+        let want = u64::from(now > 81 * SEC);
+        assert_eq!(agg.overdue(now), want, "at {} s", now / SEC);
+    }
+    // Port 2 ends at last: its count goes, the missed one stays told.
+    agg.apply(&exit_at(2, 250 * SEC, Some(249 * SEC)));
+    assert_eq!(agg.overdue(251 * SEC), 1);
+    assert_eq!(agg.totals().live, 1);
+}
