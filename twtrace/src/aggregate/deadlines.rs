@@ -73,7 +73,8 @@ impl Deadlines {
     /// the two). Two minutes of churn need about 130.
     const MAX: usize = 512;
 
-    /// TIME-WAITs re-armed by PAWS remembered at once (64 B each). Beyond, all are forgotten:
+    /// TIME-WAITs re-armed by PAWS remembered at once (about 160 B each with the hash table's
+    /// slack: 10 MB at most; freed once none is left). Beyond, all are forgotten:
     /// their counts stay in the seconds they were moved to, later than those they came from,
     /// so an exit taking one off its enter's second leaves nothing due sooner than it was.
     const REARMS_MAX: usize = 65_536;
@@ -189,6 +190,9 @@ impl Deadlines {
         let rearmed = (!self.rearms.is_empty())
             .then(|| self.rearms.remove(&tuple()))
             .flatten();
+        if rearmed.is_some() && self.rearms.is_empty() {
+            self.rearms = HashMap::default(); // a storm's table, freed
+        }
         let sec = rearmed.unwrap_or(began_ns / SEC_NS);
         let at = match self.seconds.binary_search_by_key(&sec, |s| s.sec) {
             Ok(i) if self.seconds[i].count > 0 => Some(i),

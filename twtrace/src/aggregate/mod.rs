@@ -233,12 +233,15 @@ pub struct Aggregate {
     /// up to `--max-live-tw`, for every enter while present ones remain: a minute after a read
     /// on a busy host).
     present_read_ns: u64,
-    /// Reads after lost events (`LiveReset`), and the TIME-WAITs the latest one found.
+    /// Reads again (`LiveReset`: after lost events, or for TIME-WAITs past their timer), and
+    /// the TIME-WAITs the latest one found.
     rereads: u64,
     reread_found: u64,
-    /// Of `rereads`, those with events lost since the read before (the others were for
-    /// TIME-WAITs past their timer), and LIVE just before the latest: what the read set right.
+    /// Of `rereads`, those with events lost (or runs skipped) before they began since the read
+    /// before (the others were for TIME-WAITs past their timer), whether the latest was one,
+    /// and LIVE just before the latest: what the read set right.
     rereads_after_loss: u64,
+    latest_after_loss: bool,
     live_before_read: u64,
     /// Losses found since the kernel's sockets were last read (at start-up or again), with when
     /// they were found: LIVE may be off by up to as many until the next read. A read counts
@@ -268,6 +271,11 @@ impl LossLog {
             next.2 += k;
         }
         self.0.push_back((ts_ns, lost, skipped));
+    }
+
+    /// Whether any loss was found before `from_ns`.
+    fn any_before(&self, from_ns: u64) -> bool {
+        (self.0.iter()).any(|&(ts, lost, skipped)| ts < from_ns && lost + skipped > 0)
     }
 
     /// Keeps only the losses found at or after `from_ns`.
@@ -301,6 +309,7 @@ impl Aggregate {
             rereads: 0,
             reread_found: 0,
             rereads_after_loss: 0,
+            latest_after_loss: false,
             live_before_read: 0,
             lost_since_read: LossLog::default(),
             deadlines: deadlines::Deadlines::default(),
@@ -483,7 +492,9 @@ impl Aggregate {
     /// Every `live` back to 0, and what the previous read found forgotten: a read of the
     /// kernel's sockets that began at `from_ns` counts them again.
     fn reset_live(&mut self, from_ns: u64) {
-        self.rereads_after_loss += u64::from(self.lost_since_read.sums() != (0, 0));
+        // A loss found while the read ran (loss records are not held back) started the next.
+        self.latest_after_loss = self.lost_since_read.any_before(from_ns);
+        self.rereads_after_loss += u64::from(self.latest_after_loss);
         self.live_before_read = self.totals.live;
         self.by_ip.zero_live();
         self.by_port.zero_live();
@@ -536,15 +547,19 @@ impl Aggregate {
         self.deadlines.overdue(now_ns)
     }
 
-    /// Reads of the kernel's sockets after lost events, and the TIME-WAITs the latest found.
+    /// Reads of the kernel's sockets again, and the TIME-WAITs the latest found.
     pub fn rereads(&self) -> (u64, u64) {
         (self.rereads, self.reread_found)
     }
 
     /// Of the reads again, those after lost events (the others were for TIME-WAITs past their
-    /// timer), and LIVE just before the latest read.
-    pub fn reread_causes(&self) -> (u64, u64) {
-        (self.rereads_after_loss, self.live_before_read)
+    /// timer), whether the latest was one, and LIVE just before the latest read.
+    pub fn reread_causes(&self) -> (u64, bool, u64) {
+        (
+            self.rereads_after_loss,
+            self.latest_after_loss,
+            self.live_before_read,
+        )
     }
 
     /// Top `n` remote IPs by `order`.

@@ -106,34 +106,47 @@ struct Source {
     proofs: RejectProof,
 }
 
-/// A SYN refused by PAWS at a TIME-WAIT is itself proof of two TSval lines on its 4-tuple: the
-/// TIME-WAIT's ts_recent, from the clock that made it, and the SYN's older TSval (one clock
-/// never goes back on one 4-tuple, whatever its offset mode). The estimator finds the same when
-/// it holds both lines, but the line of the clock that made the TIME-WAIT is sampled once, by
-/// its SYN, and under churn of new ports (a line each with per-4-tuple offsets) it leaves the
-/// estimator's memory within seconds, while the rejects go on (audit: `clocks 1`, `NAT no` at
-/// 3.9 rejects/s). Kept per port for the estimator's window, at most [`RejectProof::MAX`].
+/// SYNs refused by PAWS at a TIME-WAIT, again and again, prove two TSval lines on its 4-tuple:
+/// the TIME-WAIT's ts_recent, from the clock that made it, and the SYNs' older TSvals, going
+/// on (a client retrying: each retransmit carries a fresh TSval). The estimator finds the same
+/// when it holds both lines, but the line of the clock that made the TIME-WAIT is sampled once,
+/// by its SYN, and under churn of new ports (a line each with per-4-tuple offsets) it leaves
+/// the estimator's memory within seconds while the rejects go on (audit: `clocks 1`, `NAT no`
+/// at 3.9 rejects/s). One refused SYN alone proves nothing here: a delayed duplicate of the
+/// connection's own first SYN is refused the same way. Kept per port for the estimator's
+/// window (against the source's latest record, as the estimate is), at most
+/// [`RejectProof::MAX`] ports.
 #[derive(Default)]
 struct RejectProof {
-    /// (last reject, source port, destination port), least recent first.
-    ports: VecDeque<(u64, u16, u16)>,
+    /// (last reject, source port, destination port, its TSval, proven), least recent first:
+    /// proven once a second reject on the port carried another TSval.
+    ports: VecDeque<(u64, u16, u16, u32, bool)>,
 }
 
 impl RejectProof {
     const MAX: usize = 64;
 
-    fn note(&mut self, t_ns: u64, sport: u16, dport: u16) {
-        if let Some(i) = (self.ports.iter()).position(|&(_, s, d)| (s, d) == (sport, dport)) {
-            self.ports.remove(i);
-        } else if self.ports.len() >= Self::MAX {
-            self.ports.pop_front();
-        }
-        self.ports.push_back((t_ns, sport, dport));
+    fn note(&mut self, t_ns: u64, sport: u16, dport: u16, tsval: u32) {
+        let same_port = |&(_, s, d, _, _): &(u64, u16, u16, u32, bool)| (s, d) == (sport, dport);
+        let proven = match self.ports.iter().position(same_port) {
+            Some(i) => {
+                let (_, _, _, was, proven) = self.ports.remove(i).expect("found above");
+                proven || was != tsval
+            }
+            None => {
+                if self.ports.len() >= Self::MAX {
+                    self.ports.pop_front();
+                }
+                false
+            }
+        };
+        self.ports.push_back((t_ns, sport, dport, tsval, proven));
     }
 
-    /// Ports with a proof within `window_ns` of `now_ns`.
+    /// Ports proven within `window_ns` of `now_ns`.
     fn within(&self, now_ns: u64, window_ns: u64) -> u32 {
-        let fresh = (self.ports.iter()).filter(|&&(t, _, _)| now_ns.saturating_sub(t) <= window_ns);
+        let fresh = (self.ports.iter())
+            .filter(|&&(t, _, _, _, proven)| proven && now_ns.saturating_sub(t) <= window_ns);
         fresh.count() as u32
     }
 }
@@ -207,6 +220,10 @@ pub struct SourceRow {
     /// Source ports (4-tuples) seen with two or more clocks: the reuse that trips PAWS.
     pub shared_ports: u32,
     pub nat_suspected: bool,
+    /// The second clock is known only from rejects at a TIME-WAIT (see `RejectProof`), not
+    /// from the estimator's lines: NAT, or one client whose clock went back. Not in the file.
+    #[serde(skip)]
+    pub clocks_from_rejects: bool,
     pub predicted_rejects_per_s: f64,
     pub observed_rejects_per_s: f64,
 }
@@ -321,8 +338,9 @@ impl PawsTable {
                 if let (Some(tv), Some(tr)) = (tsval, ts_recent) {
                     let behind = regression(tr, tv);
                     s.regression.record(behind);
-                    if path == PawsPath::Timewait && behind > 0 && tcp_flags & 0x12 == 0x02 {
-                        s.proofs.note(t, rec.remote.port(), rec.local.port());
+                    // Beyond the kernel's own PAWS window (1 tick); a pure SYN (no ACK, no RST).
+                    if path == PawsPath::Timewait && behind > 1 && tcp_flags & 0x16 == 0x02 {
+                        s.proofs.note(t, rec.remote.port(), rec.local.port(), tv);
                     }
                 }
                 if path == PawsPath::Timewait {
@@ -508,7 +526,7 @@ impl PawsView {
 fn row(ip: IpAddr, s: &Source, est: &ClockEstimate, now_ns: u64, window_ns: u64) -> SourceRow {
     // Rejects at TIME-WAIT proved two lines on their ports, whether or not the estimator
     // still holds both (see `RejectProof`).
-    let proven = s.proofs.within(now_ns, window_ns);
+    let proven = s.proofs.within(s.last_ns, window_ns);
     let floor = if proven > 0 { 2 } else { 0 };
     let k = est.clocks.max(floor);
     SourceRow {
@@ -539,6 +557,7 @@ fn row(ip: IpAddr, s: &Source, est: &ClockEstimate, now_ns: u64, window_ns: u64)
         clock_rate_hz: est.rate_hz,
         shared_ports: est.shared_ports.max(proven),
         nat_suspected: k >= 2,
+        clocks_from_rejects: floor > est.clocks,
         predicted_rejects_per_s: s.tw_syn_rate.per_second(now_ns) * reject_probability(k),
         observed_rejects_per_s: s.observed.per_second(now_ns),
     }
@@ -577,9 +596,10 @@ mod tests {
     /// Two clients behind a NAT with per-4-tuple offsets: a TIME-WAIT made by one (its SYN
     /// sampled once), then churn from new ports (a line each) pushes that line out of the
     /// estimator's memory while the other client's SYNs on the TIME-WAIT's port are refused
-    /// again and again. The rejects prove two lines on that port: two clocks, NAT suspected, the
-    /// port shared, for the estimator's window (audit: `clocks 1`, `NAT no`, under churn).
-    /// A reject that carries no ts_recent proves nothing.
+    /// again and again. Those rejects prove two lines on that port: two clocks, NAT suspected,
+    /// the port shared, for the estimator's window (audit: `clocks 1`, `NAT no`, under churn).
+    /// One refused SYN alone (a delayed duplicate would be), or rejects carrying no
+    /// ts_recent, prove nothing.
     #[test]
     fn rejects_at_a_time_wait_prove_two_clocks_under_churn() {
         let mut t = table();
@@ -593,34 +613,44 @@ mod tests {
             let tsval = offset.wrapping_add((t_s * 1000.0) as u32);
             t.apply(&syn(41_000 + k as u16, t_s, tsval));
         }
-        let reject = |t_s, ts_recent| {
+        let reject = |t_s: f64, tsval, ts_recent| {
             let what = What::PawsReject {
                 path: PawsPath::Timewait,
-                tsval: Some(5_000),
+                tsval: Some(tsval),
                 ts_recent,
                 tcp_flags: 0x02,
                 old_ack: false,
             };
             rec(ip, 40_000, t_s, what)
         };
-        t.apply(&reject(12.0, None));
-        let now = 12_000_000_000;
-        let r = t.rows(now).remove(0);
+        let at = |t_s: f64| (t_s * 1e9) as u64;
+        for (t_s, tsval) in [(12.0, 5_000), (13.0, 6_000)] {
+            t.apply(&reject(t_s, tsval, None));
+        }
+        let r = t.rows(at(13.0)).remove(0);
         assert_eq!(
             (r.clocks, r.nat_suspected),
             (1, false),
-            "no proof yet: {r:?}"
+            "no ts_recent: {r:?}"
         );
-        t.apply(&reject(13.0, Some(1_001_000)));
-        let r = t.rows(now + 1_000_000_000).remove(0);
+        t.apply(&reject(14.0, 7_000, Some(1_001_000)));
+        let r = t.rows(at(14.0)).remove(0);
+        assert_eq!((r.clocks, r.nat_suspected), (1, false), "one alone: {r:?}");
+        t.apply(&reject(15.0, 8_000, Some(1_001_000)));
+        let r = t.rows(at(15.0)).remove(0);
         assert!(
             r.clocks >= 2 && r.clocks_low >= 2 && r.clocks_high >= r.clocks,
             "{r:?}"
         );
         assert!(r.nat_suspected && r.shared_ports >= 1, "{r:?}");
-        // Past the window, the proof is gone with the lines.
-        let later = now + ClockConfig::default().window_ns + 2_000_000_000;
-        assert_eq!(t.rows(later).remove(0).shared_ports, 0);
+        assert!(r.clocks_from_rejects, "{r:?}");
+        // The proof ages with the source's records, as the estimate does: a quiet IP keeps
+        // it; a record past the window ends it.
+        let window_s = ClockConfig::default().window_ns as f64 / 1e9;
+        assert!(t.rows(at(15.0 + 2.0 * window_s)).remove(0).nat_suspected);
+        t.apply(&syn(50_000, 17.0 + window_s, 9));
+        let r = t.rows(at(17.0 + window_s)).remove(0);
+        assert!(!r.clocks_from_rejects && r.shared_ports == 0, "{r:?}");
     }
 
     /// The series stands in for `exp` only where it agrees to 1e-9, and the two meet at the

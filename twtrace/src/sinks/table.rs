@@ -285,18 +285,23 @@ fn header(agg: &Aggregate, live_known: bool, out: &mut String) {
     if rereads > 0 {
         // Why, and what it set right: with reads on, the read follows a doubt at once, so this
         // line is where a user learns that LIVE had drifted.
-        let (after_loss, live_before) = agg.reread_causes();
+        let (after_loss, latest_after_loss, live_before) = agg.reread_causes();
         const LOSS: &str = "after lost events";
         const TIMER: &str = "for TIME-WAITs past their timer";
+        let latest = if latest_after_loss { LOSS } else { TIMER };
+        let the_latest = if rereads > 1 { "the latest " } else { "" };
         let (why, split) = match (after_loss, rereads - after_loss) {
-            (_, 0) => (format!(" {LOSS}"), String::new()),
-            (0, _) => (format!(" {TIMER}"), String::new()),
-            (a, t) => (String::new(), format!("{a} {LOSS}, {t} {TIMER}; ")),
+            (_, 0) => (format!(" {LOSS}"), the_latest.to_owned()),
+            (0, _) => (format!(" {TIMER}"), the_latest.to_owned()),
+            (a, t) => (
+                String::new(),
+                format!("{a} {LOSS}, {t} {TIMER}; the latest {latest} "),
+            ),
         };
         let _ = writeln!(
             out,
-            "live re-read from the kernel's sockets{why}: {} ({split}the latest found {}; LIVE \
-             had {live_before} before it)",
+            "live re-read from the kernel's sockets{why}: {} ({split}found {}; LIVE had \
+             {live_before} before it)",
             super::plural(rereads, "time"),
             super::plural(found, "TIME-WAIT")
         );
@@ -856,8 +861,8 @@ mod tests {
         );
         assert_eq!(
             lines[5],
-            "live re-read from the kernel's sockets after lost events: 1 time (the latest found \
-             1 TIME-WAIT; LIVE had 2 before it)"
+            "live re-read from the kernel's sockets after lost events: 1 time (found 1 \
+             TIME-WAIT; LIVE had 2 before it)"
         );
         // The read ended the doubt.
         assert!(!text.contains("LIVE may be"), "{text}");
@@ -907,8 +912,8 @@ mod tests {
         assert!(
             render_str(&agg, &opts).contains(
                 "\nlive re-read from the kernel's sockets: 3 times (2 after lost events, 1 for \
-                 TIME-WAITs past their timer; the latest found 0 TIME-WAITs; LIVE had 0 before \
-                 it)\n"
+                 TIME-WAITs past their timer; the latest for TIME-WAITs past their timer found 0 \
+                 TIME-WAITs; LIVE had 0 before it)\n"
             ),
             "{}",
             render_str(&agg, &opts)

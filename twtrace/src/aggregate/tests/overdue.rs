@@ -258,3 +258,23 @@ fn rejects_at_one_time_wait_do_not_hide_another_ones_missed_exit() {
     assert_eq!(agg.overdue(251 * SEC), 1);
     assert_eq!(agg.totals().live, 1);
 }
+
+/// A read is one after lost events only for losses found before it began: one found while it
+/// ran (loss records are not held back) starts the next read, and is that one's cause.
+#[test]
+fn a_read_is_after_losses_only_for_losses_before_it() {
+    let mut agg = Aggregate::new(16);
+    let lost = |ts_ns| {
+        let what = What::Lost {
+            program: "tw_exit",
+            count: 1,
+            reason: LossReason::RingFull,
+        };
+        at(rec("0.0.0.0:0", 0, what), ts_ns)
+    };
+    agg.apply(&lost(150));
+    agg.apply(&at(Record::live_reset(100), 100));
+    assert_eq!(agg.reread_causes(), (0, false, 0), "for timers");
+    agg.apply(&at(Record::live_reset(200), 200));
+    assert_eq!(agg.reread_causes(), (1, true, 0), "after the loss");
+}
