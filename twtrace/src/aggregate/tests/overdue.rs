@@ -13,6 +13,18 @@ fn enter_at(port: u16, ts_ns: u64, substate: Substate, timeout_ms: u64) -> Recor
     at(rec("192.0.2.1:443", port, what), ts_ns)
 }
 
+/// A segment with `tcp_flags` refused by PAWS at the TIME-WAIT on `port`, at `ts_ns`.
+fn reject_at(port: u16, ts_ns: u64, tcp_flags: u8) -> Record {
+    let what = What::PawsReject {
+        path: PawsPath::Timewait,
+        tsval: Some(1),
+        ts_recent: Some(2),
+        tcp_flags,
+        old_ack: false,
+    };
+    at(rec("192.0.2.1:443", port, what), ts_ns)
+}
+
 fn exit_at(port: u16, ts_ns: u64, lifetime_ns: Option<u64>) -> Record {
     let what = What::TwExit {
         cause: ExitCause::Expired,
@@ -131,22 +143,12 @@ fn the_record_stays_bounded_behind_an_overdue_one() {
 /// is not overdue until a full timer after the refusal. A reset refused by PAWS re-arms nothing.
 #[test]
 fn a_paws_reject_at_a_time_wait_re_arms_its_timer() {
-    let reject = |ts_ns, tcp_flags| {
-        let what = What::PawsReject {
-            path: PawsPath::Timewait,
-            tsval: Some(1),
-            ts_recent: Some(2),
-            tcp_flags,
-            old_ack: false,
-        };
-        at(rec("192.0.2.1:443", 1, what), ts_ns)
-    };
     let mut agg = Aggregate::new(16);
     agg.apply(&enter_at(1, 0, Substate::TimeWait, 60_000));
-    agg.apply(&reject(50 * SEC, th::SYN));
+    agg.apply(&reject_at(1, 50 * SEC, th::SYN));
     assert_eq!(agg.overdue(100 * SEC), 0, "re-armed at 50 s");
     assert_eq!(agg.overdue(131 * SEC), 1);
-    agg.apply(&reject(140 * SEC, th::RST | th::ACK));
+    agg.apply(&reject_at(1, 140 * SEC, th::RST | th::ACK));
     assert_eq!(agg.overdue(141 * SEC), 1, "a reset re-arms nothing");
     assert_eq!(agg.totals().live, 1);
 }
@@ -212,14 +214,7 @@ fn a_timeout_read_wrong_neither_rushes_nor_wraps() {
 fn a_re_arm_never_brings_a_deadline_forward() {
     let mut agg = Aggregate::new(16);
     agg.apply(&enter_at(1, 0, Substate::FinWait2, 60_000));
-    let what = What::PawsReject {
-        path: PawsPath::Timewait,
-        tsval: Some(1),
-        ts_recent: Some(2),
-        tcp_flags: th::SYN,
-        old_ack: false,
-    };
-    agg.apply(&at(rec("192.0.2.1:443", 1, what), 10 * SEC));
+    agg.apply(&reject_at(1, 10 * SEC, th::SYN));
     assert_eq!(
         agg.overdue(100 * SEC),
         0,
@@ -233,22 +228,12 @@ fn a_re_arm_never_brings_a_deadline_forward() {
 /// missed (audit: a storm on 4 ports hid 8 missed exits for as long as it lasted).
 #[test]
 fn rejects_at_one_time_wait_do_not_hide_another_ones_missed_exit() {
-    let reject = |port, ts_ns| {
-        let what = What::PawsReject {
-            path: PawsPath::Timewait,
-            tsval: Some(1),
-            ts_recent: Some(2),
-            tcp_flags: th::SYN,
-            old_ack: false,
-        };
-        at(rec("192.0.2.1:443", port, what), ts_ns)
-    };
     let mut agg = Aggregate::new(16);
     // Port 1's exit will be missed; port 2 is rejected at every 10 s.
     agg.apply(&enter_at(1, 0, Substate::TimeWait, 60_000));
     agg.apply(&enter_at(2, SEC, Substate::TimeWait, 60_000));
     for k in 1..=20u64 {
-        agg.apply(&reject(2, k * 10 * SEC));
+        agg.apply(&reject_at(2, k * 10 * SEC, th::SYN));
         let now = k * 10 * SEC + 1;
         let want = u64::from(now > 81 * SEC);
         assert_eq!(agg.overdue(now), want, "at {} s", now / SEC);
