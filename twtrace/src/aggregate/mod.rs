@@ -366,7 +366,8 @@ impl Aggregate {
             What::Syn { .. } => self.listening.note(rec.netns, rec.local.port(), rec.ts_ns),
             // A TIME-WAIT that refuses a segment by PAWS re-arms its timer for a full
             // TIME-WAIT (tcp_timewait_state_process; not for a reset): behind a NAT, SYNs
-            // refused again and again keep it for minutes, not as an exit twtrace missed.
+            // refused again and again (tcp_rfc1337=1, or the client's reset lost) keep it
+            // for minutes, not as an exit twtrace missed.
             What::PawsReject {
                 path: PawsPath::Timewait,
                 tcp_flags,

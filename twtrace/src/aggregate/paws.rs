@@ -106,47 +106,85 @@ struct Source {
     proofs: RejectProof,
 }
 
-/// SYNs refused by PAWS at a TIME-WAIT, again and again, prove two TSval lines on its 4-tuple:
-/// the TIME-WAIT's ts_recent, from the clock that made it, and the SYNs' older TSvals, going
-/// on (a client retrying: each retransmit carries a fresh TSval). The estimator finds the same
-/// when it holds both lines, but the line of the clock that made the TIME-WAIT is sampled once,
-/// by its SYN, and under churn of new ports (a line each with per-4-tuple offsets) it leaves
-/// the estimator's memory within seconds while the rejects go on (audit: `clocks 1`, `NAT no`
-/// at 3.9 rejects/s). One refused SYN alone proves nothing here: a delayed duplicate of the
-/// connection's own first SYN is refused the same way. Kept per port for the estimator's
-/// window (against the source's latest record, as the estimate is), at most
-/// [`RejectProof::MAX`] ports.
+/// A SYN refused by PAWS at a TIME-WAIT, confirmed, proves two TSval lines on its 4-tuple:
+/// the TIME-WAIT's ts_recent, from the clock that made it, and the older TSvals of a clock that
+/// is still sending. The estimator finds the same when it holds both lines, but the line of
+/// the clock that made the TIME-WAIT is sampled once, by its SYN, and under churn of new ports
+/// (a line each with per-4-tuple offsets) it leaves the estimator's memory within seconds
+/// while the rejects go on (audit: `clocks 1`, `NAT no` at 3.9 rejects/s).
+///
+/// One refused SYN alone proves nothing: a delayed duplicate of the connection's own first SYN
+/// is refused the same way. Confirmed by what a live client behind does next, within
+/// [`RejectProof::FOLLOW_NS`] on the same port: with `tcp_rfc1337` 0 (the default) the
+/// TIME-WAIT's ACK draws the client's reset, which kills it, and the client's retransmitted
+/// SYN reaches the listener, its fresh TSval still behind ts_recent; with `tcp_rfc1337` 1 the
+/// TIME-WAIT lives on and refuses the retransmit too (another TSval). Kept per port for the
+/// estimator's window (against the source's latest record), at most [`RejectProof::MAX`]
+/// ports, unconfirmed ones going first.
 #[derive(Default)]
 struct RejectProof {
-    /// (last reject, source port, destination port, its TSval, proven), least recent first:
-    /// proven once a second reject on the port carried another TSval.
-    ports: VecDeque<(u64, u16, u16, u32, bool)>,
+    ports: VecDeque<Refused>,
+}
+
+/// The latest SYN refused on one port.
+#[derive(Clone, Copy)]
+struct Refused {
+    t_ns: u64,
+    sport: u16,
+    dport: u16,
+    tsval: u32,
+    ts_recent: u32,
+    proven: bool,
 }
 
 impl RejectProof {
     const MAX: usize = 64;
+    /// SYN retransmits come 1, 3, 7 s ... after the first (and on): what follows a reject
+    /// within this is the same attempt going on.
+    const FOLLOW_NS: u64 = 60_000_000_000;
 
-    fn note(&mut self, t_ns: u64, sport: u16, dport: u16, tsval: u32) {
-        let same_port = |&(_, s, d, _, _): &(u64, u16, u16, u32, bool)| (s, d) == (sport, dport);
-        let proven = match self.ports.iter().position(same_port) {
-            Some(i) => {
-                let (_, _, _, was, proven) = self.ports.remove(i).expect("found above");
-                proven || was != tsval
+    fn at(&self, sport: u16, dport: u16) -> Option<usize> {
+        (self.ports.iter()).position(|r| (r.sport, r.dport) == (sport, dport))
+    }
+
+    /// A SYN refused at `t_ns`, TSval `tsval`, by a TIME-WAIT with `ts_recent`.
+    fn refused(&mut self, t_ns: u64, sport: u16, dport: u16, tsval: u32, ts_recent: u32) {
+        let earlier = self.at(sport, dport).and_then(|i| self.ports.remove(i));
+        let follows = earlier.filter(|e| t_ns.saturating_sub(e.t_ns) <= Self::FOLLOW_NS);
+        let proven = follows.is_some_and(|e| e.proven || e.tsval != tsval);
+        if earlier.is_none() && self.ports.len() >= Self::MAX {
+            let i = self.ports.iter().position(|r| !r.proven).unwrap_or(0);
+            self.ports.remove(i);
+        }
+        self.ports.push_back(Refused {
+            t_ns,
+            sport,
+            dport,
+            tsval,
+            ts_recent,
+            proven,
+        });
+    }
+
+    /// A SYN that reached a listener: it confirms a reject on its port it follows, if its own
+    /// fresh TSval is still behind that TIME-WAIT's ts_recent (the same clock, behind, live).
+    fn reached(&mut self, t_ns: u64, sport: u16, dport: u16, tsval: u32) {
+        if self.ports.is_empty() {
+            return; // the usual case
+        }
+        if let Some(i) = self.at(sport, dport) {
+            let r = &mut self.ports[i];
+            let follows = t_ns.saturating_sub(r.t_ns) <= Self::FOLLOW_NS;
+            if follows && tsval != r.tsval && regression(r.ts_recent, tsval) > 1 {
+                r.proven = true;
             }
-            None => {
-                if self.ports.len() >= Self::MAX {
-                    self.ports.pop_front();
-                }
-                false
-            }
-        };
-        self.ports.push_back((t_ns, sport, dport, tsval, proven));
+        }
     }
 
     /// Ports proven within `window_ns` of `now_ns`.
     fn within(&self, now_ns: u64, window_ns: u64) -> u32 {
-        let fresh = (self.ports.iter())
-            .filter(|&&(t, _, _, _, proven)| proven && now_ns.saturating_sub(t) <= window_ns);
+        let fresh =
+            (self.ports.iter()).filter(|r| r.proven && now_ns.saturating_sub(r.t_ns) <= window_ns);
         fresh.count() as u32
     }
 }
@@ -183,6 +221,7 @@ impl Source {
             self.syns_without_ts += 1;
             return;
         };
+        self.proofs.reached(t_ns, sport, dport, tsval);
         match self.highest {
             Some((high, at)) if t_ns.saturating_sub(at) <= PER_HOST_WINDOW_NS => {
                 if (high.wrapping_sub(tsval) as i32) > 0 {
@@ -338,9 +377,10 @@ impl PawsTable {
                 if let (Some(tv), Some(tr)) = (tsval, ts_recent) {
                     let behind = regression(tr, tv);
                     s.regression.record(behind);
-                    // Beyond the kernel's own PAWS window (1 tick); a pure SYN (no ACK, no RST).
+                    // A pure SYN (no ACK, no RST), more than a tick behind (a margin).
                     if path == PawsPath::Timewait && behind > 1 && tcp_flags & 0x16 == 0x02 {
-                        s.proofs.note(t, rec.remote.port(), rec.local.port(), tv);
+                        let (sport, dport) = (rec.remote.port(), rec.local.port());
+                        s.proofs.refused(t, sport, dport, tv, tr);
                     }
                 }
                 if path == PawsPath::Timewait {
@@ -651,6 +691,55 @@ mod tests {
         t.apply(&syn(50_000, 17.0 + window_s, 9));
         let r = t.rows(at(17.0 + window_s)).remove(0);
         assert!(!r.clocks_from_rejects && r.shared_ports == 0, "{r:?}");
+    }
+
+    /// What confirms a refused SYN, on its port and soon after it: the client's retransmit
+    /// reaching the listener with a TSval still behind the TIME-WAIT's ts_recent (the default
+    /// `tcp_rfc1337` 0: the client's reset killed the TIME-WAIT), or another refused one with
+    /// another TSval. Not: a repeat of the same TSval, a SYN ahead of ts_recent, one on another
+    /// port, or one that comes after the attempt is over.
+    #[test]
+    fn a_refused_syn_is_confirmed_by_what_follows_it() {
+        let ip = "192.0.2.9";
+        let refused = |port, t_s, tsval| {
+            let what = What::PawsReject {
+                path: PawsPath::Timewait,
+                tsval: Some(tsval),
+                ts_recent: Some(1_000_000),
+                tcp_flags: 0x02,
+                old_ack: false,
+            };
+            rec(ip, port, t_s, what)
+        };
+        let reached = |port, t_s, tsval| rec(ip, port, t_s, What::Syn { tsval: Some(tsval) });
+        let proven = |follow: &[Record]| {
+            let mut t = table();
+            t.apply(&refused(40_000, 10.0, 5_000));
+            for r in follow {
+                t.apply(r);
+            }
+            t.rows(100_000_000_000).remove(0).clocks_from_rejects
+        };
+        assert!(
+            proven(&[reached(40_000, 11.0, 6_000)]),
+            "the retransmit, behind"
+        );
+        assert!(proven(&[refused(40_000, 11.0, 6_000)]), "refused again");
+        assert!(!proven(&[]), "alone");
+        assert!(
+            !proven(&[refused(40_000, 11.0, 5_000)]),
+            "the same TSval again"
+        );
+        assert!(
+            !proven(&[reached(40_000, 11.0, 1_000_500)]),
+            "ahead of ts_recent"
+        );
+        assert!(!proven(&[reached(40_001, 11.0, 6_000)]), "another port");
+        assert!(
+            !proven(&[reached(40_000, 80.0, 6_000)]),
+            "after the attempt"
+        );
+        assert!(!proven(&[refused(40_000, 80.0, 6_000)]), "another attempt");
     }
 
     /// The series stands in for `exp` only where it agrees to 1e-9, and the two meet at the

@@ -71,9 +71,10 @@ impl Alerter {
 /// `new`: the rejects since the last alert about this IP (None for the first).
 fn line(r: &SourceRow, new: Option<u64>) -> String {
     let reading = if r.clocks_from_rejects {
-        "SYNs older than the TIME-WAIT's own clock keep coming on one 4-tuple: a second \
-         timestamp clock behind this IP (NAT; its other SYNs have left the estimate, e.g. under \
-         churn), or one client whose clock went back (a reboot); see README \"PAWS and NAT\""
+        "SYNs behind the clock that made the TIME-WAIT keep coming on a 4-tuple: a second \
+         timestamp clock behind this IP (NAT; the SYNs of the clock that made the TIME-WAIT \
+         have left the estimate, e.g. under churn), or one client whose clock went back (a \
+         reboot); see README \"PAWS and NAT\""
     } else if r.nat_suspected {
         "several TCP timestamp clocks share this IP (NAT): a client whose clock is behind reuses a \
          4-tuple the server still holds in TIME-WAIT, and its SYN is dropped. tcp_tw_recycle is \

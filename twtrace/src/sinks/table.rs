@@ -295,7 +295,7 @@ fn header(agg: &Aggregate, live_known: bool, out: &mut String) {
             (0, _) => (format!(" {TIMER}"), the_latest.to_owned()),
             (a, t) => (
                 String::new(),
-                format!("{a} {LOSS}, {t} {TIMER}; the latest {latest} "),
+                format!("{a} {LOSS}, {t} {TIMER}; the latest, {latest}, "),
             ),
         };
         let _ = writeln!(
@@ -912,8 +912,8 @@ mod tests {
         assert!(
             render_str(&agg, &opts).contains(
                 "\nlive re-read from the kernel's sockets: 3 times (2 after lost events, 1 for \
-                 TIME-WAITs past their timer; the latest for TIME-WAITs past their timer found 0 \
-                 TIME-WAITs; LIVE had 0 before it)\n"
+                 TIME-WAITs past their timer; the latest, for TIME-WAITs past their timer, found \
+                 0 TIME-WAITs; LIVE had 0 before it)\n"
             ),
             "{}",
             render_str(&agg, &opts)
