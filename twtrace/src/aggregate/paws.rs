@@ -147,8 +147,9 @@ impl RejectProof {
         (self.ports.iter()).position(|r| (r.sport, r.dport) == (sport, dport))
     }
 
-    /// A SYN refused at `t_ns`, TSval `tsval`, by a TIME-WAIT with `ts_recent`.
-    fn refused(&mut self, t_ns: u64, sport: u16, dport: u16, tsval: u32, ts_recent: u32) {
+    /// A SYN refused at `t_ns`, TSval `tsval`, by a TIME-WAIT with `ts_recent`; whether its
+    /// port is proven now.
+    fn refused(&mut self, t_ns: u64, sport: u16, dport: u16, tsval: u32, ts_recent: u32) -> bool {
         let earlier = self.at(sport, dport).and_then(|i| self.ports.remove(i));
         let follows = earlier.filter(|e| t_ns.saturating_sub(e.t_ns) <= Self::FOLLOW_NS);
         let proven = follows.is_some_and(|e| e.proven || e.tsval != tsval);
@@ -164,6 +165,7 @@ impl RejectProof {
             ts_recent,
             proven,
         });
+        proven
     }
 
     /// A SYN that reached a listener: it confirms a reject on its port it follows, if its own
@@ -366,22 +368,27 @@ impl PawsTable {
                 self.rejects_total += 1;
                 let s = self.source(ip);
                 s.last_ns = t;
+                s.rejects[path_index(path)] += 1;
+                let (sport, dport) = (rec.remote.port(), rec.local.port());
+                let mut sample = true;
+                if let (Some(tv), Some(tr)) = (tsval, ts_recent) {
+                    let behind = regression(tr, tv);
+                    s.regression.record(behind);
+                    // A pure SYN (no ACK, no RST), more than a tick behind (a margin). Its
+                    // TSval is a clock sample only once confirmed (see `RejectProof`): beside
+                    // the line of the clock that made the TIME-WAIT, one unconfirmed would make
+                    // two lines on one port of a delayed duplicate of that clock's own SYN.
+                    if path == PawsPath::Timewait && behind > 1 && tcp_flags & 0x16 == 0x02 {
+                        sample = s.proofs.refused(t, sport, dport, tv, tr);
+                    }
+                }
                 // A rejected SYN never reaches a listener, but its clock is as real as any:
                 // behind a NAT it is often the only sample of the clock that is behind.
                 if let Some(tv) = tsval
                     && tcp_flags & 0x12 == 0x02
+                    && sample
                 {
-                    s.clock_sample(t, tv, rec.remote.port(), rec.local.port());
-                }
-                s.rejects[path_index(path)] += 1;
-                if let (Some(tv), Some(tr)) = (tsval, ts_recent) {
-                    let behind = regression(tr, tv);
-                    s.regression.record(behind);
-                    // A pure SYN (no ACK, no RST), more than a tick behind (a margin).
-                    if path == PawsPath::Timewait && behind > 1 && tcp_flags & 0x16 == 0x02 {
-                        let (sport, dport) = (rec.remote.port(), rec.local.port());
-                        s.proofs.refused(t, sport, dport, tv, tr);
-                    }
+                    s.clock_sample(t, tv, sport, dport);
                 }
                 if path == PawsPath::Timewait {
                     s.observed.add(t);
@@ -740,6 +747,39 @@ mod tests {
             "after the attempt"
         );
         assert!(!proven(&[refused(40_000, 80.0, 6_000)]), "another attempt");
+    }
+
+    /// Without churn the line of the clock that made the TIME-WAIT is still held: one refused
+    /// SYN alone (a delayed duplicate of that clock's own first SYN) is not a second line on
+    /// its port (audit: it read `clocks 2`, `NAT yes` for good on a quiet IP). Confirmed, it is.
+    #[test]
+    fn a_lone_refused_syn_beside_the_time_waits_own_line_is_no_second_clock() {
+        let ip = "192.0.2.9";
+        let mut t = table();
+        t.apply(&rec(
+            ip,
+            40_000,
+            10.0,
+            What::Syn {
+                tsval: Some(1_000_000),
+            },
+        ));
+        let refused = |t_s, tsval| {
+            let what = What::PawsReject {
+                path: PawsPath::Timewait,
+                tsval: Some(tsval),
+                ts_recent: Some(1_000_010),
+                tcp_flags: 0x02,
+                old_ack: false,
+            };
+            rec(ip, 40_000, t_s, what)
+        };
+        t.apply(&refused(11.2, 999_997));
+        let r = t.rows(12_000_000_000).remove(0);
+        assert!(!r.nat_suspected && r.shared_ports == 0, "{r:?}");
+        t.apply(&refused(12.2, 500_000));
+        let r = t.rows(13_000_000_000).remove(0);
+        assert!(r.nat_suspected && r.shared_ports >= 1, "{r:?}");
     }
 
     /// The series stands in for `exp` only where it agrees to 1e-9, and the two meet at the
