@@ -13,7 +13,7 @@ use std::{
 use serde::Serialize;
 
 use super::clocks::{ClockConfig, ClockEstimate, ClockEstimator};
-use crate::event::{PawsPath, Record, TwSynVerdict, What, regression};
+use crate::event::{PawsPath, Record, TwSynVerdict, What, regression, th};
 
 /// "Would the old per-host rule (tcp_tw_recycle, removed in 4.12) have rejected this SYN?" It
 /// compared a SYN's TSval with the highest one seen from that host in the last 60 s.
@@ -378,14 +378,17 @@ impl PawsTable {
                     // TSval is a clock sample only once confirmed (see `RejectProof`): beside
                     // the line of the clock that made the TIME-WAIT, one unconfirmed would make
                     // two lines on one port of a delayed duplicate of that clock's own SYN.
-                    if path == PawsPath::Timewait && behind > 1 && tcp_flags & 0x16 == 0x02 {
+                    if path == PawsPath::Timewait
+                        && behind > 1
+                        && tcp_flags & (th::SYN | th::ACK | th::RST) == th::SYN
+                    {
                         sample = s.proofs.refused(t, sport, dport, tv, tr);
                     }
                 }
                 // A rejected SYN never reaches a listener, but its clock is as real as any:
                 // behind a NAT it is often the only sample of the clock that is behind.
                 if let Some(tv) = tsval
-                    && tcp_flags & 0x12 == 0x02
+                    && tcp_flags & (th::SYN | th::ACK) == th::SYN
                     && sample
                 {
                     s.clock_sample(t, tv, sport, dport);
@@ -640,6 +643,18 @@ mod tests {
         PawsTable::new(8, ClockConfig::default())
     }
 
+    /// A SYN from 192.0.2.9:`port` with `tsval`, refused by PAWS at a TIME-WAIT with `ts_recent`.
+    fn refused_at(port: u16, t_s: f64, tsval: u32, ts_recent: Option<u32>) -> Record {
+        let what = What::PawsReject {
+            path: PawsPath::Timewait,
+            tsval: Some(tsval),
+            ts_recent,
+            tcp_flags: th::SYN,
+            old_ack: false,
+        };
+        rec("192.0.2.9", port, t_s, what)
+    }
+
     /// Two clients behind a NAT with per-4-tuple offsets: a TIME-WAIT made by one (its SYN
     /// sampled once), then churn from new ports (a line each) pushes that line out of the
     /// estimator's memory while the other client's SYNs on the TIME-WAIT's port are refused
@@ -660,16 +675,7 @@ mod tests {
             let tsval = offset.wrapping_add((t_s * 1000.0) as u32);
             t.apply(&syn(41_000 + k as u16, t_s, tsval));
         }
-        let reject = |t_s: f64, tsval, ts_recent| {
-            let what = What::PawsReject {
-                path: PawsPath::Timewait,
-                tsval: Some(tsval),
-                ts_recent,
-                tcp_flags: 0x02,
-                old_ack: false,
-            };
-            rec(ip, 40_000, t_s, what)
-        };
+        let reject = |t_s, tsval, ts_recent| refused_at(40_000, t_s, tsval, ts_recent);
         let at = |t_s: f64| (t_s * 1e9) as u64;
         for (t_s, tsval) in [(12.0, 5_000), (13.0, 6_000)] {
             t.apply(&reject(t_s, tsval, None));
@@ -708,16 +714,7 @@ mod tests {
     #[test]
     fn a_refused_syn_is_confirmed_by_what_follows_it() {
         let ip = "192.0.2.9";
-        let refused = |port, t_s, tsval| {
-            let what = What::PawsReject {
-                path: PawsPath::Timewait,
-                tsval: Some(tsval),
-                ts_recent: Some(1_000_000),
-                tcp_flags: 0x02,
-                old_ack: false,
-            };
-            rec(ip, port, t_s, what)
-        };
+        let refused = |port, t_s, tsval| refused_at(port, t_s, tsval, Some(1_000_000));
         let reached = |port, t_s, tsval| rec(ip, port, t_s, What::Syn { tsval: Some(tsval) });
         let proven = |follow: &[Record]| {
             let mut t = table();
@@ -764,16 +761,7 @@ mod tests {
                 tsval: Some(1_000_000),
             },
         ));
-        let refused = |t_s, tsval| {
-            let what = What::PawsReject {
-                path: PawsPath::Timewait,
-                tsval: Some(tsval),
-                ts_recent: Some(1_000_010),
-                tcp_flags: 0x02,
-                old_ack: false,
-            };
-            rec(ip, 40_000, t_s, what)
-        };
+        let refused = |t_s, tsval| refused_at(40_000, t_s, tsval, Some(1_000_010));
         t.apply(&refused(11.2, 999_997));
         let r = t.rows(12_000_000_000).remove(0);
         assert!(!r.nat_suspected && r.shared_ports == 0, "{r:?}");
